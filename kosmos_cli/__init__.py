@@ -1,0 +1,16 @@
+"""kosmos_cli: ground large image collections with Kosmos-2.
+
+Importing this package is light: torch and transformers load only when a model does.
+"""
+
+from .api import ground, load_engine
+from .errors import InputError, KosmosError, ModelError, OutputError, UsageError
+from .records import Entity, Record
+from .writers import read_records
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Entity", "InputError", "KosmosError", "ModelError", "OutputError", "Record", "UsageError",
+    "ground", "load_engine", "read_records", "__version__",
+]

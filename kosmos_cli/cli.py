@@ -1,0 +1,195 @@
+"""The `kosmos` command: parse and check options, call one library function, show the result.
+
+Errors become one line on stderr and an exit code here, and only here. Exit codes:
+0 done (failed images are recorded rows), 1 fatal error (or a failed image with --strict), 2 usage error,
+75 the output is locked by another run, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import KosmosError
+
+app = typer.Typer(
+    name="kosmos",
+    help="Ground image collections with Kosmos-2: captions, phrases and their boxes, to JSONL or Parquet.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"kosmos {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Ground image collections with Kosmos-2."""
+
+
+# -- shared options: defined once, the same meaning in every command ---------------------------------------
+Inputs = Annotated[list[str], typer.Argument(
+    help="Folders, image files, globs, manifests (.txt .csv .jsonl .parquet with a 'path' column), or - for "
+         "paths on stdin.", show_default=False)]
+Out = Annotated[str, typer.Option("--out", "-o", help="Output file (.jsonl or .parquet), or - for JSONL on stdout.")]
+Format = Annotated[Optional[str], typer.Option("--format", help="jsonl or parquet (default: from --out's extension).")]
+Model = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Hub id or local folder \\[default: $KOSMOS_MODEL, else microsoft/kosmos-2-patch14-224].",
+    show_default=False)]
+Revision = Annotated[Optional[str], typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
+Device = Annotated[str, typer.Option("--device", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N.")]
+Dtype = Annotated[str, typer.Option("--dtype", help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, bfloat16, float16.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")]
+MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", help="Most tokens generated per image.")]
+NumBeams = Annotated[int, typer.Option("--num-beams", help="Beam search width (1: greedy).")]
+NoRepeat = Annotated[int, typer.Option(
+    "--no-repeat-ngram-size", help="Block repeated n-grams (0: off; the paper's demo used 3, which can block a "
+                                   "second entity whose phrase ends like the first).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start afresh instead of resuming.")]
+RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Also redo images recorded as failed.")]
+Prune = Annotated[bool, typer.Option("--prune", help="Drop records of images no longer in the inputs.")]
+Wait = Annotated[bool, typer.Option("--wait", help="Wait for another run on the same output instead of exiting.")]
+Strict = Annotated[bool, typer.Option("--strict", help="Exit 1 if any image failed.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, warnings or summary on stderr.")]
+Workers = Annotated[Optional[int], typer.Option("--workers", help="Background image loaders \\[default: up to 4].",
+                                                show_default=False)]
+
+
+@app.command(epilog="Example: kosmos ground ./photos --out results.parquet")
+def ground(
+    inputs: Inputs,
+    out: Out = "-",
+    prompt: Annotated[str, typer.Option(
+        "--prompt", help="brief ('<grounding> An image of'), detailed ('<grounding> Describe this image in "
+                         "detail:'), or any text.")] = "brief",
+    model: Model = None,
+    revision: Revision = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    batch_size: BatchSize = 8,
+    max_new_tokens: MaxNewTokens = 128,
+    num_beams: NumBeams = 1,
+    no_repeat_ngram_size: NoRepeat = 0,
+    format: Format = None,
+    overwrite: Overwrite = False,
+    retry_failed: RetryFailed = False,
+    prune: Prune = False,
+    wait: Wait = False,
+    strict: Strict = False,
+    quiet: Quiet = False,
+    workers: Workers = None,
+) -> None:
+    """Caption every image and ground its phrases: one record per image, resumable."""
+    from . import api
+    from .engine import GenerationOptions, ModelOptions
+    from .pipeline import RunOptions
+    from .progress import for_terminal
+    from .sources import check_inputs
+    from .writers import detect_format
+
+    def go():
+        # check everything cheap before the model loads
+        check_inputs(inputs)
+        detect_format(out, format)
+        RunOptions(out=out, format=format, batch_size=batch_size, workers=workers)
+        ModelOptions(model, revision, device, dtype)
+        GenerationOptions(max_new_tokens, num_beams, no_repeat_ngram_size or None)
+        engine = api.load_engine(model, revision=revision, device=device, dtype=dtype,
+                                 max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                 no_repeat_ngram_size=no_repeat_ngram_size or None)
+        return api.ground(inputs, out, prompt=prompt, engine=engine, format=format, batch_size=batch_size,
+                          overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait,
+                          workers=workers, progress=for_terminal("ground", quiet))
+
+    _finish(_call(go, quiet), quiet, strict)
+
+
+# -- one place for errors, signals and exit codes --------------------------------------------------------
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C: finished batches are kept, the output stays valid."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def _call(fn, quiet: bool):
+    _setup_logging(quiet)
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return fn()
+    except KosmosError as exc:
+        _say(f"kosmos: error: {exc}")
+        raise typer.Exit(exc.exit_code) from None
+    except BrokenPipeError:  # the reader went away (`| head -1`): end quietly
+        _silence_stdout()
+        raise typer.Exit(0) from None
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        if not quiet:
+            _say(f"kosmos: interrupted by {signal.Signals(signum).name}: finished batches are kept; "
+                 "run the same command again to finish")
+        raise typer.Exit(128 + signum) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _finish(summary, quiet: bool, strict: bool) -> None:
+    if not quiet:
+        for failure in summary.failures[:5]:
+            _say(f"kosmos: failed: {failure}")
+        if len(summary.failures) > 5:
+            _say(f"kosmos: ... and {len(summary.failures) - 5} more failed (their records have status 'error')")
+        _say(summary.line())
+    if strict and summary.failed:
+        raise typer.Exit(1)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _setup_logging(quiet: bool) -> None:
+    logger = logging.getLogger("kosmos_cli")
+    logger.setLevel(logging.ERROR if quiet else logging.WARNING)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("kosmos: %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.propagate = False
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""Load Kosmos-2 once; preprocess -> forward -> postprocess, batched, on the device.
+
+The shape follows transformers' pipelines: `prepare` runs on the CPU in background workers (processor
+calls), `forward` runs under `torch.inference_mode()` on the device, `decode` turns token ids back into text.
+torch and transformers are imported here, lazily, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ModelError, UsageError
+from .prompts import Prompt
+
+log = logging.getLogger("kosmos_cli")
+
+DEFAULT_MODEL = "microsoft/kosmos-2-patch14-224"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Decoding settings. The defaults are the checkpoint's: greedy, nothing added."""
+
+    max_new_tokens: int = 128
+    num_beams: int = 1
+    no_repeat_ngram_size: int | None = None
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise UsageError("--max-new-tokens must be at least 1")
+        if self.num_beams < 1:
+            raise UsageError("--num-beams must be at least 1")
+        if self.no_repeat_ngram_size is not None and self.no_repeat_ngram_size < 0:
+            raise UsageError("--no-repeat-ngram-size must be 0 (off) or more")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, "do_sample": False}
+        if self.no_repeat_ngram_size:
+            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        return kwargs
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which checkpoint, and where and how it runs."""
+
+    model: str | None = None  # hub id or local folder; None: $KOSMOS_MODEL, else the default checkpoint
+    revision: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self):
+        dtype = _DTYPE_ALIASES.get(self.dtype, self.dtype)
+        if dtype not in DTYPES:
+            raise UsageError(f"unknown dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        object.__setattr__(self, "dtype", dtype)
+
+    @property
+    def name(self) -> str:
+        return self.model or os.environ.get("KOSMOS_MODEL") or DEFAULT_MODEL
+
+    @property
+    def label(self) -> str:
+        """What records name as their model."""
+        return f"{self.name}@{self.revision}" if self.revision else self.name
+
+
+@dataclass
+class Prepared:
+    """One request, preprocessed on the CPU: an image's pixels and one prompt's token ids."""
+
+    image_key: Any  # requests with the same key share one pass of the vision encoder
+    pixel_values: Any  # numpy float32 (3, H, W)
+    input_ids: tuple[int, ...]
+    image_mask: tuple[int, ...]
+
+
+class Engine:
+    """A loaded model and processor. Thread-safe for `prepare`; `forward` runs on the caller's thread."""
+
+    def __init__(self, options: ModelOptions = ModelOptions(), generation: GenerationOptions = GenerationOptions()):
+        self.options = options
+        self.generation = generation
+        self.processor = None
+        self.model = None
+        self.device = None
+        self.dtype = None
+        self._lock = threading.Lock()
+
+    # -- loading -----------------------------------------------------------------------------------------
+    def load(self) -> Engine:
+        from transformers import AutoConfig, AutoProcessor, Kosmos2ForConditionalGeneration
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # our own messages say what went wrong; no weight-loading bars
+        hf_logging.disable_progress_bar()
+        name, revision = self.options.name, self.options.revision
+        self.device = resolve_device(self.options.device)
+        self.dtype = resolve_dtype(self.options.dtype, self.device)
+        kwargs = {"revision": revision, "trust_remote_code": False}
+        try:
+            config = AutoConfig.from_pretrained(name, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ModelError(_load_hint(name, exc)) from None
+        if getattr(config, "model_type", None) != "kosmos-2":
+            raise ModelError(
+                f"{name} is a {getattr(config, 'model_type', 'unknown')!r} model, not Kosmos-2: "
+                f"pass a Kosmos-2 checkpoint with --model (default {DEFAULT_MODEL})"
+            )
+        try:
+            self.processor = AutoProcessor.from_pretrained(name, **kwargs)
+            model = Kosmos2ForConditionalGeneration.from_pretrained(name, dtype=self.dtype, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ModelError(_load_hint(name, exc)) from None
+        self.model = model.to(self.device).eval()
+        self._num_image_tokens = int(config.latent_query_num)
+        self._eos = self.processor.tokenizer.eos_token_id
+        self._pad = self.processor.tokenizer.pad_token_id
+        log.debug("loaded %s on %s as %s", name, self.device, self.dtype)
+        return self
+
+    # -- preprocess (CPU, any thread) -----------------------------------------------------------------
+    def prepare(self, image, prompt: Prompt, image_key: Any = None, pixel_values: Any = None) -> Prepared:
+        """Pixels and token ids for one (image, prompt). Pass `pixel_values` to reuse an image's pixels."""
+        if pixel_values is None:
+            pixel_values = self.pixels(image)
+        ids, mask = self._encode_prompt(prompt.text, _freeze(prompt.processor_bboxes))
+        return Prepared(image_key if image_key is not None else id(image), pixel_values, ids, mask)
+
+    def pixels(self, image):
+        return self.processor.image_processor(images=[image], return_tensors="np")["pixel_values"][0]
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one engine per process; prompts repeat
+    def _encode_prompt(self, text: str, bboxes) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        from PIL import Image
+
+        blank = Image.new("RGB", (8, 8))
+        enc = self.processor(images=blank, text=text, bboxes=_thaw(bboxes))
+        return tuple(enc["input_ids"]), tuple(enc["image_embeds_position_mask"])
+
+    # -- forward (device) ------------------------------------------------------------------------------
+    def forward(self, batch: Sequence[Prepared]) -> list[str]:
+        """Generate for requests whose prompts have the same token length; returns the decoded new text."""
+        import torch
+
+        lengths = {len(p.input_ids) for p in batch}
+        if len(lengths) != 1:
+            raise ValueError("a batch must hold prompts of one token length (Kosmos-2's KV cache needs it)")
+        keys = list(dict.fromkeys(p.image_key for p in batch))
+        first = {p.image_key: p for p in reversed(batch)}
+        with torch.inference_mode():
+            pixels = torch.from_numpy(_stack([first[k].pixel_values for k in keys]))
+            pixels = pixels.to(self.device, self.dtype)
+            embeds = self.model.get_image_features(pixels, return_dict=True).pooler_output
+            index = torch.tensor([keys.index(p.image_key) for p in batch], device=embeds.device)
+            input_ids = torch.tensor([p.input_ids for p in batch], device=self.device)
+            mask = torch.tensor([p.image_mask for p in batch], device=self.device)
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                image_embeds=embeds.index_select(0, index),
+                image_embeds_position_mask=mask,
+                pad_token_id=self._pad,
+                eos_token_id=self._eos,
+                **self.generation.generate_kwargs(),
+            )
+        start = _after_image(batch[0].image_mask)
+        return self.processor.tokenizer.batch_decode(out[:, start:].cpu(), skip_special_tokens=False)
+
+    def forward_safe(self, batch: Sequence[Prepared]) -> list[str]:
+        """`forward`, halving the batch on a CUDA out-of-memory error instead of failing."""
+        import torch
+
+        try:
+            return self.forward(batch)
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                raise ModelError("out of GPU memory on a single image: use a smaller --max-new-tokens "
+                                 "or --num-beams, or --dtype float16") from None
+            torch.cuda.empty_cache()
+            log.warning("out of GPU memory at batch %d: halving it (pass a smaller --batch-size)", len(batch))
+            half = len(batch) // 2
+            return self.forward_safe(batch[:half]) + self.forward_safe(batch[half:])
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available here; use --device cpu")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def _load_hint(name: str, exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if os.path.isdir(name):
+        return (f"cannot load model from folder {name}: it is not a Kosmos-2 checkpoint ({first}); "
+                "pass a folder written by save_pretrained, or a hub id")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return (f"cannot load model {name}: HF_HUB_OFFLINE is set and it is not in the Hugging Face cache "
+                f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}); download it once with network "
+                "or pass --model FOLDER")
+    return (f"cannot load model {name} ({first}): check the hub id and your network, "
+            "or pass --model with a local folder")
+
+
+def _after_image(mask: Sequence[int]) -> int:
+    """Index of the first token after </image>: the prompt text and what the model generates."""
+    last = max(i for i, m in enumerate(mask) if m)
+    return last + 2
+
+
+def _stack(arrays):
+    import numpy as np
+
+    return np.ascontiguousarray(np.stack(arrays))
+
+
+def _freeze(bboxes):
+    if bboxes is None:
+        return None
+    return tuple(tuple(tuple(b) for b in boxes) for boxes in bboxes)
+
+
+def _thaw(bboxes):
+    if bboxes is None:
+        return None
+    return [[tuple(b) for b in boxes] for boxes in bboxes]

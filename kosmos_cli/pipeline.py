@@ -1,0 +1,275 @@
+"""Wires the stages: sources -> prefetching loader -> engine -> writer, with resume and progress.
+
+This is the only module that knows their order. Data flows as iterators; what is held at once is bounded by
+the batch size and the prefetch depth, never by the number of images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .engine import Engine, Prepared
+from .errors import UsageError
+from .images import MODEL_SIDE, file_stat, load_image
+from .jobs import Job, Unit
+from .records import OK, Record
+from .sources import Item, iter_items, shard
+from .writers import Seen, Sink, StdoutSink, Store, detect_format
+
+log = logging.getLogger("kosmos_cli")
+
+DRAFT_SIDE = 2 * MODEL_SIDE  # JPEGs are decoded at a reduced scale down to this many pixels a side, not below
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run reads, batches and writes; the same for every command."""
+
+    out: str = "-"
+    format: str | None = None
+    batch_size: int = 8
+    workers: int | None = None
+    overwrite: bool = False
+    retry_failed: bool = False
+    prune: bool = False
+    wait: bool = False
+    draft: bool = True
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError("--workers must be at least 1")
+        if self.out == "-" and (self.prune or self.overwrite):
+            pass  # nothing to prune or overwrite on stdout
+
+
+@dataclass
+class Summary:
+    """What a run did. `failed` counts error records written by this run."""
+
+    task: str = "ground"
+    out: str = "-"
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        where = "stdout" if self.out == "-" else self.out
+        state = "interrupted" if self.interrupted else "finished"
+        return (f"kosmos {self.task} {state}: {self.done} done, {self.failed} failed, {self.skipped} skipped "
+                f"in {self.seconds:.1f}s ({self.rate:.2f} images/s) -> {where}")
+
+
+class Progress:
+    """The interface the pipeline reports to; the CLI passes a live one (progress.py)."""
+
+    def start(self, total: int | None) -> None: ...
+    def advance(self, done: int, failed: int, skipped: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def run(
+    job: Job,
+    inputs: Iterable[str] | Iterable[Item],
+    engine: Engine,
+    options: RunOptions = RunOptions(),
+    progress: Progress | None = None,
+    on_write: Callable[[list[Record]], None] | None = None,
+    rank: int = 0,
+    world: int = 1,
+) -> Summary:
+    """Run `job` over every image named by `inputs`, writing records to `options.out`."""
+    progress = progress or Progress()
+    summary = Summary(task=job.task, out=options.out)
+    started = time.perf_counter()
+    fmt = detect_format(options.out, options.format)
+    store = None if options.out == "-" else Store(options.out, fmt, job.task, rank)
+    seen: dict[str, Seen] = {}
+    sink: Sink
+    if store is None:
+        sink = StdoutSink()
+    else:
+        store.lock(wait=options.wait)
+        if options.overwrite:
+            store.remove()
+        elif store.needs_compaction():
+            store.compact()
+        seen = store.scan()
+        sink = store.sink(direct=True)
+    present: set[str] | None = set() if options.prune else None
+    replaced = 0
+    try:
+        items = _as_items(inputs)
+        if present is not None:
+            items = _tracking(items, present)
+        pending = _todo(shard(items, rank, world), job, engine, seen, options, summary, progress)
+        for records in _batches(pending, job, engine, options):
+            replaced += sum(1 for r in records if _key_of(job, r) in seen)
+            sink.write(records)
+            for r in records:
+                if r.ok:
+                    summary.done += 1
+                else:
+                    summary.failed += 1
+                    summary.failures.append(f"{r.path}: {r.error}")
+            if on_write:
+                on_write(records)
+            progress.advance(summary.done, summary.failed, summary.skipped)
+    except (KeyboardInterrupt, SystemExit):
+        summary.interrupted = True
+        raise
+    finally:
+        sink.close()
+        summary.seconds = time.perf_counter() - started
+        progress.close()
+        if store is not None:
+            try:
+                _finish(store, present, replaced, summary)
+            finally:
+                store.unlock()
+    return summary
+
+
+def _finish(store: Store, present: set[str] | None, replaced: int, summary: Summary) -> None:
+    """Fold parts in; drop records of removed images with --prune (only after a complete pass)."""
+    prune = present is not None and not summary.interrupted
+    if prune or replaced or store.needs_compaction():
+        keep = (lambda key: key.split("\x00")[0] in present) if prune else None
+        store.compact(keep)
+    store.tidy()
+
+
+def _as_items(inputs) -> Iterator[Item]:
+    inputs = list(inputs) if not isinstance(inputs, Iterator) else inputs
+    if isinstance(inputs, list) and all(isinstance(i, str) for i in inputs):
+        return iter_items(inputs)
+    return (i if isinstance(i, Item) else Item(str(i)) for i in inputs)
+
+
+def _tracking(items: Iterator[Item], present: set[str]) -> Iterator[Item]:
+    for item in items:
+        present.add(item.path)
+        yield item
+
+
+def _key_of(job: Job, record: Record) -> str:
+    from .records import record_key
+
+    return record_key({"path": record.path, "box_px": record.box_px, "phrase": record.phrase}, job.task)
+
+
+def _todo(items, job: Job, engine: Engine, seen, options: RunOptions, summary: Summary, progress: Progress):
+    """(item, units still to do, stat) for each item with anything left to do; counts the skipped."""
+    model = engine.options.label
+    for item in items:
+        size, mtime = file_stat(item.path)
+        units = []
+        for unit in job.units(item, model):
+            recorded = seen.get(unit.key)
+            if recorded is not None and _fresh(recorded, size, mtime, options.retry_failed):
+                summary.skipped += 1
+                continue
+            unit.record.file_size, unit.record.file_mtime = size, mtime
+            units.append(unit)
+        if units:
+            yield item, units
+        elif summary.skipped % 256 == 0:
+            progress.advance(summary.done, summary.failed, summary.skipped)
+
+
+def _fresh(recorded: Seen, size, mtime, retry_failed: bool) -> bool:
+    if recorded.file_size != size or recorded.file_mtime != mtime:
+        return False  # the file changed (or appeared) since it was recorded: do it again
+    return recorded.status == OK or not retry_failed
+
+
+def _load(item: Item, units: list[Unit], job: Job, engine: Engine, draft: bool):
+    """Worker: decode the image once, then prepare every unit's request. Failures become error records."""
+    loaded = load_image(item.path, draft=DRAFT_SIDE if draft else None)
+    if loaded.error:
+        return [(u, None) for u in units if u.record.fail(loaded.error)]
+    out = []
+    pixels = None
+    for unit in units:
+        unit.record.width, unit.record.height = loaded.width, loaded.height
+        try:
+            prompt = job.prompt(unit, loaded.width, loaded.height)
+            if pixels is None:
+                pixels = engine.pixels(loaded.image)
+            out.append((unit, engine.prepare(loaded.image, prompt, image_key=item.path, pixel_values=pixels)))
+        except ValueError as exc:
+            out.append((unit.record.fail(str(exc)) and unit, None))
+    return out
+
+
+def _batches(pending, job: Job, engine: Engine, options: RunOptions) -> Iterator[list[Record]]:
+    """Finished records, a batch at a time: loading runs ahead in workers while the model works."""
+    size = options.batch_size
+    workers = options.workers or min(4, os.cpu_count() or 1)
+    buckets: dict[int, list[tuple[Unit, Prepared]]] = {}
+    failed: list[Record] = []
+    with ThreadPoolExecutor(workers, thread_name_prefix="kosmos-load") as pool:
+        queue: deque[Future] = deque()
+        ahead = max(2 * size, 2 * workers)
+
+        def fill():
+            while len(queue) < ahead:
+                nxt = next(pending, None)
+                if nxt is None:
+                    return
+                queue.append(pool.submit(_load, *nxt, job, engine, options.draft))
+
+        fill()
+        try:
+            while queue:
+                for unit, prepared in queue.popleft().result():
+                    if prepared is None:
+                        failed.append(unit.record)
+                        continue
+                    bucket = buckets.setdefault(len(prepared.input_ids), [])
+                    bucket.append((unit, prepared))
+                    if len(bucket) >= size:
+                        yield failed + _forward(bucket, job, engine)
+                        failed, buckets[len(prepared.input_ids)] = [], []
+                fill()
+                if len(failed) >= size:
+                    yield failed
+                    failed = []
+            for bucket in buckets.values():
+                if bucket:
+                    yield failed + _forward(bucket, job, engine)
+                    failed = []
+            if failed:
+                yield failed
+        finally:
+            for future in queue:
+                future.cancel()
+
+
+def _forward(bucket: list[tuple[Unit, Prepared]], job: Job, engine: Engine) -> list[Record]:
+    started = time.perf_counter()
+    texts = engine.forward_safe([p for _, p in bucket])
+    each = (time.perf_counter() - started) / len(bucket)
+    records = []
+    for (unit, _), text in zip(bucket, texts):
+        unit.record.seconds = round(each, 4)
+        try:
+            job.finish(unit, text)
+        except ValueError as exc:  # output the parser cannot use: that image fails, the run goes on
+            unit.record.fail(f"cannot read the model's output: {exc}")
+        records.append(unit.record)
+    return records

@@ -1,0 +1,40 @@
+"""Progress on stderr: a live bar on a terminal; nothing but the summary line elsewhere (cron, logs)."""
+
+from __future__ import annotations
+
+import sys
+
+from .pipeline import Progress
+
+
+class BarProgress(Progress):
+    """A tqdm bar counting records written (done + failed), with skipped ones in its postfix."""
+
+    def __init__(self, task: str, stream=None):
+        self._task, self._stream, self._bar = task, stream or sys.stderr, None
+
+    def start(self, total: int | None) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, desc=f"kosmos {self._task}", unit="img", file=self._stream,
+                         dynamic_ncols=True, leave=False)
+
+    def advance(self, done: int, failed: int, skipped: int) -> None:
+        if self._bar is None:
+            self.start(None)
+        self._bar.n = done + failed
+        self._bar.set_postfix(failed=failed, skipped=skipped, refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def for_terminal(task: str, quiet: bool, stream=None) -> Progress:
+    """A live bar when `stream` (stderr) is a terminal and not --quiet; otherwise silence."""
+    stream = stream or sys.stderr
+    if quiet or not getattr(stream, "isatty", lambda: False)():
+        return Progress()
+    return BarProgress(task, stream)
