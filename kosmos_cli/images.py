@@ -107,5 +107,19 @@ def file_stat(path: str) -> tuple[int | None, float | None]:
     return st.st_size, st.st_mtime
 
 
+def display_size(path: str) -> tuple[int, int] | None:
+    """(width, height) as displayed (EXIF orientation applied), from the header alone; None if unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
+                    width, height = height, width
+                return width, height
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return None
+
+
 def _size_or_none(path: str) -> int | None:
     return file_stat(path)[0]

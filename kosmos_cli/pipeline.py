@@ -113,10 +113,12 @@ def run(
     present: set[str] | None = set() if options.prune else None
     replaced = 0
     try:
-        items = _as_items(inputs)
+        items = _as_items(inputs, per_row=job.per_row)
         if present is not None:
             items = _tracking(items, present)
         pending = _todo(shard(items, rank, world), job, engine, seen, options, summary, progress)
+        if job.per_row:
+            pending = _same_image_once(pending)
         for records in _batches(pending, job, engine, options):
             replaced += sum(1 for r in records if _key_of(job, r) in seen)
             sink.write(records)
@@ -153,10 +155,10 @@ def _finish(store: Store, present: set[str] | None, replaced: int, summary: Summ
     store.tidy()
 
 
-def _as_items(inputs) -> Iterator[Item]:
+def _as_items(inputs, per_row: bool = False) -> Iterator[Item]:
     inputs = list(inputs) if not isinstance(inputs, Iterator) else inputs
     if isinstance(inputs, list) and all(isinstance(i, str) for i in inputs):
-        return iter_items(inputs)
+        return iter_items(inputs, per_row=per_row)
     return (i if isinstance(i, Item) else Item(str(i)) for i in inputs)
 
 
@@ -189,6 +191,20 @@ def _todo(items, job: Job, engine: Engine, seen, options: RunOptions, summary: S
             yield item, units
         elif summary.skipped % 256 == 0:
             progress.advance(summary.done, summary.failed, summary.skipped)
+
+
+def _same_image_once(pending):
+    """Consecutive manifest rows of one image (its regions, its phrases) -> one decode and one pixels call."""
+    current = None
+    for item, units in pending:
+        if current is not None and current[0].path == item.path:
+            current[1].extend(units)
+            continue
+        if current is not None:
+            yield current
+        current = (item, list(units))
+    if current is not None:
+        yield current
 
 
 def _fresh(recorded: Seen, size, mtime, retry_failed: bool) -> bool:

@@ -52,11 +52,17 @@ def check_inputs(inputs: Iterable[str]) -> list[str]:
     return inputs
 
 
-def iter_items(inputs: Iterable[str], stdin: IO[str] | None = None) -> Iterator[Item]:
-    """Every image named by `inputs`, once, in a stable order."""
-    seen: set[tuple[int, int] | str] = set()
+def iter_items(inputs: Iterable[str], stdin: IO[str] | None = None, per_row: bool = False) -> Iterator[Item]:
+    """Every image named by `inputs`, once, in a stable order.
+
+    `per_row`: for jobs with several records per image (refer, find), manifest rows that name the same image
+    with different columns (another box, another phrase) are all kept; only a repeated row is dropped.
+    """
+    seen: set = set()
     for item in _expand(inputs, stdin):
         key = _identity(item.path)
+        if per_row:
+            key = (key, json.dumps(item.extra, sort_keys=True, default=str))
         if key in seen:
             continue
         seen.add(key)
@@ -148,18 +154,18 @@ def read_manifest(path: str) -> Iterator[Item]:
                     yield item
     elif ext in (".jsonl", ".ndjson"):
         with open(path, encoding="utf-8") as f:
-            yield from _read_lines(f, base=base, name=path)
+            yield from _read_lines(f, base=base, name=path, json_only=True)
     elif ext == ".parquet":
         yield from _read_parquet(path, base)
 
 
-def _read_lines(f: IO[str], base: str | None, name: str) -> Iterator[Item]:
+def _read_lines(f: IO[str], base: str | None, name: str, json_only: bool = False) -> Iterator[Item]:
     """One path a line; a line that starts with "{" is a JSON object with a "path" key and carried keys."""
     for number, line in enumerate(f, 1):
         line = line.strip()
-        if not line or line.startswith("#"):
+        if not line or (line.startswith("#") and not json_only):
             continue
-        if line.startswith("{"):
+        if line.startswith("{") or json_only:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:

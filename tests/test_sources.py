@@ -1,0 +1,124 @@
+import io
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kosmos_cli.errors import InputError, UsageError
+from kosmos_cli.sources import Item, check_inputs, iter_items, shard
+
+
+def touch(path, data=b"x"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "photos"
+    for rel in ["b.JPG", "a.png", "sub/c.webp", "sub/deeper/d.TIFF", "e.gif", "f.bmp", "g.jpeg", "h.tif",
+                ".hidden.jpg", ".cache/x.jpg", "notes.txt", "raw.cr2"]:
+        touch(str(root / rel))
+    return root
+
+
+def paths(items):
+    return [i.path for i in items]
+
+
+def test_folder_walk_is_recursive_sorted_case_insensitive_and_skips_hidden(tree):
+    got = [os.path.relpath(p, tree) for p in paths(iter_items([str(tree)]))]
+    assert got == ["a.png", "b.JPG", "e.gif", "f.bmp", "g.jpeg", "h.tif", "sub/c.webp", "sub/deeper/d.TIFF"]
+
+
+def test_symlinked_folder_is_followed_but_a_loop_is_not_followed_forever(tree, tmp_path):
+    other = tmp_path / "other"
+    touch(str(other / "z.jpg"))
+    os.symlink(other, tree / "link")
+    os.symlink(tree, tree / "sub" / "loop")  # points back up
+    got = paths(iter_items([str(tree)]))
+    assert str(tree / "link" / "z.jpg") in got
+    assert len(got) == len(set(got)) == 9
+
+
+def test_same_file_twice_is_yielded_once(tree):
+    os.symlink(tree / "a.png", tree / "alias.png")
+    got = paths(iter_items([str(tree / "a.png"), str(tree), str(tree / "alias.png")]))
+    assert got.count(str(tree / "a.png")) == 1
+    assert str(tree / "alias.png") not in got
+
+
+def test_glob(tree):
+    got = paths(iter_items([str(tree / "**" / "*.webp")]))
+    assert got == [str(tree / "sub" / "c.webp")]
+
+
+def test_txt_manifest_resolves_against_its_folder(tree, tmp_path):
+    manifest = tmp_path / "lists" / "m.txt"
+    touch(str(manifest), b"# a comment\n../photos/a.png\n\n" + str(tree / "b.JPG").encode() + b"\n")
+    assert paths(iter_items([str(manifest)])) == [os.path.normpath(str(tmp_path / "photos" / "a.png")),
+                                                  str(tree / "b.JPG")]
+
+
+def test_csv_manifest_carries_columns(tree):
+    manifest = tree / "m.csv"
+    manifest.write_text("path,label,width\na.png,cat,7\nsub/c.webp,dog,8\n")
+    items = list(iter_items([str(manifest)]))
+    assert items == [Item(str(tree / "a.png")), Item(str(tree / "sub" / "c.webp"))]
+    assert items[0].extra == {"label": "cat", "width": "7"}
+
+
+def test_jsonl_manifest_carries_keys_and_skips_bad_lines(tree, caplog):
+    manifest = tree / "m.jsonl"
+    manifest.write_text('{"path": "a.png", "id": 1}\nnot json\n{"nopath": 1}\n{"path": "b.JPG", "tags": ["x"]}\n')
+    items = list(iter_items([str(manifest)]))
+    assert paths(items) == [str(tree / "a.png"), str(tree / "b.JPG")]
+    assert items[1].extra == {"tags": ["x"]}
+    assert "line 2 is not valid JSON" in caplog.text and "line 3 has no \"path\"" in caplog.text
+
+
+def test_parquet_manifest(tree):
+    pq.write_table(pa.table({"path": ["a.png", "f.bmp"], "score": [0.5, 0.25]}), tree / "m.parquet")
+    items = list(iter_items([str(tree / "m.parquet")]))
+    assert paths(items) == [str(tree / "a.png"), str(tree / "f.bmp")]
+    assert items[1].extra == {"score": 0.25}
+
+
+def test_manifest_without_path_column_is_an_input_error(tree):
+    (tree / "m.csv").write_text("file,label\na.png,cat\n")
+    with pytest.raises(InputError, match="no 'path' column"):
+        list(iter_items([str(tree / "m.csv")]))
+
+
+def test_stdin_paths_and_json_lines(tree):
+    stdin = io.StringIO(f"{tree / 'a.png'}\n" + json.dumps({"path": str(tree / "f.bmp"), "k": "v"}) + "\n")
+    items = list(iter_items(["-"], stdin=stdin))
+    assert paths(items) == [str(tree / "a.png"), str(tree / "f.bmp")] and items[1].extra == {"k": "v"}
+
+
+def test_missing_manifest_entry_is_still_yielded(tree):
+    (tree / "m.txt").write_text("gone.jpg\n")
+    assert paths(iter_items([str(tree / "m.txt")])) == [str(tree / "gone.jpg")]
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "no input given"),
+    (["/definitely/not/here"], "input not found"),
+    (["/definitely/not/*.jpg"], "no files match"),
+    (["-", "-"], "once"),
+])
+def test_check_inputs_usage_errors(args, message):
+    with pytest.raises(UsageError, match=message):
+        check_inputs(args)
+
+
+def test_shards_are_disjoint_and_complete():
+    items = [Item(f"{i}.jpg") for i in range(11)]
+    parts = [list(shard(items, r, 3)) for r in range(3)]
+    flat = [i for p in parts for i in p]
+    assert sorted(paths(flat)) == sorted(paths(items)) and len(flat) == len(items)
+    assert paths(parts[1]) == ["1.jpg", "4.jpg", "7.jpg", "10.jpg"]
