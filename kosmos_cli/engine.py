@@ -96,6 +96,21 @@ class Engine:
         self._lock = threading.Lock()
 
     # -- loading -----------------------------------------------------------------------------------------
+    @classmethod
+    def from_model(cls, model, processor, generation: GenerationOptions = GenerationOptions(),
+                   label: str = "in-memory") -> Engine:
+        """Wrap a model and processor already loaded (its device and dtype are kept)."""
+        engine = cls(ModelOptions(model=label), generation)
+        engine.processor, engine.model = processor, model.eval()
+        engine.device, engine.dtype = next(model.parameters()).device, next(model.parameters()).dtype
+        engine._setup(model.config)
+        return engine
+
+    def _setup(self, config) -> None:
+        self._num_image_tokens = int(config.latent_query_num)
+        self._eos = self.processor.tokenizer.eos_token_id
+        self._pad = self.processor.tokenizer.pad_token_id
+
     def load(self) -> Engine:
         from transformers import AutoConfig, AutoProcessor, Kosmos2ForConditionalGeneration
         from transformers.utils import logging as hf_logging
@@ -121,9 +136,7 @@ class Engine:
         except (OSError, ValueError) as exc:
             raise ModelError(_load_hint(name, exc)) from None
         self.model = model.to(self.device).eval()
-        self._num_image_tokens = int(config.latent_query_num)
-        self._eos = self.processor.tokenizer.eos_token_id
-        self._pad = self.processor.tokenizer.pad_token_id
+        self._setup(config)
         log.debug("loaded %s on %s as %s", name, self.device, self.dtype)
         return self
 
