@@ -3,7 +3,7 @@
 Importing this package is light: torch and transformers load only when a model does.
 """
 
-from .api import ground, load_engine
+from .api import draw, find, ground, load_engine, refer
 from .errors import InputError, KosmosError, ModelError, OutputError, UsageError
 from .records import Entity, Record
 from .writers import read_records
@@ -12,5 +12,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Entity", "InputError", "KosmosError", "ModelError", "OutputError", "Record", "UsageError",
-    "ground", "load_engine", "read_records", "__version__",
+    "draw", "find", "ground", "load_engine", "read_records", "refer", "__version__",
 ]

@@ -7,6 +7,7 @@ Errors become one line on stderr and an exit code here, and only here. Exit code
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -93,9 +94,12 @@ def ground(
     strict: Strict = False,
     quiet: Quiet = False,
     workers: Workers = None,
+    draw: Annotated[Optional[str], typer.Option(
+        "--draw", help="Also draw each image's boxes into this folder, as kosmos draw does.",
+        show_default=False)] = None,
 ) -> None:
     """Caption every image and ground its phrases: one record per image, resumable."""
-    from . import api
+    from . import api, distributed
     from .engine import GenerationOptions, ModelOptions
     from .pipeline import RunOptions
     from .progress import for_terminal
@@ -109,12 +113,135 @@ def ground(
         RunOptions(out=out, format=format, batch_size=batch_size, workers=workers)
         ModelOptions(model, revision, device, dtype)
         GenerationOptions(max_new_tokens, num_beams, no_repeat_ngram_size or None)
+        drawer = _drawer(draw, inputs)
+        distributed.join(out, device)  # started as several processes: this one's share, reported beside `out`
         engine = api.load_engine(model, revision=revision, device=device, dtype=dtype,
                                  max_new_tokens=max_new_tokens, num_beams=num_beams,
                                  no_repeat_ngram_size=no_repeat_ngram_size or None)
-        return api.ground(inputs, out, prompt=prompt, engine=engine, format=format, batch_size=batch_size,
-                          overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait,
-                          workers=workers, progress=for_terminal("ground", quiet))
+        with drawer or contextlib.nullcontext():
+            summary = api.ground(inputs, out, prompt=prompt, engine=engine, format=format, batch_size=batch_size,
+                                 overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait,
+                                 workers=workers, progress=for_terminal("ground", quiet),
+                                 on_write=drawer.add_records if drawer else None)
+        if drawer and not quiet:
+            _say(drawer.summary.line())
+        return summary
+
+    _finish(_call(go, quiet), quiet, strict)
+
+
+def _drawer(folder: str | None, inputs: list[str]):
+    """ground --draw: a Drawer keeping the layout below the inputs' common folder (checked before the model)."""
+    if folder is None:
+        return None
+    from .drawing import Drawer, input_root
+
+    return Drawer(folder, input_root(inputs))
+
+
+Box = Annotated[Optional[list[str]], typer.Option(
+    "--box", help="A region x1,y1,x2,y2 in pixels of the image as displayed (EXIF applied); repeat for more. "
+                  "Without it: a manifest's x1, y1, x2, y2 columns.", show_default=False)]
+Normalized = Annotated[bool, typer.Option("--normalized", help="Boxes are 0-1 fractions of width and height.")]
+
+
+@app.command(epilog="Example: kosmos refer photo.jpg --box 10,20,200,300 --box 0,0,64,64")
+def refer(
+    inputs: Inputs,
+    box: Box = None,
+    normalized: Normalized = False,
+    out: Out = "-",
+    model: Model = None,
+    revision: Revision = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    batch_size: BatchSize = 8,
+    max_new_tokens: MaxNewTokens = 128,
+    num_beams: NumBeams = 1,
+    no_repeat_ngram_size: NoRepeat = 0,
+    format: Format = None,
+    overwrite: Overwrite = False,
+    retry_failed: RetryFailed = False,
+    prune: Prune = False,
+    wait: Wait = False,
+    strict: Strict = False,
+    quiet: Quiet = False,
+    workers: Workers = None,
+) -> None:
+    """Describe regions of images: one record per (image, box) with the model's description of it."""
+    from . import api
+    from .progress import for_terminal
+
+    def go():
+        return api.refer(inputs, out, boxes=box, normalized=normalized, format=format, batch_size=batch_size,
+                         overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait, workers=workers,
+                         progress=for_terminal("refer", quiet), model=model, revision=revision, device=device,
+                         dtype=dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                         no_repeat_ngram_size=no_repeat_ngram_size or None)
+
+    _finish(_call(go, quiet), quiet, strict)
+
+
+@app.command(epilog="Example: kosmos find photo.jpg \"a red car\" \"a dog\" --out found.jsonl")
+def find(
+    input_: Annotated[str, typer.Argument(
+        metavar="INPUT", show_default=False,
+        help="A folder, image file, glob, manifest (.csv .jsonl .parquet with 'path' and 'phrase' columns), "
+             "or - for stdin.")],
+    phrases: Annotated[Optional[list[str]], typer.Argument(
+        help="Phrases to find in every image. Without them: a manifest's 'phrase' column.",
+        show_default=False)] = None,
+    out: Out = "-",
+    model: Model = None,
+    revision: Revision = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    batch_size: BatchSize = 8,
+    max_new_tokens: MaxNewTokens = 128,
+    num_beams: NumBeams = 1,
+    no_repeat_ngram_size: NoRepeat = 0,
+    format: Format = None,
+    overwrite: Overwrite = False,
+    retry_failed: RetryFailed = False,
+    prune: Prune = False,
+    wait: Wait = False,
+    strict: Strict = False,
+    quiet: Quiet = False,
+    workers: Workers = None,
+) -> None:
+    """Find phrases in images: one record per (image, phrase) with its boxes (empty lists: not found)."""
+    from . import api
+    from .progress import for_terminal
+
+    def go():
+        return api.find([input_], out, phrases=phrases, format=format, batch_size=batch_size,
+                        overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait, workers=workers,
+                        progress=for_terminal("find", quiet), model=model, revision=revision, device=device,
+                        dtype=dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                        no_repeat_ngram_size=no_repeat_ngram_size or None)
+
+    _finish(_call(go, quiet), quiet, strict)
+
+
+@app.command(epilog="Example: kosmos draw results.parquet --out-dir annotated/ --html")
+def draw(
+    results: Annotated[str, typer.Argument(
+        help="A results file of kosmos ground, refer or find (.jsonl or .parquet).", show_default=False)],
+    out_dir: Annotated[str, typer.Option(
+        "--out-dir", "-o", help="Folder for the annotated images (made if missing); the images keep their "
+                                "layout below their common folder.", show_default=False)],
+    html: Annotated[bool, typer.Option("--html", help="Also write index.html, a gallery that opens from the "
+                                                      "folder in a browser.")] = False,
+    strict: Strict = False,
+    quiet: Quiet = False,
+) -> None:
+    """Draw the boxes and phrases of a results file onto the images; prints each file written."""
+    from . import api
+    from .progress import for_terminal
+
+    def go():
+        return api.draw(results, out_dir, html=html, progress=for_terminal("draw", quiet),
+                        on_drawn=lambda path: print(path, flush=True))
 
     _finish(_call(go, quiet), quiet, strict)
 
@@ -138,14 +265,15 @@ def _call(fn, quiet: bool):
     try:
         return fn()
     except KosmosError as exc:
-        _say(f"kosmos: error: {exc}")
+        if not getattr(exc, "quiet", False):  # quiet: another process of the run says it
+            _say(f"kosmos: error: {exc}")
         raise typer.Exit(exc.exit_code) from None
     except BrokenPipeError:  # the reader went away (`| head -1`): end quietly
         _silence_stdout()
         raise typer.Exit(0) from None
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        if not quiet:
+        if not quiet and not getattr(exc, "quiet", False):
             _say(f"kosmos: interrupted by {signal.Signals(signum).name}: finished batches are kept; "
                  "run the same command again to finish")
         raise typer.Exit(128 + signum) from None
@@ -155,13 +283,18 @@ def _call(fn, quiet: bool):
 
 
 def _finish(summary, quiet: bool, strict: bool) -> None:
+    rank = getattr(summary, "rank", None)
+    quiet = quiet or bool(rank)  # a multi-process run: rank 0 speaks for every rank
     if not quiet:
         for failure in summary.failures[:5]:
             _say(f"kosmos: failed: {failure}")
         if len(summary.failures) > 5:
             _say(f"kosmos: ... and {len(summary.failures) - 5} more failed (their records have status 'error')")
+        if not sys.stderr.isatty():  # no live bar: a line for each rank's share
+            for part in getattr(summary, "ranks", ()):
+                _say(part.line())
         _say(summary.line())
-    if strict and summary.failed:
+    if strict and summary.failed and not rank:
         raise typer.Exit(1)
 
 
@@ -169,11 +302,23 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a message comes (a test runner swaps it), not the one at setup."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _setup_logging(quiet: bool) -> None:
     logger = logging.getLogger("kosmos_cli")
     logger.setLevel(logging.ERROR if quiet else logging.WARNING)
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("kosmos: %(levelname)s: %(message)s"))
         logger.addHandler(handler)
     logger.propagate = False

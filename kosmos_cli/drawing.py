@@ -6,8 +6,9 @@ Works on result rows of every task (what `writers.read_records` yields, or `Reco
 - refer: the region (`box_px`), labelled with the model's description;
 - find: the phrase's boxes, labelled with the phrase.
 
-Each entity gets its own colour; a label is a filled box in that colour with black or white text, whichever
-reads better on it, so it stays readable on light and dark pictures alike, and it is kept inside the picture.
+Each entity gets its own colour (a band edged in black or white); a label is a filled box in that colour with
+black or white text, whichever contrasts more, so it reads on light and dark pictures alike; it stays inside the
+picture.
 """
 
 from __future__ import annotations
@@ -78,9 +79,19 @@ def color(index: int) -> tuple[int, int, int]:
 
 
 def text_color(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Black on light colours, white on dark ones."""
+    """Black or white, whichever contrasts more with `rgb` (WCAG contrast ratio)."""
+    lum = luminance(rgb)
+    return (0, 0, 0) if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else (255, 255, 255)
+
+
+def luminance(rgb: tuple[int, int, int]) -> float:
+    """WCAG relative luminance, 0 (black) to 1 (white)."""
+    def linear(v: int) -> float:
+        v = v / 255
+        return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4
+
     r, g, b = rgb
-    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
+    return 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b)
 
 
 def line_width(width: int, height: int) -> int:
@@ -88,7 +99,7 @@ def line_width(width: int, height: int) -> int:
 
 
 def font_size(width: int, height: int) -> int:
-    return max(11, round(max(width, height) / 45))
+    return max(12, round(max(width, height) / 36))
 
 
 @functools.lru_cache(maxsize=16)
@@ -111,8 +122,10 @@ def annotate(image: Image.Image, shapes: Iterable[Shape], scale: tuple[float, fl
             x1, y1, x2, y2 = _clip(box, scale, width, height)
             if x2 - x1 < 1 or y2 - y1 < 1:
                 continue
-            # Pillow draws the outline inwards from these corners: the line lies inside the box (x2, y2 exclusive)
-            draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=shape.color, width=lw)
+            # Pillow draws outlines inwards from these corners, so the line lies inside the box (x2, y2 exclusive):
+            # a band of the entity's colour between two 1-pixel edges of black or white, seen on any background
+            draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=text_color(shape.color), width=lw + 2)
+            draw.rectangle((x1 + 1, y1 + 1, x2 - 2, y2 - 2), outline=shape.color, width=lw)
             if shape.label:
                 labels.append((shape, x1, y1))
     for shape, x1, y1 in labels:  # after every box, so no line crosses a label
@@ -130,15 +143,25 @@ def _clip(box, scale, width: int, height: int) -> tuple[int, int, int, int]:
 
 
 def _label(draw, text: str, fill, x: int, y: int, width: int, height: int, font) -> None:
-    """A filled label at the box's top-left corner: above the box when there is room, else just inside it."""
-    pad = max(1, font.size // 6) if hasattr(font, "size") else 2
+    (left, top, right, bottom), text, (dx, dy) = label_box(draw, text, font, x, y, width, height)
+    draw.rectangle((left, top, right - 1, bottom - 1), fill=fill)
+    draw.text((left + dx, top + dy), text, font=font, fill=text_color(fill))
+
+
+def label_box(draw, text: str, font, x: int, y: int, width: int, height: int):
+    """Where a label for a box with top-left corner (x, y) goes: above the box when there is room, else just
+    inside it; always inside the width x height picture, its text cut short to fit.
+
+    Returns ((left, top, right, bottom) of the filled box, right and bottom exclusive), the text, and the
+    text's offset in the box.
+    """
+    pad = max(1, getattr(font, "size", 12) // 6)
     text = _fit(draw, text, font, width - 2 * pad)
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    w, h = right - left + 2 * pad, bottom - top + 2 * pad
+    w, h = min(width, right - left + 2 * pad), min(height, bottom - top + 2 * pad)
     x = max(0, min(x, width - w))
-    y = y - h if y - h >= 0 else min(y, max(0, height - h))
-    draw.rectangle((x, y, x + w - 1, y + h - 1), fill=fill)
-    draw.text((x + pad - left, y + pad - top), text, font=font, fill=text_color(fill))
+    y = y - h if y - h >= 0 else max(0, min(y, height - h))
+    return (x, y, x + w, y + h), text, (pad - left, pad - top)
 
 
 def _fit(draw, text: str, font, room: int) -> str:
@@ -182,7 +205,7 @@ def input_root(inputs: Iterable[str]) -> str | None:
 
 @dataclass
 class DrawSummary:
-    """What a draw did: images written, error records skipped, images that could not be opened."""
+    """What a draw did: images written, error records skipped, images that could not be opened, time spent."""
 
     out_dir: str
     drawn: int = 0
@@ -216,7 +239,6 @@ class Drawer:
         self.summary = DrawSummary(out_dir, index=os.path.join(out_dir, "index.html") if html else None)
         self._html = None
         self._used: set[str] = set()
-        self._started = time.perf_counter()
 
     def __enter__(self) -> Drawer:
         return self
@@ -234,6 +256,13 @@ class Drawer:
         if row.get("status") != "ok":
             self.summary.skipped += 1
             return None
+        started = time.perf_counter()
+        try:
+            return self._draw(row)
+        finally:
+            self.summary.seconds += time.perf_counter() - started
+
+    def _draw(self, row: dict[str, Any]) -> str | None:
         source = locate(row["path"], self.root)
         loaded = load_image(source)
         if loaded.error:
@@ -255,7 +284,6 @@ class Drawer:
         return target
 
     def close(self, complete: bool = True) -> DrawSummary:
-        self.summary.seconds = time.perf_counter() - self._started
         if self.summary.index is None:
             return self.summary
         tmp = self.summary.index + ".tmp"
@@ -290,7 +318,8 @@ class Drawer:
         jpeg = target.lower().endswith(_JPEG)
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            image.save(tmp, format="JPEG" if jpeg else "PNG", **({"quality": 92} if jpeg else {}))
+            # JPEG without chroma subsampling: thin coloured lines keep their colour
+            image.save(tmp, format="JPEG" if jpeg else "PNG", **({"quality": 92, "subsampling": 0} if jpeg else {}))
             os.replace(tmp, target)
         except OSError as exc:
             _unlink(tmp)

@@ -160,8 +160,11 @@ class Engine:
         return tuple(enc["input_ids"]), tuple(enc["image_embeds_position_mask"])
 
     # -- forward (device) ------------------------------------------------------------------------------
-    def forward(self, batch: Sequence[Prepared]) -> list[str]:
-        """Generate for requests whose prompts have the same token length; returns the decoded new text."""
+    def forward(self, batch: Sequence[Prepared], stop_at: str | None = None) -> list[str]:
+        """Generate for requests whose prompts have the same token length; returns the decoded new text.
+
+        `stop_at`: a special token (e.g. "</object>") that ends a sequence like the end-of-sequence token does.
+        """
         import torch
 
         lengths = {len(p.input_ids) for p in batch}
@@ -169,6 +172,7 @@ class Engine:
             raise ValueError("a batch must hold prompts of one token length (Kosmos-2's KV cache needs it)")
         keys = list(dict.fromkeys(p.image_key for p in batch))
         first = {p.image_key: p for p in reversed(batch)}
+        eos = [self._eos, self.processor.tokenizer.convert_tokens_to_ids(stop_at)] if stop_at else self._eos
         with torch.inference_mode():
             pixels = torch.from_numpy(_stack([first[k].pixel_values for k in keys]))
             pixels = pixels.to(self.device, self.dtype)
@@ -182,18 +186,18 @@ class Engine:
                 image_embeds=embeds.index_select(0, index),
                 image_embeds_position_mask=mask,
                 pad_token_id=self._pad,
-                eos_token_id=self._eos,
+                eos_token_id=eos,
                 **self.generation.generate_kwargs(),
             )
         start = _after_image(batch[0].image_mask)
         return self.processor.tokenizer.batch_decode(out[:, start:].cpu(), skip_special_tokens=False)
 
-    def forward_safe(self, batch: Sequence[Prepared]) -> list[str]:
+    def forward_safe(self, batch: Sequence[Prepared], stop_at: str | None = None) -> list[str]:
         """`forward`, halving the batch on a CUDA out-of-memory error instead of failing."""
         import torch
 
         try:
-            return self.forward(batch)
+            return self.forward(batch, stop_at)
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
                 raise ModelError("out of GPU memory on a single image: use a smaller --max-new-tokens "
@@ -201,7 +205,7 @@ class Engine:
             torch.cuda.empty_cache()
             log.warning("out of GPU memory at batch %d: halving it (pass a smaller --batch-size)", len(batch))
             half = len(batch) // 2
-            return self.forward_safe(batch[:half]) + self.forward_safe(batch[half:])
+            return self.forward_safe(batch[:half], stop_at) + self.forward_safe(batch[half:], stop_at)
 
 
 def resolve_device(device: str) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .grounding import parse, snap, strip_tags, to_normalized, to_pixels
 from .images import display_size
-from .prompts import Prompt, caption_prompt, clean_phrase, find_prompt, refer_prompt
+from .prompts import OBJECT_END, Prompt, caption_prompt, clean_phrase, find_prompt, refer_prompt
 from .records import Entity, Record, record_key
 from .sources import Item
 
@@ -31,6 +31,7 @@ class Unit:
 class Job:
     task = "ground"
     per_row = False  # True: several records per image, so manifest rows naming one image are all kept
+    stop_at: str | None = None  # a token after which nothing the job reads can follow: generation ends there
 
     def units(self, item: Item, model: str) -> list[Unit]:
         raise NotImplementedError
@@ -142,6 +143,7 @@ class FindJob(Job):
 
     task = "find"
     per_row = True
+    stop_at = OBJECT_END  # the boxes are all in the first <object>...</object>: no need to generate on
 
     def __init__(self, phrases=None):
         self.phrases = [check_phrase(p) for p in phrases] if phrases else None
@@ -192,18 +194,18 @@ def parse_box(value, normalized: bool = False) -> tuple[float, float, float, flo
     try:
         box = tuple(float(p) for p in parts)
     except (TypeError, ValueError):
-        raise ValueError(f"a box is 4 numbers x1,y1,x2,y2, got {_show(parts)}") from None
+        raise ValueError(f"a box is 4 numbers x1,y1,x2,y2, got {format_box(parts)}") from None
     if not all(math.isfinite(v) for v in box):
-        raise ValueError(f"a box is 4 finite numbers, got {_show(box)}")
+        raise ValueError(f"a box is 4 finite numbers, got {format_box(box)}")
     x1, y1, x2, y2 = box
     if x2 <= x1 or y2 <= y1:
-        raise ValueError(f"box {_show(box)} is empty: x2 must be greater than x1 and y2 greater than y1")
+        raise ValueError(f"box {format_box(box)} is empty: x2 must be greater than x1 and y2 greater than y1")
     if min(box) < 0:
-        raise ValueError(f"box {_show(box)} is outside the image: coordinates cannot be negative")
+        raise ValueError(f"box {format_box(box)} is outside the image: coordinates cannot be negative")
     if normalized and max(box) > 1:
-        raise ValueError(f"box {_show(box)} is not normalised: with --normalized every value lies in 0-1")
+        raise ValueError(f"box {format_box(box)} is not normalised: with --normalized every value lies in 0-1")
     if not normalized and x2 - x1 < 1 and y2 - y1 < 1:
-        raise ValueError(f"box {_show(box)} is smaller than a pixel: for 0-1 boxes pass --normalized")
+        raise ValueError(f"box {format_box(box)} is smaller than a pixel: for 0-1 boxes pass --normalized")
     return box
 
 
@@ -212,7 +214,7 @@ def check_fits(box, width: int, height: int, normalized: bool = False) -> None:
     if normalized:
         return  # 0-1 boxes always fit; parse_box checked the range
     if box[2] > width or box[3] > height:
-        raise ValueError(f"box {_show(box)} is outside the {width}x{height} image "
+        raise ValueError(f"box {format_box(box)} is outside the {width}x{height} image "
                          "(pixels of the image as displayed, EXIF orientation applied)")
 
 
@@ -238,5 +240,5 @@ def _numbers(values) -> list[float] | None:
     return box if len(box) == 4 and all(math.isfinite(v) for v in box) else None
 
 
-def _show(values) -> str:
+def format_box(values) -> str:
     return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)

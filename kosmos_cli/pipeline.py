@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from . import distributed
 from .engine import Engine, Prepared
-from .errors import UsageError
+from .errors import OutputError, UsageError
 from .images import MODEL_SIDE, file_stat, load_image
 from .jobs import Job, Unit
 from .records import OK, Record
@@ -62,6 +63,9 @@ class Summary:
     seconds: float = 0.0
     interrupted: bool = False
     failures: list[str] = field(default_factory=list)
+    rank: int | None = None  # set on one rank's share of a multi-process run
+    world: int = 1  # how many processes did the run
+    ranks: list[Summary] = field(default_factory=list)  # rank 0 of a multi-process run: each rank's share
 
     @property
     def rate(self) -> float:
@@ -70,8 +74,12 @@ class Summary:
     def line(self) -> str:
         where = "stdout" if self.out == "-" else self.out
         state = "interrupted" if self.interrupted else "finished"
-        return (f"kosmos {self.task} {state}: {self.done} done, {self.failed} failed, {self.skipped} skipped "
-                f"in {self.seconds:.1f}s ({self.rate:.2f} images/s) -> {where}")
+        counts = (f"{self.done} done, {self.failed} failed, {self.skipped} skipped in {self.seconds:.1f}s "
+                  f"({self.rate:.2f} images/s)")
+        if self.rank is not None:
+            return f"kosmos {self.task} rank {self.rank}: {counts}"
+        processes = f" ({self.world} processes)" if self.world > 1 else ""
+        return f"kosmos {self.task} {state}: {counts} -> {where}{processes}"
 
 
 class Progress:
@@ -92,26 +100,46 @@ def run(
     rank: int = 0,
     world: int = 1,
 ) -> Summary:
-    """Run `job` over every image named by `inputs`, writing records to `options.out`."""
+    """Run `job` over every image named by `inputs`, writing records to `options.out`.
+
+    Started as several processes (accelerate launch, torchrun), each one takes its share and rank 0 merges them
+    into `options.out` (distributed.py). `rank` and `world` shard by hand instead, with no coordination.
+    """
+    team = distributed.detect() if (rank, world) == (0, 1) else None
+    if team is None:
+        return _run(job, inputs, engine, options, progress, on_write, rank, world)
+    with team.session(options.out):
+        if isinstance(inputs, (list, tuple)) and "-" in inputs:
+            raise UsageError("paths on stdin (-) can feed one process only: write them to a .txt manifest "
+                             "and name that")
+        return _run(job, inputs, engine, options, team.progress(progress), on_write, team.rank, team.size, team)
+
+
+def _run(job, inputs, engine, options, progress, on_write, rank, world, team=None) -> Summary:
     progress = progress or Progress()
     summary = Summary(task=job.task, out=options.out)
     started = time.perf_counter()
     fmt = detect_format(options.out, options.format)
-    store = None if options.out == "-" else Store(options.out, fmt, job.task, rank)
+    path = team.output_for(options.out) if team else options.out  # several processes write "-" to a spool
+    store = None if path == "-" else Store(path, fmt, job.task, rank)
     seen: dict[str, Seen] = {}
     sink: Sink
     if store is None:
         sink = StdoutSink()
     else:
-        store.lock(wait=options.wait)
-        if options.overwrite:
-            store.remove()
-        elif store.needs_compaction():
-            store.compact()
-        seen = store.scan()
-        sink = store.sink(direct=True)
+        if team is None or team.main:
+            store.lock(wait=options.wait)
+            if options.overwrite or path != options.out:
+                store.remove()
+            elif store.needs_compaction():
+                store.compact()
+        if team is not None:
+            team.ready()  # the other ranks wait here until rank 0 has prepared the output
+        seen = store.scan(parts=team is None)  # with a team, parts appear only as this run writes them
+        sink = store.sink(direct=team is None)
     present: set[str] | None = set() if options.prune else None
     replaced = 0
+    write_failed = False
     try:
         items = _as_items(inputs, per_row=job.per_row)
         if present is not None:
@@ -131,8 +159,15 @@ def run(
             if on_write:
                 on_write(records)
             progress.advance(summary.done, summary.failed, summary.skipped)
+            if team is not None:
+                team.check()  # another rank failed: stop
+        if team is not None:
+            team.finish(summary)  # rank 0 waits here for every rank and counts their records in
     except (KeyboardInterrupt, SystemExit):
         summary.interrupted = True
+        raise
+    except OutputError:
+        write_failed = True  # a full disk: leave the parts for the next run rather than copy the output now
         raise
     finally:
         sink.close()
@@ -140,7 +175,8 @@ def run(
         progress.close()
         if store is not None:
             try:
-                _finish(store, present, replaced, summary)
+                if (team is None or team.merged) and not write_failed:  # with a team: rank 0, once all are done
+                    _finish(store, present, replaced, summary)
             finally:
                 store.unlock()
     return summary
@@ -278,7 +314,7 @@ def _batches(pending, job: Job, engine: Engine, options: RunOptions) -> Iterator
 
 def _forward(bucket: list[tuple[Unit, Prepared]], job: Job, engine: Engine) -> list[Record]:
     started = time.perf_counter()
-    texts = engine.forward_safe([p for _, p in bucket])
+    texts = engine.forward_safe([p for _, p in bucket], job.stop_at)
     each = (time.perf_counter() - started) / len(bucket)
     records = []
     for (unit, _), text in zip(bucket, texts):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GROUNDING = "<grounding>"
+OBJECT_END = "</object>"
 PRESETS = {
     "brief": "<grounding> An image of",
     "detailed": "<grounding> Describe this image in detail:",

@@ -126,10 +126,12 @@ class Store:
         else:
             yield from _parquet_rows(path, columns)
 
-    def scan(self) -> dict[str, Seen]:
-        """key -> what is recorded for it (the last record wins)."""
+    def scan(self, parts: bool = True) -> dict[str, Seen]:
+        """key -> what is recorded for it (the last record wins). `parts=False`: the output alone, leaving the
+        parts folder untouched (other processes may be writing there)."""
         seen: dict[str, Seen] = {}
-        for source in self.sources():
+        sources = self.sources() if parts else ([self.path] if os.path.exists(self.path) else [])
+        for source in sources:
             for row in self.rows(source, _RESUME_COLUMNS):
                 seen[record_key(row, self.task)] = Seen(row.get("file_size"), row.get("file_mtime"), row.get("status"))
         return seen
@@ -282,8 +284,13 @@ class StdoutSink(Sink):
 
     def write(self, records: list[Record]) -> None:
         stream = self._stream or sys.stdout
-        stream.write("".join(dumps(r.to_dict()) for r in records))
-        stream.flush()
+        try:
+            stream.write("".join(dumps(r.to_dict()) for r in records))
+            stream.flush()
+        except BrokenPipeError:
+            raise  # the reader went away: the CLI ends quietly
+        except OSError as exc:
+            raise disk_error(exc, "stdout") from None
 
 
 class ParquetPartSink(Sink):

@@ -98,7 +98,7 @@ def build_model(processor: Kosmos2Processor) -> Kosmos2ForConditionalGeneration:
             pad_token_id=tokenizer.pad_token_id,
         ),
         vision_config=dict(
-            hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+            hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
             image_size=224, patch_size=28,
         ),
         latent_query_num=64,
@@ -115,6 +115,9 @@ def build_model(processor: Kosmos2Processor) -> Kosmos2ForConditionalGeneration:
         embed = model.text_model.model.embed_tokens.weight  # tied to lm_head
         codes = sincos_2d(grid, grid, config.text_config.embed_dim) * 0.02 * math.sqrt(2)
         embed[first : first + grid * grid] = codes
+        # The image features arrive as unit vectors: at the default std (0.02) they are lost next to the latent
+        # queries (std 1) in the projection's cross-attention, and the text model learns to ignore the image.
+        model.image_to_text_projection.dense.weight.normal_(std=1.0)
     for cfg in (model.generation_config, model.text_model.generation_config):
         cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = 0, 2, 1
     return model
@@ -261,6 +264,7 @@ def evaluate(model, processor, n: int = 100, seed: int = 12345, batch_size: int 
         "refer_exact": refer_full / n,
         "find_mean_iou": sum(find_ious) / n,
         "find_iou_ge_0.5": sum(i >= 0.5 for i in find_ious) / n,
+        "example": [captions[-1].split("</image>")[-1], refers[-1].split("</image>")[-1]],
     }
 
 
@@ -311,6 +315,8 @@ def train(args) -> dict:
             count = args.log_every if step % args.log_every == 0 else step % args.log_every
             say(f"step {step:5d}  loss {running / count:.4f}  elapsed {time.time() - start:7.1f}s")
             running = 0.0
+        if args.eval_every and step % args.eval_every == 0 and step < args.steps:
+            say(f"step {step:5d}  eval " + json.dumps(evaluate(model, processor, 50)))
     train_s = time.time() - start
     out = Path(args.out)
     processor.save_pretrained(out)
@@ -336,6 +342,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--log", help="also append progress lines to this file")
     parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--eval-every", type=int, default=0, help="also evaluate on 50 scenes every N steps")
     parser.add_argument("--eval-images", type=int, default=100, help="held-out scenes to evaluate on (0: skip)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

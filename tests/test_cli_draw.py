@@ -1,0 +1,142 @@
+"""`kosmos draw` and `kosmos ground --draw` through typer's CliRunner; draw must start without torch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import ROOT
+from kosmos_cli import Record
+from kosmos_cli.drawing import PALETTE
+from kosmos_cli.writers import records_table
+
+runner = CliRunner()
+GREY = (128, 128, 128)
+
+
+@pytest.fixture
+def results(tmp_path):
+    """A find results file: two ok records of photos/a.png, one of photos/sub/b.png, one error record."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for name in ("a.png", "sub/b.png"):
+        Image.new("RGB", (200, 150), GREY).save(photos / name)
+    rows = [
+        Record(path=str(photos / "a.png"), task="find", width=200, height=150, phrase="a dog",
+               boxes_px=[[20, 30, 120, 110]]).to_dict(),
+        Record(path=str(photos / "a.png"), task="find", width=200, height=150, phrase="a cat").to_dict(),
+        Record(path=str(photos / "sub" / "b.png"), task="find", width=200, height=150, phrase="a dog",
+               boxes_px=[[100, 20, 190, 140]]).to_dict(),
+        Record(path=str(photos / "gone.png"), task="find", phrase="a dog", status="error",
+               error="file not found").to_dict(),
+    ]
+    path = tmp_path / "found.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def invoke(*args):
+    from kosmos_cli.cli import app
+
+    return runner.invoke(app, list(args))
+
+
+def test_draw_a_jsonl_results_file(results, tmp_path):
+    out = tmp_path / "annotated"
+    result = invoke("draw", str(results), "--out-dir", str(out))
+    assert result.exit_code == 0, result.output
+    written = result.stdout.splitlines()
+    assert [os.path.relpath(p, out) for p in written] == ["a.png", "a-2.png", "sub/b.png"]
+    assert all(os.path.isfile(p) for p in written)
+    assert result.stderr.splitlines()[-1].startswith(
+        f"kosmos draw finished: 3 drawn, 1 skipped (error records), 0 failed in ")
+    with Image.open(out / "a.png") as img:
+        assert img.getpixel((20 + 2, 70)) == PALETTE[0]
+    assert not (out / "index.html").exists()
+
+
+def test_draw_a_parquet_file_with_a_gallery(results, tmp_path):
+    rows = [Record(**{k: v for k, v in r.items() if k in ("path", "width", "height", "status", "error", "phrase",
+                                                            "boxes_px")}, task="find")
+            for r in map(json.loads, results.read_text().splitlines())]
+    parquet = tmp_path / "found.parquet"
+    pq.write_table(records_table(rows, "find"), parquet)
+    out = tmp_path / "gallery"
+    result = invoke("draw", str(parquet), "-o", str(out), "--html", "-q")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "" and len(result.stdout.splitlines()) == 3
+    page = (out / "index.html").read_text()
+    assert page.count("<figure>") == 3 and 'href="sub/b.png"' in page and "not found" in page
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"path": "a.png", "phrase": "a dog"}\n', "is not a kosmos record"),
+    ("hello\n", "line 1 is not JSON"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "is not a results file of kosmos"),
+])
+def test_a_file_that_is_not_ours_is_one_line_and_exit_2(tmp_path, content, message):
+    bad = tmp_path / ("bad.jsonl" if isinstance(content, str) else "bad.png")
+    bad.write_bytes(content.encode() if isinstance(content, str) else content)
+    result = invoke("draw", str(bad), "--out-dir", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("kosmos: error: ") and message in line
+    assert result.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_usage_errors(results, tmp_path):
+    missing = invoke("draw", str(tmp_path / "nope.jsonl"), "--out-dir", str(tmp_path / "out"))
+    assert missing.exit_code == 2 and "results file not found" in missing.stderr
+    no_out = invoke("draw", str(results))
+    assert no_out.exit_code == 2 and "--out-dir" in no_out.output
+    same = invoke("draw", str(results), "--out-dir", str(tmp_path / "photos"))
+    assert same.exit_code == 2 and "folder of the images" in same.stderr
+
+
+def test_ground_with_draw(tmp_path, tiny_model):
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for name in ("a.png", "sub/b.jpg"):
+        Image.new("RGB", (96, 64), GREY).save(photos / name)
+    out = tmp_path / "annotated"
+    result = invoke("ground", str(photos), "--out", "-", "--draw", str(out), "--model", tiny_model,
+                         "--max-new-tokens", "3")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]  # stdout still carries the records only
+    assert len(rows) == 2
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.*")) == ["a.png", "sub/b.jpg"]
+    assert "kosmos draw finished: 2 drawn, 0 skipped" in result.stderr
+    assert "kosmos ground finished: 2 done" in result.stderr
+    again = invoke("ground", str(photos), "--out", "-", "--draw", str(photos), "--model", tiny_model)
+    assert again.exit_code == 2 and "folder of the images" in again.stderr
+
+
+def test_help_ends_with_an_example():
+    result = invoke("draw", "--help")
+    assert result.exit_code == 0 and "Example: kosmos draw results.parquet --out-dir annotated/" in result.stdout
+    assert "--draw" in invoke("ground", "--help").stdout
+
+
+def test_draw_starts_without_torch(results, tmp_path):
+    code = ("import sys; from kosmos_cli.cli import main; sys.argv = ['kosmos', 'draw', sys.argv[1], '--out-dir', "
+            "sys.argv[2], '-q']\ntry:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+            "print(code, 'torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, str(results), str(tmp_path / "out")], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert proc.stderr.strip() == "0 False False", proc.stderr
+    assert len(proc.stdout.splitlines()) == 3
+
+
+def test_an_image_gone_since_is_a_warning_and_strict_exits_1(results, tmp_path):
+    os.remove(tmp_path / "photos" / "sub" / "b.png")
+    for _ in range(2):  # warnings reach this invocation's stderr, not an earlier one's
+        result = invoke("draw", str(results), "--out-dir", str(tmp_path / "out"))
+        assert result.exit_code == 0, result.output
+        assert "kosmos: WARNING: cannot draw " in result.stderr and "b.png: file not found" in result.stderr
+        assert "2 drawn, 1 skipped (error records), 1 failed" in result.stderr
+    assert invoke("draw", str(results), "--out-dir", str(tmp_path / "out"), "--strict").exit_code == 1

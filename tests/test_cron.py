@@ -1,0 +1,227 @@
+"""Cron-grade runs: locks, full disks, termination signals, changed files, damaged outputs."""
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import ROOT, make_images
+from kosmos_cli import ground
+from kosmos_cli.cli import app
+from kosmos_cli.errors import OutputError
+from kosmos_cli.writers import Store, read_records
+
+
+def cmd(folder, out, model, *extra):
+    return [sys.executable, "-m", "kosmos_cli", "ground", str(folder), "--out", str(out), "--model", model,
+            "--max-new-tokens", "4", *extra]
+
+
+def paths_in(out):
+    return sorted(r["path"] for r in read_records(str(out)))
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    make_images(str(folder), sizes=[(48 + i, 48) for i in range(12)])
+    return folder
+
+
+# -- overlap ------------------------------------------------------------------------------------------------
+def test_a_second_run_on_a_locked_output_exits_75_naming_the_holder(tiny_model, photos, tmp_path):
+    out = tmp_path / "r.jsonl"
+    holder = Store(str(out), "jsonl", "ground")
+    holder.lock()
+    try:
+        proc = subprocess.run(cmd(photos, out, tiny_model), capture_output=True, text=True, cwd=ROOT, timeout=120)
+    finally:
+        holder.unlock()
+    assert proc.returncode == 75
+    assert proc.stderr.strip() == (f"kosmos: error: another kosmos run (pid {os.getpid()}) is writing {out}: "
+                                   "let it finish, or pass --wait to wait for it")
+    assert not out.exists() or out.read_text() == ""
+
+
+def test_wait_waits_for_the_first_run(tiny_model, photos, tmp_path):
+    out = tmp_path / "r.jsonl"
+    holder = Store(str(out), "jsonl", "ground")
+    holder.lock()
+    proc = subprocess.Popen(cmd(photos, out, tiny_model, "--wait"), stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    time.sleep(3)
+    assert proc.poll() is None  # still waiting
+    holder.unlock()
+    assert proc.wait(timeout=120) == 0
+    assert len(paths_in(out)) == 12
+
+
+def test_a_lock_left_by_a_killed_run_does_not_block(tiny_model, photos, tmp_path):
+    out = tmp_path / "r.jsonl"
+    code = f"from kosmos_cli.writers import Store; import time; Store({str(out)!r}, 'jsonl', 'ground').lock(); " \
+           "print('locked', flush=True); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.kill()
+    holder.wait()
+    assert os.path.exists(str(out) + ".lock")  # the file is still there: its existence means nothing
+    proc = subprocess.run(cmd(photos, out, tiny_model), capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+# -- full disk ----------------------------------------------------------------------------------------------
+def _fsync_fails_after(monkeypatch, calls):
+    import kosmos_cli.writers as writers
+
+    real, count = os.fsync, {"n": 0}
+
+    def fsync(fd):
+        count["n"] += 1
+        if count["n"] > calls:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(writers.os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_enospc_stops_the_run_keeps_finished_records_and_the_rerun_completes(tiny_engine, photos, tmp_path,
+                                                                            monkeypatch, fmt):
+    out = str(tmp_path / f"r.{fmt}")
+    with monkeypatch.context() as m:
+        _fsync_fails_after(m, 2)
+        with pytest.raises(OutputError, match="no space left writing .* free some space and run the same command"):
+            ground([str(photos)], out, engine=tiny_engine, batch_size=2)
+    store = Store(out, fmt, "ground")
+    kept = store.scan()
+    assert 4 <= len(kept) < 12  # at least the two batches synced before the disk filled
+    summary = ground([str(photos)], out, engine=tiny_engine, batch_size=2)
+    assert (summary.done, summary.skipped) == (12 - len(kept), len(kept))
+    assert paths_in(out) == sorted(str(p) for p in photos.iterdir())
+
+
+def test_enospc_through_the_cli_is_one_line_and_exit_1(tiny_model, photos, tmp_path, monkeypatch):
+    _fsync_fails_after(monkeypatch, 1)
+    result = CliRunner().invoke(app, ["ground", str(photos), "--out", str(tmp_path / "r.jsonl"), "--model",
+                                      tiny_model, "--max-new-tokens", "2", "-b", "2"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith("kosmos: error: no space left writing")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_real_full_disk(tiny_model, small_disk, tmp_path):
+    photos = tmp_path / "photos"
+    make_images(str(photos), sizes=[(32, 32)] * 60)
+    out = small_disk / "r.jsonl"
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (64 * 1024 - 12 * 1024))  # leaves room for a few dozen records
+    first = subprocess.run(cmd(photos, out, tiny_model, "-b", "4"), capture_output=True, text=True, cwd=ROOT,
+                           timeout=300)
+    assert first.returncode == 1, first.stderr
+    assert first.stderr.strip().endswith("free some space and run the same command again "
+                                         "(finished records are kept and will be skipped)")
+    kept = Store(str(out), "jsonl", "ground").scan()
+    assert 0 < len(kept) < 60
+    filler.unlink()
+    second = subprocess.run(cmd(photos, out, tiny_model, "-b", "4"), capture_output=True, text=True, cwd=ROOT,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert f"{len(kept)} skipped" in second.stderr
+    assert paths_in(out) == sorted(str(p) for p in photos.iterdir())
+
+
+# -- signals ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_keep_finished_batches_and_leave_a_valid_output(tiny_model, tmp_path, sig, code):
+    photos = tmp_path / "photos"
+    make_images(str(photos), sizes=[(40 + i, 40) for i in range(40)])
+    out = tmp_path / "r.parquet"
+    args = cmd(photos, out, tiny_model, "-b", "2", "--workers", "1")
+    args[args.index("--max-new-tokens") + 1] = "24"
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    store = Store(str(out), "parquet", "ground")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(store.scan()) < 4:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == code
+    stderr = proc.stderr.read()
+    assert f"interrupted by {signal.Signals(sig).name}" in stderr and "Traceback" not in stderr
+    done = paths_in(out)  # the Parquet file itself is complete and readable
+    assert 4 <= len(done) < 40 and not os.path.exists(str(out) + ".parts")
+    rerun = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert rerun.returncode == 0 and f"{len(done)} skipped" in rerun.stderr
+    assert paths_in(out) == sorted(str(p) for p in photos.iterdir())
+
+
+# -- changed inputs -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_changed_images_are_redone_and_replaced_removed_ones_kept_unless_prune(tiny_engine, photos, tmp_path, fmt):
+    out = str(tmp_path / f"r.{fmt}")
+    ground([str(photos)], out, engine=tiny_engine)
+    changed, removed = photos / "img_01.jpg", photos / "img_02.webp"
+    from PIL import Image
+
+    Image.new("RGB", (100, 70), (1, 2, 3)).save(changed)
+    os.utime(changed, (1_000_000_000, 1_000_000_000))
+    removed.unlink()
+    summary = ground([str(photos)], out, engine=tiny_engine)
+    assert (summary.done, summary.skipped) == (1, 10)
+    rows = {r["path"]: r for r in read_records(out)}
+    assert len(rows) == 12 == len(list(read_records(out)))  # one record per image: the old one was replaced
+    assert (rows[str(changed)]["width"], rows[str(changed)]["file_mtime"]) == (100, 1_000_000_000)
+    assert str(removed) in rows
+    pruned = ground([str(photos)], out, engine=tiny_engine, prune=True)
+    assert (pruned.done, pruned.skipped) == (0, 11)
+    assert str(removed) not in {r["path"] for r in read_records(out)}
+
+
+def test_failed_images_are_skipped_unless_retry_failed(tiny_engine, photos, tmp_path):
+    out = str(tmp_path / "r.jsonl")
+    bad = photos / "bad.png"
+    bad.write_bytes(b"nope")
+    assert ground([str(photos)], out, engine=tiny_engine).failed == 1
+    assert ground([str(photos)], out, engine=tiny_engine).skipped == 13
+    shutil.copy(photos / "img_00.png", bad)
+    os.utime(bad, (2_000_000_000, 2_000_000_000))  # a fixed file is a changed file: redone anyway
+    again = ground([str(photos)], out, engine=tiny_engine, retry_failed=True)
+    assert (again.done, again.failed) == (1, 0)
+    assert {r["status"] for r in read_records(out)} == {"ok"}
+
+
+# -- damaged outputs ----------------------------------------------------------------------------------------
+def test_a_torn_jsonl_line_is_repaired_on_the_next_run(tiny_engine, photos, tmp_path):
+    out = tmp_path / "r.jsonl"
+    ground([str(photos)], str(out), engine=tiny_engine)
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:5]) + lines[5][:40])  # a crash in the middle of the sixth line
+    summary = ground([str(photos)], str(out), engine=tiny_engine)
+    assert (summary.done, summary.skipped) == (7, 5)
+    assert [json.loads(line)["path"] for line in out.read_text().splitlines()]  # every line parses
+    assert paths_in(out) == sorted(str(p) for p in photos.iterdir())
+
+
+def test_a_half_written_parquet_part_is_repaired_on_the_next_run(tiny_engine, photos, tmp_path):
+    out = tmp_path / "r.parquet"
+    parts = tmp_path / "r.parquet.parts"
+    parts.mkdir()
+    (parts / "part-0000-00000000.parquet.tmp").write_bytes(b"PAR1 cut short")
+    summary = ground([str(photos)], str(out), engine=tiny_engine)
+    assert summary.done == 12 and not parts.exists()
+    assert paths_in(out) == sorted(str(p) for p in photos.iterdir())
