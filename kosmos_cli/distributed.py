@@ -325,7 +325,7 @@ class Team:
                 "failures": self._failures,
             }
             path = self._status_path(self.rank)
-            tmp = f"{path}.{os.getpid()}~"  # not *.tmp: the writers clean those up as crash leftovers
+            tmp = f"{path}.{os.getpid()}~"  # renamed into place: a reader never sees half a status
             try:
                 with open(tmp, "w", encoding="utf-8") as f:
                     json.dump(status, f)

@@ -129,6 +129,7 @@ def _run(job, inputs, engine, options, progress, on_write, rank, world, team=Non
     else:
         if team is None or team.main:
             store.lock(wait=options.wait)
+            store.repair()
             if options.overwrite or path != options.out:
                 store.remove()
             elif store.needs_compaction():

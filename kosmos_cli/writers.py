@@ -107,17 +107,31 @@ class Store:
 
     # -- reading -----------------------------------------------------------------------------------------
     def sources(self) -> list[str]:
-        """The files holding records, oldest first: the output, then its parts. Repairs crash leftovers."""
+        """The files holding records, oldest first: the output, then its complete parts. Reads only."""
         files = [self.path] if os.path.exists(self.path) else []
+        if os.path.isdir(self.parts_dir):
+            files += [os.path.join(self.parts_dir, n) for n in sorted(os.listdir(self.parts_dir))
+                      if n.endswith((".jsonl", ".parquet"))]  # a `.tmp` part is still being written
+        return files
+
+    def repair(self) -> None:
+        """Clear what a crashed run left half-done: unfinished or unreadable parts, a torn last JSONL line.
+
+        Only the lock holder may call this: another process's `.tmp` part is work in progress, not damage.
+        """
         if os.path.isdir(self.parts_dir):
             for name in sorted(os.listdir(self.parts_dir)):
                 full = os.path.join(self.parts_dir, name)
-                if name.endswith(".tmp"):  # a part that was being written when the run died
+                if name.endswith(".tmp"):
                     log.warning("removing unfinished part %s left by an interrupted run", full)
                     _unlink(full)
-                elif name.endswith((".jsonl", ".parquet")):
-                    files.append(full)
-        return files
+                elif name.endswith(".parquet") and not _readable_parquet(full):
+                    log.warning("removing damaged part %s left by an interrupted run", full)
+                    _unlink(full)
+                elif name.endswith(".jsonl"):
+                    _repair_jsonl_tail(full)
+        if self.fmt == "jsonl":
+            _repair_jsonl_tail(self.path)
 
     def rows(self, path: str, columns: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
         """The rows of one record file (the output or a part)."""
@@ -398,8 +412,7 @@ def _parquet_rows(path: str, columns: Iterable[str] | None, strict: bool = False
     except Exception as exc:  # pyarrow raises several types for a damaged file
         if strict or not os.path.dirname(path).endswith(".parts"):
             raise OutputError(f"{path} is not a readable Parquet file ({exc}): move it away or pass --overwrite") from None
-        log.warning("removing damaged part %s", path)
-        _unlink(path)
+        log.warning("ignoring damaged part %s", path)  # Store.repair removes it
         return
     names = pf.schema_arrow.names
     if "path" not in names:
@@ -407,6 +420,16 @@ def _parquet_rows(path: str, columns: Iterable[str] | None, strict: bool = False
     wanted = [c for c in columns if c in names] if columns is not None else None
     for batch in pf.iter_batches(batch_size=4096, columns=wanted):
         yield from batch.to_pylist()
+
+
+def _readable_parquet(path: str) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        pq.ParquetFile(path)
+    except Exception:  # pyarrow raises several types for a damaged file
+        return False
+    return True
 
 
 def _has_duplicates(store: Store) -> bool:

@@ -115,7 +115,9 @@ def test_half_written_parquet_part_is_removed(tmp_path):
     parts = tmp_path / "r.parquet.parts"
     (parts / "part-0000-00000007.parquet.tmp").write_bytes(b"PAR1 half")
     (parts / "part-0000-00000008.parquet").write_bytes(b"garbage")
-    assert list(store.scan()) == ["a.jpg"]
+    assert list(store.scan()) == ["a.jpg"]  # a reader skips them and touches nothing
+    assert len(os.listdir(parts)) == 3
+    store.repair()  # the lock holder clears them
     assert sorted(os.listdir(parts)) == ["part-0000-00000000.parquet"]
 
 
