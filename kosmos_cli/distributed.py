@@ -471,6 +471,7 @@ class _Tally:
 
     def __init__(self, team: Team, inner):
         self.team, self.inner = team, inner if team.main else None
+        self.live = getattr(self.inner, "live", False)
 
     def start(self, total: int | None) -> None:
         if self.inner is not None:

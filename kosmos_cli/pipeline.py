@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -85,6 +86,8 @@ class Summary:
 class Progress:
     """The interface the pipeline reports to; the CLI passes a live one (progress.py)."""
 
+    live = False  # a live display wants the total, counted in the background
+
     def start(self, total: int | None) -> None: ...
     def advance(self, done: int, failed: int, skipped: int) -> None: ...
     def close(self) -> None: ...
@@ -117,6 +120,8 @@ def run(
 
 def _run(job, inputs, engine, options, progress, on_write, rank, world, team=None) -> Summary:
     progress = progress or Progress()
+    if getattr(progress, "live", False) and not job.per_row and _named(inputs) and "-" not in inputs:
+        threading.Thread(target=_count_inputs, args=(inputs, progress), daemon=True).start()
     summary = Summary(task=job.task, out=options.out)
     started = time.perf_counter()
     fmt = detect_format(options.out, options.format)
@@ -190,6 +195,18 @@ def _finish(store: Store, present: set[str] | None, replaced: int, summary: Summ
         keep = (lambda key: key.split("\x00")[0] in present) if prune else None
         store.compact(keep)
     store.tidy()
+
+
+def _named(inputs) -> bool:
+    return isinstance(inputs, (list, tuple)) and all(isinstance(i, str) for i in inputs)
+
+
+def _count_inputs(inputs: list[str], progress: Progress) -> None:
+    """The bar's total: the inputs walked once more, beside the run (cheap next to the model)."""
+    try:
+        progress.start(sum(1 for _ in iter_items(inputs)))
+    except Exception:  # noqa: BLE001 - a total is a nicety; the run itself reports real problems
+        pass
 
 
 def _as_items(inputs, per_row: bool = False) -> Iterator[Item]:

@@ -8,21 +8,30 @@ from .pipeline import Progress
 
 
 class BarProgress(Progress):
-    """A tqdm bar counting records written (done + failed), with skipped ones in its postfix."""
+    """A tqdm bar counting images handled (done, failed or skipped), with failed and skipped in its postfix.
+
+    The total arrives from a background count of the inputs (`start` may come after the first `advance`).
+    """
+
+    live = True
 
     def __init__(self, task: str, stream=None):
-        self._task, self._stream, self._bar = task, stream or sys.stderr, None
+        self._task, self._stream, self._bar, self._total = task, stream or sys.stderr, None, None
 
     def start(self, total: int | None) -> None:
         from tqdm import tqdm
 
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+            return
         self._bar = tqdm(total=total, desc=f"kosmos {self._task}", unit="img", file=self._stream,
                          dynamic_ncols=True, leave=False)
 
     def advance(self, done: int, failed: int, skipped: int) -> None:
         if self._bar is None:
             self.start(None)
-        self._bar.n = done + failed
+        self._bar.n = done + failed + skipped
         self._bar.set_postfix(failed=failed, skipped=skipped, refresh=False)
         self._bar.refresh()
 
