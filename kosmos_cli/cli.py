@@ -288,8 +288,9 @@ def _finish(summary, quiet: bool, strict: bool) -> None:
     if not quiet:
         for failure in summary.failures[:5]:
             _say(f"kosmos: failed: {failure}")
-        if len(summary.failures) > 5:
-            _say(f"kosmos: ... and {len(summary.failures) - 5} more failed (their records have status 'error')")
+        more = max(summary.failed, len(summary.failures)) - min(len(summary.failures), 5)
+        if more > 0:
+            _say(f"kosmos: ... and {more} more failed (their records have status 'error')")
         if not sys.stderr.isatty():  # no live bar: a line for each rank's share
             for part in getattr(summary, "ranks", ()):
                 _say(part.line())

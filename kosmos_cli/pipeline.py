@@ -26,6 +26,7 @@ from .writers import Seen, Sink, StdoutSink, Store, detect_format
 
 log = logging.getLogger("kosmos_cli")
 
+MAX_LISTED_FAILURES = 20
 DRAFT_SIDE = 2 * MODEL_SIDE  # JPEGs are decoded at a reduced scale down to this many pixels a side, not below
 
 
@@ -137,8 +138,8 @@ def _run(job, inputs, engine, options, progress, on_write, rank, world, team=Non
             store.repair()
             if options.overwrite or path != options.out:
                 store.remove()
-            elif store.needs_compaction():
-                store.compact()
+            elif store.has_parts() or (store.scan() and store.duplicates):
+                store.compact()  # leftovers of an interrupted run, or records written twice
         if team is not None:
             team.ready()  # the other ranks wait here until rank 0 has prepared the output
         seen = store.scan(parts=team is None)  # with a team, parts appear only as this run writes them
@@ -161,7 +162,8 @@ def _run(job, inputs, engine, options, progress, on_write, rank, world, team=Non
                     summary.done += 1
                 else:
                     summary.failed += 1
-                    summary.failures.append(f"{r.path}: {r.error}")
+                    if len(summary.failures) < MAX_LISTED_FAILURES:  # the count is kept; the list stays short
+                        summary.failures.append(f"{r.path}: {r.error}")
             if on_write:
                 on_write(records)
             progress.advance(summary.done, summary.failed, summary.skipped)
@@ -191,7 +193,7 @@ def _run(job, inputs, engine, options, progress, on_write, rank, world, team=Non
 def _finish(store: Store, present: set[str] | None, replaced: int, summary: Summary) -> None:
     """Fold parts in; drop records of removed images with --prune (only after a complete pass)."""
     prune = present is not None and not summary.interrupted
-    if prune or replaced or store.needs_compaction():
+    if prune or replaced or store.has_parts():
         keep = (lambda key: key.split("\x00")[0] in present) if prune else None
         store.compact(keep)
     store.tidy()

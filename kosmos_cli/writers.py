@@ -144,14 +144,24 @@ class Store:
         """key -> what is recorded for it (the last record wins). `parts=False`: the output alone, leaving the
         parts folder untouched (other processes may be writing there)."""
         seen: dict[str, Seen] = {}
+        rows = 0
         sources = self.sources() if parts else ([self.path] if os.path.exists(self.path) else [])
         for source in sources:
             for row in self.rows(source, _RESUME_COLUMNS):
                 seen[record_key(row, self.task)] = Seen(row.get("file_size"), row.get("file_mtime"), row.get("status"))
+                rows += 1
+        self.duplicates = rows - len(seen)  # records written again for a key: compaction keeps the last
         return seen
 
+    def has_parts(self) -> bool:
+        return any(s != self.path for s in self.sources())
+
     def needs_compaction(self) -> bool:
-        return any(s != self.path for s in self.sources()) or _has_duplicates(self)
+        """Parts to fold in, or a key recorded twice (one full read of the output)."""
+        if self.has_parts():
+            return True
+        self.scan()
+        return self.duplicates > 0
 
     # -- folding parts in ----------------------------------------------------------------------------
     def compact(self, keep: Callable[[str], bool] | None = None) -> int:
@@ -430,17 +440,6 @@ def _readable_parquet(path: str) -> bool:
     except Exception:  # pyarrow raises several types for a damaged file
         return False
     return True
-
-
-def _has_duplicates(store: Store) -> bool:
-    keys: set[str] = set()
-    for source in store.sources():
-        for row in store.rows(source, _RESUME_COLUMNS):
-            key = record_key(row, store.task)
-            if key in keys:
-                return True
-            keys.add(key)
-    return False
 
 
 def _repair_jsonl_tail(path: str) -> None:

@@ -115,12 +115,42 @@ def build_model(processor: Kosmos2Processor) -> Kosmos2ForConditionalGeneration:
         embed = model.text_model.model.embed_tokens.weight  # tied to lm_head
         codes = sincos_2d(grid, grid, config.text_config.embed_dim) * 0.02 * math.sqrt(2)
         embed[first : first + grid * grid] = codes
-        # The image features arrive as unit vectors: at the default std (0.02) they are lost next to the latent
-        # queries (std 1) in the projection's cross-attention, and the text model learns to ignore the image.
-        model.image_to_text_projection.dense.weight.normal_(std=1.0)
     for cfg in (model.generation_config, model.text_model.generation_config):
         cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = 0, 2, 1
     return model
+
+
+@torch.no_grad()
+def align_resampler(model, pixel_values: torch.Tensor, gamma: float = 64.0, out_scale: float = 0.25) -> None:
+    """Start the image-to-text projection as "latent query j looks at patch j".
+
+    With random weights each of the 64 latent queries mixes all patches, the text model only ever sees blends,
+    and training stalls at the mean box. Here the queries are the directions that mark each patch position in
+    the vision features (their mean over some scenes), keys are those features projected on the span of these
+    directions, values and output pass the features through. Training then starts from one image token per patch.
+    """
+    vision = model.vision_model
+    features = vision.model.post_layernorm(vision(pixel_values=pixel_values).last_hidden_state)
+    features = torch.nn.functional.normalize(features, dim=-1)[:, 1:]  # drop CLS: (B, patches, V)
+    mean = features.mean(0)
+    directions = torch.nn.functional.normalize(mean - mean.mean(0), dim=-1)  # (patches, V)
+    proj = model.image_to_text_projection
+    attn = proj.x_attn
+    v, d, head = directions.shape[1], proj.dense.out_features, attn.head_dim
+    basis = torch.linalg.svd(directions, full_matrices=False).Vh[:head]  # (head, V)
+    assert directions.shape[0] == proj.latent_query.shape[0] and 2 * v <= d and 2 * head <= v
+    for layer in (proj.dense, attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
+        layer.weight.zero_()
+        layer.bias.zero_()
+    proj.dense.weight[:v, :v] = torch.eye(v)  # features go to channels [0, v)
+    proj.latent_query.zero_()
+    proj.latent_query[:, v : 2 * v] = gamma * directions  # queries live in channels [v, 2v) ...
+    for h in range(v // head):  # ... so latent keys (same channels) never match a query
+        rows = slice(h * head, (h + 1) * head)
+        attn.q_proj.weight[rows, v : 2 * v] = basis
+        attn.k_proj.weight[rows, :v] = basis
+    attn.v_proj.weight.copy_(torch.eye(d))
+    attn.out_proj.weight.copy_(out_scale * torch.eye(d))
 
 
 def random_scene(rng: random.Random):
@@ -285,6 +315,7 @@ def train(args) -> dict:
     pool = ScenePool(processor, rng, args.pool)
     pool.check(rng)
     model = build_model(processor)
+    align_resampler(model, pool.pixels[:256].float())
     model.train()
     groups = param_groups(model, args.lr, args.vision_lr_scale)
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01, betas=(0.9, 0.98))
