@@ -39,6 +39,8 @@ def colour(phrase):
 
 @pytest.fixture(scope="module")
 def toy():
+    if not (FIXTURE / "config.json").exists():
+        pytest.skip("tests/fixtures/kosmos2-shapes is not there yet: train it with tools/train_toy_model.py")
     return load(FIXTURE)
 
 

@@ -77,8 +77,11 @@ def build_processor() -> Kosmos2Processor:
 
 
 def sincos_2d(rows: int, cols: int, dim: int) -> torch.Tensor:
-    """(rows*cols, dim) sine-cosine codes of cell centres, row-major; half the channels code y, half x."""
-    periods = 2.0 ** torch.linspace(-4, 2, dim // 4)  # in units of the image side
+    """(rows*cols, dim) sine-cosine codes of cell centres, row-major; half the channels code y, half x.
+
+    Periods run from two cells (the finest a grid can show) to twice the image side.
+    """
+    periods = torch.logspace(math.log2(2 / rows), 1, dim // 4, base=2)  # in units of the image side
 
     def code(coord):
         angle = 2 * math.pi * coord[:, None] / periods
@@ -88,12 +91,45 @@ def sincos_2d(rows: int, cols: int, dim: int) -> torch.Tensor:
     return torch.cat([code(y.flatten()), code(x.flatten())], dim=1)
 
 
+@torch.no_grad()
+def init_vision(model, blocks: int = 4) -> None:
+    """Start the vision tower from features a reader can use: colour and place.
+
+    Random patch filters and random layers bury the colour of a few object patches under the grey level of all
+    the others, and the text model takes thousands of steps to dig it out. Instead, the first 2 * blocks**2
+    channels of a patch are the chroma (R - G, G - B: zero on any grey) of its blocks x blocks sub-squares
+    (a 28-pixel patch in 7-pixel squares: the 32-cell grid of the <patch_index> tokens), the other channels
+    carry a 2D sine-cosine code of the patch position, and the encoder layers start as identities (zero output
+    projections), so these features reach the projection as they are.
+    """
+    vision = model.vision_model.model
+    emb = vision.embeddings
+    conv, hidden = emb.patch_embedding, emb.embed_dim
+    size = conv.weight.shape[-1] // blocks
+    conv.weight.zero_()
+    channel = 0
+    for by in range(blocks):
+        for bx in range(blocks):
+            square = (slice(by * size, (by + 1) * size), slice(bx * size, (bx + 1) * size))
+            for first, second in ((0, 1), (1, 2)):  # R - G, G - B
+                conv.weight[(channel, first, *square)] = 1 / size**2
+                conv.weight[(channel, second, *square)] = -1 / size**2
+                channel += 1
+    side = int(math.sqrt(emb.num_patches))
+    emb.position_embedding.weight.zero_()
+    emb.position_embedding.weight[1:, channel:] = sincos_2d(side, side, hidden - channel)
+    for layer in vision.encoder.layers:
+        for linear in (layer.self_attn.out_proj, layer.mlp.fc2):
+            linear.weight.zero_()
+            linear.bias.zero_()
+
+
 def build_model(processor: Kosmos2Processor) -> Kosmos2ForConditionalGeneration:
     tokenizer = processor.tokenizer
     config = Kosmos2Config(
         text_config=dict(
             vocab_size=len(tokenizer), embed_dim=128, layers=3, attention_heads=4, ffn_dim=512,
-            max_position_embeddings=256, dropout=0.0, attention_dropout=0.0,
+            max_position_embeddings=256, dropout=0.0, attention_dropout=0.0, init_std=128**-0.5,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         ),
@@ -105,15 +141,11 @@ def build_model(processor: Kosmos2Processor) -> Kosmos2ForConditionalGeneration:
     )
     model = Kosmos2ForConditionalGeneration(config)
     with torch.no_grad():
-        # Position has to survive the trip through the image path: start both ends from the same 2D code.
-        vision = model.vision_model.model.embeddings
-        side = config.vision_config.image_size // config.vision_config.patch_size
-        vision.position_embedding.weight[0].zero_()
-        vision.position_embedding.weight[1:] = sincos_2d(side, side, config.vision_config.hidden_size)
+        # The <patch_index> tokens start as a 2D code of their cell, so neighbouring cells start out similar.
         grid = int(math.sqrt(processor.num_patch_index_tokens))
         first = tokenizer.convert_tokens_to_ids("<patch_index_0000>")
         embed = model.text_model.model.embed_tokens.weight  # tied to lm_head
-        codes = sincos_2d(grid, grid, config.text_config.embed_dim) * 0.02 * math.sqrt(2)
+        codes = sincos_2d(grid, grid, config.text_config.embed_dim) * config.text_config.init_std * math.sqrt(2)
         embed[first : first + grid * grid] = codes
     for cfg in (model.generation_config, model.text_model.generation_config):
         cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = 0, 2, 1
@@ -121,7 +153,7 @@ def build_model(processor: Kosmos2Processor) -> Kosmos2ForConditionalGeneration:
 
 
 @torch.no_grad()
-def align_resampler(model, pixel_values: torch.Tensor, gamma: float = 64.0, out_scale: float = 0.25) -> None:
+def align_resampler(model, pixel_values: torch.Tensor, gamma: float = 64.0, out_scale: float = 4.0) -> None:
     """Start the image-to-text projection as "latent query j looks at patch j".
 
     With random weights each of the 64 latent queries mixes all patches, the text model only ever sees blends,
@@ -315,6 +347,7 @@ def train(args) -> dict:
     pool = ScenePool(processor, rng, args.pool)
     pool.check(rng)
     model = build_model(processor)
+    init_vision(model)
     align_resampler(model, pool.pixels[:256].float())
     model.train()
     groups = param_groups(model, args.lr, args.vision_lr_scale)
