@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from tokenizers import decoders, pre_tokenizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import shapes  # noqa: E402
@@ -56,8 +57,6 @@ def build_processor() -> Kosmos2Processor:
     vocab += [("▁" + c, -8.0) for c in chars if c not in WORDS] + [(c, -10.0) for c in chars] + [("▁", -3.0)]
     backend = XLMRobertaTokenizer(vocab=vocab)._tokenizer
     # Like the original sentencepiece model: no space after a tag, so "</object>." decodes without one.
-    from tokenizers import decoders, pre_tokenizers
-
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
     backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=True)
     tokenizer = TokenizersBackend(
@@ -159,7 +158,8 @@ def align_resampler(model, pixel_values: torch.Tensor, gamma: float = 64.0, out_
     With random weights each of the 64 latent queries mixes all patches, the text model only ever sees blends,
     and training stalls at the mean box. Here the queries are the directions that mark each patch position in
     the vision features (their mean over some scenes), keys are those features projected on the span of these
-    directions, values and output pass the features through. Training then starts from one image token per patch.
+    directions, values and output pass the features through. Training then starts from one image token per patch,
+    scaled (out_scale) to the size of the text embeddings so the text model does not overlook it.
     """
     vision = model.vision_model
     features = vision.model.post_layernorm(vision(pixel_values=pixel_values).last_hidden_state)
@@ -338,6 +338,13 @@ def param_groups(model, lr: float, vision_lr_scale: float):
     return [{"params": fast, "lr": lr}, {"params": slow, "lr": lr * vision_lr_scale}]
 
 
+def lr_scale(step: int, steps: int, warmup: int) -> float:
+    """Linear warm-up, then cosine down to 2%."""
+    if step <= warmup:
+        return step / warmup
+    return max(0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup + 1))), 0.02)
+
+
 def train(args) -> dict:
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
@@ -366,9 +373,8 @@ def train(args) -> dict:
     say(f"params {sum(p.numel() for p in model.parameters()):,}  steps {args.steps}  batch {args.batch_size}")
     running = 0.0
     for step in range(1, args.steps + 1):
-        scale = step / warmup if step <= warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (args.steps - warmup + 1)))
         for group, lr in zip(optimizer.param_groups, base):
-            group["lr"] = lr * max(scale, 0.02)
+            group["lr"] = lr * lr_scale(step, args.steps, warmup)
         loss = model(**pool.batch(rng, args.batch_size)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
