@@ -4,6 +4,7 @@ Only plain transformers here: processor -> generate -> batch_decode -> post_proc
 model never saw (tools/shapes.py with a seed other than training's).
 """
 
+import json
 import random
 import subprocess
 import sys
@@ -35,6 +36,47 @@ def generate(processor, model, images, prompts, bboxes=None):
 
 def colour(phrase):
     return next((c for c in shapes.COLORS if c in phrase.split()), None)
+
+
+@pytest.mark.parametrize("size", shapes.CLI_SIZES)
+def test_scenes_keep_their_promises(size):
+    rng = random.Random(7)
+    for _ in range(20):
+        img, objs = shapes.make_scene(rng, *size)
+        assert img.size == size and 1 <= len(objs) <= 2
+        assert [o.box[0] for o in objs] == sorted(o.box[0] for o in objs)
+        assert len({o.color for o in objs}) == len(objs)
+        if len(objs) == 2:
+            assert shapes.iou(objs[0].box, objs[1].box) == 0.0
+        for o in objs:
+            x1, y1, x2, y2 = o.box
+            assert 0 <= x1 < x2 <= size[0] and 0 <= y1 < y2 <= size[1]
+            assert img.getpixel(((x1 + x2) // 2, (y1 + y2) // 2)) == shapes.COLORS[o.color]
+    assert shapes.caption(objs).startswith("<grounding> An image of<phrase> a ")
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_rotated_jpeg_displays_as_the_scene(tmp_path, orientation):
+    from PIL import Image, ImageOps
+
+    img, objs = shapes.make_scene(random.Random(3), 320, 200, n=1, noisy=False)
+    path = tmp_path / "r.jpg"
+    shapes.save_rotated_jpeg(img, path, orientation)
+    stored = Image.open(path)
+    assert stored.getexif()[0x0112] == orientation
+    shown = ImageOps.exif_transpose(stored)
+    assert shown.size == (320, 200)
+    x1, y1, x2, y2 = objs[0].box
+    centre = shown.getpixel(((x1 + x2) // 2, (y1 + y2) // 2))
+    assert max(abs(a - b) for a, b in zip(centre, shapes.COLORS[objs[0].color])) < 12
+
+
+def test_cli_writes_images_and_truth(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "shapes.py"), str(tmp_path), "-n", "5", "--seed", "1"])
+    assert done.returncode == 0
+    rows = [json.loads(line) for line in (tmp_path / "truth.jsonl").read_text().splitlines()]
+    assert [(r["width"], r["height"]) for r in rows] == [*shapes.CLI_SIZES, shapes.CLI_SIZES[0]]
+    assert all(Path(r["path"]).exists() and r["shapes"][0]["color"] in shapes.COLORS for r in rows)
 
 
 @pytest.fixture(scope="module")
