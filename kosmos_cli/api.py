@@ -198,7 +198,9 @@ def _run(job: Job, inputs, out, engine, model, model_options, progress=None, on_
         check_inputs(inputs)
     detect_format(out, run_options.get("format"))
     options = RunOptions(out=out, **run_options)
-    engine = engine or load_engine(model, **model_options)
+    if engine is None:
+        distributed.join(out, model_options.get("device", "auto"))  # several processes: report before the load
+        engine = load_engine(model, **model_options)
     return run(job, inputs, engine, options, progress=progress, on_write=on_write)
 
 

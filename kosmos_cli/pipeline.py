@@ -151,7 +151,7 @@ def _run(job, inputs, engine, options, progress, on_write, rank, world, team=Non
         items = _as_items(inputs, per_row=job.per_row)
         if present is not None:
             items = _tracking(items, present)
-        pending = _todo(shard(items, rank, world), job, engine, seen, options, summary, progress)
+        pending = _todo(shard(items, rank, world, by_image=job.per_row), job, engine, seen, options, summary, progress)
         if job.per_row:
             pending = _same_image_once(pending)
         for records in _batches(pending, job, engine, options):

@@ -69,9 +69,16 @@ def iter_items(inputs: Iterable[str], stdin: IO[str] | None = None, per_row: boo
         yield item
 
 
-def shard(items: Iterable[Item], rank: int, world: int) -> Iterator[Item]:
-    """This process's share: every `world`-th item from `rank`. Disjoint across ranks, and together complete."""
-    for index, item in enumerate(items):
+def shard(items: Iterable[Item], rank: int, world: int, by_image: bool = False) -> Iterator[Item]:
+    """This process's share: every `world`-th item from `rank`. Disjoint across ranks, and together complete.
+
+    `by_image` (manifest rows of refer and find): consecutive rows of one image count as one item, so they stay on
+    one rank and share its single decode and vision pass.
+    """
+    index, last = -1, None
+    for item in items:
+        if not by_image or item.path != last:
+            index, last = index + 1, item.path
         if index % world == rank:
             yield item
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import HERE, make_images
-from kosmos_cli import ground, read_records
+from kosmos_cli import find, ground, read_records
 from kosmos_cli.distributed import DONE, FAILED, RUNNING, Team, detect, device_for
 from kosmos_cli.errors import OutputError, RankError
 from kosmos_cli.pipeline import Summary
@@ -112,6 +112,38 @@ def test_resume_with_more_processes(tiny_model, tiny_engine, photos, tmp_path):
     for path, row in before.items():  # not done again: the same record, timing included
         assert next(r for r in read_records(str(out)) if r["path"] == path) == row
     assert not os.path.exists(f"{out}.parts") and not os.path.exists(f"{out}.ranks")
+
+
+def test_find_on_two_ranks_boxes_what_one_process_boxes(shapes_model, shapes_engine, tmp_path):
+    """kosmos find with a path,phrase manifest on 2 ranks of the trained shapes model: the same boxes as one
+    process, real ones, and an image's rows stay on one rank."""
+    import random
+
+    import shapes  # tools/shapes.py
+
+    rng, rows, truth = random.Random(55), [], {}
+    for i in range(6):
+        img, objs = shapes.make_scene(rng, *shapes.CLI_SIZES[i % 4], n=2)
+        path = str(tmp_path / f"s{i}.png")
+        img.save(path)
+        for obj in objs:
+            rows.append({"path": path, "phrase": obj.phrase})
+            truth[(path, obj.phrase)] = obj.box
+    manifest = tmp_path / "queries.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.parquet"
+    find([str(manifest)], str(one), engine=shapes_engine)
+    code, _, stderr = finish(launch("torchrun", ["find", str(manifest), "--out", str(two), "--model", shapes_model,
+                                                 "--max-new-tokens", "48"]))
+    assert code == 0, stderr
+
+    def by_query(out):
+        return {(r["path"], r["phrase"]): {k: v for k, v in r.items() if k != "seconds"} for r in read_records(out)}
+
+    assert by_query(str(two)) == by_query(str(one)) and len(by_query(str(two))) == 12
+    assert "kosmos find rank 0: 6 done" in stderr and "kosmos find rank 1: 6 done" in stderr
+    hits = sum(any(shapes.iou(b, truth[key]) >= 0.5 for b in row["boxes_px"]) for key, row in by_query(str(two)).items())
+    assert hits >= 6, f"{hits}/12 phrases boxed"
 
 
 @pytest.mark.slow

@@ -1,7 +1,6 @@
 """find: phrases in, boxes out. Parsing as a table; batching and manifests on the tiny checkpoint."""
 
 import json
-import os
 import random
 import re
 
@@ -9,16 +8,11 @@ import pytest
 from PIL import Image
 
 import shapes
-from conftest import SHAPES_MODEL
 from kosmos_cli import UsageError, find, read_records
 from kosmos_cli.grounding import patch_to_box, to_pixels
 from kosmos_cli.jobs import FindJob, check_phrase
 from kosmos_cli.prompts import find_prompt
 from kosmos_cli.sources import Item
-
-# the toy checkpoint trained on shapes; until tools/train_toy_model.py has made it, tests on it are skipped
-needs_shapes = pytest.mark.skipif(not os.path.exists(os.path.join(SHAPES_MODEL, "config.json")),
-                                  reason="tests/fixtures/kosmos2-shapes is not there yet")
 
 
 def _finished(text, phrase="a red car", size=(320, 200)):
@@ -187,7 +181,6 @@ def _red_scenes(folder, count=12, seed=4242):
     return out
 
 
-@needs_shapes
 def test_find_boxes_the_red_shape_on_the_toy_checkpoint(shapes_engine, tmp_path):
     scenes = _red_scenes(tmp_path)
     manifest = tmp_path / "queries.jsonl"

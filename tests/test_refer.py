@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 import shapes
-from conftest import SHAPES_MODEL
 from kosmos_cli import UsageError, read_records, refer
 from kosmos_cli.engine import Engine
 from kosmos_cli.grounding import box_to_patches, snap, to_pixels
@@ -16,10 +15,6 @@ from kosmos_cli.jobs import ReferJob, check_fits, clean_description, parse_box
 from kosmos_cli.prompts import refer_prompt
 from kosmos_cli.sources import Item
 from shapes import save_rotated_jpeg
-
-# the toy checkpoint trained on shapes; until tools/train_toy_model.py has made it, tests on it are skipped
-needs_shapes = pytest.mark.skipif(not os.path.exists(os.path.join(SHAPES_MODEL, "config.json")),
-                                  reason="tests/fixtures/kosmos2-shapes is not there yet")
 
 
 @pytest.mark.parametrize("value, normalized, box", [
@@ -212,7 +207,6 @@ def test_no_boxes_and_no_manifest_is_a_usage_error(tiny_engine, tmp_path):
         refer([str(tmp_path / "a.png")], boxes=["1,2,3"], engine=tiny_engine)
 
 
-@needs_shapes
 def test_refer_on_a_shape_names_its_colour_on_the_toy_checkpoint(shapes_engine, tmp_path):
     rng, rows = random.Random(777), []
     for i in range(12):

@@ -122,3 +122,11 @@ def test_shards_are_disjoint_and_complete():
     flat = [i for p in parts for i in p]
     assert sorted(paths(flat)) == sorted(paths(items)) and len(flat) == len(items)
     assert paths(parts[1]) == ["1.jpg", "4.jpg", "7.jpg", "10.jpg"]
+
+
+def test_rows_of_one_image_stay_on_one_rank():
+    """refer/find manifests: an image's consecutive rows go to one rank; the same image later is a new item."""
+    rows = [Item(p, extra={"phrase": f"p{i}"}) for i, p in enumerate("aabbbcda")]
+    parts = [list(shard(rows, r, 2, by_image=True)) for r in range(2)]
+    assert [paths(p) for p in parts] == [["a", "a", "c", "a"], ["b", "b", "b", "d"]]
+    assert sorted(r.extra["phrase"] for p in parts for r in p) == [f"p{i}" for i in range(8)]

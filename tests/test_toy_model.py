@@ -81,8 +81,6 @@ def test_cli_writes_images_and_truth(tmp_path):
 
 @pytest.fixture(scope="module")
 def toy():
-    if not (FIXTURE / "config.json").exists():
-        pytest.skip("tests/fixtures/kosmos2-shapes is not there yet: train it with tools/train_toy_model.py")
     return load(FIXTURE)
 
 
@@ -151,3 +149,17 @@ def test_training_script_writes_a_loadable_checkpoint(tmp_path):
     assert model.config.latent_query_num == 64
     results = generate(processor, model, [shapes.make_scene(random.Random(0), 224, 224)[0]], ["<grounding> An image of"])
     assert results[0][0].startswith("An image of")
+
+
+@pytest.mark.slow
+def test_training_is_deterministic_for_a_seed(tmp_path):
+    def weights(folder, seed):
+        cmd = [sys.executable, str(ROOT / "tools" / "train_toy_model.py"), "--out", str(folder), "--steps", "3",
+               "--pool", "32", "--eval-images", "0", "--seed", str(seed)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return (folder / "model.safetensors").read_bytes()
+
+    first = weights(tmp_path / "a", 0)
+    assert weights(tmp_path / "b", 0) == first
+    assert weights(tmp_path / "c", 1) != first
