@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable
 
 from . import distributed
@@ -149,13 +150,15 @@ def draw(
     html: bool = False,
     progress: Progress | None = None,
     on_drawn: Callable[[str], None] | None = None,
+    threads: int | None = None,
 ):
     """Draw the boxes of every ok record of a results file (JSONL or Parquet from ground, refer or find).
 
     The images keep their layout below the common folder of the recorded paths; error records are skipped
-    and counted. `html`: also write index.html, a gallery that opens from the folder. Returns a DrawSummary.
+    and counted. `html`: also write index.html, a gallery that opens from the folder. Images are drawn on
+    `threads` threads (default: up to 4), reported to `on_drawn` in the order of the rows. Returns a DrawSummary.
     """
-    from .drawing import Drawer, check_results_row, locate
+    from .drawing import Background, Drawer, check_results_row, locate
 
     root = os.path.dirname(os.path.abspath(results))
     total, base = 0, None
@@ -167,17 +170,28 @@ def draw(
             base = folder if base is None else os.path.commonpath([base, folder])
     progress = progress or Progress()
     progress.start(total)
-    with Drawer(out_dir, base, html=html, root=root, title=f"kosmos draw: {os.path.basename(results)}") as drawer:
-        try:
+    drawer = Drawer(out_dir, base, html=html, root=root, title=f"kosmos draw: {os.path.basename(results)}")
+    summary = drawer.summary
+
+    def on_row(target: str | None) -> None:  # in the order of the rows, from the drawing side
+        if target is not None and on_drawn is not None:
+            on_drawn(target)
+        progress.advance(summary.drawn, summary.failed, summary.skipped)
+
+    started = time.perf_counter()
+    try:
+        with Background(drawer, threads=threads, on_row=on_row) as background:
+            rows: list[dict] = []
             for row in _results_rows(results):
-                target = drawer.add(row)
-                if target is not None and on_drawn is not None:
-                    on_drawn(target)
-                s = drawer.summary
-                progress.advance(s.drawn, s.failed, s.skipped)
-        finally:
-            progress.close()
-    return drawer.summary
+                rows.append(row)
+                if len(rows) == 16:
+                    background.add_rows(rows)
+                    rows = []
+            background.add_rows(rows)
+    finally:
+        progress.close()
+        summary.seconds = time.perf_counter() - started
+    return summary
 
 
 def _results_rows(results: str):

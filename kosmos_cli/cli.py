@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import KosmosError
+from .errors import KosmosError, UsageError
 
 app = typer.Typer(
     name="kosmos",
@@ -118,11 +118,11 @@ def ground(
         engine = api.load_engine(model, revision=revision, device=device, dtype=dtype,
                                  max_new_tokens=max_new_tokens, num_beams=num_beams,
                                  no_repeat_ngram_size=no_repeat_ngram_size or None)
-        with drawer or contextlib.nullcontext():
+        with _drawing(drawer) as drawing:  # on a thread of its own: the model does not wait for it
             summary = api.ground(inputs, out, prompt=prompt, engine=engine, format=format, batch_size=batch_size,
                                  overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait,
                                  workers=workers, progress=for_terminal("ground", quiet),
-                                 on_write=drawer.add_records if drawer else None)
+                                 on_write=drawing.add_records if drawing else None)
         if drawer and not quiet:
             _say(drawer.summary.line())
         return summary
@@ -136,7 +136,21 @@ def _drawer(folder: str | None, inputs: list[str]):
         return None
     from .drawing import Drawer, input_root
 
-    return Drawer(folder, input_root(inputs))
+    drawer = Drawer(folder, input_root(inputs), option="--draw")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--draw {folder}: cannot make that folder ({exc.strerror or exc}): name a folder you "
+                         "can write to") from None
+    return drawer
+
+
+def _drawing(drawer):
+    if drawer is None:
+        return contextlib.nullcontext()
+    from .drawing import Background
+
+    return Background(drawer)
 
 
 Box = Annotated[Optional[list[str]], typer.Option(

@@ -13,13 +13,17 @@ picture.
 
 from __future__ import annotations
 
+import collections
 import functools
 import html
 import logging
 import os
+import queue
 import re
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -221,6 +225,14 @@ class DrawSummary:
                 f"{self.failed} failed in {self.seconds:.1f}s -> {self.out_dir}{index}")
 
 
+@dataclass
+class _Job:
+    row: dict[str, Any]
+    source: str
+    target: str
+    seconds: float = 0.0
+
+
 class Drawer:
     """Draws result rows into `out_dir`, keeping their layout relative to `base`; optionally an index.html.
 
@@ -229,13 +241,13 @@ class Drawer:
     """
 
     def __init__(self, out_dir: str, base: str | None, html: bool = False, root: str | None = None,
-                 title: str = "kosmos draw"):
+                 title: str = "kosmos draw", option: str = "--out-dir"):
         if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-            raise UsageError(f"--out-dir {out_dir} is a file: name a folder for the annotated images")
+            raise UsageError(f"{option} {out_dir} is a file: name a folder for the annotated images")
         if base is not None and os.path.isdir(out_dir) and os.path.samefile(out_dir, base):
-            raise UsageError(f"--out-dir {out_dir} is the folder of the images: drawing there would overwrite "
+            raise UsageError(f"{option} {out_dir} is the folder of the images: drawing there would overwrite "
                              "them; choose another folder")
-        self.out_dir, self.base, self.root, self.title = out_dir, base, root, title
+        self.out_dir, self.base, self.root, self.title, self.option = out_dir, base, root, title, option
         self.summary = DrawSummary(out_dir, index=os.path.join(out_dir, "index.html") if html else None)
         self._html = None
         self._used: set[str] = set()
@@ -253,35 +265,48 @@ class Drawer:
 
     def add(self, row: dict[str, Any]) -> str | None:
         """Draw one row; returns the file written, or None (an error record, or an image that cannot be read)."""
+        job = self.prepare(row)
+        return None if job is None else self.complete(job, self.render(job))
+
+    # add() in three steps, so that Background can render on several threads and still name files and write the
+    # gallery in the order of the rows: prepare and complete run in order, render anywhere.
+    def prepare(self, row: dict[str, Any]) -> _Job | None:
+        """Where the row's image comes from and goes to (None: an error record, counted as skipped)."""
         if row.get("status") != "ok":
             self.summary.skipped += 1
             return None
+        source = locate(row["path"], self.root)
+        return _Job(row, source, self._target(source))
+
+    def render(self, job: _Job) -> list[Shape] | str:
+        """Load, annotate and write the image: its shapes, or why it could not be drawn. Thread-safe."""
         started = time.perf_counter()
         try:
-            return self._draw(row)
+            loaded = load_image(job.source)
+            if loaded.error:
+                return loaded.error
+            if os.path.exists(job.target) and os.path.samefile(job.target, job.source):
+                return f"the annotated image would overwrite it: choose another {self.option}"
+            image, row = loaded.image, job.row
+            scale = (image.width / row["width"] if row.get("width") else 1.0,
+                     image.height / row["height"] if row.get("height") else 1.0)
+            shapes = shapes_of(row)
+            annotate(image, shapes, scale)
+            self._save(image, job.target)
+            return shapes
         finally:
-            self.summary.seconds += time.perf_counter() - started
+            job.seconds = time.perf_counter() - started
 
-    def _draw(self, row: dict[str, Any]) -> str | None:
-        source = locate(row["path"], self.root)
-        loaded = load_image(source)
-        if loaded.error:
-            self._failed(row["path"], loaded.error)
+    def complete(self, job: _Job, outcome: list[Shape] | str) -> str | None:
+        """Count the rendered row and add it to the gallery; the file written, or None."""
+        self.summary.seconds += job.seconds
+        if isinstance(outcome, str):
+            self._failed(job.row["path"], outcome)
             return None
-        target = self._target(source)
-        if os.path.exists(target) and os.path.samefile(target, source):
-            self._failed(row["path"], "the annotated image would overwrite it: choose another --out-dir")
-            return None
-        image = loaded.image
-        scale = (image.width / row["width"] if row.get("width") else 1.0,
-                 image.height / row["height"] if row.get("height") else 1.0)
-        shapes = shapes_of(row)
-        annotate(image, shapes, scale)
-        self._save(image, target)
         if self.summary.index:
-            self._gallery(row, shapes, target)
+            self._gallery(job.row, outcome, job.target)
         self.summary.drawn += 1
-        return target
+        return job.target
 
     def close(self, complete: bool = True) -> DrawSummary:
         if self.summary.index is None:
@@ -324,7 +349,7 @@ class Drawer:
         except OSError as exc:
             _unlink(tmp)
             raise OutputError(f"cannot write {target}: {exc.strerror or exc}: "
-                              "choose another --out-dir or free some space") from None
+                              f"choose another {self.option} or free some space") from None
 
     def _failed(self, path: str, why: str) -> None:
         self.summary.failed += 1
@@ -349,6 +374,86 @@ class Drawer:
             f'<figure><a href="{href}"><img src="{href}" loading="lazy" alt="{name}"></a>'
             f'<figcaption><div class="path">{name}</div>{caption_html(row, shapes)}</figcaption></figure>\n'
         )
+
+
+class Background:
+    """A Drawer fed from the main thread and drawing on threads of its own.
+
+    `ground --draw` hands it each batch as it is written, so the model does not wait for the pictures; `kosmos
+    draw` hands it the rows of a results file. Images are decoded, annotated and encoded on `threads` threads
+    (Pillow lets go of the GIL for most of that); files are named, counted, put in the gallery and reported to
+    `on_row` in the order of the rows. At most `depth` handfuls of rows wait, then add_rows blocks: memory stays
+    bounded when drawing is slower than what feeds it. An error while drawing (a full disk) comes back on the
+    next add_rows or at the end. Use as a context manager: a clean exit waits for the drawing to finish; after an
+    error or an interrupt what is left is skipped.
+    """
+
+    def __init__(self, drawer: Drawer, threads: int | None = None, depth: int = 4,
+                 on_row: Callable[[str | None], None] | None = None):
+        self.drawer, self.summary, self.on_row = drawer, drawer.summary, on_row
+        self.threads = threads or min(4, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="kosmos-draw")
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kosmos-draw-order", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> Background:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is not None:
+            self._stop.set()
+        self._queue.put(None)
+        self._thread.join()
+        self._pool.shutdown(wait=True)
+        failed = self._error
+        self.drawer.close(complete=kind is None and failed is None)
+        if kind is None and failed is not None:
+            raise failed
+
+    def add_records(self, records) -> None:
+        """`pipeline.run`'s on_write hook: the batch's rows, taken now, go to the drawing threads."""
+        self.add_rows([record.to_dict() for record in records])
+
+    def add_rows(self, rows: list[dict[str, Any]]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(rows)
+
+    def _loop(self) -> None:
+        waiting: collections.deque = collections.deque()  # (job or None, future), in the order of the rows
+        while (rows := self._queue.get()) is not None:
+            for row in rows:
+                if self._stop.is_set():
+                    break
+                self._guard(self._start, row, waiting)
+                while len(waiting) > 2 * self.threads and not self._stop.is_set():
+                    self._guard(self._finish, *waiting.popleft())
+        while waiting:  # what was started is finished (or, after a stop, waited for and dropped)
+            job, future = waiting.popleft()
+            if self._stop.is_set():
+                future and future.exception()
+            else:
+                self._guard(self._finish, job, future)
+
+    def _start(self, row, waiting) -> None:
+        job = self.drawer.prepare(row)
+        waiting.append((job, job and self._pool.submit(self.drawer.render, job)))
+
+    def _finish(self, job, future) -> None:
+        target = None if job is None else self.drawer.complete(job, future.result())
+        if self.on_row is not None:
+            self.on_row(target)
+
+    def _guard(self, step, *args) -> None:
+        try:
+            step(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            if self._error is None:
+                self._error = exc
+            self._stop.set()
 
 
 def caption_html(row: dict[str, Any], shapes: list[Shape]) -> str:
@@ -393,7 +498,7 @@ def check_results_row(row: dict[str, Any], number: int, path: str) -> str:
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # never written: the error that stopped it is the one to tell
         pass
 
 

@@ -125,6 +125,45 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def test_a_full_disk_under_draw_keeps_every_record(tiny_model, small_disk, tmp_path):
+    """ground --draw with the annotated images on a 64 KB tmpfs: drawing (on its own thread) runs out of space;
+    the run says so in one line, exits 1, and every record written before that is kept; a rerun with room
+    finishes."""
+    import numpy as np
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    noise = np.random.default_rng(0)
+    for i in range(16):  # noise: each annotated PNG is bigger than the whole disk
+        Image.fromarray(noise.integers(0, 255, (150, 200, 3), dtype=np.uint8)).save(photos / f"n{i:02d}.png")
+    out = tmp_path / "r.jsonl"
+    first = subprocess.run(cmd(photos, out, tiny_model, "-b", "4", "--draw", str(small_disk / "drawn")),
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert first.returncode == 1, first.stderr
+    last = first.stderr.strip().splitlines()[-1]
+    assert last.startswith("kosmos: error: cannot write ") and last.endswith(
+        "No space left on device: choose another --draw or free some space"), last
+    kept = paths_in(out)
+    assert 0 < len(kept) <= 16 and len(set(kept)) == len(kept)
+    assert not [f for f in os.listdir(small_disk / "drawn") if f.endswith(".tmp")]  # no half-written image
+    second = subprocess.run(cmd(photos, out, tiny_model, "-b", "4", "--draw", str(tmp_path / "drawn")),
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert paths_in(out) == sorted(str(p) for p in photos.iterdir())
+
+
+def test_a_draw_folder_that_cannot_be_made_is_refused_before_the_model_loads(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a.png").write_bytes(b"")
+    done = subprocess.run(cmd(tmp_path / "a.png", tmp_path / "r.jsonl", "/no/such/model", "--draw",
+                              str(tmp_path / "a_file" / "drawn")), capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"kosmos: error: --draw {tmp_path}/a_file/drawn: cannot make that folder "
+                                   "(Not a directory): name a folder you can write to")
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 def test_a_real_full_disk(tiny_model, small_disk, tmp_path):
     photos = tmp_path / "photos"
     make_images(str(photos), sizes=[(32, 32)] * 60)

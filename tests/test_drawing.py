@@ -295,3 +295,67 @@ def test_drawer_keeps_whole_paths_of_images_outside_its_base(tmp_path):
         target = drawer.add(find_row(tmp_path / "x.png", (2, 2, 20, 20), (32, 32)))
     assert target == os.path.join(str(tmp_path / "out"), str(tmp_path / "x.png").lstrip(os.sep))
     assert color(len(PALETTE)) == PALETTE[0]
+
+
+# -- Background: ground --draw draws on a thread of its own ------------------------------------------------------
+def _records(folder, n):
+    records = []
+    for i in range(n):
+        path = folder / f"img{i:02d}.png"
+        Image.new("RGB", (120, 90), (20 * i % 255, 128, 128)).save(path)
+        records.append(Record(path=str(path), task="find", width=120, height=90, status="ok", phrase=f"thing {i}",
+                              boxes=[[0.1, 0.1, 0.5, 0.6]], boxes_px=[[12, 9, 60, 54]]))
+    return records
+
+
+def test_background_drawing_writes_what_drawing_in_line_writes(tmp_path):
+    """3 threads, one handful waiting at most: same files, same pixels, same gallery, same order of reports;
+    an error record and an unreadable image among them are counted the same way."""
+    from kosmos_cli.drawing import Background
+
+    records = _records(tmp_path, 10)
+    (tmp_path / "img03.png").write_bytes(b"not an image")
+    records[6].status, records[6].error = "error", "cannot identify image file"
+    rows = [r.to_dict() for r in records]
+    with Drawer(str(tmp_path / "inline"), str(tmp_path), html=True) as inline:
+        said_inline = [inline.add(row) for row in rows]
+    said_bg = []
+    with Background(Drawer(str(tmp_path / "bg"), str(tmp_path), html=True), threads=3, depth=1,
+                    on_row=said_bg.append) as bg:
+        for start in range(0, 10, 3):
+            bg.add_rows(rows[start:start + 3])
+    assert [os.path.basename(t) if t else None for t in said_bg] == \
+        [os.path.basename(t) if t else None for t in said_inline]
+    assert said_inline.count(None) == 2
+    for summary in (inline.summary, bg.summary):
+        assert (summary.drawn, summary.skipped, summary.failed) == (8, 1, 1)
+    names = sorted(os.listdir(tmp_path / "inline"))
+    assert names == sorted(os.listdir(tmp_path / "bg")) and len(names) == 9  # 8 images and index.html
+    for name in names:  # same pixels, same gallery in the same order
+        assert (tmp_path / "inline" / name).read_bytes() == (tmp_path / "bg" / name).read_bytes(), name
+
+
+def test_a_write_error_on_the_drawing_thread_reaches_the_caller(tmp_path):
+    from kosmos_cli import OutputError
+    from kosmos_cli.drawing import Background
+
+    (tmp_path / "a_file").write_text("not a folder")
+    records = _records(tmp_path, 4)
+    with pytest.raises(OutputError, match="cannot write"):
+        with Background(Drawer(str(tmp_path / "a_file" / "out"), str(tmp_path))) as bg:
+            bg.add_records(records[:2])
+            bg._thread.join(timeout=0.01)  # the error may come back here or at the end: either way it comes
+            bg.add_records(records[2:])
+
+
+def test_an_interrupted_background_drawing_stops_and_leaves_no_gallery(tmp_path):
+    from kosmos_cli.drawing import Background
+
+    records = _records(tmp_path, 6)
+    with pytest.raises(KeyboardInterrupt):
+        with Background(Drawer(str(tmp_path / "out"), str(tmp_path), html=True)) as bg:
+            bg.add_records(records)
+            raise KeyboardInterrupt
+    assert not bg._thread.is_alive()
+    assert not any(name.startswith("index.html") for name in os.listdir(tmp_path / "out")) \
+        if (tmp_path / "out").exists() else True
