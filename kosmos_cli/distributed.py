@@ -14,8 +14,10 @@ gives every rank the run's id, so that files of an earlier run are never taken f
   status to say "running" before they read what is already done;
 - a rank whose share is done says "done"; rank 0 waits for every rank to say so, then folds the parts in;
 - a rank that fails says "failed"; one that vanishes is seen by its process being gone (on the same machine) or
-  by its heartbeat stopping for KOSMOS_RANK_TIMEOUT seconds (default 300). The ranks that depend on it (rank 0
-  watches all, the others watch rank 0) stop at their next batch with a RankError that names it.
+  by its heartbeat stopping for KOSMOS_RANK_TIMEOUT seconds (default 300); one that is alive but hung (its
+  heartbeat goes on, its counts do not) by recording nothing while running for KOSMOS_STALL_TIMEOUT seconds
+  (default 1800, 0: never). The ranks that depend on it (rank 0 watches all, the others watch rank 0) stop at
+  their next batch with a RankError that names it.
 
 accelerate and torch.distributed are imported here only when WORLD_SIZE > 1.
 """
@@ -42,6 +44,8 @@ log = logging.getLogger("kosmos_cli")
 
 TIMEOUT_ENV = "KOSMOS_RANK_TIMEOUT"
 DEFAULT_TIMEOUT = 300.0
+STALL_ENV = "KOSMOS_STALL_TIMEOUT"
+DEFAULT_STALL = 1800.0  # a running rank that records nothing for this long is taken for hung (0: never)
 POLL = 0.2  # seconds between looks at the other ranks while waiting for them
 
 LOADING, PREPARING, WAITING, RUNNING, DONE, FAILED, INTERRUPTED = (
@@ -113,20 +117,29 @@ def _join(cpu: bool | None) -> Team | None:
     return Team(state.process_index, state.num_processes, state.local_process_index, device, box[0])
 
 
-def _timeout() -> float:
-    value = os.environ.get(TIMEOUT_ENV, "")
+def _seconds_from(name: str, default: float) -> float:
+    value = os.environ.get(name, "")
     try:
-        return float(value) if value else DEFAULT_TIMEOUT
+        seconds = float(value) if value else default
     except ValueError:
-        raise UsageError(f"{TIMEOUT_ENV}={value!r}: give a number of seconds") from None
+        seconds = -1.0
+    if not seconds >= 0:  # also NaN
+        raise UsageError(f"{name}={value!r}: give a number of seconds")
+    return seconds
+
+
+def _timeout() -> float:
+    return _seconds_from(TIMEOUT_ENV, DEFAULT_TIMEOUT)
 
 
 class Team:
     """The processes of one launch, as this one (`rank`) sees them."""
 
-    def __init__(self, rank: int, size: int, local_rank: int, device: str, run: str, timeout: float | None = None):
+    def __init__(self, rank: int, size: int, local_rank: int, device: str, run: str, timeout: float | None = None,
+                 stall: float | None = None):
         self.rank, self.size, self.local_rank, self.device, self.run = rank, size, local_rank, device, run
         self.timeout = _timeout() if timeout is None else timeout
+        self.stall = _seconds_from(STALL_ENV, DEFAULT_STALL) if stall is None else stall
         self.beat = max(0.1, min(2.0, self.timeout / 5))
         self.host = socket.gethostname()
         self.space = _pid_space()
@@ -297,6 +310,7 @@ class Team:
         self._beats = 0
         self._others: dict[int, dict] = {}
         self._changed: dict[int, tuple[object, float]] = {}
+        self._progressed: dict[int, tuple[object, float]] = {}
         self._since = time.monotonic()
         self._t0 = time.perf_counter()
 
@@ -413,10 +427,23 @@ class Team:
         beat, seen = status.get("beat"), self._changed.get(r)
         if seen is None or seen[0] != beat:
             self._changed[r] = (beat, now)
-            return None
-        if now - seen[1] > self.timeout:
+        elif now - seen[1] > self.timeout:
             return self._error(r, f"rank {r} on {status.get('host')} stopped responding: no heartbeat for "
                                   f"{self.timeout:.0f}s (set {TIMEOUT_ENV} to wait longer)")
+        return self._stalled(r, status, now)
+
+    def _stalled(self, r: int, status: dict, now: float) -> RankError | None:
+        """A rank that is alive and running but has recorded nothing for `stall` seconds: hung on its device or
+        its file system. Only while running: loading a model (maybe downloading it) takes what it takes."""
+        work = (status.get("state"), status.get("done"), status.get("failed"), status.get("skipped"))
+        seen = self._progressed.get(r)
+        if seen is None or seen[0] != work:
+            self._progressed[r] = (work, now)
+            return None
+        if work[0] == RUNNING and self.stall and now - seen[1] > self.stall:
+            return self._error(r, f"rank {r} on {status.get('host')} has recorded nothing for {self.stall:.0f}s "
+                                  "although it is still running: it looks hung (a stuck GPU, driver or file "
+                                  f"system); set {STALL_ENV} to wait longer")
         return None
 
     def _error(self, r: int, message: str, said: bool = False) -> RankError:

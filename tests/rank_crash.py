@@ -1,23 +1,33 @@
-"""`kosmos`, with one rank of a multi-process run dying hard: what a segfault or the OOM killer does.
+"""`kosmos`, with one rank of a multi-process run dying hard (what a segfault or the OOM killer does) or hanging
+(what a stuck GPU or file system does).
 
     torchrun --nproc_per_node 2 tests/rank_crash.py ground PHOTOS --out r.jsonl ...
 
 The rank named by $KOSMOS_TEST_CRASH_RANK ends with os._exit after its first batch is computed, before that
-batch is written: no status, no message, no cleanup.
+batch is written: no status, no message, no cleanup. The rank named by $KOSMOS_TEST_HANG_RANK stops there
+instead, alive: its heartbeat goes on, its work does not.
 """
 
 import os
+import time
 
 from kosmos_cli import pipeline
 from kosmos_cli.cli import main
 
-if os.environ.get("RANK") == os.environ.get("KOSMOS_TEST_CRASH_RANK", "-"):
+
+def _after_first_batch(then):
     forward = pipeline._forward
 
-    def _forward_then_die(*args, **kwargs):
+    def _forward_then(*args, **kwargs):
         forward(*args, **kwargs)
-        os._exit(3)
+        then()
 
-    pipeline._forward = _forward_then_die
+    pipeline._forward = _forward_then
+
+
+if os.environ.get("RANK") == os.environ.get("KOSMOS_TEST_CRASH_RANK", "-"):
+    _after_first_batch(lambda: os._exit(3))
+if os.environ.get("RANK") == os.environ.get("KOSMOS_TEST_HANG_RANK", "-"):
+    _after_first_batch(lambda: time.sleep(3600))
 
 main()

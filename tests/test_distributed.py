@@ -13,8 +13,8 @@ import pytest
 
 from conftest import HERE, make_images
 from kosmos_cli import find, ground, read_records
-from kosmos_cli.distributed import DONE, FAILED, RUNNING, Team, detect, device_for
-from kosmos_cli.errors import OutputError, RankError
+from kosmos_cli.distributed import DONE, FAILED, LOADING, RUNNING, Team, detect, device_for
+from kosmos_cli.errors import OutputError, RankError, UsageError
 from kosmos_cli.pipeline import Summary
 
 SIZES = [(224, 224), (320, 200), (200, 320), (288, 224), (100, 100), (300, 300), (256, 128)]  # 7: uneven shares
@@ -165,6 +165,23 @@ def test_a_crashed_rank_fails_the_run_naming_it_and_a_rerun_finishes(tiny_model,
     assert summary.done + summary.skipped == len(photos) and summary.skipped >= 1
 
 
+def test_a_hung_rank_is_named_and_the_run_ends(tiny_model, photos, tmp_path):
+    """Rank 1 hangs after its first batch, alive (its heartbeat goes on): rank 0 finishes its share, sees that
+    rank 1 has recorded nothing for KOSMOS_STALL_TIMEOUT seconds, says so in one line, and the launch ends."""
+    out = tmp_path / "r.jsonl"
+    started = time.monotonic()
+    code, _, stderr = finish(launch("torchrun", ["ground", *photos, "--out", str(out), "-b", "1",
+                                                 *model_args(tiny_model)],
+                                    script=os.path.join(HERE, "rank_crash.py"),
+                                    env={"KOSMOS_TEST_HANG_RANK": "1", "KOSMOS_STALL_TIMEOUT": "4"}))
+    assert code != 0
+    assert time.monotonic() - started < 120
+    errors = [line for line in stderr.splitlines() if line.startswith("kosmos: error:")]
+    assert len(errors) == 1, stderr
+    assert errors[0].startswith("kosmos: error: rank 1 ") and "looks hung" in errors[0], errors[0]
+    assert "KOSMOS_STALL_TIMEOUT" in errors[0] and "run the same command again" in errors[0]
+
+
 @pytest.mark.slow
 def test_a_crashed_rank_on_another_machine_is_noticed(tiny_model, photos, tmp_path):
     """Two launchers, as on two machines: the one of rank 0 does not see rank 1 die; rank 0 itself does."""
@@ -270,6 +287,44 @@ def test_a_rank_whose_heartbeat_stops_is_named_after_the_timeout(tmp_path):
         assert 0.5 <= time.monotonic() - started < 3
     finally:
         main.close()
+
+
+def test_a_running_rank_that_records_nothing_is_named_after_the_stall_timeout(tmp_path):
+    main = team(0, timeout=60)
+    main.stall = 0.6
+    main.start(str(tmp_path / "r.jsonl"))
+    try:
+        for beat in range(1, 6):  # heartbeat and counts go on: fine
+            fake_status(main, 1, beat=beat, done=beat)
+            main._watch()
+            time.sleep(0.2)
+        assert main.problem is None
+        fake_status(main, 1, state=LOADING, beat=10, done=5)  # loading (a download) may take what it takes
+        for beat in range(11, 16):
+            fake_status(main, 1, state=LOADING, beat=beat, done=5)
+            main._watch()
+            time.sleep(0.2)
+        assert main.problem is None
+        started = time.monotonic()
+        beat = 20
+        while main.problem is None and time.monotonic() - started < 5:  # running, heartbeat on, counts still
+            beat += 1
+            fake_status(main, 1, beat=beat, done=5)
+            main._watch()
+            time.sleep(0.05)
+        assert str(main.problem).startswith("rank 1 on elsewhere has recorded nothing for 1s although it is still "
+                                            "running: it looks hung")
+        assert 0.6 <= time.monotonic() - started < 3
+    finally:
+        main.close()
+
+
+def test_stall_and_rank_timeouts_must_be_numbers(monkeypatch):
+    monkeypatch.setenv("KOSMOS_STALL_TIMEOUT", "soon")
+    with pytest.raises(UsageError, match="KOSMOS_STALL_TIMEOUT='soon': give a number of seconds"):
+        team(0)
+    monkeypatch.setenv("KOSMOS_STALL_TIMEOUT", "0")
+    assert team(0).stall == 0  # never
 
 
 def test_a_rank_whose_process_is_gone_is_named_at_once(tmp_path):
