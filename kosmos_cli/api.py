@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterable
 
 from . import distributed
@@ -178,7 +177,6 @@ def draw(
             on_drawn(target)
         progress.advance(summary.drawn, summary.failed, summary.skipped)
 
-    started = time.perf_counter()
     try:
         with Background(drawer, threads=threads, on_row=on_row) as background:
             rows: list[dict] = []
@@ -190,7 +188,6 @@ def draw(
             background.add_rows(rows)
     finally:
         progress.close()
-        summary.seconds = time.perf_counter() - started
     return summary
 
 

@@ -397,6 +397,7 @@ class Background:
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kosmos-draw-order", daemon=True)
+        self._started = time.perf_counter()
         self._thread.start()
 
     def __enter__(self) -> Background:
@@ -408,6 +409,7 @@ class Background:
         self._queue.put(None)
         self._thread.join()
         self._pool.shutdown(wait=True)
+        self.summary.seconds = time.perf_counter() - self._started  # wall time: the threads overlap
         failed = self._error
         self.drawer.close(complete=kind is None and failed is None)
         if kind is None and failed is not None:

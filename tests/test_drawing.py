@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 from html.parser import HTMLParser
 from urllib.parse import unquote
 
@@ -359,3 +360,15 @@ def test_an_interrupted_background_drawing_stops_and_leaves_no_gallery(tmp_path)
     assert not bg._thread.is_alive()
     assert not any(name.startswith("index.html") for name in os.listdir(tmp_path / "out")) \
         if (tmp_path / "out").exists() else True
+
+
+def test_background_drawing_reports_wall_time_not_the_sum_over_threads(tmp_path):
+    from kosmos_cli.drawing import Background
+
+    records = _records(tmp_path, 8)
+    started = time.perf_counter()
+    with Background(Drawer(str(tmp_path / "out"), str(tmp_path)), threads=4,
+                    on_row=lambda target: time.sleep(0.05)) as bg:  # a slow reader of the results: 0.4 s at least
+        bg.add_records(records)
+    wall = time.perf_counter() - started
+    assert bg.summary.drawn == 8 and 0.4 <= bg.summary.seconds <= wall
