@@ -54,15 +54,9 @@ def ground(
     **model_options,
 ) -> Summary:
     """Caption and ground every image named by `inputs` (folders, files, globs, manifests); write to `out`."""
-    if not isinstance(inputs, (list, tuple)):
-        inputs = list(inputs)
-    if inputs and all(isinstance(i, str) for i in inputs):
-        check_inputs(inputs)
-    options = RunOptions(out=out, format=format, batch_size=batch_size, workers=workers, overwrite=overwrite,
-                         retry_failed=retry_failed, prune=prune, wait=wait)
-    job = GroundJob(prompt)
-    engine = engine or load_engine(model, **model_options)
-    return run(job, inputs, engine, options, progress=progress, on_write=on_write)
+    return _run(GroundJob(prompt), list(inputs), out, engine, model, model_options, format=format,
+                batch_size=batch_size, workers=workers, overwrite=overwrite, retry_failed=retry_failed, prune=prune,
+                wait=wait, progress=progress, on_write=on_write)
 
 
 def refer(

@@ -4,12 +4,9 @@ import json
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from kosmos_cli.cli import app
+from cli_helpers import kosmos, one_error_line, rows_of
 from kosmos_cli.writers import read_records
-
-runner = CliRunner()
 
 
 @pytest.fixture
@@ -18,22 +15,6 @@ def images(tmp_path):
     Image.new("RGB", (160, 120), (200, 40, 40)).save(tmp_path / "photos" / "a.png")
     Image.new("RGB", (120, 160), (40, 40, 200)).save(tmp_path / "photos" / "b.png")
     return tmp_path
-
-
-def kosmos(*args, model=None, input=None):
-    extra = ["--model", model, "--max-new-tokens", "3"] if model else []
-    return runner.invoke(app, [*args, *extra], input=input)
-
-
-def rows_of(result):
-    return [json.loads(line) for line in result.stdout.splitlines()]
-
-
-def one_error_line(result, code, text):
-    assert result.exit_code == code, result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kosmos: error: ") and text in lines[0], result.stderr
-    assert result.stdout == ""
 
 
 def test_image_and_phrases_as_arguments(images, tiny_model):
@@ -90,5 +71,5 @@ def test_usage_errors(images):
 
 
 def test_help_ends_with_an_example():
-    result = runner.invoke(app, ["find", "--help"])
+    result = kosmos("find", "--help")
     assert result.exit_code == 0 and 'Example: kosmos find photo.jpg "a red car" "a dog"' in result.stdout

@@ -5,11 +5,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from kosmos_cli.cli import app
-
-runner = CliRunner()
+from cli_helpers import kosmos, one_error_line, rows_of
 
 
 @pytest.fixture
@@ -17,22 +14,6 @@ def images(tmp_path):
     Image.new("RGB", (320, 200), (200, 40, 40)).save(tmp_path / "a.png")
     Image.new("RGB", (100, 100), (40, 40, 200)).save(tmp_path / "b.jpg")
     return tmp_path
-
-
-def kosmos(*args, model=None, input=None):
-    extra = ["--model", model, "--max-new-tokens", "3"] if model else []
-    return runner.invoke(app, [*args, *extra], input=input)
-
-
-def rows_of(result):
-    return [json.loads(line) for line in result.stdout.splitlines()]
-
-
-def one_error_line(result, code, text):
-    assert result.exit_code == code, result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kosmos: error: ") and text in lines[0], result.stderr
-    assert result.stdout == ""
 
 
 def test_boxes_on_the_command_line(images, tiny_model):
@@ -98,6 +79,6 @@ def test_refer_needs_boxes_or_a_manifest(images):
 
 
 def test_help_ends_with_an_example():
-    result = runner.invoke(app, ["refer", "--help"])
+    result = kosmos("refer", "--help")
     assert result.exit_code == 0 and "Example: kosmos refer photo.jpg --box 10,20,200,300" in result.stdout
     assert "--normalized" in result.stdout and "--box" in result.stdout
