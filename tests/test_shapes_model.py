@@ -21,10 +21,6 @@ from kosmos_cli.writers import read_records
 import shapes  # tools/shapes.py
 
 
-def colour_of(phrase):
-    return next((c for c in shapes.COLORS if c in phrase.split()), None)
-
-
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     """path -> true shapes (boxes in the displayed frame)."""
@@ -62,7 +58,7 @@ def test_colours_count_and_boxes_are_right(batched, scenes):
     for path, (width, height, objs) in truth.items():
         row = batched[path]
         assert row["status"] == "ok" and (row["width"], row["height"]) == (width, height)
-        found = [(colour_of(e["phrase"]), e["boxes_px"]) for e in row["entities"]]
+        found = [(shapes.colour_in(e["phrase"]), e["boxes_px"]) for e in row["entities"]]
         if sorted(c for c, _ in found) == sorted(o.color for o in objs):
             right_images += 1
         for obj in objs:
@@ -83,7 +79,8 @@ def test_rotated_jpegs_are_boxed_in_the_displayed_frame(batched, scenes):
         assert (batched[path]["width"], batched[path]["height"]) == (width, height)
         for obj in objs:
             objects += 1
-            boxes = [b for e in batched[path]["entities"] if colour_of(e["phrase"]) == obj.color for b in e["boxes_px"]]
+            entities = batched[path]["entities"]
+            boxes = [b for e in entities if shapes.colour_in(e["phrase"]) == obj.color for b in e["boxes_px"]]
             hits += any(shapes.iou(b, obj.box) >= 0.5 for b in boxes)
     assert objects and hits / objects >= 0.75, f"{hits}/{objects}"
 
@@ -131,7 +128,7 @@ def test_the_readme_demo_runs_offline(shapes_model, tmp_path):
         truth[os.path.basename(row["path"])] = row["shapes"]
     rows = {os.path.basename(r["path"]): r for r in read_records(str(tmp_path / "demo.parquet"))}
     assert sorted(rows) == sorted(truth) and len(rows) == 8
-    right = sum(sorted(colour_of(e["phrase"]) for e in rows[name]["entities"]) == sorted(s["color"] for s in shapes_)
-                for name, shapes_ in truth.items())
+    right = sum(sorted(shapes.colour_in(e["phrase"]) for e in rows[name]["entities"])
+                == sorted(s["color"] for s in shapes_) for name, shapes_ in truth.items())
     assert right >= 6, f"colours right on {right}/8 demo images"
     assert len(list((tmp_path / "demo_drawn").rglob("*.png"))) == 8

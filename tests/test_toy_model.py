@@ -34,10 +34,6 @@ def generate(processor, model, images, prompts, bboxes=None):
     return [processor.post_process_generation(t) for t in processor.batch_decode(ids, skip_special_tokens=True)]
 
 
-def colour(phrase):
-    return next((c for c in shapes.COLORS if c in phrase.split()), None)
-
-
 @pytest.mark.parametrize("size", shapes.CLI_SIZES)
 def test_scenes_keep_their_promises(size):
     rng = random.Random(7)
@@ -101,8 +97,8 @@ def test_captions_name_and_box_every_shape(toy, scenes):
     right, ious = 0, []
     for (_, objs, boxes), (text, entities) in zip(scenes, results):
         assert text.startswith("An image of")
-        right += [colour(name) for name, _, _ in entities] == [o.color for o in objs]
-        found = {colour(name): bxs for name, _, bxs in entities}
+        right += [shapes.colour_in(name) for name, _, _ in entities] == [o.color for o in objs]
+        found = {shapes.colour_in(name): bxs for name, _, bxs in entities}
         ious += [shapes.iou(found[o.color][0], box) if found.get(o.color) else 0.0 for o, box in zip(objs, boxes)]
     assert right >= 0.9 * len(scenes)
     assert sum(i >= 0.5 for i in ious) >= 0.9 * len(ious)
@@ -115,7 +111,7 @@ def test_refer_names_the_colour_in_a_box(toy, scenes):
         processor, model, [s[0] for s in scenes], ["<grounding><phrase> It</phrase> is"] * len(scenes),
         [[boxes[k]] for (_, _, boxes), k in zip(scenes, picks)],
     )
-    said = [colour(text.split(" is ")[-1]) for text, _ in results]
+    said = [shapes.colour_in(text.split(" is ")[-1]) for text, _ in results]
     assert sum(c == objs[k].color for c, (_, objs, _), k in zip(said, scenes, picks)) >= 0.8 * len(scenes)
 
 

@@ -26,10 +26,6 @@ from kosmos_cli.writers import read_records  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def colour_of(text: str) -> str | None:
-    return next((c for c in shapes.COLORS if c in text.replace(".", " ").split()), None)
-
-
 def write_scenes(folder: Path, n: int, seed: int) -> dict[str, tuple[str, list[shapes.Shape]]]:
     """path -> (kind, true shapes)."""
     rng, truth = random.Random(seed), {}
@@ -52,7 +48,7 @@ def write_scenes(folder: Path, n: int, seed: int) -> dict[str, tuple[str, list[s
 def measure_ground(rows: dict, truth: dict) -> dict[str, dict[str, float]]:
     tally = defaultdict(lambda: {"images": 0, "right": 0, "objects": 0, "hits": 0, "iou": 0.0})
     for path, (kind, objs) in truth.items():
-        found = [(colour_of(e["phrase"]), b) for e in rows[path]["entities"] for b in e["boxes_px"]]
+        found = [(shapes.colour_in(e["phrase"]), b) for e in rows[path]["entities"] for b in e["boxes_px"]]
         for key in (kind, "all"):
             t = tally[key]
             t["images"] += 1
@@ -91,7 +87,7 @@ def main(argv=None) -> None:
         (folder / "regions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in regions))
         refer([str(folder / "regions.jsonl")], str(folder / "refer.jsonl"), engine=engine,
               batch_size=args.batch_size)
-        said = [colour_of(r["description"]) == r["truth"] for r in read_records(str(folder / "refer.jsonl"))]
+        said = [shapes.colour_in(r["description"]) == r["truth"] for r in read_records(str(folder / "refer.jsonl"))]
         figures["refer"] = {"regions": len(said), "colour_right": sum(said) / len(said)}
 
         queries = [{"path": p, "phrase": objs[-1].phrase, "box": objs[-1].box} for p, (_, objs) in truth.items()]

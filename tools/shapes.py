@@ -109,6 +109,11 @@ def caption(shapes) -> str:
     return f"<grounding> An image of{phrases}."
 
 
+def colour_in(text: str) -> str | None:
+    """The first of COLORS that `text` names as a word ("a red circle." -> "red"), or None."""
+    return next((c for c in COLORS if c in text.replace(".", " ").split()), None)
+
+
 def normalized_boxes(shapes, width, height) -> list[tuple[float, float, float, float]]:
     return [(s.box[0] / width, s.box[1] / height, s.box[2] / width, s.box[3] / height) for s in shapes]
 

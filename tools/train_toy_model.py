@@ -271,10 +271,6 @@ class ScenePool:
         return batch
 
 
-def _colour(phrase: str) -> str | None:
-    return next((c for c in shapes.COLORS if c in phrase.split()), None)
-
-
 def _generate(model, processor, images, prompts, bboxes=None) -> list[str]:
     inputs = processor(text=prompts, images=images, bboxes=bboxes, return_tensors="pt")
     with torch.inference_mode():
@@ -303,14 +299,14 @@ def evaluate(model, processor, n: int = 100, seed: int = 12345, batch_size: int 
         )
         for (img, objs, boxes, k), cap, ref, fnd in zip(chunk, captions, refers, finds):
             _, entities = processor.post_process_generation(cap)
-            found = {_colour(name): (name, bxs) for name, _, bxs in entities}
-            right += [_colour(name) for name, _, _ in entities] == [o.color for o in objs]
+            found = {shapes.colour_in(name): (name, bxs) for name, _, bxs in entities}
+            right += [shapes.colour_in(name) for name, _, _ in entities] == [o.color for o in objs]
             for obj, box in zip(objs, boxes):
                 name, bxs = found.get(obj.color, ("", []))
                 ious.append(shapes.iou(bxs[0], box) if bxs else 0.0)
                 shape_right += obj.shape in name.split()
             said = processor.post_process_generation(ref)[0]
-            refer_colour += _colour(said.split(" is ")[-1]) == objs[k].color
+            refer_colour += shapes.colour_in(said.split(" is ")[-1]) == objs[k].color
             refer_full += said == f"It is {objs[k].phrase}."
             _, entities = processor.post_process_generation(fnd)
             find_ious.append(shapes.iou(entities[0][2][0], boxes[k]) if entities and entities[0][2] else 0.0)
