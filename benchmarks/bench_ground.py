@@ -108,7 +108,7 @@ def main() -> None:
     import torch
 
     from kosmos_cli.engine import Engine, GenerationOptions
-    from kosmos_cli.jobs import GroundJob
+    from kosmos_cli.tasks import Ground
     from kosmos_cli.pipeline import RunOptions, run
     from kosmos_cli.prompts import PRESETS
 
@@ -131,7 +131,7 @@ def main() -> None:
         engine = Engine.from_model(model, processor, GenerationOptions(max_new_tokens=args.max_new_tokens))
         out = os.path.join(tmp, "results.parquet")
         started = time.perf_counter()
-        summary = run(GroundJob(), [tmp], engine, RunOptions(out=out, batch_size=args.batch_size))
+        summary = run(Ground(), [tmp], engine, RunOptions(out=out, batch_size=args.batch_size))
         ours = time.perf_counter() - started
         assert summary.done == n, summary.line()
 

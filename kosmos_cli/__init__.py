@@ -6,11 +6,12 @@ Importing this package is light: torch and transformers load only when a model d
 from .api import draw, find, ground, load_engine, refer
 from .errors import InputError, KosmosError, ModelError, OutputError, UsageError
 from .records import Entity, Record
+from .tasks import FindRecord, GroundRecord, ReferRecord
 from .writers import read_records
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Entity", "InputError", "KosmosError", "ModelError", "OutputError", "Record", "UsageError",
+    "Entity", "FindRecord", "GroundRecord", "InputError", "KosmosError", "ModelError", "OutputError", "Record", "ReferRecord", "UsageError",
     "draw", "find", "ground", "load_engine", "read_records", "refer", "__version__",
 ]

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable
 from . import distributed
 from .engine import Engine, GenerationOptions, ModelOptions
 from .errors import InputError, OutputError, UsageError
-from .jobs import FindJob, GroundJob, Job, ReferJob, check_fits, check_phrase, format_box
 from .pipeline import Progress, RunOptions, Summary, run
-from .sources import MANIFEST_EXTENSIONS, Item, check_inputs
+from .sources import Item, check_inputs
+from .tasks import Find, Ground, Refer, Task
 from .writers import detect_format, read_records
 
 
@@ -54,7 +54,7 @@ def ground(
     **model_options,
 ) -> Summary:
     """Caption and ground every image named by `inputs` (folders, files, globs, manifests); write to `out`."""
-    return _run(GroundJob(prompt), list(inputs), out, engine, model, model_options, format=format,
+    return _run(Ground(prompt), list(inputs), out, engine, model, model_options, format=format,
                 batch_size=batch_size, workers=workers, overwrite=overwrite, retry_failed=retry_failed, prune=prune,
                 wait=wait, progress=progress, on_write=on_write)
 
@@ -83,17 +83,7 @@ def refer(
     `boxes` ("x1,y1,x2,y2" strings or 4-number sequences; pixels of the image as displayed, or 0-1 with
     `normalized`) go with every image; without them each manifest row's x1, y1, x2, y2 columns are its box.
     """
-    inputs = list(inputs)
-    try:
-        job = ReferJob(boxes, normalized)
-    except ValueError as exc:
-        raise UsageError(f"--box: {exc}") from None
-    if job.boxes is None:
-        _need_rows(inputs, "kosmos refer needs boxes: pass --box X1,Y1,X2,Y2, or a manifest with "
-                           "path,x1,y1,x2,y2 columns")
-    else:
-        _check_boxes_fit(inputs, job.boxes, normalized)
-    return _run(job, inputs, out, engine, model, model_options, format=format, batch_size=batch_size,
+    return _run(Refer(boxes, normalized), list(inputs), out, engine, model, model_options, format=format, batch_size=batch_size,
                 workers=workers, overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait,
                 progress=progress, on_write=on_write)
 
@@ -120,18 +110,7 @@ def find(
 
     `phrases` go with every image; without them each manifest row's `phrase` column is used.
     """
-    inputs = list(inputs)
-    phrases = list(phrases or [])
-    for number, phrase in enumerate(phrases, 1):
-        try:
-            check_phrase(phrase)
-        except ValueError as exc:
-            raise UsageError(f"phrase {number} ({phrase!r}) cannot be used: {exc}") from None
-    job = FindJob(phrases)
-    if job.phrases is None:
-        _need_rows(inputs, "kosmos find needs phrases: name them after the input, or give a manifest with "
-                           "path,phrase columns")
-    return _run(job, inputs, out, engine, model, model_options, format=format, batch_size=batch_size,
+    return _run(Find(phrases), list(inputs), out, engine, model, model_options, format=format, batch_size=batch_size,
                 workers=workers, overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait,
                 progress=progress, on_write=on_write)
 
@@ -197,37 +176,14 @@ def _results_rows(results: str):
                          "by kosmos ground, refer or find") from None
 
 
-def _run(job: Job, inputs, out, engine, model, model_options, progress=None, on_write=None, **run_options):
-    """Check everything cheap, then load the model (unless given) and run `job`."""
+def _run(task: Task, inputs, out, engine, model, model_options, progress=None, on_write=None, **run_options):
+    """Check everything cheap, then load the model (unless given) and run `task`."""
     if inputs and all(isinstance(i, str) for i in inputs):
         check_inputs(inputs)
+    task.check(inputs)
     detect_format(out, run_options.get("format"))
     options = RunOptions(out=out, **run_options)
     if engine is None:
         distributed.join(out, model_options.get("device", "auto"))  # several processes: report before the load
         engine = load_engine(model, **model_options)
-    return run(job, inputs, engine, options, progress=progress, on_write=on_write)
-
-
-def _need_rows(inputs, message: str) -> None:
-    """Without boxes or phrases of its own, a run reads them from manifest rows (or JSON lines on stdin)."""
-    if not any(isinstance(i, Item) or i == "-" or str(i).lower().endswith(MANIFEST_EXTENSIONS) for i in inputs):
-        raise UsageError(message)
-
-
-def _check_boxes_fit(inputs, boxes, normalized: bool) -> None:
-    """Boxes given for images named directly are checked against their size before anything is written."""
-    from .images import display_size
-
-    for arg in inputs:
-        if not isinstance(arg, str) or not os.path.isfile(arg) or arg.lower().endswith(MANIFEST_EXTENSIONS):
-            continue
-        size = display_size(arg)
-        if size is None:
-            continue  # not readable: its records will say why
-        for box in boxes:
-            try:
-                check_fits(box, *size, normalized)
-            except ValueError:
-                raise UsageError(f"--box {format_box(box)} is outside {arg}, which is {size[0]}x{size[1]} pixels "
-                                 "as displayed (EXIF orientation applied)") from None
+    return run(task, inputs, engine, options, progress=progress, on_write=on_write)

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import KosmosError, UsageError
+from .errors import Interrupted, KosmosError, UsageError
 
 app = typer.Typer(
     name="kosmos",
@@ -261,14 +261,6 @@ def draw(
 
 
 # -- one place for errors, signals and exit codes --------------------------------------------------------
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, handled like Ctrl-C: finished batches are kept, the output stays valid."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _raise_interrupted(signum, frame):
     raise Interrupted(signum)
 
@@ -279,21 +271,31 @@ def _call(fn, quiet: bool):
     try:
         return fn()
     except KosmosError as exc:
-        if not getattr(exc, "quiet", False):  # quiet: another process of the run says it
-            _say(f"kosmos: error: {exc}")
+        if not exc.quiet:  # quiet: another process of the run says it
+            _say(f"kosmos: error: {_as_flags(exc)}")
         raise typer.Exit(exc.exit_code) from None
     except BrokenPipeError:  # the reader went away (`| head -1`): end quietly
         _silence_stdout()
         raise typer.Exit(0) from None
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        if not quiet and not getattr(exc, "quiet", False):
+        if not quiet and not (isinstance(exc, Interrupted) and exc.quiet):
             _say(f"kosmos: interrupted by {signal.Signals(signum).name}: finished batches are kept; "
                  "run the same command again to finish")
         raise typer.Exit(128 + signum) from None
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+FLAGS = {"boxes": "--box"}  # library parameters whose flag is not their name in kebab case
+
+
+def _as_flags(exc: KosmosError) -> str:
+    """The library speaks of parameters (batch_size), the command line of flags (--batch-size)."""
+    if isinstance(exc, UsageError) and exc.param:
+        return exc.render(FLAGS.get(exc.param) or "--" + exc.param.replace("_", "-"))
+    return str(exc)
 
 
 def _finish(summary, quiet: bool, strict: bool) -> None:

@@ -30,6 +30,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -37,7 +38,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from .errors import KosmosError, OutputError, RankError, UsageError
+from .errors import Interrupted, KosmosError, OutputError, RankError, UsageError
 from .records import one_line
 
 log = logging.getLogger("kosmos_cli")
@@ -218,8 +219,8 @@ class Team:
                 culprit = self.problem or self._culprit()
                 if culprit is not None:
                     return culprit
-                exc.quiet = not self.main  # rank 0 says it for all
-                return exc
+                signum = getattr(exc, "signum", signal.SIGINT)
+                return Interrupted(signum, quiet=not self.main)  # rank 0 says it for all
             self._end(FAILED, str(exc) if isinstance(exc, KosmosError) else _describe(exc))
             if isinstance(exc, UsageError) and not self.main:
                 exc.quiet = True  # the same on every rank: rank 0 says it
@@ -448,11 +449,8 @@ class Team:
 
     def _error(self, r: int, message: str, said: bool = False) -> RankError:
         hint = "; run the same command again to finish the rest" if self.main else ""
-        exc = RankError(message + hint)
-        exc.rank = r
         # rank 0 speaks for the run; another rank only when rank 0 vanished without a word
-        exc.quiet = not self.main and (r != 0 or said)
-        return exc
+        return RankError(message + hint, r, quiet=not self.main and (r != 0 or said))
 
     def _culprit(self) -> RankError | None:
         """After being stopped: the rank that failed or vanished first, if any did (read once, no waiting)."""

@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 from PIL import Image, ImageDraw, ImageFont
 
+from . import tasks
 from .errors import InputError, OutputError, UsageError
 from .images import load_image
 
@@ -55,27 +56,15 @@ class Shape:
 
 def task_of(row: dict[str, Any]) -> str | None:
     """Which command wrote `row`: ground, refer or find; None when it is not a record of ours."""
-    if isinstance(row.get("entities"), list) or "caption" in row:
-        return "ground"
-    if "box_px" in row or "description" in row:
-        return "refer"
-    if "phrase" in row and "boxes_px" in row:
-        return "find"
-    return None
+    task = tasks.of_row(row)
+    return None if task is None else task.name
 
 
 def shapes_of(row: dict[str, Any]) -> list[Shape]:
     """The entities of a result row, each with its colour."""
-    task = task_of(row)
-    if task == "ground":
-        found = [(e.get("phrase") or "", e.get("boxes_px") or []) for e in row.get("entities") or []]
-    elif task == "refer":
-        found = [(row.get("description") or "", [row["box_px"]] if row.get("box_px") else [])]
-    elif task == "find":
-        found = [(row.get("phrase") or "", row.get("boxes_px") or [])]
-    else:
-        found = []
-    return [Shape(label, [list(b) for b in boxes], color(i)) for i, (label, boxes) in enumerate(found)]
+    task = tasks.of_row(row)
+    found = task.shapes(row) if task is not None else []
+    return [Shape(label, boxes, color(i)) for i, (label, boxes) in enumerate(found)]
 
 
 def color(index: int) -> tuple[int, int, int]:
@@ -460,26 +449,10 @@ class Background:
 
 def caption_html(row: dict[str, Any], shapes: list[Shape]) -> str:
     """The row's text as HTML, each phrase highlighted in its box colour; everything escaped."""
-    task = task_of(row)
-    if task == "ground":
-        caption = row.get("caption") or ""
-        spans = sorted(
-            (e.get("start"), e.get("end"), i) for i, e in enumerate(row.get("entities") or [])
-            if isinstance(e.get("start"), int) and isinstance(e.get("end"), int)
-            and 0 <= e["start"] < e["end"] <= len(caption)
-        )
-        out, pos = [], 0
-        for start, end, i in spans:
-            if start < pos:  # overlapping spans: the first one wins
-                continue
-            out += [html.escape(caption[pos:start]), _mark(caption[start:end], shapes[i].color)]
-            pos = end
-        return "".join(out) + html.escape(caption[pos:])
-    if task == "refer":
-        return _mark(row.get("description") or "(no description)", shapes[0].color)
-    n = len(row.get("boxes_px") or [])
-    found = f"{n} box{'es' if n != 1 else ''}" if n else "not found"
-    return f"{_mark(row.get('phrase') or '', shapes[0].color)} <span class=\"n\">{found}</span>"
+    task = tasks.of_row(row)
+    if task is None:
+        return ""
+    return task.caption_html(row, lambda text, i: _mark(text, shapes[i].color if i < len(shapes) else color(i)))
 
 
 def _mark(text: str, fill) -> str:

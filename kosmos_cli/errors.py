@@ -1,9 +1,13 @@
 """The errors the library raises. Every message says what to do next.
 
-The CLI turns these into one line on stderr and an exit code, in one place (cli.py).
+The CLI turns these into one line on stderr and an exit code, in one place (cli.py). What an error carries
+beyond its message is declared here: `quiet` (another process of the run says it), `rank` (which process it
+names), `param` (the library parameter a usage error is about; the CLI names its flag instead).
 """
 
 from __future__ import annotations
+
+import signal
 
 
 class KosmosError(Exception):
@@ -11,11 +15,26 @@ class KosmosError(Exception):
 
     exit_code = 1
 
+    def __init__(self, message: str = "", *, quiet: bool = False):
+        super().__init__(message)
+        self.quiet = quiet  # True: the same error is said by another process of the run (rank 0)
+
 
 class UsageError(KosmosError):
-    """The command line itself is wrong: a missing input, an unknown format, a bad value."""
+    """The call itself is wrong: a missing input, an unknown format, a bad value.
+
+    A message about one parameter writes it as `{param}`: the library says the parameter's name (batch_size),
+    the CLI its flag (--batch-size), through `render`.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, param: str | None = None, *, quiet: bool = False):
+        self.template, self.param = message, param
+        super().__init__(self.render(param), quiet=quiet)
+
+    def render(self, name: str | None) -> str:
+        return self.template.replace("{param}", name) if name else self.template
 
 
 class InputError(KosmosError):
@@ -43,6 +62,18 @@ class LockedError(OutputError):
 
 
 class RankError(KosmosError):
-    """Another process of a multi-process run failed."""
+    """Another process of a multi-process run failed; `rank` is that process."""
 
     exit_code = 1
+
+    def __init__(self, message: str, rank: int | None = None, *, quiet: bool = False):
+        super().__init__(message, quiet=quiet)
+        self.rank = rank
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP: finished batches are kept, the output stays valid. Exit 128 + signum."""
+
+    def __init__(self, signum: int = signal.SIGINT, *, quiet: bool = False):
+        super().__init__(signum)
+        self.signum, self.quiet = signum, quiet

@@ -19,7 +19,7 @@ from . import distributed
 from .engine import Engine, Prepared
 from .errors import OutputError, UsageError
 from .images import MODEL_SIDE, file_stat, load_image
-from .jobs import Job, Unit
+from .tasks import Task, Unit
 from .records import OK, Record
 from .sources import Item, iter_items, shard
 from .writers import Seen, Sink, StdoutSink, Store, detect_format
@@ -95,7 +95,7 @@ class Progress:
 
 
 def run(
-    job: Job,
+    task: Task,
     inputs: Iterable[str] | Iterable[Item],
     engine: Engine,
     options: RunOptions = RunOptions(),
@@ -104,30 +104,30 @@ def run(
     rank: int = 0,
     world: int = 1,
 ) -> Summary:
-    """Run `job` over every image named by `inputs`, writing records to `options.out`.
+    """Run `task` over every image named by `inputs`, writing records to `options.out`.
 
     Started as several processes (accelerate launch, torchrun), each one takes its share and rank 0 merges them
     into `options.out` (distributed.py). `rank` and `world` shard by hand instead, with no coordination.
     """
     team = distributed.detect() if (rank, world) == (0, 1) else None
     if team is None:
-        return _run(job, inputs, engine, options, progress, on_write, rank, world)
+        return _run(task, inputs, engine, options, progress, on_write, rank, world)
     with team.session(options.out):
         if isinstance(inputs, (list, tuple)) and "-" in inputs:
             raise UsageError("paths on stdin (-) can feed one process only: write them to a .txt manifest "
                              "and name that")
-        return _run(job, inputs, engine, options, team.progress(progress), on_write, team.rank, team.size, team)
+        return _run(task, inputs, engine, options, team.progress(progress), on_write, team.rank, team.size, team)
 
 
-def _run(job, inputs, engine, options, progress, on_write, rank, world, team=None) -> Summary:
+def _run(task, inputs, engine, options, progress, on_write, rank, world, team=None) -> Summary:
     progress = progress or Progress()
-    if getattr(progress, "live", False) and not job.per_row and _named(inputs) and "-" not in inputs:
+    if getattr(progress, "live", False) and not task.per_row and _named(inputs) and "-" not in inputs:
         threading.Thread(target=_count_inputs, args=(inputs, progress), daemon=True).start()
-    summary = Summary(task=job.task, out=options.out)
+    summary = Summary(task=task.name, out=options.out)
     started = time.perf_counter()
     fmt = detect_format(options.out, options.format)
     path = team.output_for(options.out) if team else options.out  # several processes write "-" to a spool
-    store = None if path == "-" else Store(path, fmt, job.task, rank)
+    store = None if path == "-" else Store(path, fmt, type(task), rank)
     seen: dict[str, Seen] = {}
     sink: Sink
     if store is None:
@@ -148,14 +148,14 @@ def _run(job, inputs, engine, options, progress, on_write, rank, world, team=Non
     replaced = 0
     write_failed = False
     try:
-        items = _as_items(inputs, per_row=job.per_row)
+        items = _as_items(inputs, per_row=task.per_row)
         if present is not None:
             items = _tracking(items, present)
-        pending = _todo(shard(items, rank, world, by_image=job.per_row), job, engine, seen, options, summary, progress)
-        if job.per_row:
+        pending = _todo(shard(items, rank, world, by_image=task.per_row), task, engine, seen, options, summary, progress)
+        if task.per_row:
             pending = _same_image_once(pending)
-        for records in _batches(pending, job, engine, options):
-            replaced += sum(1 for r in records if _key_of(job, r) in seen)
+        for records in _batches(pending, task, engine, options):
+            replaced += sum(1 for r in records if _key_of(task, r) in seen)
             sink.write(records)
             for r in records:
                 if r.ok:
@@ -224,19 +224,17 @@ def _tracking(items: Iterator[Item], present: set[str]) -> Iterator[Item]:
         yield item
 
 
-def _key_of(job: Job, record: Record) -> str:
-    from .records import record_key
-
-    return record_key({"path": record.path, "box_px": record.box_px, "phrase": record.phrase}, job.task)
+def _key_of(task: Task, record: Record) -> str:
+    return task.key(vars(record))
 
 
-def _todo(items, job: Job, engine: Engine, seen, options: RunOptions, summary: Summary, progress: Progress):
+def _todo(items, task: Task, engine: Engine, seen, options: RunOptions, summary: Summary, progress: Progress):
     """(item, units still to do, stat) for each item with anything left to do; counts the skipped."""
     model = engine.options.label
     for item in items:
         size, mtime = file_stat(item.path)
         units = []
-        for unit in job.units(item, model):
+        for unit in task.units(item, model):
             recorded = seen.get(unit.key)
             if recorded is not None and _fresh(recorded, size, mtime, options.retry_failed):
                 summary.skipped += 1
@@ -269,7 +267,7 @@ def _fresh(recorded: Seen, size, mtime, retry_failed: bool) -> bool:
     return recorded.status == OK or not retry_failed
 
 
-def _load(item: Item, units: list[Unit], job: Job, engine: Engine, draft: bool):
+def _load(item: Item, units: list[Unit], task: Task, engine: Engine, draft: bool):
     """Worker: decode the image once, then prepare every unit's request. Failures become error records."""
     loaded = load_image(item.path, draft=DRAFT_SIDE if draft else None)
     if loaded.error:
@@ -279,7 +277,7 @@ def _load(item: Item, units: list[Unit], job: Job, engine: Engine, draft: bool):
     for unit in units:
         unit.record.width, unit.record.height = loaded.width, loaded.height
         try:
-            prompt = job.prompt(unit, loaded.width, loaded.height)
+            prompt = task.prompt(unit, loaded.width, loaded.height)
             if pixels is None:
                 pixels = engine.pixels(loaded.image)
             out.append((unit, engine.prepare(loaded.image, prompt, image_key=item.path, pixel_values=pixels)))
@@ -288,7 +286,7 @@ def _load(item: Item, units: list[Unit], job: Job, engine: Engine, draft: bool):
     return out
 
 
-def _batches(pending, job: Job, engine: Engine, options: RunOptions) -> Iterator[list[Record]]:
+def _batches(pending, task: Task, engine: Engine, options: RunOptions) -> Iterator[list[Record]]:
     """Finished records, a batch at a time: loading runs ahead in workers while the model works."""
     size = options.batch_size
     workers = options.workers or min(4, os.cpu_count() or 1)
@@ -303,7 +301,7 @@ def _batches(pending, job: Job, engine: Engine, options: RunOptions) -> Iterator
                 nxt = next(pending, None)
                 if nxt is None:
                     return
-                queue.append(pool.submit(_load, *nxt, job, engine, options.draft))
+                queue.append(pool.submit(_load, *nxt, task, engine, options.draft))
 
         fill()
         try:
@@ -315,7 +313,7 @@ def _batches(pending, job: Job, engine: Engine, options: RunOptions) -> Iterator
                     bucket = buckets.setdefault(len(prepared.input_ids), [])
                     bucket.append((unit, prepared))
                     if len(bucket) >= size:
-                        yield failed + _forward(bucket, job, engine)
+                        yield failed + _forward(bucket, task, engine)
                         failed, buckets[len(prepared.input_ids)] = [], []
                 fill()
                 if len(failed) >= size:
@@ -323,7 +321,7 @@ def _batches(pending, job: Job, engine: Engine, options: RunOptions) -> Iterator
                     failed = []
             for bucket in buckets.values():
                 if bucket:
-                    yield failed + _forward(bucket, job, engine)
+                    yield failed + _forward(bucket, task, engine)
                     failed = []
             if failed:
                 yield failed
@@ -332,15 +330,15 @@ def _batches(pending, job: Job, engine: Engine, options: RunOptions) -> Iterator
                 future.cancel()
 
 
-def _forward(bucket: list[tuple[Unit, Prepared]], job: Job, engine: Engine) -> list[Record]:
+def _forward(bucket: list[tuple[Unit, Prepared]], task: Task, engine: Engine) -> list[Record]:
     started = time.perf_counter()
-    texts = engine.forward_safe([p for _, p in bucket], job.stop_at)
+    texts = engine.forward_safe([p for _, p in bucket], task.stop_at)
     each = (time.perf_counter() - started) / len(bucket)
     records = []
     for (unit, _), text in zip(bucket, texts):
         unit.record.seconds = round(each, 4)
         try:
-            job.finish(unit, text)
+            task.finish(unit, text)
         except ValueError as exc:  # output the parser cannot use: that image fails, the run goes on
             unit.record.fail(f"cannot read the model's output: {exc}")
         records.append(unit.record)

@@ -1,36 +1,27 @@
-"""What flows between the stages: one `Record` per image (or per region / phrase), and its schemas.
+"""What flows between the stages: one `Record` per image (or per region / phrase), and the fields every task shares.
 
-The same keys go to JSONL and Parquet. Which keys a record has depends on its task:
+The same keys go to JSONL and Parquet. Every record has the common fields:
 
-- every task: path, width, height, status, error, prompt, model, file_size, file_mtime, seconds
-- ground: caption, entities [{phrase, start, end, boxes, boxes_px}]
-- refer: box_px, box_model_px, description
-- find: phrase, boxes, boxes_px
+    path, task, width, height, status, error, prompt, model, file_size, file_mtime, seconds
 
-plus the columns carried over from a manifest. Boxes are [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2:
-`boxes` normalised to 0-1 of the displayed image, `boxes_px` in its pixels.
+then the fields of its task (each task's record type, in `tasks/`, declares them), then the columns carried over
+from a manifest. `task` names the command that wrote the record (ground, refer, find): readers take it from
+there, never from which keys are present. Boxes are [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2: `boxes`
+normalised to 0-1 of the displayed image, `boxes_px` in its pixels.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 OK = "ok"
 ERROR = "error"
 
 COMMON_FIELDS = (
-    "path", "width", "height", "status", "error", "prompt", "model", "file_size", "file_mtime", "seconds",
+    "path", "task", "width", "height", "status", "error", "prompt", "model", "file_size", "file_mtime", "seconds",
 )
-TASK_FIELDS = {
-    "ground": ("caption", "entities"),
-    "refer": ("box_px", "box_model_px", "description"),
-    "find": ("phrase", "boxes", "boxes_px"),
-}
-TASKS = tuple(TASK_FIELDS)
-ALL_FIELDS = frozenset(COMMON_FIELDS).union(*TASK_FIELDS.values())
 
 
 @dataclass
@@ -52,10 +43,12 @@ class Entity:
 
 @dataclass
 class Record:
-    """One result row. Fields that do not belong to `task` stay None and are not written."""
+    """One result row: the fields every task shares. Each task's record type adds its own (`fields`)."""
+
+    task: ClassVar[str] = ""
+    fields: ClassVar[tuple[str, ...]] = ()  # the task's own fields, in output order
 
     path: str
-    task: str = "ground"
     width: int | None = None
     height: int | None = None
     status: str = OK
@@ -65,17 +58,6 @@ class Record:
     file_size: int | None = None
     file_mtime: float | None = None
     seconds: float | None = None
-    # ground
-    caption: str | None = None
-    entities: list[Entity] = field(default_factory=list)
-    # refer
-    box_px: list[float] | None = None
-    box_model_px: list[int] | None = None
-    description: str | None = None
-    # find
-    phrase: str | None = None
-    boxes: list[list[float]] = field(default_factory=list)
-    boxes_px: list[list[int]] = field(default_factory=list)
     # columns carried over from a manifest
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -89,31 +71,24 @@ class Record:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in COMMON_FIELDS + TASK_FIELDS[self.task]:
-            value = getattr(self, name)
-            if name == "entities":
-                value = [e.to_dict() for e in value]
-            elif name in ("boxes", "boxes_px", "box_px", "box_model_px") and value is not None:
-                value = [list(b) for b in value] if name in ("boxes", "boxes_px") else list(value)
-            out[name] = value
-        for key, value in self.extra.items():
-            out[carried_name(key)] = value
+        out: dict[str, Any] = {name: getattr(self, name) for name in COMMON_FIELDS}
+        out.update(self.own_dict())
+        if self.extra:
+            from .tasks import reserved_names  # the registry knows every task's fields
+
+            reserved = reserved_names()
+            for key, value in self.extra.items():
+                out[carried_name(key, reserved)] = value
         return out
 
+    def own_dict(self) -> dict[str, Any]:
+        """The task's own fields as plain JSON-ready values."""
+        return {name: getattr(self, name) for name in self.fields}
 
-def carried_name(column: str) -> str:
-    """A manifest column keeps its name unless it collides with one of ours; then it gets `input_`."""
-    return f"input_{column}" if column in ALL_FIELDS or column == "task" else column
 
-
-def record_key(row: dict[str, Any], task: str) -> str:
-    """What makes a row unique in its output: the image for ground, the image and region or phrase otherwise."""
-    if task == "refer":
-        return f"{row['path']}\x00{json.dumps(row.get('box_px'))}"
-    if task == "find":
-        return f"{row['path']}\x00{row.get('phrase')}"
-    return row["path"]
+def carried_name(column: str, reserved: frozenset[str] | set[str]) -> str:
+    """A manifest column keeps its name unless it collides with one of ours (any task's); then it gets `input_`."""
+    return f"input_{column}" if column in reserved else column
 
 
 def one_line(message: str) -> str:
@@ -134,29 +109,13 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
-def arrow_schema(task: str, extra: Any = None):
-    """The Parquet schema of `task`'s records; `extra` is a pyarrow schema of the carried columns."""
+def common_arrow_fields() -> list:
+    """The Parquet fields every task's records have, in order."""
     import pyarrow as pa
 
-    box = pa.list_(pa.float64())
-    box_px = pa.list_(pa.int32())
-    common = [
-        ("path", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("status", pa.string()),
-        ("error", pa.string()), ("prompt", pa.string()), ("model", pa.string()), ("file_size", pa.int64()),
-        ("file_mtime", pa.float64()), ("seconds", pa.float64()),
+    return [
+        pa.field("path", pa.string()), pa.field("task", pa.string()), pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()), pa.field("status", pa.string()), pa.field("error", pa.string()),
+        pa.field("prompt", pa.string()), pa.field("model", pa.string()), pa.field("file_size", pa.int64()),
+        pa.field("file_mtime", pa.float64()), pa.field("seconds", pa.float64()),
     ]
-    task_fields = {
-        "ground": [
-            ("caption", pa.string()),
-            ("entities", pa.list_(pa.struct([
-                ("phrase", pa.string()), ("start", pa.int32()), ("end", pa.int32()),
-                ("boxes", pa.list_(box)), ("boxes_px", pa.list_(box_px)),
-            ]))),
-        ],
-        "refer": [("box_px", box), ("box_model_px", box_px), ("description", pa.string())],
-        "find": [("phrase", pa.string()), ("boxes", pa.list_(box)), ("boxes_px", pa.list_(box_px))],
-    }[task]
-    fields = [pa.field(n, t) for n, t in common + task_fields]
-    if extra is not None:
-        fields += [f for f in extra if f.name not in {x.name for x in fields}]
-    return pa.schema(fields, metadata={b"kosmos_cli.task": task.encode()})

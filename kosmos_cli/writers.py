@@ -25,13 +25,14 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from .errors import InputError, LockedError, OutputError, UsageError
-from .records import Record, arrow_schema, record_key, to_jsonable
+from .records import Record, to_jsonable
+from . import tasks
+from .tasks import Task
 
 log = logging.getLogger("kosmos_cli")
 
 FORMATS = ("jsonl", "parquet")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
-_RESUME_COLUMNS = ("path", "file_size", "file_mtime", "status", "box_px", "phrase")
 
 
 def detect_format(path: str, fmt: str | None = None) -> str:
@@ -73,8 +74,9 @@ class Seen:
 class Store:
     """One named output on disk: its lock, what it holds, its parts, and folding them in."""
 
-    def __init__(self, path: str, fmt: str, task: str, rank: int = 0):
-        self.path, self.fmt, self.task, self.rank = path, fmt, task, rank
+    def __init__(self, path: str, fmt: str, task: str | type[Task], rank: int = 0):
+        self.task = tasks.get(task) if isinstance(task, str) else task
+        self.path, self.fmt, self.rank = path, fmt, rank
         self.parts_dir = path + ".parts"
         self.lock_path = path + ".lock"
         self._lock_fd: int | None = None
@@ -147,8 +149,8 @@ class Store:
         rows = 0
         sources = self.sources() if parts else ([self.path] if os.path.exists(self.path) else [])
         for source in sources:
-            for row in self.rows(source, _RESUME_COLUMNS):
-                seen[record_key(row, self.task)] = Seen(row.get("file_size"), row.get("file_mtime"), row.get("status"))
+            for row in self.rows(source, self.task.resume_columns()):
+                seen[self.task.key(row)] = Seen(row.get("file_size"), row.get("file_mtime"), row.get("status"))
                 rows += 1
         self.duplicates = rows - len(seen)  # records written again for a key: compaction keeps the last
         return seen
@@ -174,8 +176,8 @@ class Store:
             return 0
         last: dict[str, tuple[int, int]] = {}
         for i, source in enumerate(sources):
-            for j, row in enumerate(self.rows(source, _RESUME_COLUMNS)):
-                last[record_key(row, self.task)] = (i, j)
+            for j, row in enumerate(self.rows(source, self.task.resume_columns())):
+                last[self.task.key(row)] = (i, j)
         wanted = {pos for key, pos in last.items() if keep is None or keep(key)}
         del last
         tmp = f"{self.path}.{os.getpid()}.tmp"
@@ -203,7 +205,7 @@ class Store:
             for i, source in enumerate(sources):
                 for j, row in enumerate(self.rows(source)):
                     if (i, j) in wanted:
-                        out.write(dumps(row))
+                        out.write(dumps(self._named(row)))
                         written += 1
             _sync(out)
         return written
@@ -219,7 +221,7 @@ class Store:
                 chunk: list[dict] = []
                 for j, row in enumerate(self.rows(source)):
                     if (i, j) in wanted:
-                        chunk.append(row)
+                        chunk.append(self._named(row))
                     if len(chunk) >= 4096:
                         writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
                         written, chunk = written + len(chunk), []
@@ -229,6 +231,14 @@ class Store:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         return written
+
+    def _named(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A row as it is written again: one written before records named their task gets its task."""
+        if row.get("task") is None:
+            named = {"path": row["path"], "task": self.task.name}
+            named.update((k, v) for k, v in row.items() if k != "task")
+            return named
+        return row
 
     # -- writing -----------------------------------------------------------------------------------------
     def sink(self, direct: bool = True) -> Sink:
@@ -320,7 +330,7 @@ class StdoutSink(Sink):
 class ParquetPartSink(Sink):
     """One Parquet file per batch in the parts folder, renamed into place once complete."""
 
-    def __init__(self, folder: str, task: str, rank: int):
+    def __init__(self, folder: str, task: type[Task], rank: int):
         self.path, self.task, self.rank = folder, task, rank
         existing = [n for n in os.listdir(folder) if n.startswith(f"part-{rank:04d}-")]
         self._seq = 1 + max((int(n.split("-")[2].split(".")[0]) for n in existing), default=-1)
@@ -345,30 +355,30 @@ class ParquetPartSink(Sink):
         self._seq += 1
 
 
-def records_table(records: list[Record], task: str):
+def records_table(records: list[Record], task: type[Task]):
     """Records -> an Arrow table with the task's schema plus carried columns (types inferred)."""
     import pyarrow as pa
 
     rows = [r.to_dict() for r in records]
-    base = arrow_schema(task)
+    base = task.schema()
     extra_names = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in base.names]
     extra = None
     if extra_names:
         extra = pa.Table.from_pylist([{k: row.get(k) for k in extra_names} for row in rows]).schema
-    return pa.Table.from_pylist(rows, schema=arrow_schema(task, extra))
+    return pa.Table.from_pylist(rows, schema=task.schema(extra))
 
 
-def unified_schema(task: str, schemas: list):
+def unified_schema(task: type[Task], schemas: list):
     """One schema for the task and every carried column seen in any part (a column's types promoted)."""
     import pyarrow as pa
 
-    base = arrow_schema(task)
+    base = task.schema()
     extras = [pa.schema([f for f in s if f.name not in base.names]) for s in schemas]
     try:
         extra = pa.unify_schemas(extras, promote_options="permissive") if extras else None
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         extra = pa.schema([pa.field(f.name, pa.string()) for s in extras for f in s])
-    return arrow_schema(task, extra)
+    return task.schema(extra)
 
 
 def dumps(row: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import ROOT
-from kosmos_cli import Record
+from kosmos_cli.tasks import Find, FindRecord
 from kosmos_cli.drawing import PALETTE
 from kosmos_cli.writers import records_table
 
@@ -27,12 +27,12 @@ def results(tmp_path):
     for name in ("a.png", "sub/b.png"):
         Image.new("RGB", (200, 150), GREY).save(photos / name)
     rows = [
-        Record(path=str(photos / "a.png"), task="find", width=200, height=150, phrase="a dog",
+        FindRecord(path=str(photos / "a.png"), width=200, height=150, phrase="a dog",
                boxes_px=[[20, 30, 120, 110]]).to_dict(),
-        Record(path=str(photos / "a.png"), task="find", width=200, height=150, phrase="a cat").to_dict(),
-        Record(path=str(photos / "sub" / "b.png"), task="find", width=200, height=150, phrase="a dog",
+        FindRecord(path=str(photos / "a.png"), width=200, height=150, phrase="a cat").to_dict(),
+        FindRecord(path=str(photos / "sub" / "b.png"), width=200, height=150, phrase="a dog",
                boxes_px=[[100, 20, 190, 140]]).to_dict(),
-        Record(path=str(photos / "gone.png"), task="find", phrase="a dog", status="error",
+        FindRecord(path=str(photos / "gone.png"), phrase="a dog", status="error",
                error="file not found").to_dict(),
     ]
     path = tmp_path / "found.jsonl"
@@ -61,11 +61,11 @@ def test_draw_a_jsonl_results_file(results, tmp_path):
 
 
 def test_draw_a_parquet_file_with_a_gallery(results, tmp_path):
-    rows = [Record(**{k: v for k, v in r.items() if k in ("path", "width", "height", "status", "error", "phrase",
-                                                            "boxes_px")}, task="find")
+    rows = [FindRecord(**{k: v for k, v in r.items() if k in ("path", "width", "height", "status", "error",
+                                                                "phrase", "boxes_px")})
             for r in map(json.loads, results.read_text().splitlines())]
     parquet = tmp_path / "found.parquet"
-    pq.write_table(records_table(rows, "find"), parquet)
+    pq.write_table(records_table(rows, Find), parquet)
     out = tmp_path / "gallery"
     result = invoke("draw", str(parquet), "-o", str(out), "--html", "-q")
     assert result.exit_code == 0, result.output

@@ -10,12 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
-from kosmos_cli import InputError, Record, UsageError, draw
+from kosmos_cli import InputError, UsageError, draw, tasks
 from kosmos_cli.drawing import (
     PALETTE, Drawer, annotate, color, font_size, input_root, label_box, line_width, luminance, shapes_of,
     text_color, _font,
 )
 from kosmos_cli.records import Entity
+from kosmos_cli.tasks import Find, FindRecord, GroundRecord, ReferRecord
 from kosmos_cli.writers import records_table
 from shapes import save_rotated_jpeg
 
@@ -23,7 +24,7 @@ GREY = (128, 128, 128)
 
 
 def find_row(path, box, size, phrase="a dog", status="ok"):
-    record = Record(path=str(path), task="find", width=size[0], height=size[1], status=status, phrase=phrase,
+    record = FindRecord(path=str(path), width=size[0], height=size[1], status=status, phrase=phrase,
                     boxes=[[box[0] / size[0], box[1] / size[1], box[2] / size[0], box[3] / size[1]]],
                     boxes_px=[list(box)], error=None if status == "ok" else "file not found")
     return record.to_dict()
@@ -73,7 +74,7 @@ def test_a_drawn_box_is_where_the_box_is(tmp_path, ext, tol):
 
 def test_each_entity_gets_its_own_colour_and_every_box_is_drawn(tmp_path):
     img = Image.new("RGB", (480, 320), GREY)
-    row = Record(path="x.png", task="ground", width=480, height=320, caption="a dog and two cats", entities=[
+    row = GroundRecord(path="x.png", width=480, height=320, caption="a dog and two cats", entities=[
         Entity("a dog", 0, 5, [], [[20, 40, 200, 300]]),
         Entity("two cats", 10, 18, [], [[250, 30, 460, 140], [250, 180, 460, 300]]),
     ]).to_dict()
@@ -188,16 +189,16 @@ def test_ground_refer_and_find_records_from_parquet(tmp_path):
     src = tmp_path / "a.png"
     Image.new("RGB", (200, 160), GREY).save(src)
     records = {
-        "ground": Record(path=str(src), task="ground", width=200, height=160, caption="a dog",
+        "ground": GroundRecord(path=str(src), width=200, height=160, caption="a dog",
                          entities=[Entity("a dog", 0, 5, [[0.1, 0.1, 0.6, 0.6]], [[20, 16, 120, 96]])]),
-        "refer": Record(path=str(src), task="refer", width=200, height=160, box_px=[20.0, 16.0, 120.0, 96.0],
+        "refer": ReferRecord(path=str(src), width=200, height=160, box_px=[20.0, 16.0, 120.0, 96.0],
                         box_model_px=[18, 15, 122, 98], description="a dog"),
-        "find": Record(path=str(src), task="find", width=200, height=160, phrase="a dog",
+        "find": FindRecord(path=str(src), width=200, height=160, phrase="a dog",
                        boxes=[[0.1, 0.1, 0.6, 0.6]], boxes_px=[[20, 16, 120, 96]]),
     }
     for task, record in records.items():
         results = tmp_path / f"{task}.parquet"
-        pq.write_table(records_table([record], task), results)
+        pq.write_table(records_table([record], tasks.get(task)), results)
         out = tmp_path / task
         assert draw(str(results), str(out)).drawn == 1, task
         with Image.open(out / "a.png") as img:
@@ -222,11 +223,11 @@ def test_html_gallery_opens_from_the_folder(tmp_path):
     photos.mkdir()
     for name in ("a #1.png", "b.png"):
         Image.new("RGB", (64, 48), GREY).save(photos / name)
-    ground = Record(path=str(photos / "a #1.png"), task="ground", width=64, height=48,
+    ground = GroundRecord(path=str(photos / "a #1.png"), width=64, height=48,
                     caption='a <b>dog</b> & "cat"', entities=[
                         Entity("<b>dog</b>", 2, 12, [], [[4, 4, 30, 30]]),
                         Entity('"cat"', 15, 20, [], [[30, 10, 60, 40]])]).to_dict()
-    bad = Record(path=str(photos / "b.png"), task="ground", status="error", error="cannot decode").to_dict()
+    bad = GroundRecord(path=str(photos / "b.png"), status="error", error="cannot decode").to_dict()
     out = tmp_path / "out"
     summary = draw(write_jsonl(tmp_path / "r.jsonl", [ground, bad]), str(out), html=True)
     assert summary.index == str(out / "index.html") and summary.drawn == 1
@@ -259,7 +260,7 @@ def test_files_that_are_not_results_are_refused_before_anything_is_written(tmp_p
         draw(str(tmp_path / "a.png"), str(tmp_path / "out"))
     with pytest.raises(InputError, match="not found"):
         draw(str(tmp_path / "missing.jsonl"), str(tmp_path / "out"))
-    pq.write_table(records_table([Record(path="a.png", task="find")], "find").drop(["phrase", "status"]),
+    pq.write_table(records_table([FindRecord(path="a.png")], Find).drop(["phrase", "status"]),
                    tmp_path / "foreign.parquet")
     with pytest.raises(InputError, match="not a kosmos record"):
         draw(str(tmp_path / "foreign.parquet"), str(tmp_path / "out"))
@@ -304,7 +305,7 @@ def _records(folder, n):
     for i in range(n):
         path = folder / f"img{i:02d}.png"
         Image.new("RGB", (120, 90), (20 * i % 255, 128, 128)).save(path)
-        records.append(Record(path=str(path), task="find", width=120, height=90, status="ok", phrase=f"thing {i}",
+        records.append(FindRecord(path=str(path), width=120, height=90, status="ok", phrase=f"thing {i}",
                               boxes=[[0.1, 0.1, 0.5, 0.6]], boxes_px=[[12, 9, 60, 54]]))
     return records
 

@@ -10,7 +10,7 @@ from PIL import Image
 import shapes
 from kosmos_cli import UsageError, find, read_records
 from kosmos_cli.grounding import patch_to_box, to_pixels
-from kosmos_cli.jobs import FindJob, check_phrase
+from kosmos_cli.tasks.find import Find as FindJob, check_phrase
 from kosmos_cli.prompts import find_prompt
 from kosmos_cli.sources import Item
 

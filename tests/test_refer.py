@@ -11,7 +11,7 @@ import shapes
 from kosmos_cli import UsageError, read_records, refer
 from kosmos_cli.engine import Engine
 from kosmos_cli.grounding import box_to_patches, snap, to_pixels
-from kosmos_cli.jobs import ReferJob, check_fits, clean_description, parse_box
+from kosmos_cli.tasks.refer import Refer as ReferJob, check_fits, clean_description, parse_box
 from kosmos_cli.prompts import refer_prompt
 from kosmos_cli.sources import Item
 from shapes import save_rotated_jpeg
@@ -203,7 +203,7 @@ def test_no_boxes_and_no_manifest_is_a_usage_error(tiny_engine, tmp_path):
     Image.new("RGB", (10, 10)).save(tmp_path / "a.png")
     with pytest.raises(UsageError, match="needs boxes"):
         refer([str(tmp_path / "a.png")], engine=tiny_engine)
-    with pytest.raises(UsageError, match="--box: .*got 3"):
+    with pytest.raises(UsageError, match="boxes: .*got 3"):
         refer([str(tmp_path / "a.png")], boxes=["1,2,3"], engine=tiny_engine)
 
 

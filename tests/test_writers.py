@@ -5,12 +5,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from kosmos_cli.errors import InputError, LockedError, OutputError, UsageError
-from kosmos_cli.records import Entity, Record
+from kosmos_cli.records import Entity
+from kosmos_cli.tasks import Ground, GroundRecord
 from kosmos_cli.writers import Store, detect_format, read_records
 
 
 def rec(path, caption="a cat", size=10, mtime=1.5, status="ok", **extra):
-    r = Record(path=path, width=320, height=200, caption=caption, file_size=size, file_mtime=mtime,
+    r = GroundRecord(path=path, width=320, height=200, caption=caption, file_size=size, file_mtime=mtime,
                prompt="<grounding> An image of", model="m", extra=extra,
                entities=[Entity("a cat", 0, 5, [[0.1, 0.2, 0.5, 0.6]], [[32, 40, 160, 120]])])
     if status != "ok":

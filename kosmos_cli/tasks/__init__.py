@@ -1,0 +1,45 @@
+"""The tasks, by name: what each command asks of the model and how its answer becomes a record.
+
+    ground  caption an image and ground its phrases   one record per image
+    refer   describe a region                          one record per (image, box)
+    find    boxes for a phrase                         one record per (image, phrase)
+
+A new task is one module with a `Task` subclass and its record type, plus its line in `REGISTRY`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+from .base import Task, Unit, reserved
+from .find import Find, FindRecord
+from .ground import Ground, GroundRecord
+from .refer import Refer, ReferRecord
+
+REGISTRY: dict[str, type[Task]] = {task.name: task for task in (Ground, Refer, Find)}
+
+
+def get(name: str) -> type[Task]:
+    return REGISTRY[name]
+
+
+def of_row(row: Mapping[str, Any]) -> type[Task] | None:
+    """The task that wrote `row`: its `task` column, or for a row written before that column, its fields."""
+    named = row.get("task")
+    if isinstance(named, str) and named in REGISTRY:
+        return REGISTRY[named]
+    if named is not None:
+        return None
+    return next((task for task in REGISTRY.values() if task.owns(row)), None)
+
+
+@functools.lru_cache(maxsize=1)
+def reserved_names() -> frozenset[str]:
+    """Every column name of ours, whatever the task: a carried column of that name becomes `input_<name>`."""
+    return reserved(list(REGISTRY.values()))
+
+
+__all__ = ["REGISTRY", "Find", "FindRecord", "Ground", "GroundRecord", "Refer", "ReferRecord", "Task", "Unit",
+           "get", "of_row", "reserved_names"]

@@ -1,0 +1,121 @@
+"""What every task is: one class owning everything that differs between ground, refer and find.
+
+A task (after transformers' pipelines: one class per task, a registry from name to class) owns
+
+- its record type and fields, and their Arrow fields (`record_type`, `arrow_fields`);
+- what makes one of its records unique in an output (`key_fields`, `key`);
+- its checks before a model loads (`check`);
+- turning an input item into units, a unit into a prompt, and the generated text into the record
+  (`units`, `prompt`, `finish`): the pipeline runs any task the same way;
+- what `kosmos draw` shows of a record and its HTML caption (`shapes`, `caption_html`).
+
+Class-level methods read result rows (any file's); an instance carries one run's settings (a prompt, boxes,
+phrases). Adding a task is one new module plus a line in the registry (`tasks/__init__.py`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..prompts import Prompt
+from ..records import COMMON_FIELDS, Record, common_arrow_fields
+from ..sources import Item
+
+Mark = Callable[[str, int], str]  # (text, entity index) -> HTML of that text in the entity's colour
+Found = tuple[str, list[list[float]]]  # what draw shows of one entity: its label and its pixel boxes
+
+
+@dataclass
+class Unit:
+    """One record to produce: its resume key and the record being filled."""
+
+    key: str
+    record: Record
+    data: Any = None  # what the task needs to build the prompt (a box, a phrase, a problem)
+
+
+class Task:
+    name: ClassVar[str] = ""
+    record_type: ClassVar[type[Record]] = Record
+    per_row: ClassVar[bool] = False  # several records per image: manifest rows naming one image are all kept
+    stop_at: ClassVar[str | None] = None  # a token after which nothing the task reads follows: generation ends
+    key_fields: ClassVar[tuple[str, ...]] = ()  # besides the path, what tells this task's records apart
+
+    # -- rows of any results file ------------------------------------------------------------------------
+    @classmethod
+    def key(cls, row: Mapping[str, Any]) -> str:
+        """What makes a row unique in its output: the image, and for refer/find the region or phrase."""
+        return "\x00".join([row["path"], *(json.dumps(row.get(f)) for f in cls.key_fields)])
+
+    @classmethod
+    def resume_columns(cls) -> tuple[str, ...]:
+        """What resuming reads of an output: enough to key a row and tell whether it is done."""
+        return ("path", "file_size", "file_mtime", "status", *cls.key_fields)
+
+    @classmethod
+    def arrow_fields(cls) -> list:
+        raise NotImplementedError
+
+    @classmethod
+    def schema(cls, extra: Any = None):
+        """The Parquet schema of this task's records; `extra` is a pyarrow schema of the carried columns."""
+        import pyarrow as pa
+
+        fields = common_arrow_fields() + cls.arrow_fields()
+        if extra is not None:
+            names = {f.name for f in fields}
+            fields += [f for f in extra if f.name not in names]
+        return pa.schema(fields, metadata={b"kosmos_cli.task": cls.name.encode()})
+
+    @classmethod
+    def owns(cls, row: Mapping[str, Any]) -> bool:
+        """A row written before records named their task: does it hold this task's fields?"""
+        return any(name in row for name in cls.record_type.fields)
+
+    @classmethod
+    def shapes(cls, row: Mapping[str, Any]) -> list[Found]:
+        """What `kosmos draw` shows: one (label, pixel boxes) per entity, in colour order."""
+        raise NotImplementedError
+
+    @classmethod
+    def caption_html(cls, row: Mapping[str, Any], mark: Mark) -> str:
+        """The row's text for the gallery, each entity's words passed through `mark`; the rest escaped."""
+        raise NotImplementedError
+
+    # -- one run ---------------------------------------------------------------------------------------------
+    def check(self, inputs: Sequence[Any]) -> None:
+        """Raise UsageError for what can be told wrong before a model loads (the inputs are named)."""
+
+    def units(self, item: Item, model: str) -> list[Unit]:
+        raise NotImplementedError
+
+    def prompt(self, unit: Unit, width: int, height: int) -> Prompt:
+        """The prompt for `unit` on an image of this displayed size; raise ValueError to fail just this unit."""
+        raise NotImplementedError
+
+    def finish(self, unit: Unit, text: str) -> None:
+        """Fill the unit's record from the generated text; raise ValueError when the text cannot be used."""
+        raise NotImplementedError
+
+    def record(self, item: Item, model: str, **fields: Any) -> Record:
+        """A new record of this task for `item`, carrying the item's manifest columns."""
+        return self.record_type(path=item.path, model=model, extra=dict(item.extra), **fields)
+
+
+def reserved(tasks: Sequence[type[Task]]) -> frozenset[str]:
+    """Our own column names: a carried manifest column with one of these names gets `input_`."""
+    names = set(COMMON_FIELDS)
+    for task in tasks:
+        names.update(task.record_type.fields)
+    return frozenset(names)
+
+
+def need_rows(inputs: Sequence[Any], error: Exception) -> None:
+    """Without boxes or phrases of its own, a run reads them from manifest rows (or JSON lines on stdin)."""
+    from ..sources import MANIFEST_EXTENSIONS
+
+    if not any(isinstance(i, Item) or i == "-" or str(i).lower().endswith(MANIFEST_EXTENSIONS) for i in inputs):
+        raise error

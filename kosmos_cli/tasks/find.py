@@ -1,0 +1,121 @@
+"""find: boxes for phrases. One record per (image, phrase): the boxes the model gives that phrase."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..errors import UsageError
+from ..grounding import parse, to_pixels
+from ..prompts import OBJECT_END, Prompt, clean_phrase, find_prompt
+from ..records import Record
+from ..sources import Item
+from .base import Found, Mark, Task, Unit, need_rows
+
+
+@dataclass
+class FindRecord(Record):
+    """phrase, boxes (0-1) and boxes_px; empty lists when the model did not ground the phrase."""
+
+    task: ClassVar[str] = "find"
+    fields: ClassVar[tuple[str, ...]] = ("phrase", "boxes", "boxes_px")
+
+    phrase: str | None = None
+    boxes: list[list[float]] = field(default_factory=list)
+    boxes_px: list[list[int]] = field(default_factory=list)
+
+    def own_dict(self) -> dict[str, Any]:
+        return {"phrase": self.phrase, "boxes": [list(b) for b in self.boxes],
+                "boxes_px": [list(b) for b in self.boxes_px]}
+
+
+class Find(Task):
+    """Boxes for phrases: "<grounding><phrase> a red car</phrase>" -> the <object> the model gives it.
+
+    `phrases` (from the command line) go with every image; without them each manifest row's `phrase` is used.
+    A phrase the model does not ground gets empty box lists.
+    """
+
+    name = "find"
+    record_type = FindRecord
+    per_row = True
+    stop_at = OBJECT_END  # the boxes are all in the first <object>...</object>: no need to generate on
+    key_fields = ("phrase",)
+
+    def __init__(self, phrases=None):
+        phrases = list(phrases or [])
+        for number, phrase in enumerate(phrases, 1):
+            try:
+                check_phrase(phrase)
+            except ValueError as exc:
+                raise UsageError(f"phrase {number} ({phrase!r}) cannot be used: {exc}") from None
+        self.phrases = [check_phrase(p) for p in phrases] or None
+
+    @classmethod
+    def arrow_fields(cls) -> list:
+        import pyarrow as pa
+
+        box, box_px = pa.list_(pa.float64()), pa.list_(pa.int32())
+        return [pa.field("phrase", pa.string()), pa.field("boxes", pa.list_(box)),
+                pa.field("boxes_px", pa.list_(box_px))]
+
+    @classmethod
+    def owns(cls, row: Mapping[str, Any]) -> bool:
+        return "phrase" in row and "boxes_px" in row
+
+    @classmethod
+    def shapes(cls, row: Mapping[str, Any]) -> list[Found]:
+        return [(row.get("phrase") or "", [list(b) for b in row.get("boxes_px") or []])]
+
+    @classmethod
+    def caption_html(cls, row: Mapping[str, Any], mark: Mark) -> str:
+        n = len(row.get("boxes_px") or [])
+        found = f"{n} box{'es' if n != 1 else ''}" if n else "not found"
+        return f"{mark(row.get('phrase') or '', 0)} <span class=\"n\">{html.escape(found)}</span>"
+
+    def check(self, inputs: Sequence[Any]) -> None:
+        if self.phrases is None:
+            need_rows(inputs, UsageError("kosmos find needs phrases: name them after the input, or give a manifest "
+                                         "with path,phrase columns"))
+
+    def units(self, item: Item, model: str) -> list[Unit]:
+        extra = dict(item.extra)
+        if self.phrases is not None:
+            given: list[tuple[str | None, str | None]] = [(p, None) for p in self.phrases]
+        else:
+            value = extra.pop("phrase", None)
+            try:
+                given = [(check_phrase(value), None)]
+            except ValueError as exc:
+                given = [(value if isinstance(value, str) else None, f"bad phrase in manifest row: {exc}")]
+        units = []
+        for phrase, problem in given:
+            record = FindRecord(path=item.path, model=model, extra=extra, phrase=phrase)
+            if problem is None and phrase is not None:
+                record.prompt = find_prompt(phrase).text
+            units.append(Unit(self.key({"path": item.path, "phrase": phrase}), record, problem))
+        return units
+
+    def prompt(self, unit: Unit, width: int, height: int) -> Prompt:
+        if unit.data:
+            raise ValueError(unit.data)
+        assert isinstance(unit.record, FindRecord) and unit.record.phrase is not None
+        return find_prompt(unit.record.phrase)
+
+    def finish(self, unit: Unit, text: str) -> None:
+        record = unit.record
+        assert isinstance(record, FindRecord)
+        _, parsed = parse(text)
+        # the prompt's own phrase opens the text; it is grounded only if the model put an <object> right after it
+        if parsed and parsed[0].phrase and parsed[0].start == 0:
+            record.boxes = [list(b) for b in parsed[0].boxes]
+            record.boxes_px = [to_pixels(b, record.width, record.height) for b in parsed[0].boxes]
+
+
+def check_phrase(value) -> str:
+    """A phrase to find, cleaned of markup; ValueError when there is nothing left."""
+    if not isinstance(value, str) or not clean_phrase(value):
+        raise ValueError("a phrase must be some text, e.g. 'a red car'")
+    return clean_phrase(value)

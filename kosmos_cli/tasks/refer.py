@@ -1,0 +1,206 @@
+"""refer: describe regions. One record per (image, box): the model's description of that region."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..errors import UsageError
+from ..grounding import parse, snap, strip_tags, to_normalized, to_pixels
+from ..prompts import Prompt, refer_prompt
+from ..records import Record
+from ..sources import Item
+from .base import Found, Mark, Task, Unit, need_rows
+
+BOX_COLUMNS = ("x1", "y1", "x2", "y2")
+
+
+@dataclass
+class ReferRecord(Record):
+    """box_px (as given, pixels), box_model_px (as the model saw it), description."""
+
+    task: ClassVar[str] = "refer"
+    fields: ClassVar[tuple[str, ...]] = ("box_px", "box_model_px", "description")
+
+    box_px: list[float] | None = None
+    box_model_px: list[int] | None = None
+    description: str | None = None
+
+    def own_dict(self) -> dict[str, Any]:
+        return {
+            "box_px": None if self.box_px is None else list(self.box_px),
+            "box_model_px": None if self.box_model_px is None else list(self.box_model_px),
+            "description": self.description,
+        }
+
+
+class Refer(Task):
+    """Describe regions: "<grounding><phrase> It</phrase><object>(the box)</object> is" -> a description.
+
+    `boxes` (from the command line) go with every image; without them each manifest row's x1, y1, x2, y2 is
+    its box. Boxes are pixels of the image as displayed, or 0-1 of its sides with `normalized`.
+    """
+
+    name = "refer"
+    record_type = ReferRecord
+    per_row = True
+    key_fields = ("box_px",)
+
+    def __init__(self, boxes=None, normalized: bool = False):
+        self.normalized = normalized
+        try:
+            self.boxes = [parse_box(b, normalized) for b in boxes] if boxes else None
+        except ValueError as exc:
+            raise UsageError(f"{{param}}: {exc}", param="boxes") from None
+        self._prompt_text = refer_prompt((0.0, 0.0, 1.0, 1.0)).text
+
+    @classmethod
+    def arrow_fields(cls) -> list:
+        import pyarrow as pa
+
+        return [pa.field("box_px", pa.list_(pa.float64())), pa.field("box_model_px", pa.list_(pa.int32())),
+                pa.field("description", pa.string())]
+
+    @classmethod
+    def owns(cls, row: Mapping[str, Any]) -> bool:
+        return "box_px" in row or "description" in row
+
+    @classmethod
+    def shapes(cls, row: Mapping[str, Any]) -> list[Found]:
+        return [(row.get("description") or "", [list(row["box_px"])] if row.get("box_px") else [])]
+
+    @classmethod
+    def caption_html(cls, row: Mapping[str, Any], mark: Mark) -> str:
+        return mark(row.get("description") or "(no description)", 0)
+
+    def check(self, inputs: Sequence[Any]) -> None:
+        if self.boxes is None:
+            need_rows(inputs, UsageError("kosmos refer needs boxes: pass {param} X1,Y1,X2,Y2, or a manifest with "
+                                         "path,x1,y1,x2,y2 columns", param="boxes"))
+            return
+        from ..images import display_size
+        from ..sources import MANIFEST_EXTENSIONS
+
+        for arg in inputs:  # boxes given for images named directly are checked against their size
+            if not isinstance(arg, str) or not os.path.isfile(arg) or arg.lower().endswith(MANIFEST_EXTENSIONS):
+                continue
+            size = display_size(arg)
+            if size is None:
+                continue  # not readable: its records will say why
+            for box in self.boxes:
+                try:
+                    check_fits(box, *size, self.normalized)
+                except ValueError:
+                    raise UsageError(f"{{param}} {format_box(box)} is outside {arg}, which is {size[0]}x{size[1]} "
+                                     "pixels as displayed (EXIF orientation applied)", param="boxes") from None
+
+    def units(self, item: Item, model: str) -> list[Unit]:
+        extra = dict(item.extra)
+        if self.boxes is not None:
+            given: list[tuple[Any, str | None]] = [(box, None) for box in self.boxes]
+        else:
+            values = [extra.pop(c, None) for c in BOX_COLUMNS]
+            try:
+                given = [(parse_box(values, self.normalized), None)]
+            except ValueError as exc:
+                given = [(_numbers(values), f"bad box in manifest row: {exc}")]
+        from ..images import display_size
+
+        size = display_size(item.path) if self.normalized else None  # box_px (the resume key) needs the size
+        units = []
+        for box, problem in given:
+            record = ReferRecord(path=item.path, prompt=self._prompt_text, model=model, extra=extra)
+            record.box_px = self._box_px(box, size)
+            units.append(Unit(self.key({"path": item.path, "box_px": record.box_px}), record, (box, problem)))
+        return units
+
+    def prompt(self, unit: Unit, width: int, height: int) -> Prompt:
+        box, problem = unit.data
+        if problem:
+            raise ValueError(problem)
+        check_fits(box, width, height, self.normalized)
+        record = unit.record
+        assert isinstance(record, ReferRecord)
+        if record.box_px is None:
+            record.box_px = self._box_px(box, (width, height))
+        normalized = box if self.normalized else to_normalized(box, width, height)
+        record.box_model_px = to_pixels(snap(normalized), width, height)
+        return refer_prompt(normalized)
+
+    def finish(self, unit: Unit, text: str) -> None:
+        caption, _ = parse(text)
+        lead = strip_tags(self._prompt_text).strip()  # "It is"
+        if caption.startswith(lead):
+            caption = caption[len(lead):]
+        assert isinstance(unit.record, ReferRecord)
+        unit.record.description = clean_description(caption)
+
+    def _box_px(self, box, size) -> list[float] | None:
+        if box is None:
+            return None
+        if not self.normalized:
+            return [float(v) for v in box]
+        if size is None:
+            return None
+        width, height = size
+        return [box[0] * width, box[1] * height, box[2] * width, box[3] * height]
+
+
+def parse_box(value, normalized: bool = False) -> tuple[float, float, float, float]:
+    """"x1,y1,x2,y2" or four numbers -> a box; ValueError says what is wrong with it."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace(",", " ").split()]
+    else:
+        parts = list(value)
+    if any(p is None or (isinstance(p, str) and not p.strip()) for p in parts):
+        missing = [c for c, p in zip(BOX_COLUMNS, parts) if p is None or (isinstance(p, str) and not p.strip())]
+        raise ValueError(f"no value for {', '.join(missing)}: a box is x1,y1,x2,y2")
+    if len(parts) != 4:
+        raise ValueError(f"a box is 4 numbers x1,y1,x2,y2, got {len(parts)}")
+    try:
+        x1, y1, x2, y2 = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"a box is 4 numbers x1,y1,x2,y2, got {format_box(parts)}") from None
+    box = (x1, y1, x2, y2)
+    if not all(math.isfinite(v) for v in box):
+        raise ValueError(f"a box is 4 finite numbers, got {format_box(box)}")
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"box {format_box(box)} is empty: x2 must be greater than x1 and y2 greater than y1")
+    if min(box) < 0:
+        raise ValueError(f"box {format_box(box)} is outside the image: coordinates cannot be negative")
+    if normalized and max(box) > 1:
+        raise ValueError(f"box {format_box(box)} is not normalised: with --normalized every value lies in 0-1")
+    if not normalized and x2 - x1 < 1 and y2 - y1 < 1:
+        raise ValueError(f"box {format_box(box)} is smaller than a pixel: for 0-1 boxes pass --normalized")
+    return box
+
+
+def check_fits(box, width: int, height: int, normalized: bool = False) -> None:
+    """ValueError when `box` (pixels, or 0-1 with `normalized`) reaches outside a width x height image."""
+    if normalized:
+        return  # 0-1 boxes always fit; parse_box checked the range
+    if box[2] > width or box[3] > height:
+        raise ValueError(f"box {format_box(box)} is outside the {width}x{height} image "
+                         "(pixels of the image as displayed, EXIF orientation applied)")
+
+
+def clean_description(text: str) -> str:
+    """What the model said about a region: single spaces, no final full stop."""
+    text = " ".join(text.split())
+    return text[:-1].rstrip() if text.endswith(".") else text
+
+
+def _numbers(values) -> list[float] | None:
+    """The values as floats when they are four numbers (kept on a bad row's record), else None."""
+    try:
+        box = [float(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+    return box if len(box) == 4 and all(math.isfinite(v) for v in box) else None
+
+
+def format_box(values) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
