@@ -1,21 +1,29 @@
 """The library API: everything a command does, callable from Python.
 
     from kosmos_cli import ground
-    summary = ground(["photos/"], out="results.parquet", model="microsoft/kosmos-2-patch14-224")
+    summary = ground("photos/", out="results.parquet", model="microsoft/kosmos-2-patch14-224")
+
+Each call checks everything cheap (inputs, boxes, phrases, options, the output, a drawing folder), then joins the
+other processes of a launch, then loads the model (unless an `engine` is given), then runs: a bad argument never
+costs a model load.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from . import distributed
 from .engine import Engine, GenerationOptions, ModelOptions
-from .errors import InputError, OutputError, UsageError
+from .errors import InputError, OutputError
 from .pipeline import Progress, RunOptions, Summary, run
 from .sources import Item, check_inputs
+from .store import Store
 from .tasks import Find, Ground, Refer, Task
 from .writers import detect_format, read_records
+
+Inputs = str | os.PathLike | Iterable[str] | Iterable[Item]
 
 
 def load_engine(
@@ -29,14 +37,26 @@ def load_engine(
     no_repeat_ngram_size: int | None = None,
 ) -> Engine:
     """Load a Kosmos-2 checkpoint once; pass the engine to several calls with `engine=`."""
-    return Engine(
-        ModelOptions(model, revision, distributed.device_for(device), dtype),  # several processes: their own
-        GenerationOptions(max_new_tokens, num_beams, no_repeat_ngram_size),
-    ).load()
+    model_options, generation = engine_options(model, revision=revision, device=device, dtype=dtype,
+                                               max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                               no_repeat_ngram_size=no_repeat_ngram_size)
+    return Engine(model_options, generation).load()
+
+
+def engine_options(model: str | None = None, *, revision: str | None = None, device: str = "auto",
+                   dtype: str = "auto", max_new_tokens: int = 128, num_beams: int = 1,
+                   no_repeat_ngram_size: int | None = None) -> tuple[ModelOptions, GenerationOptions]:
+    """The model's and the decoding's option objects, checked: the one place they are built from parameters.
+
+    Under a launcher, `device` "auto" (or a bare "cuda") becomes this process's own device.
+    """
+    generation = GenerationOptions(max_new_tokens, num_beams, no_repeat_ngram_size)
+    checked = ModelOptions(model, revision, device, dtype)
+    return ModelOptions(model, revision, distributed.team(device).device_for(device), checked.dtype), generation
 
 
 def ground(
-    inputs: Iterable[str] | Iterable[Item],
+    inputs: Inputs,
     out: str = "-",
     *,
     prompt: str | None = None,
@@ -50,17 +70,22 @@ def ground(
     wait: bool = False,
     workers: int | None = None,
     progress: Progress | None = None,
-    on_write=None,
-    **model_options,
+    on_write: Callable | None = None,
+    draw: str | None = None,
+    **model_options: Any,
 ) -> Summary:
-    """Caption and ground every image named by `inputs` (folders, files, globs, manifests); write to `out`."""
-    return _run(Ground(prompt), list(inputs), out, engine, model, model_options, format=format,
-                batch_size=batch_size, workers=workers, overwrite=overwrite, retry_failed=retry_failed, prune=prune,
-                wait=wait, progress=progress, on_write=on_write)
+    """Caption and ground every image named by `inputs` (folders, files, globs, manifests); write to `out`.
+
+    `draw`: also draw each finished image's boxes into this folder (as `draw` does), on threads of its own; its
+    DrawSummary is `summary.drawing`.
+    """
+    options = RunOptions(out=out, format=format, batch_size=batch_size, workers=workers, overwrite=overwrite,
+                         retry_failed=retry_failed, prune=prune, wait=wait)
+    return _run(Ground(prompt), inputs, options, engine, model, model_options, progress, on_write, draw)
 
 
 def refer(
-    inputs: Iterable[str] | Iterable[Item],
+    inputs: Inputs,
     out: str = "-",
     *,
     boxes: Iterable | None = None,
@@ -75,21 +100,21 @@ def refer(
     wait: bool = False,
     workers: int | None = None,
     progress: Progress | None = None,
-    on_write=None,
-    **model_options,
+    on_write: Callable | None = None,
+    **model_options: Any,
 ) -> Summary:
     """Describe regions: one record per (image, box) with `description`, `box_px` and `box_model_px`.
 
     `boxes` ("x1,y1,x2,y2" strings or 4-number sequences; pixels of the image as displayed, or 0-1 with
     `normalized`) go with every image; without them each manifest row's x1, y1, x2, y2 columns are its box.
     """
-    return _run(Refer(boxes, normalized), list(inputs), out, engine, model, model_options, format=format, batch_size=batch_size,
-                workers=workers, overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait,
-                progress=progress, on_write=on_write)
+    options = RunOptions(out=out, format=format, batch_size=batch_size, workers=workers, overwrite=overwrite,
+                         retry_failed=retry_failed, prune=prune, wait=wait)
+    return _run(Refer(boxes, normalized), inputs, options, engine, model, model_options, progress, on_write)
 
 
 def find(
-    inputs: Iterable[str] | Iterable[Item],
+    inputs: Inputs,
     out: str = "-",
     *,
     phrases: Iterable[str] | None = None,
@@ -103,16 +128,16 @@ def find(
     wait: bool = False,
     workers: int | None = None,
     progress: Progress | None = None,
-    on_write=None,
-    **model_options,
+    on_write: Callable | None = None,
+    **model_options: Any,
 ) -> Summary:
     """Boxes for phrases: one record per (image, phrase) with `boxes` (0-1) and `boxes_px` (empty: not found).
 
     `phrases` go with every image; without them each manifest row's `phrase` column is used.
     """
-    return _run(Find(phrases), list(inputs), out, engine, model, model_options, format=format, batch_size=batch_size,
-                workers=workers, overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait,
-                progress=progress, on_write=on_write)
+    options = RunOptions(out=out, format=format, batch_size=batch_size, workers=workers, overwrite=overwrite,
+                         retry_failed=retry_failed, prune=prune, wait=wait)
+    return _run(Find(phrases), inputs, options, engine, model, model_options, progress, on_write)
 
 
 def draw(
@@ -176,14 +201,51 @@ def _results_rows(results: str):
                          "by kosmos ground, refer or find") from None
 
 
-def _run(task: Task, inputs, out, engine, model, model_options, progress=None, on_write=None, **run_options):
-    """Check everything cheap, then load the model (unless given) and run `task`."""
+def _run(task: Task, inputs: Inputs, options: RunOptions, engine: Engine | None, model: str | None,
+         model_options: dict[str, Any], progress: Progress | None, on_write: Callable | None,
+         draw: str | None = None) -> Summary:
+    """Check everything cheap, join the other processes, load the model (unless given), then run `task`."""
+    if engine is not None and (model is not None or model_options):
+        given = ", ".join(["model"] * (model is not None) + sorted(model_options))
+        raise TypeError(f"{given}: model options cannot be given with engine= (the engine was loaded with its "
+                        "own); pass them to load_engine instead")
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [os.fspath(inputs)]
+    inputs = list(inputs)
     if inputs and all(isinstance(i, str) for i in inputs):
         check_inputs(inputs)
     task.check(inputs)
-    detect_format(out, run_options.get("format"))
-    options = RunOptions(out=out, **run_options)
+    fmt = detect_format(options.out, options.format)
+    drawer = _drawer(draw, inputs) if draw is not None else None
     if engine is None:
-        distributed.join(out, model_options.get("device", "auto"))  # several processes: report before the load
-        engine = load_engine(model, **model_options)
-    return run(task, inputs, engine, options, progress=progress, on_write=on_write)
+        checked = engine_options(model, **model_options)
+        crew = distributed.team(model_options.get("device", "auto"))
+        crew.start(Store.for_run(options.out, fmt, type(task), crew).path)  # several processes: report first
+        engine = Engine(*checked).load()
+    if drawer is None:
+        return run(task, inputs, engine, options, progress=progress, on_write=on_write)
+    from .drawing import Background
+
+    with Background(drawer) as drawing:  # on threads of its own: the model does not wait for the pictures
+        def written(records):
+            drawing.add_records(records)
+            if on_write is not None:
+                on_write(records)
+
+        summary = run(task, inputs, engine, options, progress=progress, on_write=written)
+    summary.drawing = drawer.summary
+    return summary
+
+
+def _drawer(folder: str, inputs: list):
+    """A Drawer for ground's `draw` folder, keeping the layout below the inputs' common folder; checked now."""
+    from .drawing import Drawer, input_root
+    from .errors import UsageError
+
+    drawer = Drawer(folder, input_root([i for i in inputs if isinstance(i, str)]), option="--draw")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{{param}} {folder}: cannot make that folder ({exc.strerror or exc}): name a folder you "
+                         "can write to", param="draw") from None
+    return drawer

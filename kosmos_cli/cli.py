@@ -7,7 +7,6 @@ Errors become one line on stderr and an exit code here, and only here. Exit code
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -99,58 +98,17 @@ def ground(
         show_default=False)] = None,
 ) -> None:
     """Caption every image and ground its phrases: one record per image, resumable."""
-    from . import api, distributed
-    from .engine import GenerationOptions, ModelOptions
-    from .pipeline import RunOptions
+    from . import api
     from .progress import for_terminal
-    from .sources import check_inputs
-    from .writers import detect_format
 
     def go():
-        # check everything cheap before the model loads
-        check_inputs(inputs)
-        detect_format(out, format)
-        RunOptions(out=out, format=format, batch_size=batch_size, workers=workers)
-        ModelOptions(model, revision, device, dtype)
-        GenerationOptions(max_new_tokens, num_beams, no_repeat_ngram_size or None)
-        drawer = _drawer(draw, inputs)
-        distributed.join(out, device)  # started as several processes: this one's share, reported beside `out`
-        engine = api.load_engine(model, revision=revision, device=device, dtype=dtype,
-                                 max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                 no_repeat_ngram_size=no_repeat_ngram_size or None)
-        with _drawing(drawer) as drawing:  # on a thread of its own: the model does not wait for it
-            summary = api.ground(inputs, out, prompt=prompt, engine=engine, format=format, batch_size=batch_size,
-                                 overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait,
-                                 workers=workers, progress=for_terminal("ground", quiet),
-                                 on_write=drawing.add_records if drawing else None)
-        if drawer and not quiet:
-            _say(drawer.summary.line())
-        return summary
+        return api.ground(inputs, out, prompt=prompt, format=format, batch_size=batch_size, overwrite=overwrite,
+                          retry_failed=retry_failed, prune=prune, wait=wait, workers=workers, draw=draw,
+                          progress=for_terminal("ground", quiet), model=model, revision=revision, device=device,
+                          dtype=dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                          no_repeat_ngram_size=no_repeat_ngram_size)
 
     _finish(_call(go, quiet), quiet, strict)
-
-
-def _drawer(folder: str | None, inputs: list[str]):
-    """ground --draw: a Drawer keeping the layout below the inputs' common folder (checked before the model)."""
-    if folder is None:
-        return None
-    from .drawing import Drawer, input_root
-
-    drawer = Drawer(folder, input_root(inputs), option="--draw")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--draw {folder}: cannot make that folder ({exc.strerror or exc}): name a folder you "
-                         "can write to") from None
-    return drawer
-
-
-def _drawing(drawer):
-    if drawer is None:
-        return contextlib.nullcontext()
-    from .drawing import Background
-
-    return Background(drawer)
 
 
 Box = Annotated[Optional[list[str]], typer.Option(
@@ -191,7 +149,7 @@ def refer(
                          overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait, workers=workers,
                          progress=for_terminal("refer", quiet), model=model, revision=revision, device=device,
                          dtype=dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                         no_repeat_ngram_size=no_repeat_ngram_size or None)
+                         no_repeat_ngram_size=no_repeat_ngram_size)
 
     _finish(_call(go, quiet), quiet, strict)
 
@@ -232,7 +190,7 @@ def find(
                         overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait, workers=workers,
                         progress=for_terminal("find", quiet), model=model, revision=revision, device=device,
                         dtype=dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                        no_repeat_ngram_size=no_repeat_ngram_size or None)
+                        no_repeat_ngram_size=no_repeat_ngram_size)
 
     _finish(_call(go, quiet), quiet, strict)
 
@@ -311,6 +269,8 @@ def _finish(summary, quiet: bool, strict: bool) -> None:
             for part in getattr(summary, "ranks", ()):
                 _say(part.line())
         _say(summary.line())
+        if getattr(summary, "drawing", None) is not None:
+            _say(summary.drawing.line())
     if strict and summary.failed and not rank:
         raise typer.Exit(1)
 

@@ -35,11 +35,13 @@ class GenerationOptions:
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
-            raise UsageError("--max-new-tokens must be at least 1")
+            raise UsageError("{param} must be at least 1", param="max_new_tokens")
         if self.num_beams < 1:
-            raise UsageError("--num-beams must be at least 1")
+            raise UsageError("{param} must be at least 1", param="num_beams")
         if self.no_repeat_ngram_size is not None and self.no_repeat_ngram_size < 0:
-            raise UsageError("--no-repeat-ngram-size must be 0 (off) or more")
+            raise UsageError("{param} must be 0 (off) or more", param="no_repeat_ngram_size")
+        if self.no_repeat_ngram_size == 0:
+            object.__setattr__(self, "no_repeat_ngram_size", None)  # 0 means off, as None does
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, "do_sample": False}
@@ -60,7 +62,7 @@ class ModelOptions:
     def __post_init__(self):
         dtype = _DTYPE_ALIASES.get(self.dtype, self.dtype)
         if dtype not in DTYPES:
-            raise UsageError(f"unknown dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+            raise UsageError(f"unknown dtype {self.dtype!r} ({{param}}): use one of {', '.join(DTYPES)}", param="dtype")
         object.__setattr__(self, "dtype", dtype)
 
     @property
@@ -214,11 +216,11 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available here; use --device cpu")
+        raise UsageError(f"{{param}} {device}: CUDA is not available here; use {{param}} cpu", param="device")
     try:
         torch.device(device)
     except RuntimeError:
-        raise UsageError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+        raise UsageError(f"unknown device {device!r} ({{param}}): use auto, cpu, cuda or cuda:N", param="device") from None
     return device
 
 

@@ -14,15 +14,18 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import distributed
+from .distributed import Solo
 from .engine import Engine, Prepared
-from .errors import OutputError, UsageError
+from .errors import UsageError
 from .images import MODEL_SIDE, file_stat, load_image
 from .tasks import Task, Unit
 from .records import OK, Record
 from .sources import Item, iter_items, shard
-from .writers import Seen, Sink, StdoutSink, Store, detect_format
+from .store import Output, Seen, Store
+from .writers import detect_format
 
 log = logging.getLogger("kosmos_cli")
 
@@ -46,11 +49,9 @@ class RunOptions:
 
     def __post_init__(self):
         if self.batch_size < 1:
-            raise UsageError("--batch-size must be at least 1")
+            raise UsageError("{param} must be at least 1", param="batch_size")
         if self.workers is not None and self.workers < 1:
-            raise UsageError("--workers must be at least 1")
-        if self.out == "-" and (self.prune or self.overwrite):
-            pass  # nothing to prune or overwrite on stdout
+            raise UsageError("{param} must be at least 1", param="workers")
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Summary:
     rank: int | None = None  # set on one rank's share of a multi-process run
     world: int = 1  # how many processes did the run
     ranks: list[Summary] = field(default_factory=list)  # rank 0 of a multi-process run: each rank's share
+    drawing: Any = None  # ground with draw=: the DrawSummary of the pictures drawn beside the run
 
     @property
     def rate(self) -> float:
@@ -107,96 +109,59 @@ def run(
     """Run `task` over every image named by `inputs`, writing records to `options.out`.
 
     Started as several processes (accelerate launch, torchrun), each one takes its share and rank 0 merges them
-    into `options.out` (distributed.py). `rank` and `world` shard by hand instead, with no coordination.
+    into `options.out` (distributed/). `rank` and `world` shard by hand instead, with no coordination.
     """
-    team = distributed.detect() if (rank, world) == (0, 1) else None
-    if team is None:
-        return _run(task, inputs, engine, options, progress, on_write, rank, world)
-    with team.session(options.out):
-        if isinstance(inputs, (list, tuple)) and "-" in inputs:
+    crew = distributed.team() if (rank, world) == (0, 1) else Solo(rank)
+    if not crew.solo:
+        rank, world = crew.rank, crew.size
+    store = Store.for_run(options.out, detect_format(options.out, options.format), type(task), crew)
+    summary = Summary(task=task.name, out=options.out)
+    with crew.session(store.path):
+        if not crew.solo and isinstance(inputs, (list, tuple)) and "-" in inputs:
             raise UsageError("paths on stdin (-) can feed one process only: write them to a .txt manifest "
                              "and name that")
-        return _run(task, inputs, engine, options, team.progress(progress), on_write, team.rank, team.size, team)
-
-
-def _run(task, inputs, engine, options, progress, on_write, rank, world, team=None) -> Summary:
-    progress = progress or Progress()
-    if getattr(progress, "live", False) and not task.per_row and _named(inputs) and "-" not in inputs:
-        threading.Thread(target=_count_inputs, args=(inputs, progress), daemon=True).start()
-    summary = Summary(task=task.name, out=options.out)
-    started = time.perf_counter()
-    fmt = detect_format(options.out, options.format)
-    path = team.output_for(options.out) if team else options.out  # several processes write "-" to a spool
-    store = None if path == "-" else Store(path, fmt, type(task), rank)
-    seen: dict[str, Seen] = {}
-    sink: Sink
-    if store is None:
-        sink = StdoutSink()
-    else:
-        if team is None or team.main:
-            store.lock(wait=options.wait)
-            store.repair()
-            if options.overwrite or path != options.out:
-                store.remove()
-            elif store.has_parts() or (store.scan() and store.duplicates):
-                store.compact()  # leftovers of an interrupted run, or records written twice
-        if team is not None:
-            team.ready()  # the other ranks wait here until rank 0 has prepared the output
-        seen = store.scan(parts=team is None)  # with a team, parts appear only as this run writes them
-        sink = store.sink(direct=team is None)
-    present: set[str] | None = set() if options.prune else None
-    replaced = 0
-    write_failed = False
-    try:
-        items = _as_items(inputs, per_row=task.per_row)
-        if present is not None:
-            items = _tracking(items, present)
-        pending = _todo(shard(items, rank, world, by_image=task.per_row), task, engine, seen, options, summary, progress)
-        if task.per_row:
-            pending = _same_image_once(pending)
-        for records in _batches(pending, task, engine, options):
-            replaced += sum(1 for r in records if _key_of(task, r) in seen)
-            sink.write(records)
-            for r in records:
-                if r.ok:
-                    summary.done += 1
-                else:
-                    summary.failed += 1
-                    if len(summary.failures) < MAX_LISTED_FAILURES:  # the count is kept; the list stays short
-                        summary.failures.append(f"{r.path}: {r.error}")
-            if on_write:
-                on_write(records)
-            progress.advance(summary.done, summary.failed, summary.skipped)
-            if team is not None:
-                team.check()  # another rank failed: stop
-        if team is not None:
-            team.finish(summary)  # rank 0 waits here for every rank and counts their records in
-    except (KeyboardInterrupt, SystemExit):
-        summary.interrupted = True
-        raise
-    except OutputError:
-        write_failed = True  # a full disk: leave the parts for the next run rather than copy the output now
-        raise
-    finally:
-        sink.close()
-        summary.seconds = time.perf_counter() - started
-        progress.close()
-        if store is not None:
+        progress = crew.progress(progress) or Progress()
+        if progress.live and not task.per_row and _named(inputs) and "-" not in inputs:
+            threading.Thread(target=_count_inputs, args=(inputs, progress), daemon=True).start()
+        started = time.perf_counter()
+        with store.open(crew, overwrite=options.overwrite, wait=options.wait) as output:
             try:
-                if (team is None or team.merged) and not write_failed:  # with a team: rank 0, once all are done
-                    _finish(store, present, replaced, summary)
+                _pass(task, inputs, engine, options, output, crew, summary, progress, on_write, rank, world)
+                crew.finish(summary)  # rank 0 waits here for every rank and counts their records in
+            except (KeyboardInterrupt, SystemExit):
+                summary.interrupted = True
+                raise
             finally:
-                store.unlock()
+                summary.seconds = time.perf_counter() - started
+                progress.close()
     return summary
 
 
-def _finish(store: Store, present: set[str] | None, replaced: int, summary: Summary) -> None:
-    """Fold parts in; drop records of removed images with --prune (only after a complete pass)."""
-    prune = present is not None and not summary.interrupted
-    if prune or replaced or store.has_parts():
-        keep = (lambda key: key.split("\x00")[0] in present) if prune else None
-        store.compact(keep)
-    store.tidy()
+def _pass(task, inputs, engine, options, output: Output, crew, summary, progress, on_write, rank, world) -> None:
+    """One pass over the inputs: what is not done yet goes through the model and into `output`."""
+    present: set[str] | None = set() if options.prune else None
+    items = _as_items(inputs, per_row=task.per_row)
+    if present is not None:
+        items = _tracking(items, present)
+    pending = _todo(shard(items, rank, world, by_image=task.per_row), task, engine, output.seen, options, summary,
+                    progress)
+    if task.per_row:
+        pending = _same_image_once(pending)
+    for records in _batches(pending, task, engine, options):
+        output.write(records)
+        for r in records:
+            if r.ok:
+                summary.done += 1
+            else:
+                summary.failed += 1
+                if len(summary.failures) < MAX_LISTED_FAILURES:  # the count is kept; the list stays short
+                    summary.failures.append(f"{r.path}: {r.error}")
+        if on_write:
+            on_write(records)
+        progress.advance(summary.done, summary.failed, summary.skipped)
+        crew.check()  # another rank failed: stop
+    if present is not None:
+        output.complete(present)  # the pass saw every input: --prune may drop the records of the others
 
 
 def _named(inputs) -> bool:
@@ -222,10 +187,6 @@ def _tracking(items: Iterator[Item], present: set[str]) -> Iterator[Item]:
     for item in items:
         present.add(item.path)
         yield item
-
-
-def _key_of(task: Task, record: Record) -> str:
-    return task.key(vars(record))
 
 
 def _todo(items, task: Task, engine: Engine, seen, options: RunOptions, summary: Summary, progress: Progress):

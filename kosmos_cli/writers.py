@@ -1,16 +1,7 @@
-"""Where records go: JSONL and Parquet outputs that stream, survive a kill at any moment, and resume.
+"""Record files: the formats (JSONL, Parquet), the sinks that write batches durably, and reading any results file.
 
-An output file is written in two layers:
-
-- the output itself (`results.jsonl` / `results.parquet`), only ever replaced atomically (write a temporary
-  file beside it, then rename), so it is always complete and readable;
-- records finished since, made durable batch by batch: appended straight to `results.jsonl` by a single
-  process, or as parts in `results.parquet.parts/` (one small Parquet file per batch, renamed into place when
-  complete; JSONL from several ranks: one file per rank there).
-
-`compact` folds the parts into the output. Reading an output (to resume) takes the last record of each key, so
-a record written again for a changed image replaces the older one. A torn last JSONL line or a half-written part
-left by a crash is repaired, never appended after.
+What an output holds and its life (lock, repair, compaction) is the store's (store.py); this module knows how
+bytes go to and come from one file.
 """
 
 from __future__ import annotations
@@ -20,13 +11,12 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-from .errors import InputError, LockedError, OutputError, UsageError
+from .errors import InputError, OutputError, UsageError
+from .atomic import atomic_write
 from .records import Record, to_jsonable
-from . import tasks
 from .tasks import Task
 
 log = logging.getLogger("kosmos_cli")
@@ -40,15 +30,16 @@ def detect_format(path: str, fmt: str | None = None) -> str:
     if fmt:
         fmt = fmt.lower()
         if fmt not in FORMATS:
-            raise UsageError(f"unknown format {fmt!r}: use jsonl or parquet")
+            raise UsageError(f"unknown format {fmt!r} ({{param}}): use jsonl or parquet", param="format")
         if path == "-" and fmt != "jsonl":
-            raise UsageError("--out - writes JSONL only: name a .parquet file to write Parquet")
+            raise UsageError("{param} - writes JSONL only: name a .parquet file to write Parquet", param="out")
         return fmt
     if path == "-":
         return "jsonl"
     ext = os.path.splitext(path)[1].lower()
     if ext not in _EXTENSIONS:
-        raise UsageError(f"cannot tell the output format of {path!r}: name a .jsonl or .parquet file, or pass --format")
+        raise UsageError(f"cannot tell the output format of {path!r}: name a .jsonl or .parquet file, or pass "
+                         "{param}", param="format")
     return _EXTENSIONS[ext]
 
 
@@ -60,216 +51,6 @@ def disk_error(exc: OSError, path: str) -> OutputError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"cannot write {path}: {exc.strerror}: choose another --out or fix its permissions")
     return OutputError(f"cannot write {path}: {exc.strerror or exc}")
-
-
-@dataclass
-class Seen:
-    """What an output already holds for one key: enough to decide whether that image is done."""
-
-    file_size: int | None
-    file_mtime: float | None
-    status: str | None
-
-
-class Store:
-    """One named output on disk: its lock, what it holds, its parts, and folding them in."""
-
-    def __init__(self, path: str, fmt: str, task: str | type[Task], rank: int = 0):
-        self.task = tasks.get(task) if isinstance(task, str) else task
-        self.path, self.fmt, self.rank = path, fmt, rank
-        self.parts_dir = path + ".parts"
-        self.lock_path = path + ".lock"
-        self._lock_fd: int | None = None
-
-    # -- lock --------------------------------------------------------------------------------------------
-    def lock(self, wait: bool = False) -> None:
-        """Take the output's lock. The kernel drops it when this process ends, however it ends."""
-        import fcntl
-
-        self._ensure_folder()
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise disk_error(exc, self.lock_path) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise LockedError(f"another kosmos run (pid {holder}) is writing {self.path}: "
-                              "let it finish, or pass --wait to wait for it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
-
-    def unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-    # -- reading -----------------------------------------------------------------------------------------
-    def sources(self) -> list[str]:
-        """The files holding records, oldest first: the output, then its complete parts. Reads only."""
-        files = [self.path] if os.path.exists(self.path) else []
-        if os.path.isdir(self.parts_dir):
-            files += [os.path.join(self.parts_dir, n) for n in sorted(os.listdir(self.parts_dir))
-                      if n.endswith((".jsonl", ".parquet"))]  # a `.tmp` part is still being written
-        return files
-
-    def repair(self) -> None:
-        """Clear what a crashed run left half-done: unfinished or unreadable parts, a torn last JSONL line.
-
-        Only the lock holder may call this: another process's `.tmp` part is work in progress, not damage.
-        """
-        if os.path.isdir(self.parts_dir):
-            for name in sorted(os.listdir(self.parts_dir)):
-                full = os.path.join(self.parts_dir, name)
-                if name.endswith(".tmp"):
-                    log.warning("removing unfinished part %s left by an interrupted run", full)
-                    _unlink(full)
-                elif name.endswith(".parquet") and not _readable_parquet(full):
-                    log.warning("removing damaged part %s left by an interrupted run", full)
-                    _unlink(full)
-                elif name.endswith(".jsonl"):
-                    _repair_jsonl_tail(full)
-        if self.fmt == "jsonl":
-            _repair_jsonl_tail(self.path)
-
-    def rows(self, path: str, columns: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
-        """The rows of one record file (the output or a part)."""
-        if path.endswith(".jsonl") or (path == self.path and self.fmt == "jsonl"):
-            yield from _jsonl_rows(path)
-        else:
-            yield from _parquet_rows(path, columns)
-
-    def scan(self, parts: bool = True) -> dict[str, Seen]:
-        """key -> what is recorded for it (the last record wins). `parts=False`: the output alone, leaving the
-        parts folder untouched (other processes may be writing there)."""
-        seen: dict[str, Seen] = {}
-        rows = 0
-        sources = self.sources() if parts else ([self.path] if os.path.exists(self.path) else [])
-        for source in sources:
-            for row in self.rows(source, self.task.resume_columns()):
-                seen[self.task.key(row)] = Seen(row.get("file_size"), row.get("file_mtime"), row.get("status"))
-                rows += 1
-        self.duplicates = rows - len(seen)  # records written again for a key: compaction keeps the last
-        return seen
-
-    def has_parts(self) -> bool:
-        return any(s != self.path for s in self.sources())
-
-    def needs_compaction(self) -> bool:
-        """Parts to fold in, or a key recorded twice (one full read of the output)."""
-        if self.has_parts():
-            return True
-        self.scan()
-        return self.duplicates > 0
-
-    # -- folding parts in ----------------------------------------------------------------------------
-    def compact(self, keep: Callable[[str], bool] | None = None) -> int:
-        """Rewrite the output from itself and its parts: last record per key, `keep(key)` ones only.
-
-        Atomic: the output is replaced by rename; the parts are removed after. Returns the rows written.
-        """
-        sources = self.sources()
-        if not sources:
-            return 0
-        last: dict[str, tuple[int, int]] = {}
-        for i, source in enumerate(sources):
-            for j, row in enumerate(self.rows(source, self.task.resume_columns())):
-                last[self.task.key(row)] = (i, j)
-        wanted = {pos for key, pos in last.items() if keep is None or keep(key)}
-        del last
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        try:
-            if self.fmt == "jsonl":
-                written = self._compact_jsonl(sources, wanted, tmp)
-            else:
-                written = self._compact_parquet(sources, wanted, tmp)
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            _unlink(tmp)
-            raise disk_error(exc, self.path) from None
-        except BaseException:
-            _unlink(tmp)
-            raise
-        for source in sources:
-            if source != self.path:
-                _unlink(source)
-        _rmdir(self.parts_dir)
-        return written
-
-    def _compact_jsonl(self, sources: list[str], wanted: set, tmp: str) -> int:
-        written = 0
-        with open(tmp, "w", encoding="utf-8") as out:
-            for i, source in enumerate(sources):
-                for j, row in enumerate(self.rows(source)):
-                    if (i, j) in wanted:
-                        out.write(dumps(self._named(row)))
-                        written += 1
-            _sync(out)
-        return written
-
-    def _compact_parquet(self, sources: list[str], wanted: set, tmp: str) -> int:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        schema = unified_schema(self.task, [pq.read_schema(s) for s in sources if s.endswith(".parquet")])
-        written = 0
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for i, source in enumerate(sources):
-                chunk: list[dict] = []
-                for j, row in enumerate(self.rows(source)):
-                    if (i, j) in wanted:
-                        chunk.append(self._named(row))
-                    if len(chunk) >= 4096:
-                        writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-                        written, chunk = written + len(chunk), []
-                if chunk:
-                    writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-                    written += len(chunk)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        return written
-
-    def _named(self, row: dict[str, Any]) -> dict[str, Any]:
-        """A row as it is written again: one written before records named their task gets its task."""
-        if row.get("task") is None:
-            named = {"path": row["path"], "task": self.task.name}
-            named.update((k, v) for k, v in row.items() if k != "task")
-            return named
-        return row
-
-    # -- writing -----------------------------------------------------------------------------------------
-    def sink(self, direct: bool = True) -> Sink:
-        """Where this process writes. `direct`: JSONL appends to the output itself (single process only)."""
-        self._ensure_folder()
-        if self.fmt == "jsonl" and direct:
-            _repair_jsonl_tail(self.path)
-            return JsonlSink(self.path)
-        os.makedirs(self.parts_dir, exist_ok=True)
-        if self.fmt == "jsonl":
-            part = os.path.join(self.parts_dir, f"part-{self.rank:04d}.jsonl")
-            _repair_jsonl_tail(part)
-            return JsonlSink(part)
-        return ParquetPartSink(self.parts_dir, self.task, self.rank)
-
-    def tidy(self) -> None:
-        """Remove the parts folder when nothing is left in it."""
-        _rmdir(self.parts_dir)
-
-    def remove(self) -> None:
-        """--overwrite: forget what the output holds."""
-        for source in self.sources():
-            _unlink(source)
-        _rmdir(self.parts_dir)
-
-    def _ensure_folder(self) -> None:
-        folder = os.path.dirname(os.path.abspath(self.path))
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as exc:
-            raise disk_error(exc, self.path) from None
 
 
 class Sink:
@@ -342,15 +123,10 @@ class ParquetPartSink(Sink):
 
         table = records_table(records, self.task)
         name = os.path.join(self.path, f"part-{self.rank:04d}-{self._seq:08d}.parquet")
-        tmp = name + ".tmp"
         try:
-            with open(tmp, "wb") as f:
+            with atomic_write(name, "wb") as f:
                 pq.write_table(table, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, name)
         except OSError as exc:
-            _unlink(tmp)
             raise disk_error(exc, name) from None
         self._seq += 1
 
@@ -391,9 +167,9 @@ def read_records(path: str) -> Iterator[dict[str, Any]]:
         raise InputError(f"results file not found: {path}")
     fmt = detect_format(path) if os.path.splitext(path)[1].lower() in _EXTENSIONS else _sniff(path)
     if fmt == "jsonl":
-        yield from _jsonl_rows(path, strict=True)
+        yield from jsonl_rows(path, strict=True)
     else:
-        yield from _parquet_rows(path, None, strict=True)
+        yield from parquet_rows(path, None, strict=True)
 
 
 def _sniff(path: str) -> str:
@@ -401,7 +177,7 @@ def _sniff(path: str) -> str:
         return "parquet" if f.read(4) == b"PAR1" else "jsonl"
 
 
-def _jsonl_rows(path: str, strict: bool = False) -> Iterator[dict[str, Any]]:
+def jsonl_rows(path: str, strict: bool = False) -> Iterator[dict[str, Any]]:
     try:
         f = open(path, encoding="utf-8")
     except FileNotFoundError:
@@ -424,7 +200,7 @@ def _jsonl_rows(path: str, strict: bool = False) -> Iterator[dict[str, Any]]:
             yield row
 
 
-def _parquet_rows(path: str, columns: Iterable[str] | None, strict: bool = False) -> Iterator[dict[str, Any]]:
+def parquet_rows(path: str, columns: Iterable[str] | None, strict: bool = False) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     try:
@@ -442,7 +218,7 @@ def _parquet_rows(path: str, columns: Iterable[str] | None, strict: bool = False
         yield from batch.to_pylist()
 
 
-def _readable_parquet(path: str) -> bool:
+def readable_parquet(path: str) -> bool:
     import pyarrow.parquet as pq
 
     try:
@@ -452,7 +228,7 @@ def _readable_parquet(path: str) -> bool:
     return True
 
 
-def _repair_jsonl_tail(path: str) -> None:
+def repair_jsonl_tail(path: str) -> None:
     """Cut a torn last line (a write cut short by a crash) so the next record starts on its own line."""
     try:
         with open(path, "rb+") as f:
@@ -483,17 +259,3 @@ def _repair_jsonl_tail(path: str) -> None:
 def _sync(f) -> None:
     f.flush()
     os.fsync(f.fileno())
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _rmdir(path: str) -> None:
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass

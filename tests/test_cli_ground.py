@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from conftest import ROOT, make_images
 from kosmos_cli.cli import app
-from kosmos_cli.writers import Store, read_records
+from kosmos_cli.store import Store
+from kosmos_cli.writers import read_records
 
 SAMPLES = os.path.join(ROOT, "sample_images")
 
@@ -161,11 +162,11 @@ def test_kill_9_keeps_finished_batches_and_the_rerun_completes_exactly_once(tiny
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
         store = Store(str(out), fmt, "ground")
         deadline = time.time() + 120
-        while time.time() < deadline and len(store.scan()) < 4:
+        while time.time() < deadline and len(store.scan().seen) < 4:
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        partial = store.scan()
+        partial = store.scan().seen
         assert 4 <= len(partial) < 40, f"{fmt}: kill came too late to test anything"
         rerun = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert rerun.returncode == 0, rerun.stderr

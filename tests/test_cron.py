@@ -16,7 +16,8 @@ from conftest import ROOT, make_images
 from kosmos_cli import ground
 from kosmos_cli.cli import app
 from kosmos_cli.errors import OutputError
-from kosmos_cli.writers import Store, read_records
+from kosmos_cli.store import Store
+from kosmos_cli.writers import read_records
 
 
 def cmd(folder, out, model, *extra):
@@ -64,7 +65,7 @@ def test_wait_waits_for_the_first_run(tiny_model, photos, tmp_path):
 
 def test_a_lock_left_by_a_killed_run_does_not_block(tiny_model, photos, tmp_path):
     out = tmp_path / "r.jsonl"
-    code = f"from kosmos_cli.writers import Store; import time; Store({str(out)!r}, 'jsonl', 'ground').lock(); " \
+    code = f"from kosmos_cli.store import Store; import time; Store({str(out)!r}, 'jsonl', 'ground').lock(); " \
            "print('locked', flush=True); time.sleep(60)"
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert holder.stdout.readline().strip() == "locked"
@@ -99,7 +100,7 @@ def test_enospc_stops_the_run_keeps_finished_records_and_the_rerun_completes(tin
         with pytest.raises(OutputError, match="no space left writing .* free some space and run the same command"):
             ground([str(photos)], out, engine=tiny_engine, batch_size=2)
     store = Store(out, fmt, "ground")
-    kept = store.scan()
+    kept = store.scan().seen
     assert 4 <= len(kept) < 12  # at least the two batches synced before the disk filled
     summary = ground([str(photos)], out, engine=tiny_engine, batch_size=2)
     assert (summary.done, summary.skipped) == (12 - len(kept), len(kept))
@@ -175,7 +176,7 @@ def test_a_real_full_disk(tiny_model, small_disk, tmp_path):
     assert first.returncode == 1, first.stderr
     assert first.stderr.strip().endswith("free some space and run the same command again "
                                          "(finished records are kept and will be skipped)")
-    kept = Store(str(out), "jsonl", "ground").scan()
+    kept = Store(str(out), "jsonl", "ground").scan().seen
     assert 0 < len(kept) < 60
     filler.unlink()
     second = subprocess.run(cmd(photos, out, tiny_model, "-b", "4"), capture_output=True, text=True, cwd=ROOT,
@@ -196,7 +197,7 @@ def test_sigterm_and_sighup_keep_finished_batches_and_leave_a_valid_output(tiny_
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     store = Store(str(out), "parquet", "ground")
     deadline = time.time() + 120
-    while time.time() < deadline and len(store.scan()) < 4:
+    while time.time() < deadline and len(store.scan().seen) < 4:
         time.sleep(0.05)
     proc.send_signal(sig)
     assert proc.wait(timeout=60) == code

@@ -13,9 +13,10 @@ import pytest
 
 from conftest import HERE, make_images
 from kosmos_cli import find, ground, read_records
-from kosmos_cli.distributed import DONE, FAILED, LOADING, RUNNING, Team, detect, device_for
+from kosmos_cli.distributed import DONE, FAILED, LOADING, RUNNING, Solo, new_team
+from kosmos_cli.distributed import team as current_team
 from kosmos_cli.errors import OutputError, RankError, UsageError
-from kosmos_cli.pipeline import Summary
+from kosmos_cli.pipeline import Progress, Summary
 
 SIZES = [(224, 224), (320, 200), (200, 320), (288, 224), (100, 100), (300, 300), (256, 128)]  # 7: uneven shares
 
@@ -203,32 +204,32 @@ def test_a_crashed_rank_on_another_machine_is_noticed(tiny_model, photos, tmp_pa
 
 
 # -- the status files, without launching ---------------------------------------------------------------
-def team(rank, timeout=5.0, size=2):
-    return Team(rank, size, rank, "cpu", "test", timeout=timeout)
+def team(rank, timeout=5.0, size=2, stall=None):
+    return new_team(rank, size, rank, "cpu", "test", timeout=timeout, stall=stall)
 
 
 def fake_status(main, rank, **fields):
-    status = {"run": main._tag, "rank": rank, "world": main.size, "host": "elsewhere", "space": "elsewhere",
+    status = {"run": main.board.tag, "rank": rank, "world": main.size, "host": "elsewhere", "space": "elsewhere",
               "pid": 1, "state": RUNNING, "error": None, "beat": 1, "done": 0, "failed": 0, "skipped": 0}
     status.update(fields)
-    with open(main._status_path(rank), "w") as f:
+    with open(main.board.path(rank), "w") as f:
         json.dump(status, f)
 
 
 def watch_until_problem(main, seconds=5.0):
     deadline = time.monotonic() + seconds
     while main.problem is None and time.monotonic() < deadline:
-        main._watch()
+        main.watch()
         time.sleep(0.05)
     return main.problem
 
 
 def test_one_process_has_no_team(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert detect() is None
-    assert device_for("auto") == "auto" and device_for("cuda:1") == "cuda:1"
+    assert isinstance(current_team(), Solo)
+    assert current_team().device_for("auto") == "auto" and current_team().device_for("cuda:1") == "cuda:1"
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert detect() is None
+    assert isinstance(current_team(), Solo)
 
 
 def test_ranks_wait_for_rank_0_and_rank_0_counts_them_in(tmp_path):
@@ -239,7 +240,7 @@ def test_ranks_wait_for_rank_0_and_rank_0_counts_them_in(tmp_path):
     def rank_1():
         with other.session(out):
             other.ready()
-            seen.append(other._others[0]["state"])
+            seen.append(other.others[0]["state"])
             other.finish(Summary(done=3, skipped=1, failures=["b.jpg: broken"]))
 
     thread = threading.Thread(target=rank_1)
@@ -290,19 +291,18 @@ def test_a_rank_whose_heartbeat_stops_is_named_after_the_timeout(tmp_path):
 
 
 def test_a_running_rank_that_records_nothing_is_named_after_the_stall_timeout(tmp_path):
-    main = team(0, timeout=60)
-    main.stall = 0.6
+    main = team(0, timeout=60, stall=0.6)
     main.start(str(tmp_path / "r.jsonl"))
     try:
         for beat in range(1, 6):  # heartbeat and counts go on: fine
             fake_status(main, 1, beat=beat, done=beat)
-            main._watch()
+            main.watch()
             time.sleep(0.2)
         assert main.problem is None
         fake_status(main, 1, state=LOADING, beat=10, done=5)  # loading (a download) may take what it takes
         for beat in range(11, 16):
             fake_status(main, 1, state=LOADING, beat=beat, done=5)
-            main._watch()
+            main.watch()
             time.sleep(0.2)
         assert main.problem is None
         started = time.monotonic()
@@ -310,7 +310,7 @@ def test_a_running_rank_that_records_nothing_is_named_after_the_stall_timeout(tm
         while main.problem is None and time.monotonic() - started < 5:  # running, heartbeat on, counts still
             beat += 1
             fake_status(main, 1, beat=beat, done=5)
-            main._watch()
+            main.watch()
             time.sleep(0.05)
         assert str(main.problem).startswith("rank 1 on elsewhere has recorded nothing for 1s although it is still "
                                             "running: it looks hung")
@@ -333,7 +333,7 @@ def test_a_rank_whose_process_is_gone_is_named_at_once(tmp_path):
     try:
         gone = subprocess.Popen([sys.executable, "-c", "pass"])
         gone.wait()
-        fake_status(main, 1, space=main.space, host=main.host, pid=gone.pid)
+        fake_status(main, 1, space=main.watchdog.space, host=main.host, pid=gone.pid)
         problem = watch_until_problem(main, seconds=2)
         assert str(problem).startswith(f"rank 1 (pid {gone.pid} on {main.host}) ended without finishing")
     finally:
@@ -369,7 +369,7 @@ def test_another_rank_leaves_the_message_to_rank_0(tmp_path):
     other = team(1, timeout=60)
     other.start(out)
     try:
-        fake_status(other, 0, state=FAILED, error="another kosmos run is writing r.jsonl", space=other.space,
+        fake_status(other, 0, state=FAILED, error="another kosmos run is writing r.jsonl", space=other.watchdog.space,
                     pid=os.getpid())
         problem = watch_until_problem(other)
         assert problem.rank == 0 and problem.quiet  # rank 0 said it already
@@ -381,14 +381,14 @@ def test_each_rank_gets_its_own_device(monkeypatch):
     from kosmos_cli import distributed
 
     monkeypatch.setenv("WORLD_SIZE", "8")
-    monkeypatch.setattr(distributed, "_team", Team(3, 8, 3, "cuda:3", "test"))
-    monkeypatch.setattr(distributed, "_joined", True)
-    assert device_for("auto") == "cuda:3" and device_for("cuda") == "cuda:3"
-    assert device_for("cpu") == "cpu" and device_for("cuda:0") == "cuda:0"  # asked for by name: kept
+    monkeypatch.setattr(distributed, "_team", new_team(3, 8, 3, "cuda:3", "test"))
+    assert current_team().device_for("auto") == "cuda:3" and current_team().device_for("cuda") == "cuda:3"
+    assert current_team().device_for("cpu") == "cpu"
+    assert current_team().device_for("cuda:0") == "cuda:0"  # asked for by name: kept
 
 
 def test_rank_0_shows_the_work_of_every_rank(tmp_path):
-    class Bar:
+    class Bar(Progress):
         def advance(self, done, failed, skipped):
             self.shown = (done, failed, skipped)
 
@@ -396,7 +396,7 @@ def test_rank_0_shows_the_work_of_every_rank(tmp_path):
     main.start(str(tmp_path / "r.jsonl"))
     try:
         fake_status(main, 1, done=5, failed=1, skipped=2)
-        main._watch()
+        main.watch()
         main.progress(bar).advance(3, 0, 1)
         assert bar.shown == (8, 1, 3)
     finally:

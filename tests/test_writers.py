@@ -7,7 +7,8 @@ import pytest
 from kosmos_cli.errors import InputError, LockedError, OutputError, UsageError
 from kosmos_cli.records import Entity
 from kosmos_cli.tasks import Ground, GroundRecord
-from kosmos_cli.writers import Store, detect_format, read_records
+from kosmos_cli.store import Store
+from kosmos_cli.writers import detect_format, read_records
 
 
 def rec(path, caption="a cat", size=10, mtime=1.5, status="ok", **extra):
@@ -82,7 +83,7 @@ def test_last_record_of_a_key_wins(tmp_path, fmt):
     store.sink().write([rec("a.jpg", caption="old"), rec("b.jpg")])
     store.compact()
     store.sink().write([rec("a.jpg", caption="new", size=11)])
-    assert store.scan()["a.jpg"].file_size == 11
+    assert store.scan().seen["a.jpg"].file_size == 11
     assert store.needs_compaction()
     store.compact()
     rows = list(read_records(out))
@@ -102,7 +103,7 @@ def test_torn_last_jsonl_line_is_repaired_not_appended_after(tmp_path):
     good = json.dumps(rec("a.jpg").to_dict())
     out.write_text(good + "\n" + good[: len(good) // 2])
     store = Store(str(out), "jsonl", "ground")
-    assert list(store.scan()) == ["a.jpg"]
+    assert list(store.scan().seen) == ["a.jpg"]
     sink = store.sink()
     sink.write([rec("b.jpg")])
     sink.close()
@@ -116,7 +117,7 @@ def test_half_written_parquet_part_is_removed(tmp_path):
     parts = tmp_path / "r.parquet.parts"
     (parts / "part-0000-00000007.parquet.tmp").write_bytes(b"PAR1 half")
     (parts / "part-0000-00000008.parquet").write_bytes(b"garbage")
-    assert list(store.scan()) == ["a.jpg"]  # a reader skips them and touches nothing
+    assert list(store.scan().seen) == ["a.jpg"]  # a reader skips them and touches nothing
     assert len(os.listdir(parts)) == 3
     store.repair()  # the lock holder clears them
     assert sorted(os.listdir(parts)) == ["part-0000-00000000.parquet"]
@@ -126,7 +127,7 @@ def test_an_unreadable_output_is_not_overwritten_silently(tmp_path):
     out = tmp_path / "r.parquet"
     out.write_bytes(b"not parquet")
     with pytest.raises(OutputError, match="not a readable Parquet file"):
-        Store(str(out), "parquet", "ground").scan()
+        Store(str(out), "parquet", "ground").scan().seen
     assert out.read_bytes() == b"not parquet"
 
 

@@ -1,0 +1,381 @@
+"""One output on disk, and its life: lock -> repair -> remove or compact -> scan -> write -> compact -> unlock.
+
+An output file is written in two layers:
+
+- the output itself (`results.jsonl` / `results.parquet`), only ever replaced atomically (write a temporary
+  file beside it, then rename), so it is always complete and readable;
+- records finished since, made durable batch by batch: appended straight to `results.jsonl` by a single
+  process, or as parts in `results.parquet.parts/` (one small Parquet file per batch, renamed into place when
+  complete; JSONL from several ranks: one file per rank there).
+
+The store knows the output's whole layout: the output, `<out>.parts/`, `<out>.lock`, `<out>.ranks/` (where the
+ranks of a multi-process run keep their status), and the spool that several processes write in place of stdout.
+The caller says what it wants and gets what is done and where to write, behind one `with`:
+
+    with Store.for_run(out, fmt, task, team).open(team, overwrite=False, wait=False) as output:
+        output.seen                 # key -> what is recorded for it
+        output.write(records)       # durable when it returns
+        output.complete(present)    # a full pass saw every input: --prune may drop the others
+
+Compaction (folding parts in, dropping replaced records and, after a complete pass, pruned ones), tidying and
+unlocking happen on exit, also after an error; after a failed write (a full disk) the parts are left for the
+next run rather than copied now. Reading an output (to resume) takes the last record of each key, so a record
+written again for a changed image replaces the older one. A torn last JSONL line or a half-written part left by
+a crash is repaired, never appended after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import tasks
+from .atomic import atomic_write, rmdir, unlink
+from .errors import LockedError, OutputError
+from .records import Record
+from .tasks import Task
+from .writers import (
+    JsonlSink, ParquetPartSink, Sink, StdoutSink, disk_error, dumps, jsonl_rows, parquet_rows, readable_parquet,
+    repair_jsonl_tail, unified_schema,
+)
+
+log = logging.getLogger("kosmos_cli")
+
+
+class Crew(Protocol):
+    """What the store needs of the processes writing it (distributed.Team, or a Solo team of one)."""
+
+    rank: int
+    main: bool  # this process prepares the output and compacts it
+    solo: bool  # the only process: JSONL goes straight into the output
+    merged: bool  # every process is done: the output may be compacted now
+
+    def ready(self) -> None: ...
+
+
+@dataclass
+class Seen:
+    """What an output already holds for one key: enough to decide whether that image is done."""
+
+    file_size: int | None
+    file_mtime: float | None
+    status: str | None
+
+
+@dataclass
+class Holdings:
+    """What an output holds: key -> Seen (the last record of each key), and how many rows were written again."""
+
+    seen: dict[str, Seen] = field(default_factory=dict)
+    duplicates: int = 0
+
+
+class Store:
+    """One named output on disk: its lock, what it holds, its parts, and folding them in."""
+
+    spool = False  # a stand-in for stdout: emptied before a run, copied to stdout after
+
+    def __init__(self, path: str, fmt: str, task: str | type[Task], rank: int = 0):
+        self.task = tasks.get(task) if isinstance(task, str) else task
+        self.path, self.fmt, self.rank = path, fmt, rank
+        self.parts_dir = path + ".parts"
+        self.lock_path = path + ".lock"
+        self.ranks_dir = path + ".ranks"
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def for_run(cls, out: str, fmt: str, task: type[Task], crew: Any) -> Store:
+        """The store a run on `out` writes: `out` itself; for `-`, stdout, or with several processes a spool."""
+        if out != "-":
+            return cls(out, fmt, task, crew.rank)
+        if crew.solo:
+            return StdoutStore(task)
+        return SpoolStore(f".kosmos-stdout-{crew.run}.jsonl", "jsonl", task, crew.rank)
+
+    # -- the life of a run -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def open(self, crew: Crew, *, overwrite: bool = False, wait: bool = False) -> Iterator[Output]:
+        """Prepare the output for a run, yield what it holds and where to write, and settle it afterwards.
+
+        The main process locks it, repairs what a crash left, and removes it (`overwrite`) or folds leftovers in;
+        the others wait for that (`crew.ready()`). On exit every process closes its sink; once all are done
+        (`crew.merged`) the main one compacts and tidies, then lets go of the lock.
+        """
+        try:
+            if crew.main:
+                self.lock(wait=wait)
+                self.repair()
+                if overwrite or self.spool:
+                    self.remove()
+                elif self.has_parts() or self.scan().duplicates:
+                    self.compact()  # leftovers of an interrupted run, or records written twice
+            crew.ready()  # the other processes wait here until the main one has prepared the output
+            output = Output(self, self.scan(parts=crew.solo).seen, self.sink(direct=crew.solo))
+            try:
+                yield output
+            except OutputError:
+                output.failed = True  # a full disk: leave the parts for the next run rather than copy them now
+                raise
+            finally:
+                output.sink.close()
+                if crew.merged and crew.main and not output.failed:  # also after Ctrl-C: what is done is kept
+                    self.settle(output)
+        finally:
+            self.unlock()
+
+    def settle(self, output: Output) -> None:
+        """After a run: fold parts in, drop replaced records and (after a complete pass) pruned ones; tidy."""
+        present = output.present
+        if present is not None or output.replaced or self.has_parts():
+            keep = (lambda key: key.split("\x00")[0] in present) if present is not None else None
+            self.compact(keep)
+        self.tidy()
+
+    # -- lock --------------------------------------------------------------------------------------------
+    def lock(self, wait: bool = False) -> None:
+        """Take the output's lock. The kernel drops it when this process ends, however it ends."""
+        import fcntl
+
+        self._ensure_folder()
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise disk_error(exc, self.lock_path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LockedError(f"another kosmos run (pid {holder}) is writing {self.path}: "
+                              "let it finish, or pass --wait to wait for it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def sources(self) -> list[str]:
+        """The files holding records, oldest first: the output, then its complete parts. Reads only."""
+        files = [self.path] if os.path.exists(self.path) else []
+        if os.path.isdir(self.parts_dir):
+            files += [os.path.join(self.parts_dir, n) for n in sorted(os.listdir(self.parts_dir))
+                      if n.endswith((".jsonl", ".parquet"))]  # a `.tmp` part is still being written
+        return files
+
+    def repair(self) -> None:
+        """Clear what a crashed run left half-done: unfinished or unreadable parts, a torn last JSONL line.
+
+        Only the lock holder may call this: another process's `.tmp` part is work in progress, not damage.
+        """
+        if os.path.isdir(self.parts_dir):
+            for name in sorted(os.listdir(self.parts_dir)):
+                full = os.path.join(self.parts_dir, name)
+                if name.endswith(".tmp"):
+                    log.warning("removing unfinished part %s left by an interrupted run", full)
+                    unlink(full)
+                elif name.endswith(".parquet") and not readable_parquet(full):
+                    log.warning("removing damaged part %s left by an interrupted run", full)
+                    unlink(full)
+                elif name.endswith(".jsonl"):
+                    repair_jsonl_tail(full)
+        if self.fmt == "jsonl":
+            repair_jsonl_tail(self.path)
+
+    def rows(self, path: str, columns: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+        """The rows of one record file (the output or a part)."""
+        if path.endswith(".jsonl") or (path == self.path and self.fmt == "jsonl"):
+            yield from jsonl_rows(path)
+        else:
+            yield from parquet_rows(path, columns)
+
+    def scan(self, parts: bool = True) -> Holdings:
+        """What the output holds (the last record of each key wins). `parts=False`: the output alone, leaving
+        the parts folder untouched (other processes may be writing there)."""
+        found = Holdings()
+        rows = 0
+        sources = self.sources() if parts else ([self.path] if os.path.exists(self.path) else [])
+        for source in sources:
+            for row in self.rows(source, self.task.resume_columns()):
+                found.seen[self.task.key(row)] = Seen(row.get("file_size"), row.get("file_mtime"), row.get("status"))
+                rows += 1
+        found.duplicates = rows - len(found.seen)  # records written again for a key: compaction keeps the last
+        return found
+
+    def has_parts(self) -> bool:
+        return any(s != self.path for s in self.sources())
+
+    def needs_compaction(self) -> bool:
+        """Parts to fold in, or a key recorded twice (one full read of the output)."""
+        return self.has_parts() or self.scan().duplicates > 0
+
+    # -- folding parts in ----------------------------------------------------------------------------
+    def compact(self, keep: Callable[[str], bool] | None = None) -> int:
+        """Rewrite the output from itself and its parts: last record per key, `keep(key)` ones only.
+
+        Atomic: the output is replaced by rename; the parts are removed after. Returns the rows written.
+        """
+        sources = self.sources()
+        if not sources:
+            return 0
+        last: dict[str, tuple[int, int]] = {}
+        for i, source in enumerate(sources):
+            for j, row in enumerate(self.rows(source, self.task.resume_columns())):
+                last[self.task.key(row)] = (i, j)
+        wanted = {pos for key, pos in last.items() if keep is None or keep(key)}
+        del last
+        try:
+            with atomic_write(self.path, "w" if self.fmt == "jsonl" else "wb") as f:
+                if self.fmt == "jsonl":
+                    written = self._compact_jsonl(sources, wanted, f)
+                else:
+                    written = self._compact_parquet(sources, wanted, f)
+        except OSError as exc:
+            raise disk_error(exc, self.path) from None
+        for source in sources:
+            if source != self.path:
+                unlink(source)
+        rmdir(self.parts_dir)
+        return written
+
+    def _kept_rows(self, sources: list[str], wanted: set) -> Iterator[dict[str, Any]]:
+        for i, source in enumerate(sources):
+            for j, row in enumerate(self.rows(source)):
+                if (i, j) in wanted:
+                    yield self._named(row)
+
+    def _compact_jsonl(self, sources: list[str], wanted: set, out) -> int:
+        written = 0
+        for row in self._kept_rows(sources, wanted):
+            out.write(dumps(row))
+            written += 1
+        return written
+
+    def _compact_parquet(self, sources: list[str], wanted: set, out) -> int:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = unified_schema(self.task, [pq.read_schema(s) for s in sources if s.endswith(".parquet")])
+        written, chunk = 0, []
+        with pq.ParquetWriter(out, schema) as writer:
+            for row in self._kept_rows(sources, wanted):
+                chunk.append(row)
+                if len(chunk) >= 4096:
+                    writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+                    written, chunk = written + len(chunk), []
+            if chunk:
+                writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+                written += len(chunk)
+        return written
+
+    def _named(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A row as it is written again: one written before records named their task gets its task."""
+        if row.get("task") is None:
+            named = {"path": row["path"], "task": self.task.name}
+            named.update((k, v) for k, v in row.items() if k != "task")
+            return named
+        return row
+
+    # -- writing -----------------------------------------------------------------------------------------
+    def sink(self, direct: bool = True) -> Sink:
+        """Where this process writes. `direct`: JSONL appends to the output itself (single process only)."""
+        self._ensure_folder()
+        if self.fmt == "jsonl" and direct:
+            repair_jsonl_tail(self.path)
+            return JsonlSink(self.path)
+        os.makedirs(self.parts_dir, exist_ok=True)
+        if self.fmt == "jsonl":
+            part = os.path.join(self.parts_dir, f"part-{self.rank:04d}.jsonl")
+            repair_jsonl_tail(part)
+            return JsonlSink(part)
+        return ParquetPartSink(self.parts_dir, self.task, self.rank)
+
+    def tidy(self) -> None:
+        """Remove the parts folder when nothing is left in it."""
+        rmdir(self.parts_dir)
+
+    def remove(self) -> None:
+        """--overwrite: forget what the output holds."""
+        for source in self.sources():
+            unlink(source)
+        rmdir(self.parts_dir)
+
+    def _ensure_folder(self) -> None:
+        folder = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(exc, self.path) from None
+
+
+class StdoutStore(Store):
+    """`--out -` from one process: JSONL on stdout as batches finish; nothing to lock, resume or compact."""
+
+    def __init__(self, task: type[Task]):
+        super().__init__("-", "jsonl", task)
+
+    @contextlib.contextmanager
+    def open(self, crew: Crew, *, overwrite: bool = False, wait: bool = False) -> Iterator[Output]:
+        output = Output(self, {}, StdoutSink())
+        try:
+            yield output
+        finally:
+            output.sink.close()
+
+
+class SpoolStore(Store):
+    """`--out -` from several processes: they write a hidden spool in the current folder (`.kosmos-stdout-<run
+    id>.jsonl` and its parts); at the end the main process copies the merged JSONL to stdout and removes it."""
+
+    spool = True
+
+    @contextlib.contextmanager
+    def open(self, crew: Crew, *, overwrite: bool = False, wait: bool = False) -> Iterator[Output]:
+        try:
+            with super().open(crew, overwrite=overwrite, wait=wait) as output:
+                yield output
+            if crew.main and crew.merged:
+                self._emit()
+        finally:
+            if crew.main:
+                for leftover in (self.path, self.lock_path):
+                    unlink(leftover)
+                rmdir(self.parts_dir)
+
+    def _emit(self) -> None:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                for chunk in iter(lambda: f.read(1 << 20), ""):
+                    sys.stdout.write(chunk)
+        except FileNotFoundError:
+            pass  # nothing was written
+        sys.stdout.flush()
+
+
+@dataclass
+class Output:
+    """An open output, as a run sees it: what it holds, where records go, and what the run has told it."""
+
+    store: Store
+    seen: dict[str, Seen]
+    sink: Sink
+    replaced: int = 0  # records written for keys the output already held: compaction drops the older ones
+    failed: bool = False  # a write failed: leave the parts for the next run
+    present: set[str] | None = None  # after a complete pass with --prune: the paths it saw
+
+    def write(self, records: list[Record]) -> None:
+        """Write a batch of records; durable when it returns."""
+        self.replaced += sum(1 for r in records if self.store.task.key(vars(r)) in self.seen)
+        self.sink.write(records)
+
+    def complete(self, present: set[str]) -> None:
+        """A pass that provably saw every input: records of paths not in `present` may be pruned on exit."""
+        self.present = present
