@@ -1,4 +1,4 @@
-"""drawing.py and api.draw on real pixels: draw, write, read the file back, look where the box is."""
+"""drawing/ and api.draw on real pixels: draw, write, read the file back, look where the box is."""
 
 import json
 import os
@@ -13,8 +13,9 @@ from PIL import Image, ImageDraw
 from kosmos_cli import InputError, UsageError, draw, tasks
 from kosmos_cli.drawing import (
     PALETTE, Drawer, annotate, color, font_size, input_root, label_box, line_width, luminance, shapes_of,
-    text_color, _font,
+    text_color,
 )
+from kosmos_cli.drawing.render import _font
 from kosmos_cli.records import Entity
 from kosmos_cli.tasks import Find, FindRecord, GroundRecord, ReferRecord
 from kosmos_cli.writers import records_table

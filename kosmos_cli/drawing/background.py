@@ -1,0 +1,97 @@
+"""Draws on threads of its own, for `ground --draw` and `kosmos draw`: the Drawer's rows in order, rendered
+several at a time."""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .drawer import Drawer
+
+
+class Background:
+    """A Drawer fed from the main thread and drawing on threads of its own.
+
+    `ground --draw` hands it each batch as it is written, so the model does not wait for the pictures; `kosmos
+    draw` hands it the rows of a results file. Images are decoded, annotated and encoded on `threads` threads
+    (Pillow lets go of the GIL for most of that); files are named, counted, put in the gallery and reported to
+    `on_row` in the order of the rows. At most `depth` handfuls of rows wait, then add_rows blocks: memory stays
+    bounded when drawing is slower than what feeds it. An error while drawing (a full disk) comes back on the
+    next add_rows or at the end. Use as a context manager: a clean exit waits for the drawing to finish; after an
+    error or an interrupt what is left is skipped.
+    """
+
+    def __init__(self, drawer: Drawer, threads: int | None = None, depth: int = 4,
+                 on_row: Callable[[str | None], None] | None = None):
+        self.drawer, self.summary, self.on_row = drawer, drawer.summary, on_row
+        self.threads = threads or min(4, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="kosmos-draw")
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kosmos-draw-order", daemon=True)
+        self._started = time.perf_counter()
+        self._thread.start()
+
+    def __enter__(self) -> Background:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is not None:
+            self._stop.set()
+        self._queue.put(None)
+        self._thread.join()
+        self._pool.shutdown(wait=True)
+        self.summary.seconds = time.perf_counter() - self._started  # wall time: the threads overlap
+        failed = self._error
+        self.drawer.close(complete=kind is None and failed is None)
+        if kind is None and failed is not None:
+            raise failed
+
+    def add_records(self, records) -> None:
+        """`pipeline.run`'s on_write hook: the batch's rows, taken now, go to the drawing threads."""
+        self.add_rows([record.to_dict() for record in records])
+
+    def add_rows(self, rows: list[dict[str, Any]]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(rows)
+
+    def _loop(self) -> None:
+        waiting: collections.deque = collections.deque()  # (job or None, future), in the order of the rows
+        while (rows := self._queue.get()) is not None:
+            for row in rows:
+                if self._stop.is_set():
+                    break
+                self._guard(self._start, row, waiting)
+                while len(waiting) > 2 * self.threads and not self._stop.is_set():
+                    self._guard(self._finish, *waiting.popleft())
+        while waiting:  # what was started is finished (or, after a stop, waited for and dropped)
+            job, future = waiting.popleft()
+            if self._stop.is_set():
+                future and future.exception()
+            else:
+                self._guard(self._finish, job, future)
+
+    def _start(self, row, waiting) -> None:
+        job = self.drawer.prepare(row)
+        waiting.append((job, job and self._pool.submit(self.drawer.render, job)))
+
+    def _finish(self, job, future) -> None:
+        target = None if job is None else self.drawer.complete(job, future.result())
+        if self.on_row is not None:
+            self.on_row(target)
+
+    def _guard(self, step, *args) -> None:
+        try:
+            step(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            if self._error is None:
+                self._error = exc
+            self._stop.set()
