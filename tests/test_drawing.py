@@ -351,6 +351,25 @@ def test_a_write_error_on_the_drawing_thread_reaches_the_caller(tmp_path):
             bg.add_records(records[2:])
 
 
+def test_an_error_reporting_a_row_stops_the_drawing_and_never_blocks_the_feeder(tmp_path):
+    """on_row fails on the first row while rows keep coming, one handful waiting at most: the error comes back
+    (on an add_rows or at the end) and the rows after it are skipped, not left blocking add_rows."""
+    from kosmos_cli.drawing import Background
+
+    records = _records(tmp_path, 12)
+
+    def on_row(target):
+        raise RuntimeError("the reader of the results broke")
+
+    with pytest.raises(RuntimeError, match="reader"):
+        with Background(Drawer(str(tmp_path / "out"), str(tmp_path), html=True), threads=1, depth=1,
+                        on_row=on_row) as bg:
+            for record in records:
+                bg.add_records([record])
+    assert not bg._thread.is_alive() and bg.summary.drawn <= 1
+    assert not (tmp_path / "out" / "index.html").exists()
+
+
 def test_an_interrupted_background_drawing_stops_and_leaves_no_gallery(tmp_path):
     from kosmos_cli.drawing import Background
 

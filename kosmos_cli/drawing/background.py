@@ -3,16 +3,16 @@ several at a time."""
 
 from __future__ import annotations
 
-import collections
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from typing import Any
 
-from .drawer import Drawer
+from ..ordered import ordered_map
+from .drawer import Drawer, Job
 
 
 class Background:
@@ -31,10 +31,10 @@ class Background:
                  on_row: Callable[[str | None], None] | None = None):
         self.drawer, self.summary, self.on_row = drawer, drawer.summary, on_row
         self.threads = threads or min(4, os.cpu_count() or 1)
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="kosmos-draw")
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._stop = threading.Event()
+        self._ended = False  # the end of the rows (None) has been taken off the queue
         self._thread = threading.Thread(target=self._loop, name="kosmos-draw-order", daemon=True)
         self._started = time.perf_counter()
         self._thread.start()
@@ -47,7 +47,6 @@ class Background:
             self._stop.set()
         self._queue.put(None)
         self._thread.join()
-        self._pool.shutdown(wait=True)
         self.summary.seconds = time.perf_counter() - self._started  # wall time: the threads overlap
         failed = self._error
         self.drawer.close(complete=kind is None and failed is None)
@@ -64,34 +63,36 @@ class Background:
         self._queue.put(rows)
 
     def _loop(self) -> None:
-        waiting: collections.deque = collections.deque()  # (job or None, future), in the order of the rows
-        while (rows := self._queue.get()) is not None:
+        """The order thread: rows prepared and finished in order, rendered on the drawing threads meanwhile."""
+        try:
+            # two rows a thread waiting to be finished, besides the one being finished
+            rendered = ordered_map(self._render, self._jobs(), self.threads, 2 * self.threads + 1, "kosmos-draw")
+            with closing(rendered):
+                for job, outcome in rendered:
+                    if self._stop.is_set():
+                        break  # what is rendering is waited for and dropped, what has not started is cancelled
+                    target = None if job is None else self.drawer.complete(job, outcome)
+                    if self.on_row is not None:
+                        self.on_row(target)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self._error = exc
+            self._stop.set()
+        while not self._ended:  # after an error or a stop the rows left are skipped: add_rows never blocks
+            self._take()
+
+    def _jobs(self) -> Iterator[Job | None]:
+        """Each row handed in, prepared in order on the order thread, until the end or a stop."""
+        while (rows := self._take()) is not None:
             for row in rows:
                 if self._stop.is_set():
-                    break
-                self._guard(self._start, row, waiting)
-                while len(waiting) > 2 * self.threads and not self._stop.is_set():
-                    self._guard(self._finish, *waiting.popleft())
-        while waiting:  # what was started is finished (or, after a stop, waited for and dropped)
-            job, future = waiting.popleft()
-            if self._stop.is_set():
-                future and future.exception()
-            else:
-                self._guard(self._finish, job, future)
+                    return
+                yield self.drawer.prepare(row)
 
-    def _start(self, row, waiting) -> None:
-        job = self.drawer.prepare(row)
-        waiting.append((job, job and self._pool.submit(self.drawer.render, job)))
+    def _take(self) -> list[dict[str, Any]] | None:
+        rows = self._queue.get()
+        self._ended = rows is None
+        return rows
 
-    def _finish(self, job, future) -> None:
-        target = None if job is None else self.drawer.complete(job, future.result())
-        if self.on_row is not None:
-            self.on_row(target)
-
-    def _guard(self, step, *args) -> None:
-        try:
-            step(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            if self._error is None:
-                self._error = exc
-            self._stop.set()
+    def _render(self, job: Job | None) -> tuple[Job | None, Any]:
+        """On a drawing thread: the job and what rendering it gave (nothing to render for an error record)."""
+        return job, None if job is None else self.drawer.render(job)

@@ -57,7 +57,9 @@ class DrawSummary:
 
 
 @dataclass
-class _Job:
+class Job:
+    """One row on its way: the row, where its image comes from and goes to, and how long rendering it took."""
+
     row: dict[str, Any]
     source: str
     target: str
@@ -101,15 +103,15 @@ class Drawer:
 
     # add() in three steps, so that Background can render on several threads and still name files and write the
     # gallery in the order of the rows: prepare and complete run in order, render anywhere.
-    def prepare(self, row: dict[str, Any]) -> _Job | None:
+    def prepare(self, row: dict[str, Any]) -> Job | None:
         """Where the row's image comes from and goes to (None: an error record, counted as skipped)."""
         if row.get("status") != "ok":
             self.summary.skipped += 1
             return None
         source = locate(row["path"], self.root)
-        return _Job(row, source, self._target(source))
+        return Job(row, source, self._target(source))
 
-    def render(self, job: _Job) -> list[Shape] | str:
+    def render(self, job: Job) -> list[Shape] | str:
         """Load, annotate and write the image: its shapes, or why it could not be drawn. Thread-safe."""
         started = time.perf_counter()
         try:
@@ -128,7 +130,7 @@ class Drawer:
         finally:
             job.seconds = time.perf_counter() - started
 
-    def complete(self, job: _Job, outcome: list[Shape] | str) -> str | None:
+    def complete(self, job: Job, outcome: list[Shape] | str) -> str | None:
         """Count the rendered row and add it to the gallery; the file written, or None."""
         self.summary.seconds += job.seconds
         if isinstance(outcome, str):
