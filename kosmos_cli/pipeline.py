@@ -10,9 +10,8 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +20,7 @@ from .distributed import Solo
 from .engine import Engine, Prepared
 from .errors import UsageError
 from .images import MODEL_SIDE, file_stat, load_image
+from .ordered import ordered_map
 from .tasks import Task, Unit
 from .records import OK, Record
 from .sources import Item, iter_items, shard
@@ -253,42 +253,30 @@ def _batches(pending, task: Task, engine: Engine, options: RunOptions) -> Iterat
     workers = options.workers or min(4, os.cpu_count() or 1)
     buckets: dict[int, list[tuple[Unit, Prepared]]] = {}
     failed: list[Record] = []
-    with ThreadPoolExecutor(workers, thread_name_prefix="kosmos-load") as pool:
-        queue: deque[Future] = deque()
-        ahead = max(2 * size, 2 * workers)
 
-        def fill():
-            while len(queue) < ahead:
-                nxt = next(pending, None)
-                if nxt is None:
-                    return
-                queue.append(pool.submit(_load, *nxt, task, engine, options.draft))
+    def load(job):  # on a worker: (item, units) -> [(unit, prepared or None)]
+        return _load(*job, task, engine, options.draft)
 
-        fill()
-        try:
-            while queue:
-                for unit, prepared in queue.popleft().result():
-                    if prepared is None:
-                        failed.append(unit.record)
-                        continue
-                    bucket = buckets.setdefault(len(prepared.input_ids), [])
-                    bucket.append((unit, prepared))
-                    if len(bucket) >= size:
-                        yield failed + _forward(bucket, task, engine)
-                        failed, buckets[len(prepared.input_ids)] = [], []
-                fill()
-                if len(failed) >= size:
-                    yield failed
-                    failed = []
-            for bucket in buckets.values():
-                if bucket:
+    with closing(ordered_map(load, pending, workers, max(2 * size, 2 * workers), "kosmos-load")) as loaded:
+        for units in loaded:
+            for unit, prepared in units:
+                if prepared is None:
+                    failed.append(unit.record)
+                    continue
+                bucket = buckets.setdefault(len(prepared.input_ids), [])
+                bucket.append((unit, prepared))
+                if len(bucket) >= size:
                     yield failed + _forward(bucket, task, engine)
-                    failed = []
-            if failed:
+                    failed, buckets[len(prepared.input_ids)] = [], []
+            if len(failed) >= size:
                 yield failed
-        finally:
-            for future in queue:
-                future.cancel()
+                failed = []
+    for bucket in buckets.values():
+        if bucket:
+            yield failed + _forward(bucket, task, engine)
+            failed = []
+    if failed:
+        yield failed
 
 
 def _forward(bucket: list[tuple[Unit, Prepared]], task: Task, engine: Engine) -> list[Record]:

@@ -1,4 +1,4 @@
-"""drawing.py and api.draw on real pixels: draw, write, read the file back, look where the box is."""
+"""drawing/ and api.draw on real pixels: draw, write, read the file back, look where the box is."""
 
 import json
 import os
@@ -13,8 +13,9 @@ from PIL import Image, ImageDraw
 from kosmos_cli import InputError, UsageError, draw, tasks
 from kosmos_cli.drawing import (
     PALETTE, Drawer, annotate, color, font_size, input_root, label_box, line_width, luminance, shapes_of,
-    text_color, _font,
+    text_color,
 )
+from kosmos_cli.drawing.render import _font
 from kosmos_cli.records import Entity
 from kosmos_cli.tasks import Find, FindRecord, GroundRecord, ReferRecord
 from kosmos_cli.writers import records_table
@@ -348,6 +349,25 @@ def test_a_write_error_on_the_drawing_thread_reaches_the_caller(tmp_path):
             bg.add_records(records[:2])
             bg._thread.join(timeout=0.01)  # the error may come back here or at the end: either way it comes
             bg.add_records(records[2:])
+
+
+def test_an_error_reporting_a_row_stops_the_drawing_and_never_blocks_the_feeder(tmp_path):
+    """on_row fails on the first row while rows keep coming, one handful waiting at most: the error comes back
+    (on an add_rows or at the end) and the rows after it are skipped, not left blocking add_rows."""
+    from kosmos_cli.drawing import Background
+
+    records = _records(tmp_path, 12)
+
+    def on_row(target):
+        raise RuntimeError("the reader of the results broke")
+
+    with pytest.raises(RuntimeError, match="reader"):
+        with Background(Drawer(str(tmp_path / "out"), str(tmp_path), html=True), threads=1, depth=1,
+                        on_row=on_row) as bg:
+            for record in records:
+                bg.add_records([record])
+    assert not bg._thread.is_alive() and bg.summary.drawn <= 1
+    assert not (tmp_path / "out" / "index.html").exists()
 
 
 def test_an_interrupted_background_drawing_stops_and_leaves_no_gallery(tmp_path):

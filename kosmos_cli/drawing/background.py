@@ -1,0 +1,98 @@
+"""Draws on threads of its own, for `ground --draw` and `kosmos draw`: the Drawer's rows in order, rendered
+several at a time."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from typing import Any
+
+from ..ordered import ordered_map
+from .drawer import Drawer, Job
+
+
+class Background:
+    """A Drawer fed from the main thread and drawing on threads of its own.
+
+    `ground --draw` hands it each batch as it is written, so the model does not wait for the pictures; `kosmos
+    draw` hands it the rows of a results file. Images are decoded, annotated and encoded on `threads` threads
+    (Pillow lets go of the GIL for most of that); files are named, counted, put in the gallery and reported to
+    `on_row` in the order of the rows. At most `depth` handfuls of rows wait, then add_rows blocks: memory stays
+    bounded when drawing is slower than what feeds it. An error while drawing (a full disk) comes back on the
+    next add_rows or at the end. Use as a context manager: a clean exit waits for the drawing to finish; after an
+    error or an interrupt what is left is skipped.
+    """
+
+    def __init__(self, drawer: Drawer, threads: int | None = None, depth: int = 4,
+                 on_row: Callable[[str | None], None] | None = None):
+        self.drawer, self.summary, self.on_row = drawer, drawer.summary, on_row
+        self.threads = threads or min(4, os.cpu_count() or 1)
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._ended = False  # the end of the rows (None) has been taken off the queue
+        self._thread = threading.Thread(target=self._loop, name="kosmos-draw-order", daemon=True)
+        self._started = time.perf_counter()
+        self._thread.start()
+
+    def __enter__(self) -> Background:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is not None:
+            self._stop.set()
+        self._queue.put(None)
+        self._thread.join()
+        self.summary.seconds = time.perf_counter() - self._started  # wall time: the threads overlap
+        failed = self._error
+        self.drawer.close(complete=kind is None and failed is None)
+        if kind is None and failed is not None:
+            raise failed
+
+    def add_records(self, records) -> None:
+        """`pipeline.run`'s on_write hook: the batch's rows, taken now, go to the drawing threads."""
+        self.add_rows([record.to_dict() for record in records])
+
+    def add_rows(self, rows: list[dict[str, Any]]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(rows)
+
+    def _loop(self) -> None:
+        """The order thread: rows prepared and finished in order, rendered on the drawing threads meanwhile."""
+        try:
+            # two rows a thread waiting to be finished, besides the one being finished
+            rendered = ordered_map(self._render, self._jobs(), self.threads, 2 * self.threads + 1, "kosmos-draw")
+            with closing(rendered):
+                for job, outcome in rendered:
+                    if self._stop.is_set():
+                        break  # what is rendering is waited for and dropped, what has not started is cancelled
+                    target = None if job is None else self.drawer.complete(job, outcome)
+                    if self.on_row is not None:
+                        self.on_row(target)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self._error = exc
+            self._stop.set()
+        while not self._ended:  # after an error or a stop the rows left are skipped: add_rows never blocks
+            self._take()
+
+    def _jobs(self) -> Iterator[Job | None]:
+        """Each row handed in, prepared in order on the order thread, until the end or a stop."""
+        while (rows := self._take()) is not None:
+            for row in rows:
+                if self._stop.is_set():
+                    return
+                yield self.drawer.prepare(row)
+
+    def _take(self) -> list[dict[str, Any]] | None:
+        rows = self._queue.get()
+        self._ended = rows is None
+        return rows
+
+    def _render(self, job: Job | None) -> tuple[Job | None, Any]:
+        """On a drawing thread: the job and what rendering it gave (nothing to render for an error record)."""
+        return job, None if job is None else self.drawer.render(job)

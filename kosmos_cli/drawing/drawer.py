@@ -1,0 +1,152 @@
+"""Draws result rows of every task into a folder (what `writers.read_records` yields, or `Record.to_dict()`),
+keeping their layout, with an optional gallery; counts what it drew, skipped and could not draw.
+
+What a row shows is its task's to say (`Task.shapes`, `Task.caption_html`): ground draws each entity's boxes
+labelled with its phrase, refer the region labelled with the model's description, find the phrase's boxes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import tasks
+from ..errors import InputError, UsageError
+from ..images import load_image
+from .gallery import Gallery
+from .naming import Targets, locate, save
+from .render import Shape, annotate, shapes_of
+
+log = logging.getLogger("kosmos_cli")
+
+
+def task_of(row: dict[str, Any]) -> str | None:
+    """Which command wrote `row`: ground, refer or find; None when it is not a record of ours."""
+    task = tasks.of_row(row)
+    return None if task is None else task.name
+
+
+def check_results_row(row: dict[str, Any], number: int, path: str) -> str:
+    """The task of one row of a results file; InputError when the row is not a record of ours."""
+    task = task_of(row)
+    if task is None or not isinstance(row.get("path"), str) or "status" not in row:
+        raise InputError(f"{path} row {number} is not a kosmos record (no status, caption, box_px or phrase): "
+                         "pass a results file written by kosmos ground, refer or find")
+    return task
+
+
+@dataclass
+class DrawSummary:
+    """What a draw did: images written, error records skipped, images that could not be opened, time spent."""
+
+    out_dir: str
+    drawn: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    index: str | None = None
+    failures: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        index = f" (gallery {self.index})" if self.index else ""
+        return (f"kosmos draw finished: {self.drawn} drawn, {self.skipped} skipped (error records), "
+                f"{self.failed} failed in {self.seconds:.1f}s -> {self.out_dir}{index}")
+
+
+@dataclass
+class Job:
+    """One row on its way: the row, where its image comes from and goes to, and how long rendering it took."""
+
+    row: dict[str, Any]
+    source: str
+    target: str
+    seconds: float = 0.0
+
+
+class Drawer:
+    """Draws result rows into `out_dir`, keeping their layout relative to `base`; optionally an index.html.
+
+    Use as a context manager: on a clean exit the gallery is put in place, otherwise it is dropped. Each image
+    is written to a temporary file and renamed, so no half-written image is ever left.
+    """
+
+    def __init__(self, out_dir: str, base: str | None, html: bool = False, root: str | None = None,
+                 title: str = "kosmos draw", option: str = "--out-dir"):
+        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+            raise UsageError(f"{option} {out_dir} is a file: name a folder for the annotated images")
+        if base is not None and os.path.isdir(out_dir) and os.path.samefile(out_dir, base):
+            raise UsageError(f"{option} {out_dir} is the folder of the images: drawing there would overwrite "
+                             "them; choose another folder")
+        self.out_dir, self.base, self.root, self.title, self.option = out_dir, base, root, title, option
+        self.summary = DrawSummary(out_dir, index=os.path.join(out_dir, "index.html") if html else None)
+        self._gallery = Gallery(self.summary.index, title) if self.summary.index else None
+        self._target = Targets(out_dir, base)
+
+    def __enter__(self) -> Drawer:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        self.close(complete=kind is None)
+
+    def add_records(self, records) -> None:
+        """`pipeline.run`'s on_write hook: draw each finished record."""
+        for record in records:
+            self.add(record.to_dict())
+
+    def add(self, row: dict[str, Any]) -> str | None:
+        """Draw one row; returns the file written, or None (an error record, or an image that cannot be read)."""
+        job = self.prepare(row)
+        return None if job is None else self.complete(job, self.render(job))
+
+    # add() in three steps, so that Background can render on several threads and still name files and write the
+    # gallery in the order of the rows: prepare and complete run in order, render anywhere.
+    def prepare(self, row: dict[str, Any]) -> Job | None:
+        """Where the row's image comes from and goes to (None: an error record, counted as skipped)."""
+        if row.get("status") != "ok":
+            self.summary.skipped += 1
+            return None
+        source = locate(row["path"], self.root)
+        return Job(row, source, self._target(source))
+
+    def render(self, job: Job) -> list[Shape] | str:
+        """Load, annotate and write the image: its shapes, or why it could not be drawn. Thread-safe."""
+        started = time.perf_counter()
+        try:
+            loaded = load_image(job.source)
+            if loaded.error:
+                return loaded.error
+            if os.path.exists(job.target) and os.path.samefile(job.target, job.source):
+                return f"the annotated image would overwrite it: choose another {self.option}"
+            image, row = loaded.image, job.row
+            scale = (image.width / row["width"] if row.get("width") else 1.0,
+                     image.height / row["height"] if row.get("height") else 1.0)
+            shapes = shapes_of(row)
+            annotate(image, shapes, scale)
+            save(image, job.target, self.option)
+            return shapes
+        finally:
+            job.seconds = time.perf_counter() - started
+
+    def complete(self, job: Job, outcome: list[Shape] | str) -> str | None:
+        """Count the rendered row and add it to the gallery; the file written, or None."""
+        self.summary.seconds += job.seconds
+        if isinstance(outcome, str):
+            self._failed(job.row["path"], outcome)
+            return None
+        if self._gallery is not None:
+            self._gallery.add(job.row, outcome, job.target)
+        self.summary.drawn += 1
+        return job.target
+
+    def close(self, complete: bool = True) -> DrawSummary:
+        if self._gallery is not None:
+            self._gallery.close(complete)
+        return self.summary
+
+    def _failed(self, path: str, why: str) -> None:
+        self.summary.failed += 1
+        self.summary.failures.append(f"{path}: {why}")
+        log.warning("cannot draw %s: %s", path, why)

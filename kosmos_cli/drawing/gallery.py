@@ -1,0 +1,90 @@
+"""index.html: a gallery of the annotated images that opens from their folder, each row's text highlighted in the
+colours of its boxes. What a row's text is, and which words go with which box, its task says (`Task.caption_html`).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from typing import Any
+from urllib.parse import quote
+
+from .. import tasks
+from ..errors import OutputError
+from .colors import color, text_color
+from .naming import unlink
+from .render import Shape
+
+
+class Gallery:
+    """index.html at `path`, written a figure at a time to a temporary file; put in place by close(), or dropped
+    by close(complete=False)."""
+
+    def __init__(self, path: str, title: str):
+        self.path, self.title = path, title
+        self._file = None
+
+    def add(self, row: dict[str, Any], shapes: list[Shape], target: str) -> None:
+        href = quote(os.path.relpath(target, os.path.dirname(self.path)).replace(os.sep, "/"))
+        name = html.escape(row["path"])
+        self._opened().write(
+            f'<figure><a href="{href}"><img src="{href}" loading="lazy" alt="{name}"></a>'
+            f'<figcaption><div class="path">{name}</div>{caption_html(row, shapes)}</figcaption></figure>\n'
+        )
+
+    def close(self, complete: bool = True) -> None:
+        tmp = self.path + ".tmp"
+        if complete:
+            self._opened().write("</main>\n</body>\n</html>\n")
+            self._file.close()
+            os.replace(tmp, self.path)
+        elif self._file is not None:
+            self._file.close()
+            unlink(tmp)
+        self._file = None
+
+    def _opened(self):
+        if self._file is None:
+            try:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                self._file = open(self.path + ".tmp", "w", encoding="utf-8")
+            except OSError as exc:
+                raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+            self._file.write(_HTML_HEAD.format(title=html.escape(self.title)))
+        return self._file
+
+
+def caption_html(row: dict[str, Any], shapes: list[Shape]) -> str:
+    """The row's text as HTML, each phrase highlighted in its box colour; everything escaped."""
+    task = tasks.of_row(row)
+    if task is None:
+        return ""
+    return task.caption_html(row, lambda text, i: _mark(text, shapes[i].color if i < len(shapes) else color(i)))
+
+
+def _mark(text: str, fill) -> str:
+    bg = "#%02x%02x%02x" % fill
+    fg = "#%02x%02x%02x" % text_color(fill)
+    return f'<mark style="background:{bg};color:{fg}">{html.escape(text)}</mark>'
+
+
+_HTML_HEAD = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; background: #f3f3f3; color: #222; }}
+main {{ display: flex; flex-wrap: wrap; gap: 14px; }}
+figure {{ margin: 0; width: 260px; background: #fff; padding: 8px; box-shadow: 0 1px 3px #0003; }}
+figure img {{ display: block; max-width: 100%; max-height: 220px; margin: 0 auto 6px; }}
+.path {{ color: #666; font-size: 12px; word-break: break-all; }}
+mark {{ padding: 0 3px; border-radius: 3px; }}
+.n {{ color: #666; font-size: 12px; }}
+</style>
+</head>
+<body>
+<h1>{title}</h1>
+<main>
+"""

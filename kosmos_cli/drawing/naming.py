@@ -1,0 +1,83 @@
+"""Where each annotated image comes from and goes to, and writing it there safely."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+
+from PIL import Image
+
+from ..errors import OutputError
+
+_JPEG = (".jpg", ".jpeg", ".jpe", ".jfif")
+_GLOB = re.compile(r"[*?\[]")
+
+
+def locate(path: str, root: str | None) -> str:
+    """A recorded path as it can be opened: as written (relative to here), else relative to `root`."""
+    if root is None or os.path.isabs(path) or os.path.exists(path):
+        return path
+    beside = os.path.join(root, path)
+    return beside if os.path.exists(beside) else path
+
+
+def input_root(inputs: Iterable[str]) -> str | None:
+    """The common folder of a run's inputs (folders, files, globs, manifests, -): where the layout starts."""
+    folders = []
+    for arg in inputs:
+        if arg == "-":
+            folders.append(os.getcwd())
+        elif os.path.isdir(arg):
+            folders.append(os.path.abspath(arg))
+        elif os.path.exists(arg):
+            folders.append(os.path.dirname(os.path.abspath(arg)))
+        else:  # a glob: the folder before its first wildcard
+            folders.append(os.path.abspath(os.path.dirname(_GLOB.split(arg, 1)[0]) or "."))
+    return os.path.commonpath(folders) if folders else None
+
+
+class Targets:
+    """The output files of one draw: each source's path below `base` in `out_dir`, no name given twice."""
+
+    def __init__(self, out_dir: str, base: str | None):
+        self.out_dir, self.base = out_dir, base
+        self._used: set[str] = set()
+
+    def __call__(self, source: str) -> str:
+        """The output file for `source`: its path below `base`, JPEG kept as JPEG, anything else as PNG."""
+        full = os.path.abspath(source)
+        rel = os.path.relpath(full, self.base) if self.base else os.path.basename(full)
+        if rel == os.pardir or rel.startswith(os.pardir + os.sep):  # outside base: keep its whole path
+            rel = os.path.splitdrive(full)[1].lstrip(os.sep)
+        stem, ext = os.path.splitext(rel)
+        ext = ext if ext.lower() in _JPEG else ".png"
+        name, n = stem + ext, 1
+        while name.lower() in self._used:  # another record of this image, or a.png beside a.bmp
+            n += 1
+            name = f"{stem}-{n}{ext}"
+        self._used.add(name.lower())
+        return os.path.join(self.out_dir, name)
+
+
+def save(image: Image.Image, target: str, option: str) -> None:
+    """Write `image` to a temporary file and rename it, so no half-written image is ever left; JPEG for a
+    JPEG name, else PNG. OutputError (naming `option`, the folder given) when it cannot be written."""
+    tmp = f"{target}.{os.getpid()}.tmp"
+    jpeg = target.lower().endswith(_JPEG)
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        # JPEG without chroma subsampling: thin coloured lines keep their colour
+        image.save(tmp, format="JPEG" if jpeg else "PNG", **({"quality": 92, "subsampling": 0} if jpeg else {}))
+        os.replace(tmp, target)
+    except OSError as exc:
+        unlink(tmp)
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}: "
+                          f"choose another {option} or free some space") from None
+
+
+def unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except (FileNotFoundError, NotADirectoryError):  # never written: the error that stopped it is the one to tell
+        pass
