@@ -11,23 +11,44 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 
-@contextlib.contextmanager
-def atomic_write(path: str, mode: str = "w", *, sync: bool = True, suffix: str = ".tmp") -> Iterator[IO[Any]]:
-    """`with atomic_write(path) as f: f.write(...)`: `path` appears complete on a clean exit, else not at all.
+class AtomicFile:
+    """A file written under a temporary name beside `path`: `commit()` renames it into place, `discard()` drops it.
 
     `sync`: make the data durable before the rename (a batch of records); off for files that are cheap to redo.
     """
-    tmp = f"{path}.{os.getpid()}{suffix}"
+
+    def __init__(self, path: str, mode: str = "w", *, sync: bool = True, suffix: str = ".tmp"):
+        self.path, self.sync = path, sync
+        self.tmp = f"{path}.{os.getpid()}{suffix}"
+        self.file: IO[Any] = open(self.tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+
+    def commit(self) -> None:
+        try:
+            if self.sync:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+        unlink(self.tmp)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w", *, sync: bool = True, suffix: str = ".tmp") -> Iterator[IO[Any]]:
+    """`with atomic_write(path) as f: f.write(...)`: `path` appears complete on a clean exit, else not at all."""
+    atomic = AtomicFile(path, mode, sync=sync, suffix=suffix)
     try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        yield atomic.file
     except BaseException:
-        unlink(tmp)
+        atomic.discard()
         raise
+    atomic.commit()
 
 
 def unlink(path: str) -> None:

@@ -257,7 +257,7 @@ def _as_flags(exc: KosmosError) -> str:
 
 
 def _finish(summary, quiet: bool, strict: bool) -> None:
-    rank = getattr(summary, "rank", None)
+    rank = summary.rank
     quiet = quiet or bool(rank)  # a multi-process run: rank 0 speaks for every rank
     if not quiet:
         for failure in summary.failures[:5]:
@@ -266,10 +266,10 @@ def _finish(summary, quiet: bool, strict: bool) -> None:
         if more > 0:
             _say(f"kosmos: ... and {more} more failed (their records have status 'error')")
         if not sys.stderr.isatty():  # no live bar: a line for each rank's share
-            for part in getattr(summary, "ranks", ()):
+            for part in summary.ranks:
                 _say(part.line())
         _say(summary.line())
-        if getattr(summary, "drawing", None) is not None:
+        if summary.drawing is not None:
             _say(summary.drawing.line())
     if strict and summary.failed and not rank:
         raise typer.Exit(1)

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import tasks
 from ..errors import InputError, UsageError
@@ -49,6 +49,10 @@ class DrawSummary:
     seconds: float = 0.0
     index: str | None = None
     failures: list[str] = field(default_factory=list)
+    # what the CLI reads of any summary; a draw is one process, with no pictures drawn beside it
+    rank: ClassVar[None] = None
+    ranks: ClassVar[tuple] = ()
+    drawing: ClassVar[None] = None
 
     def line(self) -> str:
         index = f" (gallery {self.index})" if self.index else ""

@@ -12,7 +12,7 @@ from urllib.parse import quote
 from .. import tasks
 from ..errors import OutputError
 from .colors import color, text_color
-from .naming import unlink
+from ..atomic import AtomicFile
 from .render import Shape
 
 
@@ -23,6 +23,7 @@ class Gallery:
     def __init__(self, path: str, title: str):
         self.path, self.title = path, title
         self._file = None
+        self._writing: AtomicFile | None = None  # index.html, written under a temporary name until close()
 
     def add(self, row: dict[str, Any], shapes: list[Shape], target: str) -> None:
         href = quote(os.path.relpath(target, os.path.dirname(self.path)).replace(os.sep, "/"))
@@ -33,21 +34,20 @@ class Gallery:
         )
 
     def close(self, complete: bool = True) -> None:
-        tmp = self.path + ".tmp"
         if complete:
             self._opened().write("</main>\n</body>\n</html>\n")
-            self._file.close()
-            os.replace(tmp, self.path)
-        elif self._file is not None:
-            self._file.close()
-            unlink(tmp)
-        self._file = None
+        if self._writing is not None and complete:
+            self._writing.commit()
+        elif self._writing is not None:
+            self._writing.discard()
+        self._file = self._writing = None
 
     def _opened(self):
         if self._file is None:
             try:
                 os.makedirs(os.path.dirname(self.path), exist_ok=True)
-                self._file = open(self.path + ".tmp", "w", encoding="utf-8")
+                self._writing = AtomicFile(self.path, sync=False)
+                self._file = self._writing.file
             except OSError as exc:
                 raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
             self._file.write(_HTML_HEAD.format(title=html.escape(self.title)))

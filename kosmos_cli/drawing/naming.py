@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from PIL import Image
 
+from ..atomic import atomic_write
 from ..errors import OutputError
 
 _JPEG = (".jpg", ".jpeg", ".jpe", ".jfif")
@@ -63,21 +64,14 @@ class Targets:
 def save(image: Image.Image, target: str, option: str) -> None:
     """Write `image` to a temporary file and rename it, so no half-written image is ever left; JPEG for a
     JPEG name, else PNG. OutputError (naming `option`, the folder given) when it cannot be written."""
-    tmp = f"{target}.{os.getpid()}.tmp"
     jpeg = target.lower().endswith(_JPEG)
     try:
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        # JPEG without chroma subsampling: thin coloured lines keep their colour
-        image.save(tmp, format="JPEG" if jpeg else "PNG", **({"quality": 92, "subsampling": 0} if jpeg else {}))
-        os.replace(tmp, target)
+        with atomic_write(target, "wb", sync=False) as f:
+            # JPEG without chroma subsampling: thin coloured lines keep their colour
+            image.save(f, format="JPEG" if jpeg else "PNG", **({"quality": 92, "subsampling": 0} if jpeg else {}))
     except OSError as exc:
-        unlink(tmp)
         raise OutputError(f"cannot write {target}: {exc.strerror or exc}: "
                           f"choose another {option} or free some space") from None
 
 
-def unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except (FileNotFoundError, NotADirectoryError):  # never written: the error that stopped it is the one to tell
-        pass
