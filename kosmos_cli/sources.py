@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from .carried import from_parquet
 from .errors import InputError, UsageError
 from .images import is_image_path
 
@@ -198,7 +199,7 @@ def _read_parquet(path: str, base: str) -> Iterator[Item]:
     _require_path_column(pf.schema_arrow.names, path)
     for batch in pf.iter_batches(batch_size=1024):
         for row in batch.to_pylist():
-            item = _item_from_row(row, base)
+            item = _item_from_row(from_parquet(row), base)
             if item is not None:
                 yield item
 

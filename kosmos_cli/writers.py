@@ -24,7 +24,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+from . import carried
 from .errors import InputError, LockedError, OutputError, UsageError
+from .fsnames import clean
 from .records import Record, arrow_schema, record_key, to_jsonable
 
 log = logging.getLogger("kosmos_cli")
@@ -212,14 +214,16 @@ class Store:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        schema = unified_schema(self.task, [pq.read_schema(s) for s in sources if s.endswith(".parquet")])
+        schemas = {s: pq.read_schema(s) for s in sources if s.endswith(".parquet")}
+        schema = unified_schema(self.task, list(schemas.values()))
         written = 0
         with pq.ParquetWriter(tmp, schema) as writer:
             for i, source in enumerate(sources):
                 chunk: list[dict] = []
+                as_text = carried.to_json_text(schemas[source], schema) if source in schemas else []
                 for j, row in enumerate(self.rows(source)):
                     if (i, j) in wanted:
-                        chunk.append(row)
+                        chunk.append(carried.as_json_text(row, as_text))
                     if len(chunk) >= 4096:
                         writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
                         written, chunk = written + len(chunk), []
@@ -349,30 +353,20 @@ def records_table(records: list[Record], task: str):
     """Records -> an Arrow table with the task's schema plus carried columns (types inferred)."""
     import pyarrow as pa
 
-    rows = [r.to_dict() for r in records]
+    rows = [clean(r.to_dict()) for r in records]
     base = arrow_schema(task)
     extra_names = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in base.names]
-    extra = None
-    if extra_names:
-        extra = pa.Table.from_pylist([{k: row.get(k) for k in extra_names} for row in rows]).schema
+    extra = carried.schema_of(rows, extra_names) if extra_names else None
     return pa.Table.from_pylist(rows, schema=arrow_schema(task, extra))
 
 
 def unified_schema(task: str, schemas: list):
-    """One schema for the task and every carried column seen in any part (a column's types promoted)."""
-    import pyarrow as pa
-
-    base = arrow_schema(task)
-    extras = [pa.schema([f for f in s if f.name not in base.names]) for s in schemas]
-    try:
-        extra = pa.unify_schemas(extras, promote_options="permissive") if extras else None
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        extra = pa.schema([pa.field(f.name, pa.string()) for s in extras for f in s])
-    return arrow_schema(task, extra)
+    """One schema for the task and every carried column seen in any part (carried.py says how types combine)."""
+    return arrow_schema(task, carried.unify(schemas, arrow_schema(task).names))
 
 
 def dumps(row: dict[str, Any]) -> str:
-    return json.dumps(to_jsonable(row), ensure_ascii=False, allow_nan=False) + "\n"
+    return json.dumps(to_jsonable(clean(row)), ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def read_records(path: str) -> Iterator[dict[str, Any]]:
