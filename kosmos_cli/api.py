@@ -49,14 +49,17 @@ def ground(
     prune: bool = False,
     wait: bool = False,
     workers: int | None = None,
+    null: bool = False,
     progress: Progress | None = None,
     on_write=None,
     **model_options,
 ) -> Summary:
-    """Caption and ground every image named by `inputs` (folders, files, globs, manifests); write to `out`."""
+    """Caption and ground every image named by `inputs` (folders, files, globs, manifests); write to `out`.
+
+    `null`: "-" in `inputs` reads NUL-separated paths from stdin (find -print0), as refer and find do."""
     return _run(GroundJob(prompt), list(inputs), out, engine, model, model_options, format=format,
                 batch_size=batch_size, workers=workers, overwrite=overwrite, retry_failed=retry_failed, prune=prune,
-                wait=wait, progress=progress, on_write=on_write)
+                wait=wait, null=null, progress=progress, on_write=on_write)
 
 
 def refer(
@@ -74,6 +77,7 @@ def refer(
     prune: bool = False,
     wait: bool = False,
     workers: int | None = None,
+    null: bool = False,
     progress: Progress | None = None,
     on_write=None,
     **model_options,
@@ -95,7 +99,7 @@ def refer(
         _check_boxes_fit(inputs, job.boxes, normalized)
     return _run(job, inputs, out, engine, model, model_options, format=format, batch_size=batch_size,
                 workers=workers, overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait,
-                progress=progress, on_write=on_write)
+                null=null, progress=progress, on_write=on_write)
 
 
 def find(
@@ -112,6 +116,7 @@ def find(
     prune: bool = False,
     wait: bool = False,
     workers: int | None = None,
+    null: bool = False,
     progress: Progress | None = None,
     on_write=None,
     **model_options,
@@ -133,7 +138,7 @@ def find(
                            "path,phrase columns")
     return _run(job, inputs, out, engine, model, model_options, format=format, batch_size=batch_size,
                 workers=workers, overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait,
-                progress=progress, on_write=on_write)
+                null=null, progress=progress, on_write=on_write)
 
 
 def draw(

@@ -69,6 +69,8 @@ Strict = Annotated[bool, typer.Option("--strict", help="Exit 1 if any image fail
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, warnings or summary on stderr.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Background image loaders \\[default: up to 4].",
                                                 show_default=False)]
+Null = Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin (-) are separated by NUL bytes, as "
+                                                       "find -print0 writes them, not by lines.")]
 
 
 @app.command(epilog="Example: kosmos ground ./photos --out results.parquet")
@@ -94,6 +96,7 @@ def ground(
     strict: Strict = False,
     quiet: Quiet = False,
     workers: Workers = None,
+    null: Null = False,
     draw: Annotated[Optional[str], typer.Option(
         "--draw", help="Also draw each image's boxes into this folder, as kosmos draw does.",
         show_default=False)] = None,
@@ -121,7 +124,7 @@ def ground(
         with _drawing(drawer) as drawing:  # on a thread of its own: the model does not wait for it
             summary = api.ground(inputs, out, prompt=prompt, engine=engine, format=format, batch_size=batch_size,
                                  overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait,
-                                 workers=workers, progress=for_terminal("ground", quiet),
+                                 workers=workers, null=null, progress=for_terminal("ground", quiet),
                                  on_write=drawing.add_records if drawing else None)
         if drawer and not quiet:
             _say(drawer.summary.line())
@@ -181,6 +184,7 @@ def refer(
     strict: Strict = False,
     quiet: Quiet = False,
     workers: Workers = None,
+    null: Null = False,
 ) -> None:
     """Describe regions of images: one record per (image, box) with the model's description of it."""
     from . import api
@@ -189,8 +193,8 @@ def refer(
     def go():
         return api.refer(inputs, out, boxes=box, normalized=normalized, format=format, batch_size=batch_size,
                          overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait, workers=workers,
-                         progress=for_terminal("refer", quiet), model=model, revision=revision, device=device,
-                         dtype=dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                         null=null, progress=for_terminal("refer", quiet), model=model, revision=revision,
+                         device=device, dtype=dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
                          no_repeat_ngram_size=no_repeat_ngram_size or None)
 
     _finish(_call(go, quiet), quiet, strict)
@@ -222,6 +226,7 @@ def find(
     strict: Strict = False,
     quiet: Quiet = False,
     workers: Workers = None,
+    null: Null = False,
 ) -> None:
     """Find phrases in images: one record per (image, phrase) with its boxes (empty lists: not found)."""
     from . import api
@@ -230,7 +235,7 @@ def find(
     def go():
         return api.find([input_], out, phrases=phrases, format=format, batch_size=batch_size,
                         overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait, workers=workers,
-                        progress=for_terminal("find", quiet), model=model, revision=revision, device=device,
+                        null=null, progress=for_terminal("find", quiet), model=model, revision=revision, device=device,
                         dtype=dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
                         no_repeat_ngram_size=no_repeat_ngram_size or None)
 

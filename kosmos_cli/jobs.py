@@ -54,7 +54,7 @@ class GroundJob(Job):
 
     def units(self, item: Item, model: str) -> list[Unit]:
         record = Record(path=item.path, task=self.task, prompt=self._prompt.text, model=model, extra=dict(item.extra))
-        return [Unit(item.path, record)]
+        return [Unit(record_key({"path": item.path}, self.task), record)]
 
     def prompt(self, unit: Unit, width: int, height: int) -> Prompt:
         return self._prompt

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from . import distributed
 from .engine import Engine, Prepared
 from .errors import OutputError, UsageError
+from .fsnames import recorded
 from .images import MODEL_SIDE, file_stat, load_image
 from .jobs import Job, Unit
 from .records import OK, Record
@@ -43,6 +44,7 @@ class RunOptions:
     prune: bool = False
     wait: bool = False
     draft: bool = True
+    null: bool = False  # "-" is NUL-separated paths (find -print0)
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -148,7 +150,7 @@ def _run(job, inputs, engine, options, progress, on_write, rank, world, team=Non
     replaced = 0
     write_failed = False
     try:
-        items = _as_items(inputs, per_row=job.per_row)
+        items = _as_items(inputs, per_row=job.per_row, null=options.null)
         if present is not None:
             items = _tracking(items, present)
         pending = _todo(shard(items, rank, world, by_image=job.per_row), job, engine, seen, options, summary, progress)
@@ -194,9 +196,14 @@ def _finish(store: Store, present: set[str] | None, replaced: int, summary: Summ
     """Fold parts in; drop records of removed images with --prune (only after a complete pass)."""
     prune = present is not None and not summary.interrupted
     if prune or replaced or store.has_parts():
-        keep = (lambda key: key.split("\x00")[0] in present) if prune else None
+        keep = (lambda key: _present(key, present)) if prune else None
         store.compact(keep)
     store.tidy()
+
+
+def _present(key: str, present: set[str]) -> bool:
+    """Whether the image of `key` is in `present`. Its path may hold a NUL too, the separator of keys."""
+    return key in present or any(key[:i] in present for i, c in enumerate(key) if c == "\x00")
 
 
 def _named(inputs) -> bool:
@@ -211,16 +218,16 @@ def _count_inputs(inputs: list[str], progress: Progress) -> None:
         pass
 
 
-def _as_items(inputs, per_row: bool = False) -> Iterator[Item]:
+def _as_items(inputs, per_row: bool = False, null: bool = False) -> Iterator[Item]:
     inputs = list(inputs) if not isinstance(inputs, Iterator) else inputs
     if isinstance(inputs, list) and all(isinstance(i, str) for i in inputs):
-        return iter_items(inputs, per_row=per_row)
+        return iter_items(inputs, per_row=per_row, null=null)
     return (i if isinstance(i, Item) else Item(str(i)) for i in inputs)
 
 
 def _tracking(items: Iterator[Item], present: set[str]) -> Iterator[Item]:
     for item in items:
-        present.add(item.path)
+        present.add(recorded(item.path))  # as keys hold it
         yield item
 
 

@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .fsnames import recorded
+
 OK = "ok"
 ERROR = "error"
 
@@ -103,17 +105,27 @@ class Record:
 
 
 def carried_name(column: str) -> str:
-    """A manifest column keeps its name unless it collides with one of ours; then it gets `input_`."""
-    return f"input_{column}" if column in ALL_FIELDS or column == "task" else column
+    """A manifest column keeps its name unless it is one of ours, or one of ours behind `input_` prefixes; then
+    it gets one more `input_`: `status` -> `input_status`, `input_status` -> `input_input_status`. So two
+    columns never share a name, whatever other columns a row has."""
+    column = str(column)
+    base = column
+    while base.startswith("input_"):
+        base = base[len("input_"):]
+    return f"input_{column}" if base in ALL_FIELDS or base == "task" else column
 
 
 def record_key(row: dict[str, Any], task: str) -> str:
-    """What makes a row unique in its output: the image for ground, the image and region or phrase otherwise."""
+    """What makes a row unique in its output: the image for ground, the image and region or phrase otherwise.
+
+    Text that is not valid Unicode counts as it is recorded (fsnames.py), so a rerun finds such images done."""
+    path = recorded(row["path"])
     if task == "refer":
-        return f"{row['path']}\x00{json.dumps(row.get('box_px'))}"
+        return f"{path}\x00{json.dumps(row.get('box_px'))}"
     if task == "find":
-        return f"{row['path']}\x00{row.get('phrase')}"
-    return row["path"]
+        phrase = row.get("phrase")
+        return f"{path}\x00{recorded(phrase) if isinstance(phrase, str) else phrase}"
+    return path
 
 
 def one_line(message: str) -> str:

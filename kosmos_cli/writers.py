@@ -16,6 +16,7 @@ left by a crash is repaired, never appended after.
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import logging
 import os
@@ -117,10 +118,16 @@ class Store:
         return files
 
     def repair(self) -> None:
-        """Clear what a crashed run left half-done: unfinished or unreadable parts, a torn last JSONL line.
+        """Clear what a crashed run left half-done: unfinished or unreadable parts, a torn last JSONL line, the
+        `{path}.{pid}.tmp` of a merge killed before its rename.
 
         Only the lock holder may call this: another process's `.tmp` part is work in progress, not damage.
         """
+        folder, base = os.path.split(os.path.abspath(self.path))
+        for leftover in glob.glob(os.path.join(glob.escape(folder), glob.escape(base) + ".*.tmp")):
+            if os.path.basename(leftover)[len(base) + 1:-4].isdigit():  # compact() names it by the merging pid
+                log.warning("removing %s left by an interrupted merge", leftover)
+                _unlink(leftover)
         if os.path.isdir(self.parts_dir):
             for name in sorted(os.listdir(self.parts_dir)):
                 full = os.path.join(self.parts_dir, name)
@@ -437,7 +444,10 @@ def _readable_parquet(path: str) -> bool:
 
 
 def _repair_jsonl_tail(path: str) -> None:
-    """Cut a torn last line (a write cut short by a crash) so the next record starts on its own line."""
+    """Cut a torn last line (a write cut short by a crash) so the next record starts on its own line.
+
+    A last line that is a whole JSON object (written by hand, or by a tool that ends without a newline) is kept:
+    only its newline is added."""
     try:
         with open(path, "rb+") as f:
             size = f.seek(0, os.SEEK_END)
@@ -456,12 +466,23 @@ def _repair_jsonl_tail(path: str) -> None:
                     pos = pos - step + cut + 1
                     break
                 pos -= step
+            f.seek(pos)
+            if _whole_object(f.read(size - pos)):
+                f.write(b"\n")
+                return
             log.warning("repairing %s: dropping a torn last line left by an interrupted run", path)
             f.truncate(pos)
     except FileNotFoundError:
         return
     except OSError as exc:
         raise disk_error(exc, path) from None
+
+
+def _whole_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, RecursionError):  # not JSON, or not UTF-8
+        return False
 
 
 def _sync(f) -> None:
