@@ -69,6 +69,7 @@ def ground(
     prune: bool = False,
     wait: bool = False,
     workers: int | None = None,
+    null: bool = False,
     progress: Progress | None = None,
     on_write: Callable | None = None,
     draw: str | None = None,
@@ -76,11 +77,12 @@ def ground(
 ) -> Summary:
     """Caption and ground every image named by `inputs` (folders, files, globs, manifests); write to `out`.
 
+    `null`: "-" among `inputs` reads NUL-separated paths from stdin (find -print0), as refer and find do.
     `draw`: also draw each finished image's boxes into this folder (as `draw` does), on threads of its own; its
     DrawSummary is `summary.drawing`.
     """
     options = RunOptions(out=out, format=format, batch_size=batch_size, workers=workers, overwrite=overwrite,
-                         retry_failed=retry_failed, prune=prune, wait=wait)
+                         retry_failed=retry_failed, prune=prune, wait=wait, null=null)
     return _run(Ground(prompt), inputs, options, engine, model, model_options, progress, on_write, draw)
 
 
@@ -99,6 +101,7 @@ def refer(
     prune: bool = False,
     wait: bool = False,
     workers: int | None = None,
+    null: bool = False,
     progress: Progress | None = None,
     on_write: Callable | None = None,
     **model_options: Any,
@@ -109,7 +112,7 @@ def refer(
     `normalized`) go with every image; without them each manifest row's x1, y1, x2, y2 columns are its box.
     """
     options = RunOptions(out=out, format=format, batch_size=batch_size, workers=workers, overwrite=overwrite,
-                         retry_failed=retry_failed, prune=prune, wait=wait)
+                         retry_failed=retry_failed, prune=prune, wait=wait, null=null)
     return _run(Refer(boxes, normalized), inputs, options, engine, model, model_options, progress, on_write)
 
 
@@ -127,6 +130,7 @@ def find(
     prune: bool = False,
     wait: bool = False,
     workers: int | None = None,
+    null: bool = False,
     progress: Progress | None = None,
     on_write: Callable | None = None,
     **model_options: Any,
@@ -136,7 +140,7 @@ def find(
     `phrases` go with every image; without them each manifest row's `phrase` column is used.
     """
     options = RunOptions(out=out, format=format, batch_size=batch_size, workers=workers, overwrite=overwrite,
-                         retry_failed=retry_failed, prune=prune, wait=wait)
+                         retry_failed=retry_failed, prune=prune, wait=wait, null=null)
     return _run(Find(phrases), inputs, options, engine, model, model_options, progress, on_write)
 
 

@@ -68,6 +68,8 @@ Strict = Annotated[bool, typer.Option("--strict", help="Exit 1 if any image fail
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, warnings or summary on stderr.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Background image loaders \\[default: up to 4].",
                                                 show_default=False)]
+Null = Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin (-) are separated by NUL bytes, as "
+                                                       "find -print0 writes them, not by lines.")]
 
 
 @app.command(epilog="Example: kosmos ground ./photos --out results.parquet")
@@ -93,6 +95,7 @@ def ground(
     strict: Strict = False,
     quiet: Quiet = False,
     workers: Workers = None,
+    null: Null = False,
     draw: Annotated[Optional[str], typer.Option(
         "--draw", help="Also draw each image's boxes into this folder, as kosmos draw does.",
         show_default=False)] = None,
@@ -103,7 +106,7 @@ def ground(
 
     def go():
         return api.ground(inputs, out, prompt=prompt, format=format, batch_size=batch_size, overwrite=overwrite,
-                          retry_failed=retry_failed, prune=prune, wait=wait, workers=workers, draw=draw,
+                          retry_failed=retry_failed, prune=prune, wait=wait, workers=workers, null=null, draw=draw,
                           progress=for_terminal("ground", quiet), model=model, revision=revision, device=device,
                           dtype=dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
                           no_repeat_ngram_size=no_repeat_ngram_size)
@@ -139,6 +142,7 @@ def refer(
     strict: Strict = False,
     quiet: Quiet = False,
     workers: Workers = None,
+    null: Null = False,
 ) -> None:
     """Describe regions of images: one record per (image, box) with the model's description of it."""
     from . import api
@@ -146,7 +150,7 @@ def refer(
 
     def go():
         return api.refer(inputs, out, boxes=box, normalized=normalized, format=format, batch_size=batch_size,
-                         overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait, workers=workers,
+                         overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait, workers=workers, null=null,
                          progress=for_terminal("refer", quiet), model=model, revision=revision, device=device,
                          dtype=dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
                          no_repeat_ngram_size=no_repeat_ngram_size)
@@ -180,6 +184,7 @@ def find(
     strict: Strict = False,
     quiet: Quiet = False,
     workers: Workers = None,
+    null: Null = False,
 ) -> None:
     """Find phrases in images: one record per (image, phrase) with its boxes (empty lists: not found)."""
     from . import api
@@ -187,7 +192,7 @@ def find(
 
     def go():
         return api.find([input_], out, phrases=phrases, format=format, batch_size=batch_size,
-                        overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait, workers=workers,
+                        overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait, workers=workers, null=null,
                         progress=for_terminal("find", quiet), model=model, revision=revision, device=device,
                         dtype=dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
                         no_repeat_ngram_size=no_repeat_ngram_size)

@@ -17,6 +17,7 @@ IMAGE_EXTENSIONS = frozenset(
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2 x MAX_IMAGE_PIXELS)
 MODEL_SIDE = 224  # Kosmos-2 squashes every image to 224 x 224
 _ORIENTATION = 0x0112
+NUL_IN_PATH = "the path contains a NUL byte (paths from find -print0 need --null)"
 
 
 @dataclass
@@ -39,6 +40,8 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | Non
     `draft`: when set, a JPEG much larger than that many pixels a side is decoded at a reduced scale (Pillow's
     draft mode: 1/2, 1/4 or 1/8, never below `draft` on either side). width/height stay the full displayed size.
     """
+    if "\0" in path:
+        return Loaded(None, error=NUL_IN_PATH)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -54,6 +57,8 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | Non
         return Loaded(None, error="is a directory, not an image")
     except PermissionError:
         return Loaded(None, error="permission denied")
+    except UnicodeEncodeError:  # a lone surrogate that no file name can hold (fsnames.py)
+        return Loaded(None, error="file not found: the path is not valid Unicode")
     except Image.UnidentifiedImageError:
         size = _size_or_none(path)
         return Loaded(None, error="empty file" if size == 0 else "not an image Pillow can read")
@@ -102,7 +107,7 @@ def file_stat(path: str) -> tuple[int | None, float | None]:
     """(size in bytes, modification time) of `path`, or (None, None) when it cannot be read."""
     try:
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
         return None, None
     return st.st_size, st.st_mtime
 

@@ -19,6 +19,7 @@ from . import distributed
 from .distributed import Solo
 from .engine import Engine, Prepared
 from .errors import UsageError
+from .fsnames import recorded
 from .images import MODEL_SIDE, file_stat, load_image
 from .ordered import ordered_map
 from .tasks import Task, Unit
@@ -46,6 +47,7 @@ class RunOptions:
     prune: bool = False
     wait: bool = False
     draft: bool = True
+    null: bool = False  # "-" is NUL-separated paths (find -print0)
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -140,7 +142,7 @@ def run(
 def _pass(task, inputs, engine, options, output: Output, crew, summary, progress, on_write, rank, world) -> None:
     """One pass over the inputs: what is not done yet goes through the model and into `output`."""
     present: set[str] | None = set() if options.prune else None
-    items = _as_items(inputs, per_row=task.per_row)
+    items = _as_items(inputs, per_row=task.per_row, null=options.null)
     if present is not None:
         items = _tracking(items, present)
     pending = _todo(shard(items, rank, world, by_image=task.per_row), task, engine, output.seen, options, summary,
@@ -176,16 +178,16 @@ def _count_inputs(inputs: list[str], progress: Progress) -> None:
         pass
 
 
-def _as_items(inputs, per_row: bool = False) -> Iterator[Item]:
+def _as_items(inputs, per_row: bool = False, null: bool = False) -> Iterator[Item]:
     inputs = list(inputs) if not isinstance(inputs, Iterator) else inputs
     if isinstance(inputs, list) and all(isinstance(i, str) for i in inputs):
-        return iter_items(inputs, per_row=per_row)
+        return iter_items(inputs, per_row=per_row, null=null)
     return (i if isinstance(i, Item) else Item(str(i)) for i in inputs)
 
 
 def _tracking(items: Iterator[Item], present: set[str]) -> Iterator[Item]:
     for item in items:
-        present.add(item.path)
+        present.add(recorded(item.path))  # as keys hold it
         yield item
 
 

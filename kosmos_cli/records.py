@@ -86,9 +86,19 @@ class Record:
         return {name: getattr(self, name) for name in self.fields}
 
 
-def carried_name(column: str, reserved: frozenset[str] | set[str]) -> str:
-    """A manifest column keeps its name unless it collides with one of ours (any task's); then it gets `input_`."""
-    return f"input_{column}" if column in reserved else column
+def carried_name(column: str, reserved: frozenset[str] | set[str] | None = None) -> str:
+    """A manifest column keeps its name unless it is one of ours (any task's), or one of ours behind `input_`
+    prefixes; then it gets one more `input_`: `status` -> `input_status`, `input_status` -> `input_input_status`.
+    So two columns never share a name, whatever other columns a row has."""
+    if reserved is None:
+        from .tasks import reserved_names
+
+        reserved = reserved_names()
+    column = str(column)
+    base = column
+    while base.startswith("input_"):
+        base = base[len("input_"):]
+    return f"input_{column}" if base in reserved else column
 
 
 def one_line(message: str) -> str:

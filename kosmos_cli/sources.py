@@ -3,12 +3,19 @@
 Folders are walked recursively in sorted order, hidden entries skipped, symlinked folders followed once (a
 loop is not followed forever). The same file reached twice is yielded once. Nothing is held in memory but the
 identities of what was already yielded.
+
+Text inputs (stdin, .txt, .csv and .jsonl manifests) are UTF-8, a byte-order mark allowed; bytes that are not
+UTF-8 are kept as Python keeps them in file names (surrogate escapes), so a listing of non-UTF-8 file names
+opens those files; fsnames.py says how they are recorded. A JSON line that does not parse, or nests more than
+MAX_DEPTH levels deep, is skipped with a warning naming its line; a CSV the csv module cannot read (an unclosed
+quote, a field over 128 KiB) stops with an InputError naming its line.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import logging
 import os
@@ -17,12 +24,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from .carried import from_parquet
 from .errors import InputError, UsageError
 from .images import is_image_path
 
 log = logging.getLogger("kosmos_cli")
 
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".jsonl", ".ndjson", ".parquet")
+MAX_DEPTH = 100  # levels of nesting a JSON manifest line may have (deeper would overflow the stack downstream)
+_TEXT = {"encoding": "utf-8-sig", "errors": "surrogateescape"}
+_DEEP = object()
 _GLOB_CHARS = set("*?[")
 
 
@@ -52,14 +63,16 @@ def check_inputs(inputs: Iterable[str]) -> list[str]:
     return inputs
 
 
-def iter_items(inputs: Iterable[str], stdin: IO[str] | None = None, per_row: bool = False) -> Iterator[Item]:
+def iter_items(inputs: Iterable[str], stdin: IO[str] | None = None, per_row: bool = False,
+               null: bool = False) -> Iterator[Item]:
     """Every image named by `inputs`, once, in a stable order.
 
     `per_row`: for jobs with several records per image (refer, find), manifest rows that name the same image
     with different columns (another box, another phrase) are all kept; only a repeated row is dropped.
+    `null`: "-" reads paths separated by NUL bytes (find -print0), each taken as it is, instead of lines.
     """
     seen: set = set()
-    for item in _expand(inputs, stdin):
+    for item in _expand(inputs, stdin, null):
         key = _identity(item.path)
         if per_row:
             key = (key, json.dumps(item.extra, sort_keys=True, default=str))
@@ -86,15 +99,19 @@ def shard(items: Iterable[Item], rank: int, world: int, by_image: bool = False) 
 def _identity(path: str) -> tuple[int, int] | str:
     try:
         st = os.stat(path)
-    except OSError:  # a missing file in a manifest: it still gets its (error) record, once per path
+    except (OSError, ValueError):  # a missing file (or a NUL in the path): it still gets its error record, once
         return os.path.abspath(path)
     return (st.st_dev, st.st_ino)
 
 
-def _expand(inputs: Iterable[str], stdin: IO[str] | None) -> Iterator[Item]:
+def _expand(inputs: Iterable[str], stdin: IO[str] | None, null: bool = False) -> Iterator[Item]:
     for arg in inputs:
         if arg == "-":
-            yield from _read_lines(stdin if stdin is not None else sys.stdin, base=None, name="stdin")
+            stream = stdin if stdin is not None else sys.stdin
+            if null:
+                yield from (Item(os.path.normpath(p)) for p in _nul_separated(stream) if p)
+            else:
+                yield from _read_lines(_stdin_lines(stream), base=None, name="stdin")
         elif os.path.isdir(arg):
             yield from walk_folder(arg)
         elif os.path.exists(arg):
@@ -149,27 +166,61 @@ def read_manifest(path: str) -> Iterator[Item]:
     base = os.path.dirname(path)
     ext = os.path.splitext(path)[1].lower()
     if ext == ".txt":
-        with open(path, encoding="utf-8") as f:
+        with open(path, **_TEXT) as f:
             yield from _read_lines(f, base=base, name=path)
     elif ext == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            _require_path_column(reader.fieldnames or [], path)
-            for row in reader:
-                item = _item_from_row(row, base)
-                if item is not None:
-                    yield item
+        yield from _read_csv(path, base)
     elif ext in (".jsonl", ".ndjson"):
-        with open(path, encoding="utf-8") as f:
+        with open(path, **_TEXT) as f:
             yield from _read_lines(f, base=base, name=path, json_only=True)
     elif ext == ".parquet":
         yield from _read_parquet(path, base)
 
 
-def _read_lines(f: IO[str], base: str | None, name: str, json_only: bool = False) -> Iterator[Item]:
+def _read_csv(path: str, base: str) -> Iterator[Item]:
+    """Rows of a CSV manifest. A repeated column name gets `_2`, `_3`, ...; fields past the header's end are
+    carried as a list under `_extra` (a unique name the same way)."""
+    with open(path, newline="", **_TEXT) as f:
+        reader = csv.reader(f)
+        line = 1  # where the row being read starts
+        try:
+            header = next(reader, [])
+            _require_path_column(header, path)
+            names = unique_names(header + ["_extra"])
+            width, ragged = len(header), names.pop()
+            line = reader.line_num + 1
+            while (fields := next(reader, None)) is not None:
+                if fields:
+                    row: dict[str, Any] = dict(zip(names, fields + [None] * (width - len(fields))))
+                    if len(fields) > width:
+                        row[ragged] = fields[width:]
+                    item = _item_from_row(row, base)
+                    if item is not None:
+                        yield item
+                line = reader.line_num + 1
+        except csv.Error as exc:
+            raise InputError(f"manifest {path} line {line}: {exc}: check that its quotes are closed") from None
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """`names` with each repeat renamed `name_2`, `name_3`, ... (the first that is free)."""
+    taken = set(names)
+    out: list[str] = []
+    for name in names:
+        if name in out:
+            n = 2
+            while f"{name}_{n}" in taken:
+                n += 1
+            name = f"{name}_{n}"
+            taken.add(name)
+        out.append(name)
+    return out
+
+
+def _read_lines(f: Iterable[str], base: str | None, name: str, json_only: bool = False) -> Iterator[Item]:
     """One path a line; a line that starts with "{" is a JSON object with a "path" key and carried keys."""
     for number, line in enumerate(f, 1):
-        line = line.strip()
+        line = line.strip().lstrip("\ufeff") if number == 1 else line.strip()
         if not line or (line.startswith("#") and not json_only):
             continue
         if line.startswith("{") or json_only:
@@ -177,6 +228,11 @@ def _read_lines(f: IO[str], base: str | None, name: str, json_only: bool = False
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 log.warning("%s line %d is not valid JSON (%s): skipped", name, number, exc.msg)
+                continue
+            except RecursionError:
+                row = _DEEP
+            if row is _DEEP or _too_deep(row):
+                log.warning("%s line %d nests more than %d levels deep: skipped", name, number, MAX_DEPTH)
                 continue
             if not isinstance(row, dict) or not row.get("path"):
                 log.warning("%s line %d has no \"path\": skipped", name, number)
@@ -186,6 +242,36 @@ def _read_lines(f: IO[str], base: str | None, name: str, json_only: bool = False
             item = Item(_resolve(line, base))
         if item is not None:
             yield item
+
+
+def _stdin_lines(stream: IO[str]) -> Iterator[str]:
+    """Lines of stdin; read as bytes where it has them, so names that are not UTF-8 come through."""
+    if not isinstance(stream, io.TextIOWrapper):  # a StringIO given by a caller: text already
+        yield from stream
+        return
+    for line in stream.buffer:
+        yield line.decode("utf-8", "surrogateescape")
+
+
+def _nul_separated(stream: IO[str]) -> Iterator[str]:
+    """NUL-separated paths on stdin, read as bytes where it has them (names that are not UTF-8 come through)."""
+    binary = isinstance(stream, io.TextIOWrapper)
+    read = stream.buffer.read1 if binary else stream.read
+    sep, rest = (b"\0", b"") if binary else ("\0", "")
+    while chunk := read(65536):
+        *done, rest = (rest + chunk).split(sep)
+        yield from (os.fsdecode(p) if binary else p for p in done)
+    yield os.fsdecode(rest) if binary else rest
+
+
+def _too_deep(value: Any) -> bool:
+    level = [value]
+    for _ in range(MAX_DEPTH):
+        level = [v for x in level if isinstance(x, (dict, list))
+                 for v in (x.values() if isinstance(x, dict) else x)]
+        if not level:
+            return False
+    return True
 
 
 def _read_parquet(path: str, base: str) -> Iterator[Item]:
@@ -198,7 +284,7 @@ def _read_parquet(path: str, base: str) -> Iterator[Item]:
     _require_path_column(pf.schema_arrow.names, path)
     for batch in pf.iter_batches(batch_size=1024):
         for row in batch.to_pylist():
-            item = _item_from_row(row, base)
+            item = _item_from_row(from_parquet(row), base)
             if item is not None:
                 yield item
 

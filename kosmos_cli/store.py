@@ -27,6 +27,7 @@ a crash is repaired, never appended after.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import sys
@@ -34,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import tasks
+from . import carried, tasks
 from .atomic import atomic_write, rmdir, unlink
 from .errors import LockedError, OutputError
 from .records import Record
@@ -132,7 +133,7 @@ class Store:
         """After a run: fold parts in, drop replaced records and (after a complete pass) pruned ones; tidy."""
         present = output.present
         if present is not None or output.replaced or self.has_parts():
-            keep = (lambda key: key.split("\x00")[0] in present) if present is not None else None
+            keep = (lambda key: _present(key, present)) if present is not None else None
             self.compact(keep)
         self.tidy()
 
@@ -172,10 +173,16 @@ class Store:
         return files
 
     def repair(self) -> None:
-        """Clear what a crashed run left half-done: unfinished or unreadable parts, a torn last JSONL line.
+        """Clear what a crashed run left half-done: unfinished or unreadable parts, a torn last JSONL line, the
+        `{path}.{pid}.tmp` of a merge killed before its rename.
 
         Only the lock holder may call this: another process's `.tmp` part is work in progress, not damage.
         """
+        folder, base = os.path.split(os.path.abspath(self.path))
+        for leftover in glob.glob(os.path.join(glob.escape(folder), glob.escape(base) + ".*.tmp")):
+            if os.path.basename(leftover)[len(base) + 1:-4].isdigit():  # compact() names it by the merging pid
+                log.warning("removing %s left by an interrupted merge", leftover)
+                unlink(leftover)
         if os.path.isdir(self.parts_dir):
             for name in sorted(os.listdir(self.parts_dir)):
                 full = os.path.join(self.parts_dir, name)
@@ -246,15 +253,15 @@ class Store:
         rmdir(self.parts_dir)
         return written
 
-    def _kept_rows(self, sources: list[str], wanted: set) -> Iterator[dict[str, Any]]:
+    def _kept_rows(self, sources: list[str], wanted: set) -> Iterator[tuple[str, dict[str, Any]]]:
         for i, source in enumerate(sources):
             for j, row in enumerate(self.rows(source)):
                 if (i, j) in wanted:
-                    yield self._named(row)
+                    yield source, self._named(row)
 
     def _compact_jsonl(self, sources: list[str], wanted: set, out) -> int:
         written = 0
-        for row in self._kept_rows(sources, wanted):
+        for _, row in self._kept_rows(sources, wanted):
             out.write(dumps(row))
             written += 1
         return written
@@ -263,11 +270,13 @@ class Store:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        schema = unified_schema(self.task, [pq.read_schema(s) for s in sources if s.endswith(".parquet")])
+        schemas = {s: pq.read_schema(s) for s in sources if s.endswith(".parquet")}
+        schema = unified_schema(self.task, list(schemas.values()))
+        as_text = {s: carried.to_json_text(schemas[s], schema) if s in schemas else [] for s in sources}
         written, chunk = 0, []
         with pq.ParquetWriter(out, schema) as writer:
-            for row in self._kept_rows(sources, wanted):
-                chunk.append(row)
+            for source, row in self._kept_rows(sources, wanted):
+                chunk.append(carried.as_json_text(row, as_text[source]))
                 if len(chunk) >= 4096:
                     writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
                     written, chunk = written + len(chunk), []
@@ -358,6 +367,11 @@ class SpoolStore(Store):
         except FileNotFoundError:
             pass  # nothing was written
         sys.stdout.flush()
+
+
+def _present(key: str, present: set[str]) -> bool:
+    """Whether the image of `key` is in `present`. Its path may hold a NUL too, the separator of keys."""
+    return key in present or any(key[:i] in present for i, c in enumerate(key) if c == "\x00")
 
 
 @dataclass

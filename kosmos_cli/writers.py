@@ -15,7 +15,9 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from .errors import InputError, OutputError, UsageError
+from . import carried
 from .atomic import atomic_write
+from .fsnames import clean
 from .records import Record, to_jsonable
 from .tasks import Task
 
@@ -135,30 +137,20 @@ def records_table(records: list[Record], task: type[Task]):
     """Records -> an Arrow table with the task's schema plus carried columns (types inferred)."""
     import pyarrow as pa
 
-    rows = [r.to_dict() for r in records]
+    rows = [clean(r.to_dict()) for r in records]
     base = task.schema()
     extra_names = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in base.names]
-    extra = None
-    if extra_names:
-        extra = pa.Table.from_pylist([{k: row.get(k) for k in extra_names} for row in rows]).schema
+    extra = carried.schema_of(rows, extra_names) if extra_names else None
     return pa.Table.from_pylist(rows, schema=task.schema(extra))
 
 
 def unified_schema(task: type[Task], schemas: list):
-    """One schema for the task and every carried column seen in any part (a column's types promoted)."""
-    import pyarrow as pa
-
-    base = task.schema()
-    extras = [pa.schema([f for f in s if f.name not in base.names]) for s in schemas]
-    try:
-        extra = pa.unify_schemas(extras, promote_options="permissive") if extras else None
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        extra = pa.schema([pa.field(f.name, pa.string()) for s in extras for f in s])
-    return task.schema(extra)
+    """One schema for the task and every carried column seen in any part (carried.py says how types combine)."""
+    return task.schema(carried.unify(schemas, task.schema().names))
 
 
 def dumps(row: dict[str, Any]) -> str:
-    return json.dumps(to_jsonable(row), ensure_ascii=False, allow_nan=False) + "\n"
+    return json.dumps(to_jsonable(clean(row)), ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def read_records(path: str) -> Iterator[dict[str, Any]]:
@@ -229,7 +221,10 @@ def readable_parquet(path: str) -> bool:
 
 
 def repair_jsonl_tail(path: str) -> None:
-    """Cut a torn last line (a write cut short by a crash) so the next record starts on its own line."""
+    """Cut a torn last line (a write cut short by a crash) so the next record starts on its own line.
+
+    A last line that is a whole JSON object (written by hand, or by a tool that ends without a newline) is kept:
+    only its newline is added."""
     try:
         with open(path, "rb+") as f:
             size = f.seek(0, os.SEEK_END)
@@ -248,12 +243,23 @@ def repair_jsonl_tail(path: str) -> None:
                     pos = pos - step + cut + 1
                     break
                 pos -= step
+            f.seek(pos)
+            if _whole_object(f.read(size - pos)):
+                f.write(b"\n")
+                return
             log.warning("repairing %s: dropping a torn last line left by an interrupted run", path)
             f.truncate(pos)
     except FileNotFoundError:
         return
     except OSError as exc:
         raise disk_error(exc, path) from None
+
+
+def _whole_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, RecursionError):  # not JSON, or not UTF-8
+        return False
 
 
 def _sync(f) -> None:

@@ -60,3 +60,15 @@ def image_dir(tmp_path):
     folder = tmp_path / "photos"
     make_images(str(folder))
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logger():
+    """The CLI sets up the `kosmos_cli` logger for a terminal (level, handler); each test starts from a plain one."""
+    import logging
+
+    yield
+    logger = logging.getLogger("kosmos_cli")
+    logger.handlers.clear()
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..fsnames import clean, recorded
 from ..prompts import Prompt
 from ..records import COMMON_FIELDS, Record, common_arrow_fields
 from ..sources import Item
@@ -47,8 +48,11 @@ class Task:
     # -- rows of any results file ------------------------------------------------------------------------
     @classmethod
     def key(cls, row: Mapping[str, Any]) -> str:
-        """What makes a row unique in its output: the image, and for refer/find the region or phrase."""
-        return "\x00".join([row["path"], *(json.dumps(row.get(f)) for f in cls.key_fields)])
+        """What makes a row unique in its output: the image, and for refer/find the region or phrase.
+
+        A path that is not valid Unicode counts as it is recorded (fsnames.py), so a rerun finds such images done.
+        """
+        return "\x00".join([recorded(row["path"]), *(json.dumps(clean(row.get(f))) for f in cls.key_fields)])
 
     @classmethod
     def resume_columns(cls) -> tuple[str, ...]:
