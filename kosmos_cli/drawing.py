@@ -14,7 +14,6 @@ picture.
 from __future__ import annotations
 
 import collections
-import functools
 import html
 import logging
 import os
@@ -28,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from .errors import InputError, OutputError, UsageError
+from .fonts import label_font
 from .images import load_image
 
 log = logging.getLogger("kosmos_cli")
@@ -106,12 +106,8 @@ def font_size(width: int, height: int) -> int:
     return max(12, round(max(width, height) / 36))
 
 
-@functools.lru_cache(maxsize=16)
 def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):  # Pillow without FreeType: the small bitmap font
-        return ImageFont.load_default()
+    return label_font(size)  # a Unicode font when the system has one (fonts.py)
 
 
 def annotate(image: Image.Image, shapes: Iterable[Shape], scale: tuple[float, float] = (1.0, 1.0)) -> Image.Image:
