@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import KosmosError, UsageError
+from .records import printable
 
 app = typer.Typer(
     name="kosmos",
@@ -314,7 +315,7 @@ def _finish(summary, quiet: bool, strict: bool) -> None:
 
 
 def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    print(printable(line), file=sys.stderr, flush=True)  # a file name cannot break the line or forge another
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -327,6 +328,9 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value):
         pass
+
+    def format(self, record):
+        return printable(super().format(record))
 
 
 def _setup_logging(quiet: bool) -> None:
