@@ -352,7 +352,30 @@ def _silence_stdout() -> None:
 
 
 def main() -> None:
-    app()
+    """`kosmos`: a usage error (unknown option, missing argument, bad value) is one line, exit 2, like any error."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer's own Click, never `import click`
+
+    try:
+        code = app(standalone_mode=False)  # returns the exit code of typer.Exit, None when a command returns
+    except NoArgsIsHelpError:  # plain `kosmos`: the help was shown
+        code = 2
+    except ClickException as exc:
+        _say(f"kosmos: error: {_usage_line(exc)}")
+        code = exc.exit_code
+    except typer.Abort:
+        _say("kosmos: error: aborted")
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_line(exc) -> str:
+    """Click's message, lower-cased like ours, and where the help is: "no such option: --bogus; see 'kosmos ground -h'"."""
+    from .records import one_line
+
+    text = one_line(exc.format_message()).rstrip(".")
+    text = text[:1].lower() + text[1:]
+    ctx = getattr(exc, "ctx", None)  # usage errors know their command; other Click errors do not
+    return f"{text}; see '{ctx.command_path} --help'" if ctx is not None else text
 
 
 if __name__ == "__main__":
