@@ -310,8 +310,24 @@ def _finish(summary, quiet: bool, strict: bool) -> None:
             for part in getattr(summary, "ranks", ()):
                 _say(part.line())
         _say(summary.line())
-    if strict and summary.failed and not rank:
-        raise typer.Exit(1)
+    if strict and not rank:  # the reason for exit 1 is said even with --quiet
+        reason = _strict_failure(summary)
+        if reason:
+            _say(f"kosmos: error: {reason} (--strict)")
+            raise typer.Exit(1)
+
+
+def _strict_failure(summary) -> str | None:
+    """Why --strict fails a run that finished: some records failed, or the inputs named no image at all."""
+    from .pipeline import Summary
+
+    task = summary.task if isinstance(summary, Summary) else "draw"
+    if summary.failed:
+        noun = {"refer": "region", "find": "phrase"}.get(task, "image")
+        return f"{summary.failed} {noun}{'s' if summary.failed != 1 else ''} failed"
+    if isinstance(summary, Summary) and not summary.found:
+        return "no images found"
+    return None
 
 
 def _say(line: str) -> None:

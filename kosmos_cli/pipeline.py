@@ -21,7 +21,7 @@ from .errors import OutputError, UsageError
 from .images import MODEL_SIDE, file_stat, load_image
 from .jobs import Job, Unit
 from .records import OK, Record
-from .sources import Item, iter_items, shard
+from .sources import Item, iter_items, nothing_found, shard
 from .writers import Seen, Sink, StdoutSink, Store, detect_format
 
 log = logging.getLogger("kosmos_cli")
@@ -62,6 +62,7 @@ class Summary:
     done: int = 0
     failed: int = 0
     skipped: int = 0
+    found: int = 0  # images (or manifest rows) the inputs named, done before or not; 0: the inputs named none
     seconds: float = 0.0
     interrupted: bool = False
     failures: list[str] = field(default_factory=list)
@@ -148,7 +149,7 @@ def _run(job, inputs, engine, options, progress, on_write, rank, world, team=Non
     replaced = 0
     write_failed = False
     try:
-        items = _as_items(inputs, per_row=job.per_row)
+        items = _counted(_as_items(inputs, per_row=job.per_row), summary)
         if present is not None:
             items = _tracking(items, present)
         pending = _todo(shard(items, rank, world, by_image=job.per_row), job, engine, seen, options, summary, progress)
@@ -171,6 +172,9 @@ def _run(job, inputs, engine, options, progress, on_write, rank, world, team=Non
                 team.check()  # another rank failed: stop
         if team is not None:
             team.finish(summary)  # rank 0 waits here for every rank and counts their records in
+        if not summary.found and (team is None or team.main):
+            kept = "; --prune removed no record" if options.prune else ""
+            log.warning("%s%s", nothing_found(inputs), kept)
     except (KeyboardInterrupt, SystemExit):
         summary.interrupted = True
         raise
@@ -192,7 +196,7 @@ def _run(job, inputs, engine, options, progress, on_write, rank, world, team=Non
 
 def _finish(store: Store, present: set[str] | None, replaced: int, summary: Summary) -> None:
     """Fold parts in; drop records of removed images with --prune (only after a complete pass)."""
-    prune = present is not None and not summary.interrupted
+    prune = present is not None and not summary.interrupted and summary.found > 0  # no inputs: an unmounted disk?
     if prune or replaced or store.has_parts():
         keep = (lambda key: key.split("\x00")[0] in present) if prune else None
         store.compact(keep)
@@ -216,6 +220,12 @@ def _as_items(inputs, per_row: bool = False) -> Iterator[Item]:
     if isinstance(inputs, list) and all(isinstance(i, str) for i in inputs):
         return iter_items(inputs, per_row=per_row)
     return (i if isinstance(i, Item) else Item(str(i)) for i in inputs)
+
+
+def _counted(items: Iterator[Item], summary: Summary) -> Iterator[Item]:
+    for item in items:
+        summary.found += 1
+        yield item
 
 
 def _tracking(items: Iterator[Item], present: set[str]) -> Iterator[Item]:

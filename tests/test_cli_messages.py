@@ -54,3 +54,58 @@ def test_a_warning_naming_such_a_file_is_one_line_too(tiny_model, tmp_path):
     assert result.exit_code == 0, result.output
     assert not any(line.startswith(SPOOF) for line in result.stderr.splitlines()), result.stderr
     assert "not valid JSON" in result.stderr
+
+
+@pytest.mark.parametrize("files", [[], ["a.HEIC", "b.avif", "notes.txt"]])
+def test_inputs_without_images_say_so_in_one_warning(tiny_model, tmp_path, files):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in files:
+        (photos / name).write_bytes(b"x")
+    result = kosmos("ground", str(photos), model=tiny_model)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "no images found" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("kosmos: WARNING: no images found in "), result.stderr
+    assert ".jpg" in warnings[0] and ".png" in warnings[0] and ".webp" in warnings[0]
+    assert result.stderr.splitlines()[-1].startswith("kosmos ground finished: 0 done")
+
+
+def test_inputs_without_images_fail_with_strict_even_when_quiet(tiny_model, tmp_path):
+    (tmp_path / "empty").mkdir()
+    quiet = kosmos("ground", str(tmp_path / "empty"), "-q", model=tiny_model)
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    strict = kosmos("ground", str(tmp_path / "empty"), "-q", "--strict", model=tiny_model)
+    assert strict.exit_code == 1
+    assert strict.stderr.splitlines() == ["kosmos: error: no images found (--strict)"]
+
+
+def test_quiet_strict_still_says_why_it_exits_1(tiny_model, tmp_path):
+    photos = tmp_path / "photos"
+    make_images(str(photos), sizes=((64, 48),))
+    (photos / "empty.png").write_bytes(b"")
+    (photos / "text.jpg").write_text("not an image")
+    result = kosmos("ground", str(photos), "-q", "--strict", model=tiny_model)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == ["kosmos: error: 2 images failed (--strict)"]
+    loud = kosmos("ground", str(photos), "--strict", "--out", str(tmp_path / "r.jsonl"), model=tiny_model)
+    assert loud.exit_code == 1 and loud.stderr.splitlines()[-1] == "kosmos: error: 2 images failed (--strict)"
+
+
+def test_find_strict_counts_phrases(tiny_model, tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    result = kosmos("find", str(tmp_path / "empty.png"), "a dog", "a cat", "-q", "--strict", model=tiny_model)
+    assert result.stderr.splitlines() == ["kosmos: error: 2 phrases failed (--strict)"]
+
+
+def test_prune_with_inputs_that_name_nothing_keeps_every_record(tiny_model, tmp_path):
+    photos = tmp_path / "photos"
+    make_images(str(photos), sizes=((64, 48), (48, 64)))
+    out = tmp_path / "results.jsonl"
+    assert kosmos("ground", str(photos), "--out", str(out), model=tiny_model).exit_code == 0
+    before = out.read_text()
+    for path in photos.iterdir():  # the disk is not mounted tonight
+        path.unlink()
+    result = kosmos("ground", str(photos), "--out", str(out), "--prune", model=tiny_model)
+    assert result.exit_code == 0
+    assert "--prune removed no record" in result.stderr
+    assert out.read_text() == before
