@@ -36,7 +36,7 @@ def load_engine(
 
 
 def ground(
-    inputs: Iterable[str] | Iterable[Item],
+    inputs: str | os.PathLike | Iterable[str | os.PathLike] | Iterable[Item],
     out: str = "-",
     *,
     prompt: str | None = None,
@@ -53,14 +53,15 @@ def ground(
     on_write=None,
     **model_options,
 ) -> Summary:
-    """Caption and ground every image named by `inputs` (folders, files, globs, manifests); write to `out`."""
-    return _run(GroundJob(prompt), list(inputs), out, engine, model, model_options, format=format,
+    """Caption and ground every image named by `inputs` (folders, files, globs, manifests; one path or a list of
+    them); write to `out`."""
+    return _run(GroundJob(prompt), _input_list(inputs), out, engine, model, model_options, format=format,
                 batch_size=batch_size, workers=workers, overwrite=overwrite, retry_failed=retry_failed, prune=prune,
                 wait=wait, progress=progress, on_write=on_write)
 
 
 def refer(
-    inputs: Iterable[str] | Iterable[Item],
+    inputs: str | os.PathLike | Iterable[str | os.PathLike] | Iterable[Item],
     out: str = "-",
     *,
     boxes: Iterable | None = None,
@@ -83,7 +84,7 @@ def refer(
     `boxes` ("x1,y1,x2,y2" strings or 4-number sequences; pixels of the image as displayed, or 0-1 with
     `normalized`) go with every image; without them each manifest row's x1, y1, x2, y2 columns are its box.
     """
-    inputs = list(inputs)
+    inputs = _input_list(inputs)
     try:
         job = ReferJob(boxes, normalized)
     except ValueError as exc:
@@ -99,7 +100,7 @@ def refer(
 
 
 def find(
-    inputs: Iterable[str] | Iterable[Item],
+    inputs: str | os.PathLike | Iterable[str | os.PathLike] | Iterable[Item],
     out: str = "-",
     *,
     phrases: Iterable[str] | None = None,
@@ -120,7 +121,7 @@ def find(
 
     `phrases` go with every image; without them each manifest row's `phrase` column is used.
     """
-    inputs = list(inputs)
+    inputs = _input_list(inputs)
     phrases = list(phrases or [])
     for number, phrase in enumerate(phrases, 1):
         try:
@@ -195,6 +196,13 @@ def _results_rows(results: str):
     except OutputError:  # a damaged or foreign Parquet file
         raise InputError(f"{results} is not a readable Parquet file: pass the .jsonl or .parquet file written "
                          "by kosmos ground, refer or find") from None
+
+
+def _input_list(inputs) -> list:
+    """`inputs` as a list: one path (str or os.PathLike) is one input, not a string of characters."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    return [os.fspath(i) if isinstance(i, os.PathLike) else i for i in inputs]
 
 
 def _run(job: Job, inputs, out, engine, model, model_options, progress=None, on_write=None, **run_options):
