@@ -197,14 +197,17 @@ def refer(
     _finish(_call(go, quiet), quiet, strict)
 
 
-@app.command(epilog="Example: kosmos find photo.jpg \"a red car\" \"a dog\" --out found.jsonl")
+@app.command(epilog="Example: kosmos find photo.jpg -p \"a red car\" -p \"a dog\" --out found.jsonl")
 def find(
     input_: Annotated[str, typer.Argument(
         metavar="INPUT", show_default=False,
         help="A folder, image file, glob, manifest (.csv .jsonl .parquet with 'path' and 'phrase' columns), "
              "or - for stdin.")],
     phrases: Annotated[Optional[list[str]], typer.Argument(
-        help="Phrases to find in every image. Without them: a manifest's 'phrase' column.",
+        help="Phrases to find in every image (as -p does). Without any: a manifest's 'phrase' column.",
+        show_default=False)] = None,
+    phrase: Annotated[Optional[list[str]], typer.Option(
+        "--phrase", "-p", help="A phrase to find in every image; repeat for more. Never mistaken for an input.",
         show_default=False)] = None,
     out: Out = "-",
     model: Model = None,
@@ -229,13 +232,24 @@ def find(
     from .progress import for_terminal
 
     def go():
-        return api.find([input_], out, phrases=phrases, format=format, batch_size=batch_size,
+        _not_images(phrases or [])
+        return api.find([input_], out, phrases=[*(phrases or []), *(phrase or [])], format=format, batch_size=batch_size,
                         overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait, workers=workers,
                         progress=for_terminal("find", quiet), model=model, revision=revision, device=device,
                         dtype=dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
                         no_repeat_ngram_size=no_repeat_ngram_size or None)
 
     _finish(_call(go, quiet), quiet, strict)
+
+
+def _not_images(phrases: list[str]) -> None:
+    """`kosmos find a.png b.png "a dog"` would look for the phrase "b.png": refused, before the model loads."""
+    from .images import is_image_path
+
+    for text in phrases:
+        if is_image_path(text) and os.path.isfile(text):
+            raise UsageError(f"{text} is an image file, not a phrase: kosmos find takes one input (for several "
+                             "images name their folder, a glob or a manifest); give phrases with -p/--phrase")
 
 
 @app.command(epilog="Example: kosmos draw results.parquet --out-dir annotated/ --html")
