@@ -197,7 +197,7 @@ def refer(
     _finish(_call(go, quiet), quiet, strict)
 
 
-@app.command(epilog="Example: kosmos find photo.jpg -p \"a red car\" -p \"a dog\" --out found.jsonl")
+@app.command(epilog="Example: kosmos find photo.jpg \"a red car\" \"a dog\" --out found.jsonl")
 def find(
     input_: Annotated[str, typer.Argument(
         metavar="INPUT", show_default=False,
