@@ -213,9 +213,9 @@ def _run(task: Task, inputs: Inputs, options: RunOptions, engine: Engine | None,
         given = ", ".join(["model"] * (model is not None) + sorted(model_options))
         raise TypeError(f"{given}: model options cannot be given with engine= (the engine was loaded with its "
                         "own); pass them to load_engine instead")
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [os.fspath(inputs)]
-    inputs = list(inputs)
+    if isinstance(inputs, (str, os.PathLike)):  # one path is one input, not a string of characters
+        inputs = [inputs]
+    inputs = [os.fspath(i) if isinstance(i, os.PathLike) else i for i in inputs]
     if inputs and all(isinstance(i, str) for i in inputs):
         check_inputs(inputs)
     task.check(inputs)

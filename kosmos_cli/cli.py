@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import Interrupted, KosmosError, UsageError
+from .records import printable
 
 app = typer.Typer(
     name="kosmos",
@@ -165,7 +166,10 @@ def find(
         help="A folder, image file, glob, manifest (.csv .jsonl .parquet with 'path' and 'phrase' columns), "
              "or - for stdin.")],
     phrases: Annotated[Optional[list[str]], typer.Argument(
-        help="Phrases to find in every image. Without them: a manifest's 'phrase' column.",
+        help="Phrases to find in every image (as -p does). Without any: a manifest's 'phrase' column.",
+        show_default=False)] = None,
+    phrase: Annotated[Optional[list[str]], typer.Option(
+        "--phrase", "-p", help="A phrase to find in every image; repeat for more. Never mistaken for an input.",
         show_default=False)] = None,
     out: Out = "-",
     model: Model = None,
@@ -191,13 +195,24 @@ def find(
     from .progress import for_terminal
 
     def go():
-        return api.find([input_], out, phrases=phrases, format=format, batch_size=batch_size,
+        _not_images(phrases or [])
+        return api.find([input_], out, phrases=[*(phrases or []), *(phrase or [])], format=format, batch_size=batch_size,
                         overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait, workers=workers, null=null,
                         progress=for_terminal("find", quiet), model=model, revision=revision, device=device,
                         dtype=dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
                         no_repeat_ngram_size=no_repeat_ngram_size)
 
     _finish(_call(go, quiet), quiet, strict)
+
+
+def _not_images(phrases: list[str]) -> None:
+    """`kosmos find a.png b.png "a dog"` would look for the phrase "b.png": refused, before the model loads."""
+    from .images import is_image_path
+
+    for text in phrases:
+        if is_image_path(text) and os.path.isfile(text):
+            raise UsageError(f"{text} is an image file, not a phrase: kosmos find takes one input (for several "
+                             "images name their folder, a glob or a manifest); give phrases with -p/--phrase")
 
 
 @app.command(epilog="Example: kosmos draw results.parquet --out-dir annotated/ --html")
@@ -276,12 +291,15 @@ def _finish(summary, quiet: bool, strict: bool) -> None:
         _say(summary.line())
         if summary.drawing is not None:
             _say(summary.drawing.line())
-    if strict and summary.failed and not rank:
-        raise typer.Exit(1)
+    if strict and not rank:  # the reason for exit 1 is said even with --quiet
+        reason = summary.strict_failure()
+        if reason:
+            _say(f"kosmos: error: {reason} (--strict)")
+            raise typer.Exit(1)
 
 
 def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    print(printable(line), file=sys.stderr, flush=True)  # a file name cannot break the line or forge another
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -294,6 +312,9 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value):
         pass
+
+    def format(self, record):
+        return printable(super().format(record))
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -315,7 +336,32 @@ def _silence_stdout() -> None:
 
 
 def main() -> None:
-    app()
+    """`kosmos`: a usage error (unknown option, missing argument, bad value) is one line, exit 2, like any error."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer's own Click, never `import click`
+
+    try:
+        code = app(standalone_mode=False)  # returns the exit code of typer.Exit, None when a command returns
+    except NoArgsIsHelpError:  # plain `kosmos`: the help was shown
+        code = 2
+    except ClickException as exc:
+        _say(f"kosmos: error: {_usage_line(exc)}")
+        code = exc.exit_code
+    except typer.Abort:
+        _say("kosmos: error: aborted")
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_line(exc) -> str:
+    """Click's message, lower-cased like ours, and where the help is: "no such option: --bogus; see 'kosmos ground -h'"."""
+    from .records import one_line
+
+    text = one_line(exc.format_message()).rstrip(".")
+    text = text[:1].lower() + text[1:]
+    ctx = getattr(exc, "ctx", None)  # usage errors know their command; other Click errors do not
+    return f"{text}; see '{ctx.command_path} --help'" if ctx is not None else text
+
+
 
 
 if __name__ == "__main__":

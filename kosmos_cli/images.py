@@ -6,6 +6,7 @@ A failure is a value (`Loaded.error`), never an exception: no file, however bad,
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -18,6 +19,12 @@ DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2 x M
 MODEL_SIDE = 224  # Kosmos-2 squashes every image to 224 x 224
 _ORIENTATION = 0x0112
 NUL_IN_PATH = "the path contains a NUL byte (paths from find -print0 need --null)"
+LARGE_PIXELS = 1 << 24  # a decode of more pixels than this (64 MB as RGBA) is a large one...
+LARGE_DECODES = 2  # ...and at most this many large decodes run at once, however many loader threads there are
+_large = threading.BoundedSemaphore(LARGE_DECODES)
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
 
 
 @dataclass
@@ -37,8 +44,11 @@ def is_image_path(path: str) -> bool:
 def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None) -> Loaded:
     """Open `path` as an RGB image as displayed.
 
-    `draft`: when set, a JPEG much larger than that many pixels a side is decoded at a reduced scale (Pillow's
-    draft mode: 1/2, 1/4 or 1/8, never below `draft` on either side). width/height stay the full displayed size.
+    `draft`: when set, the caller needs no more than about that many pixels a side, so memory stays bounded: a JPEG
+    is decoded at a reduced scale (Pillow's draft mode: 1/2, 1/4 or 1/8), and any image is then shrunk by a whole
+    factor right after decoding, its shorter side to between `draft` and 2 x `draft` pixels (the aspect ratio
+    kept). width/height stay the full displayed size. Without it (drawing) the image comes at full size.
+    At most LARGE_DECODES decodes of more than LARGE_PIXELS pixels run at once.
     """
     if "\0" in path:
         return Loaded(None, error=NUL_IN_PATH)
@@ -78,9 +88,44 @@ def _decode(img: Image.Image, max_pixels: int, draft: int | None) -> Loaded:
     if draft and img.format == "JPEG" and min(img.size) >= 2 * draft:
         scale = min(img.size) // draft  # 2, 4 or 8 when draft mode can use it
         img.draft("RGB", (max(img.size[0] // scale, 1), max(img.size[1] // scale, 1)))
-    img.load()
-    out = ImageOps.exif_transpose(img) if orientation != 1 else img
-    return Loaded(to_rgb(out), width, height)
+    large = img.size[0] * img.size[1] > LARGE_PIXELS  # the size to decode, after draft mode
+    if large:
+        _large.acquire()
+    try:
+        img.load()
+        if draft:
+            small = shrink(img, draft)
+            if small is not img:  # a new image without EXIF: turn it by hand
+                return Loaded(to_rgb(small.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE
+                                     else small), width, height)
+        out = ImageOps.exif_transpose(img) if orientation != 1 else img
+        return Loaded(to_rgb(out), width, height)
+    finally:
+        if large:
+            _large.release()
+
+
+def shrink(img: Image.Image, side: int) -> Image.Image:
+    """`img` reduced by a whole factor (box filter, aspect ratio kept), its shorter side to between `side` and
+    2 x `side` pixels. Returns `img` itself when there is nothing to reduce."""
+    factor = min(img.size) // side
+    if factor < 2:
+        return img
+    fx = fy = factor
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode in ("1", "PA"):
+        img = img.convert("L" if mode == "1" else "RGBA")
+    if img.mode in ("RGBA", "LA"):  # premultiplied, so transparent pixels lend no colour to their neighbours
+        premultiplied = "RGBa" if img.mode == "RGBA" else "La"
+        return img.convert(premultiplied).reduce((fx, fy)).convert(img.mode)
+    if img.mode.startswith("I;16"):  # reduce has no 16-bit mode: through 32-bit, values kept
+        return img.convert("I").reduce((fx, fy)).convert(img.mode)
+    try:
+        return img.reduce((fx, fy))
+    except ValueError:  # a mode reduce does not take
+        return to_rgb(img).reduce((fx, fy))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

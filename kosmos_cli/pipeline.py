@@ -24,7 +24,7 @@ from .images import MODEL_SIDE, file_stat, load_image
 from .ordered import ordered_map
 from .tasks import Task, Unit
 from .records import OK, Record
-from .sources import Item, iter_items, shard
+from .sources import Item, iter_items, nothing_found, shard
 from .store import Output, Seen, Store
 from .writers import detect_format
 
@@ -65,6 +65,7 @@ class Summary:
     done: int = 0
     failed: int = 0
     skipped: int = 0
+    found: int = 0  # images (or manifest rows) the inputs named, done before or not; 0: the inputs named none
     seconds: float = 0.0
     interrupted: bool = False
     failures: list[str] = field(default_factory=list)
@@ -76,6 +77,13 @@ class Summary:
     @property
     def rate(self) -> float:
         return (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def strict_failure(self) -> str | None:
+        """Why --strict fails a run that finished: some records failed, or the inputs named no image at all."""
+        if self.failed:
+            noun = {"refer": "region", "find": "phrase"}.get(self.task, "image")
+            return f"{self.failed} {noun}{'s' if self.failed != 1 else ''} failed"
+        return None if self.found else "no images found"
 
     def line(self) -> str:
         where = "stdout" if self.out == "-" else self.out
@@ -142,7 +150,7 @@ def run(
 def _pass(task, inputs, engine, options, output: Output, crew, summary, progress, on_write, rank, world) -> None:
     """One pass over the inputs: what is not done yet goes through the model and into `output`."""
     present: set[str] | None = set() if options.prune else None
-    items = _as_items(inputs, per_row=task.per_row, null=options.null)
+    items = _counted(_as_items(inputs, per_row=task.per_row, null=options.null), summary)
     if present is not None:
         items = _tracking(items, present)
     pending = _todo(shard(items, rank, world, by_image=task.per_row), task, engine, output.seen, options, summary,
@@ -162,7 +170,10 @@ def _pass(task, inputs, engine, options, output: Output, crew, summary, progress
             on_write(records)
         progress.advance(summary.done, summary.failed, summary.skipped)
         crew.check()  # another rank failed: stop
-    if present is not None:
+    if not summary.found and crew.main:
+        kept = "; --prune removed no record" if options.prune else ""
+        log.warning("%s%s", nothing_found(inputs), kept)
+    elif present is not None:
         output.complete(present)  # the pass saw every input: --prune may drop the records of the others
 
 
@@ -183,6 +194,12 @@ def _as_items(inputs, per_row: bool = False, null: bool = False) -> Iterator[Ite
     if isinstance(inputs, list) and all(isinstance(i, str) for i in inputs):
         return iter_items(inputs, per_row=per_row, null=null)
     return (i if isinstance(i, Item) else Item(str(i)) for i in inputs)
+
+
+def _counted(items: Iterator[Item], summary: Summary) -> Iterator[Item]:
+    for item in items:
+        summary.found += 1
+        yield item
 
 
 def _tracking(items: Iterator[Item], present: set[str]) -> Iterator[Item]:

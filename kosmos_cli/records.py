@@ -102,8 +102,26 @@ def carried_name(column: str, reserved: frozenset[str] | set[str] | None = None)
 
 
 def one_line(message: str) -> str:
-    text = " ".join(str(message).split())
+    text = printable(" ".join(str(message).split()))
     return text[:500] + ("..." if len(text) > 500 else "")
+
+
+def _escapes() -> dict[int, str]:
+    table = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}  # C0, DEL, C1
+    table.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+    for c in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)):  # line breaks, bidi overrides
+        table[c] = f"\\u{c:04x}"
+    table.update({c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)})  # undecodable bytes of a file name
+    return table
+
+
+_ESCAPES = _escapes()
+
+
+def printable(text: str) -> str:
+    """`text` safe to print as (part of) one line: control characters written as escapes (\\n, \\r, \\t, \\x1b,
+    \\u2028, \\u202e), so a file name cannot break a line of the log, forge the next one or recolour the terminal."""
+    return str(text).translate(_ESCAPES)
 
 
 def to_jsonable(value: Any) -> Any:

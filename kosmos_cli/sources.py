@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from .carried import from_parquet
 from .errors import InputError, UsageError
-from .images import is_image_path
+from .images import IMAGE_EXTENSIONS, is_image_path
 
 log = logging.getLogger("kosmos_cli")
 
@@ -61,6 +61,15 @@ def check_inputs(inputs: Iterable[str]) -> list[str]:
     if inputs.count("-") > 1:
         raise UsageError("'-' (stdin) can be given once")
     return inputs
+
+
+def nothing_found(inputs) -> str:
+    """The warning for inputs that named no image: which extensions a folder or glob is searched for."""
+    named = [i for i in inputs if isinstance(i, str)] if isinstance(inputs, (list, tuple)) else []
+    where = ", ".join(named[:3]) + (", ..." if len(named) > 3 else "") if named else "the inputs"
+    extensions = " ".join(sorted(IMAGE_EXTENSIONS))
+    return (f"no images found in {where}: folders and globs are searched for {extensions} (any case); "
+            "other files, such as .heic or .avif, are left out unless named one by one or in a manifest")
 
 
 def iter_items(inputs: Iterable[str], stdin: IO[str] | None = None, per_row: bool = False,

@@ -54,6 +54,10 @@ class DrawSummary:
     ranks: ClassVar[tuple] = ()
     drawing: ClassVar[None] = None
 
+    def strict_failure(self) -> str | None:
+        """Why --strict fails a draw: images that could not be drawn."""
+        return f"{self.failed} image{'s' if self.failed != 1 else ''} failed" if self.failed else None
+
     def line(self) -> str:
         index = f" (gallery {self.index})" if self.index else ""
         return (f"kosmos draw finished: {self.drawn} drawn, {self.skipped} skipped (error records), "

@@ -7,13 +7,13 @@ picture. What a row shows (its entities' labels and boxes) its task says (`Task.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from ..fonts import label_font
 from .. import tasks
 from .colors import color, text_color
 
@@ -42,12 +42,8 @@ def font_size(width: int, height: int) -> int:
     return max(12, round(max(width, height) / 36))
 
 
-@functools.lru_cache(maxsize=16)
 def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):  # Pillow without FreeType: the small bitmap font
-        return ImageFont.load_default()
+    return label_font(size)  # a Unicode font when the system has one (fonts.py)
 
 
 def annotate(image: Image.Image, shapes: Iterable[Shape], scale: tuple[float, float] = (1.0, 1.0)) -> Image.Image:
