@@ -20,7 +20,7 @@ class AtomicFile:
     def __init__(self, path: str, mode: str = "w", *, sync: bool = True, suffix: str = ".tmp"):
         self.path, self.sync = path, sync
         self.tmp = f"{path}.{os.getpid()}{suffix}"
-        self.file: IO[Any] = open(self.tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+        self.file: IO[Any] = open(self.tmp, mode, encoding=None if "b" in mode else "utf-8")
 
     def commit(self) -> None:
         try:

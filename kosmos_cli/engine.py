@@ -93,10 +93,10 @@ class Engine:
     def __init__(self, options: ModelOptions = ModelOptions(), generation: GenerationOptions = GenerationOptions()):
         self.options = options
         self.generation = generation
-        self.processor = None
-        self.model = None
-        self.device = None
-        self.dtype = None
+        self.processor: Any = None  # transformers' processor and model, once loaded
+        self.model: Any = None
+        self.device: Any = None  # "cpu", "cuda:0", ... or a torch.device
+        self.dtype: Any = None  # a torch dtype
         self._lock = threading.Lock()
 
     # -- loading -----------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -17,7 +17,7 @@ Out = TypeVar("Out")
 
 
 def ordered_map(fn: Callable[[In], Out], items: Iterable[In], workers: int, ahead: int,
-                name: str = "kosmos") -> Iterator[Out]:
+                name: str = "kosmos") -> Generator[Out, None, None]:
     """`fn(item)` for each item on `workers` threads, yielded in the order of `items`.
 
     Items are pulled lazily (on the caller's thread) so that at most `ahead` of them are in flight: submitted and

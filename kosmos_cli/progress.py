@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from .pipeline import Progress
 
@@ -16,7 +17,8 @@ class BarProgress(Progress):
     live = True
 
     def __init__(self, task: str, stream=None):
-        self._task, self._stream, self._bar, self._total = task, stream or sys.stderr, None, None
+        self._task, self._stream = task, stream or sys.stderr
+        self._bar: Any = None  # a tqdm bar once started
 
     def start(self, total: int | None) -> None:
         from tqdm import tqdm
@@ -31,6 +33,7 @@ class BarProgress(Progress):
     def advance(self, done: int, failed: int, skipped: int) -> None:
         if self._bar is None:
             self.start(None)
+        assert self._bar is not None
         self._bar.n = done + failed + skipped
         self._bar.set_postfix(failed=failed, skipped=skipped, refresh=False)
         self._bar.refresh()

@@ -34,7 +34,7 @@ class Prompt:
 
 def caption_prompt(prompt: str | None = None) -> Prompt:
     """A preset name (brief, detailed) or any text; text without <grounding> gets it, so boxes come out."""
-    text = PRESETS.get(prompt or DEFAULT_PROMPT, prompt)
+    text = PRESETS.get(prompt or DEFAULT_PROMPT) or str(prompt)
     if GROUNDING not in text:
         text = f"{GROUNDING} {text.strip()}"
     return Prompt(text)

@@ -232,7 +232,8 @@ class Team:
 
     # -- this rank's status ---------------------------------------------------------------------------------
     def _reset(self) -> None:
-        self.state, self.error = LOADING, None
+        self.state: str = LOADING
+        self.error: str | None = None
         self.merged, self.problem = False, None
         self._counts, self._failures, self._seconds = (0, 0, 0), [], 0.0
         self._beats = 0

@@ -21,8 +21,8 @@ def text_color(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
 
 def luminance(rgb: tuple[int, int, int]) -> float:
     """WCAG relative luminance, 0 (black) to 1 (white)."""
-    def linear(v: int) -> float:
-        v = v / 255
+    def linear(value: int) -> float:
+        v = value / 255
         return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4
 
     r, g, b = rgb
