@@ -157,18 +157,20 @@ def test_kill_9_keeps_finished_batches_and_the_rerun_completes_exactly_once(tiny
     make_images(str(photos), sizes=[(64 + i, 64) for i in range(40)])
     for fmt in ("jsonl", "parquet"):
         out = tmp_path / f"r.{fmt}"
-        cmd = [sys.executable, "-m", "kosmos_cli", "ground", str(photos), "--out", str(out), "--model", tiny_model,
-               "-b", "2", "--max-new-tokens", "24", "--workers", "1"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
-        store = Store(str(out), fmt, "ground")
-        deadline = time.time() + 120
-        while time.time() < deadline and len(store.scan().seen) < 4:
+        args = ["ground", str(photos), "--out", str(out), "--model", tiny_model, "-b", "2", "--max-new-tokens", "24",
+                "--workers", "1"]
+        paused = tmp_path / f"paused-{fmt}"
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "pause_after.py"), *args],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+                                env={**os.environ, "KOSMOS_TEST_PAUSE_AFTER": "2", "KOSMOS_TEST_PAUSED": str(paused)})
+        while not paused.exists() and proc.poll() is None:  # it stops by itself after its second batch
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        partial = store.scan().seen
-        assert 4 <= len(partial) < 40, f"{fmt}: kill came too late to test anything"
-        rerun = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        partial = Store(str(out), fmt, "ground").scan().seen
+        assert len(partial) == 4, fmt  # two batches of two, durable when the kill came
+        rerun = subprocess.run([sys.executable, "-m", "kosmos_cli", *args], capture_output=True, text=True, cwd=ROOT,
+                               timeout=300)
         assert rerun.returncode == 0, rerun.stderr
         assert f"{len(partial)} skipped" in rerun.stderr
         rows = list(read_records(str(out)))

@@ -285,7 +285,7 @@ def test_a_rank_whose_heartbeat_stops_is_named_after_the_timeout(tmp_path):
         started = time.monotonic()
         problem = watch_until_problem(main)
         assert str(problem).startswith("rank 1 on elsewhere stopped responding: no heartbeat for")
-        assert 0.5 <= time.monotonic() - started < 3
+        assert 0.5 <= time.monotonic() - started < 30  # named after the timeout, not before; the bound only stops a hang
     finally:
         main.close()
 
@@ -314,7 +314,7 @@ def test_a_running_rank_that_records_nothing_is_named_after_the_stall_timeout(tm
             time.sleep(0.05)
         assert str(main.problem).startswith("rank 1 on elsewhere has recorded nothing for 1s although it is still "
                                             "running: it looks hung")
-        assert 0.6 <= time.monotonic() - started < 3
+        assert 0.6 <= time.monotonic() - started < 30
     finally:
         main.close()
 
