@@ -207,6 +207,22 @@ def test_a_full_disk_leaves_whole_jsonl_records_only(small_disk):
         [f"img{b}-{i}.png" for b in range(written // 3) for i in range(3)]
 
 
+def test_a_nightly_draw_inside_the_library_is_not_grounded_the_next_night(tiny_model, tmp_path):
+    lib = tmp_path / "lib"
+    make_images(str(lib), sizes=[(48, 48), (56, 40)])
+    args = ["--draw", str(lib / "annotated")]
+    first = subprocess.run(cmd(lib, lib / "r.parquet", tiny_model, *args), capture_output=True, text=True, cwd=ROOT,
+                           timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "2 done, 0 failed, 0 skipped" in first.stderr and "2 drawn" in first.stderr
+    second = subprocess.run(cmd(lib, lib / "r.parquet", tiny_model, *args), capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "0 done, 0 failed, 2 skipped" in second.stderr and "0 drawn" in second.stderr
+    assert not (lib / "annotated" / "annotated").exists()
+    assert paths_in(lib / "r.parquet") == sorted(str(p) for p in lib.glob("img_*"))
+
+
 # -- signals ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_keep_finished_batches_and_leave_a_valid_output(tiny_model, tmp_path, sig, code):
