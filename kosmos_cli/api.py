@@ -156,7 +156,8 @@ def draw(
     """Draw the boxes of every ok record of a results file (JSONL or Parquet from ground, refer or find).
 
     The images keep their layout below the common folder of the recorded paths; error records are skipped
-    and counted. `html`: also write index.html, a gallery that opens from the folder. Images are drawn on
+    and counted. `out_dir` is new, empty, or one kosmos drew into before (naming.claim; UsageError otherwise, before
+    anything is written). `html`: also write index.html, a gallery that opens from the folder. Images are drawn on
     `threads` threads (default: up to 4), reported to `on_drawn` in the order of the rows. Returns a DrawSummary.
     """
     from .drawing import Background, Drawer, check_results_row, locate
@@ -242,14 +243,8 @@ def _run(task: Task, inputs: Inputs, options: RunOptions, engine: Engine | None,
 
 
 def _drawer(folder: str, inputs: list):
-    """A Drawer for ground's `draw` folder, keeping the layout below the inputs' common folder; checked now."""
+    """A Drawer for ground's `draw` folder, keeping the layout below the inputs' common folder; checked (and the
+    folder made and marked as ours) now, before the model loads."""
     from .drawing import Drawer, input_root
-    from .errors import UsageError
 
-    drawer = Drawer(folder, input_root([i for i in inputs if isinstance(i, str)]), option="--draw")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{{param}} {folder}: cannot make that folder ({exc.strerror or exc}): name a folder you "
-                         "can write to", param="draw") from None
-    return drawer
+    return Drawer(folder, input_root([i for i in inputs if isinstance(i, str)]), option="--draw")

@@ -220,8 +220,9 @@ def draw(
     results: Annotated[str, typer.Argument(
         help="A results file of kosmos ground, refer or find (.jsonl or .parquet).", show_default=False)],
     out_dir: Annotated[str, typer.Option(
-        "--out-dir", "-o", help="Folder for the annotated images (made if missing); the images keep their "
-                                "layout below their common folder.", show_default=False)],
+        "--out-dir", "-o", help="Folder for the annotated images: new, empty, or drawn by kosmos before (made if "
+                                "missing); the images keep their layout below their common folder.",
+        show_default=False)],
     html: Annotated[bool, typer.Option("--html", help="Also write index.html, a gallery that opens from the "
                                                       "folder in a browser.")] = False,
     strict: Strict = False,

@@ -8,7 +8,7 @@ surrogate too (`"\\ud800"`). Such a str opens the real file, but cannot be writt
 - JSONL and Parquet record it with each byte that is not UTF-8 written as the four characters `\\xNN` (its hex
   value), and any other lone surrogate as the six characters `\\uXXXX`, e.g. `caf\\xe9.jpg`. Valid text is
   recorded unchanged, so every name that is UTF-8 keeps its exact spelling;
-- the resume key is that recorded form, so a rerun finds these images done.
+- the resume key (tasks/base.path_key) is in that recorded form, so a rerun finds these images done.
 
 The same rule applies to every string of a record (carried columns, phrases, error messages).
 """

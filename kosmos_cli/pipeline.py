@@ -19,10 +19,9 @@ from . import distributed
 from .distributed import Solo
 from .engine import Engine, Prepared
 from .errors import UsageError
-from .fsnames import recorded
 from .images import MODEL_SIDE, file_stat, load_image
 from .ordered import ordered_map
-from .tasks import Task, Unit
+from .tasks import Task, Unit, path_key
 from .records import OK, Record
 from .sources import Item, iter_items, nothing_found, shard
 from .store import Output, Seen, Store
@@ -204,7 +203,7 @@ def _counted(items: Iterator[Item], summary: Summary) -> Iterator[Item]:
 
 def _tracking(items: Iterator[Item], present: set[str]) -> Iterator[Item]:
     for item in items:
-        present.add(recorded(item.path))  # as keys hold it
+        present.add(path_key(item.path))  # as keys hold it: canonical
         yield item
 
 

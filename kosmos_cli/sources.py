@@ -1,8 +1,11 @@
 """Inputs -> a stream of `Item`s: folders, image files, globs, manifests (txt/csv/jsonl/parquet), "-" for stdin.
 
 Folders are walked recursively in sorted order, hidden entries skipped, symlinked folders followed once (a
-loop is not followed forever). The same file reached twice is yielded once. Nothing is held in memory but the
-identities of what was already yielded.
+loop is not followed forever). A folder kosmos draws into (it holds DRAWN_MARKER) is left out of the walk of a
+folder around it, so a nightly `--draw` inside the library is never grounded as new photos; named itself, it is
+walked. Our other outputs (results files, their `.parts/` and `.lock`) are never image files, so never yielded.
+The same file reached twice is yielded once. Nothing is held in memory but the identities of what was already
+yielded.
 
 Text inputs (stdin, .txt, .csv and .jsonl manifests) are UTF-8, a byte-order mark allowed; bytes that are not
 UTF-8 are kept as Python keeps them in file names (surrogate escapes), so a listing of non-UTF-8 file names
@@ -30,6 +33,7 @@ from .images import IMAGE_EXTENSIONS, is_image_path
 
 log = logging.getLogger("kosmos_cli")
 
+DRAWN_MARKER = ".kosmos-drawn"  # in every folder kosmos draws into (drawing/naming.py); folder walks skip it
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".jsonl", ".ndjson", ".parquet")
 MAX_DEPTH = 100  # levels of nesting a JSON manifest line may have (deeper would overflow the stack downstream)
 _TEXT = {"encoding": "utf-8-sig", "errors": "surrogateescape"}
@@ -137,10 +141,11 @@ def _expand(inputs: Iterable[str], stdin: IO[str] | None, null: bool = False) ->
 
 
 def walk_folder(top: str) -> Iterator[Item]:
-    """Images under `top`, recursively, sorted; hidden files and folders skipped; each real folder once."""
+    """Images under `top`, recursively, sorted; hidden files and folders skipped; each real folder once; folders
+    below `top` that kosmos drew into (holding DRAWN_MARKER) left out."""
     visited: set[tuple[int, int]] = set()
 
-    def walk(folder: str) -> Iterator[Item]:
+    def walk(folder: str, below: bool = False) -> Iterator[Item]:
         try:
             st = os.stat(folder)
         except OSError:
@@ -154,6 +159,8 @@ def walk_folder(top: str) -> Iterator[Item]:
         except OSError as exc:
             log.warning("cannot list %s: %s", folder, exc.strerror or exc)
             return
+        if below and any(entry.name == DRAWN_MARKER for entry in entries):
+            return  # annotated images kosmos drew: not photos to ground
         for entry in entries:
             if entry.name.startswith("."):
                 continue
@@ -163,7 +170,7 @@ def walk_folder(top: str) -> Iterator[Item]:
             except OSError:
                 continue
             if is_dir:
-                yield from walk(path)
+                yield from walk(path, below=True)
             elif is_image_path(entry.name):
                 yield Item(os.path.normpath(path))
 

@@ -207,15 +207,20 @@ class Store:
     def scan(self, parts: bool = True) -> Holdings:
         """What the output holds (the last record of each key wins). `parts=False`: the output alone, leaving
         the parts folder untouched (other processes may be writing there)."""
-        found = Holdings()
-        rows = 0
+        tasks.forget_folders()  # this run's keys share one view of the file system, taken now
+        found, rows, folder = Holdings(), 0, self.folder()
         sources = self.sources() if parts else ([self.path] if os.path.exists(self.path) else [])
         for source in sources:
             for row in self.rows(source, self.task.resume_columns()):
-                found.seen[self.task.key(row)] = Seen(row.get("file_size"), row.get("file_mtime"), row.get("status"))
+                seen = Seen(row.get("file_size"), row.get("file_mtime"), row.get("status"))
+                found.seen[self.task.key(row, folder)] = seen
                 rows += 1
         found.duplicates = rows - len(found.seen)  # records written again for a key: compaction keeps the last
         return found
+
+    def folder(self) -> str:
+        """Where the output is: a relative path read back from it is also tried from here (Task.key)."""
+        return os.path.dirname(os.path.abspath(self.path))
 
     def has_parts(self) -> bool:
         return any(s != self.path for s in self.sources())
@@ -234,9 +239,10 @@ class Store:
         if not sources:
             return 0
         last: dict[str, tuple[int, int]] = {}
+        folder = self.folder()
         for i, source in enumerate(sources):
             for j, row in enumerate(self.rows(source, self.task.resume_columns())):
-                last[self.task.key(row)] = (i, j)
+                last[self.task.key(row, folder)] = (i, j)
         wanted = {pos for key, pos in last.items() if keep is None or keep(key)}
         del last
         try:

@@ -6,6 +6,7 @@ bytes go to and come from one file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -68,27 +69,37 @@ class Sink:
 
 
 class JsonlSink(Sink):
+    """Appends each batch to a JSONL file and syncs it. A batch that cannot be written whole (a full disk, a
+    quota) is cut off again before the error is raised: the file holds whole records only after any failure."""
+
     def __init__(self, path: str):
         self.path = path
         try:
-            self._f = open(path, "a", encoding="utf-8")
+            self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         except OSError as exc:
             raise disk_error(exc, path) from None
 
     def write(self, records: list[Record]) -> None:
-        if not records:
+        if not records or self._fd is None:
             return
+        data = memoryview("".join(dumps(r.to_dict()) for r in records).encode("utf-8"))
+        start = None
         try:
-            self._f.write("".join(dumps(r.to_dict()) for r in records))
-            _sync(self._f)
+            start = os.fstat(self._fd).st_size
+            while data:
+                data = data[os.write(self._fd, data):]
+            os.fsync(self._fd)
         except OSError as exc:
+            if start is not None:
+                with contextlib.suppress(OSError):  # shrinking needs no space; if it fails, the next run repairs
+                    os.ftruncate(self._fd, start)
             raise disk_error(exc, self.path) from None
 
     def close(self) -> None:
-        try:
-            self._f.close()
-        except OSError:
-            pass
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
 
 
 class StdoutSink(Sink):

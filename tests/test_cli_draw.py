@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from cli_helpers import one_error_line
 from conftest import ROOT
 from kosmos_cli.tasks import Find, FindRecord
 from kosmos_cli.drawing import PALETTE
@@ -98,6 +99,43 @@ def test_usage_errors(results, tmp_path):
     assert same.exit_code == 2 and "folder of the images" in same.stderr
 
 
+def _lib(tmp_path):
+    """lib/x.png and an original lib/sub/x.png whose path is where lib/x.png would be drawn in lib/sub."""
+    lib = tmp_path / "lib"
+    (lib / "sub").mkdir(parents=True)
+    Image.new("RGB", (64, 48), GREY).save(lib / "x.png")
+    Image.new("RGB", (64, 48), (0, 90, 200)).save(lib / "sub" / "x.png")
+    rows = [FindRecord(path=str(lib / name), width=64, height=48, phrase="a dog", boxes_px=[[4, 4, 40, 40]]).to_dict()
+            for name in ("x.png", "sub/x.png")]
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return lib, results
+
+
+def test_no_draw_writes_over_an_original_in_a_folder_kosmos_did_not_draw(tmp_path):
+    lib, results = _lib(tmp_path)
+    before = {p: p.read_bytes() for p in lib.rglob("*") if p.is_file()}
+    refused = invoke("draw", str(results), "-o", str(lib / "sub"))
+    one_error_line(refused, 2, f"--out-dir {lib / 'sub'} already holds files that kosmos did not draw (it has no "
+                               ".kosmos-drawn): name a new or empty folder")
+    grounding = invoke("ground", str(lib), "--out", str(tmp_path / "g.jsonl"), "--draw", str(lib / "sub"),
+                       "--model", "/no/such/model")  # refused before the model would load
+    one_error_line(grounding, 2, f"--draw {lib / 'sub'} already holds files that kosmos did not draw")
+    assert {p: p.read_bytes() for p in lib.rglob("*") if p.is_file()} == before  # nothing written, nothing marked
+    assert not (tmp_path / "g.jsonl").exists()
+
+
+def test_a_new_or_empty_folder_is_marked_as_ours_and_drawn_into_again(tmp_path):
+    lib, results = _lib(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "empty", tmp_path / "new"):
+        for _ in range(2):  # the second draw writes over what the first drew: the folder is ours
+            result = invoke("draw", str(results), "-o", str(folder))
+            assert result.exit_code == 0, result.output
+            assert sorted(os.listdir(folder)) == [".kosmos-drawn", "sub", "x.png"]
+            assert "kosmos drew the images in this folder" in (folder / ".kosmos-drawn").read_text()
+
+
 def test_ground_with_draw(tmp_path, tiny_model):
     photos = tmp_path / "photos"
     (photos / "sub").mkdir(parents=True)
@@ -109,7 +147,7 @@ def test_ground_with_draw(tmp_path, tiny_model):
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]  # stdout still carries the records only
     assert len(rows) == 2
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.*")) == ["a.png", "sub/b.jpg"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.*")) == [".kosmos-drawn", "a.png", "sub/b.jpg"]
     assert "kosmos draw finished: 2 drawn, 0 skipped" in result.stderr
     assert "kosmos ground finished: 2 done" in result.stderr
     again = invoke("ground", str(photos), "--out", "-", "--draw", str(photos), "--model", tiny_model)

@@ -186,6 +186,43 @@ def test_a_real_full_disk(tiny_model, small_disk, tmp_path):
     assert paths_in(out) == sorted(str(p) for p in photos.iterdir())
 
 
+def test_a_full_disk_leaves_whole_jsonl_records_only(small_disk):
+    """A batch the disk has no room for is cut off again before the error: jq and kosmos draw read the file
+    as it is, with no repair run needed."""
+    from kosmos_cli.tasks import GroundRecord
+    from kosmos_cli.writers import JsonlSink
+
+    (small_disk / "filler").write_bytes(b"\0" * (64 * 1024 - 8 * 1024))
+    out = small_disk / "r.jsonl"
+    sink = JsonlSink(str(out))
+    written = 0
+    with pytest.raises(OutputError, match="no space left writing"):
+        for batch in range(100):  # 3 records of ~500 bytes a batch: the disk fills in the middle of one
+            sink.write([GroundRecord(path=f"img{batch}-{i}.png", caption="x" * 450) for i in range(3)])
+            written += 3
+    sink.close()
+    assert 0 < written < 300
+    text = out.read_text()
+    assert text.endswith("\n") and [json.loads(line)["path"] for line in text.splitlines()] == \
+        [f"img{b}-{i}.png" for b in range(written // 3) for i in range(3)]
+
+
+def test_a_nightly_draw_inside_the_library_is_not_grounded_the_next_night(tiny_model, tmp_path):
+    lib = tmp_path / "lib"
+    make_images(str(lib), sizes=[(48, 48), (56, 40)])
+    args = ["--draw", str(lib / "annotated")]
+    first = subprocess.run(cmd(lib, lib / "r.parquet", tiny_model, *args), capture_output=True, text=True, cwd=ROOT,
+                           timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "2 done, 0 failed, 0 skipped" in first.stderr and "2 drawn" in first.stderr
+    second = subprocess.run(cmd(lib, lib / "r.parquet", tiny_model, *args), capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "0 done, 0 failed, 2 skipped" in second.stderr and "0 drawn" in second.stderr
+    assert not (lib / "annotated" / "annotated").exists()
+    assert paths_in(lib / "r.parquet") == sorted(str(p) for p in lib.glob("img_*"))
+
+
 # -- signals ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_keep_finished_batches_and_leave_a_valid_output(tiny_model, tmp_path, sig, code):

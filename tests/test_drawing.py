@@ -167,7 +167,7 @@ def test_layout_below_the_common_folder_and_names_that_do_not_collide(tmp_path):
     assert [os.path.relpath(p, out) for p in written] == ["a.png", "a-2.png", "a-3.png", "b.JPG", "sub/c.png"]
     assert (summary.drawn, summary.skipped, summary.failed) == (5, 1, 0)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
-        "a-2.png", "a-3.png", "a.png", "b.JPG", "sub", "sub/c.png"]
+        ".kosmos-drawn", "a-2.png", "a-3.png", "a.png", "b.JPG", "sub", "sub/c.png"]
 
 
 def test_relative_paths_are_found_beside_the_results_file(tmp_path, monkeypatch):
@@ -333,7 +333,7 @@ def test_background_drawing_writes_what_drawing_in_line_writes(tmp_path):
     for summary in (inline.summary, bg.summary):
         assert (summary.drawn, summary.skipped, summary.failed) == (8, 1, 1)
     names = sorted(os.listdir(tmp_path / "inline"))
-    assert names == sorted(os.listdir(tmp_path / "bg")) and len(names) == 9  # 8 images and index.html
+    assert names == sorted(os.listdir(tmp_path / "bg")) and len(names) == 10  # 8 images, index.html, the mark
     for name in names:  # same pixels, same gallery in the same order
         assert (tmp_path / "inline" / name).read_bytes() == (tmp_path / "bg" / name).read_bytes(), name
 
@@ -342,10 +342,11 @@ def test_a_write_error_on_the_drawing_thread_reaches_the_caller(tmp_path):
     from kosmos_cli import OutputError
     from kosmos_cli.drawing import Background
 
-    (tmp_path / "a_file").write_text("not a folder")
     records = _records(tmp_path, 4)
+    drawer = Drawer(str(tmp_path / "out"), str(tmp_path))
+    (tmp_path / "out" / "img01.png").mkdir()  # where the second image goes: it cannot be written there
     with pytest.raises(OutputError, match="cannot write"):
-        with Background(Drawer(str(tmp_path / "a_file" / "out"), str(tmp_path))) as bg:
+        with Background(drawer) as bg:
             bg.add_records(records[:2])
             bg._thread.join(timeout=0.01)  # the error may come back here or at the end: either way it comes
             bg.add_records(records[2:])

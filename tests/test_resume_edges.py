@@ -56,3 +56,44 @@ def test_a_run_clears_a_killed_merge(tmp_path, tiny_engine, image_dir):
     leftover.write_bytes(b"PAR1")
     again = kosmos_cli.ground([str(image_dir)], str(out), engine=tiny_engine)
     assert again.skipped == 4 and not leftover.exists()
+
+
+def test_done_is_the_same_image_however_its_folder_is_spelled(tmp_path, tiny_engine, monkeypatch):
+    """`kosmos ground rs`, then `$PWD/rs`, `./rs/`, a symlink to rs, `../rs` from a folder below: one record per
+    image, and every run after the first skips all of them (records keep the path as the first run gave it)."""
+    from conftest import make_images
+
+    make_images(str(tmp_path / "rs"))
+    os.symlink(tmp_path / "rs", tmp_path / "link")
+    (tmp_path / "below").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for fmt in ("jsonl", "parquet"):
+        out = f"r.{fmt}"
+        first = kosmos_cli.ground("rs", out, engine=tiny_engine)
+        assert (first.done, first.skipped) == (4, 0)
+        for spelling in (str(tmp_path / "rs"), "./rs/", "link", str(tmp_path / "link" / "..") + "/rs"):
+            again = kosmos_cli.ground(spelling, out, engine=tiny_engine, prune=True)
+            assert (again.done, again.skipped) == (0, 4), spelling
+        monkeypatch.chdir(tmp_path / "below")  # the output's relative paths are found beside it
+        again = kosmos_cli.ground("../rs", f"../{out}", engine=tiny_engine, prune=True)
+        assert (again.done, again.skipped) == (0, 4)
+        monkeypatch.chdir(tmp_path)
+        paths = sorted(r["path"] for r in read_records(out))
+        assert paths == sorted(os.path.join("rs", name) for name in os.listdir("rs"))  # as the first run gave them
+
+
+def test_keys_are_canonical_and_tell_apart_what_differs(tmp_path, monkeypatch):
+    from kosmos_cli.tasks import Ground, path_key
+
+    (tmp_path / "rs").mkdir()
+    (tmp_path / "rs" / "a.png").write_bytes(b"")
+    os.symlink("rs/a.png", tmp_path / "alias.png")
+    monkeypatch.chdir(tmp_path)
+    real = str(tmp_path / "rs" / "a.png")
+    assert {path_key(p) for p in ("rs/a.png", "./rs//a.png", real, "alias.png", "rs/../rs/a.png")} == {real}
+    assert path_key("rs/b.png") != path_key("b.png")  # a missing file still has a key of its own
+    assert path_key("a\x00b.png") == str(tmp_path / "a\x00b.png")  # cannot be looked up: made absolute only
+    (tmp_path / "below").mkdir()
+    monkeypatch.chdir(tmp_path / "below")
+    assert Ground.key({"path": "rs/a.png"}, str(tmp_path)) == real  # not here: beside the output
+    assert Ground.key({"path": "rs/a.png"}) == str(tmp_path / "below" / "rs" / "a.png")

@@ -35,6 +35,18 @@ def test_folder_walk_is_recursive_sorted_case_insensitive_and_skips_hidden(tree)
     assert got == ["a.png", "b.JPG", "e.gif", "f.bmp", "g.jpeg", "h.tif", "sub/c.webp", "sub/deeper/d.TIFF"]
 
 
+def test_a_walk_leaves_out_folders_kosmos_drew_and_its_own_outputs(tree):
+    """`kosmos ground photos --draw photos/annotated --out photos/r.parquet`: the next walk of photos/ finds the
+    originals only. A drawn folder named itself is still walked."""
+    for rel in ["annotated/.kosmos-drawn", "annotated/a.png", "annotated/sub/c.png", "r.parquet", "r.parquet.lock",
+                "r.parquet.parts/part-0000-00000001.parquet", "r.jsonl", "r.jsonl.lock"]:
+        touch(str(tree / rel))
+    got = [os.path.relpath(p, tree) for p in paths(iter_items([str(tree)]))]
+    assert got == ["a.png", "b.JPG", "e.gif", "f.bmp", "g.jpeg", "h.tif", "sub/c.webp", "sub/deeper/d.TIFF"]
+    drawn = tree / "annotated"
+    assert paths(iter_items([str(drawn)])) == [str(drawn / "a.png"), str(drawn / "sub" / "c.png")]
+
+
 def test_symlinked_folder_is_followed_but_a_loop_is_not_followed_forever(tree, tmp_path):
     other = tmp_path / "other"
     touch(str(other / "z.jpg"))

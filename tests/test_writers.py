@@ -21,6 +21,11 @@ def rec(path, caption="a cat", size=10, mtime=1.5, status="ok", **extra):
     return r
 
 
+def key(store, path):
+    """The key the store gives a record of `path` (canonical: Task.key)."""
+    return Ground.key({"path": path}, store.folder())
+
+
 @pytest.mark.parametrize("path, fmt, want", [
     ("r.jsonl", None, "jsonl"), ("r.PARQUET", None, "parquet"), ("-", None, "jsonl"), ("r.out", "parquet", "parquet"),
 ])
@@ -83,7 +88,7 @@ def test_last_record_of_a_key_wins(tmp_path, fmt):
     store.sink().write([rec("a.jpg", caption="old"), rec("b.jpg")])
     store.compact()
     store.sink().write([rec("a.jpg", caption="new", size=11)])
-    assert store.scan().seen["a.jpg"].file_size == 11
+    assert store.scan().seen[key(store, "a.jpg")].file_size == 11
     assert store.needs_compaction()
     store.compact()
     rows = list(read_records(out))
@@ -94,7 +99,7 @@ def test_compact_keep_drops_keys(tmp_path):
     out = str(tmp_path / "r.jsonl")
     store = Store(out, "jsonl", "ground")
     store.sink().write([rec("a.jpg"), rec("b.jpg")])
-    store.compact(keep=lambda key: key == "b.jpg")
+    store.compact(keep=lambda k: k == key(store, "b.jpg"))
     assert [r["path"] for r in read_records(out)] == ["b.jpg"]
 
 
@@ -103,7 +108,7 @@ def test_torn_last_jsonl_line_is_repaired_not_appended_after(tmp_path):
     good = json.dumps(rec("a.jpg").to_dict())
     out.write_text(good + "\n" + good[: len(good) // 2])
     store = Store(str(out), "jsonl", "ground")
-    assert list(store.scan().seen) == ["a.jpg"]
+    assert list(store.scan().seen) == [key(store, "a.jpg")]
     sink = store.sink()
     sink.write([rec("b.jpg")])
     sink.close()
@@ -117,7 +122,7 @@ def test_half_written_parquet_part_is_removed(tmp_path):
     parts = tmp_path / "r.parquet.parts"
     (parts / "part-0000-00000007.parquet.tmp").write_bytes(b"PAR1 half")
     (parts / "part-0000-00000008.parquet").write_bytes(b"garbage")
-    assert list(store.scan().seen) == ["a.jpg"]  # a reader skips them and touches nothing
+    assert list(store.scan().seen) == [key(store, "a.jpg")]  # a reader skips them and touches nothing
     assert len(os.listdir(parts)) == 3
     store.repair()  # the lock holder clears them
     assert sorted(os.listdir(parts)) == ["part-0000-00000000.parquet"]

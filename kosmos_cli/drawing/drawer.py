@@ -17,7 +17,7 @@ from .. import tasks
 from ..errors import InputError, UsageError
 from ..images import load_image
 from .gallery import Gallery
-from .naming import Targets, locate, save
+from .naming import Targets, claim, locate, save
 from .render import Shape, annotate, shapes_of
 
 log = logging.getLogger("kosmos_cli")
@@ -77,6 +77,9 @@ class Job:
 class Drawer:
     """Draws result rows into `out_dir`, keeping their layout relative to `base`; optionally an index.html.
 
+`out_dir` is claimed when the Drawer is made (naming.claim): made and marked as ours, or refused in one line when
+it holds files kosmos did not draw.
+
     Use as a context manager: on a clean exit the gallery is put in place, otherwise it is dropped. Each image
     is written to a temporary file and renamed, so no half-written image is ever left.
     """
@@ -88,6 +91,7 @@ class Drawer:
         if base is not None and os.path.isdir(out_dir) and os.path.samefile(out_dir, base):
             raise UsageError(f"{option} {out_dir} is the folder of the images: drawing there would overwrite "
                              "them; choose another folder")
+        claim(out_dir, option.lstrip("-").replace("-", "_"))  # ours, or refused before anything is written
         self.out_dir, self.base, self.root, self.title, self.option = out_dir, base, root, title, option
         self.summary = DrawSummary(out_dir, index=os.path.join(out_dir, "index.html") if html else None)
         self._gallery = Gallery(self.summary.index, title) if self.summary.index else None

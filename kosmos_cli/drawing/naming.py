@@ -1,4 +1,10 @@
-"""Where each annotated image comes from and goes to, and writing it there safely."""
+"""Where each annotated image comes from and goes to, and writing it there safely.
+
+A folder kosmos draws into is ours: `claim` marks it with a `.kosmos-drawn` file when kosmos makes it or first
+writes in it, and refuses a folder that already holds anything without that mark, before anything is written. So
+kosmos only ever writes or replaces files in a folder of its own, never over a user's files (an original image
+whose path matches a drawn one), and folder walks know to leave such a folder out (sources.walk_folder).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,13 @@ from collections.abc import Iterable
 from PIL import Image
 
 from ..atomic import atomic_write
-from ..errors import OutputError
+from ..errors import OutputError, UsageError
+from ..sources import DRAWN_MARKER
 
 _JPEG = (".jpg", ".jpeg", ".jpe", ".jfif")
 _GLOB = re.compile(r"[*?\[]")
+_MARKER_TEXT = ("kosmos drew the images in this folder: later draws may write over them, and kosmos ground, refer "
+                "and find leave this folder out when they walk a folder around it.\n")
 
 
 def locate(path: str, root: str | None) -> str:
@@ -36,6 +45,32 @@ def input_root(inputs: Iterable[str]) -> str | None:
         else:  # a glob: the folder before its first wildcard
             folders.append(os.path.abspath(os.path.dirname(_GLOB.split(arg, 1)[0]) or "."))
     return os.path.commonpath(folders) if folders else None
+
+
+def claim(out_dir: str, param: str) -> None:
+    """Make `out_dir` a folder of ours (made if missing, marked with DRAWN_MARKER); UsageError, before anything
+    is written, when it holds anything but is not marked: a user's folder, whose files a draw could write over.
+    `param`: the library parameter that named the folder (the CLI says its flag)."""
+    marker = os.path.join(out_dir, DRAWN_MARKER)
+    try:
+        taken = os.path.isdir(out_dir) and not os.path.exists(marker) and any(
+            name != DRAWN_MARKER for name in os.listdir(out_dir))
+    except OSError as exc:
+        raise UsageError(f"{{param}} {out_dir}: cannot read that folder ({exc.strerror or exc}): name a folder you "
+                         "can write to", param=param) from None
+    if taken:
+        raise UsageError(f"{{param}} {out_dir} already holds files that kosmos did not draw (it has no "
+                         f"{DRAWN_MARKER}): name a new or empty folder, so that nothing of yours is written over",
+                         param=param)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(marker, "x", encoding="utf-8") as f:
+            f.write(_MARKER_TEXT)
+    except FileExistsError:
+        pass  # marked already (by an earlier draw, or another process of this run)
+    except OSError as exc:
+        raise UsageError(f"{{param}} {out_dir}: cannot make that folder ({exc.strerror or exc}): name a folder you "
+                         "can write to", param=param) from None
 
 
 class Targets:

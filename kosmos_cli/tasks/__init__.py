@@ -13,7 +13,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from .base import Task, Unit, reserved
+from .base import Task, Unit, forget_folders, path_key, reserved
 from .find import Find, FindRecord
 from .ground import Ground, GroundRecord
 from .refer import Refer, ReferRecord
@@ -42,4 +42,4 @@ def reserved_names() -> frozenset[str]:
 
 
 __all__ = ["REGISTRY", "Find", "FindRecord", "Ground", "GroundRecord", "Refer", "ReferRecord", "Task", "Unit",
-           "get", "of_row", "reserved_names"]
+           "forget_folders", "get", "of_row", "path_key", "reserved_names"]

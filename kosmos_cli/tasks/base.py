@@ -3,7 +3,8 @@
 A task (after transformers' pipelines: one class per task, a registry from name to class) owns
 
 - its record type and fields, and their Arrow fields (`record_type`, `arrow_fields`);
-- what makes one of its records unique in an output (`key_fields`, `key`);
+- what makes one of its records unique in an output (`key_fields`, `key`): the image by its canonical path
+  (`path_key`), so `rs/a.png`, `./rs/a.png`, `$PWD/rs/a.png` and a symlink to `rs` are one image to resume;
 - its checks before a model loads (`check`);
 - turning an input item into units, a unit into a prompt, and the generated text into the record
   (`units`, `prompt`, `finish`): the pipeline runs any task the same way;
@@ -15,7 +16,9 @@ phrases). Adding a task is one new module plus a line in the registry (`tasks/__
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -47,12 +50,14 @@ class Task:
 
     # -- rows of any results file ------------------------------------------------------------------------
     @classmethod
-    def key(cls, row: Mapping[str, Any]) -> str:
-        """What makes a row unique in its output: the image, and for refer/find the region or phrase.
+    def key(cls, row: Mapping[str, Any], base: str | None = None) -> str:
+        """What makes a row unique in its output: the image (`path_key`), and for refer/find the region or phrase.
 
-        A path that is not valid Unicode counts as it is recorded (fsnames.py), so a rerun finds such images done.
+        `base`: the output's folder, for rows read back from it (a relative path there may have been written from
+        that folder). A path that is not valid Unicode counts as it is recorded (fsnames.py), so a rerun finds such
+        images done.
         """
-        return "\x00".join([recorded(row["path"]), *(json.dumps(clean(row.get(f))) for f in cls.key_fields)])
+        return "\x00".join([path_key(row["path"], base), *(json.dumps(clean(row.get(f))) for f in cls.key_fields)])
 
     @classmethod
     def resume_columns(cls) -> tuple[str, ...]:
@@ -107,6 +112,40 @@ class Task:
     def record(self, item: Item, model: str, **fields: Any) -> Record:
         """A new record of this task for `item`, carrying the item's manifest columns."""
         return self.record_type(path=item.path, model=model, extra=dict(item.extra), **fields)
+
+
+def path_key(path: str, base: str | None = None) -> str:
+    """The image part of a resume key: `path` made canonical, in its recorded form (fsnames.py). Records keep the
+    path as given; only keys are canonical, so a run by another spelling of the same folder finds it done.
+
+    Canonical is the real path (symlinks resolved, `.` and `..` gone); a relative path is taken from the current
+    folder, or, when no file is there and `base` is given, from `base` (where the output is). A path the system
+    cannot look up (a NUL byte, a lone surrogate) is made absolute only.
+    """
+    if base is not None and not os.path.isabs(path) and not os.path.lexists(path):
+        beside = os.path.join(base, path)
+        if os.path.lexists(beside):
+            path = beside
+    try:
+        full = path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+        folder, name = os.path.split(full)
+        if name in ("", ".", ".."):
+            return recorded(os.path.realpath(full))
+        full = os.path.join(_real_folder(folder), name)  # one lookup a folder, not one a path component
+        return recorded(os.path.realpath(full) if os.path.islink(full) else full)
+    except ValueError:  # NUL in the path, or a lone surrogate the file system cannot take
+        return recorded(os.path.abspath(path))
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_folder(folder: str) -> str:
+    return os.path.realpath(folder)
+
+
+def forget_folders() -> None:
+    """Look folders up afresh: an output is read at the start of a run (Store.scan), and the run's keys then
+    share that one view of the file system."""
+    _real_folder.cache_clear()
 
 
 def reserved(tasks: Sequence[type[Task]]) -> frozenset[str]:
