@@ -4,8 +4,8 @@
     summary = ground("photos/", out="results.parquet", model="microsoft/kosmos-2-patch14-224")
 
 Each call checks everything cheap (inputs, boxes, phrases, options, a drawing folder), then joins the other processes
-of a launch, then checks the output (ours, this task's, not an input), then loads the model (unless an `engine` is
-given), then runs: a bad argument never costs a model load.
+of a launch, then checks the output (ours, this task's, not an input, not locked, writable), then loads the model
+(unless an `engine` is given), then runs: a bad argument or a busy output never costs a model load.
 """
 
 from __future__ import annotations
@@ -228,6 +228,8 @@ def _run(task: Task, inputs: Inputs, options: RunOptions, engine: Engine | None,
         crew.start(store.path)  # several processes: report first
     if crew.main:  # the process that prepares the output: refuse it now, not after the model loads
         store.check(inputs, overwrite=options.overwrite)
+        if not options.wait:
+            store.probe()
     if engine is None:
         engine = Engine(*checked).load()
     if drawer is None:

@@ -14,6 +14,7 @@ The caller says what it wants and gets what is done and where to write, behind o
 
     store = Store.for_run(out, fmt, task, team)
     store.check(inputs, overwrite=False)  # before a model loads: is the output ours, and this task's?
+    store.probe()                         # is it free (no other run holds its lock), and writable?
     with store.open(team, overwrite=False, wait=False) as output:
         output.seen                 # key -> what is recorded for it
         output.write(records)       # durable when it returns
@@ -33,6 +34,7 @@ same task, and that it is not one of the run's inputs. Anything else is refused 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import logging
@@ -185,6 +187,26 @@ class Store:
         return path.endswith(".jsonl") or (path == self.path and self.fmt == "jsonl")
 
     # -- lock --------------------------------------------------------------------------------------------
+    def probe(self) -> None:
+        """Fail now, not after a model loads, when another run holds the lock or the output cannot be written.
+
+        Creates nothing: a folder still to be made must be makeable, the files there writable; the lock, when its
+        file exists, is taken without waiting and let go of at once.
+        """
+        if self.spool:
+            return
+        existing = os.path.dirname(os.path.abspath(self.path))
+        while not os.path.isdir(existing):
+            if os.path.lexists(existing):  # a file where a folder has to be
+                raise disk_error(NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)), existing)
+            existing = os.path.dirname(existing)
+        for place in (existing, self.path, self.lock_path):
+            if os.path.exists(place) and not os.access(place, os.W_OK):
+                raise disk_error(PermissionError(errno.EACCES, os.strerror(errno.EACCES)), place)
+        if os.path.exists(self.lock_path):  # none: nobody holds it (a holder makes it before locking)
+            self.lock(wait=False)
+            self.unlock()
+
     def lock(self, wait: bool = False) -> None:
         """Take the output's lock. The kernel drops it when this process ends, however it ends."""
         import fcntl
@@ -379,6 +401,7 @@ class StdoutStore(Store):
         super().__init__("-", "jsonl", task)
 
     def check(self, inputs: Iterable[Any] = (), overwrite: bool = False) -> None: ...
+    def probe(self) -> None: ...
 
     @contextlib.contextmanager
     def open(self, crew: Crew, *, overwrite: bool = False, wait: bool = False) -> Iterator[Output]:

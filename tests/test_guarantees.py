@@ -189,3 +189,33 @@ def test_parts_left_by_another_task_are_refused(image_dir, tmp_path):
     result = kosmos("ground", str(image_dir), "--out", str(out), model=NO_MODEL)
     one_error_line(result, 2, "holds kosmos find records")
     shutil.rmtree(f"{out}.parts")
+
+
+# -- a busy or unwritable output fails before the model loads ---------------------------------------------------
+def test_a_locked_output_exits_75_before_the_model_loads(image_dir, tmp_path):
+    out = tmp_path / "r.jsonl"
+    holder = Store(str(out), "jsonl", "ground")
+    holder.lock()
+    try:
+        result = kosmos("ground", str(image_dir), "--out", str(out), model=NO_MODEL)
+        one_error_line(result, 75, f"another kosmos run (pid {os.getpid()}) is writing {out}: let it finish, or "
+                                   "pass --wait to wait for it")
+        result = kosmos("ground", str(image_dir), "--out", str(out), "--wait", model=NO_MODEL)
+        one_error_line(result, 1, f"model folder {NO_MODEL} does not exist")  # --wait: the lock is waited for, later
+    finally:
+        holder.unlock()
+    assert not out.exists()
+
+
+def test_an_output_folder_that_cannot_be_made_fails_before_the_model_loads(image_dir, tmp_path):
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "sub" / "r.jsonl"
+    result = kosmos("ground", str(image_dir), "--out", str(out), model=NO_MODEL)
+    one_error_line(result, 1, f"cannot write {tmp_path / 'file'}: Not a directory")
+
+
+def test_checking_the_output_creates_nothing(image_dir, tmp_path):
+    out = tmp_path / "new" / "r.jsonl"
+    result = kosmos("ground", str(image_dir), "--out", str(out), model=NO_MODEL)
+    one_error_line(result, 1, f"model folder {NO_MODEL} does not exist")
+    assert not (tmp_path / "new").exists()
