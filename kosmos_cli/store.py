@@ -73,11 +73,22 @@ class Crew(Protocol):
 
 @dataclass
 class Seen:
-    """What an output already holds for one key: enough to decide whether that image is done."""
+    """What an output already holds for one key: enough to decide whether that image is done, and with what
+    settings (None: not recorded, as in outputs written before the `decoding` field)."""
 
     file_size: int | None
     file_mtime: float | None
     status: str | None
+    model: str | None = None
+    prompt: str | None = None
+    decoding: str | None = None
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Seen:
+        """What a row says; its settings interned (a million records share a few strings)."""
+        settings = (row.get(name) for name in ("model", "prompt", "decoding"))
+        return cls(row.get("file_size"), row.get("file_mtime"), row.get("status"),
+                   *(sys.intern(v) if isinstance(v, str) else None for v in settings))
 
 
 @dataclass
@@ -281,7 +292,7 @@ class Store:
         sources = self.sources() if parts else ([self.path] if os.path.exists(self.path) else [])
         for source in sources:
             for row in self.rows(source, self.task.resume_columns()):
-                found.seen[self.task.key(row)] = Seen(row.get("file_size"), row.get("file_mtime"), row.get("status"))
+                found.seen[self.task.key(row)] = Seen.of(row)
                 rows += 1
         found.duplicates = rows - len(found.seen)  # records written again for a key: compaction keeps the last
         return found

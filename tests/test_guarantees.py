@@ -17,10 +17,12 @@ from cli_helpers import kosmos, one_error_line
 from conftest import HERE
 from kosmos_cli import find, ground, refer
 from kosmos_cli.distributed import Solo
+from kosmos_cli.engine import Engine, GenerationOptions
 from kosmos_cli.errors import UsageError
 from kosmos_cli.records import Entity
 from kosmos_cli.store import Store
-from kosmos_cli.tasks import FindRecord, GroundRecord, ReferRecord
+from kosmos_cli.tasks import FindRecord, Ground, GroundRecord, ReferRecord
+from kosmos_cli.writers import read_records
 
 NO_MODEL = "/nonexistent/folder"
 LEGACY = os.path.join(HERE, "fixtures", "legacy-outputs")
@@ -219,3 +221,71 @@ def test_checking_the_output_creates_nothing(image_dir, tmp_path):
     result = kosmos("ground", str(image_dir), "--out", str(out), model=NO_MODEL)
     one_error_line(result, 1, f"model folder {NO_MODEL} does not exist")
     assert not (tmp_path / "new").exists()
+
+
+# -- records made with other settings are redone, and the run says so ---------------------------------------------
+def test_decoding_names_the_generation_settings():
+    assert GenerationOptions().label == "greedy max_new_tokens=128"
+    assert GenerationOptions(64, 3, 3).label == "beams=3 max_new_tokens=64 no_repeat_ngram_size=3"
+    assert GenerationOptions(24, 1, 0).label == "greedy max_new_tokens=24"
+
+
+def test_decoding_is_a_common_field_after_model():
+    assert list(GroundRecord(path="a.png").to_dict())[7:9] == ["model", "decoding"]
+    assert Ground.schema().names[7:9] == ["model", "decoding"]
+
+
+def _same_model(engine, generation=None, label=None):
+    """The loaded model again, under other settings (no second load)."""
+    return Engine.from_model(engine.model, engine.processor, generation or engine.generation,
+                             label=label or engine.options.label)
+
+
+AGAIN = {  # a second run with one setting changed, and what the warning names
+    "decoding": (lambda e, photos, out: ground(photos, out, engine=_same_model(e, GenerationOptions(12, 2))),
+                 "decoding"),
+    "model": (lambda e, photos, out: ground(photos, out, engine=_same_model(e, label="other/checkpoint")), "model"),
+    "prompt": (lambda e, photos, out: ground(photos, out, engine=e, prompt="detailed"), "prompt"),
+    "refer decoding": (lambda e, photos, out: refer(photos, out, boxes=["1,1,20,20"],
+                                                    engine=_same_model(e, GenerationOptions(5))), "decoding"),
+}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+@pytest.mark.parametrize("change", AGAIN)
+def test_records_made_with_other_settings_are_redone_in_one_warning(tiny_engine, image_dir, tmp_path, caplog, fmt,
+                                                                    change):
+    again, named = AGAIN[change]
+    out = str(tmp_path / f"r.{fmt}")
+    first = refer if change.startswith("refer") else ground
+    first(image_dir, out, engine=tiny_engine, **({"boxes": ["1,1,20,20"]} if first is refer else {}))
+    caplog.clear()
+    summary = again(tiny_engine, image_dir, out)
+    assert (summary.done + summary.failed, summary.skipped, summary.redone) == (4, 0, 4)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"4 records were made with other settings ({named}): redone"]
+    rows = list(read_records(out))
+    assert len(rows) == 4  # replaced, not added
+    assert len({(r["model"], r["prompt"], r["decoding"]) for r in rows}) == 1
+    caplog.clear()
+    assert again(tiny_engine, image_dir, out).skipped == 4  # the same settings again: nothing to redo
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_the_command_line_says_it_in_one_line(tiny_model, image_dir, tmp_path):
+    out = str(tmp_path / "r.jsonl")
+    assert kosmos("ground", str(image_dir), "--out", out, model=tiny_model).exit_code == 0
+    result = kosmos("ground", str(image_dir), "--out", out, "--num-beams", "2", model=tiny_model)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("kosmos: WARNING:")]
+    assert warnings == ["kosmos: WARNING: 4 records were made with other settings (decoding): redone"]
+    assert {row["decoding"] for row in read_records(out)} == {"beams=2 max_new_tokens=3"}
+
+
+def test_records_without_decoding_count_as_made_with_this_one(tiny_engine, image_dir, tmp_path):
+    out = tmp_path / "r.jsonl"
+    ground(image_dir, str(out), engine=tiny_engine)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    out.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "decoding"}) + "\n" for row in rows))
+    summary = ground(image_dir, str(out), engine=_same_model(tiny_engine, GenerationOptions(3)))
+    assert (summary.skipped, summary.redone) == (4, 0)
