@@ -3,9 +3,9 @@
     from kosmos_cli import ground
     summary = ground("photos/", out="results.parquet", model="microsoft/kosmos-2-patch14-224")
 
-Each call checks everything cheap (inputs, boxes, phrases, options, the output, a drawing folder), then joins the
-other processes of a launch, then loads the model (unless an `engine` is given), then runs: a bad argument never
-costs a model load.
+Each call checks everything cheap (inputs, boxes, phrases, options, a drawing folder), then joins the other processes
+of a launch, then checks the output (ours, this task's, not an input, not locked, writable), then loads the model
+(unless an `engine` is given), then runs: a bad argument or a busy output never costs a model load.
 """
 
 from __future__ import annotations
@@ -222,10 +222,16 @@ def _run(task: Task, inputs: Inputs, options: RunOptions, engine: Engine | None,
     task.check(inputs)
     fmt = detect_format(options.out, options.format)
     drawer = _drawer(draw, inputs) if draw is not None else None
+    checked = engine_options(model, **model_options) if engine is None else (engine.options, engine.generation)
+    crew = distributed.team(model_options.get("device", "auto"))
+    store = Store.for_run(options.out, fmt, type(task), crew)
     if engine is None:
-        checked = engine_options(model, **model_options)
-        crew = distributed.team(model_options.get("device", "auto"))
-        crew.start(Store.for_run(options.out, fmt, type(task), crew).path)  # several processes: report first
+        crew.start(store.path)  # several processes: report first
+    if crew.main:  # the process that prepares the output: refuse it now, not after the model loads
+        store.check(inputs, overwrite=options.overwrite)
+        if not options.wait:
+            store.probe()
+    if engine is None:
         engine = Engine(*checked).load()
     if drawer is None:
         return run(task, inputs, engine, options, progress=progress, on_write=on_write)

@@ -45,6 +45,14 @@ class GenerationOptions:
         if self.no_repeat_ngram_size == 0:
             object.__setattr__(self, "no_repeat_ngram_size", None)  # 0 means off, as None does
 
+    @property
+    def label(self) -> str:
+        """What records name as their decoding: "greedy max_new_tokens=128", "beams=3 max_new_tokens=64
+        no_repeat_ngram_size=3". A record made with another one is redone."""
+        search = "greedy" if self.num_beams == 1 else f"beams={self.num_beams}"
+        blocked = f" no_repeat_ngram_size={self.no_repeat_ngram_size}" if self.no_repeat_ngram_size else ""
+        return f"{search} max_new_tokens={self.max_new_tokens}{blocked}"
+
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, "do_sample": False}
         if self.no_repeat_ngram_size:

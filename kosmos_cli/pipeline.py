@@ -30,6 +30,7 @@ from .writers import detect_format
 log = logging.getLogger("kosmos_cli")
 
 MAX_LISTED_FAILURES = 20
+SETTINGS = ("model", "prompt", "decoding")  # what a record was made with: a run with others redoes it
 DRAFT_SIDE = 2 * MODEL_SIDE  # JPEGs are decoded at a reduced scale down to this many pixels a side, not below
 
 
@@ -64,6 +65,8 @@ class Summary:
     done: int = 0
     failed: int = 0
     skipped: int = 0
+    redone: int = 0  # records the output held that were made with other settings (`changed`), done again
+    changed: set[str] = field(default_factory=set)  # which of SETTINGS differed
     found: int = 0  # images (or manifest rows) the inputs named, done before or not; 0: the inputs named none
     seconds: float = 0.0
     interrupted: bool = False
@@ -136,6 +139,10 @@ def run(
         with store.open(crew, overwrite=options.overwrite, wait=options.wait) as output:
             try:
                 _pass(task, inputs, engine, options, output, crew, summary, progress, on_write, rank, world)
+                if summary.redone:
+                    changed = "/".join(s for s in SETTINGS if s in summary.changed)
+                    log.warning("%d record%s made with other settings (%s): redone", summary.redone,
+                                "s were" if summary.redone != 1 else " was", changed)
                 crew.finish(summary)  # rank 0 waits here for every rank and counts their records in
             except (KeyboardInterrupt, SystemExit):
                 summary.interrupted = True
@@ -209,13 +216,14 @@ def _tracking(items: Iterator[Item], present: set[str]) -> Iterator[Item]:
 
 def _todo(items, task: Task, engine: Engine, seen, options: RunOptions, summary: Summary, progress: Progress):
     """(item, units still to do, stat) for each item with anything left to do; counts the skipped."""
-    model = engine.options.label
+    model, decoding = engine.options.label, engine.generation.label
     for item in items:
         size, mtime = file_stat(item.path)
         units = []
         for unit in task.units(item, model):
+            unit.record.decoding = decoding
             recorded = seen.get(unit.key)
-            if recorded is not None and _fresh(recorded, size, mtime, options.retry_failed):
+            if recorded is not None and _fresh(recorded, unit.record, size, mtime, options.retry_failed, summary):
                 summary.skipped += 1
                 continue
             unit.record.file_size, unit.record.file_mtime = size, mtime
@@ -240,7 +248,17 @@ def _same_image_once(pending):
         yield current
 
 
-def _fresh(recorded: Seen, size, mtime, retry_failed: bool) -> bool:
+def _fresh(recorded: Seen, record: Record, size, mtime, retry_failed: bool, summary: Summary) -> bool:
+    """Whether what the output holds for `record`'s key stands, so the unit is skipped.
+
+    Not when it was made with other settings than `record` is (model, prompt, decoding; one not recorded, as in
+    outputs written before `decoding`, counts as the same): it is redone, and counted in `summary`.
+    """
+    changed = {s for s in SETTINGS if getattr(recorded, s) is not None and getattr(recorded, s) != getattr(record, s)}
+    if changed:
+        summary.redone += 1
+        summary.changed |= changed
+        return False
     if recorded.file_size != size or recorded.file_mtime != mtime:
         return False  # the file changed (or appeared) since it was recorded: do it again
     return recorded.status == OK or not retry_failed

@@ -2,11 +2,12 @@
 
 The same keys go to JSONL and Parquet. Every record has the common fields:
 
-    path, task, width, height, status, error, prompt, model, file_size, file_mtime, seconds
+    path, task, width, height, status, error, prompt, model, decoding, file_size, file_mtime, seconds
 
 then the fields of its task (each task's record type, in `tasks/`, declares them), then the columns carried over
 from a manifest. `task` names the command that wrote the record (ground, refer, find): readers take it from
-there, never from which keys are present. Boxes are [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2: `boxes`
+there, never from which keys are present. `model`, `prompt` and `decoding` are the settings a record was made
+with: a rerun with others redoes it. Boxes are [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2: `boxes`
 normalised to 0-1 of the displayed image, `boxes_px` in its pixels.
 """
 
@@ -20,7 +21,8 @@ OK = "ok"
 ERROR = "error"
 
 COMMON_FIELDS = (
-    "path", "task", "width", "height", "status", "error", "prompt", "model", "file_size", "file_mtime", "seconds",
+    "path", "task", "width", "height", "status", "error", "prompt", "model", "decoding", "file_size", "file_mtime",
+    "seconds",
 )
 
 
@@ -55,6 +57,7 @@ class Record:
     error: str | None = None
     prompt: str | None = None
     model: str | None = None
+    decoding: str | None = None  # engine.GenerationOptions.label
     file_size: int | None = None
     file_mtime: float | None = None
     seconds: float | None = None
@@ -144,6 +147,6 @@ def common_arrow_fields() -> list:
     return [
         pa.field("path", pa.string()), pa.field("task", pa.string()), pa.field("width", pa.int32()),
         pa.field("height", pa.int32()), pa.field("status", pa.string()), pa.field("error", pa.string()),
-        pa.field("prompt", pa.string()), pa.field("model", pa.string()), pa.field("file_size", pa.int64()),
-        pa.field("file_mtime", pa.float64()), pa.field("seconds", pa.float64()),
+        pa.field("prompt", pa.string()), pa.field("model", pa.string()), pa.field("decoding", pa.string()),
+        pa.field("file_size", pa.int64()), pa.field("file_mtime", pa.float64()), pa.field("seconds", pa.float64()),
     ]

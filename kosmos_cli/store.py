@@ -12,7 +12,10 @@ The store knows the output's whole layout: the output, `<out>.parts/`, `<out>.lo
 ranks of a multi-process run keep their status), and the spool that several processes write in place of stdout.
 The caller says what it wants and gets what is done and where to write, behind one `with`:
 
-    with Store.for_run(out, fmt, task, team).open(team, overwrite=False, wait=False) as output:
+    store = Store.for_run(out, fmt, task, team)
+    store.check(inputs, overwrite=False)  # before a model loads: is the output ours, and this task's?
+    store.probe()                         # is it free (no other run holds its lock), and writable?
+    with store.open(team, overwrite=False, wait=False) as output:
         output.seen                 # key -> what is recorded for it
         output.write(records)       # durable when it returns
         output.complete(present)    # a full pass saw every input: --prune may drop the others
@@ -22,12 +25,18 @@ unlocking happen on exit, also after an error; after a failed write (a full disk
 next run rather than copied now. Reading an output (to resume) takes the last record of each key, so a record
 written again for a changed image replaces the older one. A torn last JSONL line or a half-written part left by
 a crash is repaired, never appended after.
+
+Nothing but an output of ours is ever touched: before the lock, a repair or a write, the main process checks that
+an existing output is a results file of kosmos (`owner`: the task of its first row, read cheaply) written by the
+same task, and that it is not one of the run's inputs. Anything else is refused and left byte for byte as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
+import json
 import logging
 import os
 import sys
@@ -37,7 +46,7 @@ from typing import Any, Protocol
 
 from . import carried, tasks
 from .atomic import atomic_write, rmdir, unlink
-from .errors import LockedError, OutputError
+from .errors import LockedError, OutputError, UsageError
 from .records import Record
 from .tasks import Task
 from .writers import (
@@ -46,6 +55,9 @@ from .writers import (
 )
 
 log = logging.getLogger("kosmos_cli")
+
+FIRST_LINE_LIMIT = 1 << 24  # bytes: a first JSONL line longer than this is not a record of ours
+TASK_METADATA = b"kosmos_cli.task"  # the Parquet schema metadata naming the task (tasks.base.Task.schema)
 
 
 class Crew(Protocol):
@@ -61,11 +73,22 @@ class Crew(Protocol):
 
 @dataclass
 class Seen:
-    """What an output already holds for one key: enough to decide whether that image is done."""
+    """What an output already holds for one key: enough to decide whether that image is done, and with what
+    settings (None: not recorded, as in outputs written before the `decoding` field)."""
 
     file_size: int | None
     file_mtime: float | None
     status: str | None
+    model: str | None = None
+    prompt: str | None = None
+    decoding: str | None = None
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Seen:
+        """What a row says; its settings interned (a million records share a few strings)."""
+        settings = (row.get(name) for name in ("model", "prompt", "decoding"))
+        return cls(row.get("file_size"), row.get("file_mtime"), row.get("status"),
+                   *(sys.intern(v) if isinstance(v, str) else None for v in settings))
 
 
 @dataclass
@@ -110,6 +133,7 @@ class Store:
         try:
             if crew.main:
                 self.lock(wait=wait)
+                self.check(overwrite=overwrite)  # under the lock: nothing but this task's output is touched
                 self.repair()
                 if overwrite or self.spool:
                     self.remove()
@@ -137,7 +161,63 @@ class Store:
             self.compact(keep)
         self.tidy()
 
+    # -- whose output ------------------------------------------------------------------------------------
+    def check(self, inputs: Iterable[Any] = (), overwrite: bool = False) -> None:
+        """Refuse an output that must not be touched: one of `inputs` (a manifest or an image named as input),
+        a file that is not a results file of kosmos, or (unless `overwrite`) another task's results.
+
+        Reads at most the first row; raises UsageError (about `out`) and changes nothing.
+        """
+        if self.spool:
+            return
+        for given in inputs:
+            if isinstance(given, str) and given != "-" and _same_file(given, self.path):
+                raise UsageError(f"{{param}} {self.path} is also one of the inputs: writing there would destroy it; "
+                                 "choose another {param}", param="out")
+        owner = self.owner()
+        if owner is not None and owner != self.task.name and not overwrite:
+            raise UsageError(f"{{param}} {self.path} holds kosmos {owner} records: a {self.task.name} run would mix "
+                             "its own in; choose another {param}, or pass --overwrite to replace them", param="out")
+
+    def owner(self) -> str | None:
+        """The task whose records the output holds, from its first row (or, with no output yet, its first part);
+        None when it holds none (absent, or empty). Raises UsageError when the output is not ours."""
+        for source in self.sources():
+            try:
+                task = _jsonl_owner(source) if self._is_jsonl(source) else _parquet_owner(source)
+            except _NotOurs as exc:
+                if source == self.path:
+                    raise UsageError(f"{{param}} {self.path} is not a results file of kosmos ({exc}): kosmos writes "
+                                     "only over its own results; choose another {param}", param="out") from None
+                continue  # a part is ours by where it is; a damaged one is repair()'s
+            if task is not None:
+                return task
+        return None
+
+    def _is_jsonl(self, path: str) -> bool:
+        return path.endswith(".jsonl") or (path == self.path and self.fmt == "jsonl")
+
     # -- lock --------------------------------------------------------------------------------------------
+    def probe(self) -> None:
+        """Fail now, not after a model loads, when another run holds the lock or the output cannot be written.
+
+        Creates nothing: a folder still to be made must be makeable, the files there writable; the lock, when its
+        file exists, is taken without waiting and let go of at once.
+        """
+        if self.spool:
+            return
+        existing = os.path.dirname(os.path.abspath(self.path))
+        while not os.path.isdir(existing):
+            if os.path.lexists(existing):  # a file where a folder has to be
+                raise disk_error(NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)), existing)
+            existing = os.path.dirname(existing)
+        for place in (existing, self.path, self.lock_path):
+            if os.path.exists(place) and not os.access(place, os.W_OK):
+                raise disk_error(PermissionError(errno.EACCES, os.strerror(errno.EACCES)), place)
+        if os.path.exists(self.lock_path):  # none: nobody holds it (a holder makes it before locking)
+            self.lock(wait=False)
+            self.unlock()
+
     def lock(self, wait: bool = False) -> None:
         """Take the output's lock. The kernel drops it when this process ends, however it ends."""
         import fcntl
@@ -199,7 +279,7 @@ class Store:
 
     def rows(self, path: str, columns: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
         """The rows of one record file (the output or a part)."""
-        if path.endswith(".jsonl") or (path == self.path and self.fmt == "jsonl"):
+        if self._is_jsonl(path):
             yield from jsonl_rows(path)
         else:
             yield from parquet_rows(path, columns)
@@ -212,8 +292,7 @@ class Store:
         sources = self.sources() if parts else ([self.path] if os.path.exists(self.path) else [])
         for source in sources:
             for row in self.rows(source, self.task.resume_columns()):
-                seen = Seen(row.get("file_size"), row.get("file_mtime"), row.get("status"))
-                found.seen[self.task.key(row, folder)] = seen
+                found.seen[self.task.key(row, folder)] = Seen.of(row)
                 rows += 1
         found.duplicates = rows - len(found.seen)  # records written again for a key: compaction keeps the last
         return found
@@ -337,6 +416,9 @@ class StdoutStore(Store):
     def __init__(self, task: type[Task]):
         super().__init__("-", "jsonl", task)
 
+    def check(self, inputs: Iterable[Any] = (), overwrite: bool = False) -> None: ...
+    def probe(self) -> None: ...
+
     @contextlib.contextmanager
     def open(self, crew: Crew, *, overwrite: bool = False, wait: bool = False) -> Iterator[Output]:
         output = Output(self, {}, StdoutSink())
@@ -373,6 +455,91 @@ class SpoolStore(Store):
         except FileNotFoundError:
             pass  # nothing was written
         sys.stdout.flush()
+
+
+class _NotOurs(Exception):
+    """A file that is not a results file of kosmos; the message says why, in a few words."""
+
+
+def _jsonl_owner(path: str) -> str | None:
+    """The task of a JSONL results file's first record; None when it has none yet."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) == b"PAR1":
+                raise _NotOurs("it is Parquet, not JSONL")
+            f.seek(0)
+            line = b"\n"
+            while line and not line.strip():
+                line = f.readline(FIRST_LINE_LIMIT)
+            last = not f.read(1)
+    except IsADirectoryError:
+        raise _NotOurs("it is a folder") from None
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _NotOurs(exc.strerror or str(exc)) from None
+    if not line.strip():
+        return None  # empty: ours to write
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError):
+        if last and not line.endswith(b"\n") and line.startswith(b'{"path": '):
+            return None  # the first record, cut short by a crash: repair() drops it
+        raise _NotOurs("its first line is not a JSON record") from None
+    return _row_owner(row)
+
+
+def _parquet_owner(path: str) -> str | None:
+    """The task of a Parquet results file: its schema metadata, else its first row; None when it has no rows."""
+    import pyarrow.parquet as pq
+
+    if os.path.isdir(path):
+        raise _NotOurs("it is a folder")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _NotOurs(exc.strerror or str(exc)) from None
+    if not magic:
+        return None  # empty: ours to write
+    if magic != b"PAR1":
+        raise _NotOurs("it is not Parquet")
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise _NotOurs("it is not a readable Parquet file") from None
+    schema = pf.schema_arrow
+    named = (schema.metadata or {}).get(TASK_METADATA)
+    if named is not None:
+        task = tasks.REGISTRY.get(named.decode(errors="replace"))
+        if task is None:
+            raise _NotOurs(f"it names an unknown task {named.decode(errors='replace')!r}")
+        return task.name
+    if "path" not in schema.names or "status" not in schema.names:
+        raise _NotOurs("it has no 'path' and 'status' columns")
+    for batch in pf.iter_batches(batch_size=1):
+        if batch.num_rows:
+            return _row_owner(batch.to_pylist()[0])
+    return None
+
+
+def _row_owner(row: Any) -> str:
+    """The task of a first row, or _NotOurs: it must be a record (path, status) of a known task."""
+    if not isinstance(row, dict) or "path" not in row or "status" not in row:
+        raise _NotOurs("its first row is not a kosmos record: no 'path' and 'status'")
+    task = tasks.of_row(row)
+    if task is None:
+        raise _NotOurs("its first row is a record of no kosmos task")
+    return task.name
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # either is missing, or a name the system cannot take
+        return False
 
 
 def _present(key: str, present: set[str]) -> bool:

@@ -61,8 +61,8 @@ class Task:
 
     @classmethod
     def resume_columns(cls) -> tuple[str, ...]:
-        """What resuming reads of an output: enough to key a row and tell whether it is done."""
-        return ("path", "file_size", "file_mtime", "status", *cls.key_fields)
+        """What resuming reads of an output: enough to key a row and tell whether it is done, and with what."""
+        return ("path", "file_size", "file_mtime", "status", "model", "prompt", "decoding", *cls.key_fields)
 
     @classmethod
     def arrow_fields(cls) -> list:
