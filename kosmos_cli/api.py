@@ -214,27 +214,25 @@ def _run(task: Task, inputs: Inputs, options: RunOptions, engine: Engine | None,
         given = ", ".join(["model"] * (model is not None) + sorted(model_options))
         raise TypeError(f"{given}: model options cannot be given with engine= (the engine was loaded with its "
                         "own); pass them to load_engine instead")
-    if isinstance(inputs, (str, os.PathLike)):  # one path is one input, not a string of characters
-        inputs = [inputs]
-    inputs = [os.fspath(i) if isinstance(i, os.PathLike) else i for i in inputs]
-    if inputs and all(isinstance(i, str) for i in inputs):
-        check_inputs(inputs)
-    task.check(inputs)
+    named = _listed(inputs)
+    if named and all(isinstance(i, str) for i in named):
+        check_inputs(named)
+    task.check(named)
     fmt = detect_format(options.out, options.format)
-    drawer = _drawer(draw, inputs) if draw is not None else None
+    drawer = _drawer(draw, named) if draw is not None else None
     checked = engine_options(model, **model_options) if engine is None else (engine.options, engine.generation)
     crew = distributed.team(model_options.get("device", "auto"))
     store = Store.for_run(options.out, fmt, type(task), crew)
     if engine is None:
         crew.start(store.path)  # several processes: report first
     if crew.main:  # the process that prepares the output: refuse it now, not after the model loads
-        store.check(inputs, overwrite=options.overwrite)
+        store.check(named, overwrite=options.overwrite)
         if not options.wait:
             store.probe()
     if engine is None:
         engine = Engine(*checked).load()
     if drawer is None:
-        return run(task, inputs, engine, options, progress=progress, on_write=on_write)
+        return run(task, named, engine, options, progress=progress, on_write=on_write)
     from .drawing import Background
 
     with Background(drawer) as drawing:  # on threads of its own: the model does not wait for the pictures
@@ -243,9 +241,16 @@ def _run(task: Task, inputs: Inputs, options: RunOptions, engine: Engine | None,
             if on_write is not None:
                 on_write(records)
 
-        summary = run(task, inputs, engine, options, progress=progress, on_write=written)
+        summary = run(task, named, engine, options, progress=progress, on_write=written)
     summary.drawing = drawer.summary
     return summary
+
+
+def _listed(inputs: Inputs) -> list:
+    """`inputs` as a list: one path (str or os.PathLike) is one input, not a string of characters."""
+    if isinstance(inputs, (str, os.PathLike)):
+        return [os.fspath(inputs)]
+    return [os.fspath(i) if isinstance(i, os.PathLike) else i for i in inputs]
 
 
 def _drawer(folder: str, inputs: list):
