@@ -1,0 +1,56 @@
+"""What the tests share, imported by name (`from tests.helpers import ...`): paths, images, the CLI in-process.
+
+pytest puts the repository root and tools/ on the import path (pyproject.toml, `pythonpath`); conftest.py holds
+only fixtures.
+"""
+
+import json
+import os
+
+from typer.testing import CliRunner
+
+from kosmos_cli.cli import app
+
+from .tiny_checkpoint import build_processor, build_tiny
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
+ROOT = os.path.dirname(HERE)
+SHAPES_MODEL = os.path.join(HERE, "fixtures", "kosmos2-shapes")
+SAMPLES = os.path.join(ROOT, "sample_images")
+
+runner = CliRunner()
+
+
+def make_images(folder, sizes=((224, 224), (320, 200), (200, 320), (288, 224))):
+    """Plain coloured images of several sizes and formats; returns their paths."""
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        ext = ("png", "jpg", "webp", "bmp")[i % 4]
+        path = os.path.join(folder, f"img_{i:02d}.{ext}")
+        Image.new("RGB", (w, h), (40 * i % 255, 90, 200)).save(path)
+        paths.append(path)
+    return paths
+
+
+def kosmos(*args, model=None, input=None):
+    """`kosmos ARGS` in-process with typer's CliRunner; with `model`, on that checkpoint and 3 new tokens."""
+    extra = ["--model", model, "--max-new-tokens", "3"] if model else []
+    return runner.invoke(app, [*args, *extra], input=input)
+
+
+def rows_of(result):
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def one_error_line(result, code, text):
+    assert result.exit_code == code, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kosmos: error: ") and text in lines[0], result.stderr
+    assert result.stdout == ""
+
+
+__all__ = ["HERE", "ROOT", "SAMPLES", "SHAPES_MODEL", "build_processor", "build_tiny", "kosmos", "make_images",
+           "one_error_line", "rows_of", "runner"]
