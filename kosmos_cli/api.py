@@ -149,6 +149,7 @@ def draw(
     out_dir: str,
     *,
     html: bool = False,
+    min_score: float | None = None,
     progress: Progress | None = None,
     on_drawn: Callable[[str], None] | None = None,
     threads: int | None = None,
@@ -157,9 +158,13 @@ def draw(
 
     The images keep their layout below the common folder of the recorded paths; error records are skipped
     and counted. `html`: also write index.html, a gallery that opens from the folder. Images are drawn on
-    `threads` threads (default: up to 4), reported to `on_drawn` in the order of the rows. Returns a DrawSummary.
+    `threads` threads (default: up to 4), reported to `on_drawn` in the order of the rows. Labels end with each
+    box's score; `min_score` (0-1) draws only the boxes scored at least that. Returns a DrawSummary.
     """
     from .drawing import Background, Drawer, check_results_row, locate
+    from .scores import check_min_score
+
+    min_score = check_min_score(min_score)
 
     root = os.path.dirname(os.path.abspath(results))
     total, base = 0, None
@@ -171,7 +176,8 @@ def draw(
             base = folder if base is None else os.path.commonpath([base, folder])
     progress = progress or Progress()
     progress.start(total)
-    drawer = Drawer(out_dir, base, html=html, root=root, title=f"kosmos draw: {os.path.basename(results)}")
+    drawer = Drawer(out_dir, base, html=html, root=root, title=f"kosmos draw: {os.path.basename(results)}",
+                    min_score=min_score)
     summary = drawer.summary
 
     def on_row(target: str | None) -> None:  # in the order of the rows, from the drawing side

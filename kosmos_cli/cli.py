@@ -69,6 +69,9 @@ Strict = Annotated[bool, typer.Option("--strict", help="Exit 1 if any image fail
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, warnings or summary on stderr.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Background image loaders \\[default: up to 4].",
                                                 show_default=False)]
+MinScore = Annotated[Optional[float], typer.Option(
+    "--min-score", help="Only boxes whose score (0-1) is at least this; boxes without a score are left out.",
+    show_default=False)]
 Null = Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin (-) are separated by NUL bytes, as "
                                                        "find -print0 writes them, not by lines.")]
 
@@ -224,6 +227,7 @@ def draw(
                                 "layout below their common folder.", show_default=False)],
     html: Annotated[bool, typer.Option("--html", help="Also write index.html, a gallery that opens from the "
                                                       "folder in a browser.")] = False,
+    min_score: MinScore = None,
     strict: Strict = False,
     quiet: Quiet = False,
 ) -> None:
@@ -232,7 +236,7 @@ def draw(
     from .progress import for_terminal
 
     def go():
-        return api.draw(results, out_dir, html=html, progress=for_terminal("draw", quiet),
+        return api.draw(results, out_dir, html=html, min_score=min_score, progress=for_terminal("draw", quiet),
                         on_drawn=lambda path: print(path, flush=True))
 
     _finish(_call(go, quiet), quiet, strict)
