@@ -199,6 +199,39 @@ def draw(
     return summary
 
 
+def export(
+    results: str,
+    to: str,
+    out: str,
+    *,
+    classes: str | Iterable[str] | None = None,
+    classes_file: str | None = None,
+    min_score: float | None = None,
+    nms: float | None = None,
+    root: str | None = None,
+    image_root: str | None = None,
+    copy_images: bool = False,
+):
+    """Write the boxes of a ground or find results file (JSONL or Parquet) as labels: `to` is coco (one JSON file),
+    yolo (an Ultralytics folder), voc (a folder of Pascal VOC XML) or labelstudio (tasks JSON with predictions, and
+    its labelling config beside it).
+
+    Classes: one per distinct phrase (normalised: lowercase, no leading article), or `classes` ("dog,cat" or a
+    list; or `classes_file`, one a line), in that order, keeping only the boxes whose phrase names one of them
+    ("a small brown dog", "two dogs" -> dog). `min_score` drops boxes scored below it; `nms` (an IoU) keeps the
+    best-scored of overlapping boxes of one class in one image. Image paths are written relative to `root` when
+    given; `image_root` prefixes Label Studio's image locations; `copy_images` copies images into a YOLO folder
+    instead of linking them. Error records are skipped and counted. Returns an ExportSummary.
+    """
+    from .exports import run
+    from .exports.classes import parse_classes
+
+    if not os.path.exists(results):
+        raise InputError(f"results file not found: {results}")
+    return run(results, to, out, classes=parse_classes(classes, classes_file), min_score=min_score, nms=nms,
+               root=root, image_root=image_root, copy_images=copy_images)
+
+
 def _results_rows(results: str):
     """read_records, with a file that is not ours (binary, not Parquet) said in one line."""
     try:
