@@ -151,6 +151,8 @@ def test_min_score_and_nms_drop_boxes_and_say_how_many(grounded, tmp_path):
     scores = sorted(a["score"] for a in json.loads((tmp_path / "c.json").read_text())["annotations"])
     assert scores == [0.7, 0.8, 0.9]
     assert "1 below --min-score, 1 removed by --nms" in summary.line()
+    summary = export(grounded, "coco", str(tmp_path / "d.json"), min_score=0.75)  # no traffic light kept
+    assert [c["name"] for c in json.loads((tmp_path / "d.json").read_text())["categories"]] == ["dog", "two cats"]
 
 
 def test_named_classes_keep_only_their_boxes_in_the_order_given(grounded, tmp_path):
@@ -368,3 +370,17 @@ def test_export_is_importable_from_the_package():
     assert kosmos_cli.export is export and "export" in kosmos_cli.__all__
     with pytest.raises(InputError):
         export("no-such-file.jsonl", "coco", "x.json")
+
+
+def test_export_starts_without_torch(grounded, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import sys; from kosmos_cli.cli import main; sys.argv = ['kosmos', 'export', sys.argv[1], '--to', "
+            "'coco', sys.argv[2], '-q']\ntry:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+            "print(code, 'torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, grounded, str(tmp_path / "c.json")], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert proc.stderr.strip() == "0 False False", proc.stderr

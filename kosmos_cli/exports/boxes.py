@@ -37,11 +37,12 @@ class Dropped:
 
 
 def labels(image: Image, classes: Classes, min_score: float | None, nms: float | None, dropped: Dropped) -> list[Label]:
-    """The image's labels, in the order found; `dropped` counts what was left out."""
+    """The image's labels, in the order found; `dropped` counts what was left out. By default a class is numbered
+    when its first box is kept, so no class of the export is without a box."""
     out = []
     for found in image.found:
-        cls = classes.of(found.phrase)
-        if cls is None:
+        key = classes.key(found.phrase)
+        if key is None:
             dropped.unnamed += 1
             continue
         if not passes(found.score, min_score):
@@ -53,7 +54,7 @@ def labels(image: Image, classes: Classes, min_score: float | None, nms: float |
         if box[2] <= box[0] or box[3] <= box[1]:
             dropped.empty += 1
             continue
-        out.append(Label(cls, box, found.score))
+        out.append(Label(classes.index(key), box, found.score))  # numbered once a box of it is kept
     if nms is not None:
         kept = suppress(out, nms)
         dropped.duplicates += len(out) - len(kept)

@@ -81,21 +81,28 @@ class Classes:
             self._words = [(k.split(), i) for k, i in self._index.items()]
 
     def of(self, phrase: str) -> int | None:
-        """The class of a phrase's boxes; None when it names none (an empty phrase, or none of the named classes)."""
+        """The class of a phrase's boxes (a new one is numbered now); None when it names none."""
+        key = self.key(phrase)
+        return None if key is None else self.index(key)
+
+    def key(self, phrase: str) -> str | None:
+        """Which class a phrase names, without numbering a new one: its normalised name by default, the matching
+        named class otherwise; None for an empty phrase or one that names none of the named classes."""
         if not self.fixed:
-            name = normalise(phrase)
-            if not name:
-                return None
-            if name not in self._index:
-                self._index[name] = len(self.names)
-                self.names.append(name)
-            return self._index[name]
+            return normalise(phrase) or None
         words = head(phrase)
-        best: tuple[int, int] | None = None  # (words in the class, index)
+        best: tuple[int, str] | None = None  # (words in the class, its key)
         for class_words, index in self._words:
             if _ends_with(words, class_words) and (best is None or len(class_words) > best[0]):
-                best = (len(class_words), index)
+                best = (len(class_words), " ".join(class_words))
         return None if best is None else best[1]
+
+    def index(self, key: str) -> int:
+        """The number of the class `key` gives; by default a class met for the first time gets the next one."""
+        if key not in self._index:
+            self._index[key] = len(self.names)
+            self.names.append(key)
+        return self._index[key]
 
 
 def _ends_with(words: list[str], class_words: list[str]) -> bool:
