@@ -3,7 +3,7 @@
 Importing this package is light: torch and transformers load only when a model does.
 """
 
-from .api import draw, find, ground, load_engine, refer
+from .api import draw, export, find, ground, load_engine, refer
 from .errors import InputError, KosmosError, ModelError, OutputError, UsageError
 from .records import Entity, Record
 from .tasks import FindRecord, GroundRecord, ReferRecord
@@ -13,5 +13,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Entity", "FindRecord", "GroundRecord", "InputError", "KosmosError", "ModelError", "OutputError", "Record", "ReferRecord", "UsageError",
-    "draw", "find", "ground", "load_engine", "read_records", "refer", "__version__",
+    "draw", "export", "find", "ground", "load_engine", "read_records", "refer", "__version__",
 ]

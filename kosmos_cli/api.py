@@ -149,6 +149,7 @@ def draw(
     out_dir: str,
     *,
     html: bool = False,
+    min_score: float | None = None,
     progress: Progress | None = None,
     on_drawn: Callable[[str], None] | None = None,
     threads: int | None = None,
@@ -158,9 +159,13 @@ def draw(
     The images keep their layout below the common folder of the recorded paths; error records are skipped
     and counted. `out_dir` is new, empty, or one kosmos drew into before (naming.claim; UsageError otherwise, before
     anything is written). `html`: also write index.html, a gallery that opens from the folder. Images are drawn on
-    `threads` threads (default: up to 4), reported to `on_drawn` in the order of the rows. Returns a DrawSummary.
+    `threads` threads (default: up to 4), reported to `on_drawn` in the order of the rows. Labels end with each
+    box's score; `min_score` (0-1) draws only the boxes scored at least that. Returns a DrawSummary.
     """
     from .drawing import Background, Drawer, check_results_row, locate
+    from .scores import check_min_score
+
+    min_score = check_min_score(min_score)
 
     root = os.path.dirname(os.path.abspath(results))
     total, base = 0, None
@@ -172,7 +177,8 @@ def draw(
             base = folder if base is None else os.path.commonpath([base, folder])
     progress = progress or Progress()
     progress.start(total)
-    drawer = Drawer(out_dir, base, html=html, root=root, title=f"kosmos draw: {os.path.basename(results)}")
+    drawer = Drawer(out_dir, base, html=html, root=root, title=f"kosmos draw: {os.path.basename(results)}",
+                    min_score=min_score)
     summary = drawer.summary
 
     def on_row(target: str | None) -> None:  # in the order of the rows, from the drawing side
@@ -192,6 +198,39 @@ def draw(
     finally:
         progress.close()
     return summary
+
+
+def export(
+    results: str,
+    to: str,
+    out: str,
+    *,
+    classes: str | Iterable[str] | None = None,
+    classes_file: str | None = None,
+    min_score: float | None = None,
+    nms: float | None = None,
+    root: str | None = None,
+    image_root: str | None = None,
+    copy_images: bool = False,
+):
+    """Write the boxes of a ground or find results file (JSONL or Parquet) as labels: `to` is coco (one JSON file),
+    yolo (an Ultralytics folder), voc (a folder of Pascal VOC XML) or labelstudio (tasks JSON with predictions, and
+    its labelling config beside it).
+
+    Classes: one per distinct phrase (normalised: lowercase, no leading article), or `classes` ("dog,cat" or a
+    list; or `classes_file`, one a line), in that order, keeping only the boxes whose phrase names one of them
+    ("a small brown dog", "two dogs" -> dog). `min_score` drops boxes scored below it; `nms` (an IoU) keeps the
+    best-scored of overlapping boxes of one class in one image. Image paths are written relative to `root` when
+    given; `image_root` prefixes Label Studio's image locations; `copy_images` copies images into a YOLO folder
+    instead of linking them. Error records are skipped and counted. Returns an ExportSummary.
+    """
+    from .exports import run
+    from .exports.classes import parse_classes
+
+    if not os.path.exists(results):
+        raise InputError(f"results file not found: {results}")
+    return run(results, to, out, classes=parse_classes(classes, classes_file), min_score=min_score, nms=nms,
+               root=root, image_root=image_root, copy_images=copy_images)
 
 
 def _results_rows(results: str):

@@ -69,6 +69,9 @@ Strict = Annotated[bool, typer.Option("--strict", help="Exit 1 if any image fail
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, warnings or summary on stderr.")]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Background image loaders \\[default: up to 4].",
                                                 show_default=False)]
+MinScore = Annotated[Optional[float], typer.Option(
+    "--min-score", help="Only boxes whose score (0-1) is at least this; boxes without a score are left out.",
+    show_default=False)]
 Null = Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin (-) are separated by NUL bytes, as "
                                                        "find -print0 writes them, not by lines.")]
 
@@ -225,6 +228,7 @@ def draw(
         show_default=False)],
     html: Annotated[bool, typer.Option("--html", help="Also write index.html, a gallery that opens from the "
                                                       "folder in a browser.")] = False,
+    min_score: MinScore = None,
     strict: Strict = False,
     quiet: Quiet = False,
 ) -> None:
@@ -233,8 +237,46 @@ def draw(
     from .progress import for_terminal
 
     def go():
-        return api.draw(results, out_dir, html=html, progress=for_terminal("draw", quiet),
+        return api.draw(results, out_dir, html=html, min_score=min_score, progress=for_terminal("draw", quiet),
                         on_drawn=lambda path: print(path, flush=True))
+
+    _finish(_call(go, quiet), quiet, strict)
+
+
+@app.command(epilog="Example: kosmos export results.parquet --to yolo dataset/ --classes \"dog,cat\" --min-score 0.3")
+def export(
+    results: Annotated[str, typer.Argument(
+        help="A results file of kosmos ground or find (.jsonl or .parquet).", show_default=False)],
+    out: Annotated[str, typer.Argument(
+        metavar="OUT", help="coco, labelstudio: a .json file; yolo, voc: a new or empty folder.", show_default=False)],
+    to: Annotated[str, typer.Option(
+        "--to", help="coco, yolo, voc or labelstudio.", show_default=False)],
+    classes: Annotated[Optional[str], typer.Option(
+        "--classes", help="Classes, in order, comma-separated (\"dog,cat,traffic light\"): only boxes whose phrase "
+                          "names one (\"two dogs\" is dog) \\[default: one class per distinct phrase].",
+        show_default=False)] = None,
+    classes_file: Annotated[Optional[str], typer.Option(
+        "--classes-file", help="Classes, one a line, as --classes.", show_default=False)] = None,
+    min_score: MinScore = None,
+    nms: Annotated[Optional[float], typer.Option(
+        "--nms", help="Of boxes of one class in one image overlapping by more than this IoU, keep the best-scored.",
+        show_default=False)] = None,
+    root: Annotated[Optional[str], typer.Option(
+        "--root", help="Write image paths relative to this folder.", show_default=False)] = None,
+    image_root: Annotated[Optional[str], typer.Option(
+        "--image-root", help="labelstudio: a URL prefix or local-files path put before each image's path "
+                             "(e.g. /data/local-files/?d=photos/).", show_default=False)] = None,
+    copy_images: Annotated[bool, typer.Option(
+        "--copy-images", help="yolo: copy the images into OUT/images instead of linking them.")] = False,
+    strict: Strict = False,
+    quiet: Quiet = False,
+) -> None:
+    """Export the boxes of a ground or find results file as labels: COCO, YOLO, Pascal VOC or Label Studio."""
+    from . import api
+
+    def go():
+        return api.export(results, to, out, classes=classes, classes_file=classes_file, min_score=min_score, nms=nms,
+                          root=root, image_root=image_root, copy_images=copy_images)
 
     _finish(_call(go, quiet), quiet, strict)
 

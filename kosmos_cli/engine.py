@@ -19,6 +19,7 @@ from .errors import ModelError, UsageError
 from .model_files import (damaged_hint, hub_offline, hub_unreachable, is_damaged_weights, local_model_path, quiet_hub,
                           unreachable_hint)
 from .prompts import Prompt
+from .scores import Generation, Markup
 
 log = logging.getLogger("kosmos_cli")
 
@@ -122,6 +123,7 @@ class Engine:
         self._num_image_tokens = int(config.latent_query_num)
         self._eos = self.processor.tokenizer.eos_token_id
         self._pad = self.processor.tokenizer.pad_token_id
+        self._markup = Markup.of(self.processor.tokenizer)
 
     def load(self) -> Engine:
         name, revision = local_model_path(self.options.name), self.options.revision
@@ -197,6 +199,12 @@ class Engine:
 
         `stop_at`: a special token (e.g. "</object>") that ends a sequence like the end-of-sequence token does.
         """
+        return [g.text for g in self.forward_scored(batch, stop_at)]
+
+    def forward_scored(self, batch: Sequence[Prepared], stop_at: str | None = None) -> list[Generation]:
+        """`forward`, keeping each row's token ids and, when decoding greedily, the probability of each token it
+        generated (scores.py turns them into a score per box). Costs one small vector per step, whatever the
+        vocabulary: no logits are kept."""
         import torch
 
         lengths = {len(p.input_ids) for p in batch}
@@ -205,6 +213,7 @@ class Engine:
         keys = list(dict.fromkeys(p.image_key for p in batch))
         first = {p.image_key: p for p in reversed(batch)}
         eos = [self._eos, self.processor.tokenizer.convert_tokens_to_ids(stop_at)] if stop_at else self._eos
+        keeper = _chosen_probabilities() if self.generation.num_beams == 1 else None  # beams: no scores
         with torch.inference_mode():
             pixels = torch.from_numpy(_stack([first[k].pixel_values for k in keys]))
             pixels = pixels.to(self.device, self.dtype)
@@ -219,17 +228,29 @@ class Engine:
                 image_embeds_position_mask=mask,
                 pad_token_id=self._pad,
                 eos_token_id=eos,
+                **({"logits_processor": [keeper]} if keeper is not None else {}),
                 **self.generation.generate_kwargs(),
             )
-        start = _after_image(batch[0].image_mask)
-        return self.processor.tokenizer.batch_decode(out[:, start:].cpu(), skip_special_tokens=False)
+        start, prompt = _after_image(batch[0].image_mask), input_ids.shape[1]
+        ids = out[:, start:].cpu()
+        texts = self.processor.tokenizer.batch_decode(ids, skip_special_tokens=False)
+        steps = keeper.rows() if keeper is not None else None
+        if steps is not None and len(steps[0]) != out.shape[1] - prompt:
+            steps = None  # not one probability per generated token: no scores rather than wrong ones
+        given = (None,) * (prompt - start)
+        return [Generation(text, tuple(row), None if steps is None else given + tuple(steps[i]), self._markup)
+                for i, (text, row) in enumerate(zip(texts, ids.tolist()))]
 
     def forward_safe(self, batch: Sequence[Prepared], stop_at: str | None = None) -> list[str]:
         """`forward`, halving the batch on a CUDA out-of-memory error instead of failing."""
+        return [g.text for g in self.forward_scored_safe(batch, stop_at)]
+
+    def forward_scored_safe(self, batch: Sequence[Prepared], stop_at: str | None = None) -> list[Generation]:
+        """`forward_scored`, halving the batch on a CUDA out-of-memory error instead of failing."""
         import torch
 
         try:
-            return self.forward(batch, stop_at)
+            return self.forward_scored(batch, stop_at)
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
                 raise ModelError("out of GPU memory on a single image: use a smaller --max-new-tokens "
@@ -237,7 +258,31 @@ class Engine:
             torch.cuda.empty_cache()
             log.warning("out of GPU memory at batch %d: halving it (pass a smaller --batch-size)", len(batch))
             half = len(batch) // 2
-            return self.forward_safe(batch[:half], stop_at) + self.forward_safe(batch[half:], stop_at)
+            return self.forward_scored_safe(batch[:half], stop_at) + self.forward_scored_safe(batch[half:], stop_at)
+
+
+def _chosen_probabilities():
+    """A logits processor, last in generate's list, that keeps per step and row the probability of the token greedy
+    decoding picks: the softmax maximum of the processed scores, as exp(max - logsumexp), one float per row."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class ChosenProbabilities(LogitsProcessor):
+        def __init__(self):
+            self.steps: list = []
+
+        def __call__(self, input_ids, scores):
+            s = scores.float()
+            self.steps.append(torch.exp(s.max(dim=-1).values - torch.logsumexp(s, dim=-1)))
+            return scores
+
+        def rows(self) -> list[list[float]] | None:
+            """Per row, the probability of each generated token; None when no step ran."""
+            if not self.steps:
+                return None
+            return torch.stack(self.steps, dim=1).cpu().tolist()
+
+    return ChosenProbabilities()
 
 
 def resolve_device(device: str) -> str:

@@ -317,13 +317,14 @@ def _batches(pending, task: Task, engine: Engine, options: RunOptions) -> Iterat
 
 def _forward(bucket: list[tuple[Unit, Prepared]], task: Task, engine: Engine) -> list[Record]:
     started = time.perf_counter()
-    texts = engine.forward_safe([p for _, p in bucket], task.stop_at)
+    answers = engine.forward_scored_safe([p for _, p in bucket], task.stop_at)
     each = (time.perf_counter() - started) / len(bucket)
     records = []
-    for (unit, _), text in zip(bucket, texts):
+    for (unit, _), answer in zip(bucket, answers):
         unit.record.seconds = round(each, 4)
+        unit.generated = answer  # its tokens' probabilities: what the task scores its boxes with
         try:
-            task.finish(unit, text)
+            task.finish(unit, answer.text)
         except ValueError as exc:  # output the parser cannot use: that image fails, the run goes on
             unit.record.fail(f"cannot read the model's output: {exc}")
         records.append(unit.record)

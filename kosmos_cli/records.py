@@ -28,18 +28,24 @@ COMMON_FIELDS = (
 
 @dataclass
 class Entity:
-    """A grounded phrase: its text, its character span in the caption, and its boxes."""
+    """A grounded phrase: its text, its character span in the caption, its boxes, and a score per box.
+
+    `scores`: in [0, 1], the geometric mean of the model's probabilities for the two location tokens of each box
+    (scores.py); None when the decoding kept none (beam search) or the record was written before scores.
+    """
 
     phrase: str
     start: int
     end: int
     boxes: list[list[float]]
     boxes_px: list[list[int]]
+    scores: list[float | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "phrase": self.phrase, "start": self.start, "end": self.end,
             "boxes": [list(b) for b in self.boxes], "boxes_px": [list(b) for b in self.boxes_px],
+            "scores": None if self.scores is None else list(self.scores),
         }
 
 

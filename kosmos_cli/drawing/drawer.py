@@ -77,15 +77,16 @@ class Job:
 class Drawer:
     """Draws result rows into `out_dir`, keeping their layout relative to `base`; optionally an index.html.
 
-`out_dir` is claimed when the Drawer is made (naming.claim): made and marked as ours, or refused in one line when
-it holds files kosmos did not draw.
+    `out_dir` is claimed when the Drawer is made (naming.claim): made and marked as ours, or refused in one line
+    when it holds files kosmos did not draw. Labels carry each box's score when the row has one; `min_score` leaves
+    out the boxes scored below it.
 
     Use as a context manager: on a clean exit the gallery is put in place, otherwise it is dropped. Each image
     is written to a temporary file and renamed, so no half-written image is ever left.
     """
 
     def __init__(self, out_dir: str, base: str | None, html: bool = False, root: str | None = None,
-                 title: str = "kosmos draw", option: str = "--out-dir"):
+                 title: str = "kosmos draw", option: str = "--out-dir", min_score: float | None = None):
         if os.path.exists(out_dir) and not os.path.isdir(out_dir):
             raise UsageError(f"{option} {out_dir} is a file: name a folder for the annotated images")
         if base is not None and os.path.isdir(out_dir) and os.path.samefile(out_dir, base):
@@ -93,6 +94,7 @@ it holds files kosmos did not draw.
                              "them; choose another folder")
         claim(out_dir, option.lstrip("-").replace("-", "_"))  # ours, or refused before anything is written
         self.out_dir, self.base, self.root, self.title, self.option = out_dir, base, root, title, option
+        self.min_score = min_score  # boxes scored below it are not drawn (scores.passes)
         self.summary = DrawSummary(out_dir, index=os.path.join(out_dir, "index.html") if html else None)
         self._gallery = Gallery(self.summary.index, title) if self.summary.index else None
         self._target = Targets(out_dir, base)
@@ -135,7 +137,7 @@ it holds files kosmos did not draw.
             image, row = loaded.image, job.row
             scale = (image.width / row["width"] if row.get("width") else 1.0,
                      image.height / row["height"] if row.get("height") else 1.0)
-            shapes = shapes_of(row)
+            shapes = shapes_of(row, self.min_score)
             annotate(image, shapes, scale)
             save(image, job.target, self.option)
             return shapes

@@ -15,23 +15,41 @@ from PIL import Image, ImageDraw
 
 from ..fonts import label_font
 from .. import tasks
+from ..scores import passes
 from .colors import color, text_color
 
 
 @dataclass
 class Shape:
-    """What to draw for one entity: its label, its pixel boxes [x1, y1, x2, y2] and its colour."""
+    """What to draw for one entity: its label, its pixel boxes [x1, y1, x2, y2], its colour, and each box's score
+    (None: none known), written after the label ("a red square 0.93")."""
 
     label: str
     boxes: list[list[float]]
     color: tuple[int, int, int]
+    scores: list[float | None] | None = None
+
+    def labels(self) -> list[str]:
+        """The label of each box: the entity's label, and the box's score when it has one."""
+        scores = self.scores if self.scores is not None and len(self.scores) == len(self.boxes) else None
+        if scores is None:
+            return [self.label] * len(self.boxes)
+        return [f"{self.label} {s:.2f}".strip() if s is not None else self.label for s in scores]
 
 
-def shapes_of(row: dict[str, Any]) -> list[Shape]:
-    """The entities of a result row, each with its colour."""
+def shapes_of(row: dict[str, Any], min_score: float | None = None) -> list[Shape]:
+    """The entities of a result row, each with its colour and its boxes' scores; `min_score` keeps only the boxes
+    scored at least that (scores.passes). An entity keeps its colour when some of its boxes are dropped."""
     task = tasks.of_row(row)
-    found = task.shapes(row) if task is not None else []
-    return [Shape(label, boxes, color(i)) for i, (label, boxes) in enumerate(found)]
+    if task is None:
+        return []
+    shapes = []
+    for i, ((label, boxes), scores) in enumerate(zip(task.shapes(row), task.box_scores(row))):
+        if scores is None or len(scores) != len(boxes):
+            scores = [None] * len(boxes)
+        kept = [(b, s) for b, s in zip(boxes, scores) if passes(s, min_score)]
+        shapes.append(Shape(label, [b for b, _ in kept], color(i), [s for _, s in kept]))
+    return shapes
 
 
 def line_width(width: int, height: int) -> int:
@@ -54,7 +72,7 @@ def annotate(image: Image.Image, shapes: Iterable[Shape], scale: tuple[float, fl
     font = _font(font_size(width, height))
     labels = []
     for shape in shapes:
-        for box in shape.boxes:
+        for box, label in zip(shape.boxes, shape.labels()):
             x1, y1, x2, y2 = _clip(box, scale, width, height)
             if x2 - x1 < 1 or y2 - y1 < 1:
                 continue
@@ -62,10 +80,10 @@ def annotate(image: Image.Image, shapes: Iterable[Shape], scale: tuple[float, fl
             # a band of the entity's colour between two 1-pixel edges of black or white, seen on any background
             draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=text_color(shape.color), width=lw + 2)
             draw.rectangle((x1 + 1, y1 + 1, x2 - 2, y2 - 2), outline=shape.color, width=lw)
-            if shape.label:
-                labels.append((shape, x1, y1))
-    for shape, x1, y1 in labels:  # after every box, so no line crosses a label
-        _label(draw, shape.label, shape.color, x1, y1, width, height, font)
+            if label:
+                labels.append((shape, label, x1, y1))
+    for shape, label, x1, y1 in labels:  # after every box, so no line crosses a label
+        _label(draw, label, shape.color, x1, y1, width, height, font)
     return image
 
 

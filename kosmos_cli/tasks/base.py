@@ -8,7 +8,8 @@ A task (after transformers' pipelines: one class per task, a registry from name 
 - its checks before a model loads (`check`);
 - turning an input item into units, a unit into a prompt, and the generated text into the record
   (`units`, `prompt`, `finish`): the pipeline runs any task the same way;
-- what `kosmos draw` shows of a record and its HTML caption (`shapes`, `caption_html`).
+- what `kosmos draw` shows of a record and its HTML caption (`shapes`, `box_scores`, `caption_html`);
+- whether its boxes are detections that `kosmos export` can write as labels (`detects`).
 
 Class-level methods read result rows (any file's); an instance carries one run's settings (a prompt, boxes,
 phrases). Adding a task is one new module plus a line in the registry (`tasks/__init__.py`).
@@ -26,6 +27,7 @@ from typing import Any, ClassVar
 from ..fsnames import clean, recorded
 from ..prompts import Prompt
 from ..records import COMMON_FIELDS, Record, common_arrow_fields
+from ..scores import Generation
 from ..sources import Item
 
 Mark = Callable[[str, int], str]  # (text, entity index) -> HTML of that text in the entity's colour
@@ -39,6 +41,7 @@ class Unit:
     key: str
     record: Record
     data: Any = None  # what the task needs to build the prompt (a box, a phrase, a problem)
+    generated: Generation | None = None  # the model's tokens and their probabilities, set before `finish`
 
 
 class Task:
@@ -47,6 +50,7 @@ class Task:
     per_row: ClassVar[bool] = False  # several records per image: manifest rows naming one image are all kept
     stop_at: ClassVar[str | None] = None  # a token after which nothing the task reads follows: generation ends
     key_fields: ClassVar[tuple[str, ...]] = ()  # besides the path, what tells this task's records apart
+    detects: ClassVar[bool] = False  # its boxes are the model's detections (ground, find): they can be exported
 
     # -- rows of any results file ------------------------------------------------------------------------
     @classmethod
@@ -90,6 +94,12 @@ class Task:
         raise NotImplementedError
 
     @classmethod
+    def box_scores(cls, row: Mapping[str, Any]) -> list[list[float | None] | None]:
+        """A score per box of each entity `shapes` gives, in its order; None for an entity without scores (a record
+        written before scores, a decoding that kept none, a region given rather than found)."""
+        return [None for _ in cls.shapes(row)]
+
+    @classmethod
     def caption_html(cls, row: Mapping[str, Any], mark: Mark) -> str:
         """The row's text for the gallery, each entity's words passed through `mark`; the rest escaped."""
         raise NotImplementedError
@@ -106,7 +116,9 @@ class Task:
         raise NotImplementedError
 
     def finish(self, unit: Unit, text: str) -> None:
-        """Fill the unit's record from the generated text; raise ValueError when the text cannot be used."""
+        """Fill the unit's record from the generated text; raise ValueError when the text cannot be used.
+
+        `unit.generated`, when set, holds the tokens behind `text` and their probabilities (boxes' scores)."""
         raise NotImplementedError
 
     def record(self, item: Item, model: str, **fields: Any) -> Record:

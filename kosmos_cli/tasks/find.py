@@ -11,24 +11,28 @@ from ..errors import UsageError
 from ..grounding import parse, to_pixels
 from ..prompts import OBJECT_END, Prompt, clean_phrase, find_prompt
 from ..records import Record
+from ..scores import entity_scores
 from ..sources import Item
 from .base import Found, Mark, Task, Unit, need_rows
 
 
 @dataclass
 class FindRecord(Record):
-    """phrase, boxes (0-1) and boxes_px; empty lists when the model did not ground the phrase."""
+    """phrase, boxes (0-1), boxes_px and a score per box (records.Entity says what it is); empty lists when the
+    model did not ground the phrase; scores None when the decoding kept no probabilities (beam search)."""
 
     task: ClassVar[str] = "find"
-    fields: ClassVar[tuple[str, ...]] = ("phrase", "boxes", "boxes_px")
+    fields: ClassVar[tuple[str, ...]] = ("phrase", "boxes", "boxes_px", "scores")
 
     phrase: str | None = None
     boxes: list[list[float]] = field(default_factory=list)
     boxes_px: list[list[int]] = field(default_factory=list)
+    scores: list[float | None] | None = None
 
     def own_dict(self) -> dict[str, Any]:
         return {"phrase": self.phrase, "boxes": [list(b) for b in self.boxes],
-                "boxes_px": [list(b) for b in self.boxes_px]}
+                "boxes_px": [list(b) for b in self.boxes_px],
+                "scores": None if self.scores is None else list(self.scores)}
 
 
 class Find(Task):
@@ -40,6 +44,7 @@ class Find(Task):
 
     name = "find"
     record_type = FindRecord
+    detects = True
     per_row = True
     stop_at = OBJECT_END  # the boxes are all in the first <object>...</object>: no need to generate on
     key_fields = ("phrase",)
@@ -59,7 +64,7 @@ class Find(Task):
 
         box, box_px = pa.list_(pa.float64()), pa.list_(pa.int32())
         return [pa.field("phrase", pa.string()), pa.field("boxes", pa.list_(box)),
-                pa.field("boxes_px", pa.list_(box_px))]
+                pa.field("boxes_px", pa.list_(box_px)), pa.field("scores", pa.list_(pa.float64()))]
 
     @classmethod
     def owns(cls, row: Mapping[str, Any]) -> bool:
@@ -68,6 +73,10 @@ class Find(Task):
     @classmethod
     def shapes(cls, row: Mapping[str, Any]) -> list[Found]:
         return [(row.get("phrase") or "", [list(b) for b in row.get("boxes_px") or []])]
+
+    @classmethod
+    def box_scores(cls, row: Mapping[str, Any]) -> list[list[float | None] | None]:
+        return [row.get("scores")]
 
     @classmethod
     def caption_html(cls, row: Mapping[str, Any], mark: Mark) -> str:
@@ -108,10 +117,13 @@ class Find(Task):
         record = unit.record
         assert isinstance(record, FindRecord)
         _, parsed = parse(text)
+        scored = unit.generated is not None and unit.generated.probs is not None
+        record.scores = [] if scored else None
         # the prompt's own phrase opens the text; it is grounded only if the model put an <object> right after it
         if parsed and parsed[0].phrase and parsed[0].start == 0:
             record.boxes = [list(b) for b in parsed[0].boxes]
             record.boxes_px = [to_pixels(b, record.width, record.height) for b in parsed[0].boxes]
+            record.scores = entity_scores([parsed[0].boxes], unit.generated)[0]
 
 
 def check_phrase(value) -> str:

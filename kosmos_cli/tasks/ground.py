@@ -10,13 +10,14 @@ from typing import Any, ClassVar
 from ..grounding import parse, to_pixels
 from ..prompts import Prompt, caption_prompt
 from ..records import Entity, Record
+from ..scores import entity_scores
 from ..sources import Item
 from .base import Found, Mark, Task, Unit
 
 
 @dataclass
 class GroundRecord(Record):
-    """caption, and entities [{phrase, start, end, boxes (0-1), boxes_px}] with spans into the caption."""
+    """caption, and entities [{phrase, start, end, boxes (0-1), boxes_px, scores}] with spans into the caption."""
 
     task: ClassVar[str] = "ground"
     fields: ClassVar[tuple[str, ...]] = ("caption", "entities")
@@ -33,6 +34,7 @@ class Ground(Task):
 
     name = "ground"
     record_type = GroundRecord
+    detects = True
 
     def __init__(self, prompt: str | None = None):
         self._prompt = caption_prompt(prompt)
@@ -44,7 +46,7 @@ class Ground(Task):
         box, box_px = pa.list_(pa.float64()), pa.list_(pa.int32())
         entity = pa.struct([
             ("phrase", pa.string()), ("start", pa.int32()), ("end", pa.int32()),
-            ("boxes", pa.list_(box)), ("boxes_px", pa.list_(box_px)),
+            ("boxes", pa.list_(box)), ("boxes_px", pa.list_(box_px)), ("scores", pa.list_(pa.float64())),
         ])
         return [pa.field("caption", pa.string()), pa.field("entities", pa.list_(entity))]
 
@@ -55,6 +57,10 @@ class Ground(Task):
     @classmethod
     def shapes(cls, row: Mapping[str, Any]) -> list[Found]:
         return [(e.get("phrase") or "", [list(b) for b in e.get("boxes_px") or []]) for e in row.get("entities") or []]
+
+    @classmethod
+    def box_scores(cls, row: Mapping[str, Any]) -> list[list[float | None] | None]:
+        return [e.get("scores") for e in row.get("entities") or []]
 
     @classmethod
     def caption_html(cls, row: Mapping[str, Any], mark: Mark) -> str:
@@ -84,8 +90,9 @@ class Ground(Task):
         assert isinstance(record, GroundRecord)
         caption, parsed = parse(text, strip_prompt=self._prompt.text)
         record.caption = caption
+        scores = entity_scores([p.boxes for p in parsed], unit.generated)
         record.entities = [
             Entity(p.phrase, p.start, p.end, [list(b) for b in p.boxes],
-                   [to_pixels(b, record.width, record.height) for b in p.boxes])
-            for p in parsed
+                   [to_pixels(b, record.width, record.height) for b in p.boxes], s)
+            for p, s in zip(parsed, scores)
         ]

@@ -1,0 +1,114 @@
+"""Exports: the boxes of a ground or find results file as labels for training a detector.
+
+    source.py       the results' images, each with its boxes (two streaming passes; the first checks everything)
+    classes.py      which class a phrase is: one per distinct phrase, or one of the classes the user names
+    boxes.py        a class per box, weak boxes (--min-score) and duplicates (--nms) dropped and counted
+    base.py         Writer: what a format does with an image and its labels; output checks
+    coco.py         one COCO JSON file             yolo.py         an Ultralytics folder
+    voc.py          Pascal VOC XML per image       labelstudio.py  Label Studio tasks with predictions, and its config
+
+A new format is one module with a `Writer` subclass, plus its line in `FORMATS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ..errors import UsageError
+from ..scores import check_min_score
+from .base import Options, Writer
+from .boxes import Dropped, labels
+from .classes import Classes
+from .coco import Coco
+from .labelstudio import LabelStudio
+from .source import images, scan
+from .voc import Voc
+from .yolo import Yolo
+
+log = logging.getLogger("kosmos_cli")
+
+FORMATS: dict[str, type[Writer]] = {w.name: w for w in (Coco, Yolo, Voc, LabelStudio)}
+
+
+@dataclass
+class ExportSummary:
+    """What an export wrote and what it left out."""
+
+    to: str
+    out: str
+    images: int = 0
+    boxes: int = 0
+    classes: int = 0
+    errors: int = 0  # error records of the results: skipped
+    failed: int = 0  # images that could not be exported (YOLO: the image file is gone)
+    dropped: Dropped = field(default_factory=Dropped)
+    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+    # what the CLI reads of any summary; an export is one process, with no pictures drawn beside it
+    rank: ClassVar[None] = None
+    ranks: ClassVar[tuple] = ()
+    drawing: ClassVar[None] = None
+
+    def strict_failure(self) -> str | None:
+        return f"{self.failed} image{'s' if self.failed != 1 else ''} failed" if self.failed else None
+
+    def line(self) -> str:
+        d = self.dropped
+        left = [f"{n} {why}" for n, why in ((d.unnamed, "naming no class"), (d.below, "below --min-score"),
+                                            (d.duplicates, "removed by --nms"), (d.empty, "empty")) if n]
+        extra = f"; boxes left out: {', '.join(left)}" if left else ""
+        return (f"kosmos export finished: {self.images} images, {self.boxes} boxes, {self.classes} classes, "
+                f"{self.errors} skipped (error records), {self.failed} failed{extra} in {self.seconds:.1f}s "
+                f"-> {self.out} ({self.to})")
+
+
+def run(results: str, to: str, out: str, *, classes: list[str] | None = None, min_score: float | None = None,
+        nms: float | None = None, root: str | None = None, image_root: str | None = None,
+        copy_images: bool = False) -> ExportSummary:
+    """Export `results` (ground or find, JSONL or Parquet) to `out` in format `to`. Everything is checked, the whole
+    results file included, before anything is written."""
+    started = time.perf_counter()
+    writer_type = FORMATS.get(str(to).lower())
+    if writer_type is None:
+        raise UsageError(f"unknown format {to!r} ({{param}}): use one of {', '.join(FORMATS)}", param="to")
+    min_score = check_min_score(min_score)
+    if nms is not None and (isinstance(nms, bool) or not isinstance(nms, (int, float)) or not 0.0 <= nms <= 1.0):
+        raise UsageError(f"{{param}} {nms!r}: an IoU from 0 to 1 (boxes of one class overlapping more than it are "
+                         "duplicates), e.g. 0.5", param="nms")
+    if root is not None and not os.path.isdir(root):
+        raise UsageError(f"{{param}} {root}: no such folder", param="root")
+    if image_root is not None and writer_type is not LabelStudio:
+        raise UsageError("{param} is for --to labelstudio only", param="image_root")
+    if copy_images and writer_type is not Yolo:
+        raise UsageError("{param} is for --to yolo only", param="copy_images")
+    named = Classes(classes)
+    writer_type.check(out)
+    checked = scan(results, root)
+
+    summary = ExportSummary(to=writer_type.name, out=out, errors=checked.errors)
+    writer = writer_type(out, Options(results=results, root=root, image_root=image_root, copy_images=copy_images))
+    try:
+        for image in images(results, checked, root):
+            kept = labels(image, named, min_score, nms, summary.dropped)
+            problem = writer.add(image, kept, named.names)
+            if problem is not None:
+                summary.failed += 1
+                summary.failures.append(f"{image.path}: {problem}")
+                log.warning("cannot export %s: %s", image.path, problem)
+                continue
+            summary.images += 1
+            summary.boxes += len(kept)
+        writer.close(named.names)
+    except BaseException:
+        writer.discard()
+        raise
+    summary.classes = len(named.names)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+__all__ = ["FORMATS", "ExportSummary", "run"]

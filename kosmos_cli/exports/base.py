@@ -1,0 +1,85 @@
+"""What every export format is: a writer fed one image and its labels at a time, closed with the class names."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..errors import OutputError, UsageError
+from .boxes import Label
+from .source import Image
+
+
+@dataclass(frozen=True)
+class Options:
+    """What some formats need beyond the labels."""
+
+    results: str  # the results file, named in what is written
+    root: str | None = None  # image paths are written relative to it
+    image_root: str | None = None  # Label Studio: a URL prefix or local-files path for the images
+    copy_images: bool = False  # YOLO: copy the images instead of linking them
+
+
+class Writer:
+    """One export. `add` each image (in any order, each once), then `close` with the class names; `discard` on an
+    error leaves no half-written file behind (a folder export keeps the files it wrote: the folder was empty)."""
+
+    name: ClassVar[str] = ""
+    folder: ClassVar[bool] = False  # OUT is a folder (made if missing; it must be empty), else one file
+
+    def __init__(self, out: str, options: Options):
+        self.out, self.options = out, options
+
+    @classmethod
+    def check(cls, out: str) -> None:
+        """Refuse an OUT that cannot be this format's, before anything is read or written."""
+        if cls.folder:
+            if os.path.exists(out) and not os.path.isdir(out):
+                raise UsageError(f"{out} is a file: --to {cls.name} writes a folder; name a new or empty folder")
+            if os.path.isdir(out) and os.listdir(out):
+                raise UsageError(f"{out} is not empty: --to {cls.name} writes a folder of its own (old labels would "
+                                 "mix with the new); name a new or empty folder")
+        else:
+            if os.path.isdir(out):
+                raise UsageError(f"{out} is a folder: --to {cls.name} writes one file; name a file, e.g. "
+                                 f"{os.path.join(out, cls.name + '.json')}")
+            parent = os.path.dirname(os.path.abspath(out))
+            if not os.path.isdir(parent):
+                raise UsageError(f"cannot write {out}: its folder {parent} does not exist")
+
+    def add(self, image: Image, labels: list[Label], names: list[str]) -> str | None:
+        """Write what this image needs (`names`: the class names so far, by index); returns why it could not be
+        exported, or None."""
+        raise NotImplementedError
+
+    def close(self, classes: list[str]) -> None:
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        """Called instead of close after an error."""
+
+    def written(self) -> list[str]:
+        """The files written besides per-image ones, for the summary."""
+        return [self.out]
+
+
+class UniqueNames:
+    """File names below a folder, none given twice whatever the case: a.jpg then a.png -> a.png becomes a-2.png
+    (their label files would both be a.txt)."""
+
+    def __init__(self):
+        self._used: set[str] = set()
+
+    def __call__(self, layout: str) -> str:
+        stem, ext = os.path.splitext(layout)
+        name, n = layout, 1
+        while os.path.splitext(name)[0].lower() in self._used:
+            n += 1
+            name = f"{stem}-{n}{ext}"
+        self._used.add(os.path.splitext(name)[0].lower())
+        return name
+
+
+def write_error(exc: OSError, path: str) -> OutputError:
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}: choose another OUT or free some space")

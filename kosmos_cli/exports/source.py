@@ -1,0 +1,132 @@
+"""The images of a ground or find results file, each with every box the model found in it. Streamed in two passes.
+
+The first pass reads every row once to check it (a results file of ours, of a task that finds boxes, images below
+`--root`) and to note each image's last row; nothing is written before it ends. The second pass gathers each
+image's rows (find has one per phrase, and they need not be next to each other: prompts of other lengths go through
+the model in other batches) and hands the image on at its last row. What is held at once: a path per image (as
+resuming holds its keys) and the boxes of images whose rows are still coming, never an image's pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import tasks
+from ..errors import InputError, UsageError
+from ..writers import read_records
+
+
+@dataclass(frozen=True)
+class Found:
+    """One box as the results file has it: its phrase, pixel box [x1, y1, x2, y2] (displayed frame), score."""
+
+    phrase: str
+    box: tuple[int, int, int, int]
+    score: float | None
+
+
+@dataclass
+class Image:
+    """One image of the results and the boxes found in it."""
+
+    path: str  # as recorded
+    source: str  # where it can be opened: as recorded, else beside the results file
+    name: str  # relative to --root ('/' separators), else as recorded
+    layout: str  # its path below --root, else below the images' common folder: where per-image files go
+    width: int
+    height: int
+    model: str | None
+    found: list[Found] = field(default_factory=list)
+
+
+@dataclass
+class Scan:
+    """What the first pass learnt."""
+
+    task: str | None = None
+    rows: int = 0
+    errors: int = 0  # error records: skipped
+    last: dict[str, int] = field(default_factory=dict)  # path -> number of its last ok row
+    base: str | None = None  # the common folder of the images
+
+
+def _rows(results: str) -> Iterator[dict[str, Any]]:
+    try:
+        yield from read_records(results)
+    except UnicodeDecodeError:
+        raise InputError(f"{results} is not a results file of kosmos (neither JSONL nor Parquet): pass the "
+                         ".jsonl or .parquet file written by kosmos ground or find") from None
+
+
+def scan(results: str, root: str | None) -> Scan:
+    """Check every row and note where each image's rows end. Raises before anything is written."""
+    from ..drawing import check_results_row, locate
+
+    here = os.path.dirname(os.path.abspath(results))
+    out = Scan()
+    for number, row in enumerate(_rows(results), 1):
+        name = check_results_row(row, number, results)
+        task = tasks.get(name)
+        if not task.detects:
+            raise UsageError(f"{results} holds {name} records: they describe regions you gave, they find no boxes; "
+                             "export reads the results of kosmos ground or kosmos find")
+        out.task, out.rows = name, number
+        if row.get("status") != "ok":
+            out.errors += 1
+            continue
+        full = os.path.abspath(locate(row["path"], here))
+        if root is not None and _outside(full, root):
+            raise UsageError(f"{{param}} {root}: {row['path']} is not below it: name a folder that holds every "
+                             "image", param="root")
+        out.last[row["path"]] = number
+        folder = os.path.dirname(full)
+        out.base = folder if out.base is None else os.path.commonpath([out.base, folder])
+    return out
+
+
+def images(results: str, found: Scan, root: str | None) -> Iterator[Image]:
+    """Each image with an ok record, with all its boxes, at its last row; a row repeated (same key) counts once,
+    the last one."""
+    from ..drawing import locate
+
+    here = os.path.dirname(os.path.abspath(results))
+    base = root if root is not None else found.base
+    pending: dict[str, tuple[Image, dict[str, list[Found]]]] = {}
+    for number, row in enumerate(_rows(results), 1):
+        if row.get("status") != "ok":
+            continue
+        path = row["path"]
+        task = tasks.of_row(row)
+        assert task is not None  # the first pass checked every row
+        if path not in pending:
+            source = locate(path, here)
+            full = os.path.abspath(source)
+            layout = _slashes(os.path.relpath(full, base) if base else os.path.basename(full))
+            name = layout if root is not None else path
+            pending[path] = (Image(path, source, name, layout, row.get("width") or 0, row.get("height") or 0,
+                                   row.get("model")), {})
+        pending[path][1][task.key(row)] = list(_found(task, row))
+        if found.last.get(path) == number:
+            image, by_key = pending.pop(path)
+            image.found = [f for boxes in by_key.values() for f in boxes]
+            yield image
+
+
+def _found(task, row) -> Iterator[Found]:
+    for (label, boxes), scores in zip(task.shapes(row), task.box_scores(row)):
+        if scores is None or len(scores) != len(boxes):
+            scores = [None] * len(boxes)
+        for box, score in zip(boxes, scores):
+            yield Found(label, tuple(int(round(float(v))) for v in box), score)  # type: ignore[arg-type]
+
+
+def _outside(path: str, root: str) -> bool:
+    rel = os.path.relpath(path, os.path.abspath(root))
+    return rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel)
+
+
+def _slashes(path: str) -> str:
+    return path.replace(os.sep, "/")

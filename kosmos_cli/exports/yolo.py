@@ -1,0 +1,73 @@
+"""YOLO, in the Ultralytics layout: OUT/images/ (links to the images, or copies), OUT/labels/*.txt (one
+"class cx cy w h" line per box, normalised 0-1), OUT/data.yaml (the folder and the class names).
+
+Labels are in the frame of the image as displayed (EXIF orientation applied), as every record's boxes are. The
+images are linked or copied as they are, EXIF tag included, so a reader must apply the EXIF orientation as
+Ultralytics does (its loaders use the displayed size and frame); a reader that ignores EXIF would see a rotated
+photo's labels turned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from ..atomic import atomic_write
+from .base import Options, UniqueNames, Writer, write_error
+from .boxes import Label
+from .source import Image
+
+
+class Yolo(Writer):
+    name = "yolo"
+    folder = True
+
+    def __init__(self, out: str, options: Options):
+        super().__init__(out, options)
+        self._names = UniqueNames()
+        try:
+            os.makedirs(os.path.join(out, "images"), exist_ok=True)
+            os.makedirs(os.path.join(out, "labels"), exist_ok=True)
+        except OSError as exc:
+            raise write_error(exc, out) from None
+
+    def add(self, image: Image, labels: list[Label], names: list[str]) -> str | None:
+        if not os.path.isfile(image.source):
+            return "image not found (YOLO needs the image beside its labels)"
+        layout = self._names(image.layout)
+        target = os.path.join(self.out, "images", *layout.split("/"))
+        label_file = os.path.join(self.out, "labels", *os.path.splitext(layout)[0].split("/")) + ".txt"
+        w, h = image.width, image.height
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if self.options.copy_images:
+                shutil.copyfile(image.source, target)
+            else:
+                os.symlink(os.path.abspath(image.source), target)
+            os.makedirs(os.path.dirname(label_file), exist_ok=True)
+            with atomic_write(label_file, sync=False) as f:
+                for label in labels:
+                    x1, y1, x2, y2 = label.box
+                    f.write(f"{label.cls} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} "
+                            f"{(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}\n")
+        except OSError as exc:
+            raise write_error(exc, target) from None
+        return None
+
+    def close(self, classes: list[str]) -> None:
+        path = os.path.join(self.out, "data.yaml")
+        lines = [f"# written by kosmos export from {os.path.basename(self.options.results)}",
+                 f"path: {json.dumps(os.path.abspath(self.out), ensure_ascii=False)}",
+                 "train: images", "val: images", "names:"]
+        lines += [f"  {i}: {json.dumps(name, ensure_ascii=False)}" for i, name in enumerate(classes)]
+        if not classes:
+            lines[-1] = "names: {}"
+        try:
+            with atomic_write(path, sync=False) as f:
+                f.write("\n".join(lines) + "\n")
+        except OSError as exc:
+            raise write_error(exc, path) from None
+
+    def written(self) -> list[str]:
+        return [os.path.join(self.out, "data.yaml")]
