@@ -150,7 +150,8 @@ def run(
 def _pass(task, inputs, engine, options, output: Output, crew, summary, progress, on_write, rank, world) -> None:
     """One pass over the inputs: what is not done yet goes through the model and into `output`."""
     present: set[str] | None = set() if options.prune else None
-    items = _counted(_as_items(inputs, per_row=task.per_row, null=options.null), summary)
+    unlisted: list[str] = []  # what the walk could not look into: then the pass did not see every input
+    items = _counted(_as_items(inputs, per_row=task.per_row, null=options.null, unlisted=unlisted), summary)
     if present is not None:
         items = _tracking(items, present)
     pending = _todo(shard(items, rank, world, by_image=task.per_row), task, engine, output.seen, options, summary,
@@ -170,9 +171,17 @@ def _pass(task, inputs, engine, options, output: Output, crew, summary, progress
             on_write(records)
         progress.advance(summary.done, summary.failed, summary.skipped)
         crew.check()  # another rank failed: stop
-    if not summary.found and crew.main:
-        kept = "; --prune removed no record" if options.prune else ""
-        log.warning("%s%s", nothing_found(inputs), kept)
+    if not summary.found:
+        if options.prune:  # an unmounted disk, an empty stdin: not a reason to forget every record
+            raise UsageError(f"{nothing_found(inputs)}; {{param}} refused: it would remove every record of "
+                             f"{options.out}. Check that the inputs are there", param="prune")
+        if crew.main:
+            log.warning("%s", nothing_found(inputs))
+    if options.prune and unlisted:
+        if crew.main:
+            more = f" and {len(unlisted) - 1} more" if len(unlisted) > 1 else ""
+            log.warning("--prune removed no record: this pass could not look into %s%s (a folder it cannot list "
+                        "or that vanished, or a link to nothing), so it did not see every input", unlisted[0], more)
     elif present is not None:
         output.complete(present)  # the pass saw every input: --prune may drop the records of the others
 
@@ -189,10 +198,10 @@ def _count_inputs(inputs: list[str], progress: Progress) -> None:
         pass
 
 
-def _as_items(inputs, per_row: bool = False, null: bool = False) -> Iterator[Item]:
+def _as_items(inputs, per_row: bool = False, null: bool = False, unlisted: list[str] | None = None) -> Iterator[Item]:
     inputs = list(inputs) if not isinstance(inputs, Iterator) else inputs
     if isinstance(inputs, list) and all(isinstance(i, str) for i in inputs):
-        return iter_items(inputs, per_row=per_row, null=null)
+        return iter_items(inputs, per_row=per_row, null=null, unlisted=unlisted)
     return (i if isinstance(i, Item) else Item(str(i)) for i in inputs)
 
 

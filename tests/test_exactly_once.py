@@ -1,6 +1,8 @@
 """Any manifest a user has, and exactly once on every resume path: --prune after an incomplete pass, rows whose
 keys collide, an image that cannot be read this time, and the spool that several processes write for stdout."""
 
+import shutil
+
 import pytest
 
 from cli_helpers import kosmos
@@ -43,3 +45,21 @@ def test_prune_after_a_txt_manifest_that_cannot_be_read_keeps_every_record(recor
     with pytest.raises(OSError):
         ground([photos[0], str(manifest)], str(out), engine=tiny_engine, prune=True)
     assert paths_in(out) == photos
+
+
+def test_prune_over_a_folder_it_cannot_list_keeps_the_records_under_it(tiny_model, tmp_path):
+    """photos/nas is a link to a disk that is not mounted tonight: its records stay, and the run says why."""
+    disk = tmp_path / "disk"
+    make_images(str(disk), sizes=((64, 48), (48, 64)))
+    photos = tmp_path / "photos"
+    make_images(str(photos / "here"), sizes=((40, 40),))
+    (photos / "nas").symlink_to(disk, target_is_directory=True)
+    out = tmp_path / "results.jsonl"
+    assert kosmos("ground", str(photos), "--out", str(out), model=tiny_model).exit_code == 0
+    assert len(paths_in(out)) == 3
+    shutil.rmtree(disk)
+    result = kosmos("ground", str(photos), "--out", str(out), "--prune", model=tiny_model)
+    assert result.exit_code == 0, result.output
+    assert len(paths_in(out)) == 3
+    warnings = [line for line in result.stderr.splitlines() if "--prune" in line]
+    assert len(warnings) == 1 and str(photos / "nas") in warnings[0], result.stderr
