@@ -218,12 +218,21 @@ def _tracking(items: Iterator[Item], present: set[str]) -> Iterator[Item]:
 
 
 def _todo(items, task: Task, engine: Engine, seen, options: RunOptions, summary: Summary, progress: Progress):
-    """(item, units still to do, stat) for each item with anything left to do; counts the skipped."""
+    """(item, units still to do, stat) for each item with anything left to do; counts the skipped.
+
+    Units whose keys collide (rows naming one box or phrase, however written) are one unit: the first one wins,
+    the others are skipped, in this run as in any rerun.
+    """
     model = engine.options.label
+    met: set[str] = set()  # the keys of this run's units so far
     for item in items:
         size, mtime = file_stat(item.path)
         units = []
         for unit in task.units(item, model):
+            if unit.key in met:
+                summary.skipped += 1
+                continue
+            met.add(unit.key)
             recorded = seen.get(unit.key)
             if recorded is not None and _fresh(recorded, size, mtime, options.retry_failed):
                 summary.skipped += 1

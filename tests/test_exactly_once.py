@@ -1,6 +1,7 @@
 """Any manifest a user has, and exactly once on every resume path: --prune after an incomplete pass, rows whose
 keys collide, an image that cannot be read this time, and the spool that several processes write for stdout."""
 
+import json
 import shutil
 
 import pytest
@@ -63,3 +64,39 @@ def test_prune_over_a_folder_it_cannot_list_keeps_the_records_under_it(tiny_mode
     assert len(paths_in(out)) == 3
     warnings = [line for line in result.stderr.splitlines() if "--prune" in line]
     assert len(warnings) == 1 and str(photos / "nas") in warnings[0], result.stderr
+
+
+# -- rows whose keys collide are one unit from the start -------------------------------------------------------
+def rows_after_two_runs(*args, model):
+    counts = []
+    for _ in range(2):
+        result = kosmos(*args, model=model)
+        assert result.exit_code == 0, result.output
+        counts.append(len(list(read_records(args[args.index("--out") + 1]))))
+    return counts
+
+
+def test_refer_rows_with_the_same_box_are_one_record(tiny_model, tmp_path):
+    (path,) = make_images(str(tmp_path), sizes=((200, 200),))
+    rows = [{"path": path, "x1": 10, "y1": 10, "x2": 100, "y2": 100, "id": "first"},
+            {"path": path, "x1": 10.0, "y1": 10, "x2": 100.0, "y2": 100},
+            {"path": path, "x1": 10, "y1": 10, "x2": 100, "y2": 100, "id": "another"},
+            {"path": path, "x1": 0, "y1": 0, "x2": 50, "y2": 50},
+            {"path": path, "x1": -0.0, "y1": 0, "x2": 50, "y2": 50}]
+    manifest = tmp_path / "regions.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = str(tmp_path / "r.jsonl")
+    assert rows_after_two_runs("refer", str(manifest), "--out", out, model=tiny_model) == [2, 2]
+    first = next(r for r in read_records(out) if r["box_px"] == [10, 10, 100, 100])
+    assert first["id"] == "first"  # the first row wins
+
+
+def test_find_rows_with_the_same_phrase_are_one_record(tiny_model, tmp_path):
+    (path,) = make_images(str(tmp_path), sizes=((200, 200),))
+    rows = [{"path": path, "phrase": "a cup", "id": "first"}, {"path": path, "phrase": "<a cup>"},
+            {"path": path, "phrase": " a  cup ", "id": "another"}, {"path": path, "phrase": "a dog"}]
+    manifest = tmp_path / "phrases.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = str(tmp_path / "f.jsonl")
+    assert rows_after_two_runs("find", str(manifest), "--out", out, model=tiny_model) == [2, 2]
+    assert next(r for r in read_records(out) if r["phrase"] == "a cup")["id"] == "first"
