@@ -65,6 +65,7 @@ class Summary:
     done: int = 0
     failed: int = 0
     skipped: int = 0
+    kept: int = 0  # of the skipped: failed now, but the output holds an ok record for them, which is kept
     found: int = 0  # images (or manifest rows) the inputs named, done before or not; 0: the inputs named none
     seconds: float = 0.0
     interrupted: bool = False
@@ -81,8 +82,7 @@ class Summary:
     def strict_failure(self) -> str | None:
         """Why --strict fails a run that finished: some records failed, or the inputs named no image at all."""
         if self.failed:
-            noun = {"refer": "region", "find": "phrase"}.get(self.task, "image")
-            return f"{self.failed} {noun}{'s' if self.failed != 1 else ''} failed"
+            return f"{counted(self.task, self.failed)} failed"
         return None if self.found else "no images found"
 
     def line(self) -> str:
@@ -94,6 +94,12 @@ class Summary:
             return f"kosmos {self.task} rank {self.rank}: {counts}"
         processes = f" ({self.world} processes)" if self.world > 1 else ""
         return f"kosmos {self.task} {state}: {counts} -> {where}{processes}"
+
+
+def counted(task: str, n: int) -> str:
+    """`n` records of `task` as the user hears of them: "1 image", "3 regions", "2 phrases"."""
+    noun = {"refer": "region", "find": "phrase"}.get(task, "image")
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 class Progress:
@@ -159,18 +165,23 @@ def _pass(task, inputs, engine, options, output: Output, crew, summary, progress
     if task.per_row:
         pending = _same_image_once(pending)
     for records in _batches(pending, task, engine, options):
-        output.write(records)
-        for r in records:
+        written = output.write(records)
+        summary.skipped += len(records) - len(written)  # error records of keys recorded ok: not written
+        for r in written:
             if r.ok:
                 summary.done += 1
             else:
                 summary.failed += 1
                 if len(summary.failures) < MAX_LISTED_FAILURES:  # the count is kept; the list stays short
                     summary.failures.append(f"{r.path}: {r.error}")
-        if on_write:
-            on_write(records)
+        if on_write and written:
+            on_write(written)
         progress.advance(summary.done, summary.failed, summary.skipped)
         crew.check()  # another rank failed: stop
+    summary.kept = output.kept
+    if output.kept:
+        log.warning("%s recorded ok failed this time (e.g. %s): %s kept", counted(task.name, output.kept),
+                    output.kept_first, "its ok record is" if output.kept == 1 else "their ok records are")
     if not summary.found:
         if options.prune:  # an unmounted disk, an empty stdin: not a reason to forget every record
             raise UsageError(f"{nothing_found(inputs)}; {{param}} refused: it would remove every record of "

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from . import carried, tasks
 from .atomic import atomic_write, rmdir, unlink
 from .errors import LockedError, OutputError
-from .records import Record
+from .records import OK, Record
 from .tasks import Task
 from .writers import (
     JsonlSink, ParquetPartSink, Sink, StdoutSink, disk_error, dumps, jsonl_rows, parquet_rows, readable_parquet,
@@ -382,13 +382,26 @@ class Output:
     seen: dict[str, Seen]
     sink: Sink
     replaced: int = 0  # records written for keys the output already held: compaction drops the older ones
+    kept: int = 0  # error records not written: the output holds an ok record for their key
+    kept_first: str = ""  # the first of them, "path: error"
     failed: bool = False  # a write failed: leave the parts for the next run
     present: set[str] | None = None  # after a complete pass with --prune: the paths it saw
 
-    def write(self, records: list[Record]) -> None:
-        """Write a batch of records; durable when it returns."""
-        self.replaced += sum(1 for r in records if self.store.task.key(vars(r)) in self.seen)
-        self.sink.write(records)
+    def write(self, records: list[Record]) -> list[Record]:
+        """Write a batch of records; durable when it returns. Returns the records written: an error record for
+        a key the output holds an ok record for is not written (a record that was ok is never replaced by a
+        worse one; --overwrite starts afresh), only counted in `kept`."""
+        written = []
+        for r in records:
+            held = self.seen.get(self.store.task.key(vars(r)))
+            if held is not None and held.status == OK and not r.ok:
+                self.kept += 1
+                self.kept_first = self.kept_first or f"{r.path}: {r.error}"
+                continue
+            self.replaced += held is not None
+            written.append(r)
+        self.sink.write(written)
+        return written
 
     def complete(self, present: set[str]) -> None:
         """A pass that provably saw every input: records of paths not in `present` may be pruned on exit."""

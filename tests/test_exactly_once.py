@@ -2,6 +2,7 @@
 keys collide, an image that cannot be read this time, and the spool that several processes write for stdout."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -100,3 +101,25 @@ def test_find_rows_with_the_same_phrase_are_one_record(tiny_model, tmp_path):
     out = str(tmp_path / "f.jsonl")
     assert rows_after_two_runs("find", str(manifest), "--out", out, model=tiny_model) == [2, 2]
     assert next(r for r in read_records(out) if r["phrase"] == "a cup")["id"] == "first"
+
+
+# -- a record that was ok is not replaced by a worse one --------------------------------------------------------
+def test_an_image_missing_for_one_run_keeps_its_ok_record(tiny_model, tmp_path):
+    photos = sorted(make_images(str(tmp_path / "photos"), sizes=((64, 48), (48, 64))))
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("".join(p + "\n" for p in photos))
+    out = tmp_path / "results.jsonl"
+    assert kosmos("ground", str(manifest), "--out", str(out), model=tiny_model).exit_code == 0
+    before = out.read_text()
+    away = tmp_path / "away.png"
+    os.rename(photos[0], away)  # on a disk that is not mounted this time
+    result = kosmos("ground", str(manifest), "--out", str(out), model=tiny_model)
+    assert result.exit_code == 0, result.output
+    assert out.read_text() == before  # no error record written, the ok one kept
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("kosmos: WARNING:")]
+    assert warnings == [f"kosmos: WARNING: 1 image recorded ok failed this time (e.g. {photos[0]}: file not found): "
+                        "its ok record is kept"], result.stderr
+    assert "0 done, 0 failed, 2 skipped" in result.stderr
+    os.rename(away, photos[0])
+    again = kosmos("ground", str(manifest), "--out", str(out), model=tiny_model)
+    assert "0 done, 0 failed, 2 skipped" in again.stderr
