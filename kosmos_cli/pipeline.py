@@ -155,7 +155,7 @@ def run(
 
 def _pass(task, inputs, engine, options, output: Output, crew, summary, progress, on_write, rank, world) -> None:
     """One pass over the inputs: what is not done yet goes through the model and into `output`."""
-    present: set[str] | None = set() if options.prune else None
+    present: set[str] | None = set() if options.prune or output.store.spool else None
     unlisted: list[str] = []  # what the walk could not look into: then the pass did not see every input
     items = _counted(_as_items(inputs, per_row=task.per_row, null=options.null, unlisted=unlisted), summary)
     if present is not None:
@@ -188,13 +188,16 @@ def _pass(task, inputs, engine, options, output: Output, crew, summary, progress
                              f"{options.out}. Check that the inputs are there", param="prune")
         if crew.main:
             log.warning("%s", nothing_found(inputs))
-    if options.prune and unlisted:
+    if present is None:
+        return
+    if unlisted and not output.store.spool:
         if crew.main:
             more = f" and {len(unlisted) - 1} more" if len(unlisted) > 1 else ""
             log.warning("--prune removed no record: this pass could not look into %s%s (a folder it cannot list "
                         "or that vanished, or a link to nothing), so it did not see every input", unlisted[0], more)
-    elif present is not None:
-        output.complete(present)  # the pass saw every input: --prune may drop the records of the others
+        return
+    # the pass saw every input: --prune may drop the records of the others; a spool keeps only this pass's
+    output.complete(present)
 
 
 def _named(inputs) -> bool:

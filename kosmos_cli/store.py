@@ -79,7 +79,7 @@ class Holdings:
 class Store:
     """One named output on disk: its lock, what it holds, its parts, and folding them in."""
 
-    spool = False  # a stand-in for stdout: emptied before a run, copied to stdout after
+    spool = False  # a stand-in for stdout: resumed like any output; after a run, copied to stdout and removed
 
     def __init__(self, path: str, fmt: str, task: str | type[Task], rank: int = 0):
         self.task = tasks.get(task) if isinstance(task, str) else task
@@ -91,12 +91,13 @@ class Store:
 
     @classmethod
     def for_run(cls, out: str, fmt: str, task: type[Task], crew: Any) -> Store:
-        """The store a run on `out` writes: `out` itself; for `-`, stdout, or with several processes a spool."""
+        """The store a run on `out` writes: `out` itself; for `-`, stdout, or with several processes a spool named
+        after the task, so that the same command run again finds what a killed run left in it."""
         if out != "-":
             return cls(out, fmt, task, crew.rank)
         if crew.solo:
             return StdoutStore(task)
-        return SpoolStore(f".kosmos-stdout-{crew.run}.jsonl", "jsonl", task, crew.rank)
+        return SpoolStore(f".kosmos-stdout-{task.name}.jsonl", "jsonl", task, crew.rank)
 
     # -- the life of a run -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -111,7 +112,7 @@ class Store:
             if crew.main:
                 self.lock(wait=wait)
                 self.repair()
-                if overwrite or self.spool:
+                if overwrite:
                     self.remove()
                 elif self.has_parts() or self.scan().duplicates:
                     self.compact()  # leftovers of an interrupted run, or records written twice
@@ -341,8 +342,10 @@ class StdoutStore(Store):
 
 
 class SpoolStore(Store):
-    """`--out -` from several processes: they write a hidden spool in the current folder (`.kosmos-stdout-<run
-    id>.jsonl` and its parts); at the end the main process copies the merged JSONL to stdout and removes it."""
+    """`--out -` from several processes: they write a hidden spool in the current folder (`.kosmos-stdout-<task>.jsonl`
+    and its parts). When every process is done, the main process compacts it to the records of this pass's inputs
+    (the pipeline always tells it which: `Output.complete`), copies that JSONL to stdout and removes it. A run that
+    fails or is killed leaves it, and the same command run again resumes from it like from any output."""
 
     spool = True
 
@@ -351,13 +354,15 @@ class SpoolStore(Store):
         try:
             with super().open(crew, overwrite=overwrite, wait=wait) as output:
                 yield output
-            if crew.main and crew.merged:
-                self._emit()
         finally:
             if crew.main:
-                for leftover in (self.path, self.lock_path):
-                    unlink(leftover)
-                rmdir(self.parts_dir)
+                unlink(self.lock_path)
+
+    def settle(self, output: Output) -> None:
+        """Compact to this pass's records, write them to stdout, and remove the spool (still under the lock)."""
+        super().settle(output)
+        self._emit()
+        self.remove()
 
     def _emit(self) -> None:
         try:

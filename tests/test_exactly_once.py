@@ -10,6 +10,9 @@ import pytest
 from cli_helpers import kosmos
 from conftest import make_images
 from kosmos_cli import ground
+from kosmos_cli.distributed import Solo
+from kosmos_cli.store import Store
+from kosmos_cli.tasks import Ground, GroundRecord
 from kosmos_cli.writers import read_records
 
 
@@ -123,3 +126,34 @@ def test_an_image_missing_for_one_run_keeps_its_ok_record(tiny_model, tmp_path):
     os.rename(away, photos[0])
     again = kosmos("ground", str(manifest), "--out", str(out), model=tiny_model)
     assert "0 done, 0 failed, 2 skipped" in again.stderr
+
+
+# -- the spool of several processes writing to stdout ---------------------------------------------------------
+class Main(Solo):
+    """The main process of a team of several, as the store sees it: it writes parts and compacts at the end."""
+
+    solo = False
+
+    def __init__(self, merged):
+        super().__init__()
+        self.merged = merged
+
+
+def test_the_stdout_spool_resumes_and_keeps_only_this_passs_inputs(tmp_path, monkeypatch, capsys):
+    """What a killed multi-process run to stdout leaves is resumed by the next one, which writes to stdout only the
+    records of its own inputs, once each, and removes the spool."""
+    monkeypatch.chdir(tmp_path)
+    killed = Store.for_run("-", "jsonl", Ground, Main(merged=False))
+    assert killed.path == ".kosmos-stdout-ground.jsonl"
+    with pytest.raises(KeyboardInterrupt), killed.open(Main(merged=False)) as output:
+        output.write([GroundRecord(path="a.jpg", caption="a"), GroundRecord(path="gone.jpg", caption="g")])
+        raise KeyboardInterrupt
+    assert capsys.readouterr().out == ""
+    assert os.listdir(killed.parts_dir)  # left for the rerun
+    rerun = Store.for_run("-", "jsonl", Ground, Main(merged=True))
+    with rerun.open(Main(merged=True)) as output:
+        assert set(output.seen) == {"a.jpg", "gone.jpg"}
+        output.write([GroundRecord(path="b.jpg", caption="b")])
+        output.complete({"a.jpg", "b.jpg"})
+    assert sorted(json.loads(line)["path"] for line in capsys.readouterr().out.splitlines()) == ["a.jpg", "b.jpg"]
+    assert os.listdir(tmp_path) == []
