@@ -47,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 10000])
     args = parser.parse_args()
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
     from tiny_checkpoint import build_tiny
 
     results = {}
@@ -56,7 +56,7 @@ def main() -> None:
         for n in args.sizes:
             folder, out = os.path.join(tmp, f"in{n}"), os.path.join(tmp, f"out{n}.parquet")
             make_folder(folder, n)
-            code = CHILD.format(tests=os.path.join(ROOT, "tests"), model=model, folder=folder, out=out)
+            code = CHILD.format(tests=os.path.join(ROOT, "tools"), model=model, folder=folder, out=out)
             started = time.perf_counter()
             proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
             if proc.returncode:

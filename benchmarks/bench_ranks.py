@@ -7,7 +7,7 @@ rank 0's time from start to merged output). "wall" is the whole command, launche
     python benchmarks/bench_ranks.py                          # 1 vs 2 ranks, one CPU thread each
     python benchmarks/bench_ranks.py --ranks 1,2,4 -n 96 --width 128 --layers 4
 
-The checkpoint is built offline (tests/tiny_checkpoint.build_tiny): random weights never emit end-of-sequence, so
+The checkpoint is built offline (tools/tiny_checkpoint.build_tiny): random weights never emit end-of-sequence, so
 every image generates exactly --max-new-tokens tokens and the work per image is the same everywhere.
 """
 
@@ -22,7 +22,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tools"))
 
 RANK_LINE = re.compile(r"kosmos ground rank (\d+): (\d+) done, (\d+) failed, (\d+) skipped in ([\d.]+)s "
                        r"\(([\d.]+) images/s\)")

@@ -67,6 +67,7 @@ class Summary:
     skipped: int = 0
     redone: int = 0  # records the output held that were made with other settings (`changed`), done again
     changed: set[str] = field(default_factory=set)  # which of SETTINGS differed
+    kept: int = 0  # of the skipped: failed now, but the output holds an ok record for them, which is kept
     found: int = 0  # images (or manifest rows) the inputs named, done before or not; 0: the inputs named none
     seconds: float = 0.0
     interrupted: bool = False
@@ -83,8 +84,7 @@ class Summary:
     def strict_failure(self) -> str | None:
         """Why --strict fails a run that finished: some records failed, or the inputs named no image at all."""
         if self.failed:
-            noun = {"refer": "region", "find": "phrase"}.get(self.task, "image")
-            return f"{self.failed} {noun}{'s' if self.failed != 1 else ''} failed"
+            return f"{counted(self.task, self.failed)} failed"
         return None if self.found else "no images found"
 
     def line(self) -> str:
@@ -96,6 +96,12 @@ class Summary:
             return f"kosmos {self.task} rank {self.rank}: {counts}"
         processes = f" ({self.world} processes)" if self.world > 1 else ""
         return f"kosmos {self.task} {state}: {counts} -> {where}{processes}"
+
+
+def counted(task: str, n: int) -> str:
+    """`n` records of `task` as the user hears of them: "1 image", "3 regions", "2 phrases"."""
+    noun = {"refer": "region", "find": "phrase"}.get(task, "image")
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 class Progress:
@@ -155,8 +161,9 @@ def run(
 
 def _pass(task, inputs, engine, options, output: Output, crew, summary, progress, on_write, rank, world) -> None:
     """One pass over the inputs: what is not done yet goes through the model and into `output`."""
-    present: set[str] | None = set() if options.prune else None
-    items = _counted(_as_items(inputs, per_row=task.per_row, null=options.null), summary)
+    present: set[str] | None = set() if options.prune or output.store.spool else None
+    unlisted: list[str] = []  # what the walk could not look into: then the pass did not see every input
+    items = _counted(_as_items(inputs, per_row=task.per_row, null=options.null, unlisted=unlisted), summary)
     if present is not None:
         items = _tracking(items, present)
     pending = _todo(shard(items, rank, world, by_image=task.per_row), task, engine, output.seen, options, summary,
@@ -164,23 +171,39 @@ def _pass(task, inputs, engine, options, output: Output, crew, summary, progress
     if task.per_row:
         pending = _same_image_once(pending)
     for records in _batches(pending, task, engine, options):
-        output.write(records)
-        for r in records:
+        written = output.write(records)
+        summary.skipped += len(records) - len(written)  # error records of keys recorded ok: not written
+        for r in written:
             if r.ok:
                 summary.done += 1
             else:
                 summary.failed += 1
                 if len(summary.failures) < MAX_LISTED_FAILURES:  # the count is kept; the list stays short
                     summary.failures.append(f"{r.path}: {r.error}")
-        if on_write:
-            on_write(records)
+        if on_write and written:
+            on_write(written)
         progress.advance(summary.done, summary.failed, summary.skipped)
         crew.check()  # another rank failed: stop
-    if not summary.found and crew.main:
-        kept = "; --prune removed no record" if options.prune else ""
-        log.warning("%s%s", nothing_found(inputs), kept)
-    elif present is not None:
-        output.complete(present)  # the pass saw every input: --prune may drop the records of the others
+    summary.kept = output.kept
+    if output.kept:
+        log.warning("%s recorded ok failed this time (e.g. %s): %s kept", counted(task.name, output.kept),
+                    output.kept_first, "its ok record is" if output.kept == 1 else "their ok records are")
+    if not summary.found:
+        if options.prune:  # an unmounted disk, an empty stdin: not a reason to forget every record
+            raise UsageError(f"{nothing_found(inputs)}; {{param}} refused: it would remove every record of "
+                             f"{options.out}. Check that the inputs are there", param="prune")
+        if crew.main:
+            log.warning("%s", nothing_found(inputs))
+    if present is None:
+        return
+    if unlisted and not output.store.spool:
+        if crew.main:
+            more = f" and {len(unlisted) - 1} more" if len(unlisted) > 1 else ""
+            log.warning("--prune removed no record: this pass could not look into %s%s (a folder it cannot list "
+                        "or that vanished, or a link to nothing), so it did not see every input", unlisted[0], more)
+        return
+    # the pass saw every input: --prune may drop the records of the others; a spool keeps only this pass's
+    output.complete(present)
 
 
 def _named(inputs) -> bool:
@@ -195,10 +218,10 @@ def _count_inputs(inputs: list[str], progress: Progress) -> None:
         pass
 
 
-def _as_items(inputs, per_row: bool = False, null: bool = False) -> Iterator[Item]:
+def _as_items(inputs, per_row: bool = False, null: bool = False, unlisted: list[str] | None = None) -> Iterator[Item]:
     inputs = list(inputs) if not isinstance(inputs, Iterator) else inputs
     if isinstance(inputs, list) and all(isinstance(i, str) for i in inputs):
-        return iter_items(inputs, per_row=per_row, null=null)
+        return iter_items(inputs, per_row=per_row, null=null, unlisted=unlisted)
     return (i if isinstance(i, Item) else Item(str(i)) for i in inputs)
 
 
@@ -215,12 +238,21 @@ def _tracking(items: Iterator[Item], present: set[str]) -> Iterator[Item]:
 
 
 def _todo(items, task: Task, engine: Engine, seen, options: RunOptions, summary: Summary, progress: Progress):
-    """(item, units still to do, stat) for each item with anything left to do; counts the skipped."""
+    """(item, units still to do, stat) for each item with anything left to do; counts the skipped.
+
+    Units whose keys collide (rows naming one box or phrase, however written) are one unit: the first one wins,
+    the others are skipped, in this run as in any rerun.
+    """
     model, decoding = engine.options.label, engine.generation.label
+    met: set[str] = set()  # the keys of this run's units so far
     for item in items:
         size, mtime = file_stat(item.path)
         units = []
         for unit in task.units(item, model):
+            if unit.key in met:
+                summary.skipped += 1
+                continue
+            met.add(unit.key)
             unit.record.decoding = decoding
             recorded = seen.get(unit.key)
             if recorded is not None and _fresh(recorded, unit.record, size, mtime, options.retry_failed, summary):

@@ -70,6 +70,7 @@ def check_inputs(inputs: Iterable[str]) -> list[str]:
 def nothing_found(inputs) -> str:
     """The warning for inputs that named no image: which extensions a folder or glob is searched for."""
     named = [i for i in inputs if isinstance(i, str)] if isinstance(inputs, (list, tuple)) else []
+    named = ["stdin" if i == "-" else i for i in named]
     where = ", ".join(named[:3]) + (", ..." if len(named) > 3 else "") if named else "the inputs"
     extensions = " ".join(sorted(IMAGE_EXTENSIONS))
     return (f"no images found in {where}: folders and globs are searched for {extensions} (any case); "
@@ -77,15 +78,17 @@ def nothing_found(inputs) -> str:
 
 
 def iter_items(inputs: Iterable[str], stdin: IO[str] | None = None, per_row: bool = False,
-               null: bool = False) -> Iterator[Item]:
+               null: bool = False, unlisted: list[str] | None = None) -> Iterator[Item]:
     """Every image named by `inputs`, once, in a stable order.
 
     `per_row`: for jobs with several records per image (refer, find), manifest rows that name the same image
     with different columns (another box, another phrase) are all kept; only a repeated row is dropped.
     `null`: "-" reads paths separated by NUL bytes (find -print0), each taken as it is, instead of lines.
+    `unlisted`: gets the places under a folder that the walk could not look into (a folder it cannot list or
+    that vanished, a link to nothing): when it is not empty after the walk, the walk did not see every image.
     """
     seen: set = set()
-    for item in _expand(inputs, stdin, null):
+    for item in _expand(inputs, stdin, null, unlisted):
         key = _identity(item.path)
         if per_row:
             key = (key, json.dumps(item.extra, sort_keys=True, default=str))
@@ -117,7 +120,8 @@ def _identity(path: str) -> tuple[int, int] | str:
     return (st.st_dev, st.st_ino)
 
 
-def _expand(inputs: Iterable[str], stdin: IO[str] | None, null: bool = False) -> Iterator[Item]:
+def _expand(inputs: Iterable[str], stdin: IO[str] | None, null: bool = False,
+            unlisted: list[str] | None = None) -> Iterator[Item]:
     for arg in inputs:
         if arg == "-":
             stream = stdin if stdin is not None else sys.stdin
@@ -126,7 +130,7 @@ def _expand(inputs: Iterable[str], stdin: IO[str] | None, null: bool = False) ->
             else:
                 yield from _read_lines(_stdin_lines(stream), base=None, name="stdin")
         elif os.path.isdir(arg):
-            yield from walk_folder(arg)
+            yield from walk_folder(arg, unlisted)
         elif os.path.exists(arg):
             if arg.lower().endswith(MANIFEST_EXTENSIONS):
                 yield from read_manifest(arg)
@@ -135,20 +139,25 @@ def _expand(inputs: Iterable[str], stdin: IO[str] | None, null: bool = False) ->
         else:
             for match in sorted(glob.glob(arg, recursive=True)):
                 if os.path.isdir(match):
-                    yield from walk_folder(match)
+                    yield from walk_folder(match, unlisted)
                 elif is_image_path(match):
                     yield Item(os.path.normpath(match))
 
 
-def walk_folder(top: str) -> Iterator[Item]:
+def walk_folder(top: str, unlisted: list[str] | None = None) -> Iterator[Item]:
     """Images under `top`, recursively, sorted; hidden files and folders skipped; each real folder once; folders
-    below `top` that kosmos drew into (holding DRAWN_MARKER) left out."""
+    below `top` that kosmos drew into (holding DRAWN_MARKER) left out.
+
+    What it cannot look into (see `iter_items`) is added to `unlisted` when given.
+    """
     visited: set[tuple[int, int]] = set()
+    missed = unlisted.append if unlisted is not None else (lambda path: None)
 
     def walk(folder: str, below: bool = False) -> Iterator[Item]:
         try:
             st = os.stat(folder)
         except OSError:
+            missed(folder)  # gone since its parent was listed
             return
         if (st.st_dev, st.st_ino) in visited:  # a symlink loop, or a folder reached twice
             return
@@ -158,6 +167,7 @@ def walk_folder(top: str) -> Iterator[Item]:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
             log.warning("cannot list %s: %s", folder, exc.strerror or exc)
+            missed(folder)
             return
         if below and any(entry.name == DRAWN_MARKER for entry in entries):
             return  # annotated images kosmos drew: not photos to ground
@@ -168,11 +178,14 @@ def walk_folder(top: str) -> Iterator[Item]:
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
             except OSError:
+                missed(path)
                 continue
             if is_dir:
                 yield from walk(path, below=True)
             elif is_image_path(entry.name):
                 yield Item(os.path.normpath(path))
+            elif entry.is_symlink() and not os.path.exists(path):
+                missed(path)  # a link to nothing: perhaps to a folder on a disk that is not mounted
 
     yield from walk(top)
 

@@ -47,7 +47,7 @@ from typing import Any, Protocol
 from . import carried, tasks
 from .atomic import atomic_write, rmdir, unlink
 from .errors import LockedError, OutputError, UsageError
-from .records import Record
+from .records import OK, Record
 from .tasks import Task
 from .writers import (
     JsonlSink, ParquetPartSink, Sink, StdoutSink, disk_error, dumps, jsonl_rows, parquet_rows, readable_parquet,
@@ -102,7 +102,7 @@ class Holdings:
 class Store:
     """One named output on disk: its lock, what it holds, its parts, and folding them in."""
 
-    spool = False  # a stand-in for stdout: emptied before a run, copied to stdout after
+    spool = False  # a stand-in for stdout: resumed like any output; after a run, copied to stdout and removed
 
     def __init__(self, path: str, fmt: str, task: str | type[Task], rank: int = 0):
         self.task = tasks.get(task) if isinstance(task, str) else task
@@ -114,12 +114,13 @@ class Store:
 
     @classmethod
     def for_run(cls, out: str, fmt: str, task: type[Task], crew: Any) -> Store:
-        """The store a run on `out` writes: `out` itself; for `-`, stdout, or with several processes a spool."""
+        """The store a run on `out` writes: `out` itself; for `-`, stdout, or with several processes a spool named
+        after the task, so that the same command run again finds what a killed run left in it."""
         if out != "-":
             return cls(out, fmt, task, crew.rank)
         if crew.solo:
             return StdoutStore(task)
-        return SpoolStore(f".kosmos-stdout-{crew.run}.jsonl", "jsonl", task, crew.rank)
+        return SpoolStore(f".kosmos-stdout-{task.name}.jsonl", "jsonl", task, crew.rank)
 
     # -- the life of a run -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -135,7 +136,7 @@ class Store:
                 self.lock(wait=wait)
                 self.check(overwrite=overwrite)  # under the lock: nothing but this task's output is touched
                 self.repair()
-                if overwrite or self.spool:
+                if overwrite:
                     self.remove()
                 elif self.has_parts() or self.scan().duplicates:
                     self.compact()  # leftovers of an interrupted run, or records written twice
@@ -429,8 +430,10 @@ class StdoutStore(Store):
 
 
 class SpoolStore(Store):
-    """`--out -` from several processes: they write a hidden spool in the current folder (`.kosmos-stdout-<run
-    id>.jsonl` and its parts); at the end the main process copies the merged JSONL to stdout and removes it."""
+    """`--out -` from several processes: they write a hidden spool in the current folder (`.kosmos-stdout-<task>.jsonl`
+    and its parts). When every process is done, the main process compacts it to the records of this pass's inputs
+    (the pipeline always tells it which: `Output.complete`), copies that JSONL to stdout and removes it. A run that
+    fails or is killed leaves it, and the same command run again resumes from it like from any output."""
 
     spool = True
 
@@ -439,13 +442,15 @@ class SpoolStore(Store):
         try:
             with super().open(crew, overwrite=overwrite, wait=wait) as output:
                 yield output
-            if crew.main and crew.merged:
-                self._emit()
         finally:
             if crew.main:
-                for leftover in (self.path, self.lock_path):
-                    unlink(leftover)
-                rmdir(self.parts_dir)
+                unlink(self.lock_path)
+
+    def settle(self, output: Output) -> None:
+        """Compact to this pass's records, write them to stdout, and remove the spool (still under the lock)."""
+        super().settle(output)
+        self._emit()
+        self.remove()
 
     def _emit(self) -> None:
         try:
@@ -555,13 +560,26 @@ class Output:
     seen: dict[str, Seen]
     sink: Sink
     replaced: int = 0  # records written for keys the output already held: compaction drops the older ones
+    kept: int = 0  # error records not written: the output holds an ok record for their key
+    kept_first: str = ""  # the first of them, "path: error"
     failed: bool = False  # a write failed: leave the parts for the next run
     present: set[str] | None = None  # after a complete pass with --prune: the paths it saw
 
-    def write(self, records: list[Record]) -> None:
-        """Write a batch of records; durable when it returns."""
-        self.replaced += sum(1 for r in records if self.store.task.key(vars(r)) in self.seen)
-        self.sink.write(records)
+    def write(self, records: list[Record]) -> list[Record]:
+        """Write a batch of records; durable when it returns. Returns the records written: an error record for
+        a key the output holds an ok record for is not written (a record that was ok is never replaced by a
+        worse one; --overwrite starts afresh), only counted in `kept`."""
+        written = []
+        for r in records:
+            held = self.seen.get(self.store.task.key(vars(r)))
+            if held is not None and held.status == OK and not r.ok:
+                self.kept += 1
+                self.kept_first = self.kept_first or f"{r.path}: {r.error}"
+                continue
+            self.replaced += held is not None
+            written.append(r)
+        self.sink.write(written)
+        return written
 
     def complete(self, present: set[str]) -> None:
         """A pass that provably saw every input: records of paths not in `present` may be pruned on exit."""

@@ -1,13 +1,11 @@
+"""Fixtures only; what tests share otherwise is in tests/helpers (`from tests.helpers import ...`)."""
+
 import os
-import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-SHAPES_MODEL = os.path.join(HERE, "fixtures", "kosmos2-shapes")
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(ROOT, "tools"))
+from tests.helpers import SHAPES_MODEL, make_images
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -15,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A random 2-layer Kosmos-2 checkpoint folder."""
-    from tiny_checkpoint import build_tiny
+    from tests.helpers import build_tiny
 
     return build_tiny(str(tmp_path_factory.mktemp("tiny-kosmos2")))
 
@@ -39,20 +37,6 @@ def shapes_engine(shapes_model):
     from kosmos_cli import load_engine
 
     return load_engine(shapes_model, max_new_tokens=48)
-
-
-def make_images(folder, sizes=((224, 224), (320, 200), (200, 320), (288, 224))):
-    """Plain coloured images of several sizes and formats; returns their paths."""
-    from PIL import Image
-
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for i, (w, h) in enumerate(sizes):
-        ext = ("png", "jpg", "webp", "bmp")[i % 4]
-        path = os.path.join(folder, f"img_{i:02d}.{ext}")
-        Image.new("RGB", (w, h), (40 * i % 255, 90, 200)).save(path)
-        paths.append(path)
-    return paths
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import pathlib
 
 import pytest
 
-from conftest import make_images
+from tests.helpers import make_images
 from kosmos_cli import find, ground, read_records, refer
 
 

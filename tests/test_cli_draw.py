@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli_helpers import one_error_line
-from conftest import ROOT
+from tests.helpers import one_error_line
+from tests.helpers import ROOT
 from kosmos_cli.tasks import Find, FindRecord
 from kosmos_cli.drawing import PALETTE
 from kosmos_cli.writers import records_table

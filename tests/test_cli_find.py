@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from cli_helpers import kosmos, one_error_line, rows_of
+from tests.helpers import kosmos, one_error_line, rows_of
 from kosmos_cli.writers import read_records
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from cli_helpers import kosmos, one_error_line, rows_of
-from conftest import make_images
+from tests.helpers import kosmos, one_error_line, rows_of
+from tests.helpers import make_images
 
 
 @pytest.fixture

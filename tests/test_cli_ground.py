@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import ROOT, make_images
+from tests.helpers import ROOT, make_images
 from kosmos_cli.cli import app
 from kosmos_cli.store import Store
 from kosmos_cli.writers import read_records

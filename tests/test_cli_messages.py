@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from cli_helpers import kosmos, rows_of
-from conftest import make_images
+from tests.helpers import kosmos, one_error_line, rows_of
+from tests.helpers import make_images
 from kosmos_cli.records import one_line, printable
 
 SPOOF = "kosmos: error: spoof"
@@ -97,15 +97,19 @@ def test_find_strict_counts_phrases(tiny_model, tmp_path):
     assert result.stderr.splitlines() == ["kosmos: error: 2 phrases failed (--strict)"]
 
 
-def test_prune_with_inputs_that_name_nothing_keeps_every_record(tiny_model, tmp_path):
+def test_prune_over_inputs_that_name_nothing_is_refused(tiny_model, tmp_path):
+    """An emptied folder (the disk is not mounted tonight) or an empty stdin with --prune: one line, exit 2, the
+    output untouched."""
     photos = tmp_path / "photos"
     make_images(str(photos), sizes=((64, 48), (48, 64)))
     out = tmp_path / "results.jsonl"
     assert kosmos("ground", str(photos), "--out", str(out), model=tiny_model).exit_code == 0
     before = out.read_text()
-    for path in photos.iterdir():  # the disk is not mounted tonight
+    for path in photos.iterdir():
         path.unlink()
-    result = kosmos("ground", str(photos), "--out", str(out), "--prune", model=tiny_model)
-    assert result.exit_code == 0
-    assert "--prune removed no record" in result.stderr
-    assert out.read_text() == before
+    for args, stdin in (([str(photos)], None), (["-"], "")):
+        result = kosmos("ground", *args, "--out", str(out), "--prune", model=tiny_model, input=stdin)
+        where = "stdin" if stdin is not None else str(photos)
+        one_error_line(result, 2, f"no images found in {where}: ")
+        assert f"--prune refused: it would remove every record of {out}" in result.stderr
+        assert out.read_text() == before

@@ -6,7 +6,7 @@ import os
 import pytest
 from PIL import Image
 
-from cli_helpers import kosmos, rows_of
+from tests.helpers import kosmos, rows_of
 from kosmos_cli.sources import iter_items
 
 

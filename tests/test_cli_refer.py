@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cli_helpers import kosmos, one_error_line, rows_of
+from tests.helpers import kosmos, one_error_line, rows_of
 
 
 @pytest.fixture

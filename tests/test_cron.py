@@ -12,7 +12,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from conftest import ROOT, make_images
+from tests.helpers import ROOT, make_images
 from kosmos_cli import ground
 from kosmos_cli.cli import app
 from kosmos_cli.errors import OutputError

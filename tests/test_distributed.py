@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import HERE, make_images
+from tests.helpers import HERE, make_images
 from kosmos_cli import find, ground, read_records
 from kosmos_cli.distributed import DONE, FAILED, LOADING, RUNNING, Solo, new_team
 from kosmos_cli.distributed import team as current_team
@@ -97,6 +97,26 @@ def test_two_ranks_to_stdout(tiny_model, tiny_engine, photos, tmp_path):
     assert comparable(rows) == comparable(read_records(str(one)))
     assert "-> stdout (2 processes)" in stderr
     assert os.listdir(work) == []  # the ranks' spool is gone
+
+
+@pytest.mark.slow
+def test_two_ranks_to_stdout_killed_then_run_again_write_every_image_once(tiny_model, photos, tmp_path):
+    """--out - on 2 ranks, rank 1 killed after its first batch: nothing on stdout, what is done stays in the spool;
+    the same command again resumes from it, writes every image once to stdout, and leaves no spool."""
+    work = tmp_path / "work"
+    work.mkdir()
+    args = ["ground", *photos, "--out", "-", "-b", "1", *model_args(tiny_model)]
+    code, stdout, stderr = finish(launch("torchrun", args, cwd=str(work), script=os.path.join(HERE, "rank_crash.py"),
+                                         env={"KOSMOS_TEST_CRASH_RANK": "1"}))
+    assert code != 0 and stdout == "", stderr
+    assert ".kosmos-stdout-ground.jsonl.parts" in os.listdir(work)
+    code, stdout, stderr = finish(launch("torchrun", args, cwd=str(work)))
+    assert code == 0, stderr
+    assert sorted(comparable(json.loads(line) for line in stdout.splitlines())) == photos
+    (line,) = [line for line in stderr.splitlines() if line.startswith("kosmos ground finished: ")]
+    done, skipped = (int(line.split(" done")[0].split()[-1]), int(line.split(" skipped")[0].split()[-1]))
+    assert done + skipped == len(photos) and skipped >= 1, line
+    assert os.listdir(work) == []
 
 
 def test_resume_with_more_processes(tiny_model, tiny_engine, photos, tmp_path):

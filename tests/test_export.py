@@ -10,7 +10,7 @@ import yaml
 from PIL import Image, ImageOps
 
 import shapes
-from cli_helpers import kosmos, one_error_line
+from tests.helpers import kosmos, one_error_line
 from kosmos_cli import export, ground, read_records
 from kosmos_cli.errors import InputError, UsageError
 from kosmos_cli.exports.boxes import Label, suppress
@@ -376,7 +376,7 @@ def test_export_starts_without_torch(grounded, tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from tests.helpers import ROOT
 
     code = ("import sys; from kosmos_cli.cli import main; sys.argv = ['kosmos', 'export', sys.argv[1], '--to', "
             "'coco', sys.argv[2], '-q']\ntry:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import kosmos_cli
-from cli_helpers import kosmos, rows_of
+from tests.helpers import kosmos, rows_of
 from kosmos_cli.fsnames import clean, recorded
 from kosmos_cli.images import file_stat, load_image
 from kosmos_cli import tasks

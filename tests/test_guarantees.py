@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cli_helpers import kosmos, one_error_line
-from conftest import HERE
+from tests.helpers import kosmos, one_error_line
+from tests.helpers import HERE
 from kosmos_cli import find, ground, refer
 from kosmos_cli.distributed import Solo
 from kosmos_cli.engine import Engine, GenerationOptions

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from cli_helpers import kosmos, one_error_line
-from conftest import ROOT, make_images
+from tests.helpers import kosmos, one_error_line
+from tests.helpers import ROOT, make_images
 from kosmos_cli.model_files import looks_like_path
 
 

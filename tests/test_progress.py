@@ -8,7 +8,7 @@ import termios
 import subprocess
 import sys
 
-from conftest import ROOT
+from tests.helpers import ROOT
 
 SAMPLES = os.path.join(ROOT, "sample_images")
 

@@ -6,7 +6,7 @@ import subprocess
 
 import typer
 
-from conftest import ROOT
+from tests.helpers import ROOT
 from kosmos_cli.cli import app
 
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()

@@ -61,7 +61,7 @@ def test_a_run_clears_a_killed_merge(tmp_path, tiny_engine, image_dir):
 def test_done_is_the_same_image_however_its_folder_is_spelled(tmp_path, tiny_engine, monkeypatch):
     """`kosmos ground rs`, then `$PWD/rs`, `./rs/`, a symlink to rs, `../rs` from a folder below: one record per
     image, and every run after the first skips all of them (records keep the path as the first run gave it)."""
-    from conftest import make_images
+    from tests.helpers import make_images
 
     make_images(str(tmp_path / "rs"))
     os.symlink(tmp_path / "rs", tmp_path / "link")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import shapes
-from cli_helpers import kosmos, one_error_line
+from tests.helpers import kosmos, one_error_line
 from kosmos_cli import find, ground, read_records
 from kosmos_cli.drawing import Shape, shapes_of
 from kosmos_cli.grounding import parse, patch_to_box
@@ -218,7 +218,7 @@ def test_the_benchmarks_auroc_counts_ties_half():
     import importlib.util
     import os
 
-    from conftest import ROOT
+    from tests.helpers import ROOT
 
     spec = importlib.util.spec_from_file_location("bench_scores", os.path.join(ROOT, "benchmarks", "bench_scores.py"))
     bench = importlib.util.module_from_spec(spec)

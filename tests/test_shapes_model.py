@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from tests.helpers import ROOT
 from kosmos_cli import ground
 from kosmos_cli.writers import read_records
 

@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -142,3 +143,19 @@ def test_rows_of_one_image_stay_on_one_rank():
     parts = [list(shard(rows, r, 2, by_image=True)) for r in range(2)]
     assert [paths(p) for p in parts] == [["a", "a", "c", "a"], ["b", "b", "b", "d"]]
     assert sorted(r.extra["phrase"] for p in parts for r in p) == [f"p{i}" for i in range(8)]
+
+
+def test_what_a_walk_cannot_look_into_is_reported(tmp_path):
+    """A folder removed while the walk is under way, and a link to nothing (a disk not mounted): named in
+    `unlisted`, so that the caller knows it did not see every image."""
+    root = tmp_path / "photos"
+    for rel in ["a/1.png", "b/2.png", "c/3.png"]:
+        touch(str(root / rel))
+    (root / "nas").symlink_to(tmp_path / "not-mounted", target_is_directory=True)
+    unlisted = []
+    items = iter_items([str(root)], unlisted=unlisted)
+    first = next(items)
+    shutil.rmtree(root / "b")  # after its parent was listed, before the walk reaches it
+    assert paths([first, *items]) == [str(root / "a/1.png"), str(root / "c/3.png")]
+    assert unlisted == [str(root / "b"), str(root / "nas")]
+    assert list(iter_items([str(root / "a")], unlisted=unlisted)) and len(unlisted) == 2  # a full walk adds nothing

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+import shapes  # tools/shapes.py
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "kosmos2-shapes"
-sys.path.insert(0, str(ROOT / "tools"))
-import shapes  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")

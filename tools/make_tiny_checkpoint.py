@@ -4,16 +4,12 @@
     kosmos ground sample_images --model tiny-kosmos2 --out results.parquet
 
 Random weights give junk captions and no boxes: this proves the plumbing (loading, batching, writing), not the
-model. The tests build the same checkpoint (tests/tiny_checkpoint.py).
+model. The tests build the same checkpoint (tools/tiny_checkpoint.py).
 """
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-
-from tiny_checkpoint import build_tiny  # noqa: E402
+from tiny_checkpoint import build_tiny  # beside this script
 
 
 def main() -> None:

@@ -67,6 +67,12 @@ class Find(Task):
                 pa.field("boxes_px", pa.list_(box_px)), pa.field("scores", pa.list_(pa.float64()))]
 
     @classmethod
+    def key(cls, row: Mapping[str, Any], base: str | None = None) -> str:
+        """The image and its phrase cleaned as it is asked (`a cup`, `<a cup>` and ` a  cup ` are one phrase)."""
+        phrase = row.get("phrase")
+        return super().key({**row, "phrase": clean_phrase(phrase) if isinstance(phrase, str) else phrase}, base)
+
+    @classmethod
     def owns(cls, row: Mapping[str, Any]) -> bool:
         return "phrase" in row and "boxes_px" in row
 

@@ -65,6 +65,11 @@ class Refer(Task):
                 pa.field("description", pa.string())]
 
     @classmethod
+    def key(cls, row: Mapping[str, Any], base: str | None = None) -> str:
+        """The image and its box as four floats: a box given as 10 or 10.0 (or -0.0 and 0) is one region."""
+        return super().key({**row, "box_px": _canonical_box(row.get("box_px"))}, base)
+
+    @classmethod
     def owns(cls, row: Mapping[str, Any]) -> bool:
         return "box_px" in row or "description" in row
 
@@ -142,11 +147,11 @@ class Refer(Task):
         if box is None:
             return None
         if not self.normalized:
-            return [float(v) for v in box]
+            return _canonical_box(box)
         if size is None:
             return None
         width, height = size
-        return [box[0] * width, box[1] * height, box[2] * width, box[3] * height]
+        return _canonical_box([box[0] * width, box[1] * height, box[2] * width, box[3] * height])
 
 
 def parse_box(value, normalized: bool = False) -> tuple[float, float, float, float]:
@@ -191,6 +196,14 @@ def clean_description(text: str) -> str:
     """What the model said about a region: single spaces, no final full stop."""
     text = " ".join(text.split())
     return text[:-1].rstrip() if text.endswith(".") else text
+
+
+def _canonical_box(box):
+    """`box` with its values as floats, -0.0 as 0.0; anything else (None, a value that is not a number) as it is."""
+    try:
+        return [float(v) + 0.0 for v in box]
+    except (TypeError, ValueError):
+        return box
 
 
 def _numbers(values) -> list[float] | None:

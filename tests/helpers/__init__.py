@@ -1,7 +1,7 @@
 """What the tests share, imported by name (`from tests.helpers import ...`): paths, images, the CLI in-process.
 
-pytest puts the repository root and tools/ on the import path (pyproject.toml, `pythonpath`); conftest.py holds
-only fixtures.
+pytest puts the repository root and tools/ on the import path (pyproject.toml, `pythonpath`), so the tools'
+modules (shapes, tiny_checkpoint) import by name too; conftest.py holds only fixtures.
 """
 
 import json
@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from kosmos_cli.cli import app
 
-from .tiny_checkpoint import build_processor, build_tiny
+from tiny_checkpoint import build_processor, build_tiny  # tools/tiny_checkpoint.py
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
 ROOT = os.path.dirname(HERE)
