@@ -21,6 +21,7 @@ from .engine import Engine, Prepared
 from .errors import UsageError
 from .images import MODEL_SIDE, file_stat, load_image
 from .ordered import ordered_map
+from .progress import Progress
 from .tasks import Task, Unit, path_key
 from .records import OK, Record
 from .sources import Item, iter_items, nothing_found, shard
@@ -104,16 +105,6 @@ def counted(task: str, n: int) -> str:
     return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
-class Progress:
-    """The interface the pipeline reports to; the CLI passes a live one (progress.py)."""
-
-    live = False  # a live display wants the total, counted in the background
-
-    def start(self, total: int | None) -> None: ...
-    def advance(self, done: int, failed: int, skipped: int) -> None: ...
-    def close(self) -> None: ...
-
-
 def run(
     task: Task,
     inputs: Iterable[str] | Iterable[Item],
@@ -138,13 +129,13 @@ def run(
         if not crew.solo and isinstance(inputs, (list, tuple)) and "-" in inputs:
             raise UsageError("paths on stdin (-) can feed one process only: write them to a .txt manifest "
                              "and name that")
-        progress = crew.progress(progress) or Progress()
-        if progress.live and not task.per_row and _named(inputs) and "-" not in inputs:
-            threading.Thread(target=_count_inputs, args=(inputs, progress), daemon=True).start()
+        shown: Progress = crew.progress(progress) or Progress()
+        if shown.live and not task.per_row and _named(inputs) and "-" not in inputs:
+            threading.Thread(target=_count_inputs, args=(inputs, shown), daemon=True).start()
         started = time.perf_counter()
         with store.open(crew, overwrite=options.overwrite, wait=options.wait) as output:
             try:
-                _pass(task, inputs, engine, options, output, crew, summary, progress, on_write, rank, world)
+                _pass(task, inputs, engine, options, output, crew, summary, shown, on_write, rank, world)
                 if summary.redone:
                     changed = "/".join(s for s in SETTINGS if s in summary.changed)
                     log.warning("%d record%s made with other settings (%s): redone", summary.redone,
@@ -155,7 +146,7 @@ def run(
                 raise
             finally:
                 summary.seconds = time.perf_counter() - started
-                progress.close()
+                shown.close()
     return summary
 
 
@@ -299,9 +290,9 @@ def _fresh(recorded: Seen, record: Record, size, mtime, retry_failed: bool, summ
 def _load(item: Item, units: list[Unit], task: Task, engine: Engine, draft: bool):
     """Worker: decode the image once, then prepare every unit's request. Failures become error records."""
     loaded = load_image(item.path, draft=DRAFT_SIDE if draft else None)
-    if loaded.error:
-        return [(u, None) for u in units if u.record.fail(loaded.error)]
-    out = []
+    if loaded.image is None or loaded.width is None or loaded.height is None:
+        return [(u, None) for u in units if u.record.fail(loaded.error or "cannot read the image")]
+    out: list[tuple[Unit, Prepared | None]] = []
     pixels = None
     for unit in units:
         unit.record.width, unit.record.height = loaded.width, loaded.height
@@ -311,7 +302,8 @@ def _load(item: Item, units: list[Unit], task: Task, engine: Engine, draft: bool
                 pixels = engine.pixels(loaded.image)
             out.append((unit, engine.prepare(loaded.image, prompt, image_key=item.path, pixel_values=pixels)))
         except ValueError as exc:
-            out.append((unit.record.fail(str(exc)) and unit, None))
+            unit.record.fail(str(exc))
+            out.append((unit, None))
     return out
 
 

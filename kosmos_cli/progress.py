@@ -5,7 +5,16 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .pipeline import Progress
+
+
+class Progress:
+    """The interface the pipeline reports to: by default silence (cron, logs, library calls)."""
+
+    live = False  # a live display wants the total, counted in the background
+
+    def start(self, total: int | None) -> None: ...
+    def advance(self, done: int, failed: int, skipped: int) -> None: ...
+    def close(self) -> None: ...
 
 
 class BarProgress(Progress):

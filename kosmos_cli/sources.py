@@ -36,7 +36,7 @@ log = logging.getLogger("kosmos_cli")
 DRAWN_MARKER = ".kosmos-drawn"  # in every folder kosmos draws into (drawing/naming.py); folder walks skip it
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".jsonl", ".ndjson", ".parquet")
 MAX_DEPTH = 100  # levels of nesting a JSON manifest line may have (deeper would overflow the stack downstream)
-_TEXT = {"encoding": "utf-8-sig", "errors": "surrogateescape"}
+_ENCODING, _ERRORS = "utf-8-sig", "surrogateescape"  # manifests: a BOM dropped, bytes that are not UTF-8 kept
 _DEEP = object()
 _GLOB_CHARS = set("*?[")
 
@@ -89,7 +89,7 @@ def iter_items(inputs: Iterable[str], stdin: IO[str] | None = None, per_row: boo
     """
     seen: set = set()
     for item in _expand(inputs, stdin, null, unlisted):
-        key = _identity(item.path)
+        key: Any = _identity(item.path)
         if per_row:
             key = (key, json.dumps(item.extra, sort_keys=True, default=str))
         if key in seen:
@@ -195,12 +195,12 @@ def read_manifest(path: str) -> Iterator[Item]:
     base = os.path.dirname(path)
     ext = os.path.splitext(path)[1].lower()
     if ext == ".txt":
-        with open(path, **_TEXT) as f:
+        with open(path, encoding=_ENCODING, errors=_ERRORS) as f:
             yield from _read_lines(f, base=base, name=path)
     elif ext == ".csv":
         yield from _read_csv(path, base)
     elif ext in (".jsonl", ".ndjson"):
-        with open(path, **_TEXT) as f:
+        with open(path, encoding=_ENCODING, errors=_ERRORS) as f:
             yield from _read_lines(f, base=base, name=path, json_only=True)
     elif ext == ".parquet":
         yield from _read_parquet(path, base)
@@ -209,7 +209,7 @@ def read_manifest(path: str) -> Iterator[Item]:
 def _read_csv(path: str, base: str) -> Iterator[Item]:
     """Rows of a CSV manifest. A repeated column name gets `_2`, `_3`, ...; fields past the header's end are
     carried as a list under `_extra` (a unique name the same way)."""
-    with open(path, newline="", **_TEXT) as f:
+    with open(path, newline="", encoding=_ENCODING, errors=_ERRORS) as f:
         reader = csv.reader(f)
         line = 1  # where the row being read starts
         try:
@@ -284,13 +284,18 @@ def _stdin_lines(stream: IO[str]) -> Iterator[str]:
 
 def _nul_separated(stream: IO[str]) -> Iterator[str]:
     """NUL-separated paths on stdin, read as bytes where it has them (names that are not UTF-8 come through)."""
-    binary = isinstance(stream, io.TextIOWrapper)
-    read = stream.buffer.read1 if binary else stream.read
-    sep, rest = (b"\0", b"") if binary else ("\0", "")
-    while chunk := read(65536):
-        *done, rest = (rest + chunk).split(sep)
-        yield from (os.fsdecode(p) if binary else p for p in done)
-    yield os.fsdecode(rest) if binary else rest
+    if not isinstance(stream, io.TextIOWrapper):  # a StringIO given by a caller: text already
+        text = ""
+        while chunk := stream.read(65536):
+            *done, text = (text + chunk).split("\0")
+            yield from done
+        yield text
+        return
+    rest = b""
+    while data := stream.buffer.read1(65536):
+        *names, rest = (rest + data).split(b"\0")
+        yield from (os.fsdecode(p) for p in names)
+    yield os.fsdecode(rest)
 
 
 def _too_deep(value: Any) -> bool:

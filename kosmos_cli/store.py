@@ -63,10 +63,14 @@ TASK_METADATA = b"kosmos_cli.task"  # the Parquet schema metadata naming the tas
 class Crew(Protocol):
     """What the store needs of the processes writing it (distributed.Team, or a Solo team of one)."""
 
-    rank: int
-    main: bool  # this process prepares the output and compacts it
-    solo: bool  # the only process: JSONL goes straight into the output
-    merged: bool  # every process is done: the output may be compacted now
+    @property
+    def rank(self) -> int: ...
+    @property
+    def main(self) -> bool: ...  # this process prepares the output and compacts it
+    @property
+    def solo(self) -> bool: ...  # the only process: JSONL goes straight into the output
+    @property
+    def merged(self) -> bool: ...  # every process is done: the output may be compacted now
 
     def ready(self) -> None: ...
 

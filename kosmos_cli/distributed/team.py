@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import Interrupted, KosmosError, OutputError, RankError, UsageError
+from ..progress import Progress
 from ..records import one_line
 from .status import StatusBoard
 from .watchdog import DONE, FAILED, INTERRUPTED, RUNNING, Watchdog
@@ -311,7 +312,7 @@ class Team:
         return None
 
 
-class _Tally:
+class _Tally(Progress):
     """What the pipeline reports: this rank's counts go to its status; rank 0 shows the sums of every rank."""
 
     def __init__(self, team: Team, inner):

@@ -130,8 +130,8 @@ class Drawer:
         started = time.perf_counter()
         try:
             loaded = load_image(job.source)
-            if loaded.error:
-                return loaded.error
+            if loaded.image is None:
+                return loaded.error or "cannot read the image"
             if os.path.exists(job.target) and os.path.samefile(job.target, job.source):
                 return f"the annotated image would overwrite it: choose another {self.option}"
             image, row = loaded.image, job.row

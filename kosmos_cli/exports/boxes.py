@@ -62,10 +62,15 @@ def labels(image: Image, classes: Classes, min_score: float | None, nms: float |
     return out
 
 
+def _score(label: Label) -> float:
+    """A box's score for ranking; a box without one ranks below every scored box."""
+    return label.score if label.score is not None else -1.0
+
+
 def suppress(labels: list[Label], threshold: float) -> list[Label]:
     """Non-maximum suppression per class: of boxes overlapping by IoU above `threshold`, the highest score stays
     (a box without a score counts as the lowest; equal scores: the first found). Keeps the order found."""
-    order = sorted(range(len(labels)), key=lambda i: (-(labels[i].score if labels[i].score is not None else -1.0), i))
+    order = sorted(range(len(labels)), key=lambda i: (-_score(labels[i]), i))
     kept: list[int] = []
     for i in order:
         if all(labels[j].cls != labels[i].cls or iou(labels[i].box, labels[j].box) <= threshold for j in kept):

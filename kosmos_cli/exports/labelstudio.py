@@ -9,6 +9,8 @@ path relative to `--root` (URL-quoted); without `--image-root`, the path itself.
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 import os
 from urllib.parse import quote
@@ -57,7 +59,7 @@ class LabelStudio(Writer):
                 result["score"] = label.score
             results.append(result)
         scores = [label.score for label in labels if label.score is not None]
-        prediction = {"model_version": image.model or "kosmos-2", "result": results}
+        prediction: dict[str, Any] = {"model_version": image.model or "kosmos-2", "result": results}
         if scores:
             prediction["score"] = round(sum(scores) / len(scores), 4)
         task = {"data": {"image": self.location(image), "path": image.path}, "predictions": [prediction]}

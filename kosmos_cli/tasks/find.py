@@ -127,6 +127,7 @@ class Find(Task):
         record.scores = [] if scored else None
         # the prompt's own phrase opens the text; it is grounded only if the model put an <object> right after it
         if parsed and parsed[0].phrase and parsed[0].start == 0:
+            assert record.width is not None and record.height is not None  # loaded before the model ran
             record.boxes = [list(b) for b in parsed[0].boxes]
             record.boxes_px = [to_pixels(b, record.width, record.height) for b in parsed[0].boxes]
             record.scores = entity_scores([parsed[0].boxes], unit.generated)[0]

@@ -90,6 +90,7 @@ class Ground(Task):
         assert isinstance(record, GroundRecord)
         caption, parsed = parse(text, strip_prompt=self._prompt.text)
         record.caption = caption
+        assert record.width is not None and record.height is not None  # loaded before the model ran
         scores = entity_scores([p.boxes for p in parsed], unit.generated)
         record.entities = [
             Entity(p.phrase, p.start, p.end, [list(b) for b in p.boxes],
