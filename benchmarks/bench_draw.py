@@ -29,16 +29,20 @@ def main(argv=None) -> None:
     parser.add_argument("--size", default="1600x1200")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--model", default=os.path.join(ROOT, "tests", "fixtures", "kosmos2-shapes"))
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="CPU threads for the model (default 1: the rest of the CPU is free, as on a GPU run)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="CPU threads for the model (default 1: the rest of the CPU is free, as on a GPU run)",
+    )
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
 
     import shapes
+    import torch
+
     from kosmos_cli import draw, ground, load_engine
     from kosmos_cli.drawing import Background, Drawer
-
-    import torch
 
     torch.set_num_threads(args.torch_threads)
     engine = load_engine(args.model, device="cpu", dtype="float32", max_new_tokens=48)
@@ -57,8 +61,7 @@ def main(argv=None) -> None:
                 summary = ground([photos], out, engine=engine, batch_size=args.batch_size)
             else:
                 with drawing as d:
-                    summary = ground([photos], out, engine=engine, batch_size=args.batch_size,
-                                     on_write=d.add_records)
+                    summary = ground([photos], out, engine=engine, batch_size=args.batch_size, on_write=d.add_records)
             seconds = time.perf_counter() - started
             assert summary.done == args.n
             drawn = drawing.summary.drawn if drawing is not None else 0
@@ -67,25 +70,30 @@ def main(argv=None) -> None:
         ground([photos], os.path.join(tmp, "warm.jsonl"), engine=engine, batch_size=args.batch_size)  # warm-up
         alone, _ = run("alone", None)
         inline, drawn_inline = run("inline", Drawer(os.path.join(tmp, "inline"), photos, option="--draw"))
-        background, drawn_bg = run("background", Background(Drawer(os.path.join(tmp, "bg"), photos,
-                                                                   option="--draw")))
+        background, drawn_bg = run("background", Background(Drawer(os.path.join(tmp, "bg"), photos, option="--draw")))
         assert drawn_inline == drawn_bg == args.n
         results = os.path.join(tmp, "alone.jsonl")
         one = draw(results, os.path.join(tmp, "draw1"), threads=1)
         default = draw(results, os.path.join(tmp, "draw_default"))
         assert one.drawn == default.drawn == args.n
 
-    print(f"{args.n} images {width}x{height}, batch {args.batch_size}, {os.cpu_count()} CPUs, "
-          f"toy checkpoint on {args.torch_threads} torch thread(s)")
+    print(
+        f"{args.n} images {width}x{height}, batch {args.batch_size}, {os.cpu_count()} CPUs, "
+        f"toy checkpoint on {args.torch_threads} torch thread(s)"
+    )
     print(f"ground alone                 {alone:7.2f} s  {args.n / alone:6.2f} img/s")
     print(f"ground --draw, in line       {inline:7.2f} s  {args.n / inline:6.2f} img/s  x{inline / alone:.2f} of alone")
-    print(f"ground --draw, threads       {background:7.2f} s  {args.n / background:6.2f} img/s  "
-          f"x{background / alone:.2f} of alone")
+    print(
+        f"ground --draw, threads       {background:7.2f} s  {args.n / background:6.2f} img/s  "
+        f"x{background / alone:.2f} of alone"
+    )
     print(f"drawing threads vs in line: {inline / background:.2f}x faster")
     threads = min(4, os.cpu_count() or 1)
     print(f"kosmos draw, 1 thread        {one.seconds:7.2f} s  {args.n / one.seconds:6.2f} img/s")
-    print(f"kosmos draw, {threads} threads       {default.seconds:7.2f} s  {args.n / default.seconds:6.2f} img/s  "
-          f"{one.seconds / default.seconds:.2f}x faster")
+    print(
+        f"kosmos draw, {threads} threads       {default.seconds:7.2f} s  {args.n / default.seconds:6.2f} img/s  "
+        f"{one.seconds / default.seconds:.2f}x faster"
+    )
 
 
 if __name__ == "__main__":

@@ -34,11 +34,24 @@ def build(arch: str, dtype):
         config.text_config.vocab_size = max(config.text_config.vocab_size, len(processor.tokenizer))
     else:
         config = Kosmos2Config(
-            text_config=dict(vocab_size=len(processor.tokenizer), embed_dim=64, layers=2, attention_heads=2,
-                             ffn_dim=128, max_position_embeddings=512),
-            vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                               image_size=224, patch_size=28),
-            latent_query_num=64)
+            text_config=dict(
+                vocab_size=len(processor.tokenizer),
+                embed_dim=64,
+                layers=2,
+                attention_heads=2,
+                ffn_dim=128,
+                max_position_embeddings=512,
+            ),
+            vision_config=dict(
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=224,
+                patch_size=28,
+            ),
+            latent_query_num=64,
+        )
     torch.manual_seed(0)
     with torch.device("cpu"):
         model = Kosmos2ForConditionalGeneration(config).to(dtype).eval()
@@ -69,9 +82,13 @@ def seed_loop(model, processor, paths, prompt, gen):
         image = Image.open(path).convert("RGB")
         inputs = processor(text=prompt, images=image, return_tensors="pt")
         with torch.inference_mode():
-            ids = model.generate(pixel_values=inputs["pixel_values"].to(model.dtype), input_ids=inputs["input_ids"],
-                                 attention_mask=inputs["attention_mask"],
-                                 image_embeds_position_mask=inputs["image_embeds_position_mask"], **gen)
+            ids = model.generate(
+                pixel_values=inputs["pixel_values"].to(model.dtype),
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                image_embeds_position_mask=inputs["image_embeds_position_mask"],
+                **gen,
+            )
         text = processor.batch_decode(ids, skip_special_tokens=False)[0]
         out.append(processor.post_process_generation(text))
     return out
@@ -84,14 +101,18 @@ def bare_generate(model, processor, paths, prompt, gen, batch):
 
     batches = []
     for i in range(0, len(paths), batch):
-        imgs = [Image.open(p).convert("RGB") for p in paths[i:i + batch]]
+        imgs = [Image.open(p).convert("RGB") for p in paths[i : i + batch]]
         batches.append(processor(text=[prompt] * len(imgs), images=imgs, return_tensors="pt"))
     started = time.perf_counter()
     with torch.inference_mode():
         for inputs in batches:
-            model.generate(pixel_values=inputs["pixel_values"].to(model.dtype), input_ids=inputs["input_ids"],
-                           attention_mask=inputs["attention_mask"],
-                           image_embeds_position_mask=inputs["image_embeds_position_mask"], **gen)
+            model.generate(
+                pixel_values=inputs["pixel_values"].to(model.dtype),
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                image_embeds_position_mask=inputs["image_embeds_position_mask"],
+                **gen,
+            )
     return time.perf_counter() - started
 
 
@@ -101,16 +122,19 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=None, help="images (default: 64 tiny, 16 full)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--dtype", default="float32",
-                        help="float32 (default: this AVX2-only CPU runs bfloat16 matmuls ~200x slower) or bfloat16")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        help="float32 (default: this AVX2-only CPU runs bfloat16 matmuls ~200x slower) or bfloat16",
+    )
     args = parser.parse_args()
 
     import torch
 
     from kosmos_cli.engine import Engine, GenerationOptions
-    from kosmos_cli.tasks import Ground
     from kosmos_cli.pipeline import RunOptions, run
     from kosmos_cli.prompts import PRESETS
+    from kosmos_cli.tasks import Ground
 
     n = args.n or (16 if args.arch == "full" else 64)
     dtype = getattr(torch, args.dtype)
@@ -135,8 +159,10 @@ def main() -> None:
         ours = time.perf_counter() - started
         assert summary.done == n, summary.line()
 
-    print(f"arch={args.arch} params={params:.2f}B dtype={str(dtype).split('.')[-1]} images={n} "
-          f"batch={args.batch_size} max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()}")
+    print(
+        f"arch={args.arch} params={params:.2f}B dtype={str(dtype).split('.')[-1]} images={n} "
+        f"batch={args.batch_size} max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()}"
+    )
     print(f"seed loop (batch 1):       {n / seed:8.3f} images/s  ({seed:.1f} s)")
     print(f"bare batched generate:     {n / bare:8.3f} images/s  ({bare:.1f} s)")
     print(f"kosmos ground:             {n / ours:8.3f} images/s  ({ours:.1f} s, to Parquet)")

@@ -65,8 +65,10 @@ def main() -> None:
         results = {}
         for label, draft in (("full decode (baseline)", None), ("bounded (draft=448)", 448)):
             r = results[label] = measure(path, draft)
-            print(f"{label:>24}: peak RSS {r['peak_mb']:7.1f} MB, loader's share {r['peak_mb'] - r['before_mb']:7.1f} MB "
-                  f"(decoded {r['decoded'][0]}x{r['decoded'][1]}, recorded size {r['size'][0]}x{r['size'][1]})")
+            print(
+                f"{label:>24}: peak RSS {r['peak_mb']:7.1f} MB, loader's share {r['peak_mb'] - r['before_mb']:7.1f} MB "
+                f"(decoded {r['decoded'][0]}x{r['decoded'][1]}, recorded size {r['size'][0]}x{r['size'][1]})"
+            )
     full, bounded = results.values()
     share = (full["peak_mb"] - full["before_mb"]) / max(bounded["peak_mb"] - bounded["before_mb"], 1e-9)
     print(f"baseline / bounded: peak RSS {full['peak_mb'] / bounded['peak_mb']:.2f}x, loader's share {share:.2f}x")

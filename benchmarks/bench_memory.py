@@ -63,8 +63,10 @@ def main() -> None:
                 sys.exit(proc.stderr)
             results[n] = json.loads(proc.stdout.strip().splitlines()[-1])
             r = results[n]
-            print(f"{n:>6} images: peak RSS {r['peak_rss_mb']:7.1f} MB, {r['done']} done in {r['seconds']:.1f}s "
-                  f"({r['done'] / r['seconds']:.1f} images/s; process {time.perf_counter() - started:.1f}s)")
+            print(
+                f"{n:>6} images: peak RSS {r['peak_rss_mb']:7.1f} MB, {r['done']} done in {r['seconds']:.1f}s "
+                f"({r['done'] / r['seconds']:.1f} images/s; process {time.perf_counter() - started:.1f}s)"
+            )
     small, large = min(results), max(results)
     ratio = results[large]["peak_rss_mb"] / results[small]["peak_rss_mb"]
     print(f"peak RSS {large} / {small} images: {ratio:.3f}  (flat: target <= 1.10)")

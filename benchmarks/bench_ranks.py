@@ -24,10 +24,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tools"))
 
-RANK_LINE = re.compile(r"kosmos ground rank (\d+): (\d+) done, (\d+) failed, (\d+) skipped in ([\d.]+)s "
-                       r"\(([\d.]+) images/s\)")
-TOTAL_LINE = re.compile(r"kosmos ground finished: (\d+) done, (\d+) failed, (\d+) skipped in ([\d.]+)s "
-                        r"\(([\d.]+) images/s\)")
+RANK_LINE = re.compile(
+    r"kosmos ground rank (\d+): (\d+) done, (\d+) failed, (\d+) skipped in ([\d.]+)s "
+    r"\(([\d.]+) images/s\)"
+)
+TOTAL_LINE = re.compile(
+    r"kosmos ground finished: (\d+) done, (\d+) failed, (\d+) skipped in ([\d.]+)s "
+    r"\(([\d.]+) images/s\)"
+)
 
 
 def make_images(folder: str, n: int) -> None:
@@ -40,10 +44,31 @@ def make_images(folder: str, n: int) -> None:
 
 
 def run(ranks: int, args, model: str, photos: str, out: str) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
-           "-m", "kosmos_cli", "ground", photos, "--out", out, "--overwrite", "--model", model,
-           "--max-new-tokens", str(args.max_new_tokens), "-b", str(args.batch_size), "--device", "cpu",
-           "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(ranks),
+        "-m",
+        "kosmos_cli",
+        "ground",
+        photos,
+        "--out",
+        out,
+        "--overwrite",
+        "--model",
+        model,
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "-b",
+        str(args.batch_size),
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(args.threads))
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(name, None)
@@ -78,21 +103,28 @@ def main() -> None:
         model = build_tiny(os.path.join(tmp, "model"), width=args.width, layers=args.layers)
         photos = os.path.join(tmp, "photos")
         make_images(photos, args.images)
-        print(f"{args.images} images, checkpoint width {args.width} x {args.layers} layers, "
-              f"{args.max_new_tokens} new tokens, batch {args.batch_size}, {args.threads} thread(s) per rank, "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"{args.images} images, checkpoint width {args.width} x {args.layers} layers, "
+            f"{args.max_new_tokens} new tokens, batch {args.batch_size}, {args.threads} thread(s) per rank, "
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+        )
         results = []
         for ranks in counts:
-            tries = [run(ranks, args, model, photos, os.path.join(tmp, f"out-{ranks}.jsonl"))
-                     for _ in range(args.repeat)]
+            tries = [
+                run(ranks, args, model, photos, os.path.join(tmp, f"out-{ranks}.jsonl")) for _ in range(args.repeat)
+            ]
             results.append(max(tries, key=lambda r: r["rate"]))
     base = results[0]
-    print(f"{'ranks':>5} {'per-rank images/s':>30} {'total images/s':>15} {'vs ' + str(base['ranks']):>7} "
-          f"{'run s':>7} {'wall s':>7}")
+    print(
+        f"{'ranks':>5} {'per-rank images/s':>30} {'total images/s':>15} {'vs ' + str(base['ranks']):>7} "
+        f"{'run s':>7} {'wall s':>7}"
+    )
     for r in results:
         per_rank = " ".join(f"{r['per_rank'][k][2]:.2f}" for k in sorted(r["per_rank"]))
-        print(f"{r['ranks']:>5} {per_rank:>30} {r['rate']:>15.2f} {r['rate'] / base['rate']:>6.2f}x "
-              f"{r['seconds']:>7.1f} {r['wall']:>7.1f}")
+        print(
+            f"{r['ranks']:>5} {per_rank:>30} {r['rate']:>15.2f} {r['rate'] / base['rate']:>6.2f}x "
+            f"{r['seconds']:>7.1f} {r['wall']:>7.1f}"
+        )
         assert r["done"] == args.images, r
 
 

@@ -64,8 +64,16 @@ def summary(name: str, scored: list[tuple[float, bool]]) -> dict:
     for t in (0.0, 0.2, 0.25, 0.3, 0.35, 0.4):
         above = [r for s, r in scored if s >= t]
         kept[t] = {"boxes": len(above), "right": sum(above) / len(above) if above else float("nan")}
-    return {"name": name, "boxes": len(scored), "right": len(right), "wrong": len(wrong), "auroc": auroc(scored),
-            "mean_score_right": mean(right), "mean_score_wrong": mean(wrong), "min_score": kept}
+    return {
+        "name": name,
+        "boxes": len(scored),
+        "right": len(right),
+        "wrong": len(wrong),
+        "auroc": auroc(scored),
+        "mean_score_right": mean(right),
+        "mean_score_wrong": mean(wrong),
+        "min_score": kept,
+    }
 
 
 def main(argv=None) -> None:
@@ -84,22 +92,32 @@ def main(argv=None) -> None:
         rows = {r["path"]: r for r in read_records(str(folder / "ground.parquet"))}
         queries = [{"path": p, "phrase": objs[-1].phrase, "box": objs[-1].box} for p, (_, objs) in truth.items()]
         (folder / "queries.jsonl").write_text(
-            "".join(json.dumps({"path": q["path"], "phrase": q["phrase"]}) + "\n" for q in queries))
+            "".join(json.dumps({"path": q["path"], "phrase": q["phrase"]}) + "\n" for q in queries)
+        )
         find([str(folder / "queries.jsonl")], str(folder / "find.parquet"), engine=engine, batch_size=args.batch_size)
         found = {r["path"]: r for r in read_records(str(folder / "find.parquet"))}
 
     results = [
         summary("ground, right colour and IoU >= 0.5", ground_boxes(rows, truth, same_colour=True)),
         summary("ground, any shape at IoU >= 0.5", ground_boxes(rows, truth, same_colour=False)),
-        summary("find, the shape asked for at IoU >= 0.5",
-                [(s, shapes.iou(b, q["box"]) >= 0.5)
-                 for q in queries for b, s in zip(found[q["path"]]["boxes_px"], found[q["path"]]["scores"])]),
+        summary(
+            "find, the shape asked for at IoU >= 0.5",
+            [
+                (s, shapes.iou(b, q["box"]) >= 0.5)
+                for q in queries
+                for b, s in zip(found[q["path"]]["boxes_px"], found[q["path"]]["scores"])
+            ],
+        ),
     ]
     for r in results:
-        print(f"{r['name']:<42} boxes {r['boxes']:>4} (right {r['right']:>4}, wrong {r['wrong']:>3})  "
-              f"AUROC {r['auroc']:.3f}  mean score right {r['mean_score_right']:.3f} wrong {r['mean_score_wrong']:.3f}")
-        print("    --min-score  " + "  ".join(f"{t:.2f}: {k['boxes']} kept, {k['right']:.1%} right"
-                                            for t, k in r["min_score"].items()))
+        print(
+            f"{r['name']:<42} boxes {r['boxes']:>4} (right {r['right']:>4}, wrong {r['wrong']:>3})  "
+            f"AUROC {r['auroc']:.3f}  mean score right {r['mean_score_right']:.3f} wrong {r['mean_score_wrong']:.3f}"
+        )
+        print(
+            "    --min-score  "
+            + "  ".join(f"{t:.2f}: {k['boxes']} kept, {k['right']:.1%} right" for t, k in r["min_score"].items())
+        )
     print(json.dumps({"model": args.model, "n": args.n, "seed": args.seed, "results": results}))
 
 

@@ -12,6 +12,22 @@ from .writers import read_records
 __version__ = "0.1.0"
 
 __all__ = [
-    "Entity", "FindRecord", "GroundRecord", "InputError", "KosmosError", "ModelError", "OutputError", "Record", "ReferRecord", "UsageError",
-    "draw", "export", "find", "ground", "load_engine", "read_records", "refer", "__version__",
+    "Entity",
+    "FindRecord",
+    "GroundRecord",
+    "InputError",
+    "KosmosError",
+    "ModelError",
+    "OutputError",
+    "Record",
+    "ReferRecord",
+    "UsageError",
+    "draw",
+    "export",
+    "find",
+    "ground",
+    "load_engine",
+    "read_records",
+    "refer",
+    "__version__",
 ]

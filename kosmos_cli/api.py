@@ -37,15 +37,28 @@ def load_engine(
     no_repeat_ngram_size: int | None = None,
 ) -> Engine:
     """Load a Kosmos-2 checkpoint once; pass the engine to several calls with `engine=`."""
-    model_options, generation = engine_options(model, revision=revision, device=device, dtype=dtype,
-                                               max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                               no_repeat_ngram_size=no_repeat_ngram_size)
+    model_options, generation = engine_options(
+        model,
+        revision=revision,
+        device=device,
+        dtype=dtype,
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+    )
     return Engine(model_options, generation).load()
 
 
-def engine_options(model: str | None = None, *, revision: str | None = None, device: str = "auto",
-                   dtype: str = "auto", max_new_tokens: int = 128, num_beams: int = 1,
-                   no_repeat_ngram_size: int | None = None) -> tuple[ModelOptions, GenerationOptions]:
+def engine_options(
+    model: str | None = None,
+    *,
+    revision: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_new_tokens: int = 128,
+    num_beams: int = 1,
+    no_repeat_ngram_size: int | None = None,
+) -> tuple[ModelOptions, GenerationOptions]:
     """The model's and the decoding's option objects, checked: the one place they are built from parameters.
 
     Under a launcher, `device` "auto" (or a bare "cuda") becomes this process's own device.
@@ -81,8 +94,17 @@ def ground(
     `draw`: also draw each finished image's boxes into this folder (as `draw` does), on threads of its own; its
     DrawSummary is `summary.drawing`.
     """
-    options = RunOptions(out=out, format=format, batch_size=batch_size, workers=workers, overwrite=overwrite,
-                         retry_failed=retry_failed, prune=prune, wait=wait, null=null)
+    options = RunOptions(
+        out=out,
+        format=format,
+        batch_size=batch_size,
+        workers=workers,
+        overwrite=overwrite,
+        retry_failed=retry_failed,
+        prune=prune,
+        wait=wait,
+        null=null,
+    )
     return _run(Ground(prompt), inputs, options, engine, model, model_options, progress, on_write, draw)
 
 
@@ -111,8 +133,17 @@ def refer(
     `boxes` ("x1,y1,x2,y2" strings or 4-number sequences; pixels of the image as displayed, or 0-1 with
     `normalized`) go with every image; without them each manifest row's x1, y1, x2, y2 columns are its box.
     """
-    options = RunOptions(out=out, format=format, batch_size=batch_size, workers=workers, overwrite=overwrite,
-                         retry_failed=retry_failed, prune=prune, wait=wait, null=null)
+    options = RunOptions(
+        out=out,
+        format=format,
+        batch_size=batch_size,
+        workers=workers,
+        overwrite=overwrite,
+        retry_failed=retry_failed,
+        prune=prune,
+        wait=wait,
+        null=null,
+    )
     return _run(Refer(boxes, normalized), inputs, options, engine, model, model_options, progress, on_write)
 
 
@@ -139,8 +170,17 @@ def find(
 
     `phrases` go with every image; without them each manifest row's `phrase` column is used.
     """
-    options = RunOptions(out=out, format=format, batch_size=batch_size, workers=workers, overwrite=overwrite,
-                         retry_failed=retry_failed, prune=prune, wait=wait, null=null)
+    options = RunOptions(
+        out=out,
+        format=format,
+        batch_size=batch_size,
+        workers=workers,
+        overwrite=overwrite,
+        retry_failed=retry_failed,
+        prune=prune,
+        wait=wait,
+        null=null,
+    )
     return _run(Find(phrases), inputs, options, engine, model, model_options, progress, on_write)
 
 
@@ -177,8 +217,9 @@ def draw(
             base = folder if base is None else os.path.commonpath([base, folder])
     progress = progress or Progress()
     progress.start(total)
-    drawer = Drawer(out_dir, base, html=html, root=root, title=f"kosmos draw: {os.path.basename(results)}",
-                    min_score=min_score)
+    drawer = Drawer(
+        out_dir, base, html=html, root=root, title=f"kosmos draw: {os.path.basename(results)}", min_score=min_score
+    )
     summary = drawer.summary
 
     def on_row(target: str | None) -> None:  # in the order of the rows, from the drawing side
@@ -229,8 +270,17 @@ def export(
 
     if not os.path.exists(results):
         raise InputError(f"results file not found: {results}")
-    return run(results, to, out, classes=parse_classes(classes, classes_file), min_score=min_score, nms=nms,
-               root=root, image_root=image_root, copy_images=copy_images)
+    return run(
+        results,
+        to,
+        out,
+        classes=parse_classes(classes, classes_file),
+        min_score=min_score,
+        nms=nms,
+        root=root,
+        image_root=image_root,
+        copy_images=copy_images,
+    )
 
 
 def _results_rows(results: str):
@@ -238,21 +288,35 @@ def _results_rows(results: str):
     try:
         yield from read_records(results)
     except UnicodeDecodeError:
-        raise InputError(f"{results} is not a results file of kosmos (neither JSONL nor Parquet): pass the "
-                         ".jsonl or .parquet file written by kosmos ground, refer or find") from None
+        raise InputError(
+            f"{results} is not a results file of kosmos (neither JSONL nor Parquet): pass the "
+            ".jsonl or .parquet file written by kosmos ground, refer or find"
+        ) from None
     except OutputError:  # a damaged or foreign Parquet file
-        raise InputError(f"{results} is not a readable Parquet file: pass the .jsonl or .parquet file written "
-                         "by kosmos ground, refer or find") from None
+        raise InputError(
+            f"{results} is not a readable Parquet file: pass the .jsonl or .parquet file written "
+            "by kosmos ground, refer or find"
+        ) from None
 
 
-def _run(task: Task, inputs: Inputs, options: RunOptions, engine: Engine | None, model: str | None,
-         model_options: dict[str, Any], progress: Progress | None, on_write: Callable | None,
-         draw: str | None = None) -> Summary:
+def _run(
+    task: Task,
+    inputs: Inputs,
+    options: RunOptions,
+    engine: Engine | None,
+    model: str | None,
+    model_options: dict[str, Any],
+    progress: Progress | None,
+    on_write: Callable | None,
+    draw: str | None = None,
+) -> Summary:
     """Check everything cheap, join the other processes, load the model (unless given), then run `task`."""
     if engine is not None and (model is not None or model_options):
         given = ", ".join(["model"] * (model is not None) + sorted(model_options))
-        raise TypeError(f"{given}: model options cannot be given with engine= (the engine was loaded with its "
-                        "own); pass them to load_engine instead")
+        raise TypeError(
+            f"{given}: model options cannot be given with engine= (the engine was loaded with its "
+            "own); pass them to load_engine instead"
+        )
     named = _listed(inputs)
     if named and all(isinstance(i, str) for i in named):
         check_inputs(named)
@@ -275,6 +339,7 @@ def _run(task: Task, inputs: Inputs, options: RunOptions, engine: Engine | None,
     from .drawing import Background
 
     with Background(drawer) as drawing:  # on threads of its own: the model does not wait for the pictures
+
         def written(records):
             drawing.add_records(records)
             if on_write is not None:

@@ -27,6 +27,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
 def _version(value: bool) -> None:
     if value:
         from . import __version__
@@ -37,52 +38,86 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Show the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
 ) -> None:
     """Ground image collections with Kosmos-2."""
 
 
 # -- shared options: defined once, the same meaning in every command ---------------------------------------
-Inputs = Annotated[list[str], typer.Argument(
-    help="Folders, image files, globs, manifests (.txt .csv .jsonl .parquet with a 'path' column), or - for "
-         "paths on stdin.", show_default=False)]
+Inputs = Annotated[
+    list[str],
+    typer.Argument(
+        help="Folders, image files, globs, manifests (.txt .csv .jsonl .parquet with a 'path' column), or - for "
+        "paths on stdin.",
+        show_default=False,
+    ),
+]
 Out = Annotated[str, typer.Option("--out", "-o", help="Output file (.jsonl or .parquet), or - for JSONL on stdout.")]
 Format = Annotated[Optional[str], typer.Option("--format", help="jsonl or parquet (default: from --out's extension).")]
-Model = Annotated[Optional[str], typer.Option(
-    "--model", "-m", help="Hub id or local folder \\[default: $KOSMOS_MODEL, else microsoft/kosmos-2-patch14-224].",
-    show_default=False)]
+Model = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model",
+        "-m",
+        help="Hub id or local folder \\[default: $KOSMOS_MODEL, else microsoft/kosmos-2-patch14-224].",
+        show_default=False,
+    ),
+]
 Revision = Annotated[Optional[str], typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
 Device = Annotated[str, typer.Option("--device", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N.")]
-Dtype = Annotated[str, typer.Option("--dtype", help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, bfloat16, float16.")]
+Dtype = Annotated[
+    str, typer.Option("--dtype", help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, bfloat16, float16.")
+]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")]
 MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", help="Most tokens generated per image.")]
 NumBeams = Annotated[int, typer.Option("--num-beams", help="Beam search width (1: greedy).")]
-NoRepeat = Annotated[int, typer.Option(
-    "--no-repeat-ngram-size", help="Block repeated n-grams (0: off; the paper's demo used 3, which can block a "
-                                   "second entity whose phrase ends like the first).")]
+NoRepeat = Annotated[
+    int,
+    typer.Option(
+        "--no-repeat-ngram-size",
+        help="Block repeated n-grams (0: off; the paper's demo used 3, which can block a "
+        "second entity whose phrase ends like the first).",
+    ),
+]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start afresh instead of resuming.")]
 RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Also redo images recorded as failed.")]
 Prune = Annotated[bool, typer.Option("--prune", help="Drop records of images no longer in the inputs.")]
 Wait = Annotated[bool, typer.Option("--wait", help="Wait for another run on the same output instead of exiting.")]
 Strict = Annotated[bool, typer.Option("--strict", help="Exit 1 if any image failed.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, warnings or summary on stderr.")]
-Workers = Annotated[Optional[int], typer.Option("--workers", help="Background image loaders \\[default: up to 4].",
-                                                show_default=False)]
-MinScore = Annotated[Optional[float], typer.Option(
-    "--min-score", help="Only boxes whose score (0-1) is at least this; boxes without a score are left out.",
-    show_default=False)]
-Null = Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin (-) are separated by NUL bytes, as "
-                                                       "find -print0 writes them, not by lines.")]
+Workers = Annotated[
+    Optional[int], typer.Option("--workers", help="Background image loaders \\[default: up to 4].", show_default=False)
+]
+MinScore = Annotated[
+    Optional[float],
+    typer.Option(
+        "--min-score",
+        help="Only boxes whose score (0-1) is at least this; boxes without a score are left out.",
+        show_default=False,
+    ),
+]
+Null = Annotated[
+    bool,
+    typer.Option(
+        "--null", "-0", help="Paths on stdin (-) are separated by NUL bytes, as find -print0 writes them, not by lines."
+    ),
+]
 
 
 @app.command(epilog="Example: kosmos ground ./photos --out results.parquet")
 def ground(
     inputs: Inputs,
     out: Out = "-",
-    prompt: Annotated[str, typer.Option(
-        "--prompt", help="brief ('<grounding> An image of'), detailed ('<grounding> Describe this image in "
-                         "detail:'), or any text.")] = "brief",
+    prompt: Annotated[
+        str,
+        typer.Option(
+            "--prompt",
+            help="brief ('<grounding> An image of'), detailed ('<grounding> Describe this image in "
+            "detail:'), or any text.",
+        ),
+    ] = "brief",
     model: Model = None,
     revision: Revision = None,
     device: Device = "auto",
@@ -100,27 +135,53 @@ def ground(
     quiet: Quiet = False,
     workers: Workers = None,
     null: Null = False,
-    draw: Annotated[Optional[str], typer.Option(
-        "--draw", help="Also draw each image's boxes into this folder, as kosmos draw does.",
-        show_default=False)] = None,
+    draw: Annotated[
+        Optional[str],
+        typer.Option(
+            "--draw", help="Also draw each image's boxes into this folder, as kosmos draw does.", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Caption every image and ground its phrases: one record per image, resumable."""
     from . import api
     from .progress import for_terminal
 
     def go():
-        return api.ground(inputs, out, prompt=prompt, format=format, batch_size=batch_size, overwrite=overwrite,
-                          retry_failed=retry_failed, prune=prune, wait=wait, workers=workers, null=null, draw=draw,
-                          progress=for_terminal("ground", quiet), model=model, revision=revision, device=device,
-                          dtype=dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                          no_repeat_ngram_size=no_repeat_ngram_size)
+        return api.ground(
+            inputs,
+            out,
+            prompt=prompt,
+            format=format,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            retry_failed=retry_failed,
+            prune=prune,
+            wait=wait,
+            workers=workers,
+            null=null,
+            draw=draw,
+            progress=for_terminal("ground", quiet),
+            model=model,
+            revision=revision,
+            device=device,
+            dtype=dtype,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+        )
 
     _finish(_call(go, quiet), quiet, strict)
 
 
-Box = Annotated[Optional[list[str]], typer.Option(
-    "--box", help="A region x1,y1,x2,y2 in pixels of the image as displayed (EXIF applied); repeat for more. "
-                  "Without it: a manifest's x1, y1, x2, y2 columns.", show_default=False)]
+Box = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--box",
+        help="A region x1,y1,x2,y2 in pixels of the image as displayed (EXIF applied); repeat for more. "
+        "Without it: a manifest's x1, y1, x2, y2 columns.",
+        show_default=False,
+    ),
+]
 Normalized = Annotated[bool, typer.Option("--normalized", help="Boxes are 0-1 fractions of width and height.")]
 
 
@@ -153,27 +214,59 @@ def refer(
     from .progress import for_terminal
 
     def go():
-        return api.refer(inputs, out, boxes=box, normalized=normalized, format=format, batch_size=batch_size,
-                         overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait, workers=workers, null=null,
-                         progress=for_terminal("refer", quiet), model=model, revision=revision, device=device,
-                         dtype=dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                         no_repeat_ngram_size=no_repeat_ngram_size)
+        return api.refer(
+            inputs,
+            out,
+            boxes=box,
+            normalized=normalized,
+            format=format,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            retry_failed=retry_failed,
+            prune=prune,
+            wait=wait,
+            workers=workers,
+            null=null,
+            progress=for_terminal("refer", quiet),
+            model=model,
+            revision=revision,
+            device=device,
+            dtype=dtype,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+        )
 
     _finish(_call(go, quiet), quiet, strict)
 
 
-@app.command(epilog="Example: kosmos find photo.jpg \"a red car\" \"a dog\" --out found.jsonl")
+@app.command(epilog='Example: kosmos find photo.jpg "a red car" "a dog" --out found.jsonl')
 def find(
-    input_: Annotated[str, typer.Argument(
-        metavar="INPUT", show_default=False,
-        help="A folder, image file, glob, manifest (.csv .jsonl .parquet with 'path' and 'phrase' columns), "
-             "or - for stdin.")],
-    phrases: Annotated[Optional[list[str]], typer.Argument(
-        help="Phrases to find in every image (as -p does). Without any: a manifest's 'phrase' column.",
-        show_default=False)] = None,
-    phrase: Annotated[Optional[list[str]], typer.Option(
-        "--phrase", "-p", help="A phrase to find in every image; repeat for more. Never mistaken for an input.",
-        show_default=False)] = None,
+    input_: Annotated[
+        str,
+        typer.Argument(
+            metavar="INPUT",
+            show_default=False,
+            help="A folder, image file, glob, manifest (.csv .jsonl .parquet with 'path' and 'phrase' columns), "
+            "or - for stdin.",
+        ),
+    ],
+    phrases: Annotated[
+        Optional[list[str]],
+        typer.Argument(
+            help="Phrases to find in every image (as -p does). Without any: a manifest's 'phrase' column.",
+            show_default=False,
+        ),
+    ] = None,
+    phrase: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--phrase",
+            "-p",
+            help="A phrase to find in every image; repeat for more. Never mistaken for an input.",
+            show_default=False,
+        ),
+    ] = None,
     out: Out = "-",
     model: Model = None,
     revision: Revision = None,
@@ -199,11 +292,27 @@ def find(
 
     def go():
         _not_images(phrases or [])
-        return api.find([input_], out, phrases=[*(phrases or []), *(phrase or [])], format=format, batch_size=batch_size,
-                        overwrite=overwrite, retry_failed=retry_failed, prune=prune, wait=wait, workers=workers, null=null,
-                        progress=for_terminal("find", quiet), model=model, revision=revision, device=device,
-                        dtype=dtype, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                        no_repeat_ngram_size=no_repeat_ngram_size)
+        return api.find(
+            [input_],
+            out,
+            phrases=[*(phrases or []), *(phrase or [])],
+            format=format,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            retry_failed=retry_failed,
+            prune=prune,
+            wait=wait,
+            workers=workers,
+            null=null,
+            progress=for_terminal("find", quiet),
+            model=model,
+            revision=revision,
+            device=device,
+            dtype=dtype,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+        )
 
     _finish(_call(go, quiet), quiet, strict)
 
@@ -214,20 +323,31 @@ def _not_images(phrases: list[str]) -> None:
 
     for text in phrases:
         if is_image_path(text) and os.path.isfile(text):
-            raise UsageError(f"{text} is an image file, not a phrase: kosmos find takes one input (for several "
-                             "images name their folder, a glob or a manifest); give phrases with -p/--phrase")
+            raise UsageError(
+                f"{text} is an image file, not a phrase: kosmos find takes one input (for several "
+                "images name their folder, a glob or a manifest); give phrases with -p/--phrase"
+            )
 
 
 @app.command(epilog="Example: kosmos draw results.parquet --out-dir annotated/ --html")
 def draw(
-    results: Annotated[str, typer.Argument(
-        help="A results file of kosmos ground, refer or find (.jsonl or .parquet).", show_default=False)],
-    out_dir: Annotated[str, typer.Option(
-        "--out-dir", "-o", help="Folder for the annotated images: new, empty, or drawn by kosmos before (made if "
-                                "missing); the images keep their layout below their common folder.",
-        show_default=False)],
-    html: Annotated[bool, typer.Option("--html", help="Also write index.html, a gallery that opens from the "
-                                                      "folder in a browser.")] = False,
+    results: Annotated[
+        str,
+        typer.Argument(help="A results file of kosmos ground, refer or find (.jsonl or .parquet).", show_default=False),
+    ],
+    out_dir: Annotated[
+        str,
+        typer.Option(
+            "--out-dir",
+            "-o",
+            help="Folder for the annotated images: new, empty, or drawn by kosmos before (made if "
+            "missing); the images keep their layout below their common folder.",
+            show_default=False,
+        ),
+    ],
+    html: Annotated[
+        bool, typer.Option("--html", help="Also write index.html, a gallery that opens from the folder in a browser.")
+    ] = False,
     min_score: MinScore = None,
     strict: Strict = False,
     quiet: Quiet = False,
@@ -237,37 +357,66 @@ def draw(
     from .progress import for_terminal
 
     def go():
-        return api.draw(results, out_dir, html=html, min_score=min_score, progress=for_terminal("draw", quiet),
-                        on_drawn=lambda path: print(path, flush=True))
+        return api.draw(
+            results,
+            out_dir,
+            html=html,
+            min_score=min_score,
+            progress=for_terminal("draw", quiet),
+            on_drawn=lambda path: print(path, flush=True),
+        )
 
     _finish(_call(go, quiet), quiet, strict)
 
 
-@app.command(epilog="Example: kosmos export results.parquet --to yolo dataset/ --classes \"dog,cat\" --min-score 0.3")
+@app.command(epilog='Example: kosmos export results.parquet --to yolo dataset/ --classes "dog,cat" --min-score 0.3')
 def export(
-    results: Annotated[str, typer.Argument(
-        help="A results file of kosmos ground or find (.jsonl or .parquet).", show_default=False)],
-    out: Annotated[str, typer.Argument(
-        metavar="OUT", help="coco, labelstudio: a .json file; yolo, voc: a new or empty folder.", show_default=False)],
-    to: Annotated[str, typer.Option(
-        "--to", help="coco, yolo, voc or labelstudio.", show_default=False)],
-    classes: Annotated[Optional[str], typer.Option(
-        "--classes", help="Classes, in order, comma-separated (\"dog,cat,traffic light\"): only boxes whose phrase "
-                          "names one (\"two dogs\" is dog) \\[default: one class per distinct phrase].",
-        show_default=False)] = None,
-    classes_file: Annotated[Optional[str], typer.Option(
-        "--classes-file", help="Classes, one a line, as --classes.", show_default=False)] = None,
+    results: Annotated[
+        str, typer.Argument(help="A results file of kosmos ground or find (.jsonl or .parquet).", show_default=False)
+    ],
+    out: Annotated[
+        str,
+        typer.Argument(
+            metavar="OUT", help="coco, labelstudio: a .json file; yolo, voc: a new or empty folder.", show_default=False
+        ),
+    ],
+    to: Annotated[str, typer.Option("--to", help="coco, yolo, voc or labelstudio.", show_default=False)],
+    classes: Annotated[
+        Optional[str],
+        typer.Option(
+            "--classes",
+            help='Classes, in order, comma-separated ("dog,cat,traffic light"): only boxes whose phrase '
+            'names one ("two dogs" is dog) \\[default: one class per distinct phrase].',
+            show_default=False,
+        ),
+    ] = None,
+    classes_file: Annotated[
+        Optional[str], typer.Option("--classes-file", help="Classes, one a line, as --classes.", show_default=False)
+    ] = None,
     min_score: MinScore = None,
-    nms: Annotated[Optional[float], typer.Option(
-        "--nms", help="Of boxes of one class in one image overlapping by more than this IoU, keep the best-scored.",
-        show_default=False)] = None,
-    root: Annotated[Optional[str], typer.Option(
-        "--root", help="Write image paths relative to this folder.", show_default=False)] = None,
-    image_root: Annotated[Optional[str], typer.Option(
-        "--image-root", help="labelstudio: a URL prefix or local-files path put before each image's path "
-                             "(e.g. /data/local-files/?d=photos/).", show_default=False)] = None,
-    copy_images: Annotated[bool, typer.Option(
-        "--copy-images", help="yolo: copy the images into OUT/images instead of linking them.")] = False,
+    nms: Annotated[
+        Optional[float],
+        typer.Option(
+            "--nms",
+            help="Of boxes of one class in one image overlapping by more than this IoU, keep the best-scored.",
+            show_default=False,
+        ),
+    ] = None,
+    root: Annotated[
+        Optional[str], typer.Option("--root", help="Write image paths relative to this folder.", show_default=False)
+    ] = None,
+    image_root: Annotated[
+        Optional[str],
+        typer.Option(
+            "--image-root",
+            help="labelstudio: a URL prefix or local-files path put before each image's path "
+            "(e.g. /data/local-files/?d=photos/).",
+            show_default=False,
+        ),
+    ] = None,
+    copy_images: Annotated[
+        bool, typer.Option("--copy-images", help="yolo: copy the images into OUT/images instead of linking them.")
+    ] = False,
     strict: Strict = False,
     quiet: Quiet = False,
 ) -> None:
@@ -275,8 +424,18 @@ def export(
     from . import api
 
     def go():
-        return api.export(results, to, out, classes=classes, classes_file=classes_file, min_score=min_score, nms=nms,
-                          root=root, image_root=image_root, copy_images=copy_images)
+        return api.export(
+            results,
+            to,
+            out,
+            classes=classes,
+            classes_file=classes_file,
+            min_score=min_score,
+            nms=nms,
+            root=root,
+            image_root=image_root,
+            copy_images=copy_images,
+        )
 
     _finish(_call(go, quiet), quiet, strict)
 
@@ -301,8 +460,10 @@ def _call(fn, quiet: bool):
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         if not quiet and not (isinstance(exc, Interrupted) and exc.quiet):
-            _say(f"kosmos: interrupted by {signal.Signals(signum).name}: finished batches are kept; "
-                 "run the same command again to finish")
+            _say(
+                f"kosmos: interrupted by {signal.Signals(signum).name}: finished batches are kept; "
+                "run the same command again to finish"
+            )
         raise typer.Exit(128 + signum) from None
     finally:
         for s, handler in previous.items():
@@ -396,15 +557,16 @@ def main() -> None:
 
 
 def _usage_line(exc) -> str:
-    """Click's message, lower-cased like ours, and where the help is: "no such option: --bogus; see 'kosmos ground -h'"."""
+    """Click's message, lower-cased like ours, and where the help is.
+
+    "no such option: --bogus; see 'kosmos ground --help'"
+    """
     from .records import one_line
 
     text = one_line(exc.format_message()).rstrip(".")
     text = text[:1].lower() + text[1:]
     ctx = getattr(exc, "ctx", None)  # usage errors know their command; other Click errors do not
     return f"{text}; see '{ctx.command_path} --help'" if ctx is not None else text
-
-
 
 
 if __name__ == "__main__":

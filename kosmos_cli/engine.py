@@ -16,8 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ModelError, UsageError
-from .model_files import (damaged_hint, hub_offline, hub_unreachable, is_damaged_weights, local_model_path, quiet_hub,
-                          unreachable_hint)
+from .model_files import (
+    damaged_hint,
+    hub_offline,
+    hub_unreachable,
+    is_damaged_weights,
+    local_model_path,
+    quiet_hub,
+    unreachable_hint,
+)
 from .prompts import Prompt
 from .scores import Generation, Markup
 
@@ -55,7 +62,11 @@ class GenerationOptions:
         return f"{search} max_new_tokens={self.max_new_tokens}{blocked}"
 
     def generate_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams, "do_sample": False}
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "num_beams": self.num_beams,
+            "do_sample": False,
+        }
         if self.no_repeat_ngram_size:
             kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         return kwargs
@@ -110,8 +121,9 @@ class Engine:
 
     # -- loading -----------------------------------------------------------------------------------------
     @classmethod
-    def from_model(cls, model, processor, generation: GenerationOptions = GenerationOptions(),
-                   label: str = "in-memory") -> Engine:
+    def from_model(
+        cls, model, processor, generation: GenerationOptions = GenerationOptions(), label: str = "in-memory"
+    ) -> Engine:
         """Wrap a model and processor already loaded (its device and dtype are kept)."""
         engine = cls(ModelOptions(model=label), generation)
         engine.processor, engine.model = processor, model.eval()
@@ -140,7 +152,9 @@ class Engine:
                     config, self.processor, model = self._from_pretrained(name, kwargs)
                 else:  # a hub id: the local cache first, the network only when it is not there
                     try:
-                        config, self.processor, model = self._from_pretrained(name, {**kwargs, "local_files_only": True})
+                        config, self.processor, model = self._from_pretrained(
+                            name, {**kwargs, "local_files_only": True}
+                        )
                     except (OSError, ValueError):
                         problem = hub_unreachable(name, revision)
                         if problem:
@@ -238,8 +252,10 @@ class Engine:
         if steps is not None and len(steps[0]) != out.shape[1] - prompt:
             steps = None  # not one probability per generated token: no scores rather than wrong ones
         given = (None,) * (prompt - start)
-        return [Generation(text, tuple(row), None if steps is None else given + tuple(steps[i]), self._markup)
-                for i, (text, row) in enumerate(zip(texts, ids.tolist()))]
+        return [
+            Generation(text, tuple(row), None if steps is None else given + tuple(steps[i]), self._markup)
+            for i, (text, row) in enumerate(zip(texts, ids.tolist()))
+        ]
 
     def forward_safe(self, batch: Sequence[Prepared], stop_at: str | None = None) -> list[str]:
         """`forward`, halving the batch on a CUDA out-of-memory error instead of failing."""
@@ -253,8 +269,10 @@ class Engine:
             return self.forward_scored(batch, stop_at)
         except torch.cuda.OutOfMemoryError:
             if len(batch) == 1:
-                raise ModelError("out of GPU memory on a single image: use a smaller --max-new-tokens "
-                                 "or --num-beams, or --dtype float16") from None
+                raise ModelError(
+                    "out of GPU memory on a single image: use a smaller --max-new-tokens "
+                    "or --num-beams, or --dtype float16"
+                ) from None
             torch.cuda.empty_cache()
             log.warning("out of GPU memory at batch %d: halving it (pass a smaller --batch-size)", len(batch))
             half = len(batch) // 2
@@ -295,7 +313,9 @@ def resolve_device(device: str) -> str:
     try:
         torch.device(device)
     except RuntimeError:
-        raise UsageError(f"unknown device {device!r} ({{param}}): use auto, cpu, cuda or cuda:N", param="device") from None
+        raise UsageError(
+            f"unknown device {device!r} ({{param}}): use auto, cpu, cuda or cuda:N", param="device"
+        ) from None
     return device
 
 
@@ -312,14 +332,17 @@ def resolve_dtype(dtype: str, device: str):
 def _load_hint(name: str, exc: Exception) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if os.path.isdir(name):
-        return (f"cannot load model from folder {name}: it is not a Kosmos-2 checkpoint ({first}); "
-                "pass a folder written by save_pretrained, or a hub id")
+        return (
+            f"cannot load model from folder {name}: it is not a Kosmos-2 checkpoint ({first}); "
+            "pass a folder written by save_pretrained, or a hub id"
+        )
     if hub_offline():
-        return (f"cannot load model {name}: HF_HUB_OFFLINE is set and it is not in the Hugging Face cache "
-                f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}); download it once with network "
-                "or pass --model FOLDER")
-    return (f"cannot load model {name} ({first}): check the hub id and your network, "
-            "or pass --model with a local folder")
+        return (
+            f"cannot load model {name}: HF_HUB_OFFLINE is set and it is not in the Hugging Face cache "
+            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}); download it once with network "
+            "or pass --model FOLDER"
+        )
+    return f"cannot load model {name} ({first}): check the hub id and your network, or pass --model with a local folder"
 
 
 def _after_image(mask: Sequence[int]) -> int:

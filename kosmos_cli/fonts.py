@@ -19,14 +19,30 @@ FONT_ENV = "KOSMOS_FONT"
 # Most scripts first: Noto Sans CJK also covers Latin, Greek and Cyrillic; DejaVu Sans covers Latin, Greek,
 # Cyrillic, Arabic, Hebrew and more, but no CJK; the rest are the usual Latin-plus fonts of other systems.
 FONT_NAMES = (
-    "NotoSansCJK-Regular.ttc", "NotoSansCJKsc-Regular.otf", "NotoSansCJKjp-Regular.otf", "NotoSansSC-Regular.otf",
-    "wqy-zenhei.ttc", "wqy-microhei.ttc", "Arial Unicode.ttf", "arialuni.ttf", "msyh.ttc",
-    "DejaVuSans.ttf", "NotoSans-Regular.ttf", "FreeSans.ttf", "LiberationSans-Regular.ttf",
-    "Arial.ttf", "segoeui.ttf",
+    "NotoSansCJK-Regular.ttc",
+    "NotoSansCJKsc-Regular.otf",
+    "NotoSansCJKjp-Regular.otf",
+    "NotoSansSC-Regular.otf",
+    "wqy-zenhei.ttc",
+    "wqy-microhei.ttc",
+    "Arial Unicode.ttf",
+    "arialuni.ttf",
+    "msyh.ttc",
+    "DejaVuSans.ttf",
+    "NotoSans-Regular.ttf",
+    "FreeSans.ttf",
+    "LiberationSans-Regular.ttf",
+    "Arial.ttf",
+    "segoeui.ttf",
 )
 FONT_DIRS = (
-    "/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts", "~/.fonts",  # Linux, BSD
-    "/System/Library/Fonts", "/Library/Fonts", "~/Library/Fonts",  # macOS
+    "/usr/share/fonts",
+    "/usr/local/share/fonts",
+    "~/.local/share/fonts",
+    "~/.fonts",  # Linux, BSD
+    "/System/Library/Fonts",
+    "/Library/Fonts",
+    "~/Library/Fonts",  # macOS
     os.path.join(os.environ.get("WINDIR", "C:\\Windows"), "Fonts"),  # Windows
 )
 

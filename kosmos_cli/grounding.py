@@ -75,7 +75,7 @@ def parse(text: str, strip_prompt: str | None = None, grid: int = GRID) -> tuple
 def _drop_prompt(caption: str, entities: list[Parsed], prompt: str) -> tuple[str, list[Parsed]]:
     if not prompt or not caption.startswith(prompt) or any(e.start < len(prompt) for e in entities):
         return caption, entities
-    rest = caption[len(prompt):]
+    rest = caption[len(prompt) :]
     shift = len(prompt) + len(rest) - len(rest.lstrip())
     return rest.strip(), [Parsed(e.phrase, e.start - shift, e.end - shift, e.boxes) for e in entities]
 

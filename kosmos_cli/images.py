@@ -12,9 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2 x MAX_IMAGE_PIXELS)
 MODEL_SIDE = 224  # Kosmos-2 squashes every image to 224 x 224
 _ORIENTATION = 0x0112
@@ -22,9 +20,15 @@ NUL_IN_PATH = "the path contains a NUL byte (paths from find -print0 need --null
 LARGE_PIXELS = 1 << 24  # a decode of more pixels than this (64 MB as RGBA) is a large one...
 LARGE_DECODES = 2  # ...and at most this many large decodes run at once, however many loader threads there are
 _large = threading.BoundedSemaphore(LARGE_DECODES)
-_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-              8: Image.Transpose.ROTATE_90}
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 @dataclass
@@ -96,8 +100,11 @@ def _decode(img: Image.Image, max_pixels: int, draft: int | None) -> Loaded:
         if draft:
             small = shrink(img, draft)
             if small is not img:  # a new image without EXIF: turn it by hand
-                return Loaded(to_rgb(small.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE
-                                     else small), width, height)
+                return Loaded(
+                    to_rgb(small.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else small),
+                    width,
+                    height,
+                )
         out = ImageOps.exif_transpose(img) if orientation != 1 else img
         return Loaded(to_rgb(out), width, height)
     finally:

@@ -34,11 +34,15 @@ def local_model_path(name: str) -> str:
         return name
     path = os.path.expanduser(name)
     if not os.path.exists(path):
-        raise ModelError(f"model folder {name} does not exist: check the path, or pass a hub id such as "
-                         "microsoft/kosmos-2-patch14-224")
+        raise ModelError(
+            f"model folder {name} does not exist: check the path, or pass a hub id such as "
+            "microsoft/kosmos-2-patch14-224"
+        )
     if not os.path.isdir(path):
-        raise ModelError(f"--model {name} is a file, not a folder: pass the folder that holds config.json and "
-                         "the weights (written by save_pretrained)")
+        raise ModelError(
+            f"--model {name} is a file, not a folder: pass the folder that holds config.json and "
+            "the weights (written by save_pretrained)"
+        )
     return path
 
 
@@ -87,15 +91,18 @@ def hub_unreachable(name: str, revision: str | None) -> str | None:
 
 
 def unreachable_hint(name: str, problem: str) -> str:
-    return (f"cannot download model {name}: the Hugging Face hub cannot be reached ({problem}) and the model is not "
-            "in the local cache: connect to the network once to download it, or pass --model FOLDER with a saved "
-            "copy (HF_HUB_OFFLINE=1 keeps kosmos off the network)")
+    return (
+        f"cannot download model {name}: the Hugging Face hub cannot be reached ({problem}) and the model is not "
+        "in the local cache: connect to the network once to download it, or pass --model FOLDER with a saved "
+        "copy (HF_HUB_OFFLINE=1 keeps kosmos off the network)"
+    )
 
 
 def is_damaged_weights(exc: BaseException) -> bool:
     """An exception of safetensors or torch reading a weights file: the file is truncated or corrupt."""
     return type(exc).__name__ == "SafetensorError" or isinstance(
-        exc, (RuntimeError, EOFError, pickle.UnpicklingError, MemoryError))
+        exc, (RuntimeError, EOFError, pickle.UnpicklingError, MemoryError)
+    )
 
 
 def damaged_hint(name: str, exc: BaseException) -> str:
@@ -107,5 +114,7 @@ def damaged_hint(name: str, exc: BaseException) -> str:
         what = f"the weights file of {name} is damaged or incomplete ({first})"
     if os.path.isdir(name):
         return f"cannot load model: {what}: copy or download it again, or re-save the model with save_pretrained"
-    return (f"cannot load model: {what}: delete the model from the Hugging Face cache (hf cache delete, or its "
-            "models--* folder under HF_HOME/hub) and run again to download it afresh")
+    return (
+        f"cannot load model: {what}: delete the model from the Hugging Face cache (hf cache delete, or its "
+        "models--* folder under HF_HOME/hub) and run again to download it afresh"
+    )

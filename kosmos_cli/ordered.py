@@ -16,8 +16,9 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 
-def ordered_map(fn: Callable[[In], Out], items: Iterable[In], workers: int, ahead: int,
-                name: str = "kosmos") -> Generator[Out, None, None]:
+def ordered_map(
+    fn: Callable[[In], Out], items: Iterable[In], workers: int, ahead: int, name: str = "kosmos"
+) -> Generator[Out, None, None]:
     """`fn(item)` for each item on `workers` threads, yielded in the order of `items`.
 
     Items are pulled lazily (on the caller's thread) so that at most `ahead` of them are in flight: submitted and

@@ -22,10 +22,10 @@ from .errors import UsageError
 from .images import MODEL_SIDE, file_stat, load_image
 from .ordered import ordered_map
 from .progress import Progress
-from .tasks import Task, Unit, path_key
 from .records import OK, Record
 from .sources import Item, iter_items, nothing_found, shard
 from .store import Output, Seen, Store
+from .tasks import Task, Unit, path_key
 from .writers import detect_format
 
 log = logging.getLogger("kosmos_cli")
@@ -91,8 +91,10 @@ class Summary:
     def line(self) -> str:
         where = "stdout" if self.out == "-" else self.out
         state = "interrupted" if self.interrupted else "finished"
-        counts = (f"{self.done} done, {self.failed} failed, {self.skipped} skipped in {self.seconds:.1f}s "
-                  f"({self.rate:.2f} images/s)")
+        counts = (
+            f"{self.done} done, {self.failed} failed, {self.skipped} skipped in {self.seconds:.1f}s "
+            f"({self.rate:.2f} images/s)"
+        )
         if self.rank is not None:
             return f"kosmos {self.task} rank {self.rank}: {counts}"
         processes = f" ({self.world} processes)" if self.world > 1 else ""
@@ -127,8 +129,9 @@ def run(
     summary = Summary(task=task.name, out=options.out)
     with crew.session(store.path):
         if not crew.solo and isinstance(inputs, (list, tuple)) and "-" in inputs:
-            raise UsageError("paths on stdin (-) can feed one process only: write them to a .txt manifest "
-                             "and name that")
+            raise UsageError(
+                "paths on stdin (-) can feed one process only: write them to a .txt manifest and name that"
+            )
         shown: Progress = crew.progress(progress) or Progress()
         if shown.live and not task.per_row and _named(inputs) and "-" not in inputs:
             threading.Thread(target=_count_inputs, args=(inputs, shown), daemon=True).start()
@@ -138,8 +141,12 @@ def run(
                 _pass(task, inputs, engine, options, output, crew, summary, shown, on_write, rank, world)
                 if summary.redone:
                     changed = "/".join(s for s in SETTINGS if s in summary.changed)
-                    log.warning("%d record%s made with other settings (%s): redone", summary.redone,
-                                "s were" if summary.redone != 1 else " was", changed)
+                    log.warning(
+                        "%d record%s made with other settings (%s): redone",
+                        summary.redone,
+                        "s were" if summary.redone != 1 else " was",
+                        changed,
+                    )
                 crew.finish(summary)  # rank 0 waits here for every rank and counts their records in
             except (KeyboardInterrupt, SystemExit):
                 summary.interrupted = True
@@ -157,8 +164,9 @@ def _pass(task, inputs, engine, options, output: Output, crew, summary, progress
     items = _counted(_as_items(inputs, per_row=task.per_row, null=options.null, unlisted=unlisted), summary)
     if present is not None:
         items = _tracking(items, present)
-    pending = _todo(shard(items, rank, world, by_image=task.per_row), task, engine, output.seen, options, summary,
-                    progress)
+    pending = _todo(
+        shard(items, rank, world, by_image=task.per_row), task, engine, output.seen, options, summary, progress
+    )
     if task.per_row:
         pending = _same_image_once(pending)
     for records in _batches(pending, task, engine, options):
@@ -177,12 +185,19 @@ def _pass(task, inputs, engine, options, output: Output, crew, summary, progress
         crew.check()  # another rank failed: stop
     summary.kept = output.kept
     if output.kept:
-        log.warning("%s recorded ok failed this time (e.g. %s): %s kept", counted(task.name, output.kept),
-                    output.kept_first, "its ok record is" if output.kept == 1 else "their ok records are")
+        log.warning(
+            "%s recorded ok failed this time (e.g. %s): %s kept",
+            counted(task.name, output.kept),
+            output.kept_first,
+            "its ok record is" if output.kept == 1 else "their ok records are",
+        )
     if not summary.found:
         if options.prune:  # an unmounted disk, an empty stdin: not a reason to forget every record
-            raise UsageError(f"{nothing_found(inputs)}; {{param}} refused: it would remove every record of "
-                             f"{options.out}. Check that the inputs are there", param="prune")
+            raise UsageError(
+                f"{nothing_found(inputs)}; {{param}} refused: it would remove every record of "
+                f"{options.out}. Check that the inputs are there",
+                param="prune",
+            )
         if crew.main:
             log.warning("%s", nothing_found(inputs))
     if present is None:
@@ -190,8 +205,12 @@ def _pass(task, inputs, engine, options, output: Output, crew, summary, progress
     if unlisted and not output.store.spool:
         if crew.main:
             more = f" and {len(unlisted) - 1} more" if len(unlisted) > 1 else ""
-            log.warning("--prune removed no record: this pass could not look into %s%s (a folder it cannot list "
-                        "or that vanished, or a link to nothing), so it did not see every input", unlisted[0], more)
+            log.warning(
+                "--prune removed no record: this pass could not look into %s%s (a folder it cannot list "
+                "or that vanished, or a link to nothing), so it did not see every input",
+                unlisted[0],
+                more,
+            )
         return
     # the pass saw every input: --prune may drop the records of the others; a spool keeps only this pass's
     output.complete(present)

@@ -6,7 +6,6 @@ import sys
 from typing import Any
 
 
-
 class Progress:
     """The interface the pipeline reports to: by default silence (cron, logs, library calls)."""
 
@@ -36,8 +35,9 @@ class BarProgress(Progress):
             self._bar.total = total
             self._bar.refresh()
             return
-        self._bar = tqdm(total=total, desc=f"kosmos {self._task}", unit="img", file=self._stream,
-                         dynamic_ncols=True, leave=False)
+        self._bar = tqdm(
+            total=total, desc=f"kosmos {self._task}", unit="img", file=self._stream, dynamic_ncols=True, leave=False
+        )
 
     def advance(self, done: int, failed: int, skipped: int) -> None:
         if self._bar is None:

@@ -21,7 +21,17 @@ OK = "ok"
 ERROR = "error"
 
 COMMON_FIELDS = (
-    "path", "task", "width", "height", "status", "error", "prompt", "model", "decoding", "file_size", "file_mtime",
+    "path",
+    "task",
+    "width",
+    "height",
+    "status",
+    "error",
+    "prompt",
+    "model",
+    "decoding",
+    "file_size",
+    "file_mtime",
     "seconds",
 )
 
@@ -43,8 +53,11 @@ class Entity:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "phrase": self.phrase, "start": self.start, "end": self.end,
-            "boxes": [list(b) for b in self.boxes], "boxes_px": [list(b) for b in self.boxes_px],
+            "phrase": self.phrase,
+            "start": self.start,
+            "end": self.end,
+            "boxes": [list(b) for b in self.boxes],
+            "boxes_px": [list(b) for b in self.boxes_px],
             "scores": None if self.scores is None else list(self.scores),
         }
 
@@ -106,7 +119,7 @@ def carried_name(column: str, reserved: frozenset[str] | set[str] | None = None)
     column = str(column)
     base = column
     while base.startswith("input_"):
-        base = base[len("input_"):]
+        base = base[len("input_") :]
     return f"input_{column}" if base in reserved else column
 
 
@@ -151,8 +164,16 @@ def common_arrow_fields() -> list:
     import pyarrow as pa
 
     return [
-        pa.field("path", pa.string()), pa.field("task", pa.string()), pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()), pa.field("status", pa.string()), pa.field("error", pa.string()),
-        pa.field("prompt", pa.string()), pa.field("model", pa.string()), pa.field("decoding", pa.string()),
-        pa.field("file_size", pa.int64()), pa.field("file_mtime", pa.float64()), pa.field("seconds", pa.float64()),
+        pa.field("path", pa.string()),
+        pa.field("task", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("status", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("prompt", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("decoding", pa.string()),
+        pa.field("file_size", pa.int64()),
+        pa.field("file_mtime", pa.float64()),
+        pa.field("seconds", pa.float64()),
     ]

@@ -93,8 +93,9 @@ def objects(generation: Generation) -> list[list[tuple[int, int, float | None]]]
     return found
 
 
-def entity_scores(boxes_of_entities: Sequence[Sequence[Sequence[float]]], generation: Generation | None,
-                  grid: int = GRID) -> list[list[float | None] | None]:
+def entity_scores(
+    boxes_of_entities: Sequence[Sequence[Sequence[float]]], generation: Generation | None, grid: int = GRID
+) -> list[list[float | None] | None]:
     """Per parsed entity (its normalised boxes, in the order grounding.parse gives them), a score per box.
 
     None for an entity when the generation carries no probabilities; a None score for a box whose tokens do not
@@ -109,8 +110,9 @@ def entity_scores(boxes_of_entities: Sequence[Sequence[Sequence[float]]], genera
         if tokens is None:
             out.append([None] * len(boxes))
             continue
-        out.append([score if _same(patch_to_box(ul, lr, grid), box) else None
-                    for (ul, lr, score), box in zip(tokens, boxes)])
+        out.append(
+            [score if _same(patch_to_box(ul, lr, grid), box) else None for (ul, lr, score), box in zip(tokens, boxes)]
+        )
     return out
 
 

@@ -73,12 +73,19 @@ def nothing_found(inputs) -> str:
     named = ["stdin" if i == "-" else i for i in named]
     where = ", ".join(named[:3]) + (", ..." if len(named) > 3 else "") if named else "the inputs"
     extensions = " ".join(sorted(IMAGE_EXTENSIONS))
-    return (f"no images found in {where}: folders and globs are searched for {extensions} (any case); "
-            "other files, such as .heic or .avif, are left out unless named one by one or in a manifest")
+    return (
+        f"no images found in {where}: folders and globs are searched for {extensions} (any case); "
+        "other files, such as .heic or .avif, are left out unless named one by one or in a manifest"
+    )
 
 
-def iter_items(inputs: Iterable[str], stdin: IO[str] | None = None, per_row: bool = False,
-               null: bool = False, unlisted: list[str] | None = None) -> Iterator[Item]:
+def iter_items(
+    inputs: Iterable[str],
+    stdin: IO[str] | None = None,
+    per_row: bool = False,
+    null: bool = False,
+    unlisted: list[str] | None = None,
+) -> Iterator[Item]:
     """Every image named by `inputs`, once, in a stable order.
 
     `per_row`: for jobs with several records per image (refer, find), manifest rows that name the same image
@@ -120,8 +127,9 @@ def _identity(path: str) -> tuple[int, int] | str:
     return (st.st_dev, st.st_ino)
 
 
-def _expand(inputs: Iterable[str], stdin: IO[str] | None, null: bool = False,
-            unlisted: list[str] | None = None) -> Iterator[Item]:
+def _expand(
+    inputs: Iterable[str], stdin: IO[str] | None, null: bool = False, unlisted: list[str] | None = None
+) -> Iterator[Item]:
     for arg in inputs:
         if arg == "-":
             stream = stdin if stdin is not None else sys.stdin
@@ -264,7 +272,7 @@ def _read_lines(f: Iterable[str], base: str | None, name: str, json_only: bool =
                 log.warning("%s line %d nests more than %d levels deep: skipped", name, number, MAX_DEPTH)
                 continue
             if not isinstance(row, dict) or not row.get("path"):
-                log.warning("%s line %d has no \"path\": skipped", name, number)
+                log.warning('%s line %d has no "path": skipped', name, number)
                 continue
             item = _item_from_row(row, base)
         else:
@@ -301,8 +309,7 @@ def _nul_separated(stream: IO[str]) -> Iterator[str]:
 def _too_deep(value: Any) -> bool:
     level = [value]
     for _ in range(MAX_DEPTH):
-        level = [v for x in level if isinstance(x, (dict, list))
-                 for v in (x.values() if isinstance(x, dict) else x)]
+        level = [v for x in level if isinstance(x, (dict, list)) for v in (x.values() if isinstance(x, dict) else x)]
         if not level:
             return False
     return True

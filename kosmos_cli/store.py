@@ -50,8 +50,17 @@ from .errors import LockedError, OutputError, UsageError
 from .records import OK, Record
 from .tasks import Task
 from .writers import (
-    JsonlSink, ParquetPartSink, Sink, StdoutSink, disk_error, dumps, jsonl_rows, parquet_rows, readable_parquet,
-    repair_jsonl_tail, unified_schema,
+    JsonlSink,
+    ParquetPartSink,
+    Sink,
+    StdoutSink,
+    disk_error,
+    dumps,
+    jsonl_rows,
+    parquet_rows,
+    readable_parquet,
+    repair_jsonl_tail,
+    unified_schema,
 )
 
 log = logging.getLogger("kosmos_cli")
@@ -91,8 +100,12 @@ class Seen:
     def of(cls, row: dict[str, Any]) -> Seen:
         """What a row says; its settings interned (a million records share a few strings)."""
         settings = (row.get(name) for name in ("model", "prompt", "decoding"))
-        return cls(row.get("file_size"), row.get("file_mtime"), row.get("status"),
-                   *(sys.intern(v) if isinstance(v, str) else None for v in settings))
+        return cls(
+            row.get("file_size"),
+            row.get("file_mtime"),
+            row.get("status"),
+            *(sys.intern(v) if isinstance(v, str) else None for v in settings),
+        )
 
 
 @dataclass
@@ -177,12 +190,18 @@ class Store:
             return
         for given in inputs:
             if isinstance(given, str) and given != "-" and _same_file(given, self.path):
-                raise UsageError(f"{{param}} {self.path} is also one of the inputs: writing there would destroy it; "
-                                 "choose another {param}", param="out")
+                raise UsageError(
+                    f"{{param}} {self.path} is also one of the inputs: writing there would destroy it; "
+                    "choose another {param}",
+                    param="out",
+                )
         owner = self.owner()
         if owner is not None and owner != self.task.name and not overwrite:
-            raise UsageError(f"{{param}} {self.path} holds kosmos {owner} records: a {self.task.name} run would mix "
-                             "its own in; choose another {param}, or pass --overwrite to replace them", param="out")
+            raise UsageError(
+                f"{{param}} {self.path} holds kosmos {owner} records: a {self.task.name} run would mix "
+                "its own in; choose another {param}, or pass --overwrite to replace them",
+                param="out",
+            )
 
     def owner(self) -> str | None:
         """The task whose records the output holds, from its first row (or, with no output yet, its first part);
@@ -192,8 +211,11 @@ class Store:
                 task = _jsonl_owner(source) if self._is_jsonl(source) else _parquet_owner(source)
             except _NotOurs as exc:
                 if source == self.path:
-                    raise UsageError(f"{{param}} {self.path} is not a results file of kosmos ({exc}): kosmos writes "
-                                     "only over its own results; choose another {param}", param="out") from None
+                    raise UsageError(
+                        f"{{param}} {self.path} is not a results file of kosmos ({exc}): kosmos writes "
+                        "only over its own results; choose another {param}",
+                        param="out",
+                    ) from None
                 continue  # a part is ours by where it is; a damaged one is repair()'s
             if task is not None:
                 return task
@@ -237,8 +259,10 @@ class Store:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise LockedError(f"another kosmos run (pid {holder}) is writing {self.path}: "
-                              "let it finish, or pass --wait to wait for it") from None
+            raise LockedError(
+                f"another kosmos run (pid {holder}) is writing {self.path}: "
+                "let it finish, or pass --wait to wait for it"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
@@ -253,8 +277,11 @@ class Store:
         """The files holding records, oldest first: the output, then its complete parts. Reads only."""
         files = [self.path] if os.path.exists(self.path) else []
         if os.path.isdir(self.parts_dir):
-            files += [os.path.join(self.parts_dir, n) for n in sorted(os.listdir(self.parts_dir))
-                      if n.endswith((".jsonl", ".parquet"))]  # a `.tmp` part is still being written
+            files += [
+                os.path.join(self.parts_dir, n)
+                for n in sorted(os.listdir(self.parts_dir))
+                if n.endswith((".jsonl", ".parquet"))
+            ]  # a `.tmp` part is still being written
         return files
 
     def repair(self) -> None:
@@ -265,7 +292,7 @@ class Store:
         """
         folder, base = os.path.split(os.path.abspath(self.path))
         for leftover in glob.glob(os.path.join(glob.escape(folder), glob.escape(base) + ".*.tmp")):
-            if os.path.basename(leftover)[len(base) + 1:-4].isdigit():  # compact() names it by the merging pid
+            if os.path.basename(leftover)[len(base) + 1 : -4].isdigit():  # compact() names it by the merging pid
                 log.warning("removing %s left by an interrupted merge", leftover)
                 unlink(leftover)
         if os.path.isdir(self.parts_dir):

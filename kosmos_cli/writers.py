@@ -15,9 +15,9 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-from .errors import InputError, OutputError, UsageError
 from . import carried
 from .atomic import atomic_write
+from .errors import InputError, OutputError, UsageError
 from .fsnames import clean
 from .records import Record, to_jsonable
 from .tasks import Task
@@ -41,16 +41,20 @@ def detect_format(path: str, fmt: str | None = None) -> str:
         return "jsonl"
     ext = os.path.splitext(path)[1].lower()
     if ext not in _EXTENSIONS:
-        raise UsageError(f"cannot tell the output format of {path!r}: name a .jsonl or .parquet file, or pass "
-                         "{param}", param="format")
+        raise UsageError(
+            f"cannot tell the output format of {path!r}: name a .jsonl or .parquet file, or pass {{param}}",
+            param="format",
+        )
     return _EXTENSIONS[ext]
 
 
 def disk_error(exc: OSError, path: str) -> OutputError:
     """One line for a failed write; ENOSPC and quota get their own advice."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return OutputError(f"no space left writing {path}: free some space and run the same command again "
-                           "(finished records are kept and will be skipped)")
+        return OutputError(
+            f"no space left writing {path}: free some space and run the same command again "
+            "(finished records are kept and will be skipped)"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"cannot write {path}: {exc.strerror}: choose another --out or fix its permissions")
     return OutputError(f"cannot write {path}: {exc.strerror or exc}")
@@ -87,7 +91,7 @@ class JsonlSink(Sink):
         try:
             start = os.fstat(self._fd).st_size
             while data:
-                data = data[os.write(self._fd, data):]
+                data = data[os.write(self._fd, data) :]
             os.fsync(self._fd)
         except OSError as exc:
             if start is not None:
@@ -210,7 +214,9 @@ def parquet_rows(path: str, columns: Iterable[str] | None, strict: bool = False)
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         if strict or not os.path.dirname(path).endswith(".parts"):
-            raise OutputError(f"{path} is not a readable Parquet file ({exc}): move it away or pass --overwrite") from None
+            raise OutputError(
+                f"{path} is not a readable Parquet file ({exc}): move it away or pass --overwrite"
+            ) from None
         log.warning("ignoring damaged part %s", path)  # Store.repair removes it
         return
     names = pf.schema_arrow.names

@@ -4,8 +4,8 @@ import pathlib
 
 import pytest
 
-from tests.helpers import make_images
 from kosmos_cli import find, ground, read_records, refer
+from tests.helpers import make_images
 
 
 @pytest.mark.parametrize("as_", [str, pathlib.Path])

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from kosmos_cli import carried
-from kosmos_cli.tasks import GroundRecord
 from kosmos_cli.sources import iter_items
 from kosmos_cli.store import Store
+from kosmos_cli.tasks import GroundRecord
 from kosmos_cli.writers import read_records
 
 
@@ -75,8 +75,9 @@ def test_objects_with_different_keys_merge_into_one_struct(tmp_path):
     assert rows["a"]["o"] == {"k": 1.0, "j": None} and rows["b"]["o"] == {"k": 2.5, "j": "x"}
 
 
-@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 2**64, 10**30, [1, 2**70], {"deep": 2**63}, {}, [{}],
-                                   {"a": {}}])
+@pytest.mark.parametrize(
+    "value", [2**63, -(2**63) - 1, 2**64, 10**30, [1, 2**70], {"deep": 2**63}, {}, [{}], {"a": {}}]
+)
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
 def test_values_parquet_cannot_store_are_json_text(tmp_path, fmt, value):
     out = tmp_path / f"r.{fmt}"
@@ -96,12 +97,17 @@ def test_int64_limits_stay_typed(tmp_path):
 def test_a_parquet_manifest_with_maps_uint64_and_empty_structs(tmp_path, image_dir):
     images = sorted(str(p) for p in image_dir.iterdir())[:2]
     manifest = tmp_path / "m.parquet"
-    pq.write_table(pa.table({
-        "path": images,
-        "m": pa.array([[("a", 1), ("b", 2)], []], type=pa.map_(pa.string(), pa.int64())),
-        "u": pa.array([2**64 - 1, 7], type=pa.uint64()),
-        "ts": pa.array([1, None], type=pa.timestamp("s")),
-    }), manifest)
+    pq.write_table(
+        pa.table(
+            {
+                "path": images,
+                "m": pa.array([[("a", 1), ("b", 2)], []], type=pa.map_(pa.string(), pa.int64())),
+                "u": pa.array([2**64 - 1, 7], type=pa.uint64()),
+                "ts": pa.array([1, None], type=pa.timestamp("s")),
+            }
+        ),
+        manifest,
+    )
     items = list(iter_items([str(manifest)]))
     assert items[0].extra["m"] == [{"key": "a", "value": 1}, {"key": "b", "value": 2}]
     for fmt in ("parquet", "jsonl"):

@@ -10,11 +10,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.helpers import one_error_line
-from tests.helpers import ROOT
-from kosmos_cli.tasks import Find, FindRecord
 from kosmos_cli.drawing import PALETTE
+from kosmos_cli.tasks import Find, FindRecord
 from kosmos_cli.writers import records_table
+from tests.helpers import ROOT, one_error_line
 
 runner = CliRunner()
 GREY = (128, 128, 128)
@@ -28,13 +27,14 @@ def results(tmp_path):
     for name in ("a.png", "sub/b.png"):
         Image.new("RGB", (200, 150), GREY).save(photos / name)
     rows = [
-        FindRecord(path=str(photos / "a.png"), width=200, height=150, phrase="a dog",
-               boxes_px=[[20, 30, 120, 110]]).to_dict(),
+        FindRecord(
+            path=str(photos / "a.png"), width=200, height=150, phrase="a dog", boxes_px=[[20, 30, 120, 110]]
+        ).to_dict(),
         FindRecord(path=str(photos / "a.png"), width=200, height=150, phrase="a cat").to_dict(),
-        FindRecord(path=str(photos / "sub" / "b.png"), width=200, height=150, phrase="a dog",
-               boxes_px=[[100, 20, 190, 140]]).to_dict(),
-        FindRecord(path=str(photos / "gone.png"), phrase="a dog", status="error",
-               error="file not found").to_dict(),
+        FindRecord(
+            path=str(photos / "sub" / "b.png"), width=200, height=150, phrase="a dog", boxes_px=[[100, 20, 190, 140]]
+        ).to_dict(),
+        FindRecord(path=str(photos / "gone.png"), phrase="a dog", status="error", error="file not found").to_dict(),
     ]
     path = tmp_path / "found.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -55,16 +55,20 @@ def test_draw_a_jsonl_results_file(results, tmp_path):
     assert [os.path.relpath(p, out) for p in written] == ["a.png", "a-2.png", "sub/b.png"]
     assert all(os.path.isfile(p) for p in written)
     assert result.stderr.splitlines()[-1].startswith(
-        f"kosmos draw finished: 3 drawn, 1 skipped (error records), 0 failed in ")
+        "kosmos draw finished: 3 drawn, 1 skipped (error records), 0 failed in "
+    )
     with Image.open(out / "a.png") as img:
         assert img.getpixel((20 + 2, 70)) == PALETTE[0]
     assert not (out / "index.html").exists()
 
 
 def test_draw_a_parquet_file_with_a_gallery(results, tmp_path):
-    rows = [FindRecord(**{k: v for k, v in r.items() if k in ("path", "width", "height", "status", "error",
-                                                                "phrase", "boxes_px")})
-            for r in map(json.loads, results.read_text().splitlines())]
+    rows = [
+        FindRecord(
+            **{k: v for k, v in r.items() if k in ("path", "width", "height", "status", "error", "phrase", "boxes_px")}
+        )
+        for r in map(json.loads, results.read_text().splitlines())
+    ]
     parquet = tmp_path / "found.parquet"
     pq.write_table(records_table(rows, Find), parquet)
     out = tmp_path / "gallery"
@@ -75,11 +79,14 @@ def test_draw_a_parquet_file_with_a_gallery(results, tmp_path):
     assert page.count("<figure>") == 3 and 'href="sub/b.png"' in page and "not found" in page
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"path": "a.png", "phrase": "a dog"}\n', "is not a kosmos record"),
-    ("hello\n", "line 1 is not JSON"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "is not a results file of kosmos"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"path": "a.png", "phrase": "a dog"}\n', "is not a kosmos record"),
+        ("hello\n", "line 1 is not JSON"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "is not a results file of kosmos"),
+    ],
+)
 def test_a_file_that_is_not_ours_is_one_line_and_exit_2(tmp_path, content, message):
     bad = tmp_path / ("bad.jsonl" if isinstance(content, str) else "bad.png")
     bad.write_bytes(content.encode() if isinstance(content, str) else content)
@@ -105,8 +112,10 @@ def _lib(tmp_path):
     (lib / "sub").mkdir(parents=True)
     Image.new("RGB", (64, 48), GREY).save(lib / "x.png")
     Image.new("RGB", (64, 48), (0, 90, 200)).save(lib / "sub" / "x.png")
-    rows = [FindRecord(path=str(lib / name), width=64, height=48, phrase="a dog", boxes_px=[[4, 4, 40, 40]]).to_dict()
-            for name in ("x.png", "sub/x.png")]
+    rows = [
+        FindRecord(path=str(lib / name), width=64, height=48, phrase="a dog", boxes_px=[[4, 4, 40, 40]]).to_dict()
+        for name in ("x.png", "sub/x.png")
+    ]
     results = tmp_path / "r.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return lib, results
@@ -116,10 +125,15 @@ def test_no_draw_writes_over_an_original_in_a_folder_kosmos_did_not_draw(tmp_pat
     lib, results = _lib(tmp_path)
     before = {p: p.read_bytes() for p in lib.rglob("*") if p.is_file()}
     refused = invoke("draw", str(results), "-o", str(lib / "sub"))
-    one_error_line(refused, 2, f"--out-dir {lib / 'sub'} already holds files that kosmos did not draw (it has no "
-                               ".kosmos-drawn): name a new or empty folder")
-    grounding = invoke("ground", str(lib), "--out", str(tmp_path / "g.jsonl"), "--draw", str(lib / "sub"),
-                       "--model", "/no/such/model")  # refused before the model would load
+    one_error_line(
+        refused,
+        2,
+        f"--out-dir {lib / 'sub'} already holds files that kosmos did not draw (it has no "
+        ".kosmos-drawn): name a new or empty folder",
+    )
+    grounding = invoke(
+        "ground", str(lib), "--out", str(tmp_path / "g.jsonl"), "--draw", str(lib / "sub"), "--model", "/no/such/model"
+    )  # refused before the model would load
     one_error_line(grounding, 2, f"--draw {lib / 'sub'} already holds files that kosmos did not draw")
     assert {p: p.read_bytes() for p in lib.rglob("*") if p.is_file()} == before  # nothing written, nothing marked
     assert not (tmp_path / "g.jsonl").exists()
@@ -142,8 +156,9 @@ def test_ground_with_draw(tmp_path, tiny_model):
     for name in ("a.png", "sub/b.jpg"):
         Image.new("RGB", (96, 64), GREY).save(photos / name)
     out = tmp_path / "annotated"
-    result = invoke("ground", str(photos), "--out", "-", "--draw", str(out), "--model", tiny_model,
-                         "--max-new-tokens", "3")
+    result = invoke(
+        "ground", str(photos), "--out", "-", "--draw", str(out), "--model", tiny_model, "--max-new-tokens", "3"
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]  # stdout still carries the records only
     assert len(rows) == 2
@@ -161,11 +176,18 @@ def test_help_ends_with_an_example():
 
 
 def test_draw_starts_without_torch(results, tmp_path):
-    code = ("import sys; from kosmos_cli.cli import main; sys.argv = ['kosmos', 'draw', sys.argv[1], '--out-dir', "
-            "sys.argv[2], '-q']\ntry:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-            "print(code, 'torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)")
-    proc = subprocess.run([sys.executable, "-c", code, str(results), str(tmp_path / "out")], capture_output=True,
-                          text=True, cwd=ROOT, timeout=60)
+    code = (
+        "import sys; from kosmos_cli.cli import main; sys.argv = ['kosmos', 'draw', sys.argv[1], '--out-dir', "
+        "sys.argv[2], '-q']\ntry:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "print(code, 'torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(results), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert proc.stderr.strip() == "0 False False", proc.stderr
     assert len(proc.stdout.splitlines()) == 3
 

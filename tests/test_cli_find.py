@@ -5,8 +5,8 @@ import json
 import pytest
 from PIL import Image
 
-from tests.helpers import kosmos, one_error_line, rows_of
 from kosmos_cli.writers import read_records
+from tests.helpers import kosmos, one_error_line, rows_of
 
 
 @pytest.fixture
@@ -36,16 +36,28 @@ def test_a_folder_and_a_glob(images, tiny_model):
 
 def test_manifest_to_jsonl_file(images, tiny_model):
     queries = images / "queries.jsonl"
-    queries.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"path": "photos/a.png", "phrase": "a red circle"}, {"path": "photos/a.png", "phrase": "a blue square"},
-        {"path": "photos/b.png", "phrase": "a dog"}, {"path": "photos/b.png"}]))
+    queries.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"path": "photos/a.png", "phrase": "a red circle"},
+                {"path": "photos/a.png", "phrase": "a blue square"},
+                {"path": "photos/b.png", "phrase": "a dog"},
+                {"path": "photos/b.png"},
+            ]
+        )
+    )
     out = images / "found.jsonl"
     result = kosmos("find", str(queries), "--out", str(out), model=tiny_model)
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     rows = list(read_records(str(out)))
     assert sorted((r["phrase"] or "", r["status"]) for r in rows) == [
-        ("", "error"), ("a blue square", "ok"), ("a dog", "ok"), ("a red circle", "ok")]
+        ("", "error"),
+        ("a blue square", "ok"),
+        ("a dog", "ok"),
+        ("a red circle", "ok"),
+    ]
     assert "3 done, 1 failed" in result.stderr
 
 

@@ -2,8 +2,7 @@
 
 import pytest
 
-from tests.helpers import kosmos, one_error_line, rows_of
-from tests.helpers import make_images
+from tests.helpers import kosmos, make_images, one_error_line, rows_of
 
 
 @pytest.fixture

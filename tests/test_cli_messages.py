@@ -5,22 +5,24 @@ import json
 
 import pytest
 
-from tests.helpers import kosmos, one_error_line, rows_of
-from tests.helpers import make_images
 from kosmos_cli.records import one_line, printable
+from tests.helpers import kosmos, make_images, one_error_line, rows_of
 
 SPOOF = "kosmos: error: spoof"
 
 
-@pytest.mark.parametrize("text, shown", [
-    ("plain é 東京", "plain é 東京"),
-    ("a\nb", "a\\nb"),
-    ("a\r\nb\tc", "a\\r\\nb\\tc"),
-    ("\x1b[31mred\x1b[0m", "\\x1b[31mred\\x1b[0m"),
-    ("nul\x00del\x7fc1\x85\x9b", "nul\\x00del\\x7fc1\\x85\\x9b"),
-    ("line\u2028para\u2029rtl\u202e", "line\\u2028para\\u2029rtl\\u202e"),
-    ("bytes\udcff", "bytes\\xff"),
-])
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("plain é 東京", "plain é 東京"),
+        ("a\nb", "a\\nb"),
+        ("a\r\nb\tc", "a\\r\\nb\\tc"),
+        ("\x1b[31mred\x1b[0m", "\\x1b[31mred\\x1b[0m"),
+        ("nul\x00del\x7fc1\x85\x9b", "nul\\x00del\\x7fc1\\x85\\x9b"),
+        ("line\u2028para\u2029rtl\u202e", "line\\u2028para\\u2029rtl\\u202e"),
+        ("bytes\udcff", "bytes\\xff"),
+    ],
+)
 def test_printable_escapes_control_characters(text, shown):
     assert printable(text) == shown
 

@@ -6,8 +6,8 @@ import os
 import pytest
 from PIL import Image
 
-from tests.helpers import kosmos, rows_of
 from kosmos_cli.sources import iter_items
+from tests.helpers import kosmos, rows_of
 
 
 @pytest.fixture
@@ -51,6 +51,6 @@ def test_without_null_a_print0_listing_is_error_rows_that_say_so(tiny_model, odd
 
 
 def test_iter_items_null_takes_each_path_as_it_is():
-    text = "a.png\0 b .png\0\0{\"path\": \"c\"}\0#d.png"  # no stripping, no JSON, no comments; empty ones skipped
+    text = 'a.png\0 b .png\0\0{"path": "c"}\0#d.png'  # no stripping, no JSON, no comments; empty ones skipped
     got = [i.path for i in iter_items(["-"], stdin=io.StringIO(text), null=True)]
     assert got == ["a.png", " b .png", '{"path": "c"}', "#d.png"]

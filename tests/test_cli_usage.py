@@ -9,19 +9,23 @@ from tests.helpers import ROOT
 
 
 def kosmos(*args):
-    return subprocess.run([sys.executable, "-m", "kosmos_cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "kosmos_cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
 
 
-@pytest.mark.parametrize("args, text", [
-    (["ground", "--bogus"], "no such option: --bogus"),
-    (["ground"], "missing argument"),
-    (["find"], "missing argument"),
-    (["ground", "x.png", "--batch-size", "many"], "invalid value for '--batch-size'"),
-    (["ground", "x.png", "--out"], "option '--out' requires an argument"),
-    (["nosuch"], "no such command 'nosuch'"),
-    (["draw", "r.jsonl"], "missing option '--out-dir'"),
-])
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (["ground", "--bogus"], "no such option: --bogus"),
+        (["ground"], "missing argument"),
+        (["find"], "missing argument"),
+        (["ground", "x.png", "--batch-size", "many"], "invalid value for '--batch-size'"),
+        (["ground", "x.png", "--out"], "option '--out' requires an argument"),
+        (["nosuch"], "no such command 'nosuch'"),
+        (["draw", "r.jsonl"], "missing option '--out-dir'"),
+    ],
+)
 def test_a_usage_error_is_one_line(args, text):
     proc = kosmos(*args)
     assert proc.returncode == 2, proc.stderr

@@ -12,17 +12,29 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers import ROOT, make_images
 from kosmos_cli import ground
 from kosmos_cli.cli import app
 from kosmos_cli.errors import OutputError
 from kosmos_cli.store import Store
 from kosmos_cli.writers import read_records
+from tests.helpers import ROOT, make_images
 
 
 def cmd(folder, out, model, *extra):
-    return [sys.executable, "-m", "kosmos_cli", "ground", str(folder), "--out", str(out), "--model", model,
-            "--max-new-tokens", "4", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "kosmos_cli",
+        "ground",
+        str(folder),
+        "--out",
+        str(out),
+        "--model",
+        model,
+        "--max-new-tokens",
+        "4",
+        *extra,
+    ]
 
 
 def paths_in(out):
@@ -46,8 +58,10 @@ def test_a_second_run_on_a_locked_output_exits_75_naming_the_holder(tiny_model, 
     finally:
         holder.unlock()
     assert proc.returncode == 75
-    assert proc.stderr.strip() == (f"kosmos: error: another kosmos run (pid {os.getpid()}) is writing {out}: "
-                                   "let it finish, or pass --wait to wait for it")
+    assert proc.stderr.strip() == (
+        f"kosmos: error: another kosmos run (pid {os.getpid()}) is writing {out}: "
+        "let it finish, or pass --wait to wait for it"
+    )
     assert not out.exists() or out.read_text() == ""
 
 
@@ -65,8 +79,10 @@ def test_wait_waits_for_the_first_run(tiny_model, photos, tmp_path):
 
 def test_a_lock_left_by_a_killed_run_does_not_block(tiny_model, photos, tmp_path):
     out = tmp_path / "r.jsonl"
-    code = f"from kosmos_cli.store import Store; import time; Store({str(out)!r}, 'jsonl', 'ground').lock(); " \
-           "print('locked', flush=True); time.sleep(60)"
+    code = (
+        f"from kosmos_cli.store import Store; import time; Store({str(out)!r}, 'jsonl', 'ground').lock(); "
+        "print('locked', flush=True); time.sleep(60)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert holder.stdout.readline().strip() == "locked"
     holder.kill()
@@ -92,8 +108,9 @@ def _fsync_fails_after(monkeypatch, calls):
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
-def test_enospc_stops_the_run_keeps_finished_records_and_the_rerun_completes(tiny_engine, photos, tmp_path,
-                                                                            monkeypatch, fmt):
+def test_enospc_stops_the_run_keeps_finished_records_and_the_rerun_completes(
+    tiny_engine, photos, tmp_path, monkeypatch, fmt
+):
     out = str(tmp_path / f"r.{fmt}")
     with monkeypatch.context() as m:
         _fsync_fails_after(m, 2)
@@ -109,8 +126,21 @@ def test_enospc_stops_the_run_keeps_finished_records_and_the_rerun_completes(tin
 
 def test_enospc_through_the_cli_is_one_line_and_exit_1(tiny_model, photos, tmp_path, monkeypatch):
     _fsync_fails_after(monkeypatch, 1)
-    result = CliRunner().invoke(app, ["ground", str(photos), "--out", str(tmp_path / "r.jsonl"), "--model",
-                                      tiny_model, "--max-new-tokens", "2", "-b", "2"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "ground",
+            str(photos),
+            "--out",
+            str(tmp_path / "r.jsonl"),
+            "--model",
+            tiny_model,
+            "--max-new-tokens",
+            "2",
+            "-b",
+            "2",
+        ],
+    )
     assert result.exit_code == 1
     assert result.stderr.strip().startswith("kosmos: error: no space left writing")
     assert len(result.stderr.strip().splitlines()) == 1
@@ -139,17 +169,28 @@ def test_a_full_disk_under_draw_keeps_every_record(tiny_model, small_disk, tmp_p
     for i in range(16):  # noise: each annotated PNG is bigger than the whole disk
         Image.fromarray(noise.integers(0, 255, (150, 200, 3), dtype=np.uint8)).save(photos / f"n{i:02d}.png")
     out = tmp_path / "r.jsonl"
-    first = subprocess.run(cmd(photos, out, tiny_model, "-b", "4", "--draw", str(small_disk / "drawn")),
-                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+    first = subprocess.run(
+        cmd(photos, out, tiny_model, "-b", "4", "--draw", str(small_disk / "drawn")),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert first.returncode == 1, first.stderr
     last = first.stderr.strip().splitlines()[-1]
     assert last.startswith("kosmos: error: cannot write ") and last.endswith(
-        "No space left on device: choose another --draw or free some space"), last
+        "No space left on device: choose another --draw or free some space"
+    ), last
     kept = paths_in(out)
     assert 0 < len(kept) <= 16 and len(set(kept)) == len(kept)
     assert not [f for f in os.listdir(small_disk / "drawn") if f.endswith(".tmp")]  # no half-written image
-    second = subprocess.run(cmd(photos, out, tiny_model, "-b", "4", "--draw", str(tmp_path / "drawn")),
-                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    second = subprocess.run(
+        cmd(photos, out, tiny_model, "-b", "4", "--draw", str(tmp_path / "drawn")),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert second.returncode == 0, second.stderr
     assert paths_in(out) == sorted(str(p) for p in photos.iterdir())
 
@@ -157,11 +198,17 @@ def test_a_full_disk_under_draw_keeps_every_record(tiny_model, small_disk, tmp_p
 def test_a_draw_folder_that_cannot_be_made_is_refused_before_the_model_loads(tmp_path):
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "a.png").write_bytes(b"")
-    done = subprocess.run(cmd(tmp_path / "a.png", tmp_path / "r.jsonl", "/no/such/model", "--draw",
-                              str(tmp_path / "a_file" / "drawn")), capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        cmd(tmp_path / "a.png", tmp_path / "r.jsonl", "/no/such/model", "--draw", str(tmp_path / "a_file" / "drawn")),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert done.returncode == 2
-    assert done.stderr.strip() == (f"kosmos: error: --draw {tmp_path}/a_file/drawn: cannot make that folder "
-                                   "(Not a directory): name a folder you can write to")
+    assert done.stderr.strip() == (
+        f"kosmos: error: --draw {tmp_path}/a_file/drawn: cannot make that folder "
+        "(Not a directory): name a folder you can write to"
+    )
     assert not (tmp_path / "r.jsonl").exists()
 
 
@@ -171,16 +218,19 @@ def test_a_real_full_disk(tiny_model, small_disk, tmp_path):
     out = small_disk / "r.jsonl"
     filler = small_disk / "filler"
     filler.write_bytes(b"\0" * (64 * 1024 - 12 * 1024))  # leaves room for a few dozen records
-    first = subprocess.run(cmd(photos, out, tiny_model, "-b", "4"), capture_output=True, text=True, cwd=ROOT,
-                           timeout=300)
+    first = subprocess.run(
+        cmd(photos, out, tiny_model, "-b", "4"), capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert first.returncode == 1, first.stderr
-    assert first.stderr.strip().endswith("free some space and run the same command again "
-                                         "(finished records are kept and will be skipped)")
+    assert first.stderr.strip().endswith(
+        "free some space and run the same command again (finished records are kept and will be skipped)"
+    )
     kept = Store(str(out), "jsonl", "ground").scan().seen
     assert 0 < len(kept) < 60
     filler.unlink()
-    second = subprocess.run(cmd(photos, out, tiny_model, "-b", "4"), capture_output=True, text=True, cwd=ROOT,
-                            timeout=300)
+    second = subprocess.run(
+        cmd(photos, out, tiny_model, "-b", "4"), capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert second.returncode == 0, second.stderr
     assert f"{len(kept)} skipped" in second.stderr
     assert paths_in(out) == sorted(str(p) for p in photos.iterdir())
@@ -203,20 +253,23 @@ def test_a_full_disk_leaves_whole_jsonl_records_only(small_disk):
     sink.close()
     assert 0 < written < 300
     text = out.read_text()
-    assert text.endswith("\n") and [json.loads(line)["path"] for line in text.splitlines()] == \
-        [f"img{b}-{i}.png" for b in range(written // 3) for i in range(3)]
+    assert text.endswith("\n") and [json.loads(line)["path"] for line in text.splitlines()] == [
+        f"img{b}-{i}.png" for b in range(written // 3) for i in range(3)
+    ]
 
 
 def test_a_nightly_draw_inside_the_library_is_not_grounded_the_next_night(tiny_model, tmp_path):
     lib = tmp_path / "lib"
     make_images(str(lib), sizes=[(48, 48), (56, 40)])
     args = ["--draw", str(lib / "annotated")]
-    first = subprocess.run(cmd(lib, lib / "r.parquet", tiny_model, *args), capture_output=True, text=True, cwd=ROOT,
-                           timeout=300)
+    first = subprocess.run(
+        cmd(lib, lib / "r.parquet", tiny_model, *args), capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert first.returncode == 0, first.stderr
     assert "2 done, 0 failed, 0 skipped" in first.stderr and "2 drawn" in first.stderr
-    second = subprocess.run(cmd(lib, lib / "r.parquet", tiny_model, *args), capture_output=True, text=True,
-                            cwd=ROOT, timeout=300)
+    second = subprocess.run(
+        cmd(lib, lib / "r.parquet", tiny_model, *args), capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert second.returncode == 0, second.stderr
     assert "0 done, 0 failed, 2 skipped" in second.stderr and "0 drawn" in second.stderr
     assert not (lib / "annotated" / "annotated").exists()
@@ -232,9 +285,13 @@ def test_sigterm_and_sighup_keep_finished_batches_and_leave_a_valid_output(tiny_
     args = cmd(photos, out, tiny_model, "-b", "2", "--workers", "1")
     args[args.index("--max-new-tokens") + 1] = "24"
     paused = tmp_path / "paused"
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "pause_after.py"), *args[3:]],
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**os.environ, "KOSMOS_TEST_PAUSE_AFTER": "2", "KOSMOS_TEST_PAUSED": str(paused)})
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "tests", "pause_after.py"), *args[3:]],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "KOSMOS_TEST_PAUSE_AFTER": "2", "KOSMOS_TEST_PAUSED": str(paused)},
+    )
     while not paused.exists() and proc.poll() is None:  # it stops by itself after its second batch
         time.sleep(0.05)
     proc.send_signal(sig)

@@ -11,12 +11,12 @@ import time
 
 import pytest
 
-from tests.helpers import HERE, make_images
 from kosmos_cli import find, ground, read_records
 from kosmos_cli.distributed import DONE, FAILED, LOADING, RUNNING, Solo, new_team
 from kosmos_cli.distributed import team as current_team
 from kosmos_cli.errors import OutputError, RankError, UsageError
 from kosmos_cli.pipeline import Progress, Summary
+from tests.helpers import HERE, make_images
 
 SIZES = [(224, 224), (320, 200), (200, 320), (288, 224), (100, 100), (300, 300), (256, 128)]  # 7: uneven shares
 
@@ -36,9 +36,23 @@ def free_port() -> int:
 def launch(launcher, args, *, nproc=2, env=None, cwd=None, script=None, extra=(), timeout=240):
     """`kosmos ARGS` as `nproc` processes: launcher is "accelerate" or "torchrun"."""
     if launcher == "accelerate":
-        cmd = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
-               "--num_processes", str(nproc), "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.accelerate_cli",
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(nproc),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+        ]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *extra]
         if not extra:
@@ -47,8 +61,9 @@ def launch(launcher, args, *, nproc=2, env=None, cwd=None, script=None, extra=()
     full_env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     full_env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "KOSMOS_RANK_TIMEOUT": "30"})
     full_env.update(env or {})
-    return subprocess.Popen(cmd + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=full_env, cwd=cwd)
+    return subprocess.Popen(
+        cmd + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd
+    )
 
 
 def finish(proc, timeout=240):
@@ -73,8 +88,9 @@ def test_two_ranks_write_what_one_process_writes(tiny_model, tiny_engine, photos
     """accelerate launch --multi_gpu --num_processes 2 starts two real CPU ranks (gloo) on a machine with no GPU."""
     one, two = tmp_path / "one.parquet", tmp_path / "two.parquet"
     ground(photos, str(one), engine=tiny_engine, batch_size=2)
-    code, stdout, stderr = finish(launch("accelerate", ["ground", *photos, "--out", str(two), "-b", "2",
-                                                        *model_args(tiny_model)]))
+    code, stdout, stderr = finish(
+        launch("accelerate", ["ground", *photos, "--out", str(two), "-b", "2", *model_args(tiny_model)])
+    )
     assert code == 0, stderr
     assert stdout == ""
     assert comparable(read_records(str(two))) == comparable(read_records(str(one)))
@@ -90,8 +106,9 @@ def test_two_ranks_to_stdout(tiny_model, tiny_engine, photos, tmp_path):
     ground(photos, str(one), engine=tiny_engine, batch_size=2)
     work = tmp_path / "work"
     work.mkdir()
-    code, stdout, stderr = finish(launch("torchrun", ["ground", *photos, "--out", "-", *model_args(tiny_model)],
-                                         cwd=str(work)))
+    code, stdout, stderr = finish(
+        launch("torchrun", ["ground", *photos, "--out", "-", *model_args(tiny_model)], cwd=str(work))
+    )
     assert code == 0, stderr
     rows = [json.loads(line) for line in stdout.splitlines()]
     assert comparable(rows) == comparable(read_records(str(one)))
@@ -106,8 +123,15 @@ def test_two_ranks_to_stdout_killed_then_run_again_write_every_image_once(tiny_m
     work = tmp_path / "work"
     work.mkdir()
     args = ["ground", *photos, "--out", "-", "-b", "1", *model_args(tiny_model)]
-    code, stdout, stderr = finish(launch("torchrun", args, cwd=str(work), script=os.path.join(HERE, "rank_crash.py"),
-                                         env={"KOSMOS_TEST_CRASH_RANK": "1"}))
+    code, stdout, stderr = finish(
+        launch(
+            "torchrun",
+            args,
+            cwd=str(work),
+            script=os.path.join(HERE, "rank_crash.py"),
+            env={"KOSMOS_TEST_CRASH_RANK": "1"},
+        )
+    )
     assert code != 0 and stdout == "", stderr
     assert ".kosmos-stdout-ground.jsonl.parts" in os.listdir(work)
     code, stdout, stderr = finish(launch("torchrun", args, cwd=str(work)))
@@ -124,8 +148,9 @@ def test_resume_with_more_processes(tiny_model, tiny_engine, photos, tmp_path):
     out = tmp_path / "r.jsonl"
     ground(photos[:3], str(out), engine=tiny_engine)
     before = {r["path"]: r for r in read_records(str(out))}
-    code, _, stderr = finish(launch("torchrun", ["ground", os.path.dirname(photos[0]), "--out", str(out),
-                                                 *model_args(tiny_model)]))
+    code, _, stderr = finish(
+        launch("torchrun", ["ground", os.path.dirname(photos[0]), "--out", str(out), *model_args(tiny_model)])
+    )
     assert code == 0, stderr
     assert "kosmos ground finished: 4 done, 0 failed, 3 skipped" in stderr
     after = comparable(read_records(str(out)))
@@ -154,8 +179,11 @@ def test_find_on_two_ranks_boxes_what_one_process_boxes(shapes_model, shapes_eng
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     one, two = tmp_path / "one.jsonl", tmp_path / "two.parquet"
     find([str(manifest)], str(one), engine=shapes_engine)
-    code, _, stderr = finish(launch("torchrun", ["find", str(manifest), "--out", str(two), "--model", shapes_model,
-                                                 "--max-new-tokens", "48"]))
+    code, _, stderr = finish(
+        launch(
+            "torchrun", ["find", str(manifest), "--out", str(two), "--model", shapes_model, "--max-new-tokens", "48"]
+        )
+    )
     assert code == 0, stderr
 
     def by_query(out):
@@ -163,7 +191,9 @@ def test_find_on_two_ranks_boxes_what_one_process_boxes(shapes_model, shapes_eng
 
     assert by_query(str(two)) == by_query(str(one)) and len(by_query(str(two))) == 12
     assert "kosmos find rank 0: 6 done" in stderr and "kosmos find rank 1: 6 done" in stderr
-    hits = sum(any(shapes.iou(b, truth[key]) >= 0.5 for b in row["boxes_px"]) for key, row in by_query(str(two)).items())
+    hits = sum(
+        any(shapes.iou(b, truth[key]) >= 0.5 for b in row["boxes_px"]) for key, row in by_query(str(two)).items()
+    )
     assert hits >= 6, f"{hits}/12 phrases boxed"
 
 
@@ -172,9 +202,14 @@ def test_a_crashed_rank_fails_the_run_naming_it_and_a_rerun_finishes(tiny_model,
     """Rank 1 dies hard after its first batch: torchrun stops rank 0, which says which rank died."""
     out = tmp_path / "r.jsonl"
     started = time.monotonic()
-    code, _, stderr = finish(launch("torchrun", ["ground", *photos, "--out", str(out), "-b", "1",
-                                                 *model_args(tiny_model)],
-                                    script=os.path.join(HERE, "rank_crash.py"), env={"KOSMOS_TEST_CRASH_RANK": "1"}))
+    code, _, stderr = finish(
+        launch(
+            "torchrun",
+            ["ground", *photos, "--out", str(out), "-b", "1", *model_args(tiny_model)],
+            script=os.path.join(HERE, "rank_crash.py"),
+            env={"KOSMOS_TEST_CRASH_RANK": "1"},
+        )
+    )
     assert code != 0
     assert time.monotonic() - started < 180
     errors = [line for line in stderr.splitlines() if line.startswith("kosmos: error:")]
@@ -191,10 +226,14 @@ def test_a_hung_rank_is_named_and_the_run_ends(tiny_model, photos, tmp_path):
     rank 1 has recorded nothing for KOSMOS_STALL_TIMEOUT seconds, says so in one line, and the launch ends."""
     out = tmp_path / "r.jsonl"
     started = time.monotonic()
-    code, _, stderr = finish(launch("torchrun", ["ground", *photos, "--out", str(out), "-b", "1",
-                                                 *model_args(tiny_model)],
-                                    script=os.path.join(HERE, "rank_crash.py"),
-                                    env={"KOSMOS_TEST_HANG_RANK": "1", "KOSMOS_STALL_TIMEOUT": "4"}))
+    code, _, stderr = finish(
+        launch(
+            "torchrun",
+            ["ground", *photos, "--out", str(out), "-b", "1", *model_args(tiny_model)],
+            script=os.path.join(HERE, "rank_crash.py"),
+            env={"KOSMOS_TEST_HANG_RANK": "1", "KOSMOS_STALL_TIMEOUT": "4"},
+        )
+    )
     assert code != 0
     assert time.monotonic() - started < 120
     errors = [line for line in stderr.splitlines() if line.startswith("kosmos: error:")]
@@ -210,11 +249,17 @@ def test_a_crashed_rank_on_another_machine_is_noticed(tiny_model, photos, tmp_pa
     port = free_port()
     nodes = []
     for node in (0, 1):
-        extra = ["--nnodes", "2", "--node_rank", str(node), "--master_addr", "127.0.0.1",
-                 "--master_port", str(port)]
-        nodes.append(launch("torchrun", ["ground", *photos, "--out", str(out), "-b", "1", *model_args(tiny_model)],
-                            nproc=1, extra=extra, script=os.path.join(HERE, "rank_crash.py"),
-                            env={"KOSMOS_TEST_CRASH_RANK": "1"}))
+        extra = ["--nnodes", "2", "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", str(port)]
+        nodes.append(
+            launch(
+                "torchrun",
+                ["ground", *photos, "--out", str(out), "-b", "1", *model_args(tiny_model)],
+                nproc=1,
+                extra=extra,
+                script=os.path.join(HERE, "rank_crash.py"),
+                env={"KOSMOS_TEST_CRASH_RANK": "1"},
+            )
+        )
     started = time.monotonic()
     code, _, stderr = finish(nodes[0])
     finish(nodes[1])
@@ -229,8 +274,20 @@ def team(rank, timeout=5.0, size=2, stall=None):
 
 
 def fake_status(main, rank, **fields):
-    status = {"run": main.board.tag, "rank": rank, "world": main.size, "host": "elsewhere", "space": "elsewhere",
-              "pid": 1, "state": RUNNING, "error": None, "beat": 1, "done": 0, "failed": 0, "skipped": 0}
+    status = {
+        "run": main.board.tag,
+        "rank": rank,
+        "world": main.size,
+        "host": "elsewhere",
+        "space": "elsewhere",
+        "pid": 1,
+        "state": RUNNING,
+        "error": None,
+        "beat": 1,
+        "done": 0,
+        "failed": 0,
+        "skipped": 0,
+    }
     status.update(fields)
     with open(main.board.path(rank), "w") as f:
         json.dump(status, f)
@@ -305,7 +362,9 @@ def test_a_rank_whose_heartbeat_stops_is_named_after_the_timeout(tmp_path):
         started = time.monotonic()
         problem = watch_until_problem(main)
         assert str(problem).startswith("rank 1 on elsewhere stopped responding: no heartbeat for")
-        assert 0.5 <= time.monotonic() - started < 30  # named after the timeout, not before; the bound only stops a hang
+        assert (
+            0.5 <= time.monotonic() - started < 30
+        )  # named after the timeout, not before; the bound only stops a hang
     finally:
         main.close()
 
@@ -332,8 +391,9 @@ def test_a_running_rank_that_records_nothing_is_named_after_the_stall_timeout(tm
             fake_status(main, 1, beat=beat, done=5)
             main.watch()
             time.sleep(0.05)
-        assert str(main.problem).startswith("rank 1 on elsewhere has recorded nothing for 1s although it is still "
-                                            "running: it looks hung")
+        assert str(main.problem).startswith(
+            "rank 1 on elsewhere has recorded nothing for 1s although it is still running: it looks hung"
+        )
         assert 0.6 <= time.monotonic() - started < 30
     finally:
         main.close()
@@ -389,8 +449,14 @@ def test_another_rank_leaves_the_message_to_rank_0(tmp_path):
     other = team(1, timeout=60)
     other.start(out)
     try:
-        fake_status(other, 0, state=FAILED, error="another kosmos run is writing r.jsonl", space=other.watchdog.space,
-                    pid=os.getpid())
+        fake_status(
+            other,
+            0,
+            state=FAILED,
+            error="another kosmos run is writing r.jsonl",
+            space=other.watchdog.space,
+            pid=os.getpid(),
+        )
         problem = watch_until_problem(other)
         assert problem.rank == 0 and problem.quiet  # rank 0 said it already
     finally:

@@ -9,25 +9,41 @@ from urllib.parse import unquote
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
+from shapes import save_rotated_jpeg
 
 from kosmos_cli import InputError, UsageError, draw, tasks
 from kosmos_cli.drawing import (
-    PALETTE, Drawer, annotate, color, font_size, input_root, label_box, line_width, luminance, shapes_of,
+    PALETTE,
+    Drawer,
+    annotate,
+    color,
+    font_size,
+    input_root,
+    label_box,
+    line_width,
+    luminance,
+    shapes_of,
     text_color,
 )
 from kosmos_cli.drawing.render import _font
 from kosmos_cli.records import Entity
 from kosmos_cli.tasks import Find, FindRecord, GroundRecord, ReferRecord
 from kosmos_cli.writers import records_table
-from shapes import save_rotated_jpeg
 
 GREY = (128, 128, 128)
 
 
 def find_row(path, box, size, phrase="a dog", status="ok"):
-    record = FindRecord(path=str(path), width=size[0], height=size[1], status=status, phrase=phrase,
-                    boxes=[[box[0] / size[0], box[1] / size[1], box[2] / size[0], box[3] / size[1]]],
-                    boxes_px=[list(box)], error=None if status == "ok" else "file not found")
+    record = FindRecord(
+        path=str(path),
+        width=size[0],
+        height=size[1],
+        status=status,
+        phrase=phrase,
+        boxes=[[box[0] / size[0], box[1] / size[1], box[2] / size[0], box[3] / size[1]]],
+        boxes_px=[list(box)],
+        error=None if status == "ok" else "file not found",
+    )
     return record.to_dict()
 
 
@@ -75,10 +91,16 @@ def test_a_drawn_box_is_where_the_box_is(tmp_path, ext, tol):
 
 def test_each_entity_gets_its_own_colour_and_every_box_is_drawn(tmp_path):
     img = Image.new("RGB", (480, 320), GREY)
-    row = GroundRecord(path="x.png", width=480, height=320, caption="a dog and two cats", entities=[
-        Entity("a dog", 0, 5, [], [[20, 40, 200, 300]]),
-        Entity("two cats", 10, 18, [], [[250, 30, 460, 140], [250, 180, 460, 300]]),
-    ]).to_dict()
+    row = GroundRecord(
+        path="x.png",
+        width=480,
+        height=320,
+        caption="a dog and two cats",
+        entities=[
+            Entity("a dog", 0, 5, [], [[20, 40, 200, 300]]),
+            Entity("two cats", 10, 18, [], [[250, 30, 460, 140], [250, 180, 460, 300]]),
+        ],
+    ).to_dict()
     annotate(img, shapes_of(row))
     check_box(img, (20, 40, 200, 300), PALETTE[0], GREY)
     check_box(img, (250, 30, 460, 140), PALETTE[1], GREY)
@@ -133,9 +155,15 @@ def test_labels_look_the_same_on_light_and_dark_pictures():
     assert PALETTE[0] in colours and text_color(PALETTE[0]) in colours
 
 
-@pytest.mark.parametrize("x, y, where", [
-    (0, 0, "inside at the top"), (290, 5, "pushed left"), (10, 195, "pulled up"), (100, 100, "above"),
-])
+@pytest.mark.parametrize(
+    "x, y, where",
+    [
+        (0, 0, "inside at the top"),
+        (290, 5, "pushed left"),
+        (10, 195, "pulled up"),
+        (100, 100, "above"),
+    ],
+)
 def test_labels_stay_inside_the_picture(x, y, where):
     img = Image.new("RGB", (300, 200))
     font = _font(font_size(300, 200))
@@ -167,7 +195,14 @@ def test_layout_below_the_common_folder_and_names_that_do_not_collide(tmp_path):
     assert [os.path.relpath(p, out) for p in written] == ["a.png", "a-2.png", "a-3.png", "b.JPG", "sub/c.png"]
     assert (summary.drawn, summary.skipped, summary.failed) == (5, 1, 0)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
-        ".kosmos-drawn", "a-2.png", "a-3.png", "a.png", "b.JPG", "sub", "sub/c.png"]
+        ".kosmos-drawn",
+        "a-2.png",
+        "a-3.png",
+        "a.png",
+        "b.JPG",
+        "sub",
+        "sub/c.png",
+    ]
 
 
 def test_relative_paths_are_found_beside_the_results_file(tmp_path, monkeypatch):
@@ -190,12 +225,29 @@ def test_ground_refer_and_find_records_from_parquet(tmp_path):
     src = tmp_path / "a.png"
     Image.new("RGB", (200, 160), GREY).save(src)
     records = {
-        "ground": GroundRecord(path=str(src), width=200, height=160, caption="a dog",
-                         entities=[Entity("a dog", 0, 5, [[0.1, 0.1, 0.6, 0.6]], [[20, 16, 120, 96]])]),
-        "refer": ReferRecord(path=str(src), width=200, height=160, box_px=[20.0, 16.0, 120.0, 96.0],
-                        box_model_px=[18, 15, 122, 98], description="a dog"),
-        "find": FindRecord(path=str(src), width=200, height=160, phrase="a dog",
-                       boxes=[[0.1, 0.1, 0.6, 0.6]], boxes_px=[[20, 16, 120, 96]]),
+        "ground": GroundRecord(
+            path=str(src),
+            width=200,
+            height=160,
+            caption="a dog",
+            entities=[Entity("a dog", 0, 5, [[0.1, 0.1, 0.6, 0.6]], [[20, 16, 120, 96]])],
+        ),
+        "refer": ReferRecord(
+            path=str(src),
+            width=200,
+            height=160,
+            box_px=[20.0, 16.0, 120.0, 96.0],
+            box_model_px=[18, 15, 122, 98],
+            description="a dog",
+        ),
+        "find": FindRecord(
+            path=str(src),
+            width=200,
+            height=160,
+            phrase="a dog",
+            boxes=[[0.1, 0.1, 0.6, 0.6]],
+            boxes_px=[[20, 16, 120, 96]],
+        ),
     }
     for task, record in records.items():
         results = tmp_path / f"{task}.parquet"
@@ -224,10 +276,13 @@ def test_html_gallery_opens_from_the_folder(tmp_path):
     photos.mkdir()
     for name in ("a #1.png", "b.png"):
         Image.new("RGB", (64, 48), GREY).save(photos / name)
-    ground = GroundRecord(path=str(photos / "a #1.png"), width=64, height=48,
-                    caption='a <b>dog</b> & "cat"', entities=[
-                        Entity("<b>dog</b>", 2, 12, [], [[4, 4, 30, 30]]),
-                        Entity('"cat"', 15, 20, [], [[30, 10, 60, 40]])]).to_dict()
+    ground = GroundRecord(
+        path=str(photos / "a #1.png"),
+        width=64,
+        height=48,
+        caption='a <b>dog</b> & "cat"',
+        entities=[Entity("<b>dog</b>", 2, 12, [], [[4, 4, 30, 30]]), Entity('"cat"', 15, 20, [], [[30, 10, 60, 40]])],
+    ).to_dict()
     bad = GroundRecord(path=str(photos / "b.png"), status="error", error="cannot decode").to_dict()
     out = tmp_path / "out"
     summary = draw(write_jsonl(tmp_path / "r.jsonl", [ground, bad]), str(out), html=True)
@@ -239,8 +294,9 @@ def test_html_gallery_opens_from_the_folder(tmp_path):
     assert parser.links and all(not link.startswith(("/", "file:", "http")) for link in parser.links)
     for link in parser.links:
         assert (out / unquote(link)).is_file(), link
-    assert parser.marks == [f"background:#{'%02x%02x%02x' % PALETTE[i]};color:#"
-                            f"{'%02x%02x%02x' % text_color(PALETTE[i])}" for i in (0, 1)]
+    assert parser.marks == [
+        f"background:#{'%02x%02x%02x' % PALETTE[i]};color:#{'%02x%02x%02x' % text_color(PALETTE[i])}" for i in (0, 1)
+    ]
     assert not list(out.glob("*.tmp"))
 
 
@@ -261,8 +317,9 @@ def test_files_that_are_not_results_are_refused_before_anything_is_written(tmp_p
         draw(str(tmp_path / "a.png"), str(tmp_path / "out"))
     with pytest.raises(InputError, match="not found"):
         draw(str(tmp_path / "missing.jsonl"), str(tmp_path / "out"))
-    pq.write_table(records_table([FindRecord(path="a.png")], Find).drop(["phrase", "status"]),
-                   tmp_path / "foreign.parquet")
+    pq.write_table(
+        records_table([FindRecord(path="a.png")], Find).drop(["phrase", "status"]), tmp_path / "foreign.parquet"
+    )
     with pytest.raises(InputError, match="not a kosmos record"):
         draw(str(tmp_path / "foreign.parquet"), str(tmp_path / "out"))
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 nothing")
@@ -306,8 +363,17 @@ def _records(folder, n):
     for i in range(n):
         path = folder / f"img{i:02d}.png"
         Image.new("RGB", (120, 90), (20 * i % 255, 128, 128)).save(path)
-        records.append(FindRecord(path=str(path), width=120, height=90, status="ok", phrase=f"thing {i}",
-                              boxes=[[0.1, 0.1, 0.5, 0.6]], boxes_px=[[12, 9, 60, 54]]))
+        records.append(
+            FindRecord(
+                path=str(path),
+                width=120,
+                height=90,
+                status="ok",
+                phrase=f"thing {i}",
+                boxes=[[0.1, 0.1, 0.5, 0.6]],
+                boxes_px=[[12, 9, 60, 54]],
+            )
+        )
     return records
 
 
@@ -323,12 +389,14 @@ def test_background_drawing_writes_what_drawing_in_line_writes(tmp_path):
     with Drawer(str(tmp_path / "inline"), str(tmp_path), html=True) as inline:
         said_inline = [inline.add(row) for row in rows]
     said_bg = []
-    with Background(Drawer(str(tmp_path / "bg"), str(tmp_path), html=True), threads=3, depth=1,
-                    on_row=said_bg.append) as bg:
+    with Background(
+        Drawer(str(tmp_path / "bg"), str(tmp_path), html=True), threads=3, depth=1, on_row=said_bg.append
+    ) as bg:
         for start in range(0, 10, 3):
-            bg.add_rows(rows[start:start + 3])
-    assert [os.path.basename(t) if t else None for t in said_bg] == \
-        [os.path.basename(t) if t else None for t in said_inline]
+            bg.add_rows(rows[start : start + 3])
+    assert [os.path.basename(t) if t else None for t in said_bg] == [
+        os.path.basename(t) if t else None for t in said_inline
+    ]
     assert said_inline.count(None) == 2
     for summary in (inline.summary, bg.summary):
         assert (summary.drawn, summary.skipped, summary.failed) == (8, 1, 1)
@@ -363,8 +431,9 @@ def test_an_error_reporting_a_row_stops_the_drawing_and_never_blocks_the_feeder(
         raise RuntimeError("the reader of the results broke")
 
     with pytest.raises(RuntimeError, match="reader"):
-        with Background(Drawer(str(tmp_path / "out"), str(tmp_path), html=True), threads=1, depth=1,
-                        on_row=on_row) as bg:
+        with Background(
+            Drawer(str(tmp_path / "out"), str(tmp_path), html=True), threads=1, depth=1, on_row=on_row
+        ) as bg:
             for record in records:
                 bg.add_records([record])
     assert not bg._thread.is_alive() and bg.summary.drawn <= 1
@@ -380,8 +449,11 @@ def test_an_interrupted_background_drawing_stops_and_leaves_no_gallery(tmp_path)
             bg.add_records(records)
             raise KeyboardInterrupt
     assert not bg._thread.is_alive()
-    assert not any(name.startswith("index.html") for name in os.listdir(tmp_path / "out")) \
-        if (tmp_path / "out").exists() else True
+    assert (
+        not any(name.startswith("index.html") for name in os.listdir(tmp_path / "out"))
+        if (tmp_path / "out").exists()
+        else True
+    )
 
 
 def test_background_drawing_reports_wall_time_not_the_sum_over_threads(tmp_path):
@@ -389,8 +461,9 @@ def test_background_drawing_reports_wall_time_not_the_sum_over_threads(tmp_path)
 
     records = _records(tmp_path, 8)
     started = time.perf_counter()
-    with Background(Drawer(str(tmp_path / "out"), str(tmp_path)), threads=4,
-                    on_row=lambda target: time.sleep(0.05)) as bg:  # a slow reader of the results: 0.4 s at least
+    with Background(
+        Drawer(str(tmp_path / "out"), str(tmp_path)), threads=4, on_row=lambda target: time.sleep(0.05)
+    ) as bg:  # a slow reader of the results: 0.4 s at least
         bg.add_records(records)
     wall = time.perf_counter() - started
     assert bg.summary.drawn == 8 and 0.4 <= bg.summary.seconds <= wall

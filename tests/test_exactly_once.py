@@ -7,14 +7,13 @@ import shutil
 
 import pytest
 
-from tests.helpers import kosmos
-from tests.helpers import make_images
 from kosmos_cli import ground
 from kosmos_cli.distributed import Solo
 from kosmos_cli.store import Store
 from kosmos_cli.tasks import Ground, GroundRecord
 from kosmos_cli.tasks.base import path_key
 from kosmos_cli.writers import read_records
+from tests.helpers import kosmos, make_images
 
 
 def paths_in(out):
@@ -83,11 +82,13 @@ def rows_after_two_runs(*args, model):
 
 def test_refer_rows_with_the_same_box_are_one_record(tiny_model, tmp_path):
     (path,) = make_images(str(tmp_path), sizes=((200, 200),))
-    rows = [{"path": path, "x1": 10, "y1": 10, "x2": 100, "y2": 100, "id": "first"},
-            {"path": path, "x1": 10.0, "y1": 10, "x2": 100.0, "y2": 100},
-            {"path": path, "x1": 10, "y1": 10, "x2": 100, "y2": 100, "id": "another"},
-            {"path": path, "x1": 0, "y1": 0, "x2": 50, "y2": 50},
-            {"path": path, "x1": -0.0, "y1": 0, "x2": 50, "y2": 50}]
+    rows = [
+        {"path": path, "x1": 10, "y1": 10, "x2": 100, "y2": 100, "id": "first"},
+        {"path": path, "x1": 10.0, "y1": 10, "x2": 100.0, "y2": 100},
+        {"path": path, "x1": 10, "y1": 10, "x2": 100, "y2": 100, "id": "another"},
+        {"path": path, "x1": 0, "y1": 0, "x2": 50, "y2": 50},
+        {"path": path, "x1": -0.0, "y1": 0, "x2": 50, "y2": 50},
+    ]
     manifest = tmp_path / "regions.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = str(tmp_path / "r.jsonl")
@@ -98,8 +99,12 @@ def test_refer_rows_with_the_same_box_are_one_record(tiny_model, tmp_path):
 
 def test_find_rows_with_the_same_phrase_are_one_record(tiny_model, tmp_path):
     (path,) = make_images(str(tmp_path), sizes=((200, 200),))
-    rows = [{"path": path, "phrase": "a cup", "id": "first"}, {"path": path, "phrase": "<a cup>"},
-            {"path": path, "phrase": " a  cup ", "id": "another"}, {"path": path, "phrase": "a dog"}]
+    rows = [
+        {"path": path, "phrase": "a cup", "id": "first"},
+        {"path": path, "phrase": "<a cup>"},
+        {"path": path, "phrase": " a  cup ", "id": "another"},
+        {"path": path, "phrase": "a dog"},
+    ]
     manifest = tmp_path / "phrases.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = str(tmp_path / "f.jsonl")
@@ -121,8 +126,10 @@ def test_an_image_missing_for_one_run_keeps_its_ok_record(tiny_model, tmp_path):
     assert result.exit_code == 0, result.output
     assert out.read_text() == before  # no error record written, the ok one kept
     warnings = [line for line in result.stderr.splitlines() if line.startswith("kosmos: WARNING:")]
-    assert warnings == [f"kosmos: WARNING: 1 image recorded ok failed this time (e.g. {photos[0]}: file not found): "
-                        "its ok record is kept"], result.stderr
+    assert warnings == [
+        f"kosmos: WARNING: 1 image recorded ok failed this time (e.g. {photos[0]}: file not found): "
+        "its ok record is kept"
+    ], result.stderr
     assert "0 done, 0 failed, 2 skipped" in result.stderr
     os.rename(away, photos[0])
     again = kosmos("ground", str(manifest), "--out", str(out), model=tiny_model)

@@ -6,24 +6,33 @@ import random
 import xml.etree.ElementTree as ET
 
 import pytest
+import shapes
 import yaml
 from PIL import Image, ImageOps
 
-import shapes
-from tests.helpers import kosmos, one_error_line
 from kosmos_cli import export, ground, read_records
 from kosmos_cli.errors import InputError, UsageError
 from kosmos_cli.exports.boxes import Label, suppress
 from kosmos_cli.exports.classes import Classes, normalise, parse_classes
 from kosmos_cli.records import Entity
 from kosmos_cli.tasks import FindRecord, GroundRecord, ReferRecord
+from tests.helpers import kosmos, one_error_line
 
 
 # -- classes ------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("phrase, name", [
-    ("a dog", "dog"), ("The Red  Car.", "red car"), ("an apple", "apple"), ("  two dogs ", "two dogs"),
-    ("a", ""), ("", ""), ("the", ""), ("athlete", "athlete"),
-])
+@pytest.mark.parametrize(
+    "phrase, name",
+    [
+        ("a dog", "dog"),
+        ("The Red  Car.", "red car"),
+        ("an apple", "apple"),
+        ("  two dogs ", "two dogs"),
+        ("a", ""),
+        ("", ""),
+        ("the", ""),
+        ("athlete", "athlete"),
+    ],
+)
 def test_a_phrase_is_normalised_into_a_class_name(phrase, name):
     assert normalise(phrase) == name
 
@@ -34,14 +43,32 @@ def test_by_default_one_class_per_distinct_phrase_in_the_order_met():
     assert classes.names == ["dog", "cat"]
 
 
-@pytest.mark.parametrize("phrase, cls", [
-    ("a dog", "dog"), ("a small brown dog", "dog"), ("two dogs", "dog"), ("the dogs", "dog"),
-    ("a traffic light", "traffic light"), ("traffic lights", "traffic light"), ("a red light", "light"),
-    ("a cup of coffee", "cup"), ("a dog wearing a hat", "dog"), ("a hat", None),
-    ("people", "person"), ("a person", "person"), ("puppies", "puppy"), ("two boxes", "box"),
-    ("buses", "bus"), ("a bus", "bus"), ("a hotdog", None), ("a cat", "cat"), ("a dog and a cat", "dog"),
-    ("knives", "knife"), ("", None),
-])
+@pytest.mark.parametrize(
+    "phrase, cls",
+    [
+        ("a dog", "dog"),
+        ("a small brown dog", "dog"),
+        ("two dogs", "dog"),
+        ("the dogs", "dog"),
+        ("a traffic light", "traffic light"),
+        ("traffic lights", "traffic light"),
+        ("a red light", "light"),
+        ("a cup of coffee", "cup"),
+        ("a dog wearing a hat", "dog"),
+        ("a hat", None),
+        ("people", "person"),
+        ("a person", "person"),
+        ("puppies", "puppy"),
+        ("two boxes", "box"),
+        ("buses", "bus"),
+        ("a bus", "bus"),
+        ("a hotdog", None),
+        ("a cat", "cat"),
+        ("a dog and a cat", "dog"),
+        ("knives", "knife"),
+        ("", None),
+    ],
+)
 def test_named_classes_match_the_head_of_a_phrase_singular_or_plural(phrase, cls):
     named = ["dog", "cat", "traffic light", "light", "cup", "person", "puppy", "box", "bus", "knife"]
     classes = Classes(named)
@@ -87,15 +114,24 @@ def grey(path, size):
 
 def entity(phrase, boxes_px, size, scores):
     w, h = size
-    return Entity(phrase, 0, len(phrase), [[x1 / w, y1 / h, x2 / w, y2 / h] for x1, y1, x2, y2 in boxes_px],
-                  [list(b) for b in boxes_px], scores)
+    return Entity(
+        phrase,
+        0,
+        len(phrase),
+        [[x1 / w, y1 / h, x2 / w, y2 / h] for x1, y1, x2, y2 in boxes_px],
+        [list(b) for b in boxes_px],
+        scores,
+    )
 
 
 @pytest.fixture
 def photos(tmp_path):
     folder = tmp_path / "photos"
-    return {"a": grey(folder / "a.png", (200, 100)), "b": grey(folder / "sub" / "b.jpg", (100, 200)),
-            "c": grey(folder / "c.png", (64, 64))}
+    return {
+        "a": grey(folder / "a.png", (200, 100)),
+        "b": grey(folder / "sub" / "b.jpg", (100, 200)),
+        "c": grey(folder / "c.png", (64, 64)),
+    }
 
 
 @pytest.fixture
@@ -103,13 +139,24 @@ def grounded(tmp_path, photos):
     """A ground results file: a.png with a dog twice (duplicate boxes) and two cats, b.jpg with a traffic light,
     c.png with nothing; one error record."""
     rows = [
-        GroundRecord(path=photos["a"], width=200, height=100, caption="a dog and two cats", entities=[
-            entity("a dog", [[10, 10, 90, 90]], (200, 100), [0.9]),
-            entity("a dog", [[12, 10, 90, 90]], (200, 100), [0.5]),
-            entity("two cats", [[100, 20, 140, 60], [150, 20, 190, 95]], (200, 100), [0.8, 0.2]),
-        ]),
-        GroundRecord(path=photos["b"], width=100, height=200, caption="a traffic light", entities=[
-            entity("a traffic light", [[20, 30, 80, 190]], (100, 200), [0.7])]),
+        GroundRecord(
+            path=photos["a"],
+            width=200,
+            height=100,
+            caption="a dog and two cats",
+            entities=[
+                entity("a dog", [[10, 10, 90, 90]], (200, 100), [0.9]),
+                entity("a dog", [[12, 10, 90, 90]], (200, 100), [0.5]),
+                entity("two cats", [[100, 20, 140, 60], [150, 20, 190, 95]], (200, 100), [0.8, 0.2]),
+            ],
+        ),
+        GroundRecord(
+            path=photos["b"],
+            width=100,
+            height=200,
+            caption="a traffic light",
+            entities=[entity("a traffic light", [[20, 30, 80, 190]], (100, 200), [0.7])],
+        ),
         GroundRecord(path=photos["c"], width=64, height=64, caption="grey"),
         GroundRecord(path=str(tmp_path / "photos" / "gone.png"), status="error", error="file not found"),
     ]
@@ -191,9 +238,12 @@ def test_yolo_folder_in_the_ultralytics_layout(grounded, tmp_path, photos):
 def test_yolo_copies_images_and_names_never_collide(tmp_path):
     folder = tmp_path / "p"
     a_png, a_jpg = grey(folder / "a.png", (10, 10)), grey(folder / "a.jpg", (10, 10))
-    rows = [GroundRecord(path=p, width=10, height=10, caption="x", entities=[entity("a dot", [[0, 0, 5, 5]],
-                                                                                    (10, 10), [0.5])])
-            for p in (a_png, a_jpg)]
+    rows = [
+        GroundRecord(
+            path=p, width=10, height=10, caption="x", entities=[entity("a dot", [[0, 0, 5, 5]], (10, 10), [0.5])]
+        )
+        for p in (a_png, a_jpg)
+    ]
     results = tmp_path / "r.jsonl"
     results.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in rows))
     out = tmp_path / "yolo"
@@ -219,8 +269,12 @@ def test_yolo_labels_of_an_exif_rotated_photo_are_in_the_displayed_frame(shapes_
     # what Ultralytics does: the image with its EXIF orientation applied
     shown = ImageOps.exif_transpose(Image.open(out / "images" / "rotated.jpg"))
     assert shown.size == (320, 200)
-    labels = [[float(v) for v in line.split()[1:]] for line in (out / "labels" / "rotated.txt").read_text().splitlines()]
-    boxes = [((cx - w / 2) * 320, (cy - h / 2) * 200, (cx + w / 2) * 320, (cy + h / 2) * 200) for cx, cy, w, h in labels]
+    labels = [
+        [float(v) for v in line.split()[1:]] for line in (out / "labels" / "rotated.txt").read_text().splitlines()
+    ]
+    boxes = [
+        ((cx - w / 2) * 320, (cy - h / 2) * 200, (cx + w / 2) * 320, (cy + h / 2) * 200) for cx, cy, w, h in labels
+    ]
     assert boxes and max(shapes.iou(b, truth[0].box) for b in boxes) >= 0.5
 
 
@@ -230,7 +284,11 @@ def test_voc_one_xml_per_image(grounded, tmp_path):
     assert (out / "labels.txt").read_text() == "dog\ntwo cats\ntraffic light\n"
     root = ET.parse(out / "Annotations" / "a.xml").getroot()
     assert root.findtext("filename") == "a.png"
-    assert (root.findtext("size/width"), root.findtext("size/height"), root.findtext("size/depth")) == ("200", "100", "3")
+    assert (root.findtext("size/width"), root.findtext("size/height"), root.findtext("size/depth")) == (
+        "200",
+        "100",
+        "3",
+    )
     objects = root.findall("object")
     assert [o.findtext("name") for o in objects] == ["dog", "dog", "two cats"]
     box = objects[0].find("bndbox")
@@ -245,14 +303,26 @@ def test_label_studio_tasks_with_predictions_and_the_matching_config(grounded, t
     out.parent.mkdir()
     export(grounded, "labelstudio", str(out), root=str(tmp_path / "photos"), image_root="/data/local-files/?d=photos/")
     tasks = json.loads(out.read_text())
-    assert [t["data"]["image"] for t in tasks] == ["/data/local-files/?d=photos/a.png",
-                                                   "/data/local-files/?d=photos/sub/b.jpg",
-                                                   "/data/local-files/?d=photos/c.png"]
+    assert [t["data"]["image"] for t in tasks] == [
+        "/data/local-files/?d=photos/a.png",
+        "/data/local-files/?d=photos/sub/b.jpg",
+        "/data/local-files/?d=photos/c.png",
+    ]
     result = tasks[1]["predictions"][0]["result"][0]
-    assert result["value"] == {"x": 20.0, "y": 15.0, "width": 60.0, "height": 80.0, "rotation": 0,
-                               "rectanglelabels": ["traffic light"]}
+    assert result["value"] == {
+        "x": 20.0,
+        "y": 15.0,
+        "width": 60.0,
+        "height": 80.0,
+        "rotation": 0,
+        "rectanglelabels": ["traffic light"],
+    }
     assert (result["type"], result["score"], result["original_width"], result["original_height"]) == (
-        "rectanglelabels", 0.7, 100, 200)
+        "rectanglelabels",
+        0.7,
+        100,
+        200,
+    )
     assert tasks[2]["predictions"][0]["result"] == []
     config = ET.parse(tmp_path / "ls" / "tasks.config.xml").getroot()
     image, rectangles = config.find("Image"), config.find("RectangleLabels")
@@ -264,8 +334,13 @@ def test_label_studio_tasks_with_predictions_and_the_matching_config(grounded, t
 def test_label_studio_quotes_image_paths(tmp_path):
     path = grey(tmp_path / "p" / "a b#1.png", (10, 10))
     (tmp_path / "r.jsonl").write_text(json.dumps(GroundRecord(path=path, width=10, height=10).to_dict()) + "\n")
-    export(str(tmp_path / "r.jsonl"), "labelstudio", str(tmp_path / "t.json"), root=str(tmp_path),
-           image_root="https://host/x/")
+    export(
+        str(tmp_path / "r.jsonl"),
+        "labelstudio",
+        str(tmp_path / "t.json"),
+        root=str(tmp_path),
+        image_root="https://host/x/",
+    )
     assert json.loads((tmp_path / "t.json").read_text())[0]["data"]["image"] == "https://host/x/p/a%20b%231.png"
 
 
@@ -273,25 +348,39 @@ def test_find_rows_of_one_image_are_one_image_wherever_they_are(tmp_path):
     a, b = grey(tmp_path / "a.png", (100, 100)), grey(tmp_path / "b.png", (100, 100))
 
     def found(path, phrase, box, score):
-        return FindRecord(path=path, width=100, height=100, phrase=phrase, boxes=[[v / 100 for v in box]],
-                          boxes_px=[box], scores=[score]).to_dict()
+        return FindRecord(
+            path=path,
+            width=100,
+            height=100,
+            phrase=phrase,
+            boxes=[[v / 100 for v in box]],
+            boxes_px=[box],
+            scores=[score],
+        ).to_dict()
 
-    rows = [found(a, "a dog", [0, 0, 50, 50], 0.9), found(b, "a dog", [10, 10, 60, 60], 0.8),
-            found(b, "a red ball", [50, 50, 90, 90], 0.7), found(a, "a red ball", [60, 60, 99, 99], 0.6),
-            found(a, "a dog", [1, 1, 50, 50], 0.95)]  # a's "a dog" again, later: it replaces the first
+    rows = [
+        found(a, "a dog", [0, 0, 50, 50], 0.9),
+        found(b, "a dog", [10, 10, 60, 60], 0.8),
+        found(b, "a red ball", [50, 50, 90, 90], 0.7),
+        found(a, "a red ball", [60, 60, 99, 99], 0.6),
+        found(a, "a dog", [1, 1, 50, 50], 0.95),
+    ]  # a's "a dog" again, later: it replaces the first
     results = tmp_path / "found.parquet"
     import pyarrow.parquet as pq
 
     from kosmos_cli.tasks import Find
     from kosmos_cli.writers import records_table
 
-    pq.write_table(records_table([FindRecord(**{k: v for k, v in r.items() if k != "task"}) for r in rows], Find),
-                   results)
+    pq.write_table(
+        records_table([FindRecord(**{k: v for k, v in r.items() if k != "task"}) for r in rows], Find), results
+    )
     out = tmp_path / "yolo"
     summary = export(str(results), "yolo", str(out))
     assert (summary.images, summary.boxes) == (2, 4)
     assert (out / "labels" / "a.txt").read_text().splitlines() == [
-        "0 0.255000 0.255000 0.490000 0.490000", "1 0.795000 0.795000 0.390000 0.390000"]
+        "0 0.255000 0.255000 0.490000 0.490000",
+        "1 0.795000 0.795000 0.390000 0.390000",
+    ]
     assert len((out / "labels" / "b.txt").read_text().splitlines()) == 2
 
 
@@ -312,22 +401,27 @@ def test_outputs_without_scores_export_and_min_score_leaves_their_boxes_out(tmp_
 def test_refer_results_have_no_boxes_to_export(tmp_path):
     path = grey(tmp_path / "a.png", (10, 10))
     results = tmp_path / "regions.jsonl"
-    results.write_text(json.dumps(ReferRecord(path=path, width=10, height=10, box_px=[0, 0, 5, 5],
-                                              description="a thing").to_dict()) + "\n")
+    results.write_text(
+        json.dumps(ReferRecord(path=path, width=10, height=10, box_px=[0, 0, 5, 5], description="a thing").to_dict())
+        + "\n"
+    )
     result = kosmos("export", str(results), "--to", "coco", str(tmp_path / "c.json"))
     one_error_line(result, 2, "holds refer records: they describe regions you gave, they find no boxes")
     assert not (tmp_path / "c.json").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--to", "pascal"], "unknown format 'pascal' (--to): use one of coco, yolo, voc, labelstudio"),
-    (["--to", "coco", "--min-score", "2"], "--min-score 2.0: a score is a number from 0 to 1"),
-    (["--to", "coco", "--nms", "-1"], "--nms -1.0: an IoU from 0 to 1"),
-    (["--to", "coco", "--classes", "dog", "--classes-file", "x.txt"], "cannot both be given"),
-    (["--to", "coco", "--image-root", "http://x/"], "--image-root is for --to labelstudio only"),
-    (["--to", "voc", "--copy-images"], "--copy-images is for --to yolo only"),
-    (["--to", "coco", "--root", "nowhere"], "--root nowhere: no such folder"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--to", "pascal"], "unknown format 'pascal' (--to): use one of coco, yolo, voc, labelstudio"),
+        (["--to", "coco", "--min-score", "2"], "--min-score 2.0: a score is a number from 0 to 1"),
+        (["--to", "coco", "--nms", "-1"], "--nms -1.0: an IoU from 0 to 1"),
+        (["--to", "coco", "--classes", "dog", "--classes-file", "x.txt"], "cannot both be given"),
+        (["--to", "coco", "--image-root", "http://x/"], "--image-root is for --to labelstudio only"),
+        (["--to", "voc", "--copy-images"], "--copy-images is for --to yolo only"),
+        (["--to", "coco", "--root", "nowhere"], "--root nowhere: no such folder"),
+    ],
+)
 def test_bad_options_are_one_line_and_exit_2(grounded, tmp_path, args, message):
     result = kosmos("export", grounded, str(tmp_path / "out.json"), *args)
     one_error_line(result, 2, message)
@@ -340,20 +434,31 @@ def test_outputs_that_cannot_be_used_are_refused(grounded, tmp_path):
     one_error_line(kosmos("export", grounded, "--to", "yolo", str(tmp_path / "full")), 2, "is not empty")
     one_error_line(kosmos("export", grounded, "--to", "coco", str(tmp_path / "full")), 2, "is a folder")
     one_error_line(kosmos("export", grounded, "--to", "voc", grounded), 2, "is a file")
-    one_error_line(kosmos("export", str(tmp_path / "none.jsonl"), "--to", "coco", str(tmp_path / "c.json")), 2,
-                   "results file not found")
+    one_error_line(
+        kosmos("export", str(tmp_path / "none.jsonl"), "--to", "coco", str(tmp_path / "c.json")),
+        2,
+        "results file not found",
+    )
     (tmp_path / "m.jsonl").write_text('{"path": "a.png"}\n')  # a manifest, not results
-    one_error_line(kosmos("export", str(tmp_path / "m.jsonl"), "--to", "coco", str(tmp_path / "c.json")), 2,
-                   "row 1 is not a kosmos record")
+    one_error_line(
+        kosmos("export", str(tmp_path / "m.jsonl"), "--to", "coco", str(tmp_path / "c.json")),
+        2,
+        "row 1 is not a kosmos record",
+    )
 
 
 def test_the_command_says_what_it_wrote(grounded, tmp_path):
     result = kosmos("export", grounded, "--to", "yolo", str(tmp_path / "y"), "--min-score", "0.3")
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "kosmos export finished: 3 images, 4 boxes, 3 classes, 1 skipped (error records), 0 failed; "
-        "boxes left out: 1 below --min-score in ")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "kosmos export finished: 3 images, 4 boxes, 3 classes, 1 skipped (error records), 0 failed; "
+            "boxes left out: 1 below --min-score in "
+        )
+    )
 
 
 def test_strict_fails_when_an_image_is_gone(grounded, tmp_path, photos):
@@ -378,9 +483,16 @@ def test_export_starts_without_torch(grounded, tmp_path):
 
     from tests.helpers import ROOT
 
-    code = ("import sys; from kosmos_cli.cli import main; sys.argv = ['kosmos', 'export', sys.argv[1], '--to', "
-            "'coco', sys.argv[2], '-q']\ntry:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-            "print(code, 'torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)")
-    proc = subprocess.run([sys.executable, "-c", code, grounded, str(tmp_path / "c.json")], capture_output=True,
-                          text=True, cwd=ROOT, timeout=60)
+    code = (
+        "import sys; from kosmos_cli.cli import main; sys.argv = ['kosmos', 'export', sys.argv[1], '--to', "
+        "'coco', sys.argv[2], '-q']\ntry:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "print(code, 'torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, grounded, str(tmp_path / "c.json")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert proc.stderr.strip() == "0 False False", proc.stderr

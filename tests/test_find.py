@@ -5,14 +5,15 @@ import random
 import re
 
 import pytest
+import shapes
 from PIL import Image
 
-import shapes
 from kosmos_cli import UsageError, find, read_records
 from kosmos_cli.grounding import patch_to_box, to_pixels
-from kosmos_cli.tasks.find import Find as FindJob, check_phrase
 from kosmos_cli.prompts import find_prompt
 from kosmos_cli.sources import Item
+from kosmos_cli.tasks.find import Find as FindJob
+from kosmos_cli.tasks.find import check_phrase
 
 
 def _finished(text, phrase="a red car", size=(320, 200)):
@@ -26,18 +27,27 @@ def _finished(text, phrase="a red car", size=(320, 200)):
 P = "<grounding><phrase> a red car</phrase>"
 
 
-@pytest.mark.parametrize("text, patches", [
-    (P + "<object><patch_index_0000><patch_index_0033></object></s>", [(0, 33)]),
-    (P + "<object><patch_index_0100><patch_index_0200></delimiter_of_multi_objects/><patch_index_0300>"
-         "<patch_index_0400></object> on a road.</s>", [(100, 200), (300, 400)]),
-    (P + "<object><patch_index_0200><patch_index_0100></object>", [(200, 100)]),  # corners reversed: put in order
-    (P + " is parked.</s>", []),  # not grounded
-    (P + " near<phrase> a dog</phrase><object><patch_index_0001><patch_index_0002></object>", []),  # another phrase
-    (P + " and<object><patch_index_0001><patch_index_0002></object>", []),  # an object not after the phrase
-    (P + "<object><patch_index_0000><patch_index_0033></object></s><object><patch_index_0001><patch_index_0002>"
-         "</object>", [(0, 33)]),  # after the end: ignored
-    ("", []),
-])
+@pytest.mark.parametrize(
+    "text, patches",
+    [
+        (P + "<object><patch_index_0000><patch_index_0033></object></s>", [(0, 33)]),
+        (
+            P + "<object><patch_index_0100><patch_index_0200></delimiter_of_multi_objects/><patch_index_0300>"
+            "<patch_index_0400></object> on a road.</s>",
+            [(100, 200), (300, 400)],
+        ),
+        (P + "<object><patch_index_0200><patch_index_0100></object>", [(200, 100)]),  # corners reversed: put in order
+        (P + " is parked.</s>", []),  # not grounded
+        (P + " near<phrase> a dog</phrase><object><patch_index_0001><patch_index_0002></object>", []),  # another phrase
+        (P + " and<object><patch_index_0001><patch_index_0002></object>", []),  # an object not after the phrase
+        (
+            P + "<object><patch_index_0000><patch_index_0033></object></s><object><patch_index_0001><patch_index_0002>"
+            "</object>",
+            [(0, 33)],
+        ),  # after the end: ignored
+        ("", []),
+    ],
+)
 def test_finish_reads_the_boxes_of_the_prompt_phrase(text, patches):
     record = _finished(text)
     boxes = [list(patch_to_box(a, b)) for a, b in patches]
@@ -46,11 +56,14 @@ def test_finish_reads_the_boxes_of_the_prompt_phrase(text, patches):
     assert record.phrase == "a red car" and record.prompt == P
 
 
-@pytest.mark.parametrize("phrase, clean", [
-    ("a red car", "a red car"),
-    ("  a   red\tcar ", "a red car"),
-    ("a <phrase>dog</phrase>", "a phrase dog /phrase"),
-])
+@pytest.mark.parametrize(
+    "phrase, clean",
+    [
+        ("a red car", "a red car"),
+        ("  a   red\tcar ", "a red car"),
+        ("a <phrase>dog</phrase>", "a phrase dog /phrase"),
+    ],
+)
 def test_phrases_are_cleaned_of_markup(phrase, clean):
     assert check_phrase(phrase) == clean
     assert find_prompt(phrase).text == f"<grounding><phrase> {clean}</phrase>"
@@ -119,15 +132,20 @@ def test_manifest_rows_name_the_phrases(tiny_engine, tmp_path):
     for name in ("a.png", "b.png"):
         Image.new("RGB", (64, 48)).save(tmp_path / name)
     manifest = tmp_path / "queries.jsonl"
-    manifest.write_text("".join(json.dumps(row) + "\n" for row in [
-        {"path": "a.png", "phrase": "a red car", "id": 1},
-        {"path": "a.png", "phrase": "a dog", "id": 2},
-        {"path": "a.png", "phrase": "a dog", "id": 2},  # the same row twice: once
-        {"path": "b.png", "phrase": "  ", "id": 3},
-        {"path": "b.png", "id": 4},
-        {"path": "missing.png", "phrase": "a dog", "id": 5},
-        {"path": "b.png", "phrase": "a cat", "id": 6},
-    ]))
+    manifest.write_text(
+        "".join(
+            json.dumps(row) + "\n"
+            for row in [
+                {"path": "a.png", "phrase": "a red car", "id": 1},
+                {"path": "a.png", "phrase": "a dog", "id": 2},
+                {"path": "a.png", "phrase": "a dog", "id": 2},  # the same row twice: once
+                {"path": "b.png", "phrase": "  ", "id": 3},
+                {"path": "b.png", "id": 4},
+                {"path": "missing.png", "phrase": "a dog", "id": 5},
+                {"path": "b.png", "phrase": "a cat", "id": 6},
+            ]
+        )
+    )
     out = tmp_path / "found.jsonl"
     summary = find([str(manifest)], str(out), engine=tiny_engine)
     rows = {r["id"]: r for r in read_records(str(out))}
@@ -159,7 +177,7 @@ def test_generation_stops_at_the_jobs_stop_token(tiny_engine):
     prompt = find_prompt("a dog")
     batch = [tiny_engine.prepare(Image.new("RGB", (32, 32), c), prompt, image_key=c) for c in ("red", "blue")]
     full = tiny_engine.forward(batch)
-    first_tag = re.search(r"<[^>]+>", full[0][len(prompt.text):]).group(0)  # random weights: some patch token
+    first_tag = re.search(r"<[^>]+>", full[0][len(prompt.text) :]).group(0)  # random weights: some patch token
     stopped = tiny_engine.forward(batch, stop_at=first_tag)
     assert stopped[0].startswith(prompt.text + first_tag)
     assert stopped[0].replace("<pad>", "") == prompt.text + first_tag

@@ -8,22 +8,25 @@ import pytest
 from PIL import Image
 
 import kosmos_cli
-from tests.helpers import kosmos, rows_of
+from kosmos_cli import tasks
 from kosmos_cli.fsnames import clean, recorded
 from kosmos_cli.images import file_stat, load_image
-from kosmos_cli import tasks
 from kosmos_cli.sources import iter_items
+from tests.helpers import kosmos, rows_of
 
 LATIN1 = os.fsdecode(b"caf\xe9.png")  # 'caf\udce9.png': how Python holds a name that is not UTF-8
 
 
-@pytest.mark.parametrize("text, want", [
-    ("plain.png", "plain.png"),
-    ("unicodé ✓.png", "unicodé ✓.png"),
-    (LATIN1, "caf\\xe9.png"),
-    ("a\ud800b", "a\\ud800b"),
-    ("a\x00b", "a\x00b"),  # valid text: JSON and Parquet hold it
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("plain.png", "plain.png"),
+        ("unicodé ✓.png", "unicodé ✓.png"),
+        (LATIN1, "caf\\xe9.png"),
+        ("a\ud800b", "a\\ud800b"),
+        ("a\x00b", "a\x00b"),  # valid text: JSON and Parquet hold it
+    ],
+)
 def test_recorded(text, want):
     assert recorded(text) == want
     assert recorded(recorded(text)) == want  # a recorded key is its own key
@@ -32,13 +35,16 @@ def test_recorded(text, want):
 
 def test_clean_reaches_keys_and_nested_values():
     assert clean({LATIN1: [LATIN1, 1, None], "x": {"y": "\udcff"}}) == {
-        "caf\\xe9.png": ["caf\\xe9.png", 1, None], "x": {"y": "\\xff"}}
+        "caf\\xe9.png": ["caf\\xe9.png", 1, None],
+        "x": {"y": "\\xff"},
+    }
 
 
 def test_keys_of_raw_and_recorded_names_agree():
     assert tasks.get("ground").key({"path": LATIN1}) == tasks.get("ground").key({"path": "caf\\xe9.png"})
     assert tasks.get("find").key({"path": LATIN1, "phrase": "\udce9"}) == tasks.get("find").key(
-        {"path": "caf\\xe9.png", "phrase": "\\xe9"})
+        {"path": "caf\\xe9.png", "phrase": "\\xe9"}
+    )
 
 
 def test_nul_bytes_and_lone_surrogates_in_paths_are_errors_not_exceptions(tmp_path):
@@ -97,8 +103,8 @@ def test_non_utf8_bytes_in_csv_and_jsonl_manifests_are_read_as_file_names(tmp_pa
 
 
 def test_json_text_is_recorded_the_same_way(tmp_path):
-    from kosmos_cli.tasks import GroundRecord
     from kosmos_cli.store import Store
+    from kosmos_cli.tasks import GroundRecord
     from kosmos_cli.writers import read_records
 
     for fmt in ("parquet", "jsonl"):

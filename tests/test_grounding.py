@@ -19,13 +19,24 @@ def P(i):
 OBJ = lambda a, b: f"<object>{P(a)}{P(b)}</object>"  # noqa: E731
 
 SAME_AS_TRANSFORMERS = [
-    "<grounding> An image of<phrase> a snowman</phrase>" + OBJ(44, 863) + " warming himself by<phrase> a fire</phrase>"
-    + OBJ(5, 911) + ".",
-    "<grounding> An image of<phrase> a red circle</phrase>" + OBJ(12, 345) + " and<phrase> a blue square</phrase>"
-    + OBJ(400, 731) + ".",
+    "<grounding> An image of<phrase> a snowman</phrase>"
+    + OBJ(44, 863)
+    + " warming himself by<phrase> a fire</phrase>"
+    + OBJ(5, 911)
+    + ".",
+    "<grounding> An image of<phrase> a red circle</phrase>"
+    + OBJ(12, 345)
+    + " and<phrase> a blue square</phrase>"
+    + OBJ(400, 731)
+    + ".",
     # several boxes for one phrase
-    "<grounding> An image of<phrase> two dogs</phrase><object>" + P(0) + P(100) + "</delimiter_of_multi_objects/>"
-    + P(500) + P(1023) + "</object> playing.",
+    "<grounding> An image of<phrase> two dogs</phrase><object>"
+    + P(0)
+    + P(100)
+    + "</delimiter_of_multi_objects/>"
+    + P(500)
+    + P(1023)
+    + "</object> playing.",
     # a phrase without a box: dropped, as transformers does; its words stay in the caption
     "<grounding> An image of<phrase> a cat</phrase> on<phrase> a mat</phrase>" + OBJ(40, 900) + ".",
     # output cut off by max_new_tokens in the middle of an object
@@ -35,8 +46,13 @@ SAME_AS_TRANSFORMERS = [
     # no entities at all
     "<grounding> An image of a plain grey wall.",
     # the same corner twice, and corners on one row / one column (whole cells)
-    "<grounding> It is<phrase> a dot</phrase>" + OBJ(77, 77) + ", a<phrase> line</phrase>" + OBJ(64, 90)
-    + " and<phrase> a pole</phrase>" + OBJ(5, 997) + ".",
+    "<grounding> It is<phrase> a dot</phrase>"
+    + OBJ(77, 77)
+    + ", a<phrase> line</phrase>"
+    + OBJ(64, 90)
+    + " and<phrase> a pole</phrase>"
+    + OBJ(5, 997)
+    + ".",
     "no grounding tag at all<phrase> but a phrase</phrase>" + OBJ(2, 3),
 ]
 
@@ -76,7 +92,7 @@ def test_random_generations_match_transformers():
 
 def test_spans_point_at_the_phrase_in_the_caption():
     caption, entities = parse(SAME_AS_TRANSFORMERS[0])
-    assert [caption[e.start:e.end] for e in entities] == ["a snowman", "a fire"]
+    assert [caption[e.start : e.end] for e in entities] == ["a snowman", "a fire"]
 
 
 def test_reversed_corners_are_put_in_order():
@@ -84,7 +100,7 @@ def test_reversed_corners_are_put_in_order():
     theirs = clean_text_and_extract_entities_with_bboxes(text)[1][0][2][0]
     assert theirs[1] > theirs[3]  # transformers hands back y1 > y2 here
     (entity,) = parse(text)[1]
-    (x1, y1, x2, y2), = entity.boxes
+    ((x1, y1, x2, y2),) = entity.boxes
     assert x1 <= x2 and y1 <= y2
     assert sorted(theirs) == sorted((x1, y1, x2, y2))
 
@@ -109,17 +125,32 @@ def test_only_text_after_the_image_counts():
     assert parse(text) == parse(text.split("</image>")[1])
 
 
-@pytest.mark.parametrize("prompt, text, caption, spans", [
-    ("<grounding> An image of", "<grounding> An image of<phrase> a cat</phrase>" + OBJ(1, 66) + " on a mat.",
-     "a cat on a mat.", [(0, 5)]),
-    ("<grounding> Describe this image in detail:", "<grounding> Describe this image in detail: The<phrase> dog"
-     "</phrase>" + OBJ(1, 66) + " runs.", "The dog runs.", [(4, 7)]),
-    # the model did not repeat the prompt's words: nothing is taken off
-    ("<grounding> An image of", "<grounding> A photo of<phrase> a cat</phrase>" + OBJ(1, 66) + ".",
-     "A photo of a cat.", [(11, 16)]),
-    # an entity inside the prompt (find's prompt): nothing is taken off
-    ("<grounding><phrase> a cat</phrase>", "<grounding><phrase> a cat</phrase>" + OBJ(1, 66), "a cat", [(0, 5)]),
-])
+@pytest.mark.parametrize(
+    "prompt, text, caption, spans",
+    [
+        (
+            "<grounding> An image of",
+            "<grounding> An image of<phrase> a cat</phrase>" + OBJ(1, 66) + " on a mat.",
+            "a cat on a mat.",
+            [(0, 5)],
+        ),
+        (
+            "<grounding> Describe this image in detail:",
+            "<grounding> Describe this image in detail: The<phrase> dog</phrase>" + OBJ(1, 66) + " runs.",
+            "The dog runs.",
+            [(4, 7)],
+        ),
+        # the model did not repeat the prompt's words: nothing is taken off
+        (
+            "<grounding> An image of",
+            "<grounding> A photo of<phrase> a cat</phrase>" + OBJ(1, 66) + ".",
+            "A photo of a cat.",
+            [(11, 16)],
+        ),
+        # an entity inside the prompt (find's prompt): nothing is taken off
+        ("<grounding><phrase> a cat</phrase>", "<grounding><phrase> a cat</phrase>" + OBJ(1, 66), "a cat", [(0, 5)]),
+    ],
+)
 def test_prompt_words_are_dropped_and_spans_shifted(prompt, text, caption, spans):
     got_caption, entities = parse(text, strip_prompt=prompt)
     assert got_caption == caption
@@ -133,8 +164,9 @@ def test_patch_to_box_matches_transformers(ul, lr):
     assert patch_to_box(ul, lr) == patch_index_to_coordinate(ul, lr, 32)
 
 
-@pytest.mark.parametrize("box", [(0.0, 0.0, 1.0, 1.0), (0.1, 0.2, 0.5, 0.6), (0.33, 0.01, 0.34, 0.99),
-                                 (0.5, 0.5, 0.53125, 0.53125)])
+@pytest.mark.parametrize(
+    "box", [(0.0, 0.0, 1.0, 1.0), (0.1, 0.2, 0.5, 0.6), (0.33, 0.01, 0.34, 0.99), (0.5, 0.5, 0.53125, 0.53125)]
+)
 def test_box_to_patches_matches_processor(box):
     assert box_to_patches(box) == coordinate_to_patch_index(box, 32)
 
@@ -146,12 +178,15 @@ def test_snap_is_close_to_the_box_and_on_the_grid():
     assert all(abs(v * 64 - round(v * 64)) < 1e-9 for v in snapped)
 
 
-@pytest.mark.parametrize("box, w, h, px", [
-    ((0.0, 0.0, 1.0, 1.0), 320, 200, [0, 0, 320, 200]),
-    ((0.5, 0.25, 0.75, 1.0), 200, 320, [100, 80, 150, 320]),
-    ((0.75, 1.0, 0.5, 0.25), 200, 320, [100, 80, 150, 320]),  # reversed -> ordered
-    ((-0.1, 0.0, 1.2, 0.5), 100, 100, [0, 0, 100, 50]),  # clipped to the image
-])
+@pytest.mark.parametrize(
+    "box, w, h, px",
+    [
+        ((0.0, 0.0, 1.0, 1.0), 320, 200, [0, 0, 320, 200]),
+        ((0.5, 0.25, 0.75, 1.0), 200, 320, [100, 80, 150, 320]),
+        ((0.75, 1.0, 0.5, 0.25), 200, 320, [100, 80, 150, 320]),  # reversed -> ordered
+        ((-0.1, 0.0, 1.2, 0.5), 100, 100, [0, 0, 100, 50]),  # clipped to the image
+    ],
+)
 def test_to_pixels(box, w, h, px):
     assert to_pixels(box, w, h) == px
 

@@ -13,8 +13,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import kosmos, one_error_line
-from tests.helpers import HERE
 from kosmos_cli import find, ground, refer
 from kosmos_cli.distributed import Solo
 from kosmos_cli.engine import Engine, GenerationOptions
@@ -23,12 +21,14 @@ from kosmos_cli.records import Entity
 from kosmos_cli.store import Store
 from kosmos_cli.tasks import FindRecord, Ground, GroundRecord, ReferRecord
 from kosmos_cli.writers import read_records
+from tests.helpers import HERE, kosmos, one_error_line
 
 NO_MODEL = "/nonexistent/folder"
 LEGACY = os.path.join(HERE, "fixtures", "legacy-outputs")
 RECORDS = {
-    "ground": GroundRecord(path="a.png", caption="a cat",
-                           entities=[Entity("a cat", 0, 5, [[0, 0, 1, 1]], [[0, 0, 9, 9]])]),
+    "ground": GroundRecord(
+        path="a.png", caption="a cat", entities=[Entity("a cat", 0, 5, [[0, 0, 1, 1]], [[0, 0, 9, 9]])]
+    ),
     "refer": ReferRecord(path="a.png", box_px=[1.0, 1.0, 5.0, 5.0], description="a cat"),
     "find": FindRecord(path="a.png", phrase="a cat", boxes=[[0, 0, 1, 1]], boxes_px=[[0, 0, 9, 9]]),
 }
@@ -59,8 +59,12 @@ def test_a_run_of_another_task_is_refused_before_the_model_loads(image_dir, tmp_
     out = results(tmp_path / f"r.{fmt}", owner)
     before = sha256(out)
     result = kosmos(*INTRUDERS[intruder](str(image_dir), out), model=NO_MODEL)
-    one_error_line(result, 2, f"--out {out} holds kosmos {owner} records: a {intruder} run would mix its own in; "
-                              "choose another --out, or pass --overwrite to replace them")
+    one_error_line(
+        result,
+        2,
+        f"--out {out} holds kosmos {owner} records: a {intruder} run would mix its own in; "
+        "choose another --out, or pass --overwrite to replace them",
+    )
     assert sha256(out) == before
 
 
@@ -125,8 +129,11 @@ FOREIGN = {  # name, how it is made, why it is not ours
     "image": ("victim.png", _image, "its first line is not a JSON record"),
     "parquet named .jsonl": ("r.jsonl", _parquet_named_jsonl, "it is Parquet, not JSONL"),
     "foreign parquet": ("table.parquet", _foreign_parquet, "it has no 'path' and 'status' columns"),
-    "jsonl named .parquet": ("r.parquet", lambda p: p.write_text(json.dumps(RECORDS["ground"].to_dict()) + "\n"),
-                             "it is not Parquet"),
+    "jsonl named .parquet": (
+        "r.parquet",
+        lambda p: p.write_text(json.dumps(RECORDS["ground"].to_dict()) + "\n"),
+        "it is not Parquet",
+    ),
     "manifest": ("list.jsonl", _manifest, "its first row is not a kosmos record: no 'path' and 'status'"),
     "unknown task": ("other.jsonl", _unknown_task, "its first row is a record of no kosmos task"),
     "folder": ("dir.jsonl", _folder, "it is a folder"),
@@ -141,8 +148,12 @@ def test_a_file_that_is_not_ours_is_refused_and_left_as_it_was(image_dir, tmp_pa
     before = sha256(out) if out.is_file() else None
     fmt = "parquet" if name.endswith(".parquet") else "jsonl"
     result = kosmos("ground", str(image_dir), "--out", str(out), "--format", fmt, model=NO_MODEL)
-    one_error_line(result, 2, f"--out {out} is not a results file of kosmos ({why}): kosmos writes only over its "
-                              "own results; choose another --out")
+    one_error_line(
+        result,
+        2,
+        f"--out {out} is not a results file of kosmos ({why}): kosmos writes only over its "
+        "own results; choose another --out",
+    )
     assert (sha256(out) if out.is_file() else None) == before
     assert not os.path.exists(f"{out}.lock")
 
@@ -162,8 +173,9 @@ def test_an_output_that_is_one_of_the_inputs_is_refused(image_dir, tmp_path):
     out = results(tmp_path / "done.jsonl", "ground")  # ours, and named as a manifest too
     before = sha256(out)
     result = kosmos("ground", out, "--out", out, model=NO_MODEL)
-    one_error_line(result, 2, f"--out {out} is also one of the inputs: writing there would destroy it; choose "
-                              "another --out")
+    one_error_line(
+        result, 2, f"--out {out} is also one of the inputs: writing there would destroy it; choose another --out"
+    )
     image = str(next(image_dir.iterdir()))
     result = kosmos("ground", str(image_dir), image, "--out", image, "--format", "jsonl", model=NO_MODEL)
     one_error_line(result, 2, "is also one of the inputs")
@@ -200,8 +212,11 @@ def test_a_locked_output_exits_75_before_the_model_loads(image_dir, tmp_path):
     holder.lock()
     try:
         result = kosmos("ground", str(image_dir), "--out", str(out), model=NO_MODEL)
-        one_error_line(result, 75, f"another kosmos run (pid {os.getpid()}) is writing {out}: let it finish, or "
-                                   "pass --wait to wait for it")
+        one_error_line(
+            result,
+            75,
+            f"another kosmos run (pid {os.getpid()}) is writing {out}: let it finish, or pass --wait to wait for it",
+        )
         result = kosmos("ground", str(image_dir), "--out", str(out), "--wait", model=NO_MODEL)
         one_error_line(result, 1, f"model folder {NO_MODEL} does not exist")  # --wait: the lock is waited for, later
     finally:
@@ -237,24 +252,30 @@ def test_decoding_is_a_common_field_after_model():
 
 def _same_model(engine, generation=None, label=None):
     """The loaded model again, under other settings (no second load)."""
-    return Engine.from_model(engine.model, engine.processor, generation or engine.generation,
-                             label=label or engine.options.label)
+    return Engine.from_model(
+        engine.model, engine.processor, generation or engine.generation, label=label or engine.options.label
+    )
 
 
 AGAIN = {  # a second run with one setting changed, and what the warning names
-    "decoding": (lambda e, photos, out: ground(photos, out, engine=_same_model(e, GenerationOptions(12, 2))),
-                 "decoding"),
+    "decoding": (
+        lambda e, photos, out: ground(photos, out, engine=_same_model(e, GenerationOptions(12, 2))),
+        "decoding",
+    ),
     "model": (lambda e, photos, out: ground(photos, out, engine=_same_model(e, label="other/checkpoint")), "model"),
     "prompt": (lambda e, photos, out: ground(photos, out, engine=e, prompt="detailed"), "prompt"),
-    "refer decoding": (lambda e, photos, out: refer(photos, out, boxes=["1,1,20,20"],
-                                                    engine=_same_model(e, GenerationOptions(5))), "decoding"),
+    "refer decoding": (
+        lambda e, photos, out: refer(photos, out, boxes=["1,1,20,20"], engine=_same_model(e, GenerationOptions(5))),
+        "decoding",
+    ),
 }
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 @pytest.mark.parametrize("change", AGAIN)
-def test_records_made_with_other_settings_are_redone_in_one_warning(tiny_engine, image_dir, tmp_path, caplog, fmt,
-                                                                    change):
+def test_records_made_with_other_settings_are_redone_in_one_warning(
+    tiny_engine, image_dir, tmp_path, caplog, fmt, change
+):
     again, named = AGAIN[change]
     out = str(tmp_path / f"r.{fmt}")
     first = refer if change.startswith("refer") else ground

@@ -53,10 +53,13 @@ def test_animation_uses_first_frame(tmp_path):
     assert load_image(str(path)).image.getpixel((2, 2))[0] > 200
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "empty file"),
-    (b"not an image at all", "not an image"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty file"),
+        (b"not an image at all", "not an image"),
+    ],
+)
 def test_bad_files_are_values_not_exceptions(tmp_path, content, message):
     path = tmp_path / "bad.jpg"
     path.write_bytes(content)

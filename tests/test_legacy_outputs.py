@@ -12,10 +12,10 @@ LEGACY = os.path.join(HERE, "fixtures", "legacy-outputs")
 SHAPES = os.path.join(HERE, "fixtures", "kosmos2-shapes")
 RUNS = {
     "ground": lambda out: ground(["images"], out, model="../kosmos2-shapes", max_new_tokens=24),
-    "refer": lambda out: refer(["images"], out, boxes=["10,10,100,100"], model="../kosmos2-shapes",
-                               max_new_tokens=24),
-    "find": lambda out: find(["images"], out, phrases=["a red square", "a blue circle"], model="../kosmos2-shapes",
-                             max_new_tokens=24),
+    "refer": lambda out: refer(["images"], out, boxes=["10,10,100,100"], model="../kosmos2-shapes", max_new_tokens=24),
+    "find": lambda out: find(
+        ["images"], out, phrases=["a red square", "a blue circle"], model="../kosmos2-shapes", max_new_tokens=24
+    ),
 }
 
 

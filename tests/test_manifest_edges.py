@@ -11,9 +11,9 @@ import pytest
 
 from kosmos_cli.errors import InputError
 from kosmos_cli.records import carried_name
-from kosmos_cli.tasks import GroundRecord
 from kosmos_cli.sources import iter_items
 from kosmos_cli.store import Store
+from kosmos_cli.tasks import GroundRecord
 from kosmos_cli.writers import read_records
 
 
@@ -21,11 +21,14 @@ def items_of(path, **kw):
     return list(iter_items([str(path)], **kw))
 
 
-@pytest.mark.parametrize("name, text", [
-    ("m.txt", "a.png\nb.png\n"),
-    ("m.jsonl", '{"path": "a.png", "k": 1}\n{"path": "b.png"}\n'),
-    ("m.csv", "path,k\na.png,1\nb.png,\n"),
-])
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("m.txt", "a.png\nb.png\n"),
+        ("m.jsonl", '{"path": "a.png", "k": 1}\n{"path": "b.png"}\n'),
+        ("m.csv", "path,k\na.png,1\nb.png,\n"),
+    ],
+)
 def test_a_byte_order_mark_does_not_break_the_first_row(tmp_path, name, text):
     manifest = tmp_path / name
     manifest.write_bytes(b"\xef\xbb\xbf" + text.encode())
@@ -53,19 +56,28 @@ def test_an_unclosed_quote_names_the_line_where_its_row_starts(tmp_path):
 def test_deeply_nested_json_is_a_warning_naming_the_line_not_a_traceback(tmp_path, caplog):
     manifest = tmp_path / "m.jsonl"
     deep, deeper = "[" * 150 + "]" * 150, "[" * 100_000 + "]" * 100_000
-    manifest.write_text(f'{{"path": "a.png", "x": {deep}}}\n{{"path": "b.png", "x": {deeper}}}\n'
-                        '{"path": "c.png", "x": [[1]]}\n')
+    manifest.write_text(
+        f'{{"path": "a.png", "x": {deep}}}\n{{"path": "b.png", "x": {deeper}}}\n{{"path": "c.png", "x": [[1]]}}\n'
+    )
     with caplog.at_level(logging.WARNING, logger="kosmos_cli"):
         got = items_of(manifest)
     assert [os.path.basename(i.path) for i in got] == ["c.png"]
     assert "line 1 nests more than 100 levels" in caplog.text and "line 2 nests" in caplog.text
 
 
-@pytest.mark.parametrize("column, want", [
-    ("label", "label"), ("width", "input_width"), ("status", "input_status"), ("task", "input_task"),
-    ("input_status", "input_input_status"), ("input_input_status", "input_input_input_status"),
-    ("input_label", "input_label"), ("input_", "input_"),
-])
+@pytest.mark.parametrize(
+    "column, want",
+    [
+        ("label", "label"),
+        ("width", "input_width"),
+        ("status", "input_status"),
+        ("task", "input_task"),
+        ("input_status", "input_input_status"),
+        ("input_input_status", "input_input_input_status"),
+        ("input_label", "input_label"),
+        ("input_", "input_"),
+    ],
+)
 def test_carried_names(column, want):
     assert carried_name(column) == want
 
@@ -95,8 +107,11 @@ def test_ragged_csv_rows_keep_their_extra_fields_and_repeated_headers_their_valu
     store = Store(out, "parquet", "ground")
     store.sink().write([GroundRecord(path=p, extra=e) for p, e in got.items()])
     store.compact()
-    assert {r["path"]: r["_extra_2"] for r in read_records(out)} == {"x.png": None, "y.png": ["more", "and more"],
-                                                                      "z.png": None}
+    assert {r["path"]: r["_extra_2"] for r in read_records(out)} == {
+        "x.png": None,
+        "y.png": ["more", "and more"],
+        "z.png": None,
+    }
     assert "_extra_2" in pq.read_schema(out).names
 
 
@@ -108,7 +123,11 @@ def test_unique_names():
 
 def test_a_jsonl_manifest_with_colliding_keys_in_different_rows_keeps_each_in_its_own_column(tmp_path):
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text(json.dumps({"path": "a.png", "status": 1, "input_status": 2}) + "\n"
-                        + json.dumps({"path": "b.png", "status": 3}) + "\n")
+    manifest.write_text(
+        json.dumps({"path": "a.png", "status": 1, "input_status": 2})
+        + "\n"
+        + json.dumps({"path": "b.png", "status": 3})
+        + "\n"
+    )
     rows = [GroundRecord(path=i.path, extra=i.extra).to_dict() for i in items_of(manifest)]
     assert [(r["input_status"], r.get("input_input_status")) for r in rows] == [(1, 2), (3, None)]

@@ -30,7 +30,7 @@ def value(rnd: random.Random, depth: int = 0, kinds=KINDS):
     if kind == "float":
         return rnd.choice([0.5, -1.25, 1e300, 3.0])
     if kind == "str":
-        return rnd.choice(["", "a", "some, \"quoted\" text", "ünï ✓", "1", "null", "[1]", "{}"])
+        return rnd.choice(["", "a", 'some, "quoted" text', "ünï ✓", "1", "null", "[1]", "{}"])
     if kind == "bool":
         return rnd.random() < 0.5
     if kind == "big":
@@ -90,8 +90,11 @@ def _csv_line(fields):
 def same(want, got) -> bool:
     """`got` holds `want`: numbers by value, objects may have more keys (null) as Arrow structs do."""
     if isinstance(want, dict):
-        return (isinstance(got, dict) and all(same(v, got.get(k)) for k, v in want.items())
-                and all(got[k] is None for k in got if k not in want))
+        return (
+            isinstance(got, dict)
+            and all(same(v, got.get(k)) for k, v in want.items())
+            and all(got[k] is None for k in got if k not in want)
+        )
     if isinstance(want, list):
         return isinstance(got, list) and len(want) == len(got) and all(same(w, g) for w, g in zip(want, got))
     if isinstance(want, bool) or isinstance(got, bool):

@@ -8,9 +8,8 @@ import sys
 
 import pytest
 
-from tests.helpers import kosmos, one_error_line
-from tests.helpers import ROOT, make_images
 from kosmos_cli.model_files import looks_like_path
+from tests.helpers import ROOT, kosmos, make_images, one_error_line
 
 
 @pytest.fixture
@@ -18,11 +17,20 @@ def image(tmp_path):
     return make_images(str(tmp_path / "photos"), sizes=((64, 48),))[0]
 
 
-@pytest.mark.parametrize("name, path", [
-    ("./typo-folder", True), ("../models/kosmos", True), ("/models/kosmos", True), ("~/kosmos", True),
-    (".", True), ("models/kosmos/v2", True),
-    ("microsoft/kosmos-2-patch14-224", False), ("kosmos-2", False), ("org/name", False),
-])
+@pytest.mark.parametrize(
+    "name, path",
+    [
+        ("./typo-folder", True),
+        ("../models/kosmos", True),
+        ("/models/kosmos", True),
+        ("~/kosmos", True),
+        (".", True),
+        ("models/kosmos/v2", True),
+        ("microsoft/kosmos-2-patch14-224", False),
+        ("kosmos-2", False),
+        ("org/name", False),
+    ],
+)
 def test_a_name_that_can_only_be_a_folder(name, path):
     assert looks_like_path(name) is path
 
@@ -58,8 +66,9 @@ def test_a_damaged_weights_file_is_one_line(tiny_model, tmp_path, image, damage)
 def _run(args, **env):
     full = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     full.update(env, HF_ENDPOINT="http://127.0.0.1:9")  # nothing listens there: connection refused
-    return subprocess.run([sys.executable, "-m", "kosmos_cli", *args], capture_output=True, text=True, env=full,
-                          cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "kosmos_cli", *args], capture_output=True, text=True, env=full, cwd=ROOT, timeout=120
+    )
 
 
 def test_an_unreachable_hub_is_one_line_before_any_retry(tmp_path, image):
@@ -67,8 +76,9 @@ def test_an_unreachable_hub_is_one_line_before_any_retry(tmp_path, image):
     assert proc.returncode == 1
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("kosmos: error: cannot download model fake-org/fake-model: the Hugging Face hub "
-                               "cannot be reached")
+    assert lines[0].startswith(
+        "kosmos: error: cannot download model fake-org/fake-model: the Hugging Face hub cannot be reached"
+    )
     assert "HF_HUB_OFFLINE" in lines[0] and "--model FOLDER" in lines[0]
     assert proc.stdout == ""
 
@@ -79,8 +89,10 @@ def test_a_model_in_the_local_cache_loads_without_the_network(tiny_model, tmp_pa
     shutil.copytree(tiny_model, repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    proc = _run(["ground", image, "--model", "fake-org/cached-kosmos", "--max-new-tokens", "2", "-q"],
-                HF_HOME=str(tmp_path / "hf"))
+    proc = _run(
+        ["ground", image, "--model", "fake-org/cached-kosmos", "--max-new-tokens", "2", "-q"],
+        HF_HOME=str(tmp_path / "hf"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # no retry warnings: the network was never asked
     assert '"model": "fake-org/cached-kosmos"' in proc.stdout

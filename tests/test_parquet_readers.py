@@ -3,8 +3,8 @@
 import random
 
 import pytest
-
 import shapes
+
 from kosmos_cli import find, ground
 
 duckdb = pytest.importorskip("duckdb")
@@ -28,8 +28,10 @@ def test_duckdb_reads_nested_entities_boxes_and_scores(outputs):
     grounded, found = outputs
     con = duckdb.connect()
     types = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM '{grounded}')").fetchall())
-    assert types["entities"] == ('STRUCT(phrase VARCHAR, "start" INTEGER, "end" INTEGER, boxes DOUBLE[][], '
-                                 'boxes_px INTEGER[][], scores DOUBLE[])[]')
+    assert types["entities"] == (
+        'STRUCT(phrase VARCHAR, "start" INTEGER, "end" INTEGER, boxes DOUBLE[][], '
+        "boxes_px INTEGER[][], scores DOUBLE[])[]"
+    )
     rows = con.execute(f"""
         SELECT e.phrase, e.boxes_px[1] AS box, e.scores[1] AS score, len(e.boxes) = len(e.scores) AS paired
         FROM (SELECT unnest(entities) AS e FROM '{grounded}')""").fetchall()
@@ -49,10 +51,18 @@ def test_polars_reads_nested_entities_boxes_and_scores(outputs):
     grounded, found = outputs
     frame = pl.read_parquet(grounded)
     entity = frame.schema["entities"]
-    assert entity == pl.List(pl.Struct({
-        "phrase": pl.String, "start": pl.Int32, "end": pl.Int32, "boxes": pl.List(pl.List(pl.Float64)),
-        "boxes_px": pl.List(pl.List(pl.Int32)), "scores": pl.List(pl.Float64),
-    }))
+    assert entity == pl.List(
+        pl.Struct(
+            {
+                "phrase": pl.String,
+                "start": pl.Int32,
+                "end": pl.Int32,
+                "boxes": pl.List(pl.List(pl.Float64)),
+                "boxes_px": pl.List(pl.List(pl.Int32)),
+                "scores": pl.List(pl.Float64),
+            }
+        )
+    )
     entities = frame.select(pl.col("entities").explode()).unnest("entities")
     assert entities.height >= 3
     assert all(len(b) == len(s) for b, s in zip(entities["boxes"].to_list(), entities["scores"].to_list()))

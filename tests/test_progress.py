@@ -4,9 +4,9 @@ import fcntl
 import os
 import pty
 import struct
-import termios
 import subprocess
 import sys
+import termios
 
 from tests.helpers import ROOT
 
@@ -17,9 +17,26 @@ def test_a_terminal_gets_a_live_bar_with_the_total(tiny_model, tmp_path):
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kosmos_cli", "ground", SAMPLES, "--out", str(tmp_path / "r.jsonl"), "--model",
-         tiny_model, "--max-new-tokens", "2", "-b", "1"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "kosmos_cli",
+            "ground",
+            SAMPLES,
+            "--out",
+            str(tmp_path / "r.jsonl"),
+            "--model",
+            tiny_model,
+            "--max-new-tokens",
+            "2",
+            "-b",
+            "1",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        cwd=ROOT,
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -38,6 +55,23 @@ def test_a_terminal_gets_a_live_bar_with_the_total(tiny_model, tmp_path):
 
 def test_quiet_prints_nothing_on_success(tiny_model, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "kosmos_cli", "ground", SAMPLES, "--out", str(tmp_path / "r.jsonl"), "--model",
-         tiny_model, "--max-new-tokens", "2", "-q"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "kosmos_cli",
+            "ground",
+            SAMPLES,
+            "--out",
+            str(tmp_path / "r.jsonl"),
+            "--model",
+            tiny_model,
+            "--max-new-tokens",
+            "2",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 0 and proc.stderr == "" and proc.stdout == ""

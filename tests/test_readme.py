@@ -6,8 +6,8 @@ import subprocess
 
 import typer
 
-from tests.helpers import ROOT
 from kosmos_cli.cli import app
+from tests.helpers import ROOT
 
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
 

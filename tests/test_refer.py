@@ -5,45 +5,52 @@ import os
 import random
 
 import pytest
-from PIL import Image
-
 import shapes
+from PIL import Image
+from shapes import save_rotated_jpeg
+
 from kosmos_cli import UsageError, read_records, refer
 from kosmos_cli.engine import Engine
 from kosmos_cli.grounding import box_to_patches, snap, to_pixels
-from kosmos_cli.tasks.refer import Refer as ReferJob, check_fits, clean_description, parse_box
 from kosmos_cli.prompts import refer_prompt
 from kosmos_cli.sources import Item
-from shapes import save_rotated_jpeg
+from kosmos_cli.tasks.refer import Refer as ReferJob
+from kosmos_cli.tasks.refer import check_fits, clean_description, parse_box
 
 
-@pytest.mark.parametrize("value, normalized, box", [
-    ("10,20,200,300", False, (10, 20, 200, 300)),
-    ("10 20 200 300", False, (10, 20, 200, 300)),
-    (" 1.5, 2 ,3.5,4 ", False, (1.5, 2, 3.5, 4)),
-    ([0, 0, 1, 1], False, (0, 0, 1, 1)),
-    (["5", "6", "7", "8"], False, (5, 6, 7, 8)),
-    ("0.1,0.2,0.5,0.6", True, (0.1, 0.2, 0.5, 0.6)),
-    ("0,0,1,1", True, (0, 0, 1, 1)),
-])
+@pytest.mark.parametrize(
+    "value, normalized, box",
+    [
+        ("10,20,200,300", False, (10, 20, 200, 300)),
+        ("10 20 200 300", False, (10, 20, 200, 300)),
+        (" 1.5, 2 ,3.5,4 ", False, (1.5, 2, 3.5, 4)),
+        ([0, 0, 1, 1], False, (0, 0, 1, 1)),
+        (["5", "6", "7", "8"], False, (5, 6, 7, 8)),
+        ("0.1,0.2,0.5,0.6", True, (0.1, 0.2, 0.5, 0.6)),
+        ("0,0,1,1", True, (0, 0, 1, 1)),
+    ],
+)
 def test_parse_box_accepts(value, normalized, box):
     assert parse_box(value, normalized) == box
 
 
-@pytest.mark.parametrize("value, normalized, message", [
-    ("10,20,200", False, "4 numbers x1,y1,x2,y2, got 3"),
-    ("10,20,200,300,4", False, "got 5"),
-    ("", False, "got 0"),
-    ("a,b,c,d", False, "got a,b,c,d"),
-    ("10,20,nan,300", False, "finite"),
-    ("200,20,10,300", False, "is empty: x2 must be greater than x1"),
-    ("10,300,200,300", False, "is empty"),
-    ("-5,20,200,300", False, "outside the image"),
-    ("0.1,0.2,0.5,0.6", False, "smaller than a pixel: for 0-1 boxes pass --normalized"),
-    ("10,20,200,300", True, "not normalised"),
-    ([1, None, 3, 4], False, "no value for y1"),
-    (["1", "2", " ", "4"], False, "no value for x2"),
-])
+@pytest.mark.parametrize(
+    "value, normalized, message",
+    [
+        ("10,20,200", False, "4 numbers x1,y1,x2,y2, got 3"),
+        ("10,20,200,300,4", False, "got 5"),
+        ("", False, "got 0"),
+        ("a,b,c,d", False, "got a,b,c,d"),
+        ("10,20,nan,300", False, "finite"),
+        ("200,20,10,300", False, "is empty: x2 must be greater than x1"),
+        ("10,300,200,300", False, "is empty"),
+        ("-5,20,200,300", False, "outside the image"),
+        ("0.1,0.2,0.5,0.6", False, "smaller than a pixel: for 0-1 boxes pass --normalized"),
+        ("10,20,200,300", True, "not normalised"),
+        ([1, None, 3, 4], False, "no value for y1"),
+        (["1", "2", " ", "4"], False, "no value for x2"),
+    ],
+)
 def test_parse_box_rejects_with_a_reason(value, normalized, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         parse_box(value, normalized)
@@ -58,12 +65,15 @@ def test_check_fits_is_about_the_displayed_size():
     check_fits((0, 0, 1, 1), 320, 200, normalized=True)
 
 
-@pytest.mark.parametrize("text, description", [
-    (" a red circle.", "a red circle"),
-    ("a  snowman   wearing a hat. ", "a snowman wearing a hat"),
-    ("", ""),
-    ("two. sentences.", "two. sentences"),
-])
+@pytest.mark.parametrize(
+    "text, description",
+    [
+        (" a red circle.", "a red circle"),
+        ("a  snowman   wearing a hat. ", "a snowman wearing a hat"),
+        ("", ""),
+        ("two. sentences.", "two. sentences"),
+    ],
+)
 def test_clean_description(text, description):
     assert clean_description(text) == description
 
@@ -71,8 +81,11 @@ def test_clean_description(text, description):
 def test_finish_takes_the_text_after_the_prompt():
     job = ReferJob(["0,0,10,10"])
     (unit,) = job.units(Item("x.png"), "m")
-    job.finish(unit, "<grounding><phrase> It</phrase><object><patch_index_0000><patch_index_0033></object> is "
-                     "a red circle.</s><phrase> junk")
+    job.finish(
+        unit,
+        "<grounding><phrase> It</phrase><object><patch_index_0000><patch_index_0033></object> is "
+        "a red circle.</s><phrase> junk",
+    )
     assert unit.record.description == "a red circle"
 
 
@@ -81,8 +94,9 @@ def test_the_processor_makes_the_patch_tokens_from_the_box(tiny_engine):
     prepared = tiny_engine.prepare(Image.new("RGB", (100, 80)), prompt)
     text = tiny_engine.processor.tokenizer.decode(prepared.input_ids)
     ul, lr = box_to_patches((0.1, 0.2, 0.5, 0.6))
-    assert text.endswith(f"</image><grounding><phrase> It</phrase><object><patch_index_{ul:04d}>"
-                         f"<patch_index_{lr:04d}></object> is")
+    assert text.endswith(
+        f"</image><grounding><phrase> It</phrase><object><patch_index_{ul:04d}><patch_index_{lr:04d}></object> is"
+    )
 
 
 def test_refer_on_an_image_gives_one_record_per_box(tiny_engine, tmp_path):
@@ -124,8 +138,7 @@ def test_normalized_boxes_and_resume(tiny_engine, tmp_path):
     assert row["box_px"] == [50.0, 50.0, 150.0, 100.0]
     again = refer([str(path)], str(out), boxes=["0.25,0.5,0.75,1"], normalized=True, engine=tiny_engine)
     assert (first.done, again.done, again.skipped) == (1, 0, 1)
-    more = refer([str(path)], str(out), boxes=["0.25,0.5,0.75,1", "0,0,0.5,0.5"], normalized=True,
-                 engine=tiny_engine)
+    more = refer([str(path)], str(out), boxes=["0.25,0.5,0.75,1", "0,0,0.5,0.5"], normalized=True, engine=tiny_engine)
     assert (more.done, more.skipped) == (1, 1)
     assert len(list(read_records(str(out)))) == 2
 
@@ -134,14 +147,16 @@ def test_manifest_rows_of_one_image_are_all_kept_and_bad_rows_fail_alone(tiny_en
     for name, size in (("a.png", (320, 200)), ("b.png", (100, 100))):
         Image.new("RGB", size, (200, 200, 200)).save(tmp_path / name)
     manifest = tmp_path / "regions.csv"
-    manifest.write_text("path,x1,y1,x2,y2,note\n"
-                        "a.png,10,20,100,120,first\n"
-                        "a.png,0,0,320,200,second\n"
-                        "a.png,0,0,320,200,second\n"  # the same row twice: once
-                        "b.png,50,5,40,50,reversed\n"
-                        "b.png,0,0,101,50,too wide\n"
-                        "b.png,1,2,3,,missing\n"
-                        "b.png,0,0,100,100,whole\n")
+    manifest.write_text(
+        "path,x1,y1,x2,y2,note\n"
+        "a.png,10,20,100,120,first\n"
+        "a.png,0,0,320,200,second\n"
+        "a.png,0,0,320,200,second\n"  # the same row twice: once
+        "b.png,50,5,40,50,reversed\n"
+        "b.png,0,0,101,50,too wide\n"
+        "b.png,1,2,3,,missing\n"
+        "b.png,0,0,100,100,whole\n"
+    )
     out = tmp_path / "r.jsonl"
     summary = refer([str(manifest)], str(out), engine=tiny_engine)
     rows = {r["note"]: r for r in read_records(str(out))}
@@ -176,8 +191,13 @@ def test_regions_of_one_image_share_one_decode_and_one_pixels_call(tiny_engine, 
     for name in ("a.png", "b.png"):
         Image.new("RGB", (64, 64)).save(tmp_path / name)
     manifest = tmp_path / "regions.jsonl"
-    manifest.write_text("".join(json.dumps({"path": p, "x1": x, "y1": 0, "x2": x + 8, "y2": 8}) + "\n"
-                                for p in ("a.png", "b.png") for x in (0, 8, 16, 24, 32)))
+    manifest.write_text(
+        "".join(
+            json.dumps({"path": p, "x1": x, "y1": 0, "x2": x + 8, "y2": 8}) + "\n"
+            for p in ("a.png", "b.png")
+            for x in (0, 8, 16, 24, 32)
+        )
+    )
     engine = CountingEngine(tiny_engine)
     summary = refer([str(manifest)], "-", engine=engine, batch_size=10)
     assert summary.done == 10
@@ -193,6 +213,7 @@ def test_regions_of_many_images_batched_equal_one_at_a_time(tiny_engine, tmp_pat
     batched = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     refer(*args, boxes=["0,0,48,32", "40,20,96,64"], engine=tiny_engine, batch_size=1)
     single = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
     def strip(rows):
         return sorted((r["path"], r["box_px"], r["description"], r["box_model_px"]) for r in rows)
 
@@ -214,8 +235,16 @@ def test_refer_on_a_shape_names_its_colour_on_the_toy_checkpoint(shapes_engine, 
         img, objs = shapes.make_scene(rng, width, height)
         img.save(tmp_path / f"s{i}.png")
         for obj in objs:
-            rows.append({"path": f"s{i}.png", "x1": obj.box[0], "y1": obj.box[1], "x2": obj.box[2],
-                         "y2": obj.box[3], "truth": obj.color})
+            rows.append(
+                {
+                    "path": f"s{i}.png",
+                    "x1": obj.box[0],
+                    "y1": obj.box[1],
+                    "x2": obj.box[2],
+                    "y2": obj.box[3],
+                    "truth": obj.color,
+                }
+            )
     manifest = tmp_path / "regions.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "r.jsonl"

@@ -4,8 +4,8 @@ import json
 import os
 
 import kosmos_cli
-from kosmos_cli.tasks import GroundRecord
 from kosmos_cli.store import Store
+from kosmos_cli.tasks import GroundRecord
 from kosmos_cli.writers import read_records
 
 

@@ -4,18 +4,18 @@ import json
 import random
 
 import pytest
+import shapes
 from PIL import Image
 
-import shapes
-from tests.helpers import kosmos, one_error_line
 from kosmos_cli import find, ground, read_records
 from kosmos_cli.drawing import Shape, shapes_of
 from kosmos_cli.grounding import parse, patch_to_box
 from kosmos_cli.scores import Generation, Markup, box_score, check_min_score, entity_scores, objects, passes
+from tests.helpers import kosmos, one_error_line
 
 # a toy vocabulary: patch index i is token 100 + i
 MARKUP = Markup(patch={100 + i: i for i in range(1024)}, object_start=5, object_end=6, delimiter=7, eos=2)
-O, C, D, EOS = 5, 6, 7, 2
+OPEN, C, D, EOS = 5, 6, 7, 2
 
 
 def gen(ids, probs=None):
@@ -35,29 +35,32 @@ def test_box_score_is_the_geometric_mean_of_the_two_location_tokens():
 
 
 def test_objects_are_found_in_order_with_the_probabilities_of_their_own_tokens():
-    ids = [9, O, P(1), P(40), C, 9, O, P(3), P(70), D, P(5), P(99), C, 9]
+    ids = [9, OPEN, P(1), P(40), C, 9, OPEN, P(3), P(70), D, P(5), P(99), C, 9]
     probs = [None, 0.9, 0.64, 1.0, 0.9, 0.5, 0.9, 0.36, 0.25, 0.9, 0.16, 1.0, 0.9, 0.5]
     assert objects(gen(ids, probs)) == [[(1, 40, 0.8)], [(3, 70, 0.3), (5, 99, 0.4)]]
 
 
-@pytest.mark.parametrize("ids", [
-    [O, P(1), C],                      # one patch token: no box
-    [O, P(1), P(2), D, C],             # a delimiter with nothing after it
-    [O, P(1), P(2), 9, C],             # a word inside the object
-    [O, P(1), P(2)],                   # never closed
-    [9, P(1), P(2), C],                # never opened
-    [EOS, O, P(1), P(2), C],           # after the end of the sequence
-])
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [OPEN, P(1), C],  # one patch token: no box
+        [OPEN, P(1), P(2), D, C],  # a delimiter with nothing after it
+        [OPEN, P(1), P(2), 9, C],  # a word inside the object
+        [OPEN, P(1), P(2)],  # never closed
+        [9, P(1), P(2), C],  # never opened
+        [EOS, OPEN, P(1), P(2), C],  # after the end of the sequence
+    ],
+)
 def test_what_the_parser_does_not_read_is_no_object(ids):
     assert objects(gen(ids)) == []
 
 
 def test_a_prompt_token_has_no_probability_so_its_box_no_score():
-    assert objects(gen([O, P(1), P(40), C], [None, None, 0.5, 0.5])) == [[(1, 40, None)]]
+    assert objects(gen([OPEN, P(1), P(40), C], [None, None, 0.5, 0.5])) == [[(1, 40, None)]]
 
 
 def test_entity_scores_pair_entities_with_objects_and_check_the_boxes():
-    ids = [O, P(1), P(40), C, O, P(3), P(70), C]
+    ids = [OPEN, P(1), P(40), C, OPEN, P(3), P(70), C]
     g = gen(ids, [1.0, 0.49, 1.0, 1.0, 1.0, 0.09, 1.0, 1.0])
     boxes = [[patch_to_box(1, 40)], [patch_to_box(3, 70)]]
     assert entity_scores(boxes, g) == [[0.7], [0.3]]
@@ -94,7 +97,9 @@ def test_kept_probabilities_are_the_softmax_maximum_at_each_step(shapes_engine, 
     from kosmos_cli.prompts import caption_prompt
 
     rng = random.Random(3)
-    batch = [shapes_engine.prepare(shapes.make_scene(rng, 224, 224)[0], caption_prompt(), image_key=i) for i in range(3)]
+    batch = [
+        shapes_engine.prepare(shapes.make_scene(rng, 224, 224)[0], caption_prompt(), image_key=i) for i in range(3)
+    ]
     generate, seen = shapes_engine.model.generate, {}
 
     def with_scores(**kwargs):
@@ -181,9 +186,24 @@ def test_beam_search_keeps_no_scores(shapes_model, tmp_path):
 
 # -- drawing ---------------------------------------------------------------------------------------------------------
 def ground_row(scores):
-    return {"path": "x.png", "task": "ground", "status": "ok", "width": 100, "height": 100, "caption": "a dog",
-            "entities": [{"phrase": "a dog", "start": 0, "end": 5, "boxes": [[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]],
-                          "boxes_px": [[0, 0, 50, 50], [50, 50, 100, 100]], "scores": scores}]}
+    return {
+        "path": "x.png",
+        "task": "ground",
+        "status": "ok",
+        "width": 100,
+        "height": 100,
+        "caption": "a dog",
+        "entities": [
+            {
+                "phrase": "a dog",
+                "start": 0,
+                "end": 5,
+                "boxes": [[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]],
+                "boxes_px": [[0, 0, 50, 50], [50, 50, 100, 100]],
+                "scores": scores,
+            }
+        ],
+    }
 
 
 def test_labels_carry_the_score_and_min_score_drops_weaker_boxes():

@@ -13,12 +13,11 @@ import subprocess
 import sys
 
 import pytest
+import shapes  # tools/shapes.py
 
-from tests.helpers import ROOT
 from kosmos_cli import ground
 from kosmos_cli.writers import read_records
-
-import shapes  # tools/shapes.py
+from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +127,9 @@ def test_the_readme_demo_runs_offline(shapes_model, tmp_path):
         truth[os.path.basename(row["path"])] = row["shapes"]
     rows = {os.path.basename(r["path"]): r for r in read_records(str(tmp_path / "demo.parquet"))}
     assert sorted(rows) == sorted(truth) and len(rows) == 8
-    right = sum(sorted(shapes.colour_in(e["phrase"]) for e in rows[name]["entities"])
-                == sorted(s["color"] for s in shapes_) for name, shapes_ in truth.items())
+    right = sum(
+        sorted(shapes.colour_in(e["phrase"]) for e in rows[name]["entities"]) == sorted(s["color"] for s in shapes_)
+        for name, shapes_ in truth.items()
+    )
     assert right >= 6, f"colours right on {right}/8 demo images"
     assert len(list((tmp_path / "demo_drawn").rglob("*.png"))) == 8

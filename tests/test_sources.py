@@ -21,8 +21,20 @@ def touch(path, data=b"x"):
 @pytest.fixture
 def tree(tmp_path):
     root = tmp_path / "photos"
-    for rel in ["b.JPG", "a.png", "sub/c.webp", "sub/deeper/d.TIFF", "e.gif", "f.bmp", "g.jpeg", "h.tif",
-                ".hidden.jpg", ".cache/x.jpg", "notes.txt", "raw.cr2"]:
+    for rel in [
+        "b.JPG",
+        "a.png",
+        "sub/c.webp",
+        "sub/deeper/d.TIFF",
+        "e.gif",
+        "f.bmp",
+        "g.jpeg",
+        "h.tif",
+        ".hidden.jpg",
+        ".cache/x.jpg",
+        "notes.txt",
+        "raw.cr2",
+    ]:
         touch(str(root / rel))
     return root
 
@@ -39,8 +51,16 @@ def test_folder_walk_is_recursive_sorted_case_insensitive_and_skips_hidden(tree)
 def test_a_walk_leaves_out_folders_kosmos_drew_and_its_own_outputs(tree):
     """`kosmos ground photos --draw photos/annotated --out photos/r.parquet`: the next walk of photos/ finds the
     originals only. A drawn folder named itself is still walked."""
-    for rel in ["annotated/.kosmos-drawn", "annotated/a.png", "annotated/sub/c.png", "r.parquet", "r.parquet.lock",
-                "r.parquet.parts/part-0000-00000001.parquet", "r.jsonl", "r.jsonl.lock"]:
+    for rel in [
+        "annotated/.kosmos-drawn",
+        "annotated/a.png",
+        "annotated/sub/c.png",
+        "r.parquet",
+        "r.parquet.lock",
+        "r.parquet.parts/part-0000-00000001.parquet",
+        "r.jsonl",
+        "r.jsonl.lock",
+    ]:
         touch(str(tree / rel))
     got = [os.path.relpath(p, tree) for p in paths(iter_items([str(tree)]))]
     assert got == ["a.png", "b.JPG", "e.gif", "f.bmp", "g.jpeg", "h.tif", "sub/c.webp", "sub/deeper/d.TIFF"]
@@ -73,8 +93,10 @@ def test_glob(tree):
 def test_txt_manifest_resolves_against_its_folder(tree, tmp_path):
     manifest = tmp_path / "lists" / "m.txt"
     touch(str(manifest), b"# a comment\n../photos/a.png\n\n" + str(tree / "b.JPG").encode() + b"\n")
-    assert paths(iter_items([str(manifest)])) == [os.path.normpath(str(tmp_path / "photos" / "a.png")),
-                                                  str(tree / "b.JPG")]
+    assert paths(iter_items([str(manifest)])) == [
+        os.path.normpath(str(tmp_path / "photos" / "a.png")),
+        str(tree / "b.JPG"),
+    ]
 
 
 def test_csv_manifest_carries_columns(tree):
@@ -91,7 +113,7 @@ def test_jsonl_manifest_carries_keys_and_skips_bad_lines(tree, caplog):
     items = list(iter_items([str(manifest)]))
     assert paths(items) == [str(tree / "a.png"), str(tree / "b.JPG")]
     assert items[1].extra == {"tags": ["x"]}
-    assert "line 2 is not valid JSON" in caplog.text and "line 3 has no \"path\"" in caplog.text
+    assert "line 2 is not valid JSON" in caplog.text and 'line 3 has no "path"' in caplog.text
 
 
 def test_parquet_manifest(tree):
@@ -118,12 +140,15 @@ def test_missing_manifest_entry_is_still_yielded(tree):
     assert paths(iter_items([str(tree / "m.txt")])) == [str(tree / "gone.jpg")]
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "no input given"),
-    (["/definitely/not/here"], "input not found"),
-    (["/definitely/not/*.jpg"], "no files match"),
-    (["-", "-"], "once"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "no input given"),
+        (["/definitely/not/here"], "input not found"),
+        (["/definitely/not/*.jpg"], "no files match"),
+        (["-", "-"], "once"),
+    ],
+)
 def test_check_inputs_usage_errors(args, message):
     with pytest.raises(UsageError, match=message):
         check_inputs(args)

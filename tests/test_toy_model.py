@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import shapes  # tools/shapes.py
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +107,10 @@ def test_refer_names_the_colour_in_a_box(toy, scenes):
     processor, model = toy
     picks = [random.Random(i).randrange(len(objs)) for i, (_, objs, _) in enumerate(scenes)]
     results = generate(
-        processor, model, [s[0] for s in scenes], ["<grounding><phrase> It</phrase> is"] * len(scenes),
+        processor,
+        model,
+        [s[0] for s in scenes],
+        ["<grounding><phrase> It</phrase> is"] * len(scenes),
         [[boxes[k]] for (_, _, boxes), k in zip(scenes, picks)],
     )
     said = [shapes.colour_in(text.split(" is ")[-1]) for text, _ in results]
@@ -136,22 +138,46 @@ def test_generation_stops_at_eos(toy, scenes):
 @pytest.mark.slow
 def test_training_script_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "toy"
-    cmd = [sys.executable, str(ROOT / "tools" / "train_toy_model.py"), "--out", str(out), "--steps", "5",
-           "--pool", "64", "--eval-images", "4"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools" / "train_toy_model.py"),
+        "--out",
+        str(out),
+        "--steps",
+        "5",
+        "--pool",
+        "64",
+        "--eval-images",
+        "4",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "step     5" in done.stdout and "eval {" in done.stdout
     processor, model = load(out)
     assert model.config.latent_query_num == 64
-    results = generate(processor, model, [shapes.make_scene(random.Random(0), 224, 224)[0]], ["<grounding> An image of"])
+    results = generate(
+        processor, model, [shapes.make_scene(random.Random(0), 224, 224)[0]], ["<grounding> An image of"]
+    )
     assert results[0][0].startswith("An image of")
 
 
 @pytest.mark.slow
 def test_training_is_deterministic_for_a_seed(tmp_path):
     def weights(folder, seed):
-        cmd = [sys.executable, str(ROOT / "tools" / "train_toy_model.py"), "--out", str(folder), "--steps", "3",
-               "--pool", "32", "--eval-images", "0", "--seed", str(seed)]
+        cmd = [
+            sys.executable,
+            str(ROOT / "tools" / "train_toy_model.py"),
+            "--out",
+            str(folder),
+            "--steps",
+            "3",
+            "--pool",
+            "32",
+            "--eval-images",
+            "0",
+            "--seed",
+            str(seed),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         return (folder / "model.safetensors").read_bytes()

@@ -6,15 +6,24 @@ import pytest
 
 from kosmos_cli.errors import InputError, LockedError, OutputError, UsageError
 from kosmos_cli.records import Entity
-from kosmos_cli.tasks import Ground, GroundRecord
 from kosmos_cli.store import Store
+from kosmos_cli.tasks import Ground, GroundRecord
 from kosmos_cli.writers import detect_format, read_records
 
 
 def rec(path, caption="a cat", size=10, mtime=1.5, status="ok", **extra):
-    r = GroundRecord(path=path, width=320, height=200, caption=caption, file_size=size, file_mtime=mtime,
-               prompt="<grounding> An image of", model="m", extra=extra,
-               entities=[Entity("a cat", 0, 5, [[0.1, 0.2, 0.5, 0.6]], [[32, 40, 160, 120]])])
+    r = GroundRecord(
+        path=path,
+        width=320,
+        height=200,
+        caption=caption,
+        file_size=size,
+        file_mtime=mtime,
+        prompt="<grounding> An image of",
+        model="m",
+        extra=extra,
+        entities=[Entity("a cat", 0, 5, [[0.1, 0.2, 0.5, 0.6]], [[32, 40, 160, 120]])],
+    )
     if status != "ok":
         rec_ = r.fail("boom")
         return rec_
@@ -26,16 +35,27 @@ def key(store, path):
     return Ground.key({"path": path}, store.folder())
 
 
-@pytest.mark.parametrize("path, fmt, want", [
-    ("r.jsonl", None, "jsonl"), ("r.PARQUET", None, "parquet"), ("-", None, "jsonl"), ("r.out", "parquet", "parquet"),
-])
+@pytest.mark.parametrize(
+    "path, fmt, want",
+    [
+        ("r.jsonl", None, "jsonl"),
+        ("r.PARQUET", None, "parquet"),
+        ("-", None, "jsonl"),
+        ("r.out", "parquet", "parquet"),
+    ],
+)
 def test_detect_format(path, fmt, want):
     assert detect_format(path, fmt) == want
 
 
-@pytest.mark.parametrize("path, fmt, message", [
-    ("r.txt", None, "cannot tell the output format"), ("r.jsonl", "csv", "unknown format"), ("-", "parquet", "JSONL only"),
-])
+@pytest.mark.parametrize(
+    "path, fmt, message",
+    [
+        ("r.txt", None, "cannot tell the output format"),
+        ("r.jsonl", "csv", "unknown format"),
+        ("-", "parquet", "JSONL only"),
+    ],
+)
 def test_detect_format_errors(path, fmt, message):
     with pytest.raises(UsageError, match=message):
         detect_format(path, fmt)
@@ -132,7 +152,7 @@ def test_an_unreadable_output_is_not_overwritten_silently(tmp_path):
     out = tmp_path / "r.parquet"
     out.write_bytes(b"not parquet")
     with pytest.raises(OutputError, match="not a readable Parquet file"):
-        Store(str(out), "parquet", "ground").scan().seen
+        Store(str(out), "parquet", "ground").scan()
     assert out.read_bytes() == b"not parquet"
 
 

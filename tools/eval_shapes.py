@@ -59,8 +59,13 @@ def measure_ground(rows: dict, truth: dict) -> dict[str, dict[str, float]]:
                 t["hits"] += best >= 0.5
                 t["iou"] += best
     return {
-        key: {"images": t["images"], "colours_and_count": t["right"] / t["images"],
-              "objects": t["objects"], "iou_ge_0.5": t["hits"] / t["objects"], "mean_iou": t["iou"] / t["objects"]}
+        key: {
+            "images": t["images"],
+            "colours_and_count": t["right"] / t["images"],
+            "objects": t["objects"],
+            "iou_ge_0.5": t["hits"] / t["objects"],
+            "mean_iou": t["iou"] / t["objects"],
+        }
         for key, t in sorted(tally.items())
     }
 
@@ -82,29 +87,39 @@ def main(argv=None) -> None:
         rows = {r["path"]: r for r in read_records(str(folder / "ground.jsonl"))}
         figures = {"ground": measure_ground(rows, truth)}
 
-        regions = [{"path": p, "x1": o.box[0], "y1": o.box[1], "x2": o.box[2], "y2": o.box[3], "truth": o.color}
-                   for p, (_, objs) in truth.items() for o in objs]
+        regions = [
+            {"path": p, "x1": o.box[0], "y1": o.box[1], "x2": o.box[2], "y2": o.box[3], "truth": o.color}
+            for p, (_, objs) in truth.items()
+            for o in objs
+        ]
         (folder / "regions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in regions))
-        refer([str(folder / "regions.jsonl")], str(folder / "refer.jsonl"), engine=engine,
-              batch_size=args.batch_size)
+        refer([str(folder / "regions.jsonl")], str(folder / "refer.jsonl"), engine=engine, batch_size=args.batch_size)
         said = [shapes.colour_in(r["description"]) == r["truth"] for r in read_records(str(folder / "refer.jsonl"))]
         figures["refer"] = {"regions": len(said), "colour_right": sum(said) / len(said)}
 
         queries = [{"path": p, "phrase": objs[-1].phrase, "box": objs[-1].box} for p, (_, objs) in truth.items()]
         (folder / "queries.jsonl").write_text(
-            "".join(json.dumps({"path": q["path"], "phrase": q["phrase"]}) + "\n" for q in queries))
+            "".join(json.dumps({"path": q["path"], "phrase": q["phrase"]}) + "\n" for q in queries)
+        )
         find([str(folder / "queries.jsonl")], str(folder / "find.jsonl"), engine=engine, batch_size=args.batch_size)
         found = {r["path"]: r for r in read_records(str(folder / "find.jsonl"))}
         ious = [max((shapes.iou(b, q["box"]) for b in found[q["path"]]["boxes_px"]), default=0.0) for q in queries]
-        figures["find"] = {"phrases": len(ious), "iou_ge_0.5": sum(i >= 0.5 for i in ious) / len(ious),
-                           "mean_iou": sum(ious) / len(ious)}
+        figures["find"] = {
+            "phrases": len(ious),
+            "iou_ge_0.5": sum(i >= 0.5 for i in ious) / len(ious),
+            "mean_iou": sum(ious) / len(ious),
+        }
 
     for kind, f in figures["ground"].items():
-        print(f"ground  {kind:<18} images {f['images']:>4}  colours+count {f['colours_and_count']:.3f}  "
-              f"objects {f['objects']:>4}  IoU>=0.5 {f['iou_ge_0.5']:.3f}  mean IoU {f['mean_iou']:.3f}")
+        print(
+            f"ground  {kind:<18} images {f['images']:>4}  colours+count {f['colours_and_count']:.3f}  "
+            f"objects {f['objects']:>4}  IoU>=0.5 {f['iou_ge_0.5']:.3f}  mean IoU {f['mean_iou']:.3f}"
+        )
     print(f"refer   regions {figures['refer']['regions']}  colour named {figures['refer']['colour_right']:.3f}")
-    print(f"find    phrases {figures['find']['phrases']}  IoU>=0.5 {figures['find']['iou_ge_0.5']:.3f}  "
-          f"mean IoU {figures['find']['mean_iou']:.3f}")
+    print(
+        f"find    phrases {figures['find']['phrases']}  IoU>=0.5 {figures['find']['iou_ge_0.5']:.3f}  "
+        f"mean IoU {figures['find']['mean_iou']:.3f}"
+    )
     print(json.dumps({"model": args.model, "n": args.n, "seed": args.seed, **figures}))
 
 

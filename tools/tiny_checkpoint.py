@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import string
 
-WORDS = ("An image of a the red green blue circle square and It is Describe this in detail: . , "
-         "on with shows photo picture").split()
+WORDS = (
+    "An image of a the red green blue circle square and It is Describe this in detail: . , on with shows photo picture"
+).split()
 
 
 def build_tokenizer():
@@ -40,10 +41,22 @@ def build_tiny(out: str, seed: int = 0, width: int = 64, layers: int = 2) -> str
 
     processor = build_processor()
     config = Kosmos2Config(
-        text_config=dict(vocab_size=len(processor.tokenizer), embed_dim=width, layers=layers, attention_heads=2,
-                         ffn_dim=2 * width, max_position_embeddings=512),
-        vision_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
-                           num_attention_heads=2, image_size=224, patch_size=28),
+        text_config=dict(
+            vocab_size=len(processor.tokenizer),
+            embed_dim=width,
+            layers=layers,
+            attention_heads=2,
+            ffn_dim=2 * width,
+            max_position_embeddings=512,
+        ),
+        vision_config=dict(
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            image_size=224,
+            patch_size=28,
+        ),
         latent_query_num=64,
     )
     torch.manual_seed(seed)

@@ -30,7 +30,6 @@ from tokenizers import decoders, pre_tokenizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import shapes  # noqa: E402
-
 from transformers import (  # noqa: E402
     Kosmos2Config,
     Kosmos2ForConditionalGeneration,
@@ -127,14 +126,26 @@ def build_model(processor: Kosmos2Processor) -> Kosmos2ForConditionalGeneration:
     tokenizer = processor.tokenizer
     config = Kosmos2Config(
         text_config=dict(
-            vocab_size=len(tokenizer), embed_dim=128, layers=3, attention_heads=4, ffn_dim=512,
-            max_position_embeddings=256, dropout=0.0, attention_dropout=0.0, init_std=128**-0.5,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            vocab_size=len(tokenizer),
+            embed_dim=128,
+            layers=3,
+            attention_heads=4,
+            ffn_dim=512,
+            max_position_embeddings=256,
+            dropout=0.0,
+            attention_dropout=0.0,
+            init_std=128**-0.5,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         ),
         vision_config=dict(
-            hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-            image_size=224, patch_size=28,
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=224,
+            patch_size=28,
         ),
         latent_query_num=64,
     )
@@ -294,10 +305,13 @@ def evaluate(model, processor, n: int = 100, seed: int = 12345, batch_size: int 
         captions = _generate(model, processor, images, [CAPTION_PROMPT] * len(chunk))
         refers = _generate(model, processor, images, [REFER_PROMPT] * len(chunk), [[s[2][s[3]]] for s in chunk])
         finds = _generate(
-            model, processor, images, [f"<grounding><phrase> {s[1][s[3]].phrase}</phrase>" for s in chunk],
+            model,
+            processor,
+            images,
+            [f"<grounding><phrase> {s[1][s[3]].phrase}</phrase>" for s in chunk],
             [None] * len(chunk),
         )
-        for (img, objs, boxes, k), cap, ref, fnd in zip(chunk, captions, refers, finds):
+        for (_img, objs, boxes, k), cap, ref, fnd in zip(chunk, captions, refers, finds):
             _, entities = processor.post_process_generation(cap)
             found = {shapes.colour_in(name): (name, bxs) for name, _, bxs in entities}
             right += [shapes.colour_in(name) for name, _, _ in entities] == [o.color for o in objs]
@@ -329,7 +343,9 @@ def evaluate(model, processor, n: int = 100, seed: int = 12345, batch_size: int 
 
 def param_groups(model, lr: float, vision_lr_scale: float):
     """The vision tower and the image-to-text projection learn slower, or they forget where things are."""
-    slow = [p for name, p in model.named_parameters() if name.startswith(("vision_model.", "image_to_text_projection."))]
+    slow = [
+        p for name, p in model.named_parameters() if name.startswith(("vision_model.", "image_to_text_projection."))
+    ]
     slow_ids = {id(p) for p in slow}
     fast = [p for p in model.parameters() if id(p) not in slow_ids]
     return [{"params": fast, "lr": lr}, {"params": slow, "lr": lr * vision_lr_scale}]

@@ -62,8 +62,15 @@ def team(device: str = "auto") -> Team | Solo:
     return _team
 
 
-def new_team(rank: int, size: int, local_rank: int, device: str, run: str, timeout: float | None = None,
-             stall: float | None = None) -> Team:
+def new_team(
+    rank: int,
+    size: int,
+    local_rank: int,
+    device: str,
+    run: str,
+    timeout: float | None = None,
+    stall: float | None = None,
+) -> Team:
     """A Team with its timeouts from the environment (KOSMOS_RANK_TIMEOUT, KOSMOS_STALL_TIMEOUT) unless given."""
     timeout = _seconds_from(TIMEOUT_ENV, DEFAULT_TIMEOUT) if timeout is None else timeout
     stall = _seconds_from(STALL_ENV, DEFAULT_STALL) if stall is None else stall
@@ -79,8 +86,10 @@ def _join(cpu: bool | None) -> Team | Solo:
     try:
         state = PartialState(cpu=cpu)
     except (RuntimeError, ValueError) as exc:
-        raise RankError(f"cannot join the other processes of this launch ({one_line(str(exc))}): start the "
-                        "command with accelerate launch or torchrun") from None
+        raise RankError(
+            f"cannot join the other processes of this launch ({one_line(str(exc))}): start the "
+            "command with accelerate launch or torchrun"
+        ) from None
     if state.num_processes <= 1:
         return Solo()
     box = [uuid.uuid4().hex[:12] if state.process_index == 0 else None]
@@ -100,5 +109,17 @@ def _seconds_from(name: str, default: float) -> float:
     return seconds
 
 
-__all__ = ["DONE", "FAILED", "INTERRUPTED", "LOADING", "PREPARING", "RUNNING", "WAITING", "Solo", "Team", "new_team",
-           "team", "world_size"]
+__all__ = [
+    "DONE",
+    "FAILED",
+    "INTERRUPTED",
+    "LOADING",
+    "PREPARING",
+    "RUNNING",
+    "WAITING",
+    "Solo",
+    "Team",
+    "new_team",
+    "team",
+    "world_size",
+]

@@ -66,8 +66,7 @@ class Team:
 
     solo = False
 
-    def __init__(self, rank: int, size: int, local_rank: int, device: str, run: str, timeout: float,
-                 stall: float):
+    def __init__(self, rank: int, size: int, local_rank: int, device: str, run: str, timeout: float, stall: float):
         self.rank, self.size, self.local_rank, self.device, self.run = rank, size, local_rank, device, run
         self.timeout, self.stall = timeout, stall
         self.host = socket.gethostname()
@@ -108,8 +107,10 @@ class Team:
             self.board.open()
             self._publish(strict=True)
         except OSError as exc:
-            raise OutputError(f"cannot write {self.board.folder} ({exc.strerror or exc}): every process needs to "
-                              "write beside the output; choose another --out") from None
+            raise OutputError(
+                f"cannot write {self.board.folder} ({exc.strerror or exc}): every process needs to "
+                "write beside the output; choose another --out"
+            ) from None
         self.board.start(self._beat)
 
     @contextlib.contextmanager
@@ -198,8 +199,13 @@ class Team:
         for r in others:
             status = self.others[r]
             part = dataclasses.replace(
-                own, rank=r, done=status.get("done", 0), failed=status.get("failed", 0),
-                skipped=status.get("skipped", 0), seconds=status.get("seconds", 0.0))
+                own,
+                rank=r,
+                done=status.get("done", 0),
+                failed=status.get("failed", 0),
+                skipped=status.get("skipped", 0),
+                seconds=status.get("seconds", 0.0),
+            )
             summary.ranks.append(part)
             summary.done += part.done
             summary.failed += part.failed
@@ -256,12 +262,24 @@ class Team:
         with self._lock:
             self._beats += 1
             done, failed, skipped = self._counts
-            self.board.publish({
-                "rank": self.rank, "world": self.size, "host": self.host, "space": self.watchdog.space,
-                "pid": os.getpid(), "state": self.state, "error": self.error, "beat": self._beats,
-                "done": done, "failed": failed, "skipped": skipped, "seconds": round(self._seconds, 3),
-                "failures": self._failures,
-            }, strict=strict)
+            self.board.publish(
+                {
+                    "rank": self.rank,
+                    "world": self.size,
+                    "host": self.host,
+                    "space": self.watchdog.space,
+                    "pid": os.getpid(),
+                    "state": self.state,
+                    "error": self.error,
+                    "beat": self._beats,
+                    "done": done,
+                    "failed": failed,
+                    "skipped": skipped,
+                    "seconds": round(self._seconds, 3),
+                    "failures": self._failures,
+                },
+                strict=strict,
+            )
 
     def _beat(self) -> None:
         self._publish()

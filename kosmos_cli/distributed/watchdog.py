@@ -41,8 +41,11 @@ class Watchdog:
         """What is wrong with rank `r`, given its last status; None while it is fine (or done)."""
         if status is None:
             if waited and now - self._since > self.timeout:
-                return self._error(r, f"rank {r} has not reported for {self.timeout:.0f}s: it did not start, or "
-                                      f"cannot see {self.folder} (every machine must share the output's folder)")
+                return self._error(
+                    r,
+                    f"rank {r} has not reported for {self.timeout:.0f}s: it did not start, or "
+                    f"cannot see {self.folder} (every machine must share the output's folder)",
+                )
             return None
         state = status.get("state")
         if state == DONE:
@@ -53,16 +56,20 @@ class Watchdog:
             return self._error(r, f"rank {r} was interrupted", said=True)
         pid = status.get("pid")
         if status.get("space") == self.space and not alive(pid):
-            return self._error(r, f"rank {r} (pid {pid} on {status.get('host')}) ended without finishing: "
-                                  "see its messages")
+            return self._error(
+                r, f"rank {r} (pid {pid} on {status.get('host')}) ended without finishing: see its messages"
+            )
         if not waited:
             return None
         beat, seen = status.get("beat"), self._changed.get(r)
         if seen is None or seen[0] != beat:
             self._changed[r] = (beat, now)
         elif now - seen[1] > self.timeout:
-            return self._error(r, f"rank {r} on {status.get('host')} stopped responding: no heartbeat for "
-                                  f"{self.timeout:.0f}s (set {TIMEOUT_ENV} to wait longer)")
+            return self._error(
+                r,
+                f"rank {r} on {status.get('host')} stopped responding: no heartbeat for "
+                f"{self.timeout:.0f}s (set {TIMEOUT_ENV} to wait longer)",
+            )
         return self._stalled(r, status, now)
 
     def _stalled(self, r: int, status: dict, now: float) -> RankError | None:
@@ -72,9 +79,12 @@ class Watchdog:
             self._progressed[r] = (work, now)
             return None
         if work[0] == RUNNING and self.stall and now - seen[1] > self.stall:
-            return self._error(r, f"rank {r} on {status.get('host')} has recorded nothing for {self.stall:.0f}s "
-                                  "although it is still running: it looks hung (a stuck GPU, driver or file "
-                                  f"system); set {STALL_ENV} to wait longer")
+            return self._error(
+                r,
+                f"rank {r} on {status.get('host')} has recorded nothing for {self.stall:.0f}s "
+                "although it is still running: it looks hung (a stuck GPU, driver or file "
+                f"system); set {STALL_ENV} to wait longer",
+            )
         return None
 
     def _error(self, r: int, message: str, said: bool = False) -> RankError:

@@ -1,11 +1,11 @@
 """Boxes and labels onto images, and an HTML gallery of them. Pillow only: `kosmos draw` never imports torch.
 
-    colors.py      the palette; black or white text on a colour (WCAG contrast)
-    render.py      a row's shapes (its task says what they are); boxes and labels onto an image
-    naming.py      where each annotated image comes from and goes to; writing it safely
-    gallery.py     index.html, each row's text highlighted in its boxes' colours (its task says how)
-    drawer.py      Drawer: a row at a time, counted in a DrawSummary; checking rows of a results file
-    background.py  Background: a Drawer fed from the main thread, drawing on threads of its own
+colors.py      the palette; black or white text on a colour (WCAG contrast)
+render.py      a row's shapes (its task says what they are); boxes and labels onto an image
+naming.py      where each annotated image comes from and goes to; writing it safely
+gallery.py     index.html, each row's text highlighted in its boxes' colours (its task says how)
+drawer.py      Drawer: a row at a time, counted in a DrawSummary; checking rows of a results file
+background.py  Background: a Drawer fed from the main thread, drawing on threads of its own
 """
 
 from .background import Background
@@ -16,7 +16,24 @@ from .naming import Targets, input_root, locate
 from .render import Shape, annotate, font_size, label_box, line_width, shapes_of
 
 __all__ = [
-    "PALETTE", "Background", "DrawSummary", "Drawer", "Gallery", "Shape", "Targets", "annotate", "caption_html",
-    "check_results_row", "color", "font_size", "input_root", "label_box", "line_width", "locate", "luminance",
-    "shapes_of", "task_of", "text_color",
+    "PALETTE",
+    "Background",
+    "DrawSummary",
+    "Drawer",
+    "Gallery",
+    "Shape",
+    "Targets",
+    "annotate",
+    "caption_html",
+    "check_results_row",
+    "color",
+    "font_size",
+    "input_root",
+    "label_box",
+    "line_width",
+    "locate",
+    "luminance",
+    "shapes_of",
+    "task_of",
+    "text_color",
 ]

@@ -27,8 +27,13 @@ class Background:
     error or an interrupt what is left is skipped.
     """
 
-    def __init__(self, drawer: Drawer, threads: int | None = None, depth: int = 4,
-                 on_row: Callable[[str | None], None] | None = None):
+    def __init__(
+        self,
+        drawer: Drawer,
+        threads: int | None = None,
+        depth: int = 4,
+        on_row: Callable[[str | None], None] | None = None,
+    ):
         self.drawer, self.summary, self.on_row = drawer, drawer.summary, on_row
         self.threads = threads or min(4, os.cpu_count() or 1)
         self._queue: queue.Queue = queue.Queue(maxsize=depth)

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 # Saturated mid-tone colours, told apart easily (after Sasha Trubetskoy's list of distinct colours).
 PALETTE = (
-    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (240, 50, 230), (0, 128, 128), (170, 110, 40), (70, 240, 240), (210, 245, 60),
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (240, 50, 230),
+    (0, 128, 128),
+    (170, 110, 40),
+    (70, 240, 240),
+    (210, 245, 60),
 )
 
 
@@ -21,6 +29,7 @@ def text_color(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
 
 def luminance(rgb: tuple[int, int, int]) -> float:
     """WCAG relative luminance, 0 (black) to 1 (white)."""
+
     def linear(value: int) -> float:
         v = value / 255
         return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4

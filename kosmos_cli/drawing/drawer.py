@@ -33,8 +33,10 @@ def check_results_row(row: dict[str, Any], number: int, path: str) -> str:
     """The task of one row of a results file; InputError when the row is not a record of ours."""
     task = task_of(row)
     if task is None or not isinstance(row.get("path"), str) or "status" not in row:
-        raise InputError(f"{path} row {number} is not a kosmos record (no status, caption, box_px or phrase): "
-                         "pass a results file written by kosmos ground, refer or find")
+        raise InputError(
+            f"{path} row {number} is not a kosmos record (no status, caption, box_px or phrase): "
+            "pass a results file written by kosmos ground, refer or find"
+        )
     return task
 
 
@@ -60,8 +62,10 @@ class DrawSummary:
 
     def line(self) -> str:
         index = f" (gallery {self.index})" if self.index else ""
-        return (f"kosmos draw finished: {self.drawn} drawn, {self.skipped} skipped (error records), "
-                f"{self.failed} failed in {self.seconds:.1f}s -> {self.out_dir}{index}")
+        return (
+            f"kosmos draw finished: {self.drawn} drawn, {self.skipped} skipped (error records), "
+            f"{self.failed} failed in {self.seconds:.1f}s -> {self.out_dir}{index}"
+        )
 
 
 @dataclass
@@ -85,13 +89,23 @@ class Drawer:
     is written to a temporary file and renamed, so no half-written image is ever left.
     """
 
-    def __init__(self, out_dir: str, base: str | None, html: bool = False, root: str | None = None,
-                 title: str = "kosmos draw", option: str = "--out-dir", min_score: float | None = None):
+    def __init__(
+        self,
+        out_dir: str,
+        base: str | None,
+        html: bool = False,
+        root: str | None = None,
+        title: str = "kosmos draw",
+        option: str = "--out-dir",
+        min_score: float | None = None,
+    ):
         if os.path.exists(out_dir) and not os.path.isdir(out_dir):
             raise UsageError(f"{option} {out_dir} is a file: name a folder for the annotated images")
         if base is not None and os.path.isdir(out_dir) and os.path.samefile(out_dir, base):
-            raise UsageError(f"{option} {out_dir} is the folder of the images: drawing there would overwrite "
-                             "them; choose another folder")
+            raise UsageError(
+                f"{option} {out_dir} is the folder of the images: drawing there would overwrite "
+                "them; choose another folder"
+            )
         claim(out_dir, option.lstrip("-").replace("-", "_"))  # ours, or refused before anything is written
         self.out_dir, self.base, self.root, self.title, self.option = out_dir, base, root, title, option
         self.min_score = min_score  # boxes scored below it are not drawn (scores.passes)
@@ -135,8 +149,10 @@ class Drawer:
             if os.path.exists(job.target) and os.path.samefile(job.target, job.source):
                 return f"the annotated image would overwrite it: choose another {self.option}"
             image, row = loaded.image, job.row
-            scale = (image.width / row["width"] if row.get("width") else 1.0,
-                     image.height / row["height"] if row.get("height") else 1.0)
+            scale = (
+                image.width / row["width"] if row.get("width") else 1.0,
+                image.height / row["height"] if row.get("height") else 1.0,
+            )
             shapes = shapes_of(row, self.min_score)
             annotate(image, shapes, scale)
             save(image, job.target, self.option)

@@ -10,9 +10,9 @@ from typing import Any
 from urllib.parse import quote
 
 from .. import tasks
+from ..atomic import AtomicFile
 from ..errors import OutputError
 from .colors import color, text_color
-from ..atomic import AtomicFile
 from .render import Shape
 
 

@@ -20,8 +20,10 @@ from ..sources import DRAWN_MARKER
 
 _JPEG = (".jpg", ".jpeg", ".jpe", ".jfif")
 _GLOB = re.compile(r"[*?\[]")
-_MARKER_TEXT = ("kosmos drew the images in this folder: later draws may write over them, and kosmos ground, refer "
-                "and find leave this folder out when they walk a folder around it.\n")
+_MARKER_TEXT = (
+    "kosmos drew the images in this folder: later draws may write over them, and kosmos ground, refer "
+    "and find leave this folder out when they walk a folder around it.\n"
+)
 
 
 def locate(path: str, root: str | None) -> str:
@@ -53,15 +55,22 @@ def claim(out_dir: str, param: str) -> None:
     `param`: the library parameter that named the folder (the CLI says its flag)."""
     marker = os.path.join(out_dir, DRAWN_MARKER)
     try:
-        taken = os.path.isdir(out_dir) and not os.path.exists(marker) and any(
-            name != DRAWN_MARKER for name in os.listdir(out_dir))
+        taken = (
+            os.path.isdir(out_dir)
+            and not os.path.exists(marker)
+            and any(name != DRAWN_MARKER for name in os.listdir(out_dir))
+        )
     except OSError as exc:
-        raise UsageError(f"{{param}} {out_dir}: cannot read that folder ({exc.strerror or exc}): name a folder you "
-                         "can write to", param=param) from None
+        raise UsageError(
+            f"{{param}} {out_dir}: cannot read that folder ({exc.strerror or exc}): name a folder you can write to",
+            param=param,
+        ) from None
     if taken:
-        raise UsageError(f"{{param}} {out_dir} already holds files that kosmos did not draw (it has no "
-                         f"{DRAWN_MARKER}): name a new or empty folder, so that nothing of yours is written over",
-                         param=param)
+        raise UsageError(
+            f"{{param}} {out_dir} already holds files that kosmos did not draw (it has no "
+            f"{DRAWN_MARKER}): name a new or empty folder, so that nothing of yours is written over",
+            param=param,
+        )
     try:
         os.makedirs(out_dir, exist_ok=True)
         with open(marker, "x", encoding="utf-8") as f:
@@ -69,8 +78,10 @@ def claim(out_dir: str, param: str) -> None:
     except FileExistsError:
         pass  # marked already (by an earlier draw, or another process of this run)
     except OSError as exc:
-        raise UsageError(f"{{param}} {out_dir}: cannot make that folder ({exc.strerror or exc}): name a folder you "
-                         "can write to", param=param) from None
+        raise UsageError(
+            f"{{param}} {out_dir}: cannot make that folder ({exc.strerror or exc}): name a folder you can write to",
+            param=param,
+        ) from None
 
 
 class Targets:
@@ -106,7 +117,6 @@ def save(image: Image.Image, target: str, option: str) -> None:
             # JPEG without chroma subsampling: thin coloured lines keep their colour
             image.save(f, format="JPEG" if jpeg else "PNG", **({"quality": 92, "subsampling": 0} if jpeg else {}))
     except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}: "
-                          f"choose another {option} or free some space") from None
-
-
+        raise OutputError(
+            f"cannot write {target}: {exc.strerror or exc}: choose another {option} or free some space"
+        ) from None

@@ -13,8 +13,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from ..fonts import label_font
 from .. import tasks
+from ..fonts import label_font
 from ..scores import passes
 from .colors import color, text_color
 
@@ -131,4 +131,3 @@ def _fit(draw, text: str, font, room: int) -> str:
         else:
             hi = mid - 1
     return text[:lo].rstrip() + "…"
-

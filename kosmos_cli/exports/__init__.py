@@ -58,17 +58,36 @@ class ExportSummary:
 
     def line(self) -> str:
         d = self.dropped
-        left = [f"{n} {why}" for n, why in ((d.unnamed, "naming no class"), (d.below, "below --min-score"),
-                                            (d.duplicates, "removed by --nms"), (d.empty, "empty")) if n]
+        left = [
+            f"{n} {why}"
+            for n, why in (
+                (d.unnamed, "naming no class"),
+                (d.below, "below --min-score"),
+                (d.duplicates, "removed by --nms"),
+                (d.empty, "empty"),
+            )
+            if n
+        ]
         extra = f"; boxes left out: {', '.join(left)}" if left else ""
-        return (f"kosmos export finished: {self.images} images, {self.boxes} boxes, {self.classes} classes, "
-                f"{self.errors} skipped (error records), {self.failed} failed{extra} in {self.seconds:.1f}s "
-                f"-> {self.out} ({self.to})")
+        return (
+            f"kosmos export finished: {self.images} images, {self.boxes} boxes, {self.classes} classes, "
+            f"{self.errors} skipped (error records), {self.failed} failed{extra} in {self.seconds:.1f}s "
+            f"-> {self.out} ({self.to})"
+        )
 
 
-def run(results: str, to: str, out: str, *, classes: list[str] | None = None, min_score: float | None = None,
-        nms: float | None = None, root: str | None = None, image_root: str | None = None,
-        copy_images: bool = False) -> ExportSummary:
+def run(
+    results: str,
+    to: str,
+    out: str,
+    *,
+    classes: list[str] | None = None,
+    min_score: float | None = None,
+    nms: float | None = None,
+    root: str | None = None,
+    image_root: str | None = None,
+    copy_images: bool = False,
+) -> ExportSummary:
     """Export `results` (ground or find, JSONL or Parquet) to `out` in format `to`. Everything is checked, the whole
     results file included, before anything is written."""
     started = time.perf_counter()
@@ -77,8 +96,11 @@ def run(results: str, to: str, out: str, *, classes: list[str] | None = None, mi
         raise UsageError(f"unknown format {to!r} ({{param}}): use one of {', '.join(FORMATS)}", param="to")
     min_score = check_min_score(min_score)
     if nms is not None and (isinstance(nms, bool) or not isinstance(nms, (int, float)) or not 0.0 <= nms <= 1.0):
-        raise UsageError(f"{{param}} {nms!r}: an IoU from 0 to 1 (boxes of one class overlapping more than it are "
-                         "duplicates), e.g. 0.5", param="nms")
+        raise UsageError(
+            f"{{param}} {nms!r}: an IoU from 0 to 1 (boxes of one class overlapping more than it are "
+            "duplicates), e.g. 0.5",
+            param="nms",
+        )
     if root is not None and not os.path.isdir(root):
         raise UsageError(f"{{param}} {root}: no such folder", param="root")
     if image_root is not None and writer_type is not LabelStudio:

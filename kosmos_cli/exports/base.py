@@ -38,12 +38,16 @@ class Writer:
             if os.path.exists(out) and not os.path.isdir(out):
                 raise UsageError(f"{out} is a file: --to {cls.name} writes a folder; name a new or empty folder")
             if os.path.isdir(out) and os.listdir(out):
-                raise UsageError(f"{out} is not empty: --to {cls.name} writes a folder of its own (old labels would "
-                                 "mix with the new); name a new or empty folder")
+                raise UsageError(
+                    f"{out} is not empty: --to {cls.name} writes a folder of its own (old labels would "
+                    "mix with the new); name a new or empty folder"
+                )
         else:
             if os.path.isdir(out):
-                raise UsageError(f"{out} is a folder: --to {cls.name} writes one file; name a file, e.g. "
-                                 f"{os.path.join(out, cls.name + '.json')}")
+                raise UsageError(
+                    f"{out} is a folder: --to {cls.name} writes one file; name a file, e.g. "
+                    f"{os.path.join(out, cls.name + '.json')}"
+                )
             parent = os.path.dirname(os.path.abspath(out))
             if not os.path.isdir(parent):
                 raise UsageError(f"cannot write {out}: its folder {parent} does not exist")

@@ -49,8 +49,12 @@ def labels(image: Image, classes: Classes, min_score: float | None, nms: float |
             dropped.below += 1
             continue
         x1, y1, x2, y2 = found.box
-        box = (max(0, min(x1, image.width)), max(0, min(y1, image.height)),
-               max(0, min(x2, image.width)), max(0, min(y2, image.height)))
+        box = (
+            max(0, min(x1, image.width)),
+            max(0, min(y1, image.height)),
+            max(0, min(x2, image.width)),
+            max(0, min(y2, image.height)),
+        )
         if box[2] <= box[0] or box[3] <= box[1]:
             dropped.empty += 1
             continue

@@ -15,20 +15,68 @@ from collections.abc import Iterable
 from ..errors import UsageError
 
 ARTICLES = frozenset({"a", "an", "the"})
-_CUT = frozenset({
-    "of", "on", "in", "inside", "with", "without", "at", "near", "by", "under", "over", "above", "below", "behind",
-    "beside", "besides", "between", "next", "from", "for", "to", "into", "onto", "against", "along", "across",
-    "wearing", "holding", "carrying", "sitting", "standing", "that", "which", "who", "whose", "while", "and", "or",
-})
+_CUT = frozenset(
+    {
+        "of",
+        "on",
+        "in",
+        "inside",
+        "with",
+        "without",
+        "at",
+        "near",
+        "by",
+        "under",
+        "over",
+        "above",
+        "below",
+        "behind",
+        "beside",
+        "besides",
+        "between",
+        "next",
+        "from",
+        "for",
+        "to",
+        "into",
+        "onto",
+        "against",
+        "along",
+        "across",
+        "wearing",
+        "holding",
+        "carrying",
+        "sitting",
+        "standing",
+        "that",
+        "which",
+        "who",
+        "whose",
+        "while",
+        "and",
+        "or",
+    }
+)
 _PUNCTUATION = " \t\n.,;:!?\"'()[]{}"
 _IRREGULAR = {
-    "people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse", "geese": "goose",
-    "feet": "foot", "teeth": "tooth", "oxen": "ox", "dice": "die", "sheep": "sheep", "fish": "fish", "deer": "deer",
+    "people": "person",
+    "men": "man",
+    "women": "woman",
+    "children": "child",
+    "mice": "mouse",
+    "geese": "goose",
+    "feet": "foot",
+    "teeth": "tooth",
+    "oxen": "ox",
+    "dice": "die",
+    "sheep": "sheep",
+    "fish": "fish",
+    "deer": "deer",
 }
 
 
 def normalise(phrase: str) -> str:
-    """"A Red Car." -> "red car": lowercase, single spaces, no surrounding punctuation, no leading article."""
+    """ "A Red Car." -> "red car": lowercase, single spaces, no surrounding punctuation, no leading article."""
     words = str(phrase).lower().strip(_PUNCTUATION).split()
     if len(words) > 1 and words[0] in ARTICLES:
         words = words[1:]
@@ -77,7 +125,7 @@ class Classes:
                 self._index[key] = len(self.names)
                 self.names.append(name.strip())
             if not self.names:
-                raise UsageError("{param}: no class named: give some, e.g. --classes \"dog,cat\"", param="classes")
+                raise UsageError('{param}: no class named: give some, e.g. --classes "dog,cat"', param="classes")
             self._words = [(k.split(), i) for k, i in self._index.items()]
 
     def of(self, phrase: str) -> int | None:
@@ -92,7 +140,7 @@ class Classes:
             return normalise(phrase) or None
         words = head(phrase)
         best: tuple[int, str] | None = None  # (words in the class, its key)
-        for class_words, index in self._words:
+        for class_words, _ in self._words:
             if _ends_with(words, class_words) and (best is None or len(class_words) > best[0]):
                 best = (len(class_words), " ".join(class_words))
         return None if best is None else best[1]
@@ -107,7 +155,7 @@ class Classes:
 
 def _ends_with(words: list[str], class_words: list[str]) -> bool:
     n = len(class_words)
-    if n == 0 or len(words) < n or words[len(words) - n:-1] != class_words[:-1]:
+    if n == 0 or len(words) < n or words[len(words) - n : -1] != class_words[:-1]:
         return False
     return bool(singulars(words[-1]) & singulars(class_words[-1]))
 
@@ -121,8 +169,9 @@ def parse_classes(classes: str | Iterable[str] | None, classes_file: str | None)
             with open(classes_file, encoding="utf-8-sig") as f:
                 lines = f.read().splitlines()
         except OSError as exc:
-            raise UsageError(f"{{param}} {classes_file}: cannot read it ({exc.strerror or exc})",
-                             param="classes_file") from None
+            raise UsageError(
+                f"{{param}} {classes_file}: cannot read it ({exc.strerror or exc})", param="classes_file"
+            ) from None
         return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
     if classes is None:
         return None

@@ -28,8 +28,12 @@ class Coco(Writer):
             self._side = tempfile.TemporaryFile("w+", encoding="utf-8", dir=os.path.dirname(os.path.abspath(out)))
         except OSError as exc:
             raise write_error(exc, out) from None
-        info = {"description": f"kosmos export of {os.path.basename(options.results)}", "url": "",
-                "version": "1.0", "contributor": "kosmos-cli"}
+        info = {
+            "description": f"kosmos export of {os.path.basename(options.results)}",
+            "url": "",
+            "version": "1.0",
+            "contributor": "kosmos-cli",
+        }
         self._file.file.write(f'{{"info": {json.dumps(info)},\n"licenses": [],\n"images": [')
 
     def add(self, image: Image, labels: list[Label], names: list[str]) -> str | None:
@@ -39,9 +43,14 @@ class Coco(Writer):
             self._file.file.write(("\n" if self._images == 1 else ",\n") + json.dumps(entry, ensure_ascii=False))
             for label in labels:
                 self._annotations += 1
-                ann = {"id": self._annotations, "image_id": self._images, "category_id": label.cls + 1,
-                       "bbox": [label.box[0], label.box[1], label.width, label.height],
-                       "area": label.width * label.height, "iscrowd": 0}
+                ann = {
+                    "id": self._annotations,
+                    "image_id": self._images,
+                    "category_id": label.cls + 1,
+                    "bbox": [label.box[0], label.box[1], label.width, label.height],
+                    "area": label.width * label.height,
+                    "iscrowd": 0,
+                }
                 if label.score is not None:
                     ann["score"] = label.score
                 self._side.write(("\n" if self._annotations == 1 else ",\n") + json.dumps(ann))
@@ -53,10 +62,10 @@ class Coco(Writer):
         categories = [{"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(classes)]
         try:
             f = self._file.file
-            f.write("\n],\n\"annotations\": [")
+            f.write('\n],\n"annotations": [')
             self._side.seek(0)
             shutil.copyfileobj(self._side, f)
-            f.write(f"\n],\n\"categories\": {json.dumps(categories, ensure_ascii=False)}\n}}\n")
+            f.write(f'\n],\n"categories": {json.dumps(categories, ensure_ascii=False)}\n}}\n')
             self._side.close()
             self._file.commit()
         except OSError as exc:

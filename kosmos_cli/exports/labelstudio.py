@@ -9,10 +9,9 @@ path relative to `--root` (URL-quoted); without `--image-root`, the path itself.
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 import os
+from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
@@ -51,10 +50,23 @@ class LabelStudio(Writer):
         results = []
         for n, label in enumerate(labels, 1):
             x1, y1, x2, y2 = label.box
-            result = {"id": f"{self._tasks}-{n}", "type": "rectanglelabels", "from_name": FROM_NAME,
-                      "to_name": TO_NAME, "original_width": w, "original_height": h, "image_rotation": 0,
-                      "value": {"x": 100 * x1 / w, "y": 100 * y1 / h, "width": 100 * (x2 - x1) / w,
-                                "height": 100 * (y2 - y1) / h, "rotation": 0, "rectanglelabels": [names[label.cls]]}}
+            result = {
+                "id": f"{self._tasks}-{n}",
+                "type": "rectanglelabels",
+                "from_name": FROM_NAME,
+                "to_name": TO_NAME,
+                "original_width": w,
+                "original_height": h,
+                "image_rotation": 0,
+                "value": {
+                    "x": 100 * x1 / w,
+                    "y": 100 * y1 / h,
+                    "width": 100 * (x2 - x1) / w,
+                    "height": 100 * (y2 - y1) / h,
+                    "rotation": 0,
+                    "rectanglelabels": [names[label.cls]],
+                },
+            }
             if label.score is not None:
                 result["score"] = label.score
             results.append(result)
@@ -71,8 +83,11 @@ class LabelStudio(Writer):
 
     def close(self, classes: list[str]) -> None:
         config = config_path(self.out)
-        lines = ["<View>", f'  <Image name="{TO_NAME}" value="$image"/>',
-                 f'  <RectangleLabels name="{FROM_NAME}" toName="{TO_NAME}">']
+        lines = [
+            "<View>",
+            f'  <Image name="{TO_NAME}" value="$image"/>',
+            f'  <RectangleLabels name="{FROM_NAME}" toName="{TO_NAME}">',
+        ]
         lines += [f"    <Label value={quoteattr(name)}/>" for name in classes]
         lines += ["  </RectangleLabels>", "</View>"]
         try:

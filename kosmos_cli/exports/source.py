@@ -57,8 +57,10 @@ def _rows(results: str) -> Iterator[dict[str, Any]]:
     try:
         yield from read_records(results)
     except UnicodeDecodeError:
-        raise InputError(f"{results} is not a results file of kosmos (neither JSONL nor Parquet): pass the "
-                         ".jsonl or .parquet file written by kosmos ground or find") from None
+        raise InputError(
+            f"{results} is not a results file of kosmos (neither JSONL nor Parquet): pass the "
+            ".jsonl or .parquet file written by kosmos ground or find"
+        ) from None
 
 
 def scan(results: str, root: str | None) -> Scan:
@@ -71,16 +73,19 @@ def scan(results: str, root: str | None) -> Scan:
         name = check_results_row(row, number, results)
         task = tasks.get(name)
         if not task.detects:
-            raise UsageError(f"{results} holds {name} records: they describe regions you gave, they find no boxes; "
-                             "export reads the results of kosmos ground or kosmos find")
+            raise UsageError(
+                f"{results} holds {name} records: they describe regions you gave, they find no boxes; "
+                "export reads the results of kosmos ground or kosmos find"
+            )
         out.task, out.rows = name, number
         if row.get("status") != "ok":
             out.errors += 1
             continue
         full = os.path.abspath(locate(row["path"], here))
         if root is not None and _outside(full, root):
-            raise UsageError(f"{{param}} {root}: {row['path']} is not below it: name a folder that holds every "
-                             "image", param="root")
+            raise UsageError(
+                f"{{param}} {root}: {row['path']} is not below it: name a folder that holds every image", param="root"
+            )
         out.last[row["path"]] = number
         folder = os.path.dirname(full)
         out.base = folder if out.base is None else os.path.commonpath([out.base, folder])
@@ -106,8 +111,10 @@ def images(results: str, found: Scan, root: str | None) -> Iterator[Image]:
             full = os.path.abspath(source)
             layout = _slashes(os.path.relpath(full, base) if base else os.path.basename(full))
             name = layout if root is not None else path
-            pending[path] = (Image(path, source, name, layout, row.get("width") or 0, row.get("height") or 0,
-                                   row.get("model")), {})
+            pending[path] = (
+                Image(path, source, name, layout, row.get("width") or 0, row.get("height") or 0, row.get("model")),
+                {},
+            )
         pending[path][1][task.key(row)] = list(_found(task, row))
         if found.last.get(path) == number:
             image, by_key = pending.pop(path)

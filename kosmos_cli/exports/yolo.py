@@ -49,17 +49,23 @@ class Yolo(Writer):
             with atomic_write(label_file, sync=False) as f:
                 for label in labels:
                     x1, y1, x2, y2 = label.box
-                    f.write(f"{label.cls} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} "
-                            f"{(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}\n")
+                    f.write(
+                        f"{label.cls} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} "
+                        f"{(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}\n"
+                    )
         except OSError as exc:
             raise write_error(exc, target) from None
         return None
 
     def close(self, classes: list[str]) -> None:
         path = os.path.join(self.out, "data.yaml")
-        lines = [f"# written by kosmos export from {os.path.basename(self.options.results)}",
-                 f"path: {json.dumps(os.path.abspath(self.out), ensure_ascii=False)}",
-                 "train: images", "val: images", "names:"]
+        lines = [
+            f"# written by kosmos export from {os.path.basename(self.options.results)}",
+            f"path: {json.dumps(os.path.abspath(self.out), ensure_ascii=False)}",
+            "train: images",
+            "val: images",
+            "names:",
+        ]
         lines += [f"  {i}: {json.dumps(name, ensure_ascii=False)}" for i, name in enumerate(classes)]
         if not classes:
             lines[-1] = "names: {}"

@@ -41,5 +41,19 @@ def reserved_names() -> frozenset[str]:
     return reserved(list(REGISTRY.values()))
 
 
-__all__ = ["REGISTRY", "Find", "FindRecord", "Ground", "GroundRecord", "Refer", "ReferRecord", "Task", "Unit",
-           "forget_folders", "get", "of_row", "path_key", "reserved_names"]
+__all__ = [
+    "REGISTRY",
+    "Find",
+    "FindRecord",
+    "Ground",
+    "GroundRecord",
+    "Refer",
+    "ReferRecord",
+    "Task",
+    "Unit",
+    "forget_folders",
+    "get",
+    "of_row",
+    "path_key",
+    "reserved_names",
+]

@@ -30,9 +30,12 @@ class FindRecord(Record):
     scores: list[float | None] | None = None
 
     def own_dict(self) -> dict[str, Any]:
-        return {"phrase": self.phrase, "boxes": [list(b) for b in self.boxes],
-                "boxes_px": [list(b) for b in self.boxes_px],
-                "scores": None if self.scores is None else list(self.scores)}
+        return {
+            "phrase": self.phrase,
+            "boxes": [list(b) for b in self.boxes],
+            "boxes_px": [list(b) for b in self.boxes_px],
+            "scores": None if self.scores is None else list(self.scores),
+        }
 
 
 class Find(Task):
@@ -63,8 +66,12 @@ class Find(Task):
         import pyarrow as pa
 
         box, box_px = pa.list_(pa.float64()), pa.list_(pa.int32())
-        return [pa.field("phrase", pa.string()), pa.field("boxes", pa.list_(box)),
-                pa.field("boxes_px", pa.list_(box_px)), pa.field("scores", pa.list_(pa.float64()))]
+        return [
+            pa.field("phrase", pa.string()),
+            pa.field("boxes", pa.list_(box)),
+            pa.field("boxes_px", pa.list_(box_px)),
+            pa.field("scores", pa.list_(pa.float64())),
+        ]
 
     @classmethod
     def key(cls, row: Mapping[str, Any], base: str | None = None) -> str:
@@ -88,12 +95,16 @@ class Find(Task):
     def caption_html(cls, row: Mapping[str, Any], mark: Mark) -> str:
         n = len(row.get("boxes_px") or [])
         found = f"{n} box{'es' if n != 1 else ''}" if n else "not found"
-        return f"{mark(row.get('phrase') or '', 0)} <span class=\"n\">{html.escape(found)}</span>"
+        return f'{mark(row.get("phrase") or "", 0)} <span class="n">{html.escape(found)}</span>'
 
     def check(self, inputs: Sequence[Any]) -> None:
         if self.phrases is None:
-            need_rows(inputs, UsageError("kosmos find needs phrases: name them after the input, or give a manifest "
-                                         "with path,phrase columns"))
+            need_rows(
+                inputs,
+                UsageError(
+                    "kosmos find needs phrases: name them after the input, or give a manifest with path,phrase columns"
+                ),
+            )
 
     def units(self, item: Item, model: str) -> list[Unit]:
         extra = dict(item.extra)

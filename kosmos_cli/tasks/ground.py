@@ -44,10 +44,16 @@ class Ground(Task):
         import pyarrow as pa
 
         box, box_px = pa.list_(pa.float64()), pa.list_(pa.int32())
-        entity = pa.struct([
-            ("phrase", pa.string()), ("start", pa.int32()), ("end", pa.int32()),
-            ("boxes", pa.list_(box)), ("boxes_px", pa.list_(box_px)), ("scores", pa.list_(pa.float64())),
-        ])
+        entity = pa.struct(
+            [
+                ("phrase", pa.string()),
+                ("start", pa.int32()),
+                ("end", pa.int32()),
+                ("boxes", pa.list_(box)),
+                ("boxes_px", pa.list_(box_px)),
+                ("scores", pa.list_(pa.float64())),
+            ]
+        )
         return [pa.field("caption", pa.string()), pa.field("entities", pa.list_(entity))]
 
     @classmethod
@@ -67,8 +73,10 @@ class Ground(Task):
         """The caption, each entity's span marked in its colour (overlapping spans: the first one wins)."""
         caption = row.get("caption") or ""
         spans = sorted(
-            (e.get("start"), e.get("end"), i) for i, e in enumerate(row.get("entities") or [])
-            if isinstance(e.get("start"), int) and isinstance(e.get("end"), int)
+            (e.get("start"), e.get("end"), i)
+            for i, e in enumerate(row.get("entities") or [])
+            if isinstance(e.get("start"), int)
+            and isinstance(e.get("end"), int)
             and 0 <= e["start"] < e["end"] <= len(caption)
         )
         out, pos = [], 0
@@ -93,7 +101,13 @@ class Ground(Task):
         assert record.width is not None and record.height is not None  # loaded before the model ran
         scores = entity_scores([p.boxes for p in parsed], unit.generated)
         record.entities = [
-            Entity(p.phrase, p.start, p.end, [list(b) for b in p.boxes],
-                   [to_pixels(b, record.width, record.height) for b in p.boxes], s)
+            Entity(
+                p.phrase,
+                p.start,
+                p.end,
+                [list(b) for b in p.boxes],
+                [to_pixels(b, record.width, record.height) for b in p.boxes],
+                s,
+            )
             for p, s in zip(parsed, scores)
         ]

@@ -61,8 +61,11 @@ class Refer(Task):
     def arrow_fields(cls) -> list:
         import pyarrow as pa
 
-        return [pa.field("box_px", pa.list_(pa.float64())), pa.field("box_model_px", pa.list_(pa.int32())),
-                pa.field("description", pa.string())]
+        return [
+            pa.field("box_px", pa.list_(pa.float64())),
+            pa.field("box_model_px", pa.list_(pa.int32())),
+            pa.field("description", pa.string()),
+        ]
 
     @classmethod
     def key(cls, row: Mapping[str, Any], base: str | None = None) -> str:
@@ -83,8 +86,13 @@ class Refer(Task):
 
     def check(self, inputs: Sequence[Any]) -> None:
         if self.boxes is None:
-            need_rows(inputs, UsageError("kosmos refer needs boxes: pass {param} X1,Y1,X2,Y2, or a manifest with "
-                                         "path,x1,y1,x2,y2 columns", param="boxes"))
+            need_rows(
+                inputs,
+                UsageError(
+                    "kosmos refer needs boxes: pass {param} X1,Y1,X2,Y2, or a manifest with path,x1,y1,x2,y2 columns",
+                    param="boxes",
+                ),
+            )
             return
         from ..images import display_size
         from ..sources import MANIFEST_EXTENSIONS
@@ -99,8 +107,11 @@ class Refer(Task):
                 try:
                     check_fits(box, *size, self.normalized)
                 except ValueError:
-                    raise UsageError(f"{{param}} {format_box(box)} is outside {arg}, which is {size[0]}x{size[1]} "
-                                     "pixels as displayed (EXIF orientation applied)", param="boxes") from None
+                    raise UsageError(
+                        f"{{param}} {format_box(box)} is outside {arg}, which is {size[0]}x{size[1]} "
+                        "pixels as displayed (EXIF orientation applied)",
+                        param="boxes",
+                    ) from None
 
     def units(self, item: Item, model: str) -> list[Unit]:
         extra = dict(item.extra)
@@ -139,7 +150,7 @@ class Refer(Task):
         caption, _ = parse(text)
         lead = strip_tags(self._prompt_text).strip()  # "It is"
         if caption.startswith(lead):
-            caption = caption[len(lead):]
+            caption = caption[len(lead) :]
         assert isinstance(unit.record, ReferRecord)
         unit.record.description = clean_description(caption)
 
@@ -155,7 +166,7 @@ class Refer(Task):
 
 
 def parse_box(value, normalized: bool = False) -> tuple[float, float, float, float]:
-    """"x1,y1,x2,y2" or four numbers -> a box; ValueError says what is wrong with it."""
+    """ "x1,y1,x2,y2" or four numbers -> a box; ValueError says what is wrong with it."""
     if isinstance(value, str):
         parts = [p for p in value.replace(",", " ").split()]
     else:
@@ -188,8 +199,10 @@ def check_fits(box, width: int, height: int, normalized: bool = False) -> None:
     if normalized:
         return  # 0-1 boxes always fit; parse_box checked the range
     if box[2] > width or box[3] > height:
-        raise ValueError(f"box {format_box(box)} is outside the {width}x{height} image "
-                         "(pixels of the image as displayed, EXIF orientation applied)")
+        raise ValueError(
+            f"box {format_box(box)} is outside the {width}x{height} image "
+            "(pixels of the image as displayed, EXIF orientation applied)"
+        )
 
 
 def clean_description(text: str) -> str:

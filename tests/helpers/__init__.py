@@ -7,11 +7,10 @@ modules (shapes, tiny_checkpoint) import by name too; conftest.py holds only fix
 import json
 import os
 
+from tiny_checkpoint import build_processor, build_tiny  # tools/tiny_checkpoint.py
 from typer.testing import CliRunner
 
 from kosmos_cli.cli import app
-
-from tiny_checkpoint import build_processor, build_tiny  # tools/tiny_checkpoint.py
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
 ROOT = os.path.dirname(HERE)
@@ -52,5 +51,16 @@ def one_error_line(result, code, text):
     assert result.stdout == ""
 
 
-__all__ = ["HERE", "ROOT", "SAMPLES", "SHAPES_MODEL", "build_processor", "build_tiny", "kosmos", "make_images",
-           "one_error_line", "rows_of", "runner"]
+__all__ = [
+    "HERE",
+    "ROOT",
+    "SAMPLES",
+    "SHAPES_MODEL",
+    "build_processor",
+    "build_tiny",
+    "kosmos",
+    "make_images",
+    "one_error_line",
+    "rows_of",
+    "runner",
+]
