@@ -11,11 +11,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from .. import tasks
 from ..errors import InputError, UsageError
 from ..images import load_image
+from ..reports import SoloReport
 from .gallery import Gallery
 from .naming import Targets, claim, locate, save
 from .render import Shape, annotate, shapes_of
@@ -41,7 +42,7 @@ def check_results_row(row: dict[str, Any], number: int, path: str) -> str:
 
 
 @dataclass
-class DrawSummary:
+class DrawSummary(SoloReport):
     """What a draw did: images written, error records skipped, images that could not be opened, time spent."""
 
     out_dir: str
@@ -51,14 +52,6 @@ class DrawSummary:
     seconds: float = 0.0
     index: str | None = None
     failures: list[str] = field(default_factory=list)
-    # what the CLI reads of any summary; a draw is one process, with no pictures drawn beside it
-    rank: ClassVar[None] = None
-    ranks: ClassVar[tuple] = ()
-    drawing: ClassVar[None] = None
-
-    def strict_failure(self) -> str | None:
-        """Why --strict fails a draw: images that could not be drawn."""
-        return f"{self.failed} image{'s' if self.failed != 1 else ''} failed" if self.failed else None
 
     def line(self) -> str:
         index = f" (gallery {self.index})" if self.index else ""

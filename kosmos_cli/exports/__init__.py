@@ -16,9 +16,9 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from ..errors import UsageError
+from ..reports import SoloReport
 from ..scores import check_min_score
 from .base import Options, Writer
 from .boxes import Dropped, labels
@@ -35,7 +35,7 @@ FORMATS: dict[str, type[Writer]] = {w.name: w for w in (Coco, Yolo, Voc, LabelSt
 
 
 @dataclass
-class ExportSummary:
+class ExportSummary(SoloReport):
     """What an export wrote and what it left out."""
 
     to: str
@@ -48,13 +48,6 @@ class ExportSummary:
     dropped: Dropped = field(default_factory=Dropped)
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
-    # what the CLI reads of any summary; an export is one process, with no pictures drawn beside it
-    rank: ClassVar[None] = None
-    ranks: ClassVar[tuple] = ()
-    drawing: ClassVar[None] = None
-
-    def strict_failure(self) -> str | None:
-        return f"{self.failed} image{'s' if self.failed != 1 else ''} failed" if self.failed else None
 
     def line(self) -> str:
         d = self.dropped
