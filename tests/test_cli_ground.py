@@ -185,7 +185,7 @@ def test_rerun_skips_what_is_done_and_overwrite_starts_afresh(tiny_model, tmp_pa
 
 def test_kill_9_keeps_finished_batches_and_the_rerun_completes_exactly_once(tiny_model, tmp_path):
     photos = tmp_path / "photos"
-    make_images(str(photos), sizes=[(64 + i, 64) for i in range(40)])
+    make_images(str(photos), sizes=[(64 + i, 64) for i in range(12)])
     for fmt in ("jsonl", "parquet"):
         out = tmp_path / f"r.{fmt}"
         args = [
