@@ -102,6 +102,10 @@ def same(want, got) -> bool:
     return want == got
 
 
+def _interrupt(records) -> None:
+    raise KeyboardInterrupt
+
+
 def read_back(out: str) -> dict[str, dict]:
     rows = list(kosmos_cli.read_records(out))
     if out.endswith(".parquet"):
@@ -130,6 +134,8 @@ def test_random_manifests_are_recorded_once_with_every_carried_value(tmp_path, t
         out = str(tmp_path / f"out.{fmt}")
         batch_size = 1 + (seed + (fmt == "jsonl")) % 4
         kosmos_cli.ground([half], out, engine=tiny_engine, batch_size=batch_size)
+        with pytest.raises(KeyboardInterrupt):  # stopped as Ctrl-C or SIGTERM stop it, after its first batch
+            kosmos_cli.ground([full], out, engine=tiny_engine, batch_size=batch_size, on_write=_interrupt)
         kosmos_cli.ground([full], out, engine=tiny_engine, batch_size=batch_size)
         again = kosmos_cli.ground([full], out, engine=tiny_engine, batch_size=batch_size)
         assert (again.done, again.failed, again.skipped) == (0, 0, len(images))
