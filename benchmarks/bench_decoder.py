@@ -77,7 +77,7 @@ def main() -> None:
     assert answers["fast"] == answers["hf"], "the decoders disagree"
     assert all(len(ids) >= args.max_new_tokens for ids in answers["fast"])
     print(
-        f"arch={args.arch} ({params / 1e9:.2f} B params) images={args.n} batch={args.batch_size} "
+        f"arch={args.arch} ({params / 1e6:.1f} M params) images={args.n} batch={args.batch_size} "
         f"new_tokens={args.max_new_tokens} float32 threads={torch.get_num_threads()}"
     )
     print(f"hf   (generate)  {rates['hf']:.3f} images/s")
