@@ -35,6 +35,7 @@ def load_engine(
     max_new_tokens: int = 128,
     num_beams: int = 1,
     no_repeat_ngram_size: int | None = None,
+    decoder: str = "auto",
 ) -> Engine:
     """Load a Kosmos-2 checkpoint once; pass the engine to several calls with `engine=`."""
     model_options, generation = engine_options(
@@ -45,6 +46,7 @@ def load_engine(
         max_new_tokens=max_new_tokens,
         num_beams=num_beams,
         no_repeat_ngram_size=no_repeat_ngram_size,
+        decoder=decoder,
     )
     return Engine(model_options, generation).load()
 
@@ -58,12 +60,15 @@ def engine_options(
     max_new_tokens: int = 128,
     num_beams: int = 1,
     no_repeat_ngram_size: int | None = None,
+    decoder: str = "auto",
 ) -> tuple[ModelOptions, GenerationOptions]:
     """The model's and the decoding's option objects, checked: the one place they are built from parameters.
 
-    Under a launcher, `device` "auto" (or a bare "cuda") becomes this process's own device.
+    Under a launcher, `device` "auto" (or a bare "cuda") becomes this process's own device. `decoder`: "fast" decodes
+    with our own greedy loop (token for token what generate gives, batches of mixed prompt lengths), "hf" with
+    model.generate, "auto" with fast wherever it applies (greedy, no n-gram blocking).
     """
-    generation = GenerationOptions(max_new_tokens, num_beams, no_repeat_ngram_size)
+    generation = GenerationOptions(max_new_tokens, num_beams, no_repeat_ngram_size, decoder)
     checked = ModelOptions(model, revision, device, dtype)
     return ModelOptions(model, revision, distributed.team(device).device_for(device), checked.dtype), generation
 

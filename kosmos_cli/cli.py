@@ -81,6 +81,14 @@ NoRepeat = Annotated[
         "second entity whose phrase ends like the first).",
     ),
 ]
+Decoder = Annotated[
+    str,
+    typer.Option(
+        "--decoder",
+        help="fast: our own batched greedy loop (the same tokens as hf, prompts of any length in one batch); hf: "
+        "transformers' generate; auto: fast unless --num-beams or --no-repeat-ngram-size ask for hf.",
+    ),
+]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start afresh instead of resuming.")]
 RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Also redo images recorded as failed.")]
 Prune = Annotated[bool, typer.Option("--prune", help="Drop records of images no longer in the inputs.")]
@@ -126,6 +134,7 @@ def ground(
     max_new_tokens: MaxNewTokens = 128,
     num_beams: NumBeams = 1,
     no_repeat_ngram_size: NoRepeat = 0,
+    decoder: Decoder = "auto",
     format: Format = None,
     overwrite: Overwrite = False,
     retry_failed: RetryFailed = False,
@@ -168,6 +177,7 @@ def ground(
             max_new_tokens=max_new_tokens,
             num_beams=num_beams,
             no_repeat_ngram_size=no_repeat_ngram_size,
+            decoder=decoder,
         )
 
     _finish(_call(go, quiet), quiet, strict)
@@ -199,6 +209,7 @@ def refer(
     max_new_tokens: MaxNewTokens = 128,
     num_beams: NumBeams = 1,
     no_repeat_ngram_size: NoRepeat = 0,
+    decoder: Decoder = "auto",
     format: Format = None,
     overwrite: Overwrite = False,
     retry_failed: RetryFailed = False,
@@ -235,6 +246,7 @@ def refer(
             max_new_tokens=max_new_tokens,
             num_beams=num_beams,
             no_repeat_ngram_size=no_repeat_ngram_size,
+            decoder=decoder,
         )
 
     _finish(_call(go, quiet), quiet, strict)
@@ -276,6 +288,7 @@ def find(
     max_new_tokens: MaxNewTokens = 128,
     num_beams: NumBeams = 1,
     no_repeat_ngram_size: NoRepeat = 0,
+    decoder: Decoder = "auto",
     format: Format = None,
     overwrite: Overwrite = False,
     retry_failed: RetryFailed = False,
@@ -312,6 +325,7 @@ def find(
             max_new_tokens=max_new_tokens,
             num_beams=num_beams,
             no_repeat_ngram_size=no_repeat_ngram_size,
+            decoder=decoder,
         )
 
     _finish(_call(go, quiet), quiet, strict)

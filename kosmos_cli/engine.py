@@ -32,6 +32,7 @@ log = logging.getLogger("kosmos_cli")
 
 DEFAULT_MODEL = "microsoft/kosmos-2-patch14-224"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+DECODERS = ("auto", "fast", "hf")
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
 
@@ -42,8 +43,13 @@ class GenerationOptions:
     max_new_tokens: int = 128
     num_beams: int = 1
     no_repeat_ngram_size: int | None = None
+    decoder: str = "auto"  # fast: our own greedy loop (decoder.py); hf: model.generate; auto: fast where it applies
 
     def __post_init__(self):
+        if self.decoder not in DECODERS:
+            raise UsageError(
+                f"unknown decoder {self.decoder!r} ({{param}}): use one of {', '.join(DECODERS)}", param="decoder"
+            )
         if self.max_new_tokens < 1:
             raise UsageError("{param} must be at least 1", param="max_new_tokens")
         if self.num_beams < 1:
@@ -52,6 +58,22 @@ class GenerationOptions:
             raise UsageError("{param} must be 0 (off) or more", param="no_repeat_ngram_size")
         if self.no_repeat_ngram_size == 0:
             object.__setattr__(self, "no_repeat_ngram_size", None)  # 0 means off, as None does
+        if self.decoder == "fast" and not self.greedy:
+            raise UsageError(
+                "{param} fast decodes greedily only: drop --num-beams and --no-repeat-ngram-size, or use --decoder "
+                "auto or hf",
+                param="decoder",
+            )
+
+    @property
+    def greedy(self) -> bool:
+        """Plain greedy decoding: one beam, no n-gram blocking (what the fast decoder does)."""
+        return self.num_beams == 1 and not self.no_repeat_ngram_size
+
+    @property
+    def fast(self) -> bool:
+        """Whether to decode with our own loop (decoder.py) rather than model.generate."""
+        return self.decoder != "hf" and self.greedy
 
     @property
     def label(self) -> str:
@@ -118,6 +140,7 @@ class Engine:
         self.device: Any = None  # "cpu", "cuda:0", ... or a torch.device
         self.dtype: Any = None  # a torch dtype
         self._lock = threading.Lock()
+        self.fast = False  # set on loading: decoder.greedy decodes (see GenerationOptions.fast)
 
     # -- loading -----------------------------------------------------------------------------------------
     @classmethod
@@ -132,6 +155,12 @@ class Engine:
         return engine
 
     def _setup(self, config) -> None:
+        from .decoder import checkpoint_obstacle
+
+        obstacle = checkpoint_obstacle(self.model.generation_config)
+        if obstacle and self.generation.decoder == "fast":
+            raise UsageError(f"{{param}} fast cannot decode this checkpoint as generate does: {obstacle}", "decoder")
+        self.fast = self.generation.fast and obstacle is None  # decode with decoder.greedy, batches of any lengths
         self._num_image_tokens = int(config.latent_query_num)
         self._eos = self.processor.tokenizer.eos_token_id
         self._pad = self.processor.tokenizer.pad_token_id
@@ -218,9 +247,11 @@ class Engine:
     def forward_scored(self, batch: Sequence[Prepared], stop_at: str | None = None) -> list[Generation]:
         """`forward`, keeping each row's token ids and, when decoding greedily, the probability of each token it
         generated (scores.py turns them into a score per box). Costs one small vector per step, whatever the
-        vocabulary: no logits are kept."""
+        vocabulary: no logits are kept. With the fast decoder, prompts of any token lengths share a batch."""
         import torch
 
+        if self.fast:
+            return self._forward_fast(batch, stop_at)
         lengths = {len(p.input_ids) for p in batch}
         if len(lengths) != 1:
             raise ValueError("a batch must hold prompts of one token length (Kosmos-2's KV cache needs it)")
@@ -256,6 +287,44 @@ class Engine:
             Generation(text, tuple(row), None if steps is None else given + tuple(steps[i]), self._markup)
             for i, (text, row) in enumerate(zip(texts, ids.tolist()))
         ]
+
+    def _forward_fast(self, batch: Sequence[Prepared], stop_at: str | None) -> list[Generation]:
+        """forward_scored through decoder.greedy: the same tokens and probabilities as generate gives."""
+        import torch
+
+        from .decoder import greedy
+
+        stops = [self._eos, self.processor.tokenizer.convert_tokens_to_ids(stop_at)] if stop_at else [self._eos]
+        with torch.inference_mode():
+            embeds = self._image_embeds(batch)
+            out = greedy(
+                self.model,
+                embeds,
+                [p.input_ids for p in batch],
+                [p.image_mask for p in batch],
+                self.generation.max_new_tokens,
+                stops,
+                self._pad,
+            )
+        generations = []
+        for p, new, probs in zip(batch, out.tokens, out.probs):
+            start = _after_image(p.image_mask)
+            ids = tuple(p.input_ids[start:]) + tuple(new)
+            text = self.processor.tokenizer.decode(ids, skip_special_tokens=False)
+            given = (None,) * (len(p.input_ids) - start)
+            generations.append(Generation(text, ids, given + tuple(probs), self._markup))
+        return generations
+
+    def _image_embeds(self, batch: Sequence[Prepared]):
+        """Projected image features per request, the vision encoder run once per distinct image."""
+        import torch
+
+        keys = list(dict.fromkeys(p.image_key for p in batch))
+        first = {p.image_key: p for p in reversed(batch)}
+        pixels = torch.from_numpy(_stack([first[k].pixel_values for k in keys])).to(self.device, self.dtype)
+        embeds = self.model.get_image_features(pixels, return_dict=True).pooler_output
+        index = torch.tensor([keys.index(p.image_key) for p in batch], device=embeds.device)
+        return embeds.index_select(0, index)
 
     def forward_safe(self, batch: Sequence[Prepared], stop_at: str | None = None) -> list[str]:
         """`forward`, halving the batch on a CUDA out-of-memory error instead of failing."""

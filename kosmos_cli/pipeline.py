@@ -327,7 +327,10 @@ def _load(item: Item, units: list[Unit], task: Task, engine: Engine, draft: bool
 
 
 def _batches(pending, task: Task, engine: Engine, options: RunOptions) -> Iterator[list[Record]]:
-    """Finished records, a batch at a time: loading runs ahead in workers while the model works."""
+    """Finished records, a batch at a time: loading runs ahead in workers while the model works.
+
+    Requests are bucketed by prompt token length for generate; the fast decoder takes any lengths in one batch, so
+    then every batch is full (refer and find manifests mix lengths)."""
     size = options.batch_size
     workers = options.workers or min(4, os.cpu_count() or 1)
     buckets: dict[int, list[tuple[Unit, Prepared]]] = {}
@@ -342,11 +345,12 @@ def _batches(pending, task: Task, engine: Engine, options: RunOptions) -> Iterat
                 if prepared is None:
                     failed.append(unit.record)
                     continue
-                bucket = buckets.setdefault(len(prepared.input_ids), [])
+                key = 0 if engine.fast else len(prepared.input_ids)  # generate's batches need one prompt length
+                bucket = buckets.setdefault(key, [])
                 bucket.append((unit, prepared))
                 if len(bucket) >= size:
                     yield failed + _forward(bucket, task, engine)
-                    failed, buckets[len(prepared.input_ids)] = [], []
+                    failed, buckets[key] = [], []
             if len(failed) >= size:
                 yield failed
                 failed = []

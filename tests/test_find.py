@@ -105,11 +105,14 @@ def test_batched_equals_one_at_a_time_with_prompts_of_different_lengths(tiny_mod
     assert len({r["raw"] for r in batched}) > 1  # the texts differ, so the comparison means something
 
 
-def test_the_engine_refuses_a_batch_of_mixed_lengths(tiny_engine):
+def test_the_hf_decoder_refuses_a_batch_of_mixed_lengths(tiny_model):
+    from kosmos_cli import load_engine
+
+    engine = load_engine(tiny_model, max_new_tokens=4, decoder="hf")
     image = Image.new("RGB", (32, 32))
-    batch = [tiny_engine.prepare(image, find_prompt(p), image_key=0) for p in ("a dog", "the big blue square")]
+    batch = [engine.prepare(image, find_prompt(p), image_key=0) for p in ("a dog", "the big blue square")]
     with pytest.raises(ValueError, match="one token length"):
-        tiny_engine.forward(batch)
+        engine.forward(batch)
 
 
 def test_one_record_per_image_and_phrase_with_empty_lists_when_not_found(tiny_engine, tmp_path):

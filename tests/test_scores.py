@@ -93,8 +93,13 @@ def scenes(folder, n=4, seed=11):
 def test_kept_probabilities_are_the_softmax_maximum_at_each_step(shapes_engine, monkeypatch):
     import torch
 
-    from kosmos_cli.engine import _after_image
+    from kosmos_cli.engine import Engine, GenerationOptions, _after_image
     from kosmos_cli.prompts import caption_prompt
+
+    # generate's path (the fast decoder's probabilities are checked against these in test_decoder.py)
+    shapes_engine = Engine.from_model(
+        shapes_engine.model, shapes_engine.processor, GenerationOptions(48, decoder="hf"), "shapes"
+    )
 
     rng = random.Random(3)
     batch = [

@@ -118,7 +118,7 @@ class Find(Task):
                 given = [(value if isinstance(value, str) else None, f"bad phrase in manifest row: {exc}")]
         units = []
         for phrase, problem in given:
-            record = FindRecord(path=item.path, model=model, extra=extra, phrase=phrase)
+            record = FindRecord(path=item.path, model=model, extra=dict(extra), phrase=phrase)
             if problem is None and phrase is not None:
                 record.prompt = find_prompt(phrase).text
             units.append(Unit(self.key({"path": item.path, "phrase": phrase}), record, problem))

@@ -128,7 +128,7 @@ class Refer(Task):
         size = display_size(item.path) if self.normalized else None  # box_px (the resume key) needs the size
         units = []
         for box, problem in given:
-            record = ReferRecord(path=item.path, prompt=self._prompt_text, model=model, extra=extra)
+            record = ReferRecord(path=item.path, prompt=self._prompt_text, model=model, extra=dict(extra))
             record.box_px = self._box_px(box, size)
             units.append(Unit(self.key({"path": item.path, "box_px": record.box_px}), record, (box, problem)))
         return units
