@@ -447,6 +447,26 @@ def test_outputs_that_cannot_be_used_are_refused(grounded, tmp_path):
     )
 
 
+@pytest.mark.parametrize("to, beside", [("coco", None), ("labelstudio", "notes.config.xml")])
+def test_a_one_file_export_never_writes_over_a_file_it_did_not_write(grounded, tmp_path, to, beside):
+    results_before = open(grounded, "rb").read()
+    one_error_line(kosmos("export", grounded, "--to", to, grounded), 2, "is not a")  # the results themselves
+    assert open(grounded, "rb").read() == results_before
+    notes = tmp_path / "notes.json"
+    notes.write_text("my notes\n")
+    one_error_line(kosmos("export", grounded, "--to", to, str(notes)), 2, f"is not a {to} export of kosmos")
+    assert notes.read_text() == "my notes\n"
+    if beside:  # Label Studio's config goes beside the tasks: a file of the user's there is refused too
+        notes.unlink()
+        (tmp_path / beside).write_text("<mine/>\n")
+        one_error_line(kosmos("export", grounded, "--to", to, str(notes)), 2, f"{beside} exists")
+        assert (tmp_path / beside).read_text() == "<mine/>\n" and not notes.exists()
+        (tmp_path / beside).unlink()
+    out = str(tmp_path / "again.json")  # an earlier export of its own is written over
+    assert kosmos("export", grounded, "--to", to, out).exit_code == 0
+    assert kosmos("export", grounded, "--to", to, out).exit_code == 0
+
+
 def test_the_command_says_what_it_wrote(grounded, tmp_path):
     result = kosmos("export", grounded, "--to", "yolo", str(tmp_path / "y"), "--min-score", "0.3")
     assert result.exit_code == 0, result.output

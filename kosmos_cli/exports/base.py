@@ -51,6 +51,22 @@ class Writer:
             parent = os.path.dirname(os.path.abspath(out))
             if not os.path.isdir(parent):
                 raise UsageError(f"cannot write {out}: its folder {parent} does not exist")
+            for target in cls.targets(out):  # only a file this format wrote before is written over
+                if os.path.lexists(target) and not (os.path.isfile(target) and cls.ours(target)):
+                    raise UsageError(
+                        f"{target} exists and is not a {cls.name} export of kosmos: name a new file (an export "
+                        "writes over its own earlier exports only, never over other files)"
+                    )
+
+    @classmethod
+    def targets(cls, out: str) -> list[str]:
+        """The files a one-file export writes: OUT, and whatever goes beside it."""
+        return [out]
+
+    @classmethod
+    def ours(cls, path: str) -> bool:
+        """Whether the existing file `path` is one this format's export wrote (read from its first bytes)."""
+        return False
 
     def add(self, image: Image, labels: list[Label], names: list[str]) -> str | None:
         """Write what this image needs (`names`: the class names so far, by index); returns why it could not be
@@ -83,6 +99,16 @@ class UniqueNames:
             name = f"{stem}-{n}{ext}"
         self._used.add(os.path.splitext(name)[0].lower())
         return name
+
+
+def starts_with(path: str, *heads: bytes) -> bool:
+    """Whether the file at `path` begins with one of `heads` (how an export recognises its own earlier files)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.read(max(len(h) for h in heads))
+    except OSError:
+        return False
+    return any(first.startswith(h) for h in heads)
 
 
 def write_error(exc: OSError, path: str) -> OutputError:

@@ -12,13 +12,19 @@ import shutil
 import tempfile
 
 from ..atomic import AtomicFile
-from .base import Options, Writer, write_error
+from .base import Options, Writer, starts_with, write_error
 from .boxes import Label
 from .source import Image
+
+HEAD = '{"info": {"description": "kosmos export of '  # how every COCO file of ours begins
 
 
 class Coco(Writer):
     name = "coco"
+
+    @classmethod
+    def ours(cls, path: str) -> bool:
+        return starts_with(path, HEAD.encode())
 
     def __init__(self, out: str, options: Options):
         super().__init__(out, options)
@@ -28,13 +34,9 @@ class Coco(Writer):
             self._side = tempfile.TemporaryFile("w+", encoding="utf-8", dir=os.path.dirname(os.path.abspath(out)))
         except OSError as exc:
             raise write_error(exc, out) from None
-        info = {
-            "description": f"kosmos export of {os.path.basename(options.results)}",
-            "url": "",
-            "version": "1.0",
-            "contributor": "kosmos-cli",
-        }
-        self._file.file.write(f'{{"info": {json.dumps(info)},\n"licenses": [],\n"images": [')
+        info = json.dumps({"url": "", "version": "1.0", "contributor": "kosmos-cli"})[1:]
+        description = json.dumps(os.path.basename(options.results))[1:]
+        self._file.file.write(f'{HEAD}{description}, {info},\n"licenses": [],\n"images": [')
 
     def add(self, image: Image, labels: list[Label], names: list[str]) -> str | None:
         self._images += 1

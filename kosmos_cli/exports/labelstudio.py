@@ -16,7 +16,7 @@ from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from ..atomic import AtomicFile, atomic_write
-from .base import Options, Writer, write_error
+from .base import Options, Writer, starts_with, write_error
 from .boxes import Label
 from .source import Image
 
@@ -29,6 +29,16 @@ def config_path(out: str) -> str:
 
 class LabelStudio(Writer):
     name = "labelstudio"
+
+    @classmethod
+    def targets(cls, out: str) -> list[str]:
+        return [out, config_path(out)]
+
+    @classmethod
+    def ours(cls, path: str) -> bool:
+        if path.endswith(".config.xml"):
+            return starts_with(path, f'<View>\n  <Image name="{TO_NAME}"'.encode())
+        return starts_with(path, b'[\n{"data": {"image": ', b"[\n]")
 
     def __init__(self, out: str, options: Options):
         super().__init__(out, options)
