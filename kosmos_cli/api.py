@@ -10,6 +10,7 @@ of a launch, then checks the output (ours, this task's, not an input, not locked
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -37,40 +38,31 @@ def load_engine(
     no_repeat_ngram_size: int | None = None,
     decoder: str = "auto",
 ) -> Engine:
-    """Load a Kosmos-2 checkpoint once; pass the engine to several calls with `engine=`."""
-    model_options, generation = engine_options(
-        model,
-        revision=revision,
-        device=device,
-        dtype=dtype,
-        max_new_tokens=max_new_tokens,
-        num_beams=num_beams,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        decoder=decoder,
-    )
-    return Engine(model_options, generation).load()
+    """Load a Kosmos-2 checkpoint once; pass the engine to several calls with `engine=`.
+
+    `decoder`: "fast" decodes with our own greedy loop (token for token what generate gives, batches of mixed prompt
+    lengths), "hf" with model.generate, "auto" with fast wherever it applies (greedy, no n-gram blocking).
+    """
+    generation = GenerationOptions(max_new_tokens, num_beams, no_repeat_ngram_size, decoder)
+    return Engine(*_engine_options(model, revision, device, dtype, generation)).load()
 
 
-def engine_options(
+def _engine_options(
     model: str | None = None,
-    *,
     revision: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
-    max_new_tokens: int = 128,
-    num_beams: int = 1,
-    no_repeat_ngram_size: int | None = None,
-    decoder: str = "auto",
+    generation: GenerationOptions | None = None,
+    **decoding: Any,
 ) -> tuple[ModelOptions, GenerationOptions]:
-    """The model's and the decoding's option objects, checked: the one place they are built from parameters.
+    """The model's and the decoding's option objects, checked: the one place they are built from parameters
+    (`decoding`: GenerationOptions' fields by name, when `generation` is not given; an unknown one is a TypeError).
 
-    Under a launcher, `device` "auto" (or a bare "cuda") becomes this process's own device. `decoder`: "fast" decodes
-    with our own greedy loop (token for token what generate gives, batches of mixed prompt lengths), "hf" with
-    model.generate, "auto" with fast wherever it applies (greedy, no n-gram blocking).
+    Under a launcher, `device` "auto" (or a bare "cuda") becomes this process's own device.
     """
-    generation = GenerationOptions(max_new_tokens, num_beams, no_repeat_ngram_size, decoder)
-    checked = ModelOptions(model, revision, device, dtype)
-    return ModelOptions(model, revision, distributed.team(device).device_for(device), checked.dtype), generation
+    generation = generation or GenerationOptions(**decoding)
+    checked = ModelOptions(model, revision, device, dtype)  # the device as asked checks the dtype; then this rank's
+    return dataclasses.replace(checked, device=distributed.team(device).device_for(device)), generation
 
 
 def ground(
@@ -328,7 +320,7 @@ def _run(
     task.check(named)
     fmt = detect_format(options.out, options.format)
     drawer = _drawer(draw, named) if draw is not None else None
-    checked = engine_options(model, **model_options) if engine is None else (engine.options, engine.generation)
+    checked = _engine_options(model, **model_options) if engine is None else (engine.options, engine.generation)
     crew = distributed.team(model_options.get("device", "auto"))
     store = Store.for_run(options.out, fmt, type(task), crew)
     if engine is None:
