@@ -255,21 +255,16 @@ class Engine:
         lengths = {len(p.input_ids) for p in batch}
         if len(lengths) != 1:
             raise ValueError("a batch must hold prompts of one token length (Kosmos-2's KV cache needs it)")
-        keys = list(dict.fromkeys(p.image_key for p in batch))
-        first = {p.image_key: p for p in reversed(batch)}
         eos = [self._eos, self.processor.tokenizer.convert_tokens_to_ids(stop_at)] if stop_at else self._eos
         keeper = _chosen_probabilities() if self.generation.num_beams == 1 else None  # beams: no scores
         with torch.inference_mode():
-            pixels = torch.from_numpy(_stack([first[k].pixel_values for k in keys]))
-            pixels = pixels.to(self.device, self.dtype)
-            embeds = self.model.get_image_features(pixels, return_dict=True).pooler_output
-            index = torch.tensor([keys.index(p.image_key) for p in batch], device=embeds.device)
+            embeds = self._image_embeds(batch)
             input_ids = torch.tensor([p.input_ids for p in batch], device=self.device)
             mask = torch.tensor([p.image_mask for p in batch], device=self.device)
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                image_embeds=embeds.index_select(0, index),
+                image_embeds=embeds,
                 image_embeds_position_mask=mask,
                 pad_token_id=self._pad,
                 eos_token_id=eos,
