@@ -15,11 +15,11 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import distributed
+from . import distributed, locations
 from .engine import Engine, GenerationOptions, ModelOptions
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, UsageError
 from .pipeline import Progress, RunOptions, Summary, run
-from .sources import Item, check_inputs
+from .sources import Columns, Item, check_inputs
 from .store import Store
 from .tasks import Find, Ground, Refer, Task
 from .writers import detect_format, read_records
@@ -80,6 +80,12 @@ def ground(
     wait: bool = False,
     workers: int | None = None,
     null: bool = False,
+    path_column: str = "path",
+    image_column: str | None = None,
+    key_column: str | None = None,
+    fetch_timeout: float = locations.DEFAULT_TIMEOUT,
+    fetch_retries: int = locations.DEFAULT_RETRIES,
+    max_image_mb: float = locations.DEFAULT_MAX_BYTES / 2**20,
     progress: Progress | None = None,
     on_write: Callable | None = None,
     draw: str | None = None,
@@ -101,6 +107,8 @@ def ground(
         prune=prune,
         wait=wait,
         null=null,
+        columns=_columns(path_column, image_column, key_column),
+        fetch=locations.FetchOptions(fetch_timeout, fetch_retries, int(max_image_mb * 2**20)),
     )
     return _run(Ground(prompt), inputs, options, engine, model, model_options, progress, on_write, draw)
 
@@ -121,6 +129,12 @@ def refer(
     wait: bool = False,
     workers: int | None = None,
     null: bool = False,
+    path_column: str = "path",
+    image_column: str | None = None,
+    key_column: str | None = None,
+    fetch_timeout: float = locations.DEFAULT_TIMEOUT,
+    fetch_retries: int = locations.DEFAULT_RETRIES,
+    max_image_mb: float = locations.DEFAULT_MAX_BYTES / 2**20,
     progress: Progress | None = None,
     on_write: Callable | None = None,
     **model_options: Any,
@@ -140,6 +154,8 @@ def refer(
         prune=prune,
         wait=wait,
         null=null,
+        columns=_columns(path_column, image_column, key_column),
+        fetch=locations.FetchOptions(fetch_timeout, fetch_retries, int(max_image_mb * 2**20)),
     )
     return _run(Refer(boxes, normalized), inputs, options, engine, model, model_options, progress, on_write)
 
@@ -159,6 +175,12 @@ def find(
     wait: bool = False,
     workers: int | None = None,
     null: bool = False,
+    path_column: str = "path",
+    image_column: str | None = None,
+    key_column: str | None = None,
+    fetch_timeout: float = locations.DEFAULT_TIMEOUT,
+    fetch_retries: int = locations.DEFAULT_RETRIES,
+    max_image_mb: float = locations.DEFAULT_MAX_BYTES / 2**20,
     progress: Progress | None = None,
     on_write: Callable | None = None,
     **model_options: Any,
@@ -177,6 +199,8 @@ def find(
         prune=prune,
         wait=wait,
         null=null,
+        columns=_columns(path_column, image_column, key_column),
+        fetch=locations.FetchOptions(fetch_timeout, fetch_retries, int(max_image_mb * 2**20)),
     )
     return _run(Find(phrases), inputs, options, engine, model, model_options, progress, on_write)
 
@@ -203,13 +227,14 @@ def draw(
     from .scores import check_min_score
 
     min_score = check_min_score(min_score)
+    locations.check_local_output(out_dir, "out_dir")
 
     root = os.path.dirname(os.path.abspath(results))
     total, base = 0, None
     for number, row in enumerate(_results_rows(results), 1):  # check it all before writing anything
         check_results_row(row, number, results)
         total += 1
-        if row.get("status") == "ok":
+        if row.get("status") == "ok" and locations.is_local(row["path"]) and not locations.split_member(row["path"]):
             folder = os.path.dirname(os.path.abspath(locate(row["path"], root)))
             base = folder if base is None else os.path.commonpath([base, folder])
     progress = progress or Progress()
@@ -265,6 +290,7 @@ def export(
     from .exports import run
     from .exports.classes import parse_classes
 
+    locations.check_local_output(out, "out")
     if not os.path.exists(results):
         raise InputError(f"results file not found: {results}")
     return run(
@@ -319,6 +345,8 @@ def _run(
         check_inputs(named)
     task.check(named)
     fmt = detect_format(options.out, options.format)
+    if draw is not None:
+        locations.check_local_output(draw, "draw")
     drawer = _drawer(draw, named) if draw is not None else None
     checked = _engine_options(model, **model_options) if engine is None else (engine.options, engine.generation)
     crew = distributed.team(model_options.get("device", "auto"))
@@ -345,6 +373,16 @@ def _run(
         summary = run(task, named, engine, options, progress=progress, on_write=written)
     summary.drawing = drawer.summary
     return summary
+
+
+def _columns(path: str, image: str | None, key: str | None) -> Columns:
+    """Which manifest columns name the image; a key column is only for image bytes."""
+    if key is not None and image is None:
+        raise UsageError("{param} is for rows that hold image bytes: give --image-column too", param="key_column")
+    for name, value in (("path_column", path), ("image_column", image), ("key_column", key)):
+        if value is not None and not value.strip():
+            raise UsageError("{param} cannot be empty: name a column", param=name)
+    return Columns(path, image, key)
 
 
 def _listed(inputs: Inputs) -> list:

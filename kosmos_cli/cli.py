@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from . import locations
 from .errors import Interrupted, KosmosError, UsageError
 from .records import printable
 
@@ -113,6 +114,55 @@ Null = Annotated[
     ),
 ]
 
+PathColumn = Annotated[
+    str,
+    typer.Option(
+        "--path-column",
+        help="The manifest column with each image's path or URL (img2dataset link lists: url).",
+        rich_help_panel="Where images live",
+    ),
+]
+ImageColumn = Annotated[
+    Optional[str],
+    typer.Option(
+        "--image-column",
+        help="Read each image from this Parquet column of bytes (img2dataset: jpg) instead of a path.",
+        show_default=False,
+        rich_help_panel="Where images live",
+    ),
+]
+KeyColumn = Annotated[
+    Optional[str],
+    typer.Option(
+        "--key-column",
+        help="With --image-column: the column that names each row \\[default: key].",
+        show_default=False,
+        rich_help_panel="Where images live",
+    ),
+]
+FetchTimeout = Annotated[
+    float,
+    typer.Option(
+        "--fetch-timeout",
+        help="Seconds to wait on a remote image before it fails.",
+        rich_help_panel="Where images live",
+    ),
+]
+FetchRetries = Annotated[
+    int,
+    typer.Option(
+        "--fetch-retries",
+        help="Tries again after a 429, 5xx, timeout or dropped connection, with backoff.",
+        rich_help_panel="Where images live",
+    ),
+]
+MaxImageMb = Annotated[
+    float,
+    typer.Option(
+        "--max-image-mb", help="A remote image larger than this fails unread.", rich_help_panel="Where images live"
+    ),
+]
+
 
 @app.command(epilog="Example: kosmos ground ./photos --out results.parquet")
 def ground(
@@ -144,6 +194,12 @@ def ground(
     quiet: Quiet = False,
     workers: Workers = None,
     null: Null = False,
+    path_column: PathColumn = "path",
+    image_column: ImageColumn = None,
+    key_column: KeyColumn = None,
+    fetch_timeout: FetchTimeout = locations.DEFAULT_TIMEOUT,
+    fetch_retries: FetchRetries = locations.DEFAULT_RETRIES,
+    max_image_mb: MaxImageMb = locations.DEFAULT_MAX_BYTES / 2**20,
     draw: Annotated[
         Optional[str],
         typer.Option(
@@ -168,6 +224,12 @@ def ground(
             wait=wait,
             workers=workers,
             null=null,
+            path_column=path_column,
+            image_column=image_column,
+            key_column=key_column,
+            fetch_timeout=fetch_timeout,
+            fetch_retries=fetch_retries,
+            max_image_mb=max_image_mb,
             draw=draw,
             progress=for_terminal("ground", quiet),
             model=model,
@@ -219,6 +281,12 @@ def refer(
     quiet: Quiet = False,
     workers: Workers = None,
     null: Null = False,
+    path_column: PathColumn = "path",
+    image_column: ImageColumn = None,
+    key_column: KeyColumn = None,
+    fetch_timeout: FetchTimeout = locations.DEFAULT_TIMEOUT,
+    fetch_retries: FetchRetries = locations.DEFAULT_RETRIES,
+    max_image_mb: MaxImageMb = locations.DEFAULT_MAX_BYTES / 2**20,
 ) -> None:
     """Describe regions of images: one record per (image, box) with the model's description of it."""
     from . import api
@@ -238,6 +306,12 @@ def refer(
             wait=wait,
             workers=workers,
             null=null,
+            path_column=path_column,
+            image_column=image_column,
+            key_column=key_column,
+            fetch_timeout=fetch_timeout,
+            fetch_retries=fetch_retries,
+            max_image_mb=max_image_mb,
             progress=for_terminal("refer", quiet),
             model=model,
             revision=revision,
@@ -298,6 +372,12 @@ def find(
     quiet: Quiet = False,
     workers: Workers = None,
     null: Null = False,
+    path_column: PathColumn = "path",
+    image_column: ImageColumn = None,
+    key_column: KeyColumn = None,
+    fetch_timeout: FetchTimeout = locations.DEFAULT_TIMEOUT,
+    fetch_retries: FetchRetries = locations.DEFAULT_RETRIES,
+    max_image_mb: MaxImageMb = locations.DEFAULT_MAX_BYTES / 2**20,
 ) -> None:
     """Find phrases in images: one record per (image, phrase) with its boxes (empty lists: not found)."""
     from . import api
@@ -317,6 +397,12 @@ def find(
             wait=wait,
             workers=workers,
             null=null,
+            path_column=path_column,
+            image_column=image_column,
+            key_column=key_column,
+            fetch_timeout=fetch_timeout,
+            fetch_retries=fetch_retries,
+            max_image_mb=max_image_mb,
             progress=for_terminal("find", quiet),
             model=model,
             revision=revision,

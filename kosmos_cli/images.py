@@ -5,6 +5,7 @@ A failure is a value (`Loaded.error`), never an exception: no file, however bad,
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import warnings
@@ -45,8 +46,11 @@ def is_image_path(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
-def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None) -> Loaded:
-    """Open `path` as an RGB image as displayed.
+def load_image(
+    path: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None, data: bytes | None = None
+) -> Loaded:
+    """Open `path` as an RGB image as displayed; from `data`, its bytes, when they were read already (a remote
+    image, a WebDataset sample, a Parquet row: locations.py).
 
     `draft`: when set, the caller needs no more than about that many pixels a side, so memory stays bounded: a JPEG
     is decoded at a reduced scale (Pillow's draft mode: 1/2, 1/4 or 1/8), and any image is then shrunk by a whole
@@ -54,12 +58,14 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | Non
     kept). width/height stay the full displayed size. Without it (drawing) the image comes at full size.
     At most LARGE_DECODES decodes of more than LARGE_PIXELS pixels run at once.
     """
-    if "\0" in path:
+    if data is None and "\0" in path:
         return Loaded(None, error=NUL_IN_PATH)
+    if data is not None and not data:
+        return Loaded(None, error="empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path if data is None else io.BytesIO(data)) as img:
                 return _decode(img, max_pixels, draft)
     except Image.DecompressionBombError as exc:
         return Loaded(None, error=f"image too large to decode safely: {exc}")
@@ -74,7 +80,7 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | Non
     except UnicodeEncodeError:  # a lone surrogate that no file name can hold (fsnames.py)
         return Loaded(None, error="file not found: the path is not valid Unicode")
     except Image.UnidentifiedImageError:
-        size = _size_or_none(path)
+        size = _size_or_none(path) if data is None else len(data)
         return Loaded(None, error="empty file" if size == 0 else "not an image Pillow can read")
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
         return Loaded(None, error=f"cannot decode image: {exc}")

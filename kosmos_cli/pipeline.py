@@ -19,11 +19,13 @@ from . import distributed
 from .distributed import Solo
 from .engine import Engine, Prepared
 from .errors import UsageError
-from .images import MODEL_SIDE, file_stat, load_image
+from .images import MODEL_SIDE
+from .locations import FetchOptions, check_local_output, open_image
+from .locations import stat as location_stat
 from .ordered import ordered_map
 from .progress import Progress
 from .records import OK, Record
-from .sources import Item, iter_items, nothing_found, shard
+from .sources import Columns, Item, countable, iter_items, nothing_found, shard
 from .store import Output, Seen, Store
 from .tasks import Task, Unit, path_key
 from .writers import detect_format
@@ -49,12 +51,15 @@ class RunOptions:
     wait: bool = False
     draft: bool = True
     null: bool = False  # "-" is NUL-separated paths (find -print0)
+    columns: Columns = Columns()  # which manifest columns name the image (--path-column, --image-column)
+    fetch: FetchOptions = FetchOptions()  # how remote images are read (--fetch-timeout, --fetch-retries)
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise UsageError("{param} must be at least 1", param="batch_size")
         if self.workers is not None and self.workers < 1:
             raise UsageError("{param} must be at least 1", param="workers")
+        check_local_output(self.out, "out")
 
 
 @dataclass
@@ -133,7 +138,7 @@ def run(
                 "paths on stdin (-) can feed one process only: write them to a .txt manifest and name that"
             )
         shown: Progress = crew.progress(progress) or Progress()
-        if shown.live and not task.per_row and _named(inputs) and "-" not in inputs:
+        if shown.live and not task.per_row and _named(inputs) and countable(inputs):
             threading.Thread(target=_count_inputs, args=(inputs, shown), daemon=True).start()
         started = time.perf_counter()
         with store.open(crew, overwrite=options.overwrite, wait=options.wait) as output:
@@ -161,7 +166,7 @@ def _pass(task, inputs, engine, options, output: Output, crew, summary, progress
     """One pass over the inputs: what is not done yet goes through the model and into `output`."""
     present: set[str] | None = set() if options.prune or output.store.spool else None
     unlisted: list[str] = []  # what the walk could not look into: then the pass did not see every input
-    items = _counted(_as_items(inputs, per_row=task.per_row, null=options.null, unlisted=unlisted), summary)
+    items = _counted(_as_items(inputs, options, task.per_row, unlisted, (rank, world)), summary)
     if present is not None:
         items = _tracking(items, present)
     pending = _todo(
@@ -228,10 +233,20 @@ def _count_inputs(inputs: list[str], progress: Progress) -> None:
         pass
 
 
-def _as_items(inputs, per_row: bool = False, null: bool = False, unlisted: list[str] | None = None) -> Iterator[Item]:
+def _as_items(
+    inputs, options: RunOptions, per_row: bool, unlisted: list[str], share: tuple[int, int]
+) -> Iterator[Item]:
     inputs = list(inputs) if not isinstance(inputs, Iterator) else inputs
     if isinstance(inputs, list) and all(isinstance(i, str) for i in inputs):
-        return iter_items(inputs, per_row=per_row, null=null, unlisted=unlisted)
+        return iter_items(
+            inputs,
+            per_row=per_row,
+            null=options.null,
+            unlisted=unlisted,
+            columns=options.columns,
+            fetch=options.fetch,
+            share=share,
+        )
     return (i if isinstance(i, Item) else Item(str(i)) for i in inputs)
 
 
@@ -256,7 +271,7 @@ def _todo(items, task: Task, engine: Engine, seen, options: RunOptions, summary:
     model, decoding = engine.options.label, engine.generation.label
     met: set[str] = set()  # the keys of this run's units so far
     for item in items:
-        size, mtime = file_stat(item.path)
+        size, mtime = item.stat if item.stat is not None else location_stat(item.path)
         units = []
         for unit in task.units(item, model):
             if unit.key in met:
@@ -306,9 +321,12 @@ def _fresh(recorded: Seen, record: Record, size, mtime, retry_failed: bool, summ
     return recorded.status == OK or not retry_failed
 
 
-def _load(item: Item, units: list[Unit], task: Task, engine: Engine, draft: bool):
-    """Worker: decode the image once, then prepare every unit's request. Failures become error records."""
-    loaded = load_image(item.path, draft=DRAFT_SIDE if draft else None)
+def _load(item: Item, units: list[Unit], task: Task, engine: Engine, options: RunOptions):
+    """Worker: read (a remote image: fetch) and decode the image once, then prepare every unit's request. Failures
+    become error records."""
+    if item.error is not None:
+        return [(u, None) for u in units if u.record.fail(item.error)]
+    loaded = open_image(item.path, options.fetch, draft=DRAFT_SIDE if options.draft else None, data=item.data)
     if loaded.image is None or loaded.width is None or loaded.height is None:
         return [(u, None) for u in units if u.record.fail(loaded.error or "cannot read the image")]
     out: list[tuple[Unit, Prepared | None]] = []
@@ -337,7 +355,7 @@ def _batches(pending, task: Task, engine: Engine, options: RunOptions) -> Iterat
     failed: list[Record] = []
 
     def load(job):  # on a worker: (item, units) -> [(unit, prepared or None)]
-        return _load(*job, task, engine, options.draft)
+        return _load(*job, task, engine, options)
 
     with closing(ordered_map(load, pending, workers, max(2 * size, 2 * workers), "kosmos-load")) as loaded:
         for units in loaded:

@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import tasks
+from .. import locations, tasks
 from ..errors import InputError, UsageError
-from ..images import load_image
+from ..locations import open_image
 from ..reports import SoloReport
 from .gallery import Gallery
 from .naming import Targets, claim, locate, save
@@ -136,10 +136,14 @@ class Drawer:
         """Load, annotate and write the image: its shapes, or why it could not be drawn. Thread-safe."""
         started = time.perf_counter()
         try:
-            loaded = load_image(job.source)
+            loaded = open_image(job.source)
             if loaded.image is None:
                 return loaded.error or "cannot read the image"
-            if os.path.exists(job.target) and os.path.samefile(job.target, job.source):
+            if (
+                locations.is_local(job.source)
+                and os.path.exists(job.target)
+                and os.path.samefile(job.target, job.source)
+            ):
                 return f"the annotated image would overwrite it: choose another {self.option}"
             image, row = loaded.image, job.row
             scale = (

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from PIL import Image
 
+from .. import locations
 from ..atomic import atomic_write
 from ..errors import OutputError, UsageError
 from ..sources import DRAWN_MARKER
@@ -28,7 +29,12 @@ _MARKER_TEXT = (
 
 def locate(path: str, root: str | None) -> str:
     """A recorded path as it can be opened: as written (relative to here), else relative to `root`."""
-    if root is None or os.path.isabs(path) or os.path.exists(path):
+    if root is None or not locations.is_local(path) and locations.split_member(path) is None:
+        return path  # a URL
+    member = locations.split_member(path)
+    if member is not None:  # a sample of a shard or table: its container is where the path says
+        return f"{locate(member[0], root)}#{member[1]}"
+    if os.path.isabs(path) or os.path.exists(path):
         return path
     beside = os.path.join(root, path)
     return beside if os.path.exists(beside) else path
@@ -38,6 +44,8 @@ def input_root(inputs: Iterable[str]) -> str | None:
     """The common folder of a run's inputs (folders, files, globs, manifests, -): where the layout starts."""
     folders = []
     for arg in inputs:
+        if not locations.is_local(arg) or arg.lower().endswith((".tar", ".tgz", ".tar.gz")) and "{" in arg:
+            continue  # remote: its drawings are laid out by host or bucket (Targets)
         if arg == "-":
             folders.append(os.getcwd())
         elif os.path.isdir(arg):
@@ -92,11 +100,18 @@ class Targets:
         self._used: set[str] = set()
 
     def __call__(self, source: str) -> str:
-        """The output file for `source`: its path below `base`, JPEG kept as JPEG, anything else as PNG."""
-        full = os.path.abspath(source)
-        rel = os.path.relpath(full, self.base) if self.base else os.path.basename(full)
-        if rel == os.pardir or rel.startswith(os.pardir + os.sep):  # outside base: keep its whole path
-            rel = os.path.splitdrive(full)[1].lstrip(os.sep)
+        """The output file for `source`: its path below `base`, JPEG kept as JPEG, anything else as PNG.
+
+        A remote image goes below its host or bucket (`https://host/a/b.jpg` -> `host/a/b.jpg`); a sample of a
+        shard or table below the container's name (`shards/00001.tar#k7` -> `00001/k7.png`, its key kept)."""
+        member = locations.split_member(source)
+        if not locations.is_local(source) or member is not None:
+            rel = _remote_name(source, member)
+        else:
+            full = os.path.abspath(source)
+            rel = os.path.relpath(full, self.base) if self.base else os.path.basename(full)
+            if rel == os.pardir or rel.startswith(os.pardir + os.sep):  # outside base: keep its whole path
+                rel = os.path.splitdrive(full)[1].lstrip(os.sep)
         stem, ext = os.path.splitext(rel)
         ext = ext if ext.lower() in _JPEG else ".png"
         name, n = stem + ext, 1
@@ -105,6 +120,34 @@ class Targets:
             name = f"{stem}-{n}{ext}"
         self._used.add(name.lower())
         return os.path.join(self.out_dir, name)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._\-]+")
+
+
+def _remote_name(source: str, member: tuple[str, str] | None) -> str:
+    """A relative file name for a remote image or a container's sample: safe characters only, no `..`."""
+    if member is not None:
+        container, key = member
+        shard = os.path.basename(container.rstrip("/"))
+        for ending in (".tar.gz", ".tgz", ".tar", ".parquet"):
+            if shard.lower().endswith(ending):
+                shard = shard[: -len(ending)]
+                break
+        parts = [shard, *key.split("/")]
+        ext = ""
+    else:
+        from urllib.parse import urlsplit
+
+        url = urlsplit(source)
+        parts = [url.netloc, *url.path.split("/")]
+        ext = os.path.splitext(url.path)[1]
+        if url.query:  # another query is another image: its own name
+            parts[-1] = os.path.splitext(parts[-1])[0] + "-" + url.query
+    safe = [_UNSAFE.sub("_", p).strip(".") or "_" for p in parts if p]
+    if ext and not safe[-1].lower().endswith(ext.lower()):
+        safe[-1] += ext
+    return os.path.join(*safe) if safe else "_"
 
 
 def save(image: Image.Image, target: str, option: str) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .. import locations
 from ..fsnames import clean, recorded
 from ..prompts import Prompt
 from ..records import COMMON_FIELDS, Record, common_arrow_fields
@@ -132,8 +133,15 @@ def path_key(path: str, base: str | None = None) -> str:
 
     Canonical is the real path (symlinks resolved, `.` and `..` gone); a relative path is taken from the current
     folder, or, when no file is there and `base` is given, from `base` (where the output is). A path the system
-    cannot look up (a NUL byte, a lone surrogate) is made absolute only.
+    cannot look up (a NUL byte, a lone surrogate) is made absolute only. A URL is its own key; a sample of a
+    container (`SHARD.tar#KEY`) is its container's key with `#KEY`.
     """
+    if locations.is_remote(path):
+        return path
+    path = locations.local_path(path)
+    member = locations.split_member(path)
+    if member is not None:
+        return f"{path_key(member[0], base)}#{member[1]}"
     if base is not None and not os.path.isabs(path) and not os.path.lexists(path):
         beside = os.path.join(base, path)
         if os.path.lexists(beside):
