@@ -61,10 +61,10 @@ def _fetch_once(url: str, fetch: FetchOptions) -> bytes:
                 raise Unreadable(_too_large(fetch))
             return _read_body(answer, expected, deadline, fetch)
     except urllib.error.HTTPError as exc:
-        reason = f"HTTP {exc.code} {exc.reason}".rstrip()
+        status = f"HTTP {exc.code} {exc.reason}".rstrip()
         if exc.code in TRANSIENT:
-            raise _Transient(reason, _retry_after(exc.headers.get("Retry-After"))) from None
-        raise Unreadable(reason) from None
+            raise _Transient(status, _retry_after(exc.headers.get("Retry-After"))) from None
+        raise Unreadable(status) from None
     except urllib.error.URLError as exc:
         reason: object = exc.reason
         if isinstance(reason, (TimeoutError, socket.timeout)):
