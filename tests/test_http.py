@@ -1,0 +1,220 @@
+"""Images behind http(s) URLs, from a real server in the test process (tests/helpers/serve.py): fetched by the
+loaders with a timeout, retries after 429/503/cut bodies, a size cap; what fails is that image's error record;
+records keep the URL, resume keys on it without fetching again, and the shapes model boxes what it fetched."""
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import shapes  # tools/shapes.py
+
+from kosmos_cli import ground
+from kosmos_cli.locations import FetchOptions, Unreadable, open_image
+from kosmos_cli.locations.http import fetch_bytes
+from kosmos_cli.writers import read_records
+from tests.helpers import ROOT, SHAPES_MODEL, kosmos, one_error_line, rows_of
+from tests.helpers.serve import ImageServer
+
+FAST = FetchOptions(timeout=2, retries=2)
+
+
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ImageServer() as served:
+        rng = random.Random(4242)
+        served.truth = {}
+        for i in range(8):
+            width, height = shapes.CLI_SIZES[i % len(shapes.CLI_SIZES)]
+            img, objs = shapes.make_scene(rng, width, height)
+            served.files[f"/scenes/s{i}.png"] = _png(img)
+            served.truth[f"/scenes/s{i}.png"] = (width, height, objs)
+        served.files["/notes.txt"] = b"not an image at all"
+        served.files["/big.png"] = served.files["/scenes/s0.png"] + b"\0" * (2 << 20)
+        yield served
+
+
+# -- fetching ------------------------------------------------------------------------------------------------------
+
+
+def test_an_image_comes_whole(server):
+    assert fetch_bytes(server.url("/scenes/s1.png"), FAST) == server.files["/scenes/s1.png"]
+
+
+def test_a_404_fails_at_once_without_retrying(server):
+    with pytest.raises(Unreadable, match=r"^HTTP 404 Not Found$"):
+        fetch_bytes(server.url("/missing.png"), FAST)
+    assert server.hits["/missing.png"] == 1
+
+
+def test_503_and_429_are_tried_again_until_the_image_comes(server):
+    assert fetch_bytes(server.url("/flaky/2/scenes/s2.png"), FAST) == server.files["/scenes/s2.png"]
+    assert server.hits["/flaky/2/scenes/s2.png"] == 3
+    assert fetch_bytes(server.url("/busy/scenes/s3.png"), FAST) == server.files["/scenes/s3.png"]
+    assert server.hits["/busy/scenes/s3.png"] == 2
+
+
+def test_retries_are_bounded(server):
+    with pytest.raises(Unreadable, match=r"HTTP 503 Service Unavailable \(after 3 tries\)"):
+        fetch_bytes(server.url("/flaky/9/scenes/s4.png"), FAST)
+    assert server.hits["/flaky/9/scenes/s4.png"] == 3  # the first try and FAST's 2 retries
+
+
+def test_a_redirect_is_followed(server):
+    assert fetch_bytes(server.url("/moved/scenes/s5.png"), FAST) == server.files["/scenes/s5.png"]
+
+
+def test_a_body_cut_short_is_an_error_not_half_an_image(server):
+    with pytest.raises(Unreadable, match=r"closed before the whole image came \(\d+ of \d+ bytes\)"):
+        fetch_bytes(server.url("/cut/scenes/s6.png"), FAST)
+    assert server.hits["/cut/scenes/s6.png"] == 3  # a cut body is worth another try
+
+
+def test_a_slow_server_times_out(server):
+    started = time.monotonic()
+    with pytest.raises(Unreadable, match=r"timed out after 0.5 s"):
+        fetch_bytes(server.url("/slow/3/scenes/s7.png"), FetchOptions(timeout=0.5, retries=0))
+    assert time.monotonic() - started < 2.5
+
+
+def test_the_size_cap_holds_with_and_without_a_content_length(server):
+    small = FetchOptions(timeout=2, retries=0, max_bytes=1 << 20)
+    for path in ("/big.png", "/nolength/big.png"):
+        with pytest.raises(Unreadable, match=r"larger than 1 MB \(--max-image-mb\)"):
+            fetch_bytes(server.url(path), small)
+    assert fetch_bytes(server.url("/nolength/scenes/s0.png"), small) == server.files["/scenes/s0.png"]
+
+
+def test_a_refused_connection_and_a_page_that_is_no_image(server):
+    assert open_image("http://127.0.0.1:1/x.png", FetchOptions(timeout=1, retries=0)).error.startswith(
+        "cannot connect: "
+    )
+    assert open_image(server.url("/notes.txt"), FAST).error == "not an image Pillow can read"
+    loaded = open_image(server.url("/scenes/s0.png"), FAST)
+    assert loaded.error is None and (loaded.width, loaded.height) == server.truth["/scenes/s0.png"][:2]
+
+
+# -- end to end ----------------------------------------------------------------------------------------------------
+
+
+def _boxes_right(rows, server) -> float:
+    hits = objects = 0
+    for row in rows:
+        path = "/" + row["path"].split("/", 3)[3]
+        width, height, objs = server.truth[path]
+        assert row["status"] == "ok" and (row["width"], row["height"]) == (width, height)
+        for obj in objs:
+            objects += 1
+            boxes = [b for e in row["entities"] if shapes.colour_in(e["phrase"]) == obj.color for b in e["boxes_px"]]
+            hits += any(shapes.iou(b, obj.box) >= 0.5 for b in boxes)
+    return hits / objects
+
+
+def test_urls_as_arguments_are_grounded_and_boxed_and_resume_fetches_nothing(shapes_engine, server, tmp_path):
+    urls = [server.url(f"/scenes/s{i}.png") for i in range(8)]
+    out = str(tmp_path / "r.parquet")
+    summary = ground(urls, out, engine=shapes_engine, batch_size=4)
+    assert (summary.done, summary.failed) == (8, 0)
+    rows = list(read_records(out))
+    assert [r["path"] for r in rows] == urls  # the URL as given is the record's path
+    assert all(r["file_size"] is None and r["file_mtime"] is None for r in rows)
+    assert _boxes_right(rows, server) >= 0.9
+    before = sum(server.hits[f"/scenes/s{i}.png"] for i in range(8))
+    again = ground(urls, out, engine=shapes_engine, batch_size=4)
+    assert (again.done, again.skipped) == (0, 8)
+    assert sum(server.hits[f"/scenes/s{i}.png"] for i in range(8)) == before  # keyed on the URL: no refetch
+
+
+def test_a_link_list_with_failures_goes_on_and_carries_its_columns(shapes_model, server, tmp_path):
+    rows = [
+        ("/scenes/s0.png", "a"),
+        ("/missing.png", "b"),
+        ("/flaky/1/scenes/s1.png", "c"),
+        ("/cut/scenes/s2.png", "d"),
+        ("/notes.txt", "e"),
+    ]
+    manifest = tmp_path / "links.csv"
+    manifest.write_text("url,caption_src\n" + "".join(f"{server.url(p)},{c}\n" for p, c in rows))
+    result = kosmos("ground", str(manifest), "--path-column", "url", "--fetch-retries", "1", "-q", model=SHAPES_MODEL)
+    assert result.exit_code == 0, result.output
+    got = {r["path"]: r for r in rows_of(result)}
+    assert set(got) == {server.url(p) for p, _ in rows}
+    assert [got[server.url(p)]["caption_src"] for p, _ in rows] == ["a", "b", "c", "d", "e"]
+    status = {p: (got[server.url(p)]["status"], got[server.url(p)]["error"]) for p, _ in rows}
+    assert status["/scenes/s0.png"] == ("ok", None)
+    assert status["/flaky/1/scenes/s1.png"] == ("ok", None)
+    assert status["/missing.png"] == ("error", "HTTP 404 Not Found")
+    assert status["/cut/scenes/s2.png"][1].startswith("the connection closed before the whole image came")
+    assert status["/notes.txt"] == ("error", "not an image Pillow can read")
+
+
+def test_urls_on_stdin_and_in_a_jsonl_manifest(shapes_model, server, tmp_path):
+    url = server.url("/scenes/s3.png")
+    by_stdin = kosmos("ground", "-", "-q", model=SHAPES_MODEL, input=url + "\n")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"path": url, "id": 7}) + "\n")
+    by_manifest = kosmos("ground", str(manifest), "-q", model=SHAPES_MODEL)
+    (a,), (b,) = rows_of(by_stdin), rows_of(by_manifest)
+    assert a["path"] == b["path"] == url and b["id"] == 7
+    assert a["caption"] == b["caption"] and a["status"] == "ok"
+
+
+def test_an_output_url_is_refused_in_one_line(shapes_model, server):
+    result = kosmos("ground", server.url("/scenes/s0.png"), "--out", "s3://bucket/r.parquet", model=SHAPES_MODEL)
+    one_error_line(result, 2, "--out s3://bucket/r.parquet: outputs are written to a local or shared-filesystem path")
+
+
+def test_bad_fetch_options_are_refused_in_one_line(server):
+    for flag, value in (("--fetch-timeout", "0"), ("--fetch-retries", "-1"), ("--max-image-mb", "0")):
+        result = kosmos("ground", server.url("/scenes/s0.png"), flag, value, model=SHAPES_MODEL)
+        one_error_line(result, 2, flag)
+
+
+def test_draw_fetches_the_pixels_of_recorded_urls(shapes_engine, server, tmp_path):
+    urls = [server.url(f"/scenes/s{i}.png") for i in range(2)]
+    out = str(tmp_path / "r.jsonl")
+    ground(urls, out, engine=shapes_engine)
+    result = kosmos("draw", out, "--out-dir", str(tmp_path / "drawn"), "-q")
+    assert result.exit_code == 0, result.output
+    host = f"127.0.0.1_{server.url('').rsplit(':', 1)[1]}"
+    for i in range(2):
+        drawn = tmp_path / "drawn" / host / "scenes" / f"s{i}.png"
+        assert drawn.exists(), sorted(str(p) for p in (tmp_path / "drawn").rglob("*"))
+
+
+def test_a_killed_run_over_urls_resumes_with_nothing_lost_or_twice(server, tmp_path):
+    listing = tmp_path / "urls.txt"
+    urls = [server.url(f"/scenes/s{i}.png") for i in range(8)]
+    listing.write_text("\n".join(urls) + "\n")
+    out = tmp_path / "r.jsonl"
+    args = ["ground", str(listing), "--out", str(out), "--model", SHAPES_MODEL, "-b", "2", "--max-new-tokens", "8"]
+    paused = tmp_path / "paused"
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "tests", "pause_after.py"), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "KOSMOS_TEST_PAUSE_AFTER": "2", "KOSMOS_TEST_PAUSED": str(paused)},
+    )
+    while not paused.exists() and proc.poll() is None:  # it stops by itself after its second batch
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(list(read_records(str(out)))) == 4
+    rerun = subprocess.run(
+        [sys.executable, "-m", "kosmos_cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert "4 done, 0 failed, 4 skipped" in rerun.stderr
+    assert sorted(r["path"] for r in read_records(str(out))) == sorted(urls)
