@@ -1,0 +1,141 @@
+"""Reading images where they live: local files against the same images from a local HTTP server and from
+WebDataset tar shards, in one run.
+
+Two measures for each source, on the same JPEGs:
+- **loader**: the items listed and every image read and decoded as `kosmos ground`'s loader workers do it (draft
+  decode to >= 448 px), on --workers threads; images/s;
+- **ground**: `kosmos ground` end to end (library call) on a tiny random checkpoint, writing Parquet; images/s.
+
+The server is the test suite's (tests/helpers/serve.py, a threaded http.server on 127.0.0.1), so the HTTP figure
+is the cost of our fetching (a connection a request, retries armed), not of a network.
+
+    python benchmarks/bench_sources.py -n 256 --workers 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tarfile
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tools")]
+
+
+def make_jpegs(n: int, side: int) -> list[bytes]:
+    from PIL import Image
+
+    out = []
+    for i in range(n):
+        img = Image.new("RGB", (side, side * 3 // 4), ((37 * i) % 255, (91 * i) % 255, 128))
+        for x in range(0, img.width, 64):  # some detail, so the JPEG is not trivially small
+            img.paste(((13 * x) % 255, 80, (7 * i) % 255), (x, 0, x + 16, img.height))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def loader_rate(inputs: list[str], workers: int) -> tuple[float, int]:
+    """images/s of listing `inputs` and reading + decoding every image on `workers` threads, as ground's loaders do."""
+    from kosmos_cli.locations import FetchOptions, open_image
+    from kosmos_cli.ordered import ordered_map
+    from kosmos_cli.pipeline import DRAFT_SIDE
+    from kosmos_cli.sources import iter_items
+
+    fetch = FetchOptions()
+
+    def load(item):
+        return open_image(item.path, fetch, draft=DRAFT_SIDE, data=item.data)
+
+    started = time.perf_counter()
+    ok = 0
+    for loaded in ordered_map(load, iter_items(inputs), workers, 4 * workers, "bench-load"):
+        ok += loaded.error is None
+    return ok / (time.perf_counter() - started), ok
+
+
+def ground_rate(inputs: list[str], engine, out: str, workers: int, batch: int) -> tuple[float, int]:
+    from kosmos_cli import ground
+
+    started = time.perf_counter()
+    summary = ground(inputs, out, engine=engine, batch_size=batch, workers=workers, overwrite=True)
+    return summary.done / (time.perf_counter() - started), summary.done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=256, help="images")
+    parser.add_argument("--side", type=int, default=1024, help="image width in pixels (height 3/4 of it)")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--shard-size", type=int, default=64, help="samples per tar shard")
+    parser.add_argument("--skip-ground", action="store_true", help="loader figures only")
+    args = parser.parse_args()
+
+    from tests.helpers.serve import ImageServer
+
+    jpegs = make_jpegs(args.n, args.side)
+    with tempfile.TemporaryDirectory() as tmp, ImageServer() as server:
+        folder = os.path.join(tmp, "local")
+        os.makedirs(folder)
+        for i, data in enumerate(jpegs):
+            with open(os.path.join(folder, f"{i:06d}.jpg"), "wb") as f:
+                f.write(data)
+            server.files[f"/img/{i:06d}.jpg"] = data
+        urls = os.path.join(tmp, "urls.txt")
+        with open(urls, "w") as f:
+            f.write("".join(server.url(f"/img/{i:06d}.jpg") + "\n" for i in range(args.n)))
+        shards = 0
+        for start in range(0, args.n, args.shard_size):
+            with tarfile.open(os.path.join(tmp, f"shard-{shards:05d}.tar"), "w") as tar:
+                for i in range(start, min(start + args.shard_size, args.n)):
+                    info = tarfile.TarInfo(f"{i:06d}.jpg")
+                    info.size = len(jpegs[i])
+                    tar.addfile(info, io.BytesIO(jpegs[i]))
+            shards += 1
+        pattern = os.path.join(tmp, f"shard-{{00000..{shards - 1:05d}}}.tar")
+        sources = {"local files": [folder], "HTTP (local server)": [urls], "tar shards": [pattern]}
+        mb = sum(map(len, jpegs)) / 2**20
+        print(
+            f"{args.n} JPEGs of {args.side}x{args.side * 3 // 4} ({mb:.1f} MB), {args.workers} loader threads, "
+            f"{shards} shards of {args.shard_size}"
+        )
+
+        loader = {name: loader_rate(inputs, args.workers) for name, inputs in sources.items()}
+        base = loader["local files"][0]
+        print("\nloader (list + read + decode), images/s")
+        print("| source | images | images/s | vs local files |")
+        print("|---|---|---|---|")
+        for name, (rate, ok) in loader.items():
+            print(f"| {name} | {ok} | {rate:.1f} | {rate / base:.2f} |")
+
+        if args.skip_ground:
+            return
+        import torch
+        from bench_ground import build  # benchmarks/bench_ground.py: the same tiny random checkpoint
+
+        from kosmos_cli.engine import Engine, GenerationOptions
+
+        model, processor = build("tiny", torch.float32)
+        engine = Engine.from_model(model, processor, GenerationOptions(max_new_tokens=16))
+        ground_rate([folder], engine, os.path.join(tmp, "warm.parquet"), args.workers, args.batch_size)  # warm up
+        grounded = {
+            name: ground_rate(inputs, engine, os.path.join(tmp, f"r{i}.parquet"), args.workers, args.batch_size)
+            for i, (name, inputs) in enumerate(sources.items())
+        }
+        base = grounded["local files"][0]
+        print("\nkosmos ground (tiny checkpoint, 16 new tokens), images/s")
+        print("| source | images | images/s | vs local files |")
+        print("|---|---|---|---|")
+        for name, (rate, ok) in grounded.items():
+            print(f"| {name} | {ok} | {rate:.1f} | {rate / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
