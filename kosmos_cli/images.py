@@ -170,12 +170,13 @@ def file_stat(path: str) -> tuple[int | None, float | None]:
     return st.st_size, st.st_mtime
 
 
-def display_size(path: str) -> tuple[int, int] | None:
-    """(width, height) as displayed (EXIF orientation applied), from the header alone; None if unreadable."""
+def display_size(path: str, data: bytes | None = None) -> tuple[int, int] | None:
+    """(width, height) as displayed (EXIF orientation applied), from the header alone (of `data`, the image's
+    bytes, when given); None if unreadable."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path if data is None else io.BytesIO(data)) as img:
                 width, height = img.size
                 if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
                     width, height = height, width

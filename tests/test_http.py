@@ -218,3 +218,26 @@ def test_a_killed_run_over_urls_resumes_with_nothing_lost_or_twice(server, tmp_p
     assert rerun.returncode == 0, rerun.stderr
     assert "4 done, 0 failed, 4 skipped" in rerun.stderr
     assert sorted(r["path"] for r in read_records(str(out))) == sorted(urls)
+
+
+def test_find_and_refer_take_urls(shapes_engine, server, tmp_path):
+    from kosmos_cli import find, refer
+
+    path = "/scenes/s1.png"
+    width, height, objs = server.truth[path]
+    target = objs[0]
+    phrase = f"a {target.color} {target.shape}"
+    out = str(tmp_path / "find.jsonl")
+    find([server.url(path)], out, phrases=[phrase], engine=shapes_engine)
+    (row,) = read_records(out)
+    assert row["path"] == server.url(path) and row["status"] == "ok"
+    assert any(shapes.iou(b, target.box) >= 0.5 for b in row["boxes_px"]), (row, target)
+    out = str(tmp_path / "refer.jsonl")
+    x1, y1, x2, y2 = target.box
+    normalised = (x1 / width, y1 / height, x2 / width, y2 / height)
+    refer([server.url(path)], out, boxes=[normalised], normalized=True, engine=shapes_engine)
+    (row,) = read_records(out)
+    assert row["status"] == "ok" and target.color in row["description"]
+    assert row["box_px"] == pytest.approx(list(target.box), abs=0.01)  # the size came from the fetched image
+    again = refer([server.url(path)], out, boxes=[normalised], normalized=True, engine=shapes_engine)
+    assert (again.done, again.skipped) == (0, 1)  # its resume key is the same box in pixels

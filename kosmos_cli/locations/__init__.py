@@ -141,3 +141,16 @@ def open_image(path: str, fetch: FetchOptions = FetchOptions(), draft: int | Non
         except Unreadable as exc:
             return Loaded(None, error=str(exc))
     return load_image(local_path(path), draft=draft, data=data)
+
+
+def display_size(path: str, data: bytes | None = None, fetch: FetchOptions = FetchOptions()) -> tuple[int, int] | None:
+    """`images.display_size` wherever the image lives: a remote one is read first (refer's normalised boxes need the
+    size before the image is loaded, for their resume key). None when it cannot be read."""
+    from .. import images
+
+    if data is None and not is_local(path):
+        try:
+            data = read_bytes(path, fetch)
+        except Unreadable:
+            return None
+    return images.display_size(local_path(path), data)

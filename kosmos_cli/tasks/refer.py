@@ -123,9 +123,9 @@ class Refer(Task):
                 given = [(parse_box(values, self.normalized), None)]
             except ValueError as exc:
                 given = [(_numbers(values), f"bad box in manifest row: {exc}")]
-        from ..images import display_size
+        from ..locations import display_size
 
-        size = display_size(item.path) if self.normalized else None  # box_px (the resume key) needs the size
+        size = display_size(item.path, item.data) if self.normalized else None  # box_px (the resume key) needs it
         units = []
         for box, problem in given:
             record = ReferRecord(path=item.path, prompt=self._prompt_text, model=model, extra=dict(extra))
