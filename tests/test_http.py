@@ -241,3 +241,20 @@ def test_find_and_refer_take_urls(shapes_engine, server, tmp_path):
     assert row["box_px"] == pytest.approx(list(target.box), abs=0.01)  # the size came from the fetched image
     again = refer([server.url(path)], out, boxes=[normalised], normalized=True, engine=shapes_engine)
     assert (again.done, again.skipped) == (0, 1)  # its resume key is the same box in pixels
+
+
+def test_export_keeps_urls_for_coco_and_fetches_them_for_yolo(shapes_engine, server, tmp_path):
+    urls = [server.url(f"/scenes/s{i}.png") for i in range(3)]
+    out = str(tmp_path / "r.jsonl")
+    ground(urls, out, engine=shapes_engine)
+    coco = kosmos("export", out, "--to", "coco", str(tmp_path / "coco.json"), "-q")
+    assert coco.exit_code == 0, coco.output
+    data = json.loads((tmp_path / "coco.json").read_text())
+    assert [i["file_name"] for i in data["images"]] == urls and data["annotations"]
+    yolo = kosmos("export", out, "--to", "yolo", str(tmp_path / "yolo"), "-q")
+    assert yolo.exit_code == 0, yolo.output
+    host = f"127.0.0.1_{server.url('').rsplit(':', 1)[1]}"
+    for i in range(3):
+        image = tmp_path / "yolo" / "images" / host / "scenes" / f"s{i}.png"
+        assert not image.is_symlink() and image.read_bytes() == server.files[f"/scenes/s{i}.png"]
+        assert (tmp_path / "yolo" / "labels" / host / "scenes" / f"s{i}.txt").read_text().strip()

@@ -106,7 +106,7 @@ class Targets:
         shard or table below the container's name (`shards/00001.tar#k7` -> `00001/k7.png`, its key kept)."""
         member = locations.split_member(source)
         if not locations.is_local(source) or member is not None:
-            rel = _remote_name(source, member)
+            rel = remote_layout(source, member)
         else:
             full = os.path.abspath(source)
             rel = os.path.relpath(full, self.base) if self.base else os.path.basename(full)
@@ -125,8 +125,9 @@ class Targets:
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-]+")
 
 
-def _remote_name(source: str, member: tuple[str, str] | None) -> str:
-    """A relative file name for a remote image or a container's sample: safe characters only, no `..`."""
+def remote_layout(source: str, member: tuple[str, str] | None) -> str:
+    """A relative file name for a remote image (below its host or bucket) or a container's sample (below the
+    container's name): safe characters only, no `..`."""
     if member is not None:
         container, key = member
         shard = os.path.basename(container.rstrip("/"))

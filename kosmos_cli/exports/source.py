@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import tasks
 from ..errors import InputError, UsageError
+from ..locations import is_local, split_member
 from ..writers import read_records
 
 
@@ -81,12 +82,14 @@ def scan(results: str, root: str | None) -> Scan:
         if row.get("status") != "ok":
             out.errors += 1
             continue
-        full = os.path.abspath(locate(row["path"], here))
-        if root is not None and _outside(full, root):
+        full = _local(locate(row["path"], here))
+        if root is not None and full is not None and _outside(full, root):
             raise UsageError(
                 f"{{param}} {root}: {row['path']} is not below it: name a folder that holds every image", param="root"
             )
         out.last[row["path"]] = number
+        if full is None:
+            continue  # not a local file: laid out by host, bucket or container (remote_layout)
         folder = os.path.dirname(full)
         out.base = folder if out.base is None else os.path.commonpath([out.base, folder])
     return out
@@ -96,6 +99,7 @@ def images(results: str, found: Scan, root: str | None) -> Iterator[Image]:
     """Each image with an ok record, with all its boxes, at its last row; a row repeated (same key) counts once,
     the last one."""
     from ..drawing import locate
+    from ..drawing.naming import remote_layout
 
     here = os.path.dirname(os.path.abspath(results))
     base = root if root is not None else found.base
@@ -108,8 +112,11 @@ def images(results: str, found: Scan, root: str | None) -> Iterator[Image]:
         assert task is not None  # the first pass checked every row
         if path not in pending:
             source = locate(path, here)
-            full = os.path.abspath(source)
-            layout = _slashes(os.path.relpath(full, base) if base else os.path.basename(full))
+            full = _local(source)
+            if full is None:  # a URL, an object in a bucket, a shard's sample: as recorded, laid out by its place
+                layout = _slashes(remote_layout(source, split_member(source)))
+            else:
+                layout = _slashes(os.path.relpath(full, base) if base else os.path.basename(full))
             name = layout if root is not None else path
             pending[path] = (
                 Image(path, source, name, layout, row.get("width") or 0, row.get("height") or 0, row.get("model")),
@@ -128,6 +135,13 @@ def _found(task, row) -> Iterator[Found]:
             scores = [None] * len(boxes)
         for box, score in zip(boxes, scores):
             yield Found(label, tuple(int(round(float(v))) for v in box), score)  # type: ignore[arg-type]
+
+
+def _local(source: str) -> str | None:
+    """The absolute path of a local image file; None for a URL or a sample of a shard or table."""
+    if not is_local(source) or split_member(source) is not None:
+        return None
+    return os.path.abspath(source)
 
 
 def _outside(path: str, root: str) -> bool:

@@ -14,6 +14,8 @@ import os
 import shutil
 
 from ..atomic import atomic_write
+from ..images import is_image_path
+from ..locations import Unreadable, is_local, read_bytes, split_member
 from .base import Options, UniqueNames, Writer, write_error
 from .boxes import Label
 from .source import Image
@@ -33,15 +35,28 @@ class Yolo(Writer):
             raise write_error(exc, out) from None
 
     def add(self, image: Image, labels: list[Label], names: list[str]) -> str | None:
-        if not os.path.isfile(image.source):
+        remote = not is_local(image.source) or split_member(image.source) is not None
+        data = None
+        if remote:  # a link cannot point at a URL or a shard's sample: its bytes are written as a file
+            try:
+                data = read_bytes(image.source)
+            except Unreadable as exc:
+                return f"cannot read the image: {exc}"
+        elif not os.path.isfile(image.source):
             return "image not found (YOLO needs the image beside its labels)"
-        layout = self._names(image.layout)
+        layout = image.layout
+        if data is not None and not is_image_path(layout):  # a shard's sample: its key has no extension
+            layout += _extension(data)
+        layout = self._names(layout)
         target = os.path.join(self.out, "images", *layout.split("/"))
         label_file = os.path.join(self.out, "labels", *os.path.splitext(layout)[0].split("/")) + ".txt"
         w, h = image.width, image.height
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            if self.options.copy_images:
+            if data is not None:
+                with atomic_write(target, "wb", sync=False) as out:
+                    out.write(data)
+            elif self.options.copy_images:
                 shutil.copyfile(image.source, target)
             else:
                 os.symlink(os.path.abspath(image.source), target)
@@ -77,3 +92,16 @@ class Yolo(Writer):
 
     def written(self) -> list[str]:
         return [os.path.join(self.out, "data.yaml")]
+
+
+def _extension(data: bytes) -> str:
+    """The file extension for an image's bytes, from their signature (JPEG when none is known)."""
+    if data.startswith(b"\x89PNG"):
+        return ".png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return ".gif"
+    if data.startswith(b"BM"):
+        return ".bmp"
+    return ".jpg"
