@@ -186,8 +186,10 @@ def test_regions_of_one_image_share_one_decode_and_one_pixels_call(tiny_engine, 
     from kosmos_cli import pipeline
 
     decoded = []
-    real_load = pipeline.load_image
-    monkeypatch.setattr(pipeline, "load_image", lambda path, **kw: decoded.append(path) or real_load(path, **kw))
+    real_load = pipeline.open_image
+    monkeypatch.setattr(
+        pipeline, "open_image", lambda path, *args, **kw: decoded.append(path) or real_load(path, *args, **kw)
+    )
     for name in ("a.png", "b.png"):
         Image.new("RGB", (64, 64)).save(tmp_path / name)
     manifest = tmp_path / "regions.jsonl"
