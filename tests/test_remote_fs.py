@@ -7,6 +7,7 @@ checked too: a folder, a glob, a manifest in the bucket with relative paths, res
 re-uploaded object alone redone), a kill and resume, and `kosmos draw` reading the pixels back from S3.
 """
 
+import importlib.util
 import io
 import itertools
 import os
@@ -26,7 +27,7 @@ moto_server = pytest.importorskip("moto.server")
 
 from kosmos_cli import locations  # noqa: E402
 from kosmos_cli.locations import FetchOptions, Unreadable  # noqa: E402
-from kosmos_cli.locations.fs import expand_remote, read_remote, remote_stat  # noqa: E402
+from kosmos_cli.locations.fs import expand_remote, filesystem, read_remote, remote_stat  # noqa: E402
 from kosmos_cli.sources import check_inputs, iter_items  # noqa: E402
 from kosmos_cli.writers import read_records  # noqa: E402
 from tests.helpers import ROOT, SHAPES_MODEL, one_error_line, runner  # noqa: E402
@@ -147,6 +148,17 @@ def test_a_manifest_in_the_bucket_resolves_relative_paths_against_its_folder(s3)
         (f"s3://{bucket}/lists/sub/b.png", "dog"),
         ("s3://other/c.png", ""),
     ]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"path": ["../photos/a.png", "p.png"], "n": [1, 2]}), buf)
+    fs.pipe(f"{bucket}/lists/batch.parquet", buf.getvalue())
+    items = list(iter_items([f"s3://{bucket}/lists/batch.parquet"]))
+    assert [(i.path, i.extra["n"]) for i in items] == [
+        (f"s3://{bucket}/photos/a.png", 1),
+        (f"s3://{bucket}/lists/p.png", 2),
+    ]
     fs.pipe(f"{bucket}/lists/batch.jsonl", b'{"path": "a.png", "n": 1}\n')
     fs.pipe(f"{bucket}/lists/batch.txt", b"# a comment\nz/a.png\n")
     assert [i.path for i in iter_items([f"s3://{bucket}/lists/batch.jsonl", f"s3://{bucket}/lists/batch.txt"])] == [
@@ -232,6 +244,7 @@ def upload(fs, bucket, scenes, folder="photos", names=None):
     return keys
 
 
+@pytest.mark.slow
 def test_ground_a_bucket_folder_resume_and_a_changed_object(s3, scenes, tmp_path):
     fs, bucket = s3
     truth = upload(fs, bucket, scenes, names=["scene_0", "scene_1", "scene_2", "scene_3"])
@@ -298,6 +311,7 @@ def test_ground_a_glob_and_a_manifest_with_relative_paths_and_a_missing_object(s
     assert [rows[p]["label"] for p in sorted(rows)] == ["a", "b"]
 
 
+@pytest.mark.slow
 def test_a_kill_and_a_resume_from_the_bucket(s3, scenes, tmp_path):
     fs, bucket = s3
     truth = upload(fs, bucket, scenes, names=[f"scene_{i}" for i in range(6)])
@@ -334,15 +348,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_missing_fsspec_package_is_named_with_its_extra(tmp_path):
-    try:
-        import gcsfs  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("gcsfs is installed here")
-    result = runner.invoke(app, ["ground", "gs://bucket/photos/", "-o", str(tmp_path / "r.jsonl"), "--model", "x"])
-    one_error_line(result, 2, "gs:// needs gcsfs: pip install 'kosmos-ground[gcs]'")
+@pytest.mark.parametrize(
+    "url, package, says",
+    [
+        ("gs://bucket/photos/", "gcsfs", "gs:// needs gcsfs: pip install 'kosmos-ground[gcs]'"),
+        (
+            "abfs://box@account.dfs.core.windows.net/photos",
+            "adlfs",
+            "abfs:// needs adlfs: pip install 'kosmos-ground[azure]'",
+        ),
+    ],
+)
+def test_a_missing_fsspec_package_is_named_with_its_extra(url, package, says, tmp_path):
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    result = runner.invoke(app, ["ground", url, "-o", str(tmp_path / "r.jsonl"), "--model", "not-loaded"])
+    one_error_line(result, 2, says)
+
+
+def test_hf_needs_no_extra_and_an_unknown_protocol_is_named(tmp_path):
+    assert filesystem("hf://datasets/user/repo/images")[1] == "datasets/user/repo/images"
     unknown = runner.invoke(app, ["ground", "nosuchfs://bucket/photos/", "-o", str(tmp_path / "r.jsonl")])
     one_error_line(unknown, 2, "no filesystem is known for nosuchfs://")
 
