@@ -125,7 +125,7 @@ def read_remote(url: str, fetch: FetchOptions = FetchOptions()) -> bytes:
         fs, path = filesystem(url)
     except UsageError as exc:
         raise Unreadable(str(exc)) from None
-    deadline = {"timeout": fetch.timeout} if getattr(fs, "async_impl", False) else {}
+    deadline = {"timeout": fetch.timeout} if fs.async_impl else {}
     try:
         fs.invalidate_cache(path)
         info = fs.info(path, **deadline)
