@@ -370,6 +370,20 @@ def test_export_to_coco_writes_sample_paths_as_they_are(grounded, shards, tmp_pa
     assert len(data["annotations"]) >= len(truth)
 
 
+def test_export_lays_samples_out_as_shard_and_key_and_yolo_fails_each_clearly(grounded, shards, tmp_path):
+    out, _ = grounded
+    _, truth = shards
+    voc = tmp_path / "voc"
+    result = kosmos("export", out, str(voc), "--to", "voc")
+    assert result.exit_code == 0, result.output
+    written = sorted(str(p.relative_to(voc / "Annotations")) for p in (voc / "Annotations").rglob("*.xml"))
+    assert written == sorted(f"{s.split('#')[0][:-4]}/{s.split('#')[1]}.xml" for s in truth)
+    result = kosmos("export", out, str(tmp_path / "yolo"), "--to", "yolo")
+    assert result.exit_code == 0, result.output
+    assert "0 images, 0 boxes, " in result.stderr and f"2 skipped (error records), {len(truth)} failed" in result.stderr
+    assert "00000.tar#s00000: a sample of a shard or table: YOLO needs image files" in result.stderr
+
+
 # -- resume after a kill, and several processes ----------------------------------------------------------------
 def _args(folder, out):
     return [

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import tasks
+from .. import locations, tasks
 from ..errors import InputError, UsageError
 from ..writers import read_records
 
@@ -65,7 +65,7 @@ def _rows(results: str) -> Iterator[dict[str, Any]]:
 
 def scan(results: str, root: str | None) -> Scan:
     """Check every row and note where each image's rows end. Raises before anything is written."""
-    from ..drawing import check_results_row, locate
+    from ..drawing import check_results_row
 
     here = os.path.dirname(os.path.abspath(results))
     out = Scan()
@@ -81,13 +81,12 @@ def scan(results: str, root: str | None) -> Scan:
         if row.get("status") != "ok":
             out.errors += 1
             continue
-        full = os.path.abspath(locate(row["path"], here))
+        _, full, folder = _place(row["path"], here)
         if root is not None and _outside(full, root):
             raise UsageError(
                 f"{{param}} {root}: {row['path']} is not below it: name a folder that holds every image", param="root"
             )
         out.last[row["path"]] = number
-        folder = os.path.dirname(full)
         out.base = folder if out.base is None else os.path.commonpath([out.base, folder])
     return out
 
@@ -95,7 +94,6 @@ def scan(results: str, root: str | None) -> Scan:
 def images(results: str, found: Scan, root: str | None) -> Iterator[Image]:
     """Each image with an ok record, with all its boxes, at its last row; a row repeated (same key) counts once,
     the last one."""
-    from ..drawing import locate
 
     here = os.path.dirname(os.path.abspath(results))
     base = root if root is not None else found.base
@@ -107,10 +105,12 @@ def images(results: str, found: Scan, root: str | None) -> Iterator[Image]:
         task = tasks.of_row(row)
         assert task is not None  # the first pass checked every row
         if path not in pending:
-            source = locate(path, here)
-            full = os.path.abspath(source)
+            source, full, _ = _place(path, here)
             layout = _slashes(os.path.relpath(full, base) if base else os.path.basename(full))
             name = layout if root is not None else path
+            member = locations.split_member(source)
+            if member is not None and root is not None:  # the container below --root, and the sample's key
+                name = _slashes(os.path.relpath(os.path.abspath(member[0]), root)) + "#" + member[1]
             pending[path] = (
                 Image(path, source, name, layout, row.get("width") or 0, row.get("height") or 0, row.get("model")),
                 {},
@@ -120,6 +120,29 @@ def images(results: str, found: Scan, root: str | None) -> Iterator[Image]:
             image, by_key = pending.pop(path)
             image.found = [f for boxes in by_key.values() for f in boxes]
             yield image
+
+
+_CONTAINER_ENDINGS = (".tar.gz", ".tgz", ".tar", ".parquet")
+
+
+def _place(path: str, here: str) -> tuple[str, str, str]:
+    """(where the image can be opened, its full path as per-image files are laid out, its folder).
+
+    A sample of a shard or table (`SHARD.tar#KEY`) is laid out as draw names it, `SHARD/KEY`, in the container's
+    folder."""
+    from ..drawing import locate
+
+    source = locate(path, here)
+    member = locations.split_member(source)
+    if member is None:
+        full = os.path.abspath(source)
+        return source, full, os.path.dirname(full)
+    container, key = member
+    stem = os.path.abspath(container)
+    ending = next((e for e in _CONTAINER_ENDINGS if stem.lower().endswith(e)), "")
+    stem = stem[: len(stem) - len(ending)]
+    parts = [p for p in key.split("/") if p not in ("", ".", "..")]
+    return source, os.path.join(stem, *parts) + ".png", os.path.dirname(stem)
 
 
 def _found(task, row) -> Iterator[Found]:

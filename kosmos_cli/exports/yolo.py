@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 
+from .. import locations
 from ..atomic import atomic_write
 from .base import Options, UniqueNames, Writer, write_error
 from .boxes import Label
@@ -33,6 +34,11 @@ class Yolo(Writer):
             raise write_error(exc, out) from None
 
     def add(self, image: Image, labels: list[Label], names: list[str]) -> str | None:
+        if locations.split_member(image.source) is not None:
+            return (
+                "a sample of a shard or table: YOLO needs image files beside its labels; extract the images first, "
+                "or export to coco, voc or labelstudio"
+            )
         if not os.path.isfile(image.source):
             return "image not found (YOLO needs the image beside its labels)"
         layout = self._names(image.layout)
