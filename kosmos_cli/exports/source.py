@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import tasks
+from .. import locations, tasks
 from ..errors import InputError, UsageError
-from ..locations import is_local, split_member
 from ..writers import read_records
 
 
@@ -66,7 +65,7 @@ def _rows(results: str) -> Iterator[dict[str, Any]]:
 
 def scan(results: str, root: str | None) -> Scan:
     """Check every row and note where each image's rows end. Raises before anything is written."""
-    from ..drawing import check_results_row, locate
+    from ..drawing import check_results_row
 
     here = os.path.dirname(os.path.abspath(results))
     out = Scan()
@@ -82,15 +81,14 @@ def scan(results: str, root: str | None) -> Scan:
         if row.get("status") != "ok":
             out.errors += 1
             continue
-        full = _local(locate(row["path"], here))
+        _, full, folder = _place(row["path"], here)
         if root is not None and full is not None and _outside(full, root):
             raise UsageError(
                 f"{{param}} {root}: {row['path']} is not below it: name a folder that holds every image", param="root"
             )
         out.last[row["path"]] = number
-        if full is None:
-            continue  # not a local file: laid out by host, bucket or container (remote_layout)
-        folder = os.path.dirname(full)
+        if folder is None:
+            continue  # a URL or an object in a bucket: laid out by host or bucket (remote_layout)
         out.base = folder if out.base is None else os.path.commonpath([out.base, folder])
     return out
 
@@ -98,7 +96,6 @@ def scan(results: str, root: str | None) -> Scan:
 def images(results: str, found: Scan, root: str | None) -> Iterator[Image]:
     """Each image with an ok record, with all its boxes, at its last row; a row repeated (same key) counts once,
     the last one."""
-    from ..drawing import locate
     from ..drawing.naming import remote_layout
 
     here = os.path.dirname(os.path.abspath(results))
@@ -111,13 +108,17 @@ def images(results: str, found: Scan, root: str | None) -> Iterator[Image]:
         task = tasks.of_row(row)
         assert task is not None  # the first pass checked every row
         if path not in pending:
-            source = locate(path, here)
-            full = _local(source)
-            if full is None:  # a URL, an object in a bucket, a shard's sample: as recorded, laid out by its place
-                layout = _slashes(remote_layout(source, split_member(source)))
+            source, full, _ = _place(path, here)
+            member = locations.split_member(source)
+            if full is None:  # a URL, an object in a bucket (or a sample of a shard there): as recorded
+                layout = _slashes(remote_layout(source, member))
             else:
                 layout = _slashes(os.path.relpath(full, base) if base else os.path.basename(full))
-            name = layout if root is not None else path
+            name = layout if root is not None and full is not None else path
+            if (
+                full is not None and member is not None and root is not None
+            ):  # the container below --root, and the sample's key
+                name = _slashes(os.path.relpath(os.path.abspath(member[0]), root)) + "#" + member[1]
             pending[path] = (
                 Image(path, source, name, layout, row.get("width") or 0, row.get("height") or 0, row.get("model")),
                 {},
@@ -129,19 +130,37 @@ def images(results: str, found: Scan, root: str | None) -> Iterator[Image]:
             yield image
 
 
+_CONTAINER_ENDINGS = (".tar.gz", ".tgz", ".tar", ".parquet")
+
+
+def _place(path: str, here: str) -> tuple[str, str | None, str | None]:
+    """(where the image can be opened, its full path as per-image files are laid out, its folder).
+
+    A sample of a shard or table (`SHARD.tar#KEY`) is laid out as draw names it, `SHARD/KEY`, in the container's
+    folder. A URL or an object in a bucket has no local place: (source, None, None)."""
+    from ..drawing import locate
+
+    source = locate(path, here)
+    member = locations.split_member(source)
+    if locations.is_remote(source if member is None else member[0]):
+        return source, None, None
+    if member is None:
+        full = os.path.abspath(source)
+        return source, full, os.path.dirname(full)
+    container, key = member
+    stem = os.path.abspath(container)
+    ending = next((e for e in _CONTAINER_ENDINGS if stem.lower().endswith(e)), "")
+    stem = stem[: len(stem) - len(ending)]
+    parts = [p for p in key.split("/") if p not in ("", ".", "..")]
+    return source, os.path.join(stem, *parts) + ".png", os.path.dirname(stem)
+
+
 def _found(task, row) -> Iterator[Found]:
     for (label, boxes), scores in zip(task.shapes(row), task.box_scores(row)):
         if scores is None or len(scores) != len(boxes):
             scores = [None] * len(boxes)
         for box, score in zip(boxes, scores):
             yield Found(label, tuple(int(round(float(v))) for v in box), score)  # type: ignore[arg-type]
-
-
-def _local(source: str) -> str | None:
-    """The absolute path of a local image file; None for a URL or a sample of a shard or table."""
-    if not is_local(source) or split_member(source) is not None:
-        return None
-    return os.path.abspath(source)
 
 
 def _outside(path: str, root: str) -> bool:

@@ -45,8 +45,14 @@ class Yolo(Writer):
         elif not os.path.isfile(image.source):
             return "image not found (YOLO needs the image beside its labels)"
         layout = image.layout
-        if data is not None and not is_image_path(layout):  # a shard's sample: its key has no extension
-            layout += _extension(data)
+        if data is not None:  # named for what the bytes are (a shard's sample is laid out as KEY.png whatever it is)
+            stem, ext = os.path.splitext(layout)
+            kind = _extension(data)
+            layout = (
+                layout
+                if ext.lower() in _SAME.get(kind, (kind,))
+                else (stem if is_image_path(layout) else layout) + kind
+            )
         layout = self._names(layout)
         target = os.path.join(self.out, "images", *layout.split("/"))
         label_file = os.path.join(self.out, "labels", *os.path.splitext(layout)[0].split("/")) + ".txt"
@@ -92,6 +98,9 @@ class Yolo(Writer):
 
     def written(self) -> list[str]:
         return [os.path.join(self.out, "data.yaml")]
+
+
+_SAME = {".jpg": (".jpg", ".jpeg", ".jpe", ".jfif"), ".tif": (".tif", ".tiff")}
 
 
 def _extension(data: bytes) -> str:

@@ -16,7 +16,7 @@ from ..errors import UsageError
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 URL_SCHEMES = frozenset({"http", "https"})
-CONTAINER_EXTENSIONS = (".tar", ".parquet")  # `X.tar#KEY`, `X.parquet#KEY`: one sample of a container
+CONTAINER_EXTENSIONS = (".tar", ".tar.gz", ".tgz", ".parquet")  # `X.tar#KEY`, `X.parquet#KEY`: a sample of a container
 DEFAULT_TIMEOUT = 30.0  # seconds a remote read may wait for the server before it counts as failed
 DEFAULT_RETRIES = 3  # further tries after a 429, a 5xx, a reset connection or a timeout
 DEFAULT_MAX_BYTES = 64 << 20  # an image larger than this is refused unread (the rest of the body is not fetched)
