@@ -97,7 +97,8 @@ Wait = Annotated[bool, typer.Option("--wait", help="Wait for another run on the 
 Strict = Annotated[bool, typer.Option("--strict", help="Exit 1 if any image failed.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, warnings or summary on stderr.")]
 Workers = Annotated[
-    Optional[int], typer.Option("--workers", help="Background image loaders \\[default: up to 4].", show_default=False)
+    Optional[int],
+    typer.Option("--workers", help="Background image loaders \\[default: one per CPU, up to 16].", show_default=False),
 ]
 MinScore = Annotated[
     Optional[float],

@@ -1,16 +1,20 @@
-"""An ordered, bounded thread pool: work runs ahead on threads, results come back in the order of the input.
+"""Ordered, bounded threads: work runs ahead of the caller (`ordered_map`) or behind it (`Behind`), in order.
 
-Loading images for the model (pipeline.py) and drawing them (drawing/background.py) both want this: the slow part
-on several threads, what follows in order, and memory bounded however long the input.
+Loading images for the model (pipeline.py) and drawing them (drawing/background.py) want `ordered_map`: the slow part
+on several threads, what follows in order, and memory bounded however long the input. Finishing and writing what
+the model answered wants `Behind`: one thread behind the model's, so the next batch starts while the last one is
+turned into records and written.
 """
 
 from __future__ import annotations
 
 import itertools
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -42,3 +46,92 @@ def ordered_map(
         finally:
             for future in waiting:
                 future.cancel()
+
+
+_STOP = object()
+
+
+class Behind(Generic[In, Out]):
+    """`fn(item)` for each item handed over with `put`, in order, on one thread behind the caller's; `then(result)`
+    for each result, in order, back on the caller's thread.
+
+    At most `depth` items are in flight (handed over and `fn` not yet returned): `put` waits for room, so the caller
+    runs at most `depth` items ahead. `depth` 0 runs `fn` and `then` inside `put`, on the caller's thread (no thread).
+
+    Used as a context manager. On leaving it, whatever was handed over is still done and its `then` called (after
+    an exception or a KeyboardInterrupt too: what is done is kept), then the thread ends. An exception raised by
+    `fn` ends the thread's work (later items are dropped, never done) and is raised on the caller's thread: by the
+    next `put`, or on leaving the block, unless the block itself raised.
+    """
+
+    def __init__(self, fn: Callable[[In], Out], then: Callable[[Out], object], depth: int, name: str = "kosmos"):
+        if depth < 0:
+            raise ValueError("depth must be 0 or more")
+        self._fn, self._then, self.depth = fn, then, depth
+        self._room = threading.BoundedSemaphore(max(depth, 1))
+        self._todo: queue.SimpleQueue = queue.SimpleQueue()
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._raised = False
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True) if depth else None
+
+    def __enter__(self) -> Behind[In, Out]:
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def put(self, item: In) -> None:
+        """Hand `item` over; first `then` for the results done so far. Raises what `fn` raised, if it did."""
+        if self._thread is None:
+            self._then(self._fn(item))
+            return
+        self._collect()
+        self._room.acquire()  # interruptible (Ctrl-C) while it waits
+        if self._error is not None:
+            self._room.release()
+            self._raise()
+        self._todo.put(item)
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if self._thread is None:
+            return
+        self._todo.put(_STOP)
+        try:
+            while self._thread.is_alive():
+                self._thread.join(0.1)  # short waits: a second Ctrl-C still gets through
+        except BaseException:
+            self._error = self._error or _Abandoned()  # the wait was cut short: the thread stops after its item
+            raise
+        self._collect()
+        if kind is None and not isinstance(self._error, _Abandoned):
+            self._raise()
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                result = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self._then(result)
+
+    def _raise(self) -> None:
+        if self._error is not None and not self._raised and not isinstance(self._error, _Abandoned):
+            self._raised = True
+            raise self._error
+
+    def _work(self) -> None:
+        while True:
+            item = self._todo.get()
+            if item is _STOP:
+                return
+            try:
+                if self._error is None:
+                    self._done.put(self._fn(item))
+            except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
+                self._error = exc
+            finally:
+                self._room.release()
+
+
+class _Abandoned(Exception):
+    """The caller stopped waiting (a second Ctrl-C): the thread does nothing more."""

@@ -22,9 +22,10 @@ from .errors import UsageError
 from .images import MODEL_SIDE
 from .locations import FetchOptions, check_local_output, open_image
 from .locations import stat as location_stat
-from .ordered import ordered_map
+from .ordered import Behind, ordered_map
 from .progress import Progress
 from .records import OK, Record
+from .scores import Generation
 from .sources import Columns, Item, countable, iter_items, nothing_found, shard
 from .store import Output, Seen, Store
 from .tasks import Task, Unit, path_key
@@ -35,6 +36,8 @@ log = logging.getLogger("kosmos_cli")
 MAX_LISTED_FAILURES = 20
 SETTINGS = ("model", "prompt", "decoding")  # what a record was made with: a run with others redoes it
 DRAFT_SIDE = 2 * MODEL_SIDE  # JPEGs are decoded at a reduced scale down to this many pixels a side, not below
+FINISH_AHEAD = 2  # batches the model may answer before the last is finished and written (0: in line, no thread)
+MAX_WORKERS = 16  # image loaders by default: one per CPU up to this (a 16-core GPU host feeds 500 images/s)
 
 
 @dataclass(frozen=True)
@@ -174,8 +177,13 @@ def _pass(task, inputs, engine, options, output: Output, crew, summary, progress
     )
     if task.per_row:
         pending = _same_image_once(pending)
-    for records in _batches(pending, task, engine, options):
-        written = output.write(records)
+
+    def finish(batch: Answered) -> tuple[list[Record], list[Record]]:  # behind the model, on the writing thread
+        records = batch.finish(task)
+        return records, output.write(records)
+
+    def count(done: tuple[list[Record], list[Record]]) -> None:  # back on this thread, once written
+        records, written = done
         summary.skipped += len(records) - len(written)  # error records of keys recorded ok: not written
         for r in written:
             if r.ok:
@@ -187,7 +195,13 @@ def _pass(task, inputs, engine, options, output: Output, crew, summary, progress
         if on_write and written:
             on_write(written)
         progress.advance(summary.done, summary.failed, summary.skipped)
-        crew.check()  # another rank failed: stop
+
+    # the next batch goes through the model while the last ones are finished and written; on any way out (Ctrl-C
+    # too) what the model answered is still finished and written, and a writing error is raised here
+    with Behind(finish, count, FINISH_AHEAD, "kosmos-write") as behind:
+        for batch in _batches(pending, task, engine, options):
+            behind.put(batch)
+            crew.check()  # another rank failed: stop
     summary.kept = output.kept
     if output.kept:
         log.warning(
@@ -344,13 +358,33 @@ def _load(item: Item, units: list[Unit], task: Task, engine: Engine, options: Ru
     return out
 
 
-def _batches(pending, task: Task, engine: Engine, options: RunOptions) -> Iterator[list[Record]]:
-    """Finished records, a batch at a time: loading runs ahead in workers while the model works.
+@dataclass
+class Answered:
+    """A batch as the model left it: records that failed before it (an unreadable image, a prompt refused), then
+    units with the model's answer. `finish` makes them records, in that order, on any thread."""
+
+    failed: list[Record]
+    answered: list[tuple[Unit, Generation]] = field(default_factory=list)
+
+    def finish(self, task: Task) -> list[Record]:
+        records = list(self.failed)
+        for unit, answer in self.answered:
+            unit.generated = answer  # its tokens' probabilities: what the task scores its boxes with
+            try:
+                task.finish(unit, answer.text)
+            except ValueError as exc:  # output the parser cannot use: that image fails, the run goes on
+                unit.record.fail(f"cannot read the model's output: {exc}")
+            records.append(unit.record)
+        return records
+
+
+def _batches(pending, task: Task, engine: Engine, options: RunOptions) -> Iterator[Answered]:
+    """Answered batches, one at a time: loading runs ahead in workers while the model works.
 
     Requests are bucketed by prompt token length for generate; the fast decoder takes any lengths in one batch, so
     then every batch is full (refer and find manifests mix lengths)."""
     size = options.batch_size
-    workers = options.workers or min(4, os.cpu_count() or 1)
+    workers = options.workers or default_workers()
     buckets: dict[int, list[tuple[Unit, Prepared]]] = {}
     failed: list[Record] = []
 
@@ -367,30 +401,32 @@ def _batches(pending, task: Task, engine: Engine, options: RunOptions) -> Iterat
                 bucket = buckets.setdefault(key, [])
                 bucket.append((unit, prepared))
                 if len(bucket) >= size:
-                    yield failed + _forward(bucket, task, engine)
+                    yield Answered(failed, _forward(bucket, task, engine))
                     failed, buckets[key] = [], []
             if len(failed) >= size:
-                yield failed
+                yield Answered(failed)
                 failed = []
     for bucket in buckets.values():
         if bucket:
-            yield failed + _forward(bucket, task, engine)
+            yield Answered(failed, _forward(bucket, task, engine))
             failed = []
     if failed:
-        yield failed
+        yield Answered(failed)
 
 
-def _forward(bucket: list[tuple[Unit, Prepared]], task: Task, engine: Engine) -> list[Record]:
+def _forward(bucket: list[tuple[Unit, Prepared]], task: Task, engine: Engine) -> list[tuple[Unit, Generation]]:
     started = time.perf_counter()
     answers = engine.forward_scored_safe([p for _, p in bucket], task.stop_at)
-    each = (time.perf_counter() - started) / len(bucket)
-    records = []
-    for (unit, _), answer in zip(bucket, answers):
-        unit.record.seconds = round(each, 4)
-        unit.generated = answer  # its tokens' probabilities: what the task scores its boxes with
-        try:
-            task.finish(unit, answer.text)
-        except ValueError as exc:  # output the parser cannot use: that image fails, the run goes on
-            unit.record.fail(f"cannot read the model's output: {exc}")
-        records.append(unit.record)
-    return records
+    each = round((time.perf_counter() - started) / len(bucket), 4)
+    for unit, _ in bucket:
+        unit.record.seconds = each
+    return [(unit, answer) for (unit, _), answer in zip(bucket, answers)]
+
+
+def default_workers() -> int:
+    """Image loaders when --workers is not given: one per CPU this process may run on, at most MAX_WORKERS."""
+    try:
+        cpus = len(os.sched_getaffinity(0))  # what taskset or a container's cpuset leaves us, where known
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cpus))
