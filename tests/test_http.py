@@ -4,11 +4,7 @@ records keep the URL, resume keys on it without fetching again, and the shapes m
 
 import io
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -18,7 +14,7 @@ from kosmos_cli import ground
 from kosmos_cli.locations import FetchOptions, Unreadable, open_image
 from kosmos_cli.locations.http import fetch_bytes
 from kosmos_cli.writers import read_records
-from tests.helpers import ROOT, SHAPES_MODEL, kosmos, one_error_line, rows_of
+from tests.helpers import SHAPES_MODEL, killed_after, kosmos, kosmos_process, one_error_line, rows_of
 from tests.helpers.serve import ImageServer
 
 FAST = FetchOptions(timeout=2, retries=2)
@@ -199,22 +195,9 @@ def test_a_killed_run_over_urls_resumes_with_nothing_lost_or_twice(server, tmp_p
     listing.write_text("\n".join(urls) + "\n")
     out = tmp_path / "r.jsonl"
     args = ["ground", str(listing), "--out", str(out), "--model", SHAPES_MODEL, "-b", "2", "--max-new-tokens", "8"]
-    paused = tmp_path / "paused"
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "tests", "pause_after.py"), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, "KOSMOS_TEST_PAUSE_AFTER": "2", "KOSMOS_TEST_PAUSED": str(paused)},
-    )
-    while not paused.exists() and proc.poll() is None:  # it stops by itself after its second batch
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed_after(args, tmp_path)
     assert len(list(read_records(str(out)))) == 4
-    rerun = subprocess.run(
-        [sys.executable, "-m", "kosmos_cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
-    )
+    rerun = kosmos_process(args)
     assert rerun.returncode == 0, rerun.stderr
     assert "4 done, 0 failed, 4 skipped" in rerun.stderr
     assert sorted(r["path"] for r in read_records(str(out))) == sorted(urls)

@@ -5,11 +5,7 @@ resume (after a kill too), and draw and export on the results."""
 
 import io
 import json
-import os
 import random
-import subprocess
-import sys
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,7 +16,7 @@ from kosmos_cli import ground, read_records
 from kosmos_cli.locations import FetchOptions, Unreadable
 from kosmos_cli.locations.members import read_member
 from kosmos_cli.store import Store
-from tests.helpers import ROOT, SHAPES_MODEL, kosmos, one_error_line, rows_of
+from tests.helpers import SHAPES_MODEL, killed_after, kosmos, kosmos_process, one_error_line, rows_of
 
 N = 8  # scenes; one more row failed to download (a null jpg)
 
@@ -221,23 +217,10 @@ def test_killed_mid_run_then_resumed_every_row_once(table, tmp_path):
     path, truth = table
     out = tmp_path / "r.parquet"
     args = ["ground", path, "--image-column", "jpg", "--out", str(out), *model_args(), "-b", "2", "--workers", "1"]
-    paused = tmp_path / "paused"
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "tests", "pause_after.py"), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, "KOSMOS_TEST_PAUSE_AFTER": "2", "KOSMOS_TEST_PAUSED": str(paused)},
-    )
-    while not paused.exists() and proc.poll() is None:  # it stops by itself after its second batch
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
+    killed_after(args, tmp_path)
     partial = Store(str(out), "parquet", "ground").scan().seen
     assert 0 < len(partial) < N + 1
-    rerun = subprocess.run(
-        [sys.executable, "-m", "kosmos_cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
-    )
+    rerun = kosmos_process(args)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{len(partial)} skipped" in rerun.stderr
     paths = [r["path"] for r in read_records(str(out))]

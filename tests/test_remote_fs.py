@@ -30,7 +30,7 @@ from kosmos_cli.locations import FetchOptions, Unreadable  # noqa: E402
 from kosmos_cli.locations.fs import expand_remote, filesystem, read_remote, remote_stat  # noqa: E402
 from kosmos_cli.sources import check_inputs, iter_items  # noqa: E402
 from kosmos_cli.writers import read_records  # noqa: E402
-from tests.helpers import ROOT, SHAPES_MODEL, one_error_line, runner  # noqa: E402
+from tests.helpers import SHAPES_MODEL, killed_after, kosmos_process, one_error_line, runner  # noqa: E402
 
 from kosmos_cli.cli import app  # noqa: E402  isort: skip
 
@@ -318,20 +318,8 @@ def test_a_kill_and_a_resume_from_the_bucket(s3, scenes, tmp_path):
     out = tmp_path / "killed.jsonl"
     args = ["ground", f"s3://{bucket}/photos/", "--out", str(out), "--model", SHAPES_MODEL, "--max-new-tokens", "48"]
     args += ["-b", "2", "--workers", "1"]
-    paused = tmp_path / "paused"
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "tests", "pause_after.py"), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, "KOSMOS_TEST_PAUSE_AFTER": "2", "KOSMOS_TEST_PAUSED": str(paused)},
-    )
-    while not paused.exists() and proc.poll() is None:  # it stops by itself after its second batch
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert paused.exists(), proc.stderr.read().decode() if proc.stderr else ""
-    rerun = subprocess.run([sys.executable, "-m", "kosmos_cli", *args], capture_output=True, text=True, cwd=ROOT)
+    killed_after(args, tmp_path)
+    rerun = kosmos_process(args)
     assert rerun.returncode == 0, rerun.stderr
     assert "2 done, 0 failed, 4 skipped" in rerun.stderr
     rows = list(read_records(str(out)))

@@ -10,11 +10,8 @@ import json
 import logging
 import os
 import random
-import subprocess
-import sys
 import tarfile
 import threading
-import time
 
 import pytest
 import shapes  # tools/shapes.py
@@ -24,7 +21,7 @@ from kosmos_cli.locations import FetchOptions, Unreadable, split_member
 from kosmos_cli.locations.members import read_member
 from kosmos_cli.locations.shards import NO_IMAGE, iter_shard, split_name
 from kosmos_cli.store import Store
-from tests.helpers import ROOT, SHAPES_MODEL, kosmos
+from tests.helpers import SHAPES_MODEL, killed_after, kosmos, kosmos_process
 
 MTIME = 1_700_000_000
 PATTERN = "{00000..00002}.tar"
@@ -415,23 +412,10 @@ def _args(folder, out):
 def test_killed_mid_run_then_resumed_every_sample_once(shards, tmp_path):
     folder, truth = shards
     out = tmp_path / "r.parquet"
-    paused = tmp_path / "paused"
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "tests", "pause_after.py"), *_args(folder, out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, "KOSMOS_TEST_PAUSE_AFTER": "2", "KOSMOS_TEST_PAUSED": str(paused)},
-    )
-    while not paused.exists() and proc.poll() is None:  # it stops by itself after its second batch
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
+    killed_after(_args(folder, out), tmp_path)
     partial = Store(str(out), "parquet", "ground").scan().seen
     assert 0 < len(partial) < 9
-    rerun = subprocess.run(
-        [sys.executable, "-m", "kosmos_cli", *_args(folder, out)], capture_output=True, text=True, cwd=ROOT, timeout=300
-    )
+    rerun = kosmos_process(_args(folder, out))
     assert rerun.returncode == 0, rerun.stderr
     assert f"{len(partial)} skipped" in rerun.stderr
     rows = list(read_records(str(out)))

@@ -6,6 +6,9 @@ modules (shapes, tiny_checkpoint) import by name too; conftest.py holds only fix
 
 import json
 import os
+import subprocess
+import sys
+import time
 
 from tiny_checkpoint import build_processor, build_tiny  # tools/tiny_checkpoint.py
 from typer.testing import CliRunner
@@ -51,6 +54,31 @@ def one_error_line(result, code, text):
     assert result.stdout == ""
 
 
+def killed_after(args, folder, batches=2, cwd=ROOT):
+    """`kosmos ARGS` in a process of its own, killed (-9) once its `batches`-th batch is written: tests/pause_after.py
+    stops it at that point, so the kill never races a clock. `folder` gets its flag file."""
+    paused = os.path.join(folder, "paused")
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "pause_after.py"), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env={**os.environ, "KOSMOS_TEST_PAUSE_AFTER": str(batches), "KOSMOS_TEST_PAUSED": paused},
+    )
+    while not os.path.exists(paused) and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    _, err = proc.communicate()
+    assert os.path.exists(paused), err.decode(errors="replace")
+
+
+def kosmos_process(args, cwd=ROOT, timeout=300):
+    """`python -m kosmos_cli ARGS` in a process of its own: its CompletedProcess (text)."""
+    return subprocess.run(
+        [sys.executable, "-m", "kosmos_cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
+
+
 __all__ = [
     "HERE",
     "ROOT",
@@ -58,7 +86,9 @@ __all__ = [
     "SHAPES_MODEL",
     "build_processor",
     "build_tiny",
+    "killed_after",
     "kosmos",
+    "kosmos_process",
     "make_images",
     "one_error_line",
     "rows_of",
