@@ -135,3 +135,51 @@ class Behind(Generic[In, Out]):
 
 class _Abandoned(Exception):
     """The caller stopped waiting (a second Ctrl-C): the thread does nothing more."""
+
+
+_END = object()
+
+
+def read_ahead(items: Iterable[In], depth: int, name: str = "kosmos-list") -> Generator[In, None, None]:
+    """`items`, pulled on a thread of its own up to `depth` ahead of the caller, yielded in order.
+
+    For inputs whose listing is itself slow (a WebDataset shard streamed over the network, a bucket listed page by
+    page): the caller's thread (the model's) never waits on it while enough is queued. An exception from `items`
+    comes out where the next item would have. When the caller stops early (closes the generator), the thread stops
+    at its next item."""
+    handed: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+    stop = threading.Event()
+
+    def offer(entry) -> bool:  # False: the caller has gone
+        while not stop.is_set():
+            try:
+                handed.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pull() -> None:
+        try:
+            for item in items:
+                if not offer((item, None)):
+                    return
+            offer((_END, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised there
+            offer((_END, exc))
+
+    thread = threading.Thread(target=pull, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = handed.get()
+            if item is _END:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        close = getattr(items, "close", None)
+        if close is not None and not thread.is_alive():
+            close()

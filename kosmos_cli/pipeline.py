@@ -22,7 +22,7 @@ from .errors import UsageError
 from .images import MODEL_SIDE
 from .locations import FetchOptions, check_local_output, open_image
 from .locations import stat as location_stat
-from .ordered import Behind, ordered_map
+from .ordered import Behind, ordered_map, read_ahead
 from .progress import Progress
 from .records import OK, Record
 from .scores import Generation
@@ -169,7 +169,9 @@ def _pass(task, inputs, engine, options, output: Output, crew, summary, progress
     """One pass over the inputs: what is not done yet goes through the model and into `output`."""
     present: set[str] | None = set() if options.prune or output.store.spool else None
     unlisted: list[str] = []  # what the walk could not look into: then the pass did not see every input
-    items = _counted(_as_items(inputs, options, task.per_row, unlisted, (rank, world)), summary)
+    listed = _as_items(inputs, options, task.per_row, unlisted, (rank, world))
+    # listing on a thread of its own: a shard streamed or a bucket listed over the network never stalls the model
+    items = _counted(read_ahead(listed, 2 * options.batch_size, "kosmos-list"), summary)
     if present is not None:
         items = _tracking(items, present)
     pending = _todo(

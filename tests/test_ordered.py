@@ -96,3 +96,43 @@ def test_closing_early_cancels_what_has_not_started_and_waits_for_what_has(monke
 def test_ahead_must_be_positive():
     with pytest.raises(ValueError, match="ahead"):
         next(ordered_map(lambda i: i, range(3), workers=1, ahead=0))
+
+
+def test_read_ahead_yields_in_order_and_stays_bounded():
+    from kosmos_cli.ordered import read_ahead
+
+    pulled = []
+
+    def items():
+        for i in range(50):
+            pulled.append(i)
+            yield i
+
+    got = []
+    for i in read_ahead(items(), 3):
+        assert len(pulled) - len(got) <= 3 + 2  # the queue, the one being handed over, the one the caller holds
+        got.append(i)
+    assert got == list(range(50))
+
+
+def test_read_ahead_raises_where_the_next_item_would_be_and_stops_when_closed():
+    from kosmos_cli.errors import InputError
+    from kosmos_cli.ordered import read_ahead
+
+    def broken():
+        yield 1
+        yield 2
+        raise InputError("manifest m.csv line 3: unclosed quote")
+
+    got = []
+    with pytest.raises(InputError, match="line 3"):
+        for i in read_ahead(broken(), 4):
+            got.append(i)
+    assert got == [1, 2]
+
+    endless = read_ahead(iter(range(10**9)), 2, name="test-read-ahead")
+    assert next(endless) == 0
+    (puller,) = [t for t in threading.enumerate() if t.name == "test-read-ahead"]
+    endless.close()
+    puller.join(WAIT)
+    assert not puller.is_alive()
