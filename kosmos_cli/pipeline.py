@@ -6,6 +6,7 @@ the batch size and the prefetch depth, never by the number of images.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -171,7 +172,7 @@ def _pass(task, inputs, engine, options, output: Output, crew, summary, progress
     unlisted: list[str] = []  # what the walk could not look into: then the pass did not see every input
     listed = _as_items(inputs, options, task.per_row, unlisted, (rank, world))
     # listing on a thread of its own: a shard streamed or a bucket listed over the network never stalls the model
-    items = _counted(read_ahead(listed, 2 * options.batch_size, "kosmos-list"), summary)
+    items = _counted(read_ahead(_stated(listed), 2 * options.batch_size, "kosmos-list"), summary)
     if present is not None:
         items = _tracking(items, present)
     pending = _todo(
@@ -264,6 +265,13 @@ def _as_items(
             share=share,
         )
     return (i if isinstance(i, Item) else Item(str(i)) for i in inputs)
+
+
+def _stated(items: Iterator[Item]) -> Iterator[Item]:
+    """Items with their (size, modification time), which resume compares: looked up here, on the listing thread (an
+    object named in a manifest in a bucket costs a request), unless the listing brought them."""
+    for item in items:
+        yield item if item.stat is not None else dataclasses.replace(item, stat=location_stat(item.path))
 
 
 def _counted(items: Iterator[Item], summary: Summary) -> Iterator[Item]:
