@@ -241,3 +241,27 @@ def test_export_keeps_urls_for_coco_and_fetches_them_for_yolo(shapes_engine, ser
         image = tmp_path / "yolo" / "images" / host / "scenes" / f"s{i}.png"
         assert not image.is_symlink() and image.read_bytes() == server.files[f"/scenes/s{i}.png"]
         assert (tmp_path / "yolo" / "labels" / host / "scenes" / f"s{i}.txt").read_text().strip()
+
+
+def test_a_manifest_and_a_table_behind_a_url(shapes_engine, server, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    server.files["/lists/some.csv"] = b"path,n\n../scenes/s0.png,1\n../scenes/s1.png?v=2,2\n"
+    server.files["/scenes/s1.png?v=2"] = server.files["/scenes/s1.png"]
+    out = str(tmp_path / "r.jsonl")
+    summary = ground([server.url("/lists/some.csv")], out, engine=shapes_engine)
+    rows = list(read_records(out))
+    assert [r["path"] for r in rows] == [server.url("/scenes/s0.png"), server.url("/scenes/s1.png?v=2")]
+    assert [r["n"] for r in rows] == ["1", "2"] and summary.done == 2  # relative to the manifest's URL
+    buf = io.BytesIO()
+    table = {"key": ["a", "b"], "jpg": [server.files["/scenes/s2.png"], server.files["/scenes/s3.png"]]}
+    pq.write_table(pa.table(table), buf)
+    server.files["/tables/t.parquet"] = buf.getvalue()
+    out = str(tmp_path / "t.jsonl")
+    ground([server.url("/tables/t.parquet")], out, engine=shapes_engine, image_column="jpg")
+    rows = list(read_records(out))
+    assert [r["path"] for r in rows] == [server.url("/tables/t.parquet") + "#a", server.url("/tables/t.parquet") + "#b"]
+    assert all(r["status"] == "ok" for r in rows)
+    result = kosmos("ground", server.url("/lists/missing.txt"), model=SHAPES_MODEL)
+    one_error_line(result, 2, "cannot read manifest " + server.url("/lists/missing.txt") + ": HTTP 404 Not Found: check")

@@ -132,3 +132,24 @@ def _too_large(fetch: FetchOptions) -> str:
 def _cut_short(got: int, expected: int | None) -> str:
     of = f" of {expected}" if expected is not None else ""
     return f"the connection closed before the whole image came ({got}{of} bytes)"
+
+
+MAX_MANIFEST_BYTES = 2 << 30  # a manifest or table behind a URL is read into memory whole, up to this
+
+
+def open_url(url: str, mode: str = "rb", fetch: FetchOptions = FetchOptions(), **text):
+    """A manifest or table behind an http(s) URL, as an open file (`read_manifest`'s opener): fetched whole into
+    memory, up to MAX_MANIFEST_BYTES, with the fetch's timeout and retries. InputError, in one line, when it cannot
+    be read (a manifest that cannot be read stops the run, as a missing local one does)."""
+    import dataclasses
+    import io
+
+    from ..errors import InputError
+
+    try:
+        data = fetch_bytes(url, dataclasses.replace(fetch, max_bytes=MAX_MANIFEST_BYTES))
+    except Unreadable as exc:
+        raise InputError(f"cannot read manifest {url}: {exc}: check the URL") from None
+    if "b" in mode:
+        return io.BytesIO(data)
+    return io.TextIOWrapper(io.BytesIO(data), **text)
