@@ -150,7 +150,8 @@ class Decoder:
 
     `graphs`: capture the decode step as CUDA graphs (default: on CUDA). `buckets`: pad batches up to a power of two
     (default: with graphs; the tests turn it on on the CPU to show padded rows change nothing). `check_every`: how
-    many steps between two looks at whether every row is done (default 1 on the CPU, 8 with graphs)."""
+    many steps between two looks at whether every row is done (default 1 on the CPU, 8 with graphs). `keep`: keep the
+    cache for the next batch (default: with graphs, which point into it)."""
 
     def __init__(
         self,
@@ -160,6 +161,7 @@ class Decoder:
         graphs: bool | None = None,
         buckets: bool | None = None,
         check_every: int | None = None,
+        keep: bool | None = None,
     ):
         self.model = model
         self.text = model.text_model.model  # Kosmos2TextTransformer
@@ -170,6 +172,7 @@ class Decoder:
         self.graphs = self.device.type == "cuda" if graphs is None else graphs
         self.buckets = self.graphs if buckets is None else buckets
         self.check_every = check_every or (8 if self.graphs else 1)
+        self.keep = self.graphs if keep is None else keep
         self.captured = 0  # graphs captured so far (the benchmark reports it)
         self._storage: _Storage | None = None
         self._workspaces: dict[int, _Workspace] = {}
@@ -247,7 +250,7 @@ class Decoder:
             self._decode(ws, span)
             made += 1
         tokens, probs = ws.tokens[:batch, :made].tolist(), ws.probs[:batch, :made].tolist()
-        if not self.graphs:
+        if not self.keep:
             self.reset()  # on the CPU the cache is not kept between batches
         stopping = set(stop_ids)
         for r, row in enumerate(tokens):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ModelError, UsageError
+from .errors import ModelError, OutOfMemory, UsageError
 from .model_files import (
     damaged_hint,
     hub_offline,
@@ -328,7 +328,7 @@ class Engine:
 
         On an out-of-memory error the failed piece is retried in halves, and the size that went through is kept
         (`fits`): later batches go in pieces of that size straight away instead of failing again first. Only when
-        even one request does not fit is it a ModelError (the pipeline writes the batch's records as errors)."""
+        even one request does not fit is it an OutOfMemory error (the pipeline writes the batch's records as errors)."""
         import torch
 
         out: list[Generation] = []
@@ -340,7 +340,7 @@ class Engine:
             except torch.OutOfMemoryError:
                 self._free()
                 if size == 1:
-                    raise ModelError(
+                    raise OutOfMemory(
                         "out of GPU memory on a single image: use a smaller --max-new-tokens "
                         "or --num-beams, or --dtype float16"
                     ) from None

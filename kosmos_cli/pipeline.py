@@ -18,7 +18,7 @@ from typing import Any
 from . import distributed
 from .distributed import Solo
 from .engine import Engine, Prepared
-from .errors import UsageError
+from .errors import OutOfMemory, UsageError
 from .images import MODEL_SIDE, file_stat, load_image
 from .ordered import ordered_map
 from .progress import Progress
@@ -41,7 +41,7 @@ class RunOptions:
 
     out: str = "-"
     format: str | None = None
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the engine chooses (engine.Engine.batch_size)
     workers: int | None = None
     overwrite: bool = False
     retry_failed: bool = False
@@ -51,7 +51,7 @@ class RunOptions:
     null: bool = False  # "-" is NUL-separated paths (find -print0)
 
     def __post_init__(self):
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise UsageError("{param} must be at least 1", param="batch_size")
         if self.workers is not None and self.workers < 1:
             raise UsageError("{param} must be at least 1", param="workers")
@@ -331,7 +331,7 @@ def _batches(pending, task: Task, engine: Engine, options: RunOptions) -> Iterat
 
     Requests are bucketed by prompt token length for generate; the fast decoder takes any lengths in one batch, so
     then every batch is full (refer and find manifests mix lengths)."""
-    size = options.batch_size
+    size = engine.batch_size(options.batch_size)
     workers = options.workers or min(4, os.cpu_count() or 1)
     buckets: dict[int, list[tuple[Unit, Prepared]]] = {}
     failed: list[Record] = []
@@ -364,7 +364,10 @@ def _batches(pending, task: Task, engine: Engine, options: RunOptions) -> Iterat
 
 def _forward(bucket: list[tuple[Unit, Prepared]], task: Task, engine: Engine) -> list[Record]:
     started = time.perf_counter()
-    answers = engine.forward_scored_safe([p for _, p in bucket], task.stop_at)
+    try:
+        answers = engine.forward_scored_safe([p for _, p in bucket], task.stop_at)
+    except OutOfMemory as exc:  # not even one request fits: these records fail, the run goes on
+        return [unit.record.fail(str(exc)) for unit, _ in bucket]
     each = (time.perf_counter() - started) / len(bucket)
     records = []
     for (unit, _), answer in zip(bucket, answers):
