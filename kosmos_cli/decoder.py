@@ -213,11 +213,11 @@ class Decoder:
             image_embeds = torch.cat([image_embeds, image_embeds[:1].expand(len(filler), -1, -1)])
         lengths = torch.tensor([len(p) for p in prompts], device=device)
         pads = longest - lengths
-        ids = torch.full((rows, longest), pad_id, dtype=torch.long, device=device)
-        image_mask = torch.zeros((rows, longest), dtype=torch.bool, device=device)
-        for r, (p, m) in enumerate(zip(prompts, image_masks)):
-            ids[r, longest - len(p) :] = torch.tensor(p, dtype=torch.long)
-            image_mask[r, longest - len(p) :] = torch.tensor(m, dtype=torch.bool)
+        # built in host memory, then one copy each to the device
+        ids = torch.tensor([[pad_id] * (longest - len(p)) + list(p) for p in prompts], dtype=torch.long).to(device)
+        image_mask = torch.tensor([[0] * (longest - len(m)) + list(m) for m in image_masks], dtype=torch.bool).to(
+            device
+        )
 
         # positions as the model derives them from input_ids: pads (left pads and pad ids) at padding_idx
         columns = ws.columns[:longest]
