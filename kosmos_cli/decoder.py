@@ -332,7 +332,7 @@ class Decoder:
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
+            with torch.cuda.graph(graph, pool=self._pool, stream=side):  # the stream the warm-up ran on
                 self._step(ws, span)  # recorded, not run
         except Exception as exc:  # noqa: BLE001 - any failure to capture: decode eagerly, as on the CPU
             log.warning("CUDA graph capture failed (%s: %s); decoding without graphs", type(exc).__name__, exc)
