@@ -4,12 +4,21 @@ tokens, end-of-sequence suppressed (an id no token has), so every path does the 
 - the seed loop: one image at a time, processor -> generate -> batch_decode -> post_process_generation;
 - batched generate alone (inputs prepared beforehand, untimed) at batch 64;
 - ground through the library (what `kosmos ground` runs, without the process start) with --decoder hf and fast at
-  batch 64, 128 and 256, writing Parquet;
+  batch 64, 128 and 256, writing Parquet, and with the batch size left to the engine (what it chooses is recorded);
+- the fast decoder alone (engine.forward_scored on prepared requests) at batch 64 and 256, with and without CUDA
+  graphs, and with the math attention kernel forced;
+- the attention of one decode step alone, SDPA with our explicit float mask, per kernel (efficient, cudnn, flash,
+  math: the ones that refuse a mask are recorded as errors);
 - the vision encoder alone (get_image_features) at batch 256;
-- fast against hf on the shapes model (tests/fixtures/kosmos2-shapes) on the card, float32 and bfloat16: the share
-  of captions that agree.
+- the loader alone (images.load_image with the pipeline's draft size, then the processor's pixels) on 12 MP JPEGs,
+  one thread and 16;
+- on the shapes model (tests/fixtures/kosmos2-shapes): fast against hf on the card in float32 and bfloat16 (the share
+  of captions that agree), and the card's float32 captions against the CPU's.
 
 Each part that fails is recorded with its error and the rest goes on. Writes OUT/gpu.json and OUT/gpu.md.
+
+    python benchmarks/bench_gpu.py --out DIR            # on a CUDA machine (gpu.sh runs this)
+    python benchmarks/bench_gpu.py --out DIR --smoke    # every part on the CPU, tiny model and counts: no crash
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import sys
 import tempfile
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,12 +38,17 @@ sys.path.insert(0, str(ROOT / "tools"))
 import tiny_checkpoint  # noqa: E402
 
 NEW_TOKENS, DTYPE = 64, "bfloat16"
+DEVICE = "cuda"
+BATCHES = (64, 128, 256)  # ground's batch sizes
+DECODER_BATCHES = (64, 256)  # the decoder alone, graphs on and off
+SCALE = 1  # the other request counts are divided by this in --smoke
 
 
 def sync():
     import torch
 
-    torch.cuda.synchronize()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 def timed(fn):
@@ -44,12 +59,22 @@ def timed(fn):
     return time.perf_counter() - started, out
 
 
-def full_model():
+def dtype():
     import torch
-    from transformers import Kosmos2Config, Kosmos2ForConditionalGeneration
 
+    return getattr(torch, DTYPE)
+
+
+def full_model(folder: str):
+    import torch
+    from transformers import AutoProcessor, Kosmos2Config, Kosmos2ForConditionalGeneration
+
+    if DEVICE == "cpu":  # --smoke: the tiny random checkpoint
+        path = tiny_checkpoint.build_tiny(os.path.join(folder, "tiny"))
+        model = Kosmos2ForConditionalGeneration.from_pretrained(path).eval()
+        return model, AutoProcessor.from_pretrained(path)
     torch.manual_seed(0)
-    model = Kosmos2ForConditionalGeneration(Kosmos2Config()).to("cuda", torch.bfloat16).eval()
+    model = Kosmos2ForConditionalGeneration(Kosmos2Config()).to(DEVICE, dtype()).eval()
     return model, tiny_checkpoint.build_processor()
 
 
@@ -74,6 +99,14 @@ def images(folder: str, count: int) -> list[str]:
     return paths
 
 
+def prepared_requests(engine, count: int):
+    from PIL import Image
+
+    return [
+        engine.prepare(Image.new("RGB", (224, 224), (i % 255, 9, 9)), _caption(), image_key=i) for i in range(count)
+    ]
+
+
 def seed_loop(model, processor, paths, results):
     import torch
     from PIL import Image
@@ -82,10 +115,10 @@ def seed_loop(model, processor, paths, results):
 
     def run():
         for path in paths:
-            inputs = processor(text="<grounding> An image of", images=Image.open(path), return_tensors="pt").to("cuda")
+            inputs = processor(text="<grounding> An image of", images=Image.open(path), return_tensors="pt").to(DEVICE)
             with torch.inference_mode():
                 out = model.generate(
-                    pixel_values=inputs["pixel_values"].to(torch.bfloat16),
+                    pixel_values=inputs["pixel_values"].to(model.dtype),
                     input_ids=inputs["input_ids"],
                     attention_mask=inputs["attention_mask"],
                     image_embeds_position_mask=inputs["image_embeds_position_mask"],
@@ -103,13 +136,12 @@ def seed_loop(model, processor, paths, results):
 def bare_generate(model, processor, results, batch=64, rounds=2):
     import torch
 
+    batch //= SCALE
     engine = engine_for(model, processor, "hf")
-    from PIL import Image
-
-    prepared = [engine.prepare(Image.new("RGB", (224, 224), (i, 9, 9)), _caption(), image_key=i) for i in range(batch)]
-    pixels = torch.stack([torch.from_numpy(p.pixel_values) for p in prepared]).to("cuda", torch.bfloat16)
-    ids = torch.tensor([p.input_ids for p in prepared], device="cuda")
-    mask = torch.tensor([p.image_mask for p in prepared], device="cuda")
+    prepared = prepared_requests(engine, batch)
+    pixels = torch.stack([torch.from_numpy(p.pixel_values) for p in prepared]).to(DEVICE, model.dtype)
+    ids = torch.tensor([p.input_ids for p in prepared], device=DEVICE)
+    mask = torch.tensor([p.image_mask for p in prepared], device=DEVICE)
 
     def run():
         with torch.inference_mode():
@@ -139,42 +171,151 @@ def grounds(model, processor, paths, folder, results):
     from kosmos_cli import ground
 
     rows = results.setdefault("ground", [])
-    for batch in (64, 128, 256):
-        for decoder in ("hf", "fast"):
-            engine = engine_for(model, processor, decoder)
-            out = os.path.join(folder, f"ground-{decoder}-{batch}.parquet")
-            try:
-                seconds, summary = timed(
-                    lambda out=out, engine=engine, batch=batch: ground(
-                        paths, out, engine=engine, batch_size=batch, overwrite=True
-                    )
+    runs = [(b, d) for b in BATCHES for d in ("hf", "fast")] + [(None, "fast")]  # None: the engine chooses
+    for batch, decoder in runs:
+        engine = engine_for(model, processor, decoder)
+        out = os.path.join(folder, f"ground-{decoder}-{batch}.parquet")
+        try:
+            seconds, summary = timed(
+                lambda out=out, engine=engine, batch=batch: ground(
+                    paths, out, engine=engine, batch_size=batch, overwrite=True
                 )
+            )
+            rows.append(
+                {
+                    "decoder": decoder,
+                    "batch": batch if batch is not None else f"auto ({engine.batch_size()})",
+                    "images": summary.done,
+                    "seconds": seconds,
+                    "images_per_s": summary.done / seconds,
+                    "failed": summary.failed,
+                    "fits": engine.fits,  # set when an out-of-memory error halved the batch
+                    "graphs": getattr(engine.decoder, "captured", None),
+                }
+            )
+        except Exception as exc:  # noqa: BLE001 - an OOM at 256 is a result too
+            rows.append({"decoder": decoder, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:300]})
+        print(rows[-1], flush=True)
+        if DEVICE == "cuda":
+            import torch
+
+            del engine
+            torch.cuda.empty_cache()
+
+
+def decoder_alone(model, processor, results, rounds=2):
+    """engine.forward_scored (image features, then the fast decoder) on prepared requests: graphs on, off, and on
+    with the math attention kernel forced. The first batch of each is a warm-up (captures), untimed."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from kosmos_cli.decoder import Decoder
+
+    rows = results.setdefault("decoder_alone", [])
+    for batch in DECODER_BATCHES:
+        engine = engine_for(model, processor, "fast")
+        prepared = prepared_requests(engine, batch)
+        for variant in ("graphs", "eager", "graphs, math attention"):
+            graphs = variant != "eager" and DEVICE == "cuda"
+            engine.decoder = Decoder(model, NEW_TOKENS, engine._pad, graphs=graphs, buckets=True, keep=True)  # noqa: SLF001
+            try:
+                with sdpa_kernel([SDPBackend.MATH]) if "math" in variant else nullcontext():
+                    engine.forward_scored(prepared)  # warm-up: allocation and captures
+                    seconds, _ = timed(lambda e=engine, p=prepared: [e.forward_scored(p) for _ in range(rounds)])
                 rows.append(
                     {
-                        "decoder": decoder,
+                        "variant": variant,
                         "batch": batch,
-                        "images": summary.done,
-                        "seconds": seconds,
-                        "images_per_s": summary.done / seconds,
-                        "failed": summary.failed,
+                        "images_per_s": batch * rounds / seconds,
+                        "tokens_per_s": batch * rounds * NEW_TOKENS / seconds,
+                        "captured": engine.decoder.captured,
+                        "graphs_kept": engine.decoder.graphs,  # False: a capture failed, it ran eagerly
                     }
                 )
-            except Exception as exc:  # noqa: BLE001 - an OOM at 256 is a result too
-                rows.append({"decoder": decoder, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            except Exception as exc:  # noqa: BLE001
+                rows.append({"variant": variant, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:300]})
             print(rows[-1], flush=True)
+            engine.decoder.reset()
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+
+
+def attention_kernels(model, results, batch=256, length=192, rounds=200):
+    """One decode step's attention alone, the shapes the fast decoder gives SDPA: (batch, heads, 1, head_dim) against
+    the whole cache span with a float mask, per SDPA kernel."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    batch //= SCALE
+    attn = model.text_model.model.layers[0].self_attn
+    heads, width = attn.num_heads, attn.head_dim
+    q = torch.randn(batch, heads, 1, width, device=DEVICE, dtype=model.dtype)
+    k = torch.randn(batch, heads, length, width, device=DEVICE, dtype=model.dtype)
+    v = torch.randn_like(k)
+    allowed = torch.arange(length, device=DEVICE)[None, :] <= torch.randint(64, length, (batch, 1), device=DEVICE)
+    low = torch.finfo(model.dtype).min
+    mask = torch.where(allowed, 0.0, low).to(model.dtype)[:, None, None, :]
+    out = {}
+    for name in ("EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "FLASH_ATTENTION", "MATH"):
+        try:
+            with torch.inference_mode(), sdpa_kernel([getattr(SDPBackend, name)]):
+                sdpa(q, k, v, attn_mask=mask)
+                seconds, _ = timed(lambda: [sdpa(q, k, v, attn_mask=mask) for _ in range(rounds)])
+            out[name.lower()] = {"microseconds_per_call": 1e6 * seconds / rounds}
+        except Exception as exc:  # noqa: BLE001 - a kernel that refuses the mask is a result
+            out[name.lower()] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+    results["attention_kernels"] = {"batch": batch, "heads": heads, "head_dim": width, "length": length, **out}
 
 
 def vision(model, results, batch=256, rounds=4):
     import torch
 
-    pixels = torch.randn(batch, 3, 224, 224, device="cuda", dtype=torch.bfloat16)
+    batch //= SCALE
+    pixels = torch.randn(batch, 3, 224, 224, device=DEVICE, dtype=model.dtype)
     with torch.inference_mode():
         model.get_image_features(pixels[:8], return_dict=True)
         seconds, _ = timed(lambda: [model.get_image_features(pixels, return_dict=True) for _ in range(rounds)])
     results["vision_encoder"] = {"batch": batch, "images": batch * rounds, "images_per_s": batch * rounds / seconds}
 
 
+def loader(processor, folder, results, count=48, side=(4000, 3000)):
+    """The loader alone: what each of the pipeline's workers does per image (decode at the draft size, then the
+    processor's pixels), on 12 MP JPEGs, on one thread and on 16."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from PIL import Image
+
+    from kosmos_cli.images import MODEL_SIDE, load_image
+
+    count = max(4, count // SCALE)
+    w, h = side if SCALE == 1 else (800, 600)
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)).resize((w, h))
+    paths = []
+    for i in range(count):
+        path = os.path.join(folder, f"{i:03d}.jpg")
+        base.rotate(i % 4 * 90, expand=False).save(path, quality=90)
+        paths.append(path)
+
+    def one(path):
+        loaded = load_image(path, draft=2 * MODEL_SIDE)
+        return processor.image_processor(images=[loaded.image], return_tensors="np")["pixel_values"][0]
+
+    out = {"images": count, "megapixels": w * h / 1e6}
+    for threads in (1, 16):
+        started = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one, paths))
+        out[f"threads_{threads}_images_per_s"] = count / (time.perf_counter() - started)
+    results["loader"] = out
+
+
 def agreement(results, count=64):
+    """On the shapes model: fast against hf on the card (float32 and bfloat16), and the card's float32 answers
+    (fast) against the CPU's."""
     import random
 
     import shapes
@@ -183,29 +324,34 @@ def agreement(results, count=64):
 
     from kosmos_cli.prompts import caption_prompt, find_prompt
 
+    count //= SCALE
     path = str(ROOT / "tests" / "fixtures" / "kosmos2-shapes")
     processor = AutoProcessor.from_pretrained(path)
     rng = random.Random(7)
     scenes = [shapes.make_scene(rng, 224, 224)[0] for _ in range(count)]
     prompts = [caption_prompt(), find_prompt("a red square"), find_prompt("the big blue circle on the left")]
-    out = {}
-    for dtype in ("float32", "bfloat16"):
-        model = Kosmos2ForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype)).to("cuda").eval()
-        texts = {}
-        for decoder in ("hf", "fast"):
-            engine = engine_for(model, processor, decoder, new_tokens=48, eos_off=False)
-            batch = [engine.prepare(s, prompts[i % 3], image_key=i) for i, s in enumerate(scenes)]
-            answers = []
-            if decoder == "hf":  # generate needs one prompt length per batch
-                for length in sorted({len(p.input_ids) for p in batch}):
-                    group = [i for i, p in enumerate(batch) if len(p.input_ids) == length]
-                    got = engine.forward([batch[i] for i in group])
-                    answers.extend(zip(group, got))
-                texts[decoder] = [t.split("</s>")[0] for _, t in sorted(answers)]
-            else:
-                texts[decoder] = [t.split("</s>")[0] for t in engine.forward(batch)]
-        same = sum(a == b for a, b in zip(texts["hf"], texts["fast"]))
-        out[dtype] = {"requests": count, "same_text": same, "share": same / count}
+
+    def answers(device, name, decoder):
+        model = Kosmos2ForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, name)).to(device).eval()
+        engine = engine_for(model, processor, decoder, new_tokens=48, eos_off=False)
+        batch = [engine.prepare(s, prompts[i % 3], image_key=i) for i, s in enumerate(scenes)]
+        if decoder == "fast":
+            return [t.split("</s>")[0] for t in engine.forward(batch)]
+        got = []
+        for length in sorted({len(p.input_ids) for p in batch}):  # generate needs one prompt length per batch
+            group = [i for i, p in enumerate(batch) if len(p.input_ids) == length]
+            got.extend(zip(group, engine.forward([batch[i] for i in group])))
+        return [t.split("</s>")[0] for _, t in sorted(got)]
+
+    out: dict = {}
+    card = {}
+    for name in ("float32", "bfloat16"):
+        card[name] = {decoder: answers(DEVICE, name, decoder) for decoder in ("hf", "fast")}
+        same = sum(a == b for a, b in zip(card[name]["hf"], card[name]["fast"]))
+        out[f"fast_vs_hf_{name}"] = {"requests": count, "same_text": same, "share": same / count}
+    cpu = answers("cpu", "float32", "fast")
+    same = sum(a == b for a, b in zip(cpu, card["float32"]["fast"]))
+    out["card_vs_cpu_float32"] = {"requests": count, "same_text": same, "share": same / count}
     results["shapes_agreement"] = out
 
 
@@ -228,45 +374,71 @@ def markdown(results) -> str:
     for row in results.get("ground", []):
         rate = f"{row['images_per_s']:.2f}" if "images_per_s" in row else row.get("error", "")
         lines.append(f"| ground --decoder {row['decoder']} | {row['batch']} | {rate} |")
+    for row in results.get("decoder_alone", []):
+        rate = f"{row['images_per_s']:.2f}" if "images_per_s" in row else row.get("error", "")
+        lines.append(f"| fast decoder alone, {row['variant']} | {row['batch']} | {rate} |")
     if "vision_encoder" in results:
         lines.append(
             f"| vision encoder alone | {results['vision_encoder']['batch']} | "
             f"{results['vision_encoder']['images_per_s']:.2f} |"
         )
-    for dtype, a in results.get("shapes_agreement", {}).items():
-        lines.append(f"\nshapes model, {dtype}: fast and hf agree on {a['same_text']}/{a['requests']} texts")
+    if "loader" in results:
+        lo = results["loader"]
+        lines.append(f"| loader, {lo['megapixels']:.1f} MP JPEG, 1 thread | - | {lo['threads_1_images_per_s']:.2f} |")
+        lines.append(
+            f"| loader, {lo['megapixels']:.1f} MP JPEG, 16 threads | - | {lo['threads_16_images_per_s']:.2f} |"
+        )
+    kernels = results.get("attention_kernels", {})
+    for name, row in kernels.items():
+        if isinstance(row, dict):
+            value = f"{row['microseconds_per_call']:.1f} us" if "microseconds_per_call" in row else row["error"]
+            lines.append(f"\nattention of one decode step, batch {kernels['batch']}, {name}: {value}")
+    for name, a in results.get("shapes_agreement", {}).items():
+        lines.append(f"\nshapes model, {name}: {a['same_text']}/{a['requests']} texts the same")
     for name, error in results.get("errors", {}).items():
         lines.append(f"\n{name} failed: {error}")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
+    global DEVICE, DTYPE, BATCHES, DECODER_BATCHES, SCALE, NEW_TOKENS
     import torch
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--smoke", action="store_true", help="every part on the CPU, tiny model, tiny counts")
     args = parser.parse_args()
-    results: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
-    results["errors"] = {}
-    model, processor = full_model()
+    if args.smoke:
+        DEVICE, DTYPE, BATCHES, DECODER_BATCHES, SCALE, NEW_TOKENS = "cpu", "float32", (2, 4), (2, 4), 16, 8
+        args.images = min(args.images, 8)
+    torch.set_grad_enabled(False)
+    gpu = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "none (--smoke, CPU)"
+    results: dict = {"gpu": gpu, "torch": torch.__version__, "errors": {}}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
+        model, processor = full_model(folder)
         paths = images(os.path.join(folder, "images"), args.images)
         parts = [
-            ("seed_loop", lambda: seed_loop(model, processor, paths[:24], results)),
+            ("seed_loop", lambda: seed_loop(model, processor, paths[: max(2, 24 // SCALE)], results)),
             ("bare_generate", lambda: bare_generate(model, processor, results)),
             ("ground", lambda: grounds(model, processor, paths, folder, results)),
+            ("decoder_alone", lambda: decoder_alone(model, processor, results)),
+            ("attention_kernels", lambda: attention_kernels(model, results)),
             ("vision_encoder", lambda: vision(model, results)),
+            ("loader", lambda: loader(processor, os.path.join(folder, "jpegs"), results)),
         ]
         for name, part in parts:
+            started = time.perf_counter()
             try:
                 part()
             except Exception:  # noqa: BLE001 - record it, go on with the others
                 results["errors"][name] = traceback.format_exc()[-1500:]
-            print(name, "done", flush=True)
+            print(name, f"done in {time.perf_counter() - started:.1f} s", flush=True)
             Path(args.out, "gpu.json").write_text(json.dumps(results, indent=2))
     model.to("cpu")  # the card's memory for the shapes model
-    torch.cuda.empty_cache()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
     try:
         agreement(results)
     except Exception:  # noqa: BLE001

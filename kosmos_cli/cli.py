@@ -71,7 +71,15 @@ Device = Annotated[str, typer.Option("--device", help="auto (cuda if available, 
 Dtype = Annotated[
     str, typer.Option("--dtype", help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, bfloat16, float16.")
 ]
-BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")]
+BatchSize = Annotated[
+    Optional[int],
+    typer.Option(
+        "--batch-size",
+        "-b",
+        help="Images per forward pass (default: 8 on the CPU; on CUDA 64 to 256, chosen from free memory).",
+        show_default=False,
+    ),
+]
 MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", help="Most tokens generated per image.")]
 NumBeams = Annotated[int, typer.Option("--num-beams", help="Beam search width (1: greedy).")]
 NoRepeat = Annotated[
@@ -181,7 +189,7 @@ def ground(
     revision: Revision = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
-    batch_size: BatchSize = 8,
+    batch_size: BatchSize = None,
     max_new_tokens: MaxNewTokens = 128,
     num_beams: NumBeams = 1,
     no_repeat_ngram_size: NoRepeat = 0,
@@ -268,7 +276,7 @@ def refer(
     revision: Revision = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
-    batch_size: BatchSize = 8,
+    batch_size: BatchSize = None,
     max_new_tokens: MaxNewTokens = 128,
     num_beams: NumBeams = 1,
     no_repeat_ngram_size: NoRepeat = 0,
@@ -359,7 +367,7 @@ def find(
     revision: Revision = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
-    batch_size: BatchSize = 8,
+    batch_size: BatchSize = None,
     max_new_tokens: MaxNewTokens = 128,
     num_beams: NumBeams = 1,
     no_repeat_ngram_size: NoRepeat = 0,

@@ -7,24 +7,40 @@ them, and differs from generate only in how the work is laid out:
   the padding position (a zero vector), and every real token gets the position generate would give it when the row
   runs alone (`padding_idx + 1 + i` for the i-th token of the row, pads in the prompt excepted, as the model's
   `create_position_ids_from_input_ids` counts them);
-- the KV cache is preallocated once, batch x heads x (longest prompt + max_new_tokens) x head_dim per layer, and each
-  step writes one column into it (generate's DynamicCache concatenates the whole cache at every step); attention
-  reads the filled prefix only, under our own float mask (0 where a row may look, the dtype's minimum where not);
+- the KV cache is preallocated, batch x heads x length x head_dim per layer, and kept between batches; each step
+  writes one column into it (generate's DynamicCache concatenates the whole cache at every step);
+- the prompt runs eagerly (prefill); every later token runs through one *static step*: fixed shapes and device
+  tensors only (the column it writes, the step count, the mask built on the device from them; no `.item()`, no
+  Python number that changes from step to step), attending over the first `span` columns of the cache (a multiple
+  of SPAN) under a float mask, 0 where a row may look and the dtype's minimum where not. On the CPU the static step
+  runs eagerly, which is what the tests check against generate; on CUDA each (batch bucket, span) is captured once
+  as a CUDA graph and replayed (`Decoder(graphs=True)`), and a batch is padded up to its bucket (a power of two)
+  with rows that start finished, so the graphs are reused; a capture that fails warns once and the step runs
+  eagerly from then on;
 - no logits processors, stopping criteria or output objects: argmax, the chosen token's probability
-  (exp(max - logsumexp) of the float32 logits, as the engine's keeper computes it), and a done flag per row.
+  (exp(max - logsumexp) of the float32 logits, as the engine's keeper computes it), and a done flag per row, all
+  inside the step.
 
 A finished row (its end-of-sequence token, or a `stop_at` token) is fed the pad token from then on, as generate does,
-and no longer counts: the loop ends when every row is done or after max_new_tokens steps. Each row's answer ends at
-its finishing token (generate pads it to the batch's longest).
+and no longer counts: the loop ends when every row is done (checked every `check_every` steps: each check waits
+for the device) or after max_new_tokens steps. Each row's answer ends at its finishing token (generate pads it to
+the batch's longest), so steps run past the last finish change nothing.
 
-torch is imported lazily; the engine calls `greedy` under `torch.inference_mode()`.
+torch is imported lazily; the engine calls the decoder under `torch.inference_mode()`.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger("kosmos_cli")
+
+SPAN = 64  # a decode step attends over the cache in multiples of this many columns (one graph per multiple)
+_STOPS = 4  # stop ids a decoder takes at most (the end-of-sequence token and stop_at)
 
 
 @dataclass
@@ -67,22 +83,264 @@ def checkpoint_obstacle(generation_config: Any) -> str | None:
     return None
 
 
-class _Buffers:
-    """A preallocated KV cache that KosmosTextAttention writes through its `cache.update(...)` call: each forward
-    writes its new keys and values at `start` and attends to everything written so far (a view, no copy)."""
+class _Storage:
+    """The tensors one decoder keeps between batches: the KV cache (zeros, so a masked column never brings a NaN
+    into attention) and the small state a decode step reads and writes, for `rows` rows and `length` columns.
+    Smaller batches use views of the first rows, so every batch-size bucket shares one allocation."""
 
-    def __init__(self, layers: int, shape: tuple[int, int, int, int], dtype, device):
+    def __init__(self, text, rows: int, length: int, new_tokens: int, dtype, device):
         import torch
 
-        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.start = 0
+        attn = text.layers[0].self_attn
+        shape = (rows, attn.num_heads, length, attn.head_dim)
+        self.rows, self.length = rows, length
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in text.layers]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in text.layers]
+        self.columns = torch.arange(length, device=device)
+        self.fed = torch.zeros((rows, 1), dtype=torch.long, device=device)  # the token each row is fed next
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)  # its prompt's tokens
+        self.pads = torch.zeros(rows, dtype=torch.long, device=device)  # its left pads
+        self.unfinished = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.tokens = torch.zeros((rows, new_tokens), dtype=torch.long, device=device)
+        self.probs = torch.zeros((rows, new_tokens), dtype=torch.float32, device=device)
+        self.step = torch.zeros((), dtype=torch.long, device=device)  # tokens chosen so far, less one
+        self.first = torch.zeros((), dtype=torch.long, device=device)  # the prompt's columns (its longest row)
+        self.stops = torch.zeros(_STOPS, dtype=torch.long, device=device)
+        self.open = torch.zeros((), dtype=dtype, device=device)  # the attention mask's two values
+        self.shut = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
+
+
+class _Workspace:
+    """A batch bucket's view of the storage, and the cache protocol KosmosTextAttention calls (`cache.update`).
+
+    Prefill (`write` None) writes the prompt's columns and returns them. A decode step writes one column at the device
+    tensor `write` (index_copy_: no Python int that changes per step) and returns the first `span` columns, the rest
+    masked; `span` is fixed per captured graph."""
+
+    def __init__(self, storage: _Storage, rows: int):
+        s = storage
+        self.rows, self.length = rows, s.length
+        self.keys, self.values = [k[:rows] for k in s.keys], [v[:rows] for v in s.values]
+        self.columns, self.fed, self.lengths, self.pads = s.columns, s.fed[:rows], s.lengths[:rows], s.pads[:rows]
+        self.unfinished, self.tokens, self.probs = s.unfinished[:rows], s.tokens[:rows], s.probs[:rows]
+        self.step, self.first, self.stops, self.open, self.shut = s.step, s.first, s.stops, s.open, s.shut
+        self.write: Any = None
+        self.span = s.length
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        end = self.start + key_states.shape[2]
-        self.keys[layer_idx][:, :, self.start : end] = key_states
-        self.values[layer_idx][:, :, self.start : end] = value_states
-        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        if self.write is None:
+            end = key_states.shape[2]
+            keys[:, :, :end] = key_states
+            values[:, :, :end] = value_states
+            return keys[:, :, :end], values[:, :, :end]
+        keys.index_copy_(2, self.write, key_states)
+        values.index_copy_(2, self.write, value_states)
+        return keys[:, :, : self.span], values[:, :, : self.span]
+
+
+def bucket(rows: int) -> int:
+    """The batch-size bucket `rows` is padded up to when graphs are captured: the next power of two."""
+    return 1 << max(0, math.ceil(math.log2(rows))) if rows > 1 else 1
+
+
+class Decoder:
+    """Greedy decoding over one loaded Kosmos2ForConditionalGeneration; its cache and CUDA graphs are kept from one
+    batch to the next (`reset` drops them, e.g. after an out-of-memory error).
+
+    `graphs`: capture the decode step as CUDA graphs (default: on CUDA). `buckets`: pad batches up to a power of two
+    (default: with graphs; the tests turn it on on the CPU to show padded rows change nothing). `check_every`: how
+    many steps between two looks at whether every row is done (default 1 on the CPU, 8 with graphs). `keep`: keep the
+    cache for the next batch (default: with graphs, which point into it)."""
+
+    def __init__(
+        self,
+        model: Any,
+        max_new_tokens: int,
+        pad_id: int,
+        graphs: bool | None = None,
+        buckets: bool | None = None,
+        check_every: int | None = None,
+        keep: bool | None = None,
+    ):
+        self.model = model
+        self.text = model.text_model.model  # Kosmos2TextTransformer
+        self.head = model.text_model.lm_head
+        param = next(self.text.parameters())
+        self.dtype, self.device = param.dtype, param.device
+        self.max_new_tokens, self.pad_id = max_new_tokens, pad_id
+        self.graphs = self.device.type == "cuda" if graphs is None else graphs
+        self.buckets = self.graphs if buckets is None else buckets
+        self.check_every = check_every or (8 if self.graphs else 1)
+        self.keep = self.graphs if keep is None else keep
+        self.captured = 0  # graphs captured so far (the benchmark reports it)
+        self._storage: _Storage | None = None
+        self._workspaces: dict[int, _Workspace] = {}
+        self._graphs: dict[tuple[int, int], Any] = {}
+        self._pool: Any = None
+
+    def reset(self) -> None:
+        """Drop the cache and the graphs (they hold device memory); the next batch allocates and captures anew."""
+        self._storage, self._workspaces, self._graphs, self._pool = None, {}, {}, None
+
+    def __call__(
+        self,
+        image_embeds: Any,
+        prompts: Sequence[Sequence[int]],
+        image_masks: Sequence[Sequence[int]],
+        stop_ids: Sequence[int],
+    ) -> Decoded:
+        """Greedy decoding of `prompts` (token ids, any lengths).
+
+        `image_embeds`: (batch, latent_query_num, embed_dim), the projected image features of each row (computed once
+        per image by the caller); `image_masks`: per prompt, 1 where its image features go. Returns what generate's
+        sequences hold after the prompt, and the probability of every token chosen."""
+        import torch
+
+        if not 1 <= len(stop_ids) <= _STOPS:
+            raise ValueError(f"between 1 and {_STOPS} stop ids, not {len(stop_ids)}")
+        batch, longest = len(prompts), max(len(p) for p in prompts)
+        rows = bucket(batch) if self.buckets else batch
+        length = SPAN * math.ceil((longest + self.max_new_tokens) / SPAN)
+        ws = self._workspace(rows, length)
+        device, pad_id, padding_idx = self.device, self.pad_id, self.text.embed_positions.padding_idx
+
+        # the bucket's extra rows repeat the first row's inputs and start finished: they change no real row
+        filler = [0] * (rows - batch)
+        prompts = list(prompts) + [prompts[i] for i in filler]
+        image_masks = list(image_masks) + [image_masks[i] for i in filler]
+        if filler:
+            image_embeds = torch.cat([image_embeds, image_embeds[:1].expand(len(filler), -1, -1)])
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        pads = longest - lengths
+        # built in host memory, then one copy each to the device
+        ids = torch.tensor([[pad_id] * (longest - len(p)) + list(p) for p in prompts], dtype=torch.long).to(device)
+        image_mask = torch.tensor([[0] * (longest - len(m)) + list(m) for m in image_masks], dtype=torch.bool).to(
+            device
+        )
+
+        # positions as the model derives them from input_ids: pads (left pads and pad ids) at padding_idx
+        columns = ws.columns[:longest]
+        valid = columns[None, :] >= pads[:, None]  # (rows, longest): not a left pad
+        counted = (ids != pad_id) & valid
+        positions = torch.cumsum(counted.int(), dim=1) * counted + padding_idx
+
+        # prefill, eagerly: the whole (padded) prompt, causal and pad-masked
+        ws.write = None
+        hidden = self.text.forward_embedding(
+            input_ids=ids, image_embeds=image_embeds, img_input_mask=image_mask, position_ids=positions
+        )
+        causal = columns[None, :] <= columns[:, None]  # (query, key)
+        allowed = causal[None, :, :] & valid[:, None, :]
+        mask = torch.where(allowed[:, None], ws.open, ws.shut)
+        logits = self._run(hidden, mask, ws)
+
+        ws.lengths.copy_(lengths)
+        ws.pads.copy_(pads)
+        ws.unfinished.copy_(torch.arange(rows, device=device) < batch)
+        ws.stops.copy_(torch.tensor(list(stop_ids) + [stop_ids[0]] * (_STOPS - len(stop_ids)), device=device))
+        ws.first.fill_(longest)
+        ws.step.zero_()
+        self._choose(ws, logits)
+        made = 1
+        for step in range(self.max_new_tokens - 1):
+            if step % self.check_every == 0 and not bool(ws.unfinished.any()):
+                break
+            span = min(length, SPAN * math.ceil((longest + step + 1) / SPAN))
+            self._decode(ws, span)
+            made += 1
+        tokens, probs = ws.tokens[:batch, :made].tolist(), ws.probs[:batch, :made].tolist()
+        if not self.keep:
+            self.reset()  # on the CPU the cache is not kept between batches
+        stopping = set(stop_ids)
+        for r, row in enumerate(tokens):
+            end = next((i + 1 for i, t in enumerate(row) if t in stopping), len(row))
+            del row[end:], probs[r][end:]
+        return Decoded(tokens, probs)
+
+    def _workspace(self, rows: int, length: int) -> _Workspace:
+        """The bucket's views of the storage; a bigger batch or a longer one first replaces the storage (and so drops
+        every graph, which point into it)."""
+        s = self._storage
+        if s is None or s.rows < rows or s.length < length:
+            most, longest = (rows, length) if s is None else (max(rows, s.rows), max(length, s.length))
+            self.reset()
+            s = self._storage = _Storage(self.text, most, longest, self.max_new_tokens, self.dtype, self.device)
+            table = self.text.embed_positions
+            if table.padding_idx + 1 + longest > table.weights.size(0):  # grown now, never inside a graph
+                table.make_weights(
+                    table.padding_idx + 1 + longest + table.offset, table.embedding_dim, table.padding_idx
+                )
+        if rows not in self._workspaces:
+            self._workspaces[rows] = _Workspace(s, rows)
+        return self._workspaces[rows]
+
+    def _run(self, hidden, mask, ws: _Workspace):
+        for layer in self.text.layers:
+            hidden = layer(hidden, attention_mask=mask, cache=ws)
+        return self.head(self.text.layer_norm(hidden[:, -1:]))[:, -1].float()
+
+    def _choose(self, ws: _Workspace, logits) -> None:
+        """The greedy choice from `logits`, kept at index `ws.step`: token, its probability, done flags, next input."""
+        import torch
+
+        probs = torch.exp(logits.max(dim=-1).values - torch.logsumexp(logits, dim=-1))
+        chosen = torch.where(ws.unfinished, torch.argmax(logits, dim=-1), self.pad_id)
+        at = ws.step.view(1)
+        ws.tokens.index_copy_(1, at, chosen[:, None])
+        ws.probs.index_copy_(1, at, probs[:, None])
+        ws.unfinished &= ~(chosen[:, None] == ws.stops[None, :]).any(dim=-1)
+        ws.fed.copy_(chosen[:, None])
+
+    def _step(self, ws: _Workspace, span: int) -> None:
+        """The static step: feed each row its last token at column first + step, then choose the next one. Static
+        shapes, device tensors only: what a CUDA graph captures."""
+        import torch
+
+        padding_idx = self.text.embed_positions.padding_idx
+        write = ws.first + ws.step
+        place = torch.where(ws.fed != self.pad_id, (ws.lengths + ws.step + 1 + padding_idx)[:, None], padding_idx)
+        # cache_length only sizes the position table (grown to the storage's length beforehand): a constant here
+        hidden = self.text.forward_embedding(input_ids=ws.fed, position_ids=place, cache_length=ws.length - 1)
+        columns = ws.columns[:span]
+        allowed = (columns[None, :] >= ws.pads[:, None]) & (columns[None, :] <= write)
+        mask = torch.where(allowed[:, None, None, :], ws.open, ws.shut)
+        ws.write, ws.span = write.view(1), span
+        logits = self._run(hidden, mask, ws)
+        ws.step.add_(1)
+        self._choose(ws, logits)
+
+    def _decode(self, ws: _Workspace, span: int) -> None:
+        """One decode step: the captured graph of (bucket, span) replayed, captured on its first use (which runs it
+        eagerly once), or the static step run eagerly."""
+        import torch
+
+        key = (ws.rows, span)
+        graph = self._graphs.get(key)
+        if graph is not None:
+            graph.replay()
+            return
+        if not self.graphs:
+            self._step(ws, span)
+            return
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._step(ws, span)  # a real step, and the warm-up a capture needs
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        try:
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool, stream=side):  # the stream the warm-up ran on
+                self._step(ws, span)  # recorded, not run
+        except Exception as exc:  # noqa: BLE001 - any failure to capture: decode eagerly, as on the CPU
+            log.warning("CUDA graph capture failed (%s: %s); decoding without graphs", type(exc).__name__, exc)
+            self.graphs = False
+            self._graphs = {}
+            return
+        self._graphs[key] = graph
+        self.captured += 1
 
 
 def greedy(
@@ -94,77 +352,5 @@ def greedy(
     stop_ids: Sequence[int],
     pad_id: int,
 ) -> Decoded:
-    """Greedy decoding of `prompts` (token ids, any lengths) over a Kosmos2ForConditionalGeneration.
-
-    `image_embeds`: (batch, latent_query_num, embed_dim), the projected image features of each row (computed once
-    per image by the caller); `image_masks`: per prompt, 1 where its image features go. Returns what generate's
-    sequences hold after the prompt, and the probability of every token chosen.
-    """
-    import torch
-
-    text = model.text_model.model  # Kosmos2TextTransformer
-    head = model.text_model.lm_head
-    device = image_embeds.device
-    dtype = next(text.parameters()).dtype
-    padding_idx = text.embed_positions.padding_idx
-    batch, longest = len(prompts), max(len(p) for p in prompts)
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    pads = longest - lengths  # left pads per row
-
-    ids = torch.full((batch, longest), pad_id, dtype=torch.long, device=device)
-    image_mask = torch.zeros((batch, longest), dtype=torch.bool, device=device)
-    for r, (p, m) in enumerate(zip(prompts, image_masks)):
-        ids[r, longest - len(p) :] = torch.tensor(p, dtype=torch.long)
-        image_mask[r, longest - len(p) :] = torch.tensor(m, dtype=torch.bool)
-
-    total = longest + max_new_tokens
-    columns = torch.arange(total, device=device)
-    valid = columns[None, :] >= pads[:, None]  # (batch, total): not a left pad
-    low = torch.finfo(dtype).min
-
-    # positions as the model derives them from input_ids: pads (left pads and pad ids) at padding_idx
-    counted = (ids != pad_id) & valid[:, :longest]
-    positions = torch.cumsum(counted.int(), dim=1) * counted + padding_idx
-
-    heads = text.layers[0].self_attn.num_heads
-    width = text.layers[0].self_attn.head_dim
-    cache = _Buffers(len(text.layers), (batch, heads, total, width), dtype, device)
-
-    def run(hidden, mask):
-        for layer in text.layers:
-            hidden = layer(hidden, attention_mask=mask, cache=cache)
-        return head(text.layer_norm(hidden[:, -1:]))[:, -1].float()
-
-    # prefill: the whole (padded) prompt, causal and pad-masked
-    hidden = text.forward_embedding(
-        input_ids=ids, image_embeds=image_embeds, img_input_mask=image_mask, position_ids=positions
-    )
-    causal = columns[None, :longest] <= columns[:longest, None]  # (query, key)
-    allowed = causal[None, :, :] & valid[:, None, :longest]
-    mask = torch.zeros((batch, 1, longest, longest), dtype=dtype, device=device).masked_fill(~allowed[:, None], low)
-    logits = run(hidden, mask)
-
-    stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
-    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
-    tokens, probs = [], []
-    for step in range(max_new_tokens):
-        probs.append(torch.exp(logits.max(dim=-1).values - torch.logsumexp(logits, dim=-1)))
-        chosen = torch.argmax(logits, dim=-1)
-        chosen = torch.where(unfinished, chosen, torch.full_like(chosen, pad_id))
-        tokens.append(chosen)
-        unfinished &= ~torch.isin(chosen, stops)
-        if step + 1 == max_new_tokens or not bool(unfinished.any()):
-            break
-        cache.start = longest + step
-        end = cache.start + 1
-        fed = chosen[:, None]
-        place = torch.where(fed != pad_id, (lengths + step + 1)[:, None] + padding_idx, padding_idx)
-        hidden = text.forward_embedding(input_ids=fed, position_ids=place, cache_length=end - 1)
-        mask = torch.zeros((batch, 1, 1, end), dtype=dtype, device=device).masked_fill(~valid[:, None, None, :end], low)
-        logits = run(hidden, mask)
-    rows, row_probs = torch.stack(tokens, 1).tolist(), torch.stack(probs, 1).tolist()
-    stopping = set(stop_ids)
-    for r, row in enumerate(rows):
-        end = next((i + 1 for i, t in enumerate(row) if t in stopping), len(row))
-        del row[end:], row_probs[r][end:]
-    return Decoded(rows, row_probs)
+    """One batch through a fresh `Decoder` that runs its steps eagerly (no graphs, no buckets)."""
+    return Decoder(model, max_new_tokens, pad_id, graphs=False)(image_embeds, prompts, image_masks, stop_ids)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ModelError, UsageError
+from .errors import ModelError, OutOfMemory, UsageError
 from .model_files import (
     damaged_hint,
     hub_offline,
@@ -33,6 +33,8 @@ log = logging.getLogger("kosmos_cli")
 DEFAULT_MODEL = "microsoft/kosmos-2-patch14-224"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DECODERS = ("auto", "fast", "hf")
+DEFAULT_BATCH_SIZE = 8  # on the CPU, and wherever the batch size is not chosen from the device's memory
+AUTO_BATCH_SIZES = (64, 256)  # on CUDA, the batch size chosen from free memory lies in this range where it fits
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
 
@@ -141,7 +143,9 @@ class Engine:
         self.dtype: Any = None  # a torch dtype
         self._lock = threading.Lock()
         self._clip_pixels: Any = _UNKNOWN  # ClipPixels for this processor, or None: not known until first used
-        self.fast = False  # set on loading: decoder.greedy decodes (see GenerationOptions.fast)
+        self.fast = False  # set on loading: decoder.Decoder decodes (see GenerationOptions.fast)
+        self.decoder: Any = None  # that decoder (its cache and CUDA graphs live from one batch to the next)
+        self.fits: int | None = None  # after an out-of-memory error: the largest batch that went through since
 
     # -- loading -----------------------------------------------------------------------------------------
     @classmethod
@@ -161,10 +165,14 @@ class Engine:
         obstacle = checkpoint_obstacle(self.model.generation_config)
         if obstacle and self.generation.decoder == "fast":
             raise UsageError(f"{{param}} fast cannot decode this checkpoint as generate does: {obstacle}", "decoder")
-        self.fast = self.generation.fast and obstacle is None  # decode with decoder.greedy, batches of any lengths
+        self.fast = self.generation.fast and obstacle is None  # decode with decoder.Decoder, batches of any lengths
         self._num_image_tokens = int(config.latent_query_num)
-        self._eos = self.processor.tokenizer.eos_token_id
         self._pad = self.processor.tokenizer.pad_token_id
+        if self.fast:
+            from .decoder import Decoder
+
+            self.decoder = Decoder(self.model, self.generation.max_new_tokens, self._pad)
+        self._eos = self.processor.tokenizer.eos_token_id
         self._markup = Markup.of(self.processor.tokenizer)
 
     def load(self) -> Engine:
@@ -243,7 +251,7 @@ class Engine:
         from PIL import Image
 
         blank = Image.new("RGB", (8, 8))
-        enc = self.processor(images=blank, text=text, bboxes=_thaw(bboxes))
+        enc = self.processor(images=blank, text=text, bboxes=_thaw(bboxes), num_image_tokens=self._num_image_tokens)
         return tuple(enc["input_ids"]), tuple(enc["image_embeds_position_mask"])
 
     # -- forward (device) ------------------------------------------------------------------------------
@@ -294,23 +302,13 @@ class Engine:
         ]
 
     def _forward_fast(self, batch: Sequence[Prepared], stop_at: str | None) -> list[Generation]:
-        """forward_scored through decoder.greedy: the same tokens and probabilities as generate gives."""
+        """forward_scored through decoder.Decoder: the same tokens and probabilities as generate gives."""
         import torch
-
-        from .decoder import greedy
 
         stops = [self._eos, self.processor.tokenizer.convert_tokens_to_ids(stop_at)] if stop_at else [self._eos]
         with torch.inference_mode():
             embeds = self._image_embeds(batch)
-            out = greedy(
-                self.model,
-                embeds,
-                [p.input_ids for p in batch],
-                [p.image_mask for p in batch],
-                self.generation.max_new_tokens,
-                stops,
-                self._pad,
-            )
+            out = self.decoder(embeds, [p.input_ids for p in batch], [p.image_mask for p in batch], stops)
         generations = []
         for p, new, probs in zip(batch, out.tokens, out.probs):
             start = _after_image(p.image_mask)
@@ -332,25 +330,91 @@ class Engine:
         return embeds.index_select(0, index)
 
     def forward_safe(self, batch: Sequence[Prepared], stop_at: str | None = None) -> list[str]:
-        """`forward`, halving the batch on a CUDA out-of-memory error instead of failing."""
+        """`forward`, halving the batch on an out-of-memory error instead of failing (see forward_scored_safe)."""
         return [g.text for g in self.forward_scored_safe(batch, stop_at)]
 
     def forward_scored_safe(self, batch: Sequence[Prepared], stop_at: str | None = None) -> list[Generation]:
-        """`forward_scored`, halving the batch on a CUDA out-of-memory error instead of failing."""
+        """`forward_scored`, in pieces the device has room for.
+
+        On an out-of-memory error the failed piece is retried in halves, and the size that went through is kept
+        (`fits`): later batches go in pieces of that size straight away instead of failing again first. Only when
+        even one request does not fit is it an OutOfMemory error (the pipeline writes the batch's records as errors)."""
         import torch
 
-        try:
-            return self.forward_scored(batch, stop_at)
-        except torch.cuda.OutOfMemoryError:
-            if len(batch) == 1:
-                raise ModelError(
-                    "out of GPU memory on a single image: use a smaller --max-new-tokens "
-                    "or --num-beams, or --dtype float16"
-                ) from None
+        out: list[Generation] = []
+        while len(out) < len(batch):
+            size = min(self.fits or len(batch), len(batch) - len(out))
+            piece = batch[len(out) : len(out) + size]
+            try:
+                out.extend(self.forward_scored(piece, stop_at))
+            except torch.OutOfMemoryError:
+                self._free()
+                if size == 1:
+                    raise OutOfMemory(
+                        "out of GPU memory on a single image: use a smaller --max-new-tokens "
+                        "or --num-beams, or --dtype float16"
+                    ) from None
+                self.fits = size // 2
+                log.warning(
+                    "out of GPU memory at batch %d: going on with batches of %d (pass a smaller --batch-size)",
+                    size,
+                    self.fits,
+                )
+        return out
+
+    def _free(self) -> None:
+        """What an out-of-memory error leaves: the decoder's cache and graphs, and the allocator's cached blocks."""
+        import torch
+
+        if self.decoder is not None:
+            self.decoder.reset()
+        if torch.cuda.is_available():
             torch.cuda.empty_cache()
-            log.warning("out of GPU memory at batch %d: halving it (pass a smaller --batch-size)", len(batch))
-            half = len(batch) // 2
-            return self.forward_scored_safe(batch[:half], stop_at) + self.forward_scored_safe(batch[half:], stop_at)
+
+    def batch_size(self, given: int | None = None) -> int:
+        """The batch size a run uses: `given` when the user gave one; else on CUDA what the card's free memory holds
+        (choose_batch_size), on the CPU 8."""
+        if given is not None:
+            return given
+        import torch
+
+        device = torch.device(self.device)
+        if device.type != "cuda" or self.model is None:
+            return DEFAULT_BATCH_SIZE
+        free, _ = torch.cuda.mem_get_info(device)
+        model_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return choose_batch_size(free, model_bytes, row_bytes(self.model.config, self.generation, self.dtype))
+
+
+def choose_batch_size(free_bytes: int, model_bytes: int, per_row_bytes: int) -> int:
+    """The batch size for a card with `free_bytes` free once the model (`model_bytes`) is loaded: the largest power
+    of two (the fast decoder's graph buckets) whose rows take at most 80% of what is free after a reserve for the
+    model's working memory (a quarter of its size, at least 1 GiB), held to 64..256. Fewer than 64 rows only when
+    fewer fit (at least 1; an out-of-memory error still halves it)."""
+    low, high = AUTO_BATCH_SIZES
+    room = 0.8 * (free_bytes - max(model_bytes // 4, 1 << 30))
+    fits = int(room // max(per_row_bytes, 1))
+    size = 1
+    while size * 2 <= min(fits, high):
+        size *= 2
+    return size if fits < low else max(size, low)
+
+
+def row_bytes(config: Any, generation: GenerationOptions, dtype: Any) -> int:
+    """Device memory one request takes while it decodes, estimated: its KV cache (layers x 2 x width x the prompt
+    and its new tokens, twice: generate's cache grows by concatenation, and the fast decoder's storage is rounded
+    up), its float32 logits (three vocabulary-sized rows: logits, their softmax terms, the processor's copy) and the
+    vision encoder's activations for its image."""
+    import torch
+
+    text, vision = config.text_config, config.vision_config
+    item = torch.empty((), dtype=dtype).element_size()
+    positions = int(config.latent_query_num) + 64 + generation.max_new_tokens * max(1, generation.num_beams)
+    cache = 2 * 2 * text.layers * text.embed_dim * positions * item
+    logits = 3 * text.vocab_size * 4 * max(1, generation.num_beams)
+    patches = (vision.image_size // vision.patch_size) ** 2 + 1
+    encoder = patches * (4 * vision.hidden_size + vision.intermediate_size) * item + patches * patches * 4 * 16
+    return cache + logits + encoder
 
 
 _UNKNOWN = object()

@@ -49,6 +49,10 @@ class ModelError(KosmosError):
     exit_code = 1
 
 
+class OutOfMemory(ModelError):
+    """Even one request does not fit in the device's memory: the pipeline writes its batch's records as errors."""
+
+
 class OutputError(KosmosError):
     """The output cannot be written (full disk, permissions, a damaged results file)."""
 

@@ -19,7 +19,7 @@ from typing import Any
 from . import distributed
 from .distributed import Solo
 from .engine import Engine, Prepared
-from .errors import UsageError
+from .errors import OutOfMemory, UsageError
 from .images import MODEL_SIDE
 from .locations import FetchOptions, check_local_output, open_image
 from .locations import stat as location_stat
@@ -47,7 +47,7 @@ class RunOptions:
 
     out: str = "-"
     format: str | None = None
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the engine chooses (engine.Engine.batch_size)
     workers: int | None = None
     overwrite: bool = False
     retry_failed: bool = False
@@ -59,7 +59,7 @@ class RunOptions:
     fetch: FetchOptions = FetchOptions()  # how remote images are read (--fetch-timeout, --fetch-retries)
 
     def __post_init__(self):
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise UsageError("{param} must be at least 1", param="batch_size")
         if self.workers is not None and self.workers < 1:
             raise UsageError("{param} must be at least 1", param="workers")
@@ -172,7 +172,7 @@ def _pass(task, inputs, engine, options, output: Output, crew, summary, progress
     unlisted: list[str] = []  # what the walk could not look into: then the pass did not see every input
     listed = _as_items(inputs, options, task.per_row, unlisted, (rank, world))
     # listing on a thread of its own: a shard streamed or a bucket listed over the network never stalls the model
-    items = _counted(read_ahead(_stated(listed), 2 * options.batch_size, "kosmos-list"), summary)
+    items = _counted(read_ahead(_stated(listed), 2 * engine.batch_size(options.batch_size), "kosmos-list"), summary)
     if present is not None:
         items = _tracking(items, present)
     pending = _todo(
@@ -393,7 +393,7 @@ def _batches(pending, task: Task, engine: Engine, options: RunOptions) -> Iterat
 
     Requests are bucketed by prompt token length for generate; the fast decoder takes any lengths in one batch, so
     then every batch is full (refer and find manifests mix lengths)."""
-    size = options.batch_size
+    size = engine.batch_size(options.batch_size)
     workers = options.workers or default_workers()
     buckets: dict[int, list[tuple[Unit, Prepared]]] = {}
     failed: list[Record] = []
@@ -411,26 +411,30 @@ def _batches(pending, task: Task, engine: Engine, options: RunOptions) -> Iterat
                 bucket = buckets.setdefault(key, [])
                 bucket.append((unit, prepared))
                 if len(bucket) >= size:
-                    yield Answered(failed, _forward(bucket, task, engine))
+                    yield _forward(failed, bucket, task, engine)
                     failed, buckets[key] = [], []
             if len(failed) >= size:
                 yield Answered(failed)
                 failed = []
     for bucket in buckets.values():
         if bucket:
-            yield Answered(failed, _forward(bucket, task, engine))
+            yield _forward(failed, bucket, task, engine)
             failed = []
     if failed:
         yield Answered(failed)
 
 
-def _forward(bucket: list[tuple[Unit, Prepared]], task: Task, engine: Engine) -> list[tuple[Unit, Generation]]:
+def _forward(failed: list[Record], bucket: list[tuple[Unit, Prepared]], task: Task, engine: Engine) -> Answered:
+    """The model's answers for `bucket`, after the records that `failed` before it."""
     started = time.perf_counter()
-    answers = engine.forward_scored_safe([p for _, p in bucket], task.stop_at)
+    try:
+        answers = engine.forward_scored_safe([p for _, p in bucket], task.stop_at)
+    except OutOfMemory as exc:  # not even one request fits: these records fail, the run goes on
+        return Answered(failed + [unit.record.fail(str(exc)) for unit, _ in bucket])
     each = round((time.perf_counter() - started) / len(bucket), 4)
     for unit, _ in bucket:
         unit.record.seconds = each
-    return [(unit, answer) for (unit, _), answer in zip(bucket, answers)]
+    return Answered(failed, [(unit, answer) for (unit, _), answer in zip(bucket, answers)])
 
 
 def default_workers() -> int:

@@ -264,4 +264,6 @@ def test_a_manifest_and_a_table_behind_a_url(shapes_engine, server, tmp_path):
     assert [r["path"] for r in rows] == [server.url("/tables/t.parquet") + "#a", server.url("/tables/t.parquet") + "#b"]
     assert all(r["status"] == "ok" for r in rows)
     result = kosmos("ground", server.url("/lists/missing.txt"), model=SHAPES_MODEL)
-    one_error_line(result, 2, "cannot read manifest " + server.url("/lists/missing.txt") + ": HTTP 404 Not Found: check")
+    one_error_line(
+        result, 2, "cannot read manifest " + server.url("/lists/missing.txt") + ": HTTP 404 Not Found: check"
+    )

@@ -34,8 +34,11 @@ def build_processor():
     return Kosmos2Processor(image_processor, build_tokenizer())
 
 
-def build_tiny(out: str, seed: int = 0, width: int = 64, layers: int = 2) -> str:
-    """A 2-layer, width-64 Kosmos-2 (about 1 MB) saved with save_pretrained at `out`."""
+def build_tiny(
+    out: str, seed: int = 0, width: int = 64, layers: int = 2, heads: int = 2, latent_query_num: int = 64
+) -> str:
+    """A 2-layer, width-64 Kosmos-2 (about 1 MB) saved with save_pretrained at `out`. `heads` must divide `width`;
+    `latent_query_num` (image tokens per prompt) is at most 70, the tokenizer's reserved ids."""
     import torch
     from transformers import Kosmos2Config, Kosmos2ForConditionalGeneration
 
@@ -45,7 +48,7 @@ def build_tiny(out: str, seed: int = 0, width: int = 64, layers: int = 2) -> str
             vocab_size=len(processor.tokenizer),
             embed_dim=width,
             layers=layers,
-            attention_heads=2,
+            attention_heads=heads,
             ffn_dim=2 * width,
             max_position_embeddings=512,
         ),
@@ -53,11 +56,11 @@ def build_tiny(out: str, seed: int = 0, width: int = 64, layers: int = 2) -> str
             hidden_size=width,
             intermediate_size=2 * width,
             num_hidden_layers=layers,
-            num_attention_heads=2,
+            num_attention_heads=heads,
             image_size=224,
             patch_size=28,
         ),
-        latent_query_num=64,
+        latent_query_num=latent_query_num,
     )
     torch.manual_seed(seed)
     model = Kosmos2ForConditionalGeneration(config).eval()
