@@ -230,12 +230,12 @@ def test_ctrl_c_while_the_model_works_still_writes_every_batch_it_answered(tiny_
     forward, write = pipeline._forward, Output.write
     answered, gate = [], threading.Event()
 
-    def interrupted_forward(bucket, task, engine):
+    def interrupted_forward(failed, bucket, task, engine):
         if len(answered) == 6:  # three batches of two
             gate.set()  # the writes waiting behind may go on now
             raise KeyboardInterrupt
-        out = forward(bucket, task, engine)
-        answered.extend(unit.record.path for unit, _ in out)
+        out = forward(failed, bucket, task, engine)
+        answered.extend(unit.record.path for unit, _ in out.answered)
         return out
 
     def held_write(self, records):  # nothing is written before the interrupt: all three batches are in flight
