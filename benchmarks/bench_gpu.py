@@ -355,6 +355,14 @@ def agreement(results, count=64):
     results["shapes_agreement"] = out
 
 
+def pixel_handoff(results) -> None:
+    """224x224 pixels to the device: normalised float32 from the CPU against uint8 normalised on the card."""
+    import torch
+    from bench_stages import pixel_handoff as measure  # benchmarks/bench_stages.py
+
+    results["pixel_handoff"] = measure(DEVICE, n=max(16, 256 // SCALE), dtype=getattr(torch, DTYPE))
+
+
 def markdown(results) -> str:
     lines = [
         f"# GPU run: {results.get('gpu', '?')}",
@@ -388,6 +396,13 @@ def markdown(results) -> str:
         lines.append(
             f"| loader, {lo['megapixels']:.1f} MP JPEG, 16 threads | - | {lo['threads_16_images_per_s']:.2f} |"
         )
+    handoff = results.get("pixel_handoff")
+    if handoff:
+        for way in ("float32_from_cpu", "uint8_to_device"):
+            lines.append(
+                f"\npixels to the card, {way}: {handoff[way]['host_ms']:.2f} ms CPU + "
+                f"{handoff[way]['device_ms']:.3f} ms hand-over per image (same values: {handoff['same']})"
+            )
     kernels = results.get("attention_kernels", {})
     for name, row in kernels.items():
         if isinstance(row, dict):
@@ -427,6 +442,7 @@ def main() -> None:
             ("attention_kernels", lambda: attention_kernels(model, results)),
             ("vision_encoder", lambda: vision(model, results)),
             ("loader", lambda: loader(processor, os.path.join(folder, "jpegs"), results)),
+            ("pixel_handoff", lambda: pixel_handoff(results)),
         ]
         for name, part in parts:
             started = time.perf_counter()
