@@ -10,6 +10,7 @@ re-uploaded object alone redone), a kill and resume, and `kosmos draw` reading t
 import importlib.util
 import io
 import itertools
+import json
 import os
 import random
 import signal
@@ -401,3 +402,44 @@ def test_refused_credentials_say_where_credentials_come_from(endpoint, tmp_path,
         _forget_clients()
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_webdataset_shards_and_an_image_table_in_the_bucket(s3, scenes, tmp_path):
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, bucket = s3
+    names = sorted(scenes)[:4]
+    for number in range(2):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name in names[2 * number : 2 * number + 2]:
+                for ext, data in (("png", scenes[name][0]), ("json", json.dumps({"name": name}).encode())):
+                    info = tarfile.TarInfo(f"{name}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        fs.pipe(f"{bucket}/shards/{number:05d}.tar", buf.getvalue())
+    out = str(tmp_path / "shards.jsonl")
+    result = ground(f"s3://{bucket}/shards/{{00000..00001}}.tar", "-o", out)
+    assert result.exit_code == 0, result.output
+    rows = list(read_records(out))
+    shard_of = {name: f"s3://{bucket}/shards/{i // 2:05d}.tar" for i, name in enumerate(names)}
+    assert [r["path"] for r in rows] == [f"{shard_of[n]}#{n}" for n in names]
+    assert [r["name"] for r in rows] == names  # the sample's .json, carried
+    mostly_right(rows, lambda path: scenes[path.rsplit("#", 1)[1]])
+
+    table = pa.table({"key": names, "jpg": [scenes[n][0] for n in names]})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    fs.pipe(f"{bucket}/tables/t.parquet", buf.getvalue())
+    out = str(tmp_path / "table.jsonl")
+    result = ground(f"s3://{bucket}/tables/t.parquet", "--image-column", "jpg", "-o", out)
+    assert result.exit_code == 0, result.output
+    rows = list(read_records(out))
+    assert [r["path"] for r in rows] == [f"s3://{bucket}/tables/t.parquet#{n}" for n in names]
+    mostly_right(rows, lambda path: scenes[path.rsplit("#", 1)[1]])
+    drawn = runner.invoke(app, ["draw", out, "--out-dir", str(tmp_path / "drawn"), "-q"])
+    assert drawn.exit_code == 0, drawn.output
+    assert sorted(p.name for p in (tmp_path / "drawn").rglob("*.png")) == sorted(f"{n}.png" for n in names)
