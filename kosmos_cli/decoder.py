@@ -22,8 +22,10 @@ them, and differs from generate only in how the work is laid out:
   inside the step.
 
 A finished row (its end-of-sequence token, or a `stop_at` token) is fed the pad token from then on, as generate does,
-and no longer counts: the loop ends when every row is done (checked every `check_every` steps: each check waits
-for the device) or after max_new_tokens steps. Each row's answer ends at its finishing token (generate pads it to
+and no longer counts: when a check (every `check_every` steps: each check waits for the device) finds at most half
+of the bucket's rows still going, those rows go on alone in the smaller bucket (`shrink`: their cache and state
+moved to its first rows; no row's computation depends on another's, so its tokens do not change), and the loop ends
+when every row is done or after max_new_tokens steps. Each row's answer ends at its finishing token (generate pads it to
 the batch's longest), so steps run past the last finish change nothing.
 
 torch is imported lazily; the engine calls the decoder under `torch.inference_mode()`.
@@ -151,7 +153,10 @@ class Decoder:
     `graphs`: capture the decode step as CUDA graphs (default: on CUDA). `buckets`: pad batches up to a power of two
     (default: with graphs; the tests turn it on on the CPU to show padded rows change nothing). `check_every`: how
     many steps between two looks at whether every row is done (default 1 on the CPU, 8 with graphs). `keep`: keep the
-    cache for the next batch (default: with graphs, which point into it)."""
+    cache for the next batch (default: with graphs, which point into it). `shrink`: when a look finds at most half of
+    the bucket's rows still going, they go on alone in the smaller bucket (their cache and state moved to its first
+    rows): finished rows stop costing work. Each row's computation never depends on another's, so its tokens stay
+    the same."""
 
     def __init__(
         self,
@@ -162,6 +167,7 @@ class Decoder:
         buckets: bool | None = None,
         check_every: int | None = None,
         keep: bool | None = None,
+        shrink: bool = True,
     ):
         self.model = model
         self.text = model.text_model.model  # Kosmos2TextTransformer
@@ -173,7 +179,9 @@ class Decoder:
         self.buckets = self.graphs if buckets is None else buckets
         self.check_every = check_every or (8 if self.graphs else 1)
         self.keep = self.graphs if keep is None else keep
+        self.shrink = shrink
         self.captured = 0  # graphs captured so far (the benchmark reports it)
+        self.shrunk = 0  # times a batch went on in a smaller bucket because most of its rows were done
         self._storage: _Storage | None = None
         self._workspaces: dict[int, _Workspace] = {}
         self._graphs: dict[tuple[int, int], Any] = {}
@@ -243,13 +251,20 @@ class Decoder:
         ws.step.zero_()
         self._choose(ws, logits)
         made = 1
+        order: list[int | None] = [*range(batch), *[None] * (rows - batch)]  # the caller's row of each of ws's rows
+        tokens: list[list[int]] = [[] for _ in range(batch)]
+        probs: list[list[float]] = [[] for _ in range(batch)]
         for step in range(self.max_new_tokens - 1):
-            if step % self.check_every == 0 and not bool(ws.unfinished.any()):
-                break
+            if step % self.check_every == 0:
+                going = ws.unfinished.nonzero().flatten().tolist()
+                if not going:
+                    break
+                if self.shrink and len(going) <= ws.rows // 2:
+                    ws, order = self._shrink(ws, order, going, made, tokens, probs)
             span = min(length, SPAN * math.ceil((longest + step + 1) / SPAN))
             self._decode(ws, span)
             made += 1
-        tokens, probs = ws.tokens[:batch, :made].tolist(), ws.probs[:batch, :made].tolist()
+        self._hand_over(ws, order, range(ws.rows), made, tokens, probs)
         if not self.keep:
             self.reset()  # on the CPU the cache is not kept between batches
         stopping = set(stop_ids)
@@ -257,6 +272,34 @@ class Decoder:
             end = next((i + 1 for i, t in enumerate(row) if t in stopping), len(row))
             del row[end:], probs[r][end:]
         return Decoded(tokens, probs)
+
+    def _shrink(self, ws: _Workspace, order, going: list[int], made: int, tokens, probs):
+        """The rows still `going` moved to the first rows of the smallest bucket that holds them: their cache, state,
+        tokens and probabilities (extra rows of the bucket repeat the first and are finished). The others' answers
+        are final: handed over now. Returns the smaller workspace and its rows' places in the caller's batch."""
+        import torch
+
+        rows = bucket(len(going)) if self.buckets else len(going)
+        if rows >= ws.rows:
+            return ws, order
+        self._hand_over(ws, order, sorted(set(range(ws.rows)) - set(going)), made, tokens, probs)
+        picked = torch.tensor(going + [going[0]] * (rows - len(going)), device=self.device)
+        for t in (*ws.keys, *ws.values, ws.fed, ws.lengths, ws.pads, ws.unfinished, ws.tokens, ws.probs):
+            t[:rows] = t.index_select(0, picked)  # a copy first, then written: overlapping rows are safe
+        small = self._workspace(rows, ws.length)
+        small.unfinished[len(going) :] = False
+        self.shrunk += 1
+        return small, [order[r] for r in going] + [None] * (rows - len(going))
+
+    @staticmethod
+    def _hand_over(ws: _Workspace, order, rows, made: int, tokens, probs) -> None:
+        """The answers so far of `rows` of `ws`, into the caller's rows."""
+        rows = [r for r in rows if order[r] is not None]
+        if not rows:
+            return
+        chosen, kept = ws.tokens[rows, :made].tolist(), ws.probs[rows, :made].tolist()
+        for r, row_tokens, row_probs in zip(rows, chosen, kept):
+            tokens[order[r]], probs[order[r]] = row_tokens, row_probs
 
     def _workspace(self, rows: int, length: int) -> _Workspace:
         """The bucket's views of the storage; a bigger batch or a longer one first replaces the storage (and so drops

@@ -25,7 +25,7 @@ def test_static_step_equals_generate_on_checkpoints_of_other_shapes(tmp_path, se
 
 def test_padded_rows_a_kept_cache_and_a_late_done_check_change_nothing(shapes_model):
     hf, fast = engines(shapes_model, 40)
-    decoder = Decoder(fast.model, 40, fast._pad, graphs=False, buckets=True, check_every=8, keep=True)
+    decoder = Decoder(fast.model, 40, fast._pad, graphs=False, buckets=True, check_every=8, keep=True, shrink=False)
     fast.decoder = decoder
     images = scenes(8)
     # 5 rows padded to 8; then 3 rows (bucket 4, a view of the same cache, stale columns in it); then 8 rows again
@@ -34,6 +34,21 @@ def test_padded_rows_a_kept_cache_and_a_late_done_check_change_nothing(shapes_mo
         assert min(made) < max(made)  # rows finish at different steps
     assert decoder._storage is not None and decoder._storage.rows == 8  # one allocation, the largest bucket
     assert set(decoder._workspaces) == {8, 4}
+
+
+@pytest.mark.parametrize("buckets", [False, True])
+def test_rows_still_going_go_on_in_a_smaller_bucket_with_the_same_tokens(shapes_model, buckets):
+    hf, fast = engines(shapes_model, 40)
+    decoder = Decoder(fast.model, 40, fast._pad, graphs=False, buckets=buckets, keep=buckets)
+    fast.decoder = decoder
+    images = scenes(8)
+    made = assert_same(hf, fast, batch_of(hf, images, PROMPTS), "</object>")
+    assert len(set(made)) >= 3  # rows finish at several different steps...
+    assert decoder.shrunk >= 1  # ...and the ones still going went on alone, token for token what generate gives
+    if buckets:
+        assert {8, 1} <= set(decoder._workspaces) and decoder._storage.rows == 8  # views of one allocation
+    made = assert_same(hf, fast, batch_of(hf, images[:5], PROMPTS[3:]), "</object>")  # again, after shrinking
+    assert len(set(made)) >= 2
 
 
 def test_a_longer_batch_replaces_the_kept_cache(shapes_model):
