@@ -40,3 +40,28 @@ def test_cuda_in_bfloat16_grounds_every_image(shapes_model, tmp_path):
     folder = _scenes(tmp_path / "scenes")
     rows = _run(folder, tmp_path / "bf16.parquet", model=shapes_model, device="cuda", dtype="bfloat16")
     assert len(rows) == 8 and all(caption for caption, _ in rows.values())
+
+
+def test_cuda_graphs_give_the_tokens_of_the_eager_step_and_of_generate(shapes_model):
+    """The captured decode step (graphs, padded buckets, rows moved to a smaller bucket) against the same step run
+    eagerly and against generate, on the card in float32, prompts of mixed lengths in one batch."""
+    from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
+
+    from kosmos_cli.decoder import Decoder
+    from kosmos_cli.engine import Engine, GenerationOptions
+    from tests.test_decoder import PROMPTS, batch_of, hf_answers, scenes
+
+    model = Kosmos2ForConditionalGeneration.from_pretrained(shapes_model).to("cuda")
+    processor = AutoProcessor.from_pretrained(shapes_model)
+    hf = Engine.from_model(model, processor, GenerationOptions(40, decoder="hf"))
+    fast = Engine.from_model(model, processor, GenerationOptions(40, decoder="fast"))
+    batch = batch_of(hf, scenes(8)[:7], PROMPTS[:7])  # 7 rows: padded to a bucket of 8
+    expected = [ids for ids, _ in hf_answers(hf, batch, "</object>")]
+    with torch.inference_mode():
+        graphs = Decoder(model, 40, fast._pad, graphs=True)
+        fast.decoder = graphs
+        captured = [g.ids for g in fast.forward_scored(batch, "</object>")]
+        fast.decoder = Decoder(model, 40, fast._pad, graphs=False, buckets=True)
+        eager = [g.ids for g in fast.forward_scored(batch, "</object>")]
+    assert graphs.captured >= 1 and graphs.graphs  # captured, not fallen back to eager
+    assert captured == eager == expected
