@@ -343,6 +343,12 @@ def _run(
     named = _listed(inputs)
     if named and all(isinstance(i, str) for i in named):
         check_inputs(named)
+        if options.columns.image is not None and not any(_parquet(i) for i in named):
+            raise UsageError(
+                "{param} reads each image from a column of a Parquet file: name a .parquet input (folders, images "
+                "and other manifests name images by path; --path-column says which column holds them)",
+                param="image_column",
+            )
     task.check(named)
     fmt = detect_format(options.out, options.format)
     if draw is not None:
@@ -383,6 +389,13 @@ def _columns(path: str, image: str | None, key: str | None) -> Columns:
         if value is not None and not value.strip():
             raise UsageError("{param} cannot be empty: name a column", param=name)
     return Columns(path, image, key)
+
+
+def _parquet(arg: str) -> bool:
+    """Whether an input names Parquet files (a brace pattern or a glob of them too)."""
+    from urllib.parse import urlsplit
+
+    return (urlsplit(arg).path if locations.is_url(arg) else arg).lower().endswith(".parquet")
 
 
 def _listed(inputs: Inputs) -> list:

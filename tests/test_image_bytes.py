@@ -225,3 +225,11 @@ def test_killed_mid_run_then_resumed_every_row_once(table, tmp_path):
     assert f"{len(partial)} skipped" in rerun.stderr
     paths = [r["path"] for r in read_records(str(out))]
     assert len(paths) == len(set(paths)) == N + 1
+
+
+def test_an_image_column_without_a_parquet_input_is_refused_in_one_line(tmp_path):
+    from tests.helpers import make_images
+
+    make_images(str(tmp_path / "photos"))
+    result = kosmos("ground", str(tmp_path / "photos"), "--image-column", "jpg", model=SHAPES_MODEL)
+    one_error_line(result, 2, "--image-column reads each image from a column of a Parquet file: name a .parquet input")
