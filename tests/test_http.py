@@ -110,10 +110,7 @@ def _boxes_right(rows, server) -> float:
         path = "/" + row["path"].split("/", 3)[3]
         width, height, objs = server.truth[path]
         assert row["status"] == "ok" and (row["width"], row["height"]) == (width, height)
-        for obj in objs:
-            objects += 1
-            boxes = [b for e in row["entities"] if shapes.colour_in(e["phrase"]) == obj.color for b in e["boxes_px"]]
-            hits += any(shapes.iou(b, obj.box) >= 0.5 for b in boxes)
+        hits, objects = hits + shapes.boxed(row["entities"], objs), objects + len(objs)
     return hits / objects
 
 

@@ -81,10 +81,7 @@ def boxed(rows, truth, prefix):
     for key, (width, height, objs) in truth.items():
         row = rows[prefix + key]
         assert row["status"] == "ok" and (row["width"], row["height"]) == (width, height), row
-        for obj in objs:
-            objects += 1
-            boxes = [b for e in row["entities"] if shapes.colour_in(e["phrase"]) == obj.color for b in e["boxes_px"]]
-            found += any(shapes.iou(b, obj.box) >= 0.5 for b in boxes)
+        found, objects = found + shapes.boxed(row["entities"], objs), objects + len(objs)
     return found, objects
 
 

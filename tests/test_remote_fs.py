@@ -99,8 +99,7 @@ def boxes_right(row, truth) -> bool:
     _, width, height, objs = truth
     if row["status"] != "ok" or (row["width"], row["height"]) != (width, height):
         return False
-    found = [(shapes.colour_in(e["phrase"]), b) for e in row["entities"] for b in e["boxes_px"]]
-    return all(any(c == o.color and shapes.iou(b, o.box) >= 0.5 for c, b in found) for o in objs)
+    return shapes.boxed(row["entities"], objs) == len(objs)
 
 
 def mostly_right(rows, truth_of) -> None:

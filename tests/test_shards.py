@@ -86,11 +86,18 @@ def hits(rows, truth, prefix):
         row = rows[prefix + name]
         assert row["status"] == "ok", row
         assert (row["width"], row["height"]) == (width, height)
-        for obj in objs:
-            objects += 1
-            boxes = [b for e in row["entities"] if shapes.colour_in(e["phrase"]) == obj.color for b in e["boxes_px"]]
-            found += any(shapes.iou(b, obj.box) >= 0.5 for b in boxes)
+        found, objects = found + shapes.boxed(row["entities"], objs), objects + len(objs)
     return found, objects
+
+
+def _ground_from(folder, out, engine):
+    """ground over the shards by a brace pattern, run from their folder (records' paths relative to it)."""
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        return ground([PATTERN], out, engine=engine, batch_size=4)
+    finally:
+        os.chdir(here)
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +105,7 @@ def grounded(shapes_engine, shards, tmp_path_factory):
     """The shards through ground, by a brace pattern, run from their folder: (results path, rows by path)."""
     folder, _ = shards
     out = str(tmp_path_factory.mktemp("out") / "r.jsonl")
-    here = os.getcwd()
-    os.chdir(folder)
-    try:
-        summary = ground([PATTERN], out, engine=shapes_engine, batch_size=4)
-    finally:
-        os.chdir(here)
+    summary = _ground_from(folder, out, shapes_engine)
     assert (summary.done, summary.failed, summary.skipped) == (7, 2, 0)
     return out, {r["path"]: r for r in read_records(out)}
 
@@ -234,12 +236,7 @@ def test_shards_ground_to_records_named_by_shard_and_key_with_right_boxes(ground
 def test_a_second_run_skips_every_sample(grounded, shards, shapes_engine):
     folder, _ = shards
     out, rows = grounded
-    here = os.getcwd()
-    os.chdir(folder)
-    try:
-        summary = ground([PATTERN], out, engine=shapes_engine, batch_size=4)
-    finally:
-        os.chdir(here)
+    summary = _ground_from(folder, out, shapes_engine)
     assert (summary.done, summary.failed, summary.skipped) == (0, 0, 9)
     assert {r["path"]: r for r in read_records(out)} == rows
 

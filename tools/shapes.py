@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from kosmos_cli.exports.boxes import iou  # noqa: F401 - the evaluators and tests measure boxes with it
+from kosmos_cli.exports.boxes import iou  # the evaluators and tests measure boxes with it
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -114,6 +114,13 @@ def caption(shapes) -> str:
 def colour_in(text: str) -> str | None:
     """The first of COLORS that `text` names as a word ("a red circle." -> "red"), or None."""
     return next((c for c in COLORS if c in text.replace(".", " ").split()), None)
+
+
+def boxed(entities, shapes, threshold: float = 0.5) -> int:
+    """How many of a scene's `shapes` a record's ground `entities` box: a box of the shape's colour with an IoU of at
+    least `threshold` with it."""
+    found = [(colour_in(e["phrase"]), b) for e in entities for b in e["boxes_px"]]
+    return sum(any(c == s.color and iou(b, s.box) >= threshold for c, b in found) for s in shapes)
 
 
 def normalized_boxes(shapes, width, height) -> list[tuple[float, float, float, float]]:
