@@ -234,7 +234,7 @@ def draw(
     for number, row in enumerate(_results_rows(results), 1):  # check it all before writing anything
         check_results_row(row, number, results)
         total += 1
-        if row.get("status") == "ok" and locations.is_local(row["path"]) and not locations.split_member(row["path"]):
+        if row.get("status") == "ok" and locations.is_local(row["path"]):
             folder = os.path.dirname(os.path.abspath(locate(row["path"], root)))
             base = folder if base is None else os.path.commonpath([base, folder])
     progress = progress or Progress()

@@ -29,8 +29,8 @@ _MARKER_TEXT = (
 
 def locate(path: str, root: str | None) -> str:
     """A recorded path as it can be opened: as written (relative to here), else relative to `root`."""
-    if root is None or not locations.is_local(path) and locations.split_member(path) is None:
-        return path  # a URL
+    if root is None or locations.is_remote(path):
+        return path  # a URL (of an image, or of a shard or table holding it)
     member = locations.split_member(path)
     if member is not None:  # a sample of a shard or table: its container is where the path says
         return f"{locate(member[0], root)}#{member[1]}"
@@ -44,8 +44,8 @@ def input_root(inputs: Iterable[str]) -> str | None:
     """The common folder of a run's inputs (folders, files, globs, manifests, -): where the layout starts."""
     folders = []
     for arg in inputs:
-        if not locations.is_local(arg) or arg.lower().endswith((".tar", ".tgz", ".tar.gz")) and "{" in arg:
-            continue  # remote: its drawings are laid out by host or bucket (Targets)
+        if locations.is_remote(arg):
+            continue  # its drawings are laid out by host or bucket (Targets)
         if arg == "-":
             folders.append(os.getcwd())
         elif os.path.isdir(arg):
@@ -105,7 +105,7 @@ class Targets:
         A remote image goes below its host or bucket (`https://host/a/b.jpg` -> `host/a/b.jpg`); a sample of a
         shard or table below the container's name (`shards/00001.tar#k7` -> `00001/k7.png`, its key kept)."""
         member = locations.split_member(source)
-        if not locations.is_local(source) or member is not None:
+        if not locations.is_local(source):  # a URL, or a sample of a shard or table
             rel = remote_layout(source, member)
         else:
             full = os.path.abspath(source)

@@ -142,7 +142,7 @@ def _place(path: str, here: str) -> tuple[str, str | None, str | None]:
 
     source = locate(path, here)
     member = locations.split_member(source)
-    if locations.is_remote(source if member is None else member[0]):
+    if locations.is_remote(source):  # a URL, or a shard or table at one
         return source, None, None
     if member is None:
         full = os.path.abspath(source)

@@ -15,7 +15,7 @@ import shutil
 
 from ..atomic import atomic_write
 from ..images import is_image_path
-from ..locations import Unreadable, is_local, read_bytes, split_member
+from ..locations import Unreadable, is_local, read_bytes
 from .base import Options, UniqueNames, Writer, write_error
 from .boxes import Label
 from .source import Image
@@ -35,9 +35,10 @@ class Yolo(Writer):
             raise write_error(exc, out) from None
 
     def add(self, image: Image, labels: list[Label], names: list[str]) -> str | None:
-        remote = not is_local(image.source) or split_member(image.source) is not None
         data = None
-        if remote:  # a link cannot point at a URL or a shard's sample: its bytes are written as a file
+        if not is_local(
+            image.source
+        ):  # a link cannot point at a URL or a shard's sample: its bytes are written as a file
             try:
                 data = read_bytes(image.source)
             except Unreadable as exc:
