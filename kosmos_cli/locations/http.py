@@ -38,28 +38,49 @@ class _Transient(Exception):
 
 def fetch_bytes(url: str, fetch: FetchOptions = FetchOptions(), backoff: float = BACKOFF) -> bytes:
     """The body of `url`: tried again after transient failures, refused past the size cap. Unreadable otherwise."""
-    for attempt in range(fetch.retries + 1):
+    return _retrying(lambda: _fetch_once(url, fetch), fetch, backoff)
+
+
+def open_response(url: str, fetch: FetchOptions = FetchOptions(), backoff: float = BACKOFF):
+    """The response for `url`, its body left to the caller to read as it comes (a WebDataset shard streamed):
+    opening is tried again as `fetch_bytes` tries; what breaks later, while reading, is the caller's to handle."""
+    return _retrying(lambda: _open(url, fetch), fetch, backoff)
+
+
+def _retrying(attempt, fetch: FetchOptions, backoff: float):
+    """`attempt()`, called again after a _Transient failure, up to `fetch.retries` more times, with backoff."""
+    for tried in range(fetch.retries + 1):
         try:
-            return _fetch_once(url, fetch)
+            return attempt()
         except _Transient as exc:
-            if attempt == fetch.retries:
-                tries = f" (after {attempt + 1} tries)" if attempt else ""
+            if tried == fetch.retries:
+                tries = f" (after {tried + 1} tries)" if tried else ""
                 raise Unreadable(f"{exc}{tries}") from None
-            wait = exc.wait if exc.wait is not None else backoff * 2**attempt * (1 + random.random() / 4)
+            wait = exc.wait if exc.wait is not None else backoff * 2**tried * (1 + random.random() / 4)
             time.sleep(min(wait, MAX_WAIT))
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 def _fetch_once(url: str, fetch: FetchOptions) -> bytes:
     deadline = time.monotonic() + fetch.timeout
-    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept": "image/*,*/*;q=0.8"})
     try:
-        with urllib.request.urlopen(request, timeout=fetch.timeout) as answer:
+        with _open(url, fetch) as answer:
             length = answer.headers.get("Content-Length")
             expected = int(length) if length and length.isdigit() else None
             if expected is not None and expected > fetch.max_bytes:
                 raise Unreadable(_too_large(fetch))
             return _read_body(answer, expected, deadline, fetch)
+    except (TimeoutError, socket.timeout):
+        raise _Transient(_timed_out(fetch)) from None
+    except (ConnectionError, http.client.HTTPException) as exc:
+        raise _Transient(f"the connection failed: {_why(exc)}") from None
+
+
+def _open(url: str, fetch: FetchOptions):
+    """The response for `url` once; a failure as Unreadable, or _Transient when another try may do better."""
+    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, "Accept": "image/*,*/*;q=0.8"})
+    try:
+        return urllib.request.urlopen(request, timeout=fetch.timeout)
     except urllib.error.HTTPError as exc:
         status = f"HTTP {exc.code} {exc.reason}".rstrip()
         if exc.code in TRANSIENT:

@@ -19,9 +19,6 @@ import http.client
 import json
 import logging
 import tarfile
-import time
-import urllib.error
-import urllib.request
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -206,8 +203,10 @@ def _why(exc: BaseException) -> str:
 def open_stream(path: str, fetch: FetchOptions = FetchOptions()) -> IO[bytes]:
     """A file object reading the shard at `path` from its start: a local file, an http(s) response read as it
     comes (not the whole body first), or fsspec's file for another URL. Unreadable when it cannot be opened."""
-    if is_url(path):
-        return _open_url(path, fetch)
+    if is_url(path):  # read as it comes; opening is tried again after a 429, a 5xx, a dropped connection
+        from .http import open_response
+
+        return open_response(path, fetch)
     if is_remote(path):
         try:
             import fsspec
@@ -225,29 +224,3 @@ def open_stream(path: str, fetch: FetchOptions = FetchOptions()) -> IO[bytes]:
         return open(local_path(path), "rb")
     except OSError as exc:
         raise Unreadable(exc.strerror or str(exc)) from None
-
-
-def _open_url(url: str, fetch: FetchOptions) -> IO[bytes]:
-    """The streamed response for `url`; opening is tried again after a 429, a 5xx, a refused connection or a
-    timeout, as http.py does for images (a stream that breaks later is not restarted: its sample is an error)."""
-    from .http import _USER_AGENT, BACKOFF, MAX_WAIT, TRANSIENT
-
-    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    for attempt in range(fetch.retries + 1):
-        try:
-            return urllib.request.urlopen(request, timeout=fetch.timeout)
-        except urllib.error.HTTPError as exc:
-            why = f"HTTP {exc.code} {exc.reason}".rstrip()
-            if exc.code not in TRANSIENT or attempt == fetch.retries:
-                raise Unreadable(why) from None
-        except urllib.error.URLError as exc:
-            why = f"cannot connect: {_why(exc.reason) if isinstance(exc.reason, BaseException) else exc.reason}"
-            if attempt == fetch.retries:
-                raise Unreadable(why) from None
-        except (OSError, http.client.HTTPException) as exc:
-            if attempt == fetch.retries:
-                raise Unreadable(f"the connection failed: {_why(exc)}") from None
-        except ValueError as exc:
-            raise Unreadable(f"not a URL that can be fetched: {exc}") from None
-        time.sleep(min(BACKOFF * 2**attempt, MAX_WAIT))
-    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
