@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from . import FetchOptions, Unreadable, is_remote, local_path
+from . import FetchOptions, Unreadable, is_remote, is_url, local_path
 from .shards import BROKEN, _why, open_stream, rank, split_name
 
 CACHED = 8  # containers whose index is kept (and, for a tar, whose file stays open)
@@ -246,7 +246,9 @@ def _keyish(data_type: Any) -> bool:
 
 
 def _open_binary(path: str) -> Any:
-    if is_remote(path):
+    """The table's file, for reading at any place: through fsspec for an http(s) URL (a response streamed by
+    open_stream could only be read front to back), as a shard is opened otherwise."""
+    if is_url(path):
         try:
             import fsspec
 
@@ -256,9 +258,9 @@ def _open_binary(path: str) -> Any:
         except (OSError, ValueError) as exc:
             raise Unreadable(f"cannot read {path}: {_why(exc)}") from None
     try:
-        return open(local_path(path), "rb")
-    except OSError as exc:
-        raise Unreadable(f"cannot read {path}: {exc.strerror or exc}") from None
+        return open_stream(path)
+    except Unreadable as exc:
+        raise Unreadable(f"cannot read {path}: {exc}") from None
 
 
 _tables = _Cache(_IndexedTable)
