@@ -79,6 +79,14 @@ def best_of(rounds: int, sources: dict, measure) -> dict[str, tuple[float, int]]
     return best
 
 
+def show(title: str, rates: dict[str, tuple[float, int]]) -> None:
+    """A markdown table of `rates`, each against local files' (the baseline of the same run)."""
+    base = rates["local files"][0]
+    print(f"\n{title}\n| source | images | images/s | vs local files |\n|---|---|---|---|")
+    for name, (rate, ok) in rates.items():
+        print(f"| {name} | {ok} | {rate:.1f} | {rate / base:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=256, help="images")
@@ -122,12 +130,7 @@ def main() -> None:
         )
 
         loader = best_of(args.rounds, sources, lambda name, inputs: loader_rate(inputs, args.workers))
-        base = loader["local files"][0]
-        print("\nloader (list + read + decode), images/s")
-        print("| source | images | images/s | vs local files |")
-        print("|---|---|---|---|")
-        for name, (rate, ok) in loader.items():
-            print(f"| {name} | {ok} | {rate:.1f} | {rate / base:.2f} |")
+        show("loader (list + read + decode), images/s", loader)
 
         if args.skip_ground:
             return
@@ -146,12 +149,7 @@ def main() -> None:
                 inputs, engine, os.path.join(tmp, "r.parquet"), args.workers, args.batch_size
             ),
         )
-        base = grounded["local files"][0]
-        print("\nkosmos ground (tiny checkpoint, 16 new tokens), images/s")
-        print("| source | images | images/s | vs local files |")
-        print("|---|---|---|---|")
-        for name, (rate, ok) in grounded.items():
-            print(f"| {name} | {ok} | {rate:.1f} | {rate / base:.2f} |")
+        show("kosmos ground (tiny checkpoint, 16 new tokens), images/s", grounded)
 
 
 if __name__ == "__main__":
