@@ -393,9 +393,7 @@ def _columns(path: str, image: str | None, key: str | None) -> Columns:
 
 def _parquet(arg: str) -> bool:
     """Whether an input names Parquet files (a brace pattern or a glob of them too)."""
-    from urllib.parse import urlsplit
-
-    return (urlsplit(arg).path if locations.is_url(arg) else arg).lower().endswith(".parquet")
+    return locations.named_suffix(arg).endswith(".parquet")
 
 
 def _listed(inputs: Inputs) -> list:

@@ -246,7 +246,7 @@ def _expand(
                     from .locations.shards import iter_shard
 
                     yield from iter_shard(arg, number, fetch)
-            elif locations.is_url(arg) and _suffix(arg).endswith(MANIFEST_EXTENSIONS):
+            elif locations.is_url(arg) and locations.named_suffix(arg).endswith(MANIFEST_EXTENSIONS):
                 from .locations.http import open_url
 
                 yield from read_manifest(arg, columns, opener=functools.partial(open_url, fetch=fetch))
@@ -323,7 +323,7 @@ def read_manifest(path: str, columns: Columns = Columns(), opener=open) -> Itera
     `opener(path, mode, **kwargs)` opens it (fsspec's, for a manifest in object storage). With `columns.image`,
     a Parquet manifest brings each row's image bytes (locations/table.py)."""
     base = posixpath.dirname(path) if locations.is_remote(path) else os.path.dirname(path)
-    ext = os.path.splitext(_suffix(path))[1]
+    ext = os.path.splitext(locations.named_suffix(path))[1]
     if ext == ".txt":
         with opener(path, "r", encoding=_ENCODING, errors=_ERRORS) as f:
             yield from _read_lines(f, base=base, name=path, columns=columns)
@@ -340,15 +340,6 @@ def read_manifest(path: str, columns: Columns = Columns(), opener=open) -> Itera
     elif ext == ".parquet":
         with opener(path, "rb") as f:
             yield from _read_parquet(f, path, base, columns)
-
-
-def _suffix(path: str) -> str:
-    """`path` in lower case, a URL's query and fragment left off: what its extension is read from."""
-    if locations.is_url(path):
-        from urllib.parse import urlsplit
-
-        return urlsplit(path).path.lower()
-    return path.lower()
 
 
 def _read_csv(f: IO[str], path: str, base: str, columns: Columns) -> Iterator[Item]:

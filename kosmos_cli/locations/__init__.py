@@ -78,6 +78,15 @@ def split_member(path: str) -> tuple[str, str] | None:
     return None
 
 
+def named_suffix(path: str) -> str:
+    """`path` in lower case, a URL's query and fragment left off: what its extension is read from."""
+    if is_url(path):
+        from urllib.parse import urlsplit
+
+        return urlsplit(path).path.lower()
+    return path.lower()
+
+
 def is_local(path: str) -> bool:
     """A plain file on this machine's filesystems: opened with `open`, stat'ed with `os.stat`."""
     return not is_remote(path) and split_member(path) is None
