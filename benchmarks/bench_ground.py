@@ -132,7 +132,7 @@ def main() -> None:
     import torch
 
     from kosmos_cli.engine import Engine, GenerationOptions
-    from kosmos_cli.pipeline import RunOptions, run
+    from kosmos_cli.runner import RunOptions, run
     from kosmos_cli.prompts import PRESETS
     from kosmos_cli.tasks import Ground
 

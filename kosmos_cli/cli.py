@@ -15,9 +15,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import locations
+from . import api
 from .errors import Interrupted, KosmosError, UsageError
-from .records import printable
+from .images import is_image_path
+from .options import (
+    RUN_GROUPS,
+    DrawOptions,
+    ExportOptions,
+    FindOptions,
+    GroundOptions,
+    ReferOptions,
+    Reporting,
+    ScoreFilter,
+    command_options,
+    flag_for,
+)
+from .progress import for_terminal
+from .records import one_line, printable
 
 app = typer.Typer(
     name="kosmos",
@@ -40,13 +54,13 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.", metavar="")
     ] = False,
 ) -> None:
     """Ground image collections with Kosmos-2."""
 
 
-# -- shared options: defined once, the same meaning in every command ---------------------------------------
+# -- the commands: their own arguments here; every option comes from its declaration in options.py ------------------
 Inputs = Annotated[
     list[str],
     typer.Argument(
@@ -55,287 +69,27 @@ Inputs = Annotated[
         show_default=False,
     ),
 ]
-Out = Annotated[str, typer.Option("--out", "-o", help="Output file (.jsonl or .parquet), or - for JSONL on stdout.")]
-Format = Annotated[Optional[str], typer.Option("--format", help="jsonl or parquet (default: from --out's extension).")]
-Model = Annotated[
-    Optional[str],
-    typer.Option(
-        "--model",
-        "-m",
-        help="Hub id or local folder \\[default: $KOSMOS_MODEL, else microsoft/kosmos-2-patch14-224].",
-        show_default=False,
-    ),
-]
-Revision = Annotated[Optional[str], typer.Option("--revision", help="Hub revision (branch, tag or commit).")]
-Device = Annotated[str, typer.Option("--device", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N.")]
-Dtype = Annotated[
-    str, typer.Option("--dtype", help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, bfloat16, float16.")
-]
-BatchSize = Annotated[
-    Optional[int],
-    typer.Option(
-        "--batch-size",
-        "-b",
-        help="Images per forward pass (default: 8 on the CPU; on CUDA 64 to 256, chosen from free memory).",
-        show_default=False,
-    ),
-]
-MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", help="Most tokens generated per image.")]
-NumBeams = Annotated[int, typer.Option("--num-beams", help="Beam search width (1: greedy).")]
-NoRepeat = Annotated[
-    int,
-    typer.Option(
-        "--no-repeat-ngram-size",
-        help="Block repeated n-grams (0: off; the paper's demo used 3, which can block a "
-        "second entity whose phrase ends like the first).",
-    ),
-]
-Decoder = Annotated[
-    str,
-    typer.Option(
-        "--decoder",
-        help="fast: our own batched greedy loop (the same tokens as hf, prompts of any length in one batch); hf: "
-        "transformers' generate; auto: fast unless --num-beams or --no-repeat-ngram-size ask for hf.",
-    ),
-]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start afresh instead of resuming.")]
-RetryFailed = Annotated[bool, typer.Option("--retry-failed", help="Also redo images recorded as failed.")]
-Prune = Annotated[bool, typer.Option("--prune", help="Drop records of images no longer in the inputs.")]
-Wait = Annotated[bool, typer.Option("--wait", help="Wait for another run on the same output instead of exiting.")]
-Strict = Annotated[bool, typer.Option("--strict", help="Exit 1 if any image failed.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, warnings or summary on stderr.")]
-Workers = Annotated[
-    Optional[int],
-    typer.Option("--workers", help="Background image loaders \\[default: one per CPU, up to 16].", show_default=False),
-]
-MinScore = Annotated[
-    Optional[float],
-    typer.Option(
-        "--min-score",
-        help="Only boxes whose score (0-1) is at least this; boxes without a score are left out.",
-        show_default=False,
-    ),
-]
-Null = Annotated[
-    bool,
-    typer.Option(
-        "--null", "-0", help="Paths on stdin (-) are separated by NUL bytes, as find -print0 writes them, not by lines."
-    ),
-]
-
-PathColumn = Annotated[
-    str,
-    typer.Option(
-        "--path-column",
-        help="The manifest column with each image's path or URL (img2dataset link lists: url).",
-        rich_help_panel="Where images live",
-    ),
-]
-ImageColumn = Annotated[
-    Optional[str],
-    typer.Option(
-        "--image-column",
-        help="Read each image from this Parquet column of bytes (img2dataset: jpg) instead of a path.",
-        show_default=False,
-        rich_help_panel="Where images live",
-    ),
-]
-KeyColumn = Annotated[
-    Optional[str],
-    typer.Option(
-        "--key-column",
-        help="With --image-column: the column that names each row \\[default: key].",
-        show_default=False,
-        rich_help_panel="Where images live",
-    ),
-]
-FetchTimeout = Annotated[
-    float,
-    typer.Option(
-        "--fetch-timeout",
-        help="Seconds to wait on a remote image before it fails.",
-        rich_help_panel="Where images live",
-    ),
-]
-FetchRetries = Annotated[
-    int,
-    typer.Option(
-        "--fetch-retries",
-        help="Tries again after a 429, 5xx, timeout or dropped connection, with backoff.",
-        rich_help_panel="Where images live",
-    ),
-]
-MaxImageMb = Annotated[
-    float,
-    typer.Option(
-        "--max-image-mb", help="A remote image larger than this fails unread.", rich_help_panel="Where images live"
-    ),
+Results = Annotated[
+    str, typer.Argument(help="A results file of kosmos ground, refer or find (.jsonl or .parquet).", show_default=False)
 ]
 
 
 @app.command(epilog="Example: kosmos ground ./photos --out results.parquet")
-def ground(
-    inputs: Inputs,
-    out: Out = "-",
-    prompt: Annotated[
-        str,
-        typer.Option(
-            "--prompt",
-            help="brief ('<grounding> An image of'), detailed ('<grounding> Describe this image in "
-            "detail:'), or any text.",
-        ),
-    ] = "brief",
-    model: Model = None,
-    revision: Revision = None,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
-    batch_size: BatchSize = None,
-    max_new_tokens: MaxNewTokens = 128,
-    num_beams: NumBeams = 1,
-    no_repeat_ngram_size: NoRepeat = 0,
-    decoder: Decoder = "auto",
-    format: Format = None,
-    overwrite: Overwrite = False,
-    retry_failed: RetryFailed = False,
-    prune: Prune = False,
-    wait: Wait = False,
-    strict: Strict = False,
-    quiet: Quiet = False,
-    workers: Workers = None,
-    null: Null = False,
-    path_column: PathColumn = "path",
-    image_column: ImageColumn = None,
-    key_column: KeyColumn = None,
-    fetch_timeout: FetchTimeout = locations.DEFAULT_TIMEOUT,
-    fetch_retries: FetchRetries = locations.DEFAULT_RETRIES,
-    max_image_mb: MaxImageMb = locations.DEFAULT_MAX_BYTES / 2**20,
-    draw: Annotated[
-        Optional[str],
-        typer.Option(
-            "--draw", help="Also draw each image's boxes into this folder, as kosmos draw does.", show_default=False
-        ),
-    ] = None,
-) -> None:
+@command_options(GroundOptions, *RUN_GROUPS, Reporting)
+def ground(inputs: Inputs, **given) -> None:
     """Caption every image and ground its phrases: one record per image, resumable."""
-    from . import api
-    from .progress import for_terminal
-
-    def go():
-        return api.ground(
-            inputs,
-            out,
-            prompt=prompt,
-            format=format,
-            batch_size=batch_size,
-            overwrite=overwrite,
-            retry_failed=retry_failed,
-            prune=prune,
-            wait=wait,
-            workers=workers,
-            null=null,
-            path_column=path_column,
-            image_column=image_column,
-            key_column=key_column,
-            fetch_timeout=fetch_timeout,
-            fetch_retries=fetch_retries,
-            max_image_mb=max_image_mb,
-            draw=draw,
-            progress=for_terminal("ground", quiet),
-            model=model,
-            revision=revision,
-            device=device,
-            dtype=dtype,
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            no_repeat_ngram_size=no_repeat_ngram_size,
-            decoder=decoder,
-        )
-
-    _finish(_call(go, quiet), quiet, strict)
-
-
-Box = Annotated[
-    Optional[list[str]],
-    typer.Option(
-        "--box",
-        help="A region x1,y1,x2,y2 in pixels of the image as displayed (EXIF applied); repeat for more. "
-        "Without it: a manifest's x1, y1, x2, y2 columns.",
-        show_default=False,
-    ),
-]
-Normalized = Annotated[bool, typer.Option("--normalized", help="Boxes are 0-1 fractions of width and height.")]
+    _model_command("ground", lambda progress: api.ground(inputs, progress=progress, **given), given)
 
 
 @app.command(epilog="Example: kosmos refer photo.jpg --box 10,20,200,300 --box 0,0,64,64")
-def refer(
-    inputs: Inputs,
-    box: Box = None,
-    normalized: Normalized = False,
-    out: Out = "-",
-    model: Model = None,
-    revision: Revision = None,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
-    batch_size: BatchSize = None,
-    max_new_tokens: MaxNewTokens = 128,
-    num_beams: NumBeams = 1,
-    no_repeat_ngram_size: NoRepeat = 0,
-    decoder: Decoder = "auto",
-    format: Format = None,
-    overwrite: Overwrite = False,
-    retry_failed: RetryFailed = False,
-    prune: Prune = False,
-    wait: Wait = False,
-    strict: Strict = False,
-    quiet: Quiet = False,
-    workers: Workers = None,
-    null: Null = False,
-    path_column: PathColumn = "path",
-    image_column: ImageColumn = None,
-    key_column: KeyColumn = None,
-    fetch_timeout: FetchTimeout = locations.DEFAULT_TIMEOUT,
-    fetch_retries: FetchRetries = locations.DEFAULT_RETRIES,
-    max_image_mb: MaxImageMb = locations.DEFAULT_MAX_BYTES / 2**20,
-) -> None:
+@command_options(ReferOptions, *RUN_GROUPS, Reporting)
+def refer(inputs: Inputs, **given) -> None:
     """Describe regions of images: one record per (image, box) with the model's description of it."""
-    from . import api
-    from .progress import for_terminal
-
-    def go():
-        return api.refer(
-            inputs,
-            out,
-            boxes=box,
-            normalized=normalized,
-            format=format,
-            batch_size=batch_size,
-            overwrite=overwrite,
-            retry_failed=retry_failed,
-            prune=prune,
-            wait=wait,
-            workers=workers,
-            null=null,
-            path_column=path_column,
-            image_column=image_column,
-            key_column=key_column,
-            fetch_timeout=fetch_timeout,
-            fetch_retries=fetch_retries,
-            max_image_mb=max_image_mb,
-            progress=for_terminal("refer", quiet),
-            model=model,
-            revision=revision,
-            device=device,
-            dtype=dtype,
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            no_repeat_ngram_size=no_repeat_ngram_size,
-            decoder=decoder,
-        )
-
-    _finish(_call(go, quiet), quiet, strict)
+    _model_command("refer", lambda progress: api.refer(inputs, progress=progress, **given), given)
 
 
 @app.command(epilog='Example: kosmos find photo.jpg "a red car" "a dog" --out found.jsonl')
+@command_options(FindOptions, *RUN_GROUPS, Reporting)
 def find(
     input_: Annotated[
         str,
@@ -346,90 +100,34 @@ def find(
             "or - for stdin.",
         ),
     ],
-    phrases: Annotated[
+    listed: Annotated[
         Optional[list[str]],
         typer.Argument(
+            metavar="[PHRASES]...",
             help="Phrases to find in every image (as -p does). Without any: a manifest's 'phrase' column.",
             show_default=False,
         ),
     ] = None,
-    phrase: Annotated[
-        Optional[list[str]],
-        typer.Option(
-            "--phrase",
-            "-p",
-            help="A phrase to find in every image; repeat for more. Never mistaken for an input.",
-            show_default=False,
-        ),
-    ] = None,
-    out: Out = "-",
-    model: Model = None,
-    revision: Revision = None,
-    device: Device = "auto",
-    dtype: Dtype = "auto",
-    batch_size: BatchSize = None,
-    max_new_tokens: MaxNewTokens = 128,
-    num_beams: NumBeams = 1,
-    no_repeat_ngram_size: NoRepeat = 0,
-    decoder: Decoder = "auto",
-    format: Format = None,
-    overwrite: Overwrite = False,
-    retry_failed: RetryFailed = False,
-    prune: Prune = False,
-    wait: Wait = False,
-    strict: Strict = False,
-    quiet: Quiet = False,
-    workers: Workers = None,
-    null: Null = False,
-    path_column: PathColumn = "path",
-    image_column: ImageColumn = None,
-    key_column: KeyColumn = None,
-    fetch_timeout: FetchTimeout = locations.DEFAULT_TIMEOUT,
-    fetch_retries: FetchRetries = locations.DEFAULT_RETRIES,
-    max_image_mb: MaxImageMb = locations.DEFAULT_MAX_BYTES / 2**20,
+    **given,
 ) -> None:
     """Find phrases in images: one record per (image, phrase) with its boxes (empty lists: not found)."""
-    from . import api
-    from .progress import for_terminal
+    given["phrases"] = [*(listed or []), *(given.get("phrases") or [])]
 
-    def go():
-        _not_images(phrases or [])
-        return api.find(
-            [input_],
-            out,
-            phrases=[*(phrases or []), *(phrase or [])],
-            format=format,
-            batch_size=batch_size,
-            overwrite=overwrite,
-            retry_failed=retry_failed,
-            prune=prune,
-            wait=wait,
-            workers=workers,
-            null=null,
-            path_column=path_column,
-            image_column=image_column,
-            key_column=key_column,
-            fetch_timeout=fetch_timeout,
-            fetch_retries=fetch_retries,
-            max_image_mb=max_image_mb,
-            progress=for_terminal("find", quiet),
-            model=model,
-            revision=revision,
-            device=device,
-            dtype=dtype,
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            no_repeat_ngram_size=no_repeat_ngram_size,
-            decoder=decoder,
-        )
+    def go(progress):
+        _not_images(listed or [])
+        return api.find([input_], progress=progress, **given)
 
-    _finish(_call(go, quiet), quiet, strict)
+    _model_command("find", go, given)
+
+
+def _model_command(name: str, go, given: dict) -> None:
+    """ground, refer and find: the run with its progress on stderr, then the summary and the exit code."""
+    report = Reporting.take(given)
+    _finish(_call(lambda: go(for_terminal(name, report.quiet)), report.quiet), report.quiet, report.strict)
 
 
 def _not_images(phrases: list[str]) -> None:
     """`kosmos find a.png b.png "a dog"` would look for the phrase "b.png": refused, before the model loads."""
-    from .images import is_image_path
-
     for text in phrases:
         if is_image_path(text) and os.path.isfile(text):
             raise UsageError(
@@ -439,11 +137,9 @@ def _not_images(phrases: list[str]) -> None:
 
 
 @app.command(epilog="Example: kosmos draw results.parquet --out-dir annotated/ --html")
+@command_options(DrawOptions, ScoreFilter, Reporting)
 def draw(
-    results: Annotated[
-        str,
-        typer.Argument(help="A results file of kosmos ground, refer or find (.jsonl or .parquet).", show_default=False),
-    ],
+    results: Results,
     out_dir: Annotated[
         str,
         typer.Option(
@@ -454,31 +150,20 @@ def draw(
             show_default=False,
         ),
     ],
-    html: Annotated[
-        bool, typer.Option("--html", help="Also write index.html, a gallery that opens from the folder in a browser.")
-    ] = False,
-    min_score: MinScore = None,
-    strict: Strict = False,
-    quiet: Quiet = False,
+    **given,
 ) -> None:
     """Draw the boxes and phrases of a results file onto the images; prints each file written."""
-    from . import api
-    from .progress import for_terminal
+    report = Reporting.take(given)
 
     def go():
-        return api.draw(
-            results,
-            out_dir,
-            html=html,
-            min_score=min_score,
-            progress=for_terminal("draw", quiet),
-            on_drawn=lambda path: print(path, flush=True),
-        )
+        drawn = lambda path: print(path, flush=True)  # noqa: E731 - stdout carries the files written, one a line
+        return api.draw(results, out_dir, progress=for_terminal("draw", report.quiet), on_drawn=drawn, **given)
 
-    _finish(_call(go, quiet), quiet, strict)
+    _finish(_call(go, report.quiet), report.quiet, report.strict)
 
 
 @app.command(epilog='Example: kosmos export results.parquet --to yolo dataset/ --classes "dog,cat" --min-score 0.3')
+@command_options(ExportOptions, ScoreFilter, Reporting)
 def export(
     results: Annotated[
         str, typer.Argument(help="A results file of kosmos ground or find (.jsonl or .parquet).", show_default=False)
@@ -490,63 +175,11 @@ def export(
         ),
     ],
     to: Annotated[str, typer.Option("--to", help="coco, yolo, voc or labelstudio.", show_default=False)],
-    classes: Annotated[
-        Optional[str],
-        typer.Option(
-            "--classes",
-            help='Classes, in order, comma-separated ("dog,cat,traffic light"): only boxes whose phrase '
-            'names one ("two dogs" is dog) \\[default: one class per distinct phrase].',
-            show_default=False,
-        ),
-    ] = None,
-    classes_file: Annotated[
-        Optional[str], typer.Option("--classes-file", help="Classes, one a line, as --classes.", show_default=False)
-    ] = None,
-    min_score: MinScore = None,
-    nms: Annotated[
-        Optional[float],
-        typer.Option(
-            "--nms",
-            help="Of boxes of one class in one image overlapping by more than this IoU, keep the best-scored.",
-            show_default=False,
-        ),
-    ] = None,
-    root: Annotated[
-        Optional[str], typer.Option("--root", help="Write image paths relative to this folder.", show_default=False)
-    ] = None,
-    image_root: Annotated[
-        Optional[str],
-        typer.Option(
-            "--image-root",
-            help="labelstudio: a URL prefix or local-files path put before each image's path "
-            "(e.g. /data/local-files/?d=photos/).",
-            show_default=False,
-        ),
-    ] = None,
-    copy_images: Annotated[
-        bool, typer.Option("--copy-images", help="yolo: copy the images into OUT/images instead of linking them.")
-    ] = False,
-    strict: Strict = False,
-    quiet: Quiet = False,
+    **given,
 ) -> None:
     """Export the boxes of a ground or find results file as labels: COCO, YOLO, Pascal VOC or Label Studio."""
-    from . import api
-
-    def go():
-        return api.export(
-            results,
-            to,
-            out,
-            classes=classes,
-            classes_file=classes_file,
-            min_score=min_score,
-            nms=nms,
-            root=root,
-            image_root=image_root,
-            copy_images=copy_images,
-        )
-
-    _finish(_call(go, quiet), quiet, strict)
+    report = Reporting.take(given)
+    _finish(_call(lambda: api.export(results, to, out, **given), report.quiet), report.quiet, report.strict)
 
 
 # -- one place for errors, signals and exit codes --------------------------------------------------------
@@ -579,13 +212,10 @@ def _call(fn, quiet: bool):
             signal.signal(s, handler)
 
 
-FLAGS = {"boxes": "--box"}  # library parameters whose flag is not their name in kebab case
-
-
 def _as_flags(exc: KosmosError) -> str:
     """The library speaks of parameters (batch_size), the command line of flags (--batch-size)."""
     if isinstance(exc, UsageError) and exc.param:
-        return exc.render(FLAGS.get(exc.param) or "--" + exc.param.replace("_", "-"))
+        return exc.render(flag_for(exc.param))
     return str(exc)
 
 
@@ -670,8 +300,6 @@ def _usage_line(exc) -> str:
 
     "no such option: --bogus; see 'kosmos ground --help'"
     """
-    from .records import one_line
-
     text = one_line(exc.format_message()).rstrip(".")
     text = text[:1].lower() + text[1:]
     ctx = getattr(exc, "ctx", None)  # usage errors know their command; other Click errors do not

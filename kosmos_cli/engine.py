@@ -25,100 +25,14 @@ from .model_files import (
     quiet_hub,
     unreachable_hint,
 )
+from .options import DEFAULT_MODEL, GenerationOptions, ModelOptions
 from .prompts import Prompt
 from .scores import Generation, Markup
 
 log = logging.getLogger("kosmos_cli")
 
-DEFAULT_MODEL = "microsoft/kosmos-2-patch14-224"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-DECODERS = ("auto", "fast", "hf")
 DEFAULT_BATCH_SIZE = 8  # on the CPU, and wherever the batch size is not chosen from the device's memory
 AUTO_BATCH_SIZES = (64, 256)  # on CUDA, the batch size chosen from free memory lies in this range where it fits
-_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    """Decoding settings. The defaults are the checkpoint's: greedy, nothing added."""
-
-    max_new_tokens: int = 128
-    num_beams: int = 1
-    no_repeat_ngram_size: int | None = None
-    decoder: str = "auto"  # fast: our own greedy loop (decoder.py); hf: model.generate; auto: fast where it applies
-
-    def __post_init__(self):
-        if self.decoder not in DECODERS:
-            raise UsageError(
-                f"unknown decoder {self.decoder!r} ({{param}}): use one of {', '.join(DECODERS)}", param="decoder"
-            )
-        if self.max_new_tokens < 1:
-            raise UsageError("{param} must be at least 1", param="max_new_tokens")
-        if self.num_beams < 1:
-            raise UsageError("{param} must be at least 1", param="num_beams")
-        if self.no_repeat_ngram_size is not None and self.no_repeat_ngram_size < 0:
-            raise UsageError("{param} must be 0 (off) or more", param="no_repeat_ngram_size")
-        if self.no_repeat_ngram_size == 0:
-            object.__setattr__(self, "no_repeat_ngram_size", None)  # 0 means off, as None does
-        if self.decoder == "fast" and not self.greedy:
-            raise UsageError(
-                "{param} fast decodes greedily only: drop --num-beams and --no-repeat-ngram-size, or use --decoder "
-                "auto or hf",
-                param="decoder",
-            )
-
-    @property
-    def greedy(self) -> bool:
-        """Plain greedy decoding: one beam, no n-gram blocking (what the fast decoder does)."""
-        return self.num_beams == 1 and not self.no_repeat_ngram_size
-
-    @property
-    def fast(self) -> bool:
-        """Whether to decode with our own loop (decoder.py) rather than model.generate."""
-        return self.decoder != "hf" and self.greedy
-
-    @property
-    def label(self) -> str:
-        """What records name as their decoding: "greedy max_new_tokens=128", "beams=3 max_new_tokens=64
-        no_repeat_ngram_size=3". A record made with another one is redone."""
-        search = "greedy" if self.num_beams == 1 else f"beams={self.num_beams}"
-        blocked = f" no_repeat_ngram_size={self.no_repeat_ngram_size}" if self.no_repeat_ngram_size else ""
-        return f"{search} max_new_tokens={self.max_new_tokens}{blocked}"
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": self.max_new_tokens,
-            "num_beams": self.num_beams,
-            "do_sample": False,
-        }
-        if self.no_repeat_ngram_size:
-            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
-        return kwargs
-
-
-@dataclass(frozen=True)
-class ModelOptions:
-    """Which checkpoint, and where and how it runs."""
-
-    model: str | None = None  # hub id or local folder; None: $KOSMOS_MODEL, else the default checkpoint
-    revision: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-
-    def __post_init__(self):
-        dtype = _DTYPE_ALIASES.get(self.dtype, self.dtype)
-        if dtype not in DTYPES:
-            raise UsageError(f"unknown dtype {self.dtype!r} ({{param}}): use one of {', '.join(DTYPES)}", param="dtype")
-        object.__setattr__(self, "dtype", dtype)
-
-    @property
-    def name(self) -> str:
-        return self.model or os.environ.get("KOSMOS_MODEL") or DEFAULT_MODEL
-
-    @property
-    def label(self) -> str:
-        """What records name as their model."""
-        return f"{self.name}@{self.revision}" if self.revision else self.name
 
 
 @dataclass

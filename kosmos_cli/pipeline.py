@@ -11,26 +11,24 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import distributed
-from .distributed import Solo
 from .engine import Engine, Prepared
 from .errors import OutOfMemory, UsageError
 from .images import MODEL_SIDE
-from .locations import FetchOptions, check_local_output, open_image
+from .locations import open_image
 from .locations import stat as location_stat
+from .options import RunOptions
 from .ordered import Behind, ordered_map, read_ahead
 from .progress import Progress
 from .records import OK, Record
 from .scores import Generation
-from .sources import Columns, Item, countable, iter_items, nothing_found, shard
+from .sources import Item, countable, iter_items, nothing_found, shard
 from .store import Output, Seen, Store
 from .tasks import Task, Unit, path_key
-from .writers import detect_format
 
 log = logging.getLogger("kosmos_cli")
 
@@ -39,31 +37,6 @@ SETTINGS = ("model", "prompt", "decoding")  # what a record was made with: a run
 DRAFT_SIDE = 2 * MODEL_SIDE  # JPEGs are decoded at a reduced scale down to this many pixels a side, not below
 FINISH_AHEAD = 2  # batches the model may answer before the last is finished and written (0: in line, no thread)
 MAX_WORKERS = 16  # image loaders by default: one per CPU up to this (a 16-core GPU host feeds 500 images/s)
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How a run reads, batches and writes; the same for every command."""
-
-    out: str = "-"
-    format: str | None = None
-    batch_size: int | None = None  # None: the engine chooses (engine.Engine.batch_size)
-    workers: int | None = None
-    overwrite: bool = False
-    retry_failed: bool = False
-    prune: bool = False
-    wait: bool = False
-    draft: bool = True
-    null: bool = False  # "-" is NUL-separated paths (find -print0)
-    columns: Columns = Columns()  # which manifest columns name the image (--path-column, --image-column)
-    fetch: FetchOptions = FetchOptions()  # how remote images are read (--fetch-timeout, --fetch-retries)
-
-    def __post_init__(self):
-        if self.batch_size is not None and self.batch_size < 1:
-            raise UsageError("{param} must be at least 1", param="batch_size")
-        if self.workers is not None and self.workers < 1:
-            raise UsageError("{param} must be at least 1", param="workers")
-        check_local_output(self.out, "out")
 
 
 @dataclass
@@ -116,38 +89,45 @@ def counted(task: str, n: int) -> str:
     return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
-def run(
-    task: Task,
-    inputs: Iterable[str] | Iterable[Item],
-    engine: Engine,
-    options: RunOptions = RunOptions(),
-    progress: Progress | None = None,
-    on_write: Callable[[list[Record]], None] | None = None,
-    rank: int = 0,
-    world: int = 1,
-) -> Summary:
-    """Run `task` over every image named by `inputs`, writing records to `options.out`.
+@dataclass
+class Run:
+    """A run, set up (runner.py does it, once): what a pass over the inputs needs, typed."""
+
+    task: Task
+    inputs: Any  # what the inputs name (a list of str), or Items
+    engine: Engine
+    options: RunOptions
+    crew: Any  # distributed.Team, or a Solo team of one
+    store: Store
+    progress: Progress | None = None
+    on_write: Callable[[list[Record]], None] | None = None
+    share: tuple[int, int] = (0, 1)  # (rank, world): this process's share of the inputs
+
+    @property
+    def rank(self) -> int:
+        return self.share[0]
+
+
+def execute(run: Run) -> Summary:
+    """Run `run.task` over every image its inputs name, writing records into its store.
 
     Started as several processes (accelerate launch, torchrun), each one takes its share and rank 0 merges them
-    into `options.out` (distributed/). `rank` and `world` shard by hand instead, with no coordination.
+    into the output (distributed/).
     """
-    crew = distributed.team() if (rank, world) == (0, 1) else Solo(rank)
-    if not crew.solo:
-        rank, world = crew.rank, crew.size
-    store = Store.for_run(options.out, detect_format(options.out, options.format), type(task), crew)
-    summary = Summary(task=task.name, out=options.out)
+    crew, store, options, inputs = run.crew, run.store, run.options, run.inputs
+    summary = Summary(task=run.task.name, out=options.out)
     with crew.session(store.path):
         if not crew.solo and isinstance(inputs, (list, tuple)) and "-" in inputs:
             raise UsageError(
                 "paths on stdin (-) can feed one process only: write them to a .txt manifest and name that"
             )
-        shown: Progress = crew.progress(progress) or Progress()
-        if shown.live and not task.per_row and _named(inputs) and countable(inputs):
+        shown: Progress = crew.progress(run.progress) or Progress()
+        if shown.live and not run.task.per_row and _named(inputs) and countable(inputs):
             threading.Thread(target=_count_inputs, args=(inputs, shown), daemon=True).start()
         started = time.perf_counter()
         with store.open(crew, overwrite=options.overwrite, wait=options.wait) as output:
             try:
-                _pass(task, inputs, engine, options, output, crew, summary, shown, on_write, rank, world)
+                _pass(run, output, summary, shown)
                 if summary.redone:
                     changed = "/".join(s for s in SETTINGS if s in summary.changed)
                     log.warning(
@@ -166,8 +146,10 @@ def run(
     return summary
 
 
-def _pass(task, inputs, engine, options, output: Output, crew, summary, progress, on_write, rank, world) -> None:
+def _pass(run: Run, output: Output, summary: Summary, progress: Progress) -> None:
     """One pass over the inputs: what is not done yet goes through the model and into `output`."""
+    task, inputs, engine, options, crew = run.task, run.inputs, run.engine, run.options, run.crew
+    rank, world = run.share
     present: set[str] | None = set() if options.prune or output.store.spool else None
     unlisted: list[str] = []  # what the walk could not look into: then the pass did not see every input
     listed = _as_items(inputs, options, task.per_row, unlisted, (rank, world))
@@ -195,8 +177,8 @@ def _pass(task, inputs, engine, options, output: Output, crew, summary, progress
                 summary.failed += 1
                 if len(summary.failures) < MAX_LISTED_FAILURES:  # the count is kept; the list stays short
                     summary.failures.append(f"{r.path}: {r.error}")
-        if on_write and written:
-            on_write(written)
+        if run.on_write and written:
+            run.on_write(written)
         progress.advance(summary.done, summary.failed, summary.skipped)
 
     # the next batch goes through the model while the last ones are finished and written; on any way out (Ctrl-C

@@ -85,7 +85,7 @@ class RawFindJob(FindJob):
 
 def test_batched_equals_one_at_a_time_with_prompts_of_different_lengths(tiny_model, tmp_path):
     from kosmos_cli import load_engine
-    from kosmos_cli.pipeline import RunOptions, run
+    from kosmos_cli.runner import RunOptions, run
 
     engine = load_engine(tiny_model, max_new_tokens=8)
     for i, size in enumerate([(96, 64), (64, 96)]):
