@@ -2,30 +2,22 @@
 
 The shape follows transformers' pipelines: `prepare` runs on the CPU in background workers (processor
 calls), `forward` runs under `torch.inference_mode()` on the device, `decode` turns token ids back into text.
-torch and transformers are imported here, lazily, and nowhere else.
+torch is imported here, lazily (transformers in checkpoint.py, which reads the checkpoint, and decoder.py).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ModelError, OutOfMemory, UsageError
-from .model_files import (
-    damaged_hint,
-    hub_offline,
-    hub_unreachable,
-    is_damaged_weights,
-    local_model_path,
-    quiet_hub,
-    unreachable_hint,
-)
-from .options import DEFAULT_MODEL, GenerationOptions, ModelOptions
+from . import checkpoint
+from .errors import OutOfMemory, UsageError
+from .model_files import local_model_path
+from .options import GenerationOptions, ModelOptions
 from .prompts import Prompt
 from .scores import Generation, Markup
 
@@ -90,55 +82,15 @@ class Engine:
         self._markup = Markup.of(self.processor.tokenizer)
 
     def load(self) -> Engine:
-        name, revision = local_model_path(self.options.name), self.options.revision
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()  # our own messages say what went wrong; no weight-loading bars
-        hf_logging.disable_progress_bar()
+        """Read the checkpoint (checkpoint.read: a folder, the local cache or the hub) onto the device."""
+        name = local_model_path(self.options.name)  # a folder that is not there: said before anything else
         self.device = resolve_device(self.options.device)
         self.dtype = resolve_dtype(self.options.dtype, self.device)
-        kwargs = {"revision": revision, "trust_remote_code": False}
-        try:
-            with quiet_hub():  # its retry warnings would bury our one line
-                if os.path.isdir(name) or hub_offline():
-                    config, self.processor, model = self._from_pretrained(name, kwargs)
-                else:  # a hub id: the local cache first, the network only when it is not there
-                    try:
-                        config, self.processor, model = self._from_pretrained(
-                            name, {**kwargs, "local_files_only": True}
-                        )
-                    except (OSError, ValueError):
-                        problem = hub_unreachable(name, revision)
-                        if problem:
-                            raise ModelError(unreachable_hint(name, problem)) from None
-                        config, self.processor, model = self._from_pretrained(name, kwargs)
-        except (OSError, ValueError) as exc:
-            raise ModelError(_load_hint(name, exc)) from None
+        config, self.processor, model = checkpoint.read(name, self.options.revision, self.dtype)
         self.model = model.to(self.device).eval()
         self._setup(config)
         log.debug("loaded %s on %s as %s", name, self.device, self.dtype)
         return self
-
-    def _from_pretrained(self, name: str, kwargs: dict):
-        """(config, processor, model) of `name`. Raises OSError or ValueError when they cannot be found or read."""
-        from transformers import AutoConfig, AutoProcessor, Kosmos2ForConditionalGeneration
-
-        config = AutoConfig.from_pretrained(name, **kwargs)
-        if getattr(config, "model_type", None) != "kosmos-2":
-            raise ModelError(
-                f"{name} is a {getattr(config, 'model_type', 'unknown')!r} model, not Kosmos-2: "
-                f"pass a Kosmos-2 checkpoint with --model (default {DEFAULT_MODEL})"
-            )
-        processor = AutoProcessor.from_pretrained(name, **kwargs)
-        try:
-            model = Kosmos2ForConditionalGeneration.from_pretrained(name, dtype=self.dtype, **kwargs)
-        except (OSError, ValueError):
-            raise
-        except Exception as exc:
-            if not is_damaged_weights(exc):
-                raise
-            raise ModelError(damaged_hint(name, exc)) from None
-        return config, processor, model
 
     # -- preprocess (CPU, any thread) -----------------------------------------------------------------
     def prepare(self, image, prompt: Prompt, image_key: Any = None, pixel_values: Any = None) -> Prepared:
@@ -439,22 +391,6 @@ def resolve_dtype(dtype: str, device: str):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     return getattr(torch, dtype)
-
-
-def _load_hint(name: str, exc: Exception) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if os.path.isdir(name):
-        return (
-            f"cannot load model from folder {name}: it is not a Kosmos-2 checkpoint ({first}); "
-            "pass a folder written by save_pretrained, or a hub id"
-        )
-    if hub_offline():
-        return (
-            f"cannot load model {name}: HF_HUB_OFFLINE is set and it is not in the Hugging Face cache "
-            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}); download it once with network "
-            "or pass --model FOLDER"
-        )
-    return f"cannot load model {name} ({first}): check the hub id and your network, or pass --model with a local folder"
 
 
 def _after_image(mask: Sequence[int]) -> int:
