@@ -64,6 +64,11 @@
     return Number(n).toLocaleString("en-US");
   }
 
+  // a long path by its end, where the file's name is
+  function tail(text, room) {
+    return text.length <= room ? text : `\u2026${text.slice(text.length - room + 1)}`;
+  }
+
   function score(value) {
     return value === null || value === undefined ? "" : value.toFixed(2);
   }
@@ -170,7 +175,7 @@
       frame.append(bareImage(card, FRAME.width, FRAME.height));
     }
     const caption = el("figcaption");
-    caption.append(el("div", { class: "path", title: card.path }, card.path));
+    caption.append(el("div", { class: "path", title: card.path }, tail(card.path, 40)));
     if (card.status === "ok") {
       const text = el("div", { class: "text" });
       text.innerHTML = card.html; // made by the record's task, every record text escaped
