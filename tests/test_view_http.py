@@ -25,6 +25,8 @@ from kosmos_cli.errors import InputError, UsageError
 from kosmos_cli.records import Entity
 from kosmos_cli.tasks import Find, FindRecord, Ground, GroundRecord, Refer, ReferRecord
 from kosmos_cli.view import start
+from kosmos_cli.view.index import Index, Query, cards
+from kosmos_cli.view.reading import open_results
 from kosmos_cli.view.thumbs import Thumbnails
 from kosmos_cli.writers import records_table
 from tests.helpers import ROOT
@@ -147,11 +149,13 @@ def drawn(card):
 
 
 # -- the API -------------------------------------------------------------------------------------------------
-def test_info_says_the_task_the_counts_and_draws_colours(viewer):
+def test_info_says_the_task_and_draws_colours_and_facets_what_the_filters_offer(viewer):
     info = api(viewer, "/api/info")
-    assert (info["task"], info["records"], info["errors"], info["scored"]) == ("ground", 6, 2, True)
+    assert (info["task"], info["records"], info["name"]) == ("ground", 6, "results.jsonl")
     assert info["palette"] == [{"fill": "#%02x%02x%02x" % c, "text": "#%02x%02x%02x" % text_color(c)} for c in PALETTE]
-    assert {c["value"] for c in info["classes"]} == {"red square", "two dogs", "red box", "cat", "<b>big</b> dog"}
+    facets = api(viewer, "/api/facets")
+    assert (facets["records"], facets["errors"], facets["scored"]) == (6, 2, True)
+    assert {c["value"] for c in facets["classes"]} == {"red square", "two dogs", "red box", "cat", "<b>big</b> dog"}
 
 
 def test_a_card_has_every_box_of_its_record_with_its_phrase_colour_and_score(viewer):
@@ -271,18 +275,32 @@ def test_record_text_is_escaped(viewer):
     assert '<mark class="c0" data-e="0">a &lt;b&gt;big&lt;/b&gt; dog</mark>' in card["html"]
 
 
-def test_jsonl_parquet_and_a_folder_of_parquet_parts_give_the_same_cards(folder, results, tmp_path):
+def test_jsonl_parquet_and_a_folder_of_parquet_parts_give_the_same_cards(folder):
     records = [ground_row(*row) for row in ROWS]
-    table = write(records, folder / "same.parquet")
     parts = folder / "same.parquet.parts"
     parts.mkdir()
     write(records[:2], parts / "0001.parquet")
     write(records[2:], parts / "0002.parquet")
+    table = folder / "same.parquet"
+    pq.write_table(records_table(records, Ground), table, row_group_size=2)
+    lines = [json.dumps(r.to_dict()) for r in records]
+    (folder / "blank.jsonl").write_text("\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]) + "\n")
+    (folder / "torn.jsonl").write_text("\n".join(lines) + '\n{"path": "photos/a.pn')  # a run writing its last line
+    sources = [
+        write(records, folder / "same.jsonl"),
+        str(table),
+        str(parts),
+        *(str(folder / n) for n in ("blank.jsonl", "torn.jsonl")),
+    ]
     seen = []
-    for source in (write(records, folder / "same.jsonl"), table, str(parts)):
+    for source in sources:
         with start(source) as running:
             seen.append(api(running, "/api/records?sort=best&min_score=0.3")["cards"])
-    assert seen[0] == seen[1] == seen[2] and len(seen[0]) == 4
+        # the first page, read before the index is built, is the index's own
+        results = open_results(source)
+        assert cards(results.task, results.head(1, 2), range(1, 3), Query()) == Index(results).cards([1, 2], Query())
+        assert [results.image_path(r) for r in range(4)] == [r[0] for r in ROWS]
+    assert all(s == seen[0] for s in seen) and len(seen[0]) == 4
 
 
 # -- images ---------------------------------------------------------------------------------------------------
@@ -467,7 +485,7 @@ def test_find_is_filtered_by_its_phrase_and_refer_by_its_region(tmp_path):
     with start(write(finds, tmp_path / "find.parquet", Find)) as running:
         assert rows(running, "phrase=a+dog") == [0, 2]
         assert [c["boxes"] for c in api(running, "/api/records?phrase=a+dog")["cards"]] == [1, 2]
-        assert {p["value"]: p["count"] for p in api(running, "/api/info")["phrases"]} == {"a dog": 2, "a cat": 1}
+        assert {p["value"]: p["count"] for p in api(running, "/api/facets")["phrases"]} == {"a dog": 2, "a cat": 1}
         assert rows(running, "sort=boxes") == [2, 0, 1]
     regions = [
         ReferRecord(path="x.png", width=100, height=80, box_px=b, description=d)
@@ -479,7 +497,7 @@ def test_find_is_filtered_by_its_phrase_and_refer_by_its_region(tmp_path):
         assert rows(running, "text=corner") == [1]
         [card] = api(running, "/api/records?region=0,0,20.5,30")["cards"]
         assert drawn(card) == [("a corner", [0, 0, 20.5, 30])]
-        assert {r["value"] for r in api(running, "/api/info")["regions"]} == {"10,10,50,40", "0,0,20.5,30"}
+        assert {r["value"] for r in api(running, "/api/facets")["regions"]} == {"10,10,50,40", "0,0,20.5,30"}
 
 
 # -- results that cannot be read, and the server's life ------------------------------------------------------------

@@ -26,6 +26,7 @@ from ..drawing.colors import PALETTE, color, text_color
 from ..errors import UsageError
 from ..exports.classes import Classes, parse_classes
 from ..scores import check_min_score, passes
+from ..tasks import Task
 from ..tasks.refer import format_box
 from .reading import Results
 
@@ -96,7 +97,7 @@ class Index:
         self.table = table
         self.total = table.num_rows
         status = table.column("status")
-        self.ok = pc.fill_null(pc.equal(status, "ok"), False).to_numpy(zero_copy_only=False)
+        self.ok = _numpy(pc.fill_null(pc.equal(status, "ok"), False))
         text_field = {"ground": "caption", "refer": "description", "find": "phrase"}[self.task.name]
         self._searched = [table.column(n) for n in ("path", text_field, "error")]
         self._lock = threading.Lock()
@@ -107,7 +108,7 @@ class Index:
         # one entry per box: its record, its phrase (an index into self.phrases) and its score (NaN: none)
         if self.task.name == "ground":
             entities = table.column("entities").combine_chunks()
-            owner = pc.list_parent_indices(entities).to_numpy()
+            owner = _numpy(pc.list_parent_indices(entities))
             flat = entities.flatten()
             phrase, boxes = flat.field("phrase"), flat.field("boxes_px")
             scores = flat.field("scores")
@@ -122,7 +123,7 @@ class Index:
             owner = np.arange(self.total)
             phrase = table.column("description").combine_chunks()
             region = table.column("box_px").combine_chunks()
-            whole = pc.fill_null(pc.equal(pc.list_value_length(region), 4), False).to_numpy(zero_copy_only=False)
+            whole = _numpy(pc.fill_null(pc.equal(pc.list_value_length(region), 4), False))
             offsets = np.concatenate([[0], np.cumsum(whole)]).astype(np.int32)
             boxes = pa.ListArray.from_arrays(pa.array(offsets), region.filter(pa.array(whole)))  # one box or none
             scores = pa.nulls(len(boxes), pa.list_(pa.float64()))
@@ -131,16 +132,16 @@ class Index:
             )
         encoded = pc.dictionary_encode(phrase)
         self.phrases: list[str | None] = encoded.dictionary.to_pylist()
-        phrase_id = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
-        n_boxes = pc.fill_null(pc.list_value_length(boxes), 0).to_numpy(zero_copy_only=False)
-        n_scores = pc.fill_null(pc.list_value_length(scores), 0).to_numpy(zero_copy_only=False)
+        phrase_id = _numpy(pc.fill_null(encoded.indices, -1))
+        n_boxes = _numpy(pc.fill_null(pc.list_value_length(boxes), 0))
+        n_scores = _numpy(pc.fill_null(pc.list_value_length(scores), 0))
         entity_of_box = np.repeat(np.arange(len(n_boxes)), n_boxes)
         self.box_record = owner[entity_of_box]
         self.box_phrase = phrase_id[entity_of_box]
         self.box_score = np.full(len(entity_of_box), np.nan)
         aligned = n_scores == n_boxes  # a score for each box (else: none known)
         if aligned.any():
-            values = pc.fill_null(pc.list_flatten(scores), math.nan).to_numpy(zero_copy_only=False)
+            values = _numpy(pc.fill_null(pc.list_flatten(scores), math.nan))
             entity_of_score = np.repeat(np.arange(len(n_scores)), n_scores)
             self.box_score[aligned[entity_of_box]] = values[aligned[entity_of_score]]
         self.find_phrases = table.column("phrase") if self.task.name == "find" else None
@@ -170,16 +171,16 @@ class Index:
             found = np.zeros(self.total, dtype=bool)
             for column in self._searched:
                 hit = pc.match_substring(column, query.text, ignore_case=True)
-                found |= pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
+                found |= _numpy(pc.fill_null(hit, False))
             keep &= found
         if query.phrase is not None:
             if self.find_phrases is None:
                 raise UsageError("{param} is for the results of kosmos find", param="phrase")
-            keep &= pc.fill_null(pc.equal(self.find_phrases, query.phrase), False).to_numpy(zero_copy_only=False)
+            keep &= _numpy(pc.fill_null(pc.equal(self.find_phrases, query.phrase), False))
         if query.region is not None:
             if self.task.name != "refer":
                 raise UsageError("{param} is for the results of kosmos refer", param="region")
-            keep &= pc.fill_null(pc.equal(self.regions, _region(query.region)), False).to_numpy(zero_copy_only=False)
+            keep &= _numpy(pc.fill_null(pc.equal(self.regions, _region(query.region)), False))
         shown = self.shown_boxes(query)
         counts = np.bincount(self.box_record[shown], minlength=self.total)
         if query.classes:
@@ -204,7 +205,7 @@ class Index:
         import pyarrow.compute as pc
 
         if self._path_order is None:
-            self._path_order = pc.sort_indices(self.table.column("path")).to_numpy()
+            self._path_order = _numpy(pc.sort_indices(self.table.column("path")))
         return self._path_order
 
     def shown_boxes(self, query: Query):
@@ -265,41 +266,52 @@ class Index:
         return out
 
     def cards(self, rows, query: Query) -> list[dict[str, Any]]:
-        """The cards of `rows`: each record's text (escaped, its phrases marked in their boxes' colours) and the
-        boxes the query shows, each with its colour, label and score."""
-        picked = self.table.take(rows).to_pylist()
-        classes = Classes(query.classes) if query.classes else None
-        return [self.card(int(r), row, query.min_score, classes) for r, row in zip(rows, picked)]
+        """The cards of `rows` (numbers from 0, as written)."""
+        return cards(self.task, self.table.take(rows), rows, query)
 
-    def card(self, number: int, row: dict[str, Any], min_score: float | None, classes: Classes | None):
-        task = self.task
-        entities = []
-        total = 0
-        for i, ((label, boxes), scores) in enumerate(zip(task.shapes(row), task.box_scores(row))):
-            if scores is None or len(scores) != len(boxes):
-                scores = [None] * len(boxes)
-            total += len(boxes)
-            named = classes is None or (bool(label) and classes.key(label) is not None)
-            kept = [
-                [*[float(v) for v in box], score]
-                for box, score in zip(boxes, scores)
-                if named and passes(score, min_score) and len(box) == 4
-            ]
-            entities.append({"index": i, "label": label, "color": i % len(PALETTE), "boxes": kept})
-        return {
-            "row": number,
-            "path": row["path"],
-            "status": row.get("status"),
-            "error": row.get("error"),
-            "width": row.get("width"),
-            "height": row.get("height"),
-            "html": task.caption_html(row, _mark) if row.get("status") == "ok" else "",
-            "entities": entities,
-            "boxes": total,
-        }
 
-    def path(self, row: int) -> str:
-        return self.table.column("path")[row].as_py()
+def cards(task: type[Task], table, numbers, query: Query) -> list[dict[str, Any]]:
+    """Cards of the records in `table` (card columns; `numbers`: their rows as written): each record's text
+    (escaped, its phrases marked in their boxes' colours) and the boxes the query shows, each with its label,
+    colour and score."""
+    classes = Classes(query.classes) if query.classes else None
+    return [card(task, int(n), row, query.min_score, classes) for n, row in zip(numbers, table.to_pylist())]
+
+
+def card(task: type[Task], number: int, row: dict[str, Any], min_score: float | None, classes: Classes | None):
+    entities = []
+    total = 0
+    for i, ((label, boxes), scores) in enumerate(zip(task.shapes(row), task.box_scores(row))):
+        if scores is None or len(scores) != len(boxes):
+            scores = [None] * len(boxes)
+        total += len(boxes)
+        named = classes is None or (bool(label) and classes.key(label) is not None)
+        kept = [
+            [*[float(v) for v in box], score]
+            for box, score in zip(boxes, scores)
+            if named and passes(score, min_score) and len(box) == 4
+        ]
+        entities.append({"index": i, "label": label, "color": i % len(PALETTE), "boxes": kept})
+    return {
+        "row": number,
+        "path": row["path"],
+        "status": row.get("status"),
+        "error": row.get("error"),
+        "width": row.get("width"),
+        "height": row.get("height"),
+        "html": task.caption_html(row, _mark) if row.get("status") == "ok" else "",
+        "entities": entities,
+        "boxes": total,
+    }
+
+
+def _numpy(values):
+    """An Arrow array (or one-chunk column) as numpy, never through pandas (which a column's own to_numpy imports)."""
+    import pyarrow as pa
+
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return values.to_numpy(zero_copy_only=False)
 
 
 def palette() -> list[dict[str, str]]:

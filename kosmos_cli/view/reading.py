@@ -3,12 +3,16 @@
     results = open_results("results.parquet")     # InputError, one line, when it cannot be read
     results.task, len(results)                    # the task that wrote it; how many records
     results.table()                               # Arrow: path, status, error, width, height, the task's fields
+    results.head(offset, limit)                   # the same, of a few records, read without reading them all
     results.record(row)                           # one whole record as written (carried columns too)
+    results.image_path(row)                       # the image it names, as recorded
 
 A Parquet file (or a folder of Parquet parts) is read column by column: only the columns a card needs, never
-a prompt, a model name or carried columns; a whole record is read when the detail view asks for it, from its
-row group. A JSONL file is read once, line by line, keeping each record's byte offset, so a whole record is
-one seek. Everything the viewer reads goes through here, so it can later be pointed at a shared reader.
+a prompt, a model name or carried columns; the first page is read from its first row group alone; a whole
+record is read when the detail view asks for it, from its row group. A JSONL file is read once, by Arrow's JSON
+reader (line by line when a line is unusual, which also says which line is not a record), keeping each
+record's byte offset, so a whole record is one seek. Everything the viewer reads goes through here, so it can
+later be pointed at a shared reader.
 """
 
 from __future__ import annotations
@@ -44,6 +48,14 @@ class Results:
         """The card columns of every record, in the order written (`card_schema`)."""
         raise NotImplementedError
 
+    def head(self, offset: int, limit: int):
+        """The card columns of records offset .. offset + limit, read without reading them all."""
+        return self.table().slice(offset, limit)
+
+    def image_path(self, row: int) -> str:
+        """The image path record `row` names, as recorded."""
+        return self.table().column("path")[row].as_py()
+
     def record(self, row: int) -> dict[str, Any]:
         """Record number `row` (from 0) as written, made JSON-safe."""
         raise NotImplementedError
@@ -58,11 +70,45 @@ class Results:
 
 
 def card_schema(task: type[Task]):
-    """What the grid reads of each record: the common fields it shows and the task's own fields."""
+    """What the grid reads of each record: the common fields it shows and the task's own fields, but not the
+    normalised `boxes` (the page draws pixel boxes)."""
     import pyarrow as pa
 
     full = task.schema()
-    return pa.schema([full.field(n) for n in (*COMMON, *task.record_type.fields)])
+    return pa.schema([_without_boxes(full.field(n)) for n in (*COMMON, *task.record_type.fields) if n != "boxes"])
+
+
+def _without_boxes(field):
+    import pyarrow as pa
+
+    kind = field.type
+    if pa.types.is_list(kind) and pa.types.is_struct(kind.value_type):
+        inner = [kind.value_type.field(i) for i in range(kind.value_type.num_fields)]
+        return field.with_type(pa.list_(pa.struct([f for f in inner if f.name != "boxes"])))
+    return field
+
+
+def _leaves(pf, names) -> list[str]:
+    """The Parquet leaf columns of the top-level columns `names`, less any `boxes` (a nested column is read
+    leaf by leaf, so the normalised boxes beside boxes_px cost nothing)."""
+    wanted = set(names)
+    out = []
+    for i in range(len(pf.schema)):
+        parts = pf.schema.column(i).path.split(".")
+        if parts[0] in wanted and "boxes" not in parts:
+            out.append(pf.schema.column(i).path)
+    return out
+
+
+def _shape(kind):
+    """A type with its list fields' names left out: what a column holds, however its writer named list items."""
+    import pyarrow as pa
+
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return ("list", _shape(kind.value_type))
+    if pa.types.is_struct(kind):
+        return ("struct", tuple((kind.field(i).name, _shape(kind.field(i).type)) for i in range(kind.num_fields)))
+    return str(kind)
 
 
 def resolve(path: str, folder: str) -> str:
@@ -124,7 +170,8 @@ class ParquetResults(Results):
         import pyarrow.parquet as pq
 
         self.path, self.folder = path, os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path) or ".")
-        self._files = []
+        self._files = []  # opened once to check them; the detail view reads whole records through them
+        self._names: list[str] = []
         self._starts: list[int] = []  # the first row of each file
         self._lock = threading.Lock()
         self._groups: OrderedDict[tuple[int, int], Any] = OrderedDict()  # the last row groups read whole
@@ -144,10 +191,13 @@ class ParquetResults(Results):
                 raise _not_ours(name, "")
             task = _one_task(path, task, found)
             self._files.append(pf)
+            self._names.append(name)
             self._starts.append(total)
             total += pf.metadata.num_rows
         assert task is not None
         self.task, self._total = task, total
+        self._schema = card_schema(task)
+        self._paths: Any = None  # the path column, read when an image is asked for before the whole table is
 
     def __len__(self) -> int:
         return self._total
@@ -155,21 +205,57 @@ class ParquetResults(Results):
     def table(self):
         import pyarrow as pa
 
-        schema = card_schema(self.task)
+        tables = [self._cards(pf, pf.read(columns=_leaves(pf, self._schema.names))) for pf in self._opened()]
+        try:
+            return pa.concat_tables(tables).combine_chunks()
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # parts whose writers named list items differently
+            return pa.concat_tables([t.cast(self._schema) for t in tables]).combine_chunks()
+
+    def head(self, offset: int, limit: int):
+        import pyarrow as pa
+
         tables = []
-        for pf in self._files:
-            names = set(pf.schema_arrow.names)
-            wanted = [n for n in schema.names if n in names]
-            table = pf.read(columns=wanted)
-            columns = []
-            for f in schema:
-                if f.name not in names:
-                    columns.append(pa.nulls(table.num_rows, f.type))
-                    continue
-                column = table.column(f.name)
-                columns.append(column if column.type == f.type else _cast(column, f.type))
-            tables.append(pa.Table.from_arrays(columns, schema=schema))
-        return pa.concat_tables(tables).combine_chunks()
+        for number, pf in enumerate(self._opened()):
+            start = self._starts[number]
+            for group in range(pf.metadata.num_row_groups):
+                rows = pf.metadata.row_group(group).num_rows
+                if start + rows > offset and start < offset + limit:
+                    table = self._cards(pf, pf.read_row_group(group, columns=_leaves(pf, self._schema.names)))
+                    tables.append(table.slice(max(offset - start, 0), offset + limit - start))
+                start += rows
+        if not tables:
+            return pa.Table.from_pylist([], schema=self._schema)
+        return tables[0] if len(tables) == 1 else pa.concat_tables([t.cast(self._schema) for t in tables])
+
+    def image_path(self, row: int) -> str:
+        with self._lock:
+            if self._paths is None:
+                import pyarrow as pa
+
+                self._paths = pa.chunked_array([pf.read(columns=["path"]).column(0) for pf in self._opened()])
+            paths = self._paths
+        return paths[row].as_py()
+
+    def _opened(self) -> list:
+        """The files opened afresh for one reader (their footers are small): threads never share a reader."""
+        import pyarrow.parquet as pq
+
+        return [pq.ParquetFile(name, metadata=pf.metadata) for pf, name in zip(self._files, self._names)]
+
+    def _cards(self, pf, table):
+        """A table read from `pf` as the card schema has it: a column it lacks is nulls; a column of another type
+        is cast (not one whose list items are only named otherwise)."""
+        import pyarrow as pa
+
+        names = set(table.schema.names)
+        columns = []
+        for f in self._schema:
+            if f.name not in names:
+                columns.append(pa.nulls(table.num_rows, f.type))
+                continue
+            column = table.column(f.name)
+            columns.append(column if _shape(column.type) == _shape(f.type) else _cast(column, f.type))
+        return pa.Table.from_arrays(columns, names=self._schema.names)
 
     def record(self, row: int) -> dict[str, Any]:
         if not 0 <= row < self._total:
@@ -194,7 +280,7 @@ class ParquetResults(Results):
         return {k: _json_value(v) if k in text else to_jsonable(v) for k, v in out.items()}
 
     def rows(self) -> Iterator[dict[str, Any]]:
-        for pf in self._files:
+        for pf in self._opened():
             text = {f.name for f in pf.schema_arrow if carried.is_json_text(f)}
             for batch in pf.iter_batches(batch_size=4096):
                 for out in batch.to_pylist():
@@ -240,44 +326,10 @@ class JsonlResults(Results):
     def __init__(self, path: str):
         self.path, self.folder = path, os.path.abspath(os.path.dirname(path) or ".")
         self._lock = threading.Lock()
-        from array import array
-
-        task: type[Task] | None = None
-        values: dict[str, list[Any]] = {}  # the card columns, filled a record at a time
-
-        self._offsets = array("q")
         try:
-            f = open(path, "rb")
-        except OSError as exc:
-            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-        with f:
-            offset = 0
-            for number, line in enumerate(f, 1):
-                here, offset = offset, offset + len(line)
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    if not line.endswith(b"\n"):
-                        break  # the last line of a run still writing it: shown once it is whole
-                    raise InputError(
-                        f"{path} line {number} is not JSON: pass the .jsonl or .parquet file written by kosmos "
-                        "ground, refer or find"
-                    ) from None
-                found = tasks.of_row(row) if isinstance(row, dict) else None
-                if found is None or not isinstance(row.get("path"), str) or "status" not in row:
-                    raise _not_ours(path, f" line {number}")
-                task = _one_task(path, task, found)
-                if not values:
-                    values = {name: [] for name in (*COMMON, *task.record_type.fields)}
-                for name, column in values.items():
-                    column.append(row.get(name))
-                self._offsets.append(here)
-        if task is None:
-            raise InputError(f"{path} holds no records: nothing to view")
-        self.task = task
-        self._table = _table_of(values, task)
+            self.task, self._table, self._offsets = _read_fast(path)
+        except _Slow:  # anything unusual: line by line, which also says what is wrong and where
+            self.task, self._table, self._offsets = _read_slow(path)
 
     def __len__(self) -> int:
         return len(self._offsets)
@@ -290,11 +342,108 @@ class JsonlResults(Results):
             raise IndexError(row)
         with self._lock, open(self.path, "rb") as f:
             f.seek(self._offsets[row])
-            return json.loads(f.readline())
+            return to_jsonable(json.loads(f.readline()))
 
     def rows(self) -> Iterator[dict[str, Any]]:
-        for row in range(len(self._offsets)):
-            yield self.record(row)
+        with open(self.path, "rb") as f:
+            for row in range(len(self._offsets)):
+                f.seek(self._offsets[row])
+                yield to_jsonable(json.loads(f.readline()))
+
+
+class _Slow(Exception):
+    """The fast reading of a JSONL file met something it leaves to the line-by-line one."""
+
+
+def _read_fast(path: str):
+    """Arrow's JSON reader over the whole file, when every line is a whole record of one task: (task, table,
+    offsets)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not data.endswith(b"\n"):
+        raise _Slow  # a last line still being written, or an empty file
+    ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    short = np.flatnonzero(ends - starts < 4)
+    blank = [i for i in short if not data[starts[i] : ends[i]].strip()]
+    offsets = np.delete(starts, blank) if blank else starts
+    if not len(offsets):
+        raise _Slow
+    try:
+        row = json.loads(data[offsets[0] : data.index(b"\n", offsets[0])])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _Slow from None
+    task = tasks.of_row(row) if isinstance(row, dict) else None
+    if task is None:
+        raise _Slow
+    schema = card_schema(task)
+    try:
+        table = pj.read_json(
+            pa.BufferReader(data),
+            parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        raise _Slow from None
+    del data
+    named = {v for v in pc.unique(table.column("task")).to_pylist() if v is not None}
+    if (
+        table.num_rows != len(offsets)
+        or named - {task.name}
+        or table.column("path").null_count
+        or table.column("status").null_count
+    ):
+        raise _Slow
+    from array import array
+
+    return task, table.select(schema.names).combine_chunks(), array("q", offsets.tolist())
+
+
+def _read_slow(path: str):
+    """Line by line: (task, table, offsets), or InputError naming the line that is not a record of ours."""
+    from array import array
+
+    task: type[Task] | None = None
+    values: dict[str, list[Any]] = {}  # the card columns, filled a record at a time
+    offsets = array("q")
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with f:
+        offset = 0
+        for number, line in enumerate(f, 1):
+            here, offset = offset, offset + len(line)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if not line.endswith(b"\n"):
+                    break  # the last line of a run still writing it: shown once it is whole
+                raise InputError(
+                    f"{path} line {number} is not JSON: pass the .jsonl or .parquet file written by kosmos "
+                    "ground, refer or find"
+                ) from None
+            found = tasks.of_row(row) if isinstance(row, dict) else None
+            if found is None or not isinstance(row.get("path"), str) or "status" not in row:
+                raise _not_ours(path, f" line {number}")
+            task = _one_task(path, task, found)
+            if not values:
+                values = {name: [] for name in card_schema(task).names}
+            for name, column in values.items():
+                column.append(row.get(name))
+            offsets.append(here)
+    if task is None:
+        raise InputError(f"{path} holds no records: nothing to view")
+    return task, _table_of(values, task), offsets
 
 
 def _table_of(values: dict[str, list[Any]], task: type[Task]):

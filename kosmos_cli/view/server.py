@@ -2,12 +2,16 @@
 
     GET /                        the page (static/index.html); its address keeps the filters
     GET /static/view.js|.css     the page's script and style
-    GET /api/info                the results: task, counts, the lists the filters offer, draw's palette
+    GET /api/info                the results: name, task, how many records, draw's palette, the image sizes
+    GET /api/facets              what the filters offer: error count, common classes, phrases (find), regions (refer)
     GET /api/records?QUERY       a page of cards: offset, limit (at most 200), and the query (index.Query)
     GET /api/record/ROW?QUERY    one whole record, its card, and where it stands in the query's order
     GET /api/export?QUERY&to=F   the `kosmos export` command line for what is shown (export.py)
     GET /api/shown.jsonl?QUERY   the records shown, whole, to export only those
     GET /image/ROW?size=N        record ROW's image, N (256, 512, 1024, 2048) pixels at most a side, as a JPEG
+
+The first page in the order written is read straight from the results, so it shows while the index over every
+record (index.py) is still being built, on a thread of its own; what needs the index waits for it.
 
 Nothing else is served: an image is asked for by its record's number, never by a path, so only the images the
 results name can be read (any other path, `..` or an absolute path is a 404). It only reads: GET and HEAD.
@@ -30,9 +34,9 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ..errors import KosmosError, UsageError
+from ..errors import InputError, KosmosError, UsageError
 from .export import SHOWN, offer, shown_lines
-from .index import Index, Query, palette
+from .index import Index, Query, cards, palette
 from .reading import open_results
 from .thumbs import DEFAULT_CACHE_MB, SIZES, Thumbnails, Unshowable
 
@@ -61,13 +65,40 @@ class Viewer:
 
     def __init__(self, results: str, host: str, port: int | None, cache_mb: int):
         self.results = open_results(results)  # InputError before anything listens
-        self.index = Index(self.results)
+        self._index: Index | None = None
+        self._index_error: Exception | None = None
+        self._indexed = threading.Event()
+        threading.Thread(target=self._build_index, name="kosmos-view-index", daemon=True).start()
         self.images = Thumbnails(cache_mb << 20)
         self.host = host
         self._server = _bind(host, port)
         self._server.viewer = self  # type: ignore[attr-defined]
         self._thread: threading.Thread | None = None
         self._static: dict[str, bytes] = {}
+
+    def _build_index(self) -> None:
+        try:
+            self._index = Index(self.results)
+            import pyarrow as pa
+
+            pa.default_memory_pool().release_unused()  # what reading and building took, given back
+        except Exception as exc:  # a damaged row group past the footer: said by each answer that needs it
+            self._index_error = InputError(f"{self.results.path} cannot be read: {' '.join(str(exc).split())}")
+        finally:
+            self._indexed.set()
+
+    @property
+    def indexed(self) -> bool:
+        return self._indexed.is_set()
+
+    @property
+    def index(self) -> Index:
+        """The index over every record, once built (waits for it)."""
+        self._indexed.wait()
+        if self._index is None:
+            assert self._index_error is not None
+            raise self._index_error
+        return self._index
 
     @property
     def port(self) -> int:
@@ -132,7 +163,7 @@ def serve(
         print(viewer.url, flush=True)
         if not quiet:
             print(
-                f"kosmos view: {len(viewer.results)} {viewer.index.task.name} records of {results} at {viewer.url} "
+                f"kosmos view: {len(viewer.results)} {viewer.results.task.name} records of {results} at {viewer.url} "
                 "(Ctrl-C to stop)",
                 file=sys.stderr,
                 flush=True,
@@ -230,6 +261,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return self._send(204, b"", "image/x-icon", head)
             if route == "/api/info":
                 return self._json(self._info(viewer), head)
+            if route == "/api/facets":
+                return self._json(viewer.index.facets(), head)
             if route == "/api/records":
                 return self._json(self._records(viewer, params), head)
             if route == "/api/export":
@@ -260,35 +293,40 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     # -- routes ----------------------------------------------------------------------------------------------
     def _info(self, viewer: Viewer) -> dict[str, Any]:
-        index = viewer.index
+        task = viewer.results.task
         return {
             "results": viewer.results.path,
             "name": os.path.basename(os.path.normpath(viewer.results.path)),
-            "task": index.task.name,
-            "detects": index.task.detects,
+            "task": task.name,
+            "detects": task.detects,
+            "records": len(viewer.results),
             "palette": palette(),
             "sizes": list(SIZES),
-            **index.facets(),
         }
 
     def _records(self, viewer: Viewer, params: dict[str, list[str]]) -> dict[str, Any]:
         query = Query.from_params(params)
         offset = _number(params, "offset", 0)
         limit = min(_number(params, "limit", 60), PAGE_LIMIT)
-        rows = viewer.index.order(query)
-        page = rows[offset : offset + limit]
+        total = len(viewer.results)
+        if query == Query() and not viewer.indexed:  # every record, as written: no index needed
+            table = viewer.results.head(offset, limit)
+            shown = cards(viewer.results.task, table, range(offset, offset + table.num_rows), query)
+        else:
+            rows = viewer.index.order(query)
+            total, shown = len(rows), viewer.index.cards(rows[offset : offset + limit], query)
         return {
-            "total": len(rows),
-            "records": viewer.index.total,
+            "total": total,
+            "records": len(viewer.results),
             "offset": offset,
             "query": query.params(),
-            "cards": viewer.index.cards(page, query),
+            "cards": shown,
         }
 
     def _record(self, viewer: Viewer, row: int, params: dict[str, list[str]], head: bool) -> None:
-        index = viewer.index
-        if row >= index.total:
+        if row >= len(viewer.results):
             return self._send(404, b"no such record\n", "text/plain; charset=utf-8", head)
+        index = viewer.index
         query = Query.from_params(params)
         rows = index.order(query)
         import numpy as np
@@ -305,12 +343,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         )
 
     def _image(self, viewer: Viewer, row: int, params: dict[str, list[str]], head: bool) -> None:
-        index = viewer.index
         size = _number(params, "size", 512)
-        if row >= index.total or size not in SIZES:
+        if row >= len(viewer.results) or size not in SIZES:
             return self._send(404, b"not found\n", "text/plain; charset=utf-8", head)
         try:
-            data = viewer.images.get(viewer.results.source(index.path(row)), size)
+            data = viewer.images.get(viewer.results.source(viewer.results.image_path(row)), size)
         except Unshowable as exc:
             return self._send(422, f"{exc}\n".encode(), "text/plain; charset=utf-8", head)
         self._send(200, data, "image/jpeg", head, cache=True)

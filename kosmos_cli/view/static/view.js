@@ -374,6 +374,28 @@
     }
   }
 
+  // what the filters offer, once the server has looked at every record
+  async function facets() {
+    try {
+      const found = await getJSON("/api/facets");
+      const errors = `${fmt(found.errors)} error${found.errors === 1 ? "" : "s"}`;
+      $("task").textContent += `, ${errors}`;
+      if (found.scored) document.body.classList.add("scored");
+      const form = $("filters");
+      offer(form.elements.phrase, found.phrases);
+      offer(form.elements.region, found.regions);
+      for (const { value } of found.classes || []) $("class-list").append(el("option", { value }));
+      for (const name of ["phrase", "region"]) {
+        const value = state.query[name] || "";
+        const field = form.elements[name];
+        if (value && ![...field.options].some((o) => o.value === value)) field.append(el("option", { value }, value));
+        field.value = value;
+      }
+    } catch (error) {
+      say(error.message);
+    }
+  }
+
   // -- wiring ---------------------------------------------------------------------------------------------
   function onKey(event) {
     const typing = /^(INPUT|SELECT|TEXTAREA)$/.test(event.target.tagName);
@@ -414,14 +436,9 @@
     });
     document.title = `kosmos view: ${info.name}`;
     $("title").textContent = info.name;
-    const errors = `${fmt(info.errors)} error${info.errors === 1 ? "" : "s"}`;
-    $("task").textContent = `${info.task}: ${fmt(info.records)} record${info.records === 1 ? "" : "s"}, ${errors}`;
+    $("task").textContent = `${info.task}: ${fmt(info.records)} record${info.records === 1 ? "" : "s"}`;
     document.body.classList.add(`task-${info.task}`);
     if (info.detects) document.body.classList.add("detects");
-    if (info.scored) document.body.classList.add("scored");
-    offer($("filters").elements.phrase, info.phrases);
-    offer($("filters").elements.region, info.regions);
-    for (const { value } of info.classes || []) $("class-list").append(el("option", { value }));
     fillForm();
 
     let timer = null;
@@ -469,7 +486,7 @@
     document.addEventListener("keydown", onKey);
     window.addEventListener("resize", () => state.detail && drawStage(state.detail.card));
 
-    await reload();
+    await Promise.all([reload(), facets()]);
     if (open !== null) await openRow(open);
     document.body.dataset.ready = "true"; // for tests and scripts: the first page is in
   }
