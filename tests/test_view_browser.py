@@ -76,6 +76,7 @@ def grounded(shapes_engine, scenes, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium-manager, were it ever asked, downloads nothing
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
@@ -170,7 +171,7 @@ def images_loaded(driver, scope="#grid"):
 
 # -- the grid -----------------------------------------------------------------------------------------------------
 def test_cards_draw_each_records_boxes_where_its_pixel_boxes_are_over_the_displayed_image(
-    browser, viewer, grounded, scenes, tmp_path_factory
+    browser, viewer, grounded, scenes, tmp_path_factory, capsys
 ):
     _, rows = grounded
     _, truth = scenes
@@ -209,7 +210,8 @@ def test_cards_draw_each_records_boxes_where_its_pixel_boxes_are_over_the_displa
 
     kept = tmp_path_factory.mktemp("view-artefacts") / "grid.png"
     browser.save_screenshot(str(kept))
-    print(f"\nscreenshot of the grid: {kept}")
+    with capsys.disabled():
+        print(f"\nscreenshot of the grid: {kept}")
     assert kept.stat().st_size > 10_000
 
 

@@ -28,7 +28,7 @@ from kosmos_cli.view import start
 from kosmos_cli.view.index import Index, Query, cards
 from kosmos_cli.view.reading import open_results
 from kosmos_cli.view.thumbs import Thumbnails
-from kosmos_cli.writers import records_table
+from kosmos_cli.writers import read_records, records_table
 from tests.helpers import ROOT
 from tests.helpers.serve import ImageServer
 
@@ -301,6 +301,24 @@ def test_jsonl_parquet_and_a_folder_of_parquet_parts_give_the_same_cards(folder)
         assert cards(results.task, results.head(1, 2), range(1, 3), Query()) == Index(results).cards([1, 2], Query())
         assert [results.image_path(r) for r in range(4)] == [r[0] for r in ROWS]
     assert all(s == seen[0] for s in seen) and len(seen[0]) == 4
+
+
+@pytest.mark.parametrize("name", ["ground", "refer", "find"])
+@pytest.mark.parametrize("ending", ["jsonl", "parquet"])
+def test_results_written_before_tasks_and_scores_are_shown(name, ending):
+    legacy = os.path.join(ROOT, "tests", "fixtures", "legacy-outputs", f"{name}.{ending}")
+    rows = list(read_records(legacy))
+    with start(legacy) as running:
+        page = api(running, "/api/records")
+        assert page["total"] == len(rows) and api(running, "/api/info")["task"] == name
+        for card, row in zip(page["cards"], rows):
+            boxes = [b for e in row.get("entities") or [row] for b in e.get("boxes_px") or []] or (
+                [row["box_px"]] if name == "refer" else []
+            )
+            assert [b[:4] for e in card["entities"] for b in e["boxes"]] == boxes
+            assert all(b[4] is None for e in card["entities"] for b in e["boxes"])  # no scores then
+        assert api(running, "/api/records?min_score=0.1")["cards"][0]["entities"][0]["boxes"] == []
+        assert image_of(running, 0).size == (rows[0]["width"], rows[0]["height"])
 
 
 # -- images ---------------------------------------------------------------------------------------------------
