@@ -175,7 +175,7 @@
       frame.append(bareImage(card, FRAME.width, FRAME.height));
     }
     const caption = el("figcaption");
-    caption.append(el("div", { class: "path", title: card.path }, tail(card.path, 40)));
+    caption.append(el("div", { class: "path", title: card.path }, tail(card.path, 34)));
     if (card.status === "ok") {
       const text = el("div", { class: "text" });
       text.innerHTML = card.html; // made by the record's task, every record text escaped
