@@ -1,0 +1,18 @@
+"""`kosmos view`: a local page over a results file, to look at what the model found before exporting it.
+
+    from kosmos_cli.view import serve, start
+    serve("results.parquet")                      # until Ctrl-C; prints the address
+    with start("results.parquet", port=0) as viewer:
+        print(viewer.url)                         # a running server, for tests and notebooks
+
+reading.py   the one way into a results file: the card columns of every record, one whole record
+index.py     the query (filters, sort) over flat arrays of records and boxes; a record as a card
+thumbs.py    the images, in the displayed frame, made on demand and cached within a bound
+export.py    the `kosmos export` command line for what is shown
+server.py    the HTTP server: the page, its JSON API, the images; nothing else
+static/      the page: index.html, view.js, view.css (no build step)
+"""
+
+from .server import DEFAULT_PORT, Viewer, serve, start
+
+__all__ = ["DEFAULT_PORT", "Viewer", "serve", "start"]

@@ -1,0 +1,471 @@
+"""The viewer's one way into a results file: the columns its grid needs for every record, and one whole record.
+
+    results = open_results("results.parquet")     # InputError, one line, when it cannot be read
+    results.task, len(results)                    # the task that wrote it; how many records
+    results.table()                               # Arrow: path, status, error, width, height, the task's fields
+    results.head(offset, limit)                   # the same, of a few records, read without reading them all
+    results.record(row)                           # one whole record as written (carried columns too)
+    results.image_path(row)                       # the image it names, as recorded
+
+A Parquet file (or a folder of Parquet parts) is read column by column: only the columns a card needs, never
+a prompt, a model name or carried columns; the first page is read from its first row group alone; a whole
+record is read when the detail view asks for it, from its row group. A JSONL file is read once, by Arrow's JSON
+reader (line by line when a line is unusual, which also says which line is not a record), keeping each
+record's byte offset, so a whole record is one seek. Everything the viewer reads goes through here, so it can
+later be pointed at a shared reader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+from .. import carried, locations, tasks
+from ..errors import InputError
+from ..records import to_jsonable
+from ..tasks import Task
+
+COMMON = ("path", "task", "status", "error", "width", "height")
+PARQUET_ENDINGS = (".parquet", ".pq")
+JSONL_ENDINGS = (".jsonl", ".ndjson", ".json")
+
+
+class Results:
+    """A results file (or folder of parts) opened for viewing."""
+
+    path: str  # as given
+    folder: str  # where relative image paths are looked up: the results' own folder
+    task: type[Task]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def table(self):
+        """The card columns of every record, in the order written (`card_schema`)."""
+        raise NotImplementedError
+
+    def head(self, offset: int, limit: int):
+        """The card columns of records offset .. offset + limit, read without reading them all."""
+        return self.table().slice(offset, limit)
+
+    def image_path(self, row: int) -> str:
+        """The image path record `row` names, as recorded."""
+        return self.table().column("path")[row].as_py()
+
+    def record(self, row: int) -> dict[str, Any]:
+        """Record number `row` (from 0) as written, made JSON-safe."""
+        raise NotImplementedError
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """Every whole record, in order (for the download of what is shown)."""
+        raise NotImplementedError
+
+    def source(self, path: str) -> str:
+        """A recorded image path as it can be opened: as written, else beside the results (as draw does)."""
+        return resolve(path, self.folder)
+
+
+def card_schema(task: type[Task]):
+    """What the grid reads of each record: the common fields it shows and the task's own fields, but not the
+    normalised `boxes` (the page draws pixel boxes)."""
+    import pyarrow as pa
+
+    full = task.schema()
+    return pa.schema([_without_boxes(full.field(n)) for n in (*COMMON, *task.record_type.fields) if n != "boxes"])
+
+
+def _without_boxes(field):
+    import pyarrow as pa
+
+    kind = field.type
+    if pa.types.is_list(kind) and pa.types.is_struct(kind.value_type):
+        inner = [kind.value_type.field(i) for i in range(kind.value_type.num_fields)]
+        return field.with_type(pa.list_(pa.struct([f for f in inner if f.name != "boxes"])))
+    return field
+
+
+def _leaves(pf, names) -> list[str]:
+    """The Parquet leaf columns of the top-level columns `names`, less any `boxes` (a nested column is read
+    leaf by leaf, so the normalised boxes beside boxes_px cost nothing)."""
+    wanted = set(names)
+    out = []
+    for i in range(len(pf.schema)):
+        parts = pf.schema.column(i).path.split(".")
+        if parts[0] in wanted and "boxes" not in parts:
+            out.append(pf.schema.column(i).path)
+    return out
+
+
+def _shape(kind):
+    """A type with its list fields' names left out: what a column holds, however its writer named list items."""
+    import pyarrow as pa
+
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return ("list", _shape(kind.value_type))
+    if pa.types.is_struct(kind):
+        return ("struct", tuple((kind.field(i).name, _shape(kind.field(i).type)) for i in range(kind.num_fields)))
+    return str(kind)
+
+
+def resolve(path: str, folder: str) -> str:
+    """`path` as recorded -> where it can be opened: as written (from here), else relative to `folder`; a URL as it
+    is; a sample of a container (`SHARD.tar#KEY`) with its container resolved."""
+    if locations.is_remote(path):
+        return path
+    member = locations.split_member(path)
+    if member is not None:
+        return f"{resolve(member[0], folder)}#{member[1]}"
+    local = locations.local_path(path)
+    if os.path.isabs(local) or os.path.exists(local):
+        return path
+    beside = os.path.join(folder, local)
+    return beside if os.path.exists(beside) else path
+
+
+def open_results(path: str) -> Results:
+    """The results at `path`: a .jsonl or .parquet file of kosmos ground, refer or find, or a folder of Parquet
+    parts. InputError, one line saying what to pass, when it cannot be read."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"results file not found: {path}")
+    if os.path.isdir(path):
+        parts = sorted(
+            os.path.join(path, n) for n in os.listdir(path) if n.lower().endswith(PARQUET_ENDINGS) and n[0] != "."
+        )
+        if not parts:
+            raise InputError(f"{path} is a folder without Parquet parts: pass a .jsonl or .parquet results file")
+        return ParquetResults(path, parts)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if magic == b"PAR1" or path.lower().endswith(PARQUET_ENDINGS):
+        return ParquetResults(path, [path])
+    return JsonlResults(path)
+
+
+def _not_ours(path: str, where: str) -> InputError:
+    return InputError(
+        f"{path}{where} is not a kosmos record (no path, status or task fields): pass a results file written by "
+        "kosmos ground, refer or find"
+    )
+
+
+def _one_task(path: str, seen: type[Task] | None, task: type[Task]) -> type[Task]:
+    if seen is not None and seen is not task:
+        raise InputError(f"{path} holds {seen.name} and {task.name} records: view one task's results at a time")
+    return task
+
+
+# -- Parquet -----------------------------------------------------------------------------------------------
+class ParquetResults(Results):
+    """A Parquet file, or the Parquet parts of a folder read as one file (in name order)."""
+
+    def __init__(self, path: str, files: list[str]):
+        import pyarrow.parquet as pq
+
+        self.path, self.folder = path, os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path) or ".")
+        self._files = []  # opened once to check them; the detail view reads whole records through them
+        self._names: list[str] = []
+        self._starts: list[int] = []  # the first row of each file
+        self._lock = threading.Lock()
+        self._groups: OrderedDict[tuple[int, int], Any] = OrderedDict()  # the last row groups read whole
+        task: type[Task] | None = None
+        total = 0
+        for name in files:
+            try:
+                pf = pq.ParquetFile(name)
+            except Exception as exc:  # pyarrow raises several types for a damaged file
+                raise InputError(
+                    f"{name} is not a readable Parquet file ({' '.join(str(exc).split())}): pass the .jsonl or "
+                    ".parquet file written by kosmos ground, refer or find"
+                ) from None
+            names = set(pf.schema_arrow.names)
+            found = _parquet_task(pf, name)
+            if found is None or "path" not in names or "status" not in names:
+                raise _not_ours(name, "")
+            task = _one_task(path, task, found)
+            self._files.append(pf)
+            self._names.append(name)
+            self._starts.append(total)
+            total += pf.metadata.num_rows
+        assert task is not None
+        self.task, self._total = task, total
+        self._schema = card_schema(task)
+        self._paths: Any = None  # the path column, read when an image is asked for before the whole table is
+
+    def __len__(self) -> int:
+        return self._total
+
+    def table(self):
+        import pyarrow as pa
+
+        tables = [self._cards(pf, pf.read(columns=_leaves(pf, self._schema.names))) for pf in self._opened()]
+        try:
+            return pa.concat_tables(tables).combine_chunks()
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # parts whose writers named list items differently
+            return pa.concat_tables([t.cast(self._schema) for t in tables]).combine_chunks()
+
+    def head(self, offset: int, limit: int):
+        import pyarrow as pa
+
+        tables = []
+        for number, pf in enumerate(self._opened()):
+            start = self._starts[number]
+            for group in range(pf.metadata.num_row_groups):
+                rows = pf.metadata.row_group(group).num_rows
+                if start + rows > offset and start < offset + limit:
+                    table = self._cards(pf, pf.read_row_group(group, columns=_leaves(pf, self._schema.names)))
+                    tables.append(table.slice(max(offset - start, 0), offset + limit - start))
+                start += rows
+        if not tables:
+            return pa.Table.from_pylist([], schema=self._schema)
+        return tables[0] if len(tables) == 1 else pa.concat_tables([t.cast(self._schema) for t in tables])
+
+    def image_path(self, row: int) -> str:
+        with self._lock:
+            if self._paths is None:
+                import pyarrow as pa
+
+                self._paths = pa.chunked_array([pf.read(columns=["path"]).column(0) for pf in self._opened()])
+            paths = self._paths
+        return paths[row].as_py()
+
+    def _opened(self) -> list:
+        """The files opened afresh for one reader (their footers are small): threads never share a reader."""
+        import pyarrow.parquet as pq
+
+        return [pq.ParquetFile(name, metadata=pf.metadata) for pf, name in zip(self._files, self._names)]
+
+    def _cards(self, pf, table):
+        """A table read from `pf` as the card schema has it: a column it lacks is nulls; a column of another type
+        is cast (not one whose list items are only named otherwise)."""
+        import pyarrow as pa
+
+        names = set(table.schema.names)
+        columns = []
+        for f in self._schema:
+            if f.name not in names:
+                columns.append(pa.nulls(table.num_rows, f.type))
+                continue
+            column = table.column(f.name)
+            columns.append(column if _shape(column.type) == _shape(f.type) else _cast(column, f.type))
+        return pa.Table.from_arrays(columns, names=self._schema.names)
+
+    def record(self, row: int) -> dict[str, Any]:
+        if not 0 <= row < self._total:
+            raise IndexError(row)
+        number = max(i for i, start in enumerate(self._starts) if start <= row)
+        pf, offset = self._files[number], row - self._starts[number]
+        group = 0
+        while offset >= pf.metadata.row_group(group).num_rows:
+            offset -= pf.metadata.row_group(group).num_rows
+            group += 1
+        with self._lock:  # row groups are read whole: the detail view's neighbours come from the same one
+            key = (number, group)
+            if key in self._groups:
+                self._groups.move_to_end(key)
+            else:
+                self._groups[key] = pf.read_row_group(group)
+                while len(self._groups) > 2:
+                    self._groups.popitem(last=False)
+            table = self._groups[key]
+        out = table.slice(offset, 1).to_pylist()[0]
+        text = {f.name for f in table.schema if carried.is_json_text(f)}
+        return {k: _json_value(v) if k in text else to_jsonable(v) for k, v in out.items()}
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        for pf in self._opened():
+            text = {f.name for f in pf.schema_arrow if carried.is_json_text(f)}
+            for batch in pf.iter_batches(batch_size=4096):
+                for out in batch.to_pylist():
+                    yield {k: _json_value(v) if k in text else to_jsonable(v) for k, v in out.items()}
+
+
+def _parquet_task(pf, name: str) -> type[Task] | None:
+    meta = pf.schema_arrow.metadata or {}
+    named = meta.get(b"kosmos_cli.task", b"").decode(errors="replace")
+    if named in tasks.REGISTRY:
+        return tasks.get(named)
+    names = pf.schema_arrow.names
+    if "task" in names and pf.metadata.num_rows:
+        for value in pf.read_row_group(0, columns=["task"]).column(0).to_pylist():
+            if value is not None:
+                if value not in tasks.REGISTRY:
+                    raise InputError(f"{name} holds records of task {value!r}: kosmos view shows ground, refer, find")
+                return tasks.get(value)
+    return tasks.of_row({n: None for n in names})
+
+
+def _cast(column, data_type):
+    """A column of an older or foreign file as the card schema has it (a struct with fewer fields: nulls added)."""
+    import pyarrow as pa
+
+    try:
+        return column.cast(data_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return pa.array(column.to_pylist(), type=data_type, from_pandas=False)
+
+
+def _json_value(value: Any) -> Any:
+    try:
+        return json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError:
+        return value
+
+
+# -- JSONL ----------------------------------------------------------------------------------------------
+class JsonlResults(Results):
+    """A JSONL file, read once; each record's byte offset kept, so a whole record is one seek away."""
+
+    def __init__(self, path: str):
+        self.path, self.folder = path, os.path.abspath(os.path.dirname(path) or ".")
+        self._lock = threading.Lock()
+        try:
+            self.task, self._table, self._offsets = _read_fast(path)
+        except _Slow:  # anything unusual: line by line, which also says what is wrong and where
+            self.task, self._table, self._offsets = _read_slow(path)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def table(self):
+        return self._table
+
+    def record(self, row: int) -> dict[str, Any]:
+        if not 0 <= row < len(self._offsets):
+            raise IndexError(row)
+        with self._lock, open(self.path, "rb") as f:
+            f.seek(self._offsets[row])
+            return to_jsonable(json.loads(f.readline()))
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        with open(self.path, "rb") as f:
+            for row in range(len(self._offsets)):
+                f.seek(self._offsets[row])
+                yield to_jsonable(json.loads(f.readline()))
+
+
+class _Slow(Exception):
+    """The fast reading of a JSONL file met something it leaves to the line-by-line one."""
+
+
+def _read_fast(path: str):
+    """Arrow's JSON reader over the whole file, when every line is a whole record of one task: (task, table,
+    offsets)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not data.endswith(b"\n"):
+        raise _Slow  # a last line still being written, or an empty file
+    ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    short = np.flatnonzero(ends - starts < 4)
+    blank = [i for i in short if not data[starts[i] : ends[i]].strip()]
+    offsets = np.delete(starts, blank) if blank else starts
+    if not len(offsets):
+        raise _Slow
+    try:
+        row = json.loads(data[offsets[0] : data.index(b"\n", offsets[0])])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _Slow from None
+    task = tasks.of_row(row) if isinstance(row, dict) else None
+    if task is None:
+        raise _Slow
+    schema = card_schema(task)
+    try:
+        table = pj.read_json(
+            pa.BufferReader(data),
+            parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        raise _Slow from None
+    del data
+    named = {v for v in pc.unique(table.column("task")).to_pylist() if v is not None}
+    if (
+        table.num_rows != len(offsets)
+        or named - {task.name}
+        or table.column("path").null_count
+        or table.column("status").null_count
+    ):
+        raise _Slow
+    from array import array
+
+    return task, table.select(schema.names).combine_chunks(), array("q", offsets.tolist())
+
+
+def _read_slow(path: str):
+    """Line by line: (task, table, offsets), or InputError naming the line that is not a record of ours."""
+    from array import array
+
+    task: type[Task] | None = None
+    values: dict[str, list[Any]] = {}  # the card columns, filled a record at a time
+    offsets = array("q")
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with f:
+        offset = 0
+        for number, line in enumerate(f, 1):
+            here, offset = offset, offset + len(line)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if not line.endswith(b"\n"):
+                    break  # the last line of a run still writing it: shown once it is whole
+                raise InputError(
+                    f"{path} line {number} is not JSON: pass the .jsonl or .parquet file written by kosmos "
+                    "ground, refer or find"
+                ) from None
+            found = tasks.of_row(row) if isinstance(row, dict) else None
+            if found is None or not isinstance(row.get("path"), str) or "status" not in row:
+                raise _not_ours(path, f" line {number}")
+            task = _one_task(path, task, found)
+            if not values:
+                values = {name: [] for name in card_schema(task).names}
+            for name, column in values.items():
+                column.append(row.get(name))
+            offsets.append(here)
+    if task is None:
+        raise InputError(f"{path} holds no records: nothing to view")
+    return task, _table_of(values, task), offsets
+
+
+def _table_of(values: dict[str, list[Any]], task: type[Task]):
+    """The card columns of JSON rows, as Arrow; a value of the wrong type (a hand-edited file) becomes null."""
+    import pyarrow as pa
+
+    schema = card_schema(task)
+    columns = []
+    for f in schema:
+        column = values.pop(f.name)  # let each list go once it is Arrow
+        try:
+            columns.append(pa.array(column, type=f.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            columns.append(pa.array([_or_none(v, f.type) for v in column], type=f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _or_none(value: Any, data_type) -> Any:
+    import pyarrow as pa
+
+    try:
+        pa.array([value], type=data_type)
+        return value
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return None

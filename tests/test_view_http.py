@@ -1,0 +1,602 @@
+"""kosmos view over HTTP: the JSON API (filters, sorting, paging, whole records, the export line), the images (every
+place a record can name, in the displayed frame) and the refusals (other paths, other hosts, writes, bad results).
+Records are written by hand here, so each filter's answer is known; tests/test_view_browser.py drives the page."""
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import urllib.error
+import urllib.request
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import shapes
+from PIL import Image
+
+from kosmos_cli import export
+from kosmos_cli.drawing.colors import PALETTE, text_color
+from kosmos_cli.errors import InputError, UsageError
+from kosmos_cli.records import Entity
+from kosmos_cli.tasks import Find, FindRecord, Ground, GroundRecord, Refer, ReferRecord
+from kosmos_cli.view import start
+from kosmos_cli.view.index import Index, Query, cards
+from kosmos_cli.view.reading import open_results
+from kosmos_cli.view.thumbs import Thumbnails
+from kosmos_cli.writers import read_records, records_table
+from tests.helpers import ROOT
+from tests.helpers.serve import ImageServer
+
+RED = (220, 40, 40)
+
+
+def grey(path, size, box=None, fill=RED):
+    """A grey PNG of `size` with a filled rectangle at `box` (displayed pixels)."""
+    img = Image.new("RGB", size, (128, 128, 128))
+    if box is not None:
+        img.paste(fill, box)
+    img.save(path, "PNG")
+    return img
+
+
+def ground_row(path, size, caption, found, status="ok", error=None, **extra):
+    """A ground record: `found` is [(phrase, [pixel boxes], [scores] or None)], each phrase a part of `caption`."""
+    width, height = size if size else (None, None)
+    entities = []
+    for phrase, boxes, scores in found:
+        start = caption.index(phrase)
+        normal = [[b[0] / width, b[1] / height, b[2] / width, b[3] / height] for b in boxes]
+        entities.append(Entity(phrase, start, start + len(phrase), normal, [list(b) for b in boxes], scores))
+    record = GroundRecord(path=path, width=width, height=height, model="m", prompt="<grounding>An image of")
+    record.caption, record.entities, record.extra = (caption if status == "ok" else None), entities, extra
+    if status != "ok":
+        record.fail(error)
+    return record
+
+
+def write(records, path, task=Ground):
+    if str(path).endswith(".parquet"):
+        pq.write_table(records_table(records, task), path)
+    else:
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r.to_dict()) + "\n" for r in records)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """photos/ with a PNG, an EXIF-rotated JPEG and a file that is not an image, and results about them."""
+    root = tmp_path_factory.mktemp("view")
+    photos = root / "photos"
+    photos.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        grey(photos / name, (320, 200), (20, 30, 120, 130))
+    shown = Image.new("RGB", (300, 200), (128, 128, 128))
+    shown.paste(RED, (10, 20, 110, 90))  # top left, as displayed
+    shapes.save_rotated_jpeg(shown, photos / "turned.jpg", 6)  # stored 200 x 300, turned
+    (photos / "junk.png").write_bytes(b"not an image")
+    return root
+
+
+ROWS = [
+    # 0: two classes, scored
+    (
+        "photos/a.png",
+        (320, 200),
+        "An image of a red square and two dogs.",
+        [
+            ("a red square", [[20, 30, 120, 130]], [0.9]),
+            ("two dogs", [[150, 20, 300, 180], [200, 10, 250, 60]], [0.2, 0.6]),
+        ],
+    ),
+    # 1: the rotated photo, its box in the displayed frame
+    ("photos/turned.jpg", (300, 200), "An image of a red box.", [("a red box", [[10, 20, 110, 90]], [0.45])]),
+    # 2: boxes without scores (beam search)
+    ("photos/b.png", (320, 200), "An image of a cat.", [("a cat", [[0, 0, 50, 50]], None)]),
+    # 3: markup in the caption, to be shown as text
+    (
+        "photos/c.png",
+        (320, 200),
+        "An image of <script>alert(1)</script> a <b>big</b> dog.",
+        [
+            ("a <b>big</b> dog", [[5, 5, 60, 60]], [0.7]),
+        ],
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def results(folder):
+    records = [ground_row(*row, source="web" if i == 0 else None) for i, row in enumerate(ROWS)]
+    records.append(ground_row("photos/missing.png", None, "", [], status="error", error="file not found"))
+    records.append(ground_row("photos/junk.png", None, "", [], status="error", error="not an image Pillow can read"))
+    return write(records, folder / "results.jsonl")
+
+
+@pytest.fixture(scope="module")
+def viewer(results):
+    with start(results) as running:
+        yield running
+
+
+def get(viewer, path, headers=None):
+    """(status, headers, body) of a GET; an HTTP error is an answer too."""
+    request = urllib.request.Request(viewer.url.rstrip("/") + path, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.headers, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+
+
+def api(viewer, path):
+    status, _, body = get(viewer, path)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def rows(viewer, query=""):
+    return [c["row"] for c in api(viewer, f"/api/records?{query}")["cards"]]
+
+
+def drawn(card):
+    return [(e["label"], b[:4]) for e in card["entities"] for b in e["boxes"]]
+
+
+# -- the API -------------------------------------------------------------------------------------------------
+def test_info_says_the_task_and_draws_colours_and_facets_what_the_filters_offer(viewer):
+    info = api(viewer, "/api/info")
+    assert (info["task"], info["records"], info["name"]) == ("ground", 6, "results.jsonl")
+    assert info["palette"] == [{"fill": "#%02x%02x%02x" % c, "text": "#%02x%02x%02x" % text_color(c)} for c in PALETTE]
+    facets = api(viewer, "/api/facets")
+    assert (facets["records"], facets["errors"], facets["scored"]) == (6, 2, True)
+    assert {c["value"] for c in facets["classes"]} == {"red square", "two dogs", "red box", "cat", "<b>big</b> dog"}
+
+
+def test_a_card_has_every_box_of_its_record_with_its_phrase_colour_and_score(viewer):
+    [card] = api(viewer, "/api/records?limit=1")["cards"]
+    assert (card["row"], card["path"], card["width"], card["height"], card["boxes"]) == (0, "photos/a.png", 320, 200, 3)
+    assert [(e["label"], e["color"], e["boxes"]) for e in card["entities"]] == [
+        ("a red square", 0, [[20, 30, 120, 130, 0.9]]),
+        ("two dogs", 1, [[150, 20, 300, 180, 0.2], [200, 10, 250, 60, 0.6]]),
+    ]
+    assert card["html"] == (
+        'An image of <mark class="c0" data-e="0">a red square</mark> and <mark class="c1" data-e="1">two dogs</mark>.'
+    )
+
+
+def test_pages_by_offset_and_limit(viewer):
+    assert rows(viewer, "limit=2") == [0, 1]
+    page = api(viewer, "/api/records?offset=4&limit=10")
+    assert (page["total"], [c["row"] for c in page["cards"]]) == (6, [4, 5])
+    assert api(viewer, "/api/records?offset=99")["cards"] == []
+
+
+def test_a_page_holds_at_most_200_cards(tmp_path):
+    grey(tmp_path / "x.png", (10, 10))
+    many = write(
+        [ground_row("x.png", (10, 10), "An image of x.", [("x", [[0, 0, 5, 5]], [0.5])])] * 250,
+        tmp_path / "many.parquet",
+    )
+    with start(many) as running:
+        page = api(running, "/api/records?limit=1000")
+        assert (page["total"], len(page["cards"])) == (250, 200)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("DOGS", [0]),  # any case
+        ("red", [0, 1]),  # in the caption
+        ("turned", [1]),  # in the path
+        ("pillow", [5]),  # in the error message
+        ("<script>", [3]),
+        ("nowhere", []),
+    ],
+)
+def test_text_filter_looks_in_captions_errors_and_paths(viewer, text, expected):
+    assert rows(viewer, f"text={urllib.request.quote(text)}") == expected
+
+
+def test_classes_match_as_export_matches_them_and_only_their_boxes_are_drawn(viewer):
+    cards = api(viewer, "/api/records?classes=dog")["cards"]  # "two dogs" and "a <b>big</b> dog" are dog
+    assert [c["row"] for c in cards] == [0, 3]
+    assert drawn(cards[0]) == [("two dogs", [150, 20, 300, 180]), ("two dogs", [200, 10, 250, 60])]
+    assert rows(viewer, "classes=square,cat") == [0, 2]
+    assert rows(viewer, "classes=horse") == []
+
+
+def test_min_score_hides_the_boxes_under_it_and_those_without_a_score(viewer):
+    cards = {c["row"]: c for c in api(viewer, "/api/records?min_score=0.5")["cards"]}
+    assert sorted(cards) == [0, 1, 2, 3, 4, 5]  # records stay; boxes go
+    assert drawn(cards[0]) == [("a red square", [20, 30, 120, 130]), ("two dogs", [200, 10, 250, 60])]
+    assert drawn(cards[1]) == [] and drawn(cards[2]) == []  # 0.45; no score
+    assert cards[0]["boxes"] == 3  # what the record has, for "2 of 3 boxes"
+
+
+def test_status_filter(viewer):
+    assert rows(viewer, "status=error") == [4, 5]
+    assert rows(viewer, "status=ok") == [0, 1, 2, 3]
+    errors = api(viewer, "/api/records?status=error")["cards"]
+    assert [c["error"] for c in errors] == ["file not found", "not an image Pillow can read"]
+
+
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("sort=best", [0, 3, 1, 2, 4, 5]),  # best box 0.9, 0.7, 0.45; then no scored box, as written
+        ("sort=worst", [0, 1, 3, 2, 4, 5]),  # worst box 0.2, 0.45, 0.7
+        ("sort=boxes", [0, 1, 2, 3, 4, 5]),
+        ("sort=boxes&min_score=0.5", [0, 3, 1, 2, 4, 5]),  # the boxes shown count
+        ("sort=path", [0, 2, 3, 5, 4, 1]),
+        ("sort=best&min_score=0.5&status=ok", [0, 3, 1, 2]),
+    ],
+)
+def test_sorts(viewer, query, expected):
+    assert rows(viewer, query) == expected
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("min_score=2", "min_score 2.0: a score is a number from 0 to 1"),
+        ("min_score=x", "min_score 'x': a score is a number from 0 to 1"),
+        ("status=done", "status 'done': ok or error"),
+        ("sort=size", "sort 'size': one of file, path, best, worst, boxes"),
+        ("classes=dog,Dog", "'Dog' is named twice"),
+        ("offset=-1", "offset '-1': a whole number"),
+        ("phrase=x", "phrase is for the results of kosmos find"),
+        ("region=1,2,3,4", "region is for the results of kosmos refer"),
+    ],
+)
+def test_a_query_value_that_cannot_be_used_is_a_400_saying_why(viewer, query, message):
+    status, _, body = get(viewer, f"/api/records?{query}")
+    assert status == 400 and message in json.loads(body)["error"]
+
+
+def test_a_whole_record_with_its_carried_columns_and_where_it_stands(viewer):
+    answer = api(viewer, "/api/record/0?sort=best")
+    assert answer["record"]["source"] == "web" and answer["record"]["prompt"] == "<grounding>An image of"
+    assert (answer["position"], answer["total"]) == (0, 6)
+    assert api(viewer, "/api/record/1?sort=best")["position"] == 2
+    assert api(viewer, "/api/record/1?status=error")["position"] is None  # shown alone, outside the view
+    assert get(viewer, "/api/record/6")[0] == 404
+
+
+def test_record_text_is_escaped(viewer):
+    [card] = api(viewer, "/api/records?text=script")["cards"]
+    assert "<script>" not in card["html"] and "<b>" not in card["html"]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in card["html"]
+    assert '<mark class="c0" data-e="0">a &lt;b&gt;big&lt;/b&gt; dog</mark>' in card["html"]
+
+
+def test_jsonl_parquet_and_a_folder_of_parquet_parts_give_the_same_cards(folder):
+    records = [ground_row(*row) for row in ROWS]
+    parts = folder / "same.parquet.parts"
+    parts.mkdir()
+    write(records[:2], parts / "0001.parquet")
+    write(records[2:], parts / "0002.parquet")
+    table = folder / "same.parquet"
+    pq.write_table(records_table(records, Ground), table, row_group_size=2)
+    lines = [json.dumps(r.to_dict()) for r in records]
+    (folder / "blank.jsonl").write_text("\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]) + "\n")
+    (folder / "torn.jsonl").write_text("\n".join(lines) + '\n{"path": "photos/a.pn')  # a run writing its last line
+    sources = [
+        write(records, folder / "same.jsonl"),
+        str(table),
+        str(parts),
+        *(str(folder / n) for n in ("blank.jsonl", "torn.jsonl")),
+    ]
+    seen = []
+    for source in sources:
+        with start(source) as running:
+            seen.append(api(running, "/api/records?sort=best&min_score=0.3")["cards"])
+        # the first page, read before the index is built, is the index's own
+        results = open_results(source)
+        assert cards(results.task, results.head(1, 2), range(1, 3), Query()) == Index(results).cards([1, 2], Query())
+        assert [results.image_path(r) for r in range(4)] == [r[0] for r in ROWS]
+    assert all(s == seen[0] for s in seen) and len(seen[0]) == 4
+
+
+@pytest.mark.parametrize("name", ["ground", "refer", "find"])
+@pytest.mark.parametrize("ending", ["jsonl", "parquet"])
+def test_results_written_before_tasks_and_scores_are_shown(name, ending):
+    legacy = os.path.join(ROOT, "tests", "fixtures", "legacy-outputs", f"{name}.{ending}")
+    rows = list(read_records(legacy))
+    with start(legacy) as running:
+        page = api(running, "/api/records")
+        assert page["total"] == len(rows) and api(running, "/api/info")["task"] == name
+        for card, row in zip(page["cards"], rows):
+            boxes = [b for e in row.get("entities") or [row] for b in e.get("boxes_px") or []] or (
+                [row["box_px"]] if name == "refer" else []
+            )
+            assert [b[:4] for e in card["entities"] for b in e["boxes"]] == boxes
+            assert all(b[4] is None for e in card["entities"] for b in e["boxes"])  # no scores then
+        assert api(running, "/api/records?min_score=0.1")["cards"][0]["entities"][0]["boxes"] == []
+        assert image_of(running, 0).size == (rows[0]["width"], rows[0]["height"])
+
+
+# -- images ---------------------------------------------------------------------------------------------------
+def image_of(viewer, row, size=512):
+    status, headers, body = get(viewer, f"/image/{row}?size={size}")
+    assert status == 200 and headers["Content-Type"] == "image/jpeg", body
+    return Image.open(io.BytesIO(body))
+
+
+def test_an_exif_rotated_photo_is_sent_as_displayed_so_its_pixel_boxes_land_on_it(viewer):
+    img = image_of(viewer, 1)
+    assert img.size == (300, 200)  # stored 200 x 300, turned by its EXIF orientation
+    assert not img.getexif().get(0x0112)
+    r, g, b = img.getpixel((60, 55))  # the middle of the record's box [10, 20, 110, 90]
+    assert r > 180 and g < 90 and b < 90
+    assert max(img.getpixel((200, 150))) - min(img.getpixel((200, 150))) < 20  # grey outside it
+
+
+def test_images_come_no_larger_than_the_size_asked(viewer):
+    assert image_of(viewer, 0, 256).size == (256, 160)
+    assert image_of(viewer, 0, 2048).size == (320, 200)  # never enlarged
+    assert get(viewer, "/image/0?size=300")[0] == 404
+
+
+def test_an_image_that_cannot_be_read_says_why(viewer):
+    status, _, body = get(viewer, "/image/4")
+    assert (status, body) == (422, b"file not found\n")
+    assert get(viewer, "/image/5")[:3:2] == (422, b"not an image Pillow can read\n")
+
+
+def test_images_from_urls_shards_and_image_tables(tmp_path):
+    png = io.BytesIO()
+    grey(png, (40, 30), (0, 0, 20, 15))
+    data = png.getvalue()
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        info = tarfile.TarInfo("s1.png")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    pq.write_table(pa.table({"key": ["k1"], "png": [data]}), tmp_path / "table.parquet")
+    with ImageServer() as server:
+        server.files["/a.png"] = data
+        paths = [server.url("/a.png"), "shard.tar#s1", str(tmp_path / "table.parquet") + "#k1"]
+        results = write(
+            [ground_row(p, (40, 30), "An image of x.", [("x", [[0, 0, 20, 15]], [0.5])]) for p in paths],
+            tmp_path / "r.jsonl",
+        )
+        with start(results) as running:
+            for row in range(3):
+                img = image_of(running, row)
+                assert img.size == (40, 30) and img.getpixel((5, 5))[0] > 180
+
+
+def test_the_image_cache_stays_within_its_bound(folder):
+    thumbs = Thumbnails(cache_bytes=6000)
+    sizes = []
+    for size in (256, 512, 1024, 2048):
+        thumbs.get(str(folder / "photos" / "a.png"), size)
+        thumbs.get(str(folder / "photos" / "turned.jpg"), size)
+        sizes.append(thumbs.held)
+    assert 0 < max(sizes) <= 6000
+
+
+# -- refusals -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/image/../../etc/passwd",
+        "/image/..%2f..%2fetc%2fpasswd",
+        "/image//etc/passwd",
+        "/image/%2Fetc%2Fpasswd",
+        "/etc/passwd",
+        "//etc/passwd",
+        "/photos/a.png",
+        "/results.jsonl",
+        "/static/../server.py",
+        "/static/%2e%2e/server.py",
+        "/static/reading.py",
+        "/static/index.html/..",
+        "/image/-1",
+        "/image/1e3",
+        "/image/6",
+        "/image/0/../../results.jsonl",
+        "/api/record/6",
+        "/api/nothing",
+    ],
+)
+def test_nothing_but_the_images_of_the_results_is_served(viewer, path):
+    status, _, body = get(viewer, path)
+    assert status == 404, body
+
+
+def test_it_only_reads(viewer, folder):
+    before = {p: os.stat(folder / p).st_mtime_ns for p in os.listdir(folder)}
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        request = urllib.request.Request(viewer.url + "api/records", data=b"{}", method=method)
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=10)
+        assert caught.value.code == 501
+    for path in ("/api/records?sort=best", "/image/0", "/image/1?size=2048", "/api/shown.jsonl?text=red"):
+        assert get(viewer, path)[0] == 200
+    assert {p: os.stat(folder / p).st_mtime_ns for p in os.listdir(folder)} == before
+
+
+def test_a_request_naming_another_host_is_refused(viewer):
+    assert get(viewer, "/api/info", {"Host": "attacker.example:80"})[0] == 403
+    assert get(viewer, "/image/0", {"Host": f"evil.test:{viewer.port}"})[0] == 403
+    assert get(viewer, "/api/info", {"Host": f"localhost:{viewer.port}"})[0] == 200
+
+
+def test_the_page_is_served_with_a_strict_content_policy(viewer):
+    status, headers, body = get(viewer, "/")
+    assert status == 200 and b'<script src="/static/view.js"' in body
+    assert "script-src 'self'" in headers["Content-Security-Policy"] and headers["X-Content-Type-Options"] == "nosniff"
+    for name in ("view.js", "view.css"):
+        assert get(viewer, f"/static/{name}")[0] == 200
+
+
+# -- the export line ----------------------------------------------------------------------------------------------
+def test_the_export_line_says_the_boxes_shown_and_saves_exactly_the_records_shown(viewer, results, tmp_path):
+    plain = api(viewer, "/api/export")
+    assert plain["command"] == f"kosmos export {results} --to coco export.json"
+    assert plain["exact"] and "shown_command" not in plain
+
+    narrowed = api(viewer, "/api/export?classes=dog,square&min_score=0.5&to=yolo")
+    assert narrowed["command"] == f"kosmos export {results} --to yolo dataset/ --classes dog,square --min-score 0.5"
+    assert not narrowed["exact"] and (narrowed["shown"], narrowed["boxes"]) == (2, 3)
+    assert (
+        narrowed["shown_command"] == "kosmos export shown.jsonl --to yolo dataset/ --classes dog,square --min-score 0.5"
+    )
+
+    status, headers, body = get(viewer, "/api/shown.jsonl?classes=dog,square&min_score=0.5")
+    assert status == 200 and headers["Content-Disposition"] == 'attachment; filename="shown.jsonl"'
+    shown = tmp_path / "shown.jsonl"
+    shown.write_bytes(body)
+    lines = [json.loads(line) for line in body.splitlines()]
+    here = os.path.dirname(results)
+    assert [row["path"] for row in lines] == [os.path.join(here, "photos", n) for n in ("a.png", "c.png")]
+    os.chdir(tmp_path)  # the saved file exports from anywhere: its paths are absolute
+    try:
+        summary = export(str(shown), "coco", str(tmp_path / "out.json"), classes="dog,square", min_score=0.5)
+    finally:
+        os.chdir(ROOT)
+    coco = json.loads((tmp_path / "out.json").read_text())
+    assert (summary.images, summary.boxes) == (2, 3)
+    assert sorted(len([a for a in coco["annotations"] if a["image_id"] == i["id"]]) for i in coco["images"]) == [1, 2]
+
+
+def test_names_with_spaces_are_quoted_in_the_export_line(tmp_path):
+    grey(tmp_path / "x.png", (10, 10))
+    results = write(
+        [ground_row("x.png", (10, 10), "An image of a dog.", [("a dog", [[0, 0, 5, 5]], [0.5])])],
+        tmp_path / "my results.jsonl",
+    )
+    with start(results) as running:
+        line = api(running, "/api/export?classes=traffic+light,dog")["command"]
+    assert line == f"kosmos export '{results}' --to coco export.json --classes 'traffic light,dog'"
+
+
+def test_refer_records_are_not_offered_for_export(tmp_path):
+    grey(tmp_path / "x.png", (100, 80))
+    record = ReferRecord(path="x.png", width=100, height=80, box_px=[10.0, 10.0, 50.0, 40.0], description="a grey box")
+    with start(write([record], tmp_path / "refer.jsonl", Refer)) as running:
+        offer = api(running, "/api/export")
+    assert not offer["possible"] and "refer records" in offer["note"]
+
+
+# -- find and refer ---------------------------------------------------------------------------------------------
+def test_find_is_filtered_by_its_phrase_and_refer_by_its_region(tmp_path):
+    grey(tmp_path / "x.png", (100, 80))
+    finds = [
+        FindRecord(
+            path="x.png",
+            width=100,
+            height=80,
+            phrase=p,
+            boxes=[[0, 0, 0.5, 0.5]] * n,
+            boxes_px=[[0, 0, 50, 40]] * n,
+            scores=[0.5] * n,
+        )
+        for p, n in (("a dog", 1), ("a cat", 0), ("a dog", 2))
+    ]
+    with start(write(finds, tmp_path / "find.parquet", Find)) as running:
+        assert rows(running, "phrase=a+dog") == [0, 2]
+        assert [c["boxes"] for c in api(running, "/api/records?phrase=a+dog")["cards"]] == [1, 2]
+        assert {p["value"]: p["count"] for p in api(running, "/api/facets")["phrases"]} == {"a dog": 2, "a cat": 1}
+        assert rows(running, "sort=boxes") == [2, 0, 1]
+    regions = [
+        ReferRecord(path="x.png", width=100, height=80, box_px=b, description=d)
+        for b, d in (([10.0, 10.0, 50.0, 40.0], "a grey box"), ([0.0, 0.0, 20.5, 30.0], "a corner"))
+    ]
+    with start(write(regions, tmp_path / "refer.jsonl", Refer)) as running:
+        assert rows(running, "region=0,0,20.5,30") == [1]
+        assert rows(running, "region=10,+10,+50,+40") == [0]
+        assert rows(running, "text=corner") == [1]
+        [card] = api(running, "/api/records?region=0,0,20.5,30")["cards"]
+        assert drawn(card) == [("a corner", [0, 0, 20.5, 30])]
+        assert {r["value"] for r in api(running, "/api/facets")["regions"]} == {"10,10,50,40", "0,0,20.5,30"}
+
+
+# -- results that cannot be read, and the server's life ------------------------------------------------------------
+def _unreadable(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "text.jsonl").write_text("hello\n")
+    (tmp_path / "other.jsonl").write_text('{"name": "x"}\n')
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1 not really")
+    (tmp_path / "binary.jsonl").write_bytes(bytes(range(256)) + b"\n")
+    pq.write_table(pa.table({"name": ["x"]}), tmp_path / "foreign.parquet")
+    (tmp_path / "nothing").mkdir()
+    mixed = [
+        json.dumps(ground_row("x.png", (10, 10), "An image of x.", [("x", [[0, 0, 5, 5]], [0.5])]).to_dict()),
+        json.dumps(FindRecord(path="x.png", phrase="x").to_dict()),
+    ]
+    (tmp_path / "mixed.jsonl").write_text("\n".join(mixed) + "\n")
+    return {
+        "gone.jsonl": "results file not found",
+        "empty.jsonl": "holds no records",
+        "text.jsonl": "line 1 is not JSON",
+        "other.jsonl": "line 1 is not a kosmos record",
+        "junk.parquet": "is not a readable Parquet file",
+        "binary.jsonl": "line 1 is not JSON",
+        "foreign.parquet": "is not a kosmos record",
+        "nothing": "a folder without Parquet parts",
+        "mixed.jsonl": "holds ground and find records",
+    }
+
+
+def test_results_that_cannot_be_read_are_refused_before_anything_listens(tmp_path):
+    for name, message in _unreadable(tmp_path).items():
+        with pytest.raises(InputError, match=message):
+            start(str(tmp_path / name))
+
+
+def test_the_module_says_unreadable_results_in_one_line(tmp_path):
+    cases = _unreadable(tmp_path)
+    for name in ("gone.jsonl", "text.jsonl", "foreign.parquet"):
+        done = subprocess.run(
+            [sys.executable, "-m", "kosmos_cli.view", str(tmp_path / name)], capture_output=True, text=True, timeout=60
+        )
+        lines = done.stderr.splitlines()
+        assert done.returncode == 2 and done.stdout == "", done.stderr
+        assert len(lines) == 1 and lines[0].startswith("kosmos: error: ") and cases[name] in lines[0]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_module_serves_until_ctrl_c(results):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kosmos_cli.view", results, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = proc.stdout.readline().strip()
+        assert url == f"http://127.0.0.1:{port}/"
+        with urllib.request.urlopen(url + "api/info", timeout=30) as answer:
+            assert json.loads(answer.read())["records"] == 6
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and out == ""
+    assert err.splitlines() == [
+        f"kosmos view: 6 ground records of {results} at {url} (Ctrl-C to stop)",
+        "kosmos view: stopped",
+    ]
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=5)
+
+
+def test_a_port_in_use_is_a_usage_error_naming_the_port(results):
+    with start(results) as running:
+        with pytest.raises(UsageError, match=f"port {running.port} is in use: pass another port"):
+            start(results, port=running.port)
+    with pytest.raises(UsageError, match="a port number from 0 to 65535"):
+        start(results, port=70000)
