@@ -28,6 +28,7 @@ from .options import (
     ModelOptions,
     ReferOptions,
     ScoreFilter,
+    ViewOptions,
     keyword_options,
 )
 from .pipeline import Progress, Summary
@@ -210,3 +211,14 @@ def _results_rows(results: str):
             f"{results} is not a readable Parquet file: pass the .jsonl or .parquet file written "
             "by kosmos ground, refer or find"
         ) from None
+
+
+@keyword_options(ViewOptions)
+def view(results: str, *, quiet: bool = False, **given: Any) -> None:
+    """Serve a local page over a results file (JSONL, Parquet or a folder of Parquet parts) until Ctrl-C: the images
+    with their boxes drawn by the browser, filters, a detail view, and the `kosmos export` line for what is shown.
+    The address goes to stdout; `quiet`: nothing on stderr. `kosmos_cli.view.start` runs one in the background."""
+    from .view import serve
+
+    chosen = ViewOptions.take(given)
+    serve(results, chosen.host, chosen.port, open_browser=chosen.open_browser, cache_mb=chosen.cache_mb, quiet=quiet)

@@ -19,14 +19,17 @@ from . import api
 from .errors import Interrupted, KosmosError, UsageError
 from .images import is_image_path
 from .options import (
+    REPORTING,
     RUN_GROUPS,
     DrawOptions,
     ExportOptions,
     FindOptions,
     GroundOptions,
+    Quiet,
     ReferOptions,
-    Reporting,
     ScoreFilter,
+    Strict,
+    ViewOptions,
     command_options,
     flag_for,
 )
@@ -75,21 +78,21 @@ Results = Annotated[
 
 
 @app.command(epilog="Example: kosmos ground ./photos --out results.parquet")
-@command_options(GroundOptions, *RUN_GROUPS, Reporting)
+@command_options(GroundOptions, *RUN_GROUPS, *REPORTING)
 def ground(inputs: Inputs, **given) -> None:
     """Caption every image and ground its phrases: one record per image, resumable."""
     _model_command("ground", lambda progress: api.ground(inputs, progress=progress, **given), given)
 
 
 @app.command(epilog="Example: kosmos refer photo.jpg --box 10,20,200,300 --box 0,0,64,64")
-@command_options(ReferOptions, *RUN_GROUPS, Reporting)
+@command_options(ReferOptions, *RUN_GROUPS, *REPORTING)
 def refer(inputs: Inputs, **given) -> None:
     """Describe regions of images: one record per (image, box) with the model's description of it."""
     _model_command("refer", lambda progress: api.refer(inputs, progress=progress, **given), given)
 
 
 @app.command(epilog='Example: kosmos find photo.jpg "a red car" "a dog" --out found.jsonl')
-@command_options(FindOptions, *RUN_GROUPS, Reporting)
+@command_options(FindOptions, *RUN_GROUPS, *REPORTING)
 def find(
     input_: Annotated[
         str,
@@ -122,8 +125,8 @@ def find(
 
 def _model_command(name: str, go, given: dict) -> None:
     """ground, refer and find: the run with its progress on stderr, then the summary and the exit code."""
-    report = Reporting.take(given)
-    _finish(_call(lambda: go(for_terminal(name, report.quiet)), report.quiet), report.quiet, report.strict)
+    quiet, strict = Quiet.take(given).quiet, Strict.take(given).strict
+    _finish(_call(lambda: go(for_terminal(name, quiet)), quiet), quiet, strict)
 
 
 def _not_images(phrases: list[str]) -> None:
@@ -137,7 +140,7 @@ def _not_images(phrases: list[str]) -> None:
 
 
 @app.command(epilog="Example: kosmos draw results.parquet --out-dir annotated/ --html")
-@command_options(DrawOptions, ScoreFilter, Reporting)
+@command_options(DrawOptions, ScoreFilter, *REPORTING)
 def draw(
     results: Results,
     out_dir: Annotated[
@@ -153,17 +156,17 @@ def draw(
     **given,
 ) -> None:
     """Draw the boxes and phrases of a results file onto the images; prints each file written."""
-    report = Reporting.take(given)
+    quiet, strict = Quiet.take(given).quiet, Strict.take(given).strict
 
     def go():
         drawn = lambda path: print(path, flush=True)  # noqa: E731 - stdout carries the files written, one a line
-        return api.draw(results, out_dir, progress=for_terminal("draw", report.quiet), on_drawn=drawn, **given)
+        return api.draw(results, out_dir, progress=for_terminal("draw", quiet), on_drawn=drawn, **given)
 
-    _finish(_call(go, report.quiet), report.quiet, report.strict)
+    _finish(_call(go, quiet), quiet, strict)
 
 
 @app.command(epilog='Example: kosmos export results.parquet --to yolo dataset/ --classes "dog,cat" --min-score 0.3')
-@command_options(ExportOptions, ScoreFilter, Reporting)
+@command_options(ExportOptions, ScoreFilter, *REPORTING)
 def export(
     results: Annotated[
         str, typer.Argument(help="A results file of kosmos ground or find (.jsonl or .parquet).", show_default=False)
@@ -178,8 +181,25 @@ def export(
     **given,
 ) -> None:
     """Export the boxes of a ground or find results file as labels: COCO, YOLO, Pascal VOC or Label Studio."""
-    report = Reporting.take(given)
-    _finish(_call(lambda: api.export(results, to, out, **given), report.quiet), report.quiet, report.strict)
+    quiet, strict = Quiet.take(given).quiet, Strict.take(given).strict
+    _finish(_call(lambda: api.export(results, to, out, **given), quiet), quiet, strict)
+
+
+@app.command(epilog="Example: kosmos view results.parquet --open")
+@command_options(ViewOptions, Quiet)
+def view(
+    results: Annotated[
+        str,
+        typer.Argument(
+            help="A results file of kosmos ground, refer or find (.jsonl or .parquet), or a folder of Parquet parts.",
+            show_default=False,
+        ),
+    ],
+    **given,
+) -> None:
+    """Browse a results file in a local page: boxes over the images, filters, a detail view, the export line."""
+    quiet = Quiet.take(given).quiet
+    _call(lambda: api.view(results, quiet=quiet, **given), quiet)
 
 
 # -- one place for errors, signals and exit codes --------------------------------------------------------

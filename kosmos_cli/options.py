@@ -313,10 +313,16 @@ class FindOptions(Group):
 
 
 @dataclass(frozen=True)
-class Reporting(Group):
-    """What the command line says on stderr, and how it exits."""
+class Strict(Group):
+    """How the command line exits when some images failed."""
 
     strict: bool = option(False, "Exit 1 if any image failed.", api=False)
+
+
+@dataclass(frozen=True)
+class Quiet(Group):
+    """What the command line says on stderr."""
+
     quiet: bool = option(False, "No progress, warnings or summary on stderr.", "--quiet", "-q", api=False)
 
 
@@ -365,7 +371,25 @@ class ExportOptions(Group):
     copy_images: bool = option(False, "yolo: copy the images into OUT/images instead of linking them.")
 
 
+@dataclass(frozen=True)
+class ViewOptions(Group):
+    """Where kosmos view listens, and what it keeps in memory."""
+
+    port: int | None = option(
+        None,
+        "Port to listen on; 0: any free one \\[default: 8000, or the next free one up to 8019].",
+        show_default=False,
+    )
+    host: str = option(
+        "127.0.0.1",
+        "Address to listen on; any other than 127.0.0.1 lets other machines see the results and their images.",
+    )
+    open_browser: bool = option(False, "Open the page in the default browser.", "--open")
+    cache_mb: int = option(64, "Memory for the images made for the page, in MB.")
+
+
 RUN_GROUPS: tuple[type[Group], ...] = (RunOptions, ModelOptions, GenerationOptions)  # every model command has these
+REPORTING: tuple[type[Group], ...] = (Strict, Quiet)  # what a command that ends with a summary says, and its exit
 OUT = ("out",)  # the one option the Python API also takes by position: ground(inputs, "results.parquet")
 
 

@@ -551,11 +551,14 @@ def test_results_that_cannot_be_read_are_refused_before_anything_listens(tmp_pat
             start(str(tmp_path / name))
 
 
-def test_the_module_says_unreadable_results_in_one_line(tmp_path):
+def test_the_command_says_unreadable_results_in_one_line(tmp_path):
     cases = _unreadable(tmp_path)
     for name in ("gone.jsonl", "text.jsonl", "foreign.parquet"):
         done = subprocess.run(
-            [sys.executable, "-m", "kosmos_cli.view", str(tmp_path / name)], capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "kosmos_cli", "view", str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         lines = done.stderr.splitlines()
         assert done.returncode == 2 and done.stdout == "", done.stderr
@@ -568,10 +571,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_the_module_serves_until_ctrl_c(results):
+def test_the_command_serves_until_ctrl_c(results):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kosmos_cli.view", results, "--port", str(port)],
+        [sys.executable, "-m", "kosmos_cli", "view", results, "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
