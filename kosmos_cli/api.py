@@ -17,12 +17,12 @@ from typing import Any
 
 from . import distributed, locations
 from .engine import Engine, GenerationOptions, ModelOptions
-from .errors import InputError, OutputError, UsageError
+from .errors import InputError, UsageError
 from .pipeline import Progress, RunOptions, Summary, run
 from .sources import Columns, Item, check_inputs
 from .store import Store
 from .tasks import Find, Ground, Refer, Task
-from .writers import detect_format, read_records
+from .writers import detect_format
 
 Inputs = str | os.PathLike | Iterable[str] | Iterable[Item]
 
@@ -223,44 +223,9 @@ def draw(
     `threads` threads (default: up to 4), reported to `on_drawn` in the order of the rows. Labels end with each
     box's score; `min_score` (0-1) draws only the boxes scored at least that. Returns a DrawSummary.
     """
-    from .drawing import Background, Drawer, check_results_row, locate
-    from .scores import check_min_score
+    from .drawing import run
 
-    min_score = check_min_score(min_score)
-    locations.check_local_output(out_dir, "out_dir")
-
-    root = os.path.dirname(os.path.abspath(results))
-    total, base = 0, None
-    for number, row in enumerate(_results_rows(results), 1):  # check it all before writing anything
-        check_results_row(row, number, results)
-        total += 1
-        if row.get("status") == "ok" and locations.is_local(row["path"]):
-            folder = os.path.dirname(os.path.abspath(locate(row["path"], root)))
-            base = folder if base is None else os.path.commonpath([base, folder])
-    progress = progress or Progress()
-    progress.start(total)
-    drawer = Drawer(
-        out_dir, base, html=html, root=root, title=f"kosmos draw: {os.path.basename(results)}", min_score=min_score
-    )
-    summary = drawer.summary
-
-    def on_row(target: str | None) -> None:  # in the order of the rows, from the drawing side
-        if target is not None and on_drawn is not None:
-            on_drawn(target)
-        progress.advance(summary.drawn, summary.failed, summary.skipped)
-
-    try:
-        with Background(drawer, threads=threads, on_row=on_row) as background:
-            rows: list[dict] = []
-            for row in _results_rows(results):
-                rows.append(row)
-                if len(rows) == 16:
-                    background.add_rows(rows)
-                    rows = []
-            background.add_rows(rows)
-    finally:
-        progress.close()
-    return summary
+    return run(results, out_dir, html=html, min_score=min_score, progress=progress, on_drawn=on_drawn, threads=threads)
 
 
 def export(
@@ -304,22 +269,6 @@ def export(
         image_root=image_root,
         copy_images=copy_images,
     )
-
-
-def _results_rows(results: str):
-    """read_records, with a file that is not ours (binary, not Parquet) said in one line."""
-    try:
-        yield from read_records(results)
-    except UnicodeDecodeError:
-        raise InputError(
-            f"{results} is not a results file of kosmos (neither JSONL nor Parquet): pass the "
-            ".jsonl or .parquet file written by kosmos ground, refer or find"
-        ) from None
-    except OutputError:  # a damaged or foreign Parquet file
-        raise InputError(
-            f"{results} is not a readable Parquet file: pass the .jsonl or .parquet file written "
-            "by kosmos ground, refer or find"
-        ) from None
 
 
 def _run(

@@ -1,7 +1,8 @@
-"""Draws result rows of every task into a folder (what `writers.read_records` yields, or `Record.to_dict()`),
-keeping their layout, with an optional gallery; counts what it drew, skipped and could not draw.
+"""Draws results of every task into a folder (what `results.read` yields, or a `Record.to_dict()` being written),
+keeping their layout, with an optional gallery; counts what it drew, skipped and could not draw. `run` is
+`kosmos draw`: a results file read through `results.read`, drawn on threads of its own.
 
-What a row shows is its task's to say (`Task.shapes`, `Task.caption_html`): ground draws each entity's boxes
+What a result shows is its task's to say (`Result.regions`, `Task.caption_html`): ground draws each entity's boxes
 labelled with its phrase, refer the region labelled with the model's description, find the phrase's boxes.
 """
 
@@ -10,35 +11,20 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import locations, tasks
-from ..errors import InputError, UsageError
+from .. import locations
+from ..errors import UsageError
 from ..locations import open_image
 from ..reports import SoloReport
+from ..results import Result, result_of
 from .gallery import Gallery
-from .naming import Targets, claim, locate, save
+from .naming import Targets, claim, save
 from .render import Shape, annotate, shapes_of
 
 log = logging.getLogger("kosmos_cli")
-
-
-def task_of(row: dict[str, Any]) -> str | None:
-    """Which command wrote `row`: ground, refer or find; None when it is not a record of ours."""
-    task = tasks.of_row(row)
-    return None if task is None else task.name
-
-
-def check_results_row(row: dict[str, Any], number: int, path: str) -> str:
-    """The task of one row of a results file; InputError when the row is not a record of ours."""
-    task = task_of(row)
-    if task is None or not isinstance(row.get("path"), str) or "status" not in row:
-        raise InputError(
-            f"{path} row {number} is not a kosmos record (no status, caption, box_px or phrase): "
-            "pass a results file written by kosmos ground, refer or find"
-        )
-    return task
 
 
 @dataclass
@@ -63,9 +49,9 @@ class DrawSummary(SoloReport):
 
 @dataclass
 class Job:
-    """One row on its way: the row, where its image comes from and goes to, and how long rendering it took."""
+    """One result on its way: the result, where its image comes from and goes to, and how long rendering took."""
 
-    row: dict[str, Any]
+    result: Result
     source: str
     target: str
     seconds: float = 0.0
@@ -117,20 +103,21 @@ class Drawer:
         for record in records:
             self.add(record.to_dict())
 
-    def add(self, row: dict[str, Any]) -> str | None:
-        """Draw one row; returns the file written, or None (an error record, or an image that cannot be read)."""
+    def add(self, row: Result | Mapping[str, Any]) -> str | None:
+        """Draw one result (or a record's row); returns the file written, or None (an error record, or an image
+        that cannot be read)."""
         job = self.prepare(row)
         return None if job is None else self.complete(job, self.render(job))
 
     # add() in three steps, so that Background can render on several threads and still name files and write the
     # gallery in the order of the rows: prepare and complete run in order, render anywhere.
-    def prepare(self, row: dict[str, Any]) -> Job | None:
-        """Where the row's image comes from and goes to (None: an error record, counted as skipped)."""
-        if row.get("status") != "ok":
+    def prepare(self, row: Result | Mapping[str, Any]) -> Job | None:
+        """Where the result's image comes from and goes to (None: an error record, counted as skipped)."""
+        result = row if isinstance(row, Result) else result_of(row, self.root)
+        if not result.ok:
             self.summary.skipped += 1
             return None
-        source = locate(row["path"], self.root)
-        return Job(row, source, self._target(source))
+        return Job(result, result.source, self._target(result.source))
 
     def render(self, job: Job) -> list[Shape] | str:
         """Load, annotate and write the image: its shapes, or why it could not be drawn. Thread-safe."""
@@ -145,12 +132,12 @@ class Drawer:
                 and os.path.samefile(job.target, job.source)
             ):
                 return f"the annotated image would overwrite it: choose another {self.option}"
-            image, row = loaded.image, job.row
+            image, result = loaded.image, job.result
             scale = (
-                image.width / row["width"] if row.get("width") else 1.0,
-                image.height / row["height"] if row.get("height") else 1.0,
+                image.width / result.width if result.width else 1.0,
+                image.height / result.height if result.height else 1.0,
             )
-            shapes = shapes_of(row, self.min_score)
+            shapes = shapes_of(result, self.min_score)
             annotate(image, shapes, scale)
             save(image, job.target, self.option)
             return shapes
@@ -161,10 +148,10 @@ class Drawer:
         """Count the rendered row and add it to the gallery; the file written, or None."""
         self.summary.seconds += job.seconds
         if isinstance(outcome, str):
-            self._failed(job.row["path"], outcome)
+            self._failed(job.result.path, outcome)
             return None
         if self._gallery is not None:
-            self._gallery.add(job.row, outcome, job.target)
+            self._gallery.add(job.result, outcome, job.target)
         self.summary.drawn += 1
         return job.target
 

@@ -17,6 +17,7 @@ from PIL import Image
 from .. import locations
 from ..atomic import atomic_write
 from ..errors import OutputError, UsageError
+from ..layout import remote_layout
 from ..sources import DRAWN_MARKER
 
 _JPEG = (".jpg", ".jpeg", ".jpe", ".jfif")
@@ -25,19 +26,6 @@ _MARKER_TEXT = (
     "kosmos drew the images in this folder: later draws may write over them, and kosmos ground, refer "
     "and find leave this folder out when they walk a folder around it.\n"
 )
-
-
-def locate(path: str, root: str | None) -> str:
-    """A recorded path as it can be opened: as written (relative to here), else relative to `root`."""
-    if root is None or locations.is_remote(path):
-        return path  # a URL (of an image, or of a shard or table holding it)
-    member = locations.split_member(path)
-    if member is not None:  # a sample of a shard or table: its container is where the path says
-        return f"{locate(member[0], root)}#{member[1]}"
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    beside = os.path.join(root, path)
-    return beside if os.path.exists(beside) else path
 
 
 def input_root(inputs: Iterable[str]) -> str | None:
@@ -120,35 +108,6 @@ class Targets:
             name = f"{stem}-{n}{ext}"
         self._used.add(name.lower())
         return os.path.join(self.out_dir, name)
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._\-]+")
-
-
-def remote_layout(source: str, member: tuple[str, str] | None) -> str:
-    """A relative file name for a remote image (below its host or bucket) or a container's sample (below the
-    container's name): safe characters only, no `..`."""
-    if member is not None:
-        container, key = member
-        shard = os.path.basename(container.rstrip("/"))
-        for ending in (".tar.gz", ".tgz", ".tar", ".parquet"):
-            if shard.lower().endswith(ending):
-                shard = shard[: -len(ending)]
-                break
-        parts = [shard, *key.split("/")]
-        ext = ""
-    else:
-        from urllib.parse import urlsplit
-
-        url = urlsplit(source)
-        parts = [url.netloc, *url.path.split("/")]
-        ext = os.path.splitext(url.path)[1]
-        if url.query:  # another query is another image: its own name
-            parts[-1] = os.path.splitext(parts[-1])[0] + "-" + url.query
-    safe = [_UNSAFE.sub("_", p).strip(".") or "_" for p in parts if p]
-    if ext and not safe[-1].lower().endswith(ext.lower()):
-        safe[-1] += ext
-    return os.path.join(*safe) if safe else "_"
 
 
 def save(image: Image.Image, target: str, option: str) -> None:

@@ -1,0 +1,173 @@
+"""Results files read back: the one reader that draw, export and view share, turning rows into typed results.
+
+    for result in results.read("results.parquet"):
+        result.task, result.path, result.status, result.regions   # a Result
+
+`read` takes whatever the path names and dispatches on it: a JSONL file or a Parquet file (a folder of Parquet
+parts is one more branch in `rows`). A file is a results file of kosmos when its rows are kosmos records: a
+`path`, a `status` and the fields of a known task; anything else (a manifest, an image, a damaged Parquet file) is
+refused in one line (InputError), before a reader writes anything.
+
+What a record shows is its task's to say (`Task.shapes`, `Task.box_scores`): this module asks the task and hands
+each result its `regions`, a label (a phrase, a region's description) with pixel boxes of the image as displayed
+and a score per box. `source` is where the recorded image opens: as written, else beside the results file.
+Readers never look at raw rows for boxes; the row stays on the result for what only its task reads (a caption's
+spans, for the gallery).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import locations, tasks
+from .errors import InputError
+from .records import OK
+
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the image as displayed
+
+_NOT_RESULTS = "pass the .jsonl or .parquet file written by kosmos ground, refer or find"
+
+
+@dataclass(frozen=True)
+class Region:
+    """One thing a result shows: its label, its pixel boxes, and a score per box (None: none known)."""
+
+    label: str
+    boxes: tuple[Box, ...] = ()
+    scores: tuple[float | None, ...] = ()
+
+
+@dataclass(frozen=True)
+class Result:
+    """One record of a results file, typed: which task wrote it, its image, how it went, what it shows."""
+
+    task: str  # ground, refer or find: the record says it (or, written before it did, its fields)
+    path: str  # as recorded
+    source: str  # where the image opens: as recorded, else beside the results file
+    status: str
+    error: str | None = None
+    width: int | None = None  # of the image as displayed: the frame of the pixel boxes
+    height: int | None = None
+    model: str | None = None
+    regions: tuple[Region, ...] = ()
+    row: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)  # the record as read
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def key(self) -> str:
+        """What makes the record unique in its output (`Task.key`): a record written again replaces this one."""
+        return tasks.get(self.task).key(self.row)
+
+
+def read(path: str) -> Iterator[Result]:
+    """The results in the file (or, later, the folder) at `path`, in order. InputError when it is not a results
+    file of kosmos, raised before the first result is handed out."""
+    here = os.path.dirname(os.path.abspath(path))
+    for number, row in enumerate(rows(path), 1):
+        yield result_of(row, here, f"{path} row {number}")
+
+
+def result_of(row: Mapping[str, Any], root: str | None = None, where: str = "a row") -> Result:
+    """A row as a Result (a record being written, or one read back); `root`: where a relative path is also looked
+    for (the results file's folder). InputError, naming `where`, when the row is not a kosmos record."""
+    task = tasks.of_row(row) if isinstance(row, Mapping) else None
+    path = row.get("path") if isinstance(row, Mapping) else None
+    if task is None or not isinstance(path, str) or "status" not in row:
+        raise InputError(
+            f"{where} is not a kosmos record (no status, caption, box_px or phrase): pass a results file written "
+            "by kosmos ground, refer or find"
+        )
+    regions = tuple(
+        Region(label, tuple(tuple(b) for b in boxes), tuple(_scores(scores, len(boxes))))  # type: ignore[misc]
+        for (label, boxes), scores in zip(task.shapes(row), task.box_scores(row))
+    )
+    return Result(
+        task=task.name,
+        path=path,
+        source=locate(path, root),
+        status=row["status"],
+        error=row.get("error"),
+        width=row.get("width"),
+        height=row.get("height"),
+        model=row.get("model"),
+        regions=regions,
+        row=row,
+    )
+
+
+def _scores(scores: Any, n: int) -> list[float | None]:
+    """A score per box; None for each when the record has none for them (or not one per box)."""
+    if scores is None or len(scores) != n:
+        return [None] * n
+    return list(scores)
+
+
+def locate(path: str, root: str | None) -> str:
+    """A recorded path as it can be opened: as written (relative to here), else relative to `root`."""
+    if root is None or locations.is_remote(path):
+        return path  # a URL (of an image, or of a shard or table holding it)
+    member = locations.split_member(path)
+    if member is not None:  # a sample of a shard or table: its container is where the path says
+        return f"{locate(member[0], root)}#{member[1]}"
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    beside = os.path.join(root, path)
+    return beside if os.path.exists(beside) else path
+
+
+# -- rows of a results file ------------------------------------------------------------------------------------
+def rows(path: str) -> Iterator[dict[str, Any]]:
+    """The rows of the results at `path`, whatever it is: JSONL or Parquet (by its first bytes)."""
+    if not os.path.exists(path):
+        raise InputError(f"results file not found: {path}")
+    if _is_parquet(path):
+        yield from _parquet_rows(path)
+    else:
+        yield from _jsonl_rows(path)
+
+
+def _is_parquet(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PAR1"
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _jsonl_rows(path: str) -> Iterator[dict[str, Any]]:
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(
+                    f"{path} is not a results file of kosmos (neither JSONL nor Parquet): {_NOT_RESULTS}"
+                ) from None
+            try:
+                row = json.loads(text)
+            except (ValueError, RecursionError):
+                raise InputError(f"{path} line {number} is not JSON: is it a results file of kosmos?") from None
+            if not isinstance(row, dict) or "path" not in row:
+                raise InputError(f"{path} line {number} has no 'path': is it a results file of kosmos?")
+            yield row
+
+
+def _parquet_rows(path: str) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise InputError(f"{path} is not a readable Parquet file: {_NOT_RESULTS}") from None
+    if "path" not in pf.schema_arrow.names:
+        raise InputError(f"{path} has no 'path' column: is it a results file of kosmos?")
+    for batch in pf.iter_batches(batch_size=4096):
+        yield from batch.to_pylist()
