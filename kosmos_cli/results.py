@@ -1,12 +1,15 @@
 """Results files read back: the one reader that draw, export and view share, turning rows into typed results.
 
     for result in results.read("results.parquet"):
+        if isinstance(result, Bad): ...                            # warn (result.message(path)), skip, count
         result.task, result.path, result.status, result.regions   # a Result
 
 `read` takes whatever the path names and dispatches on it: a JSONL file or a Parquet file (a folder of Parquet
-parts is one more branch in `rows`). A file is a results file of kosmos when its rows are kosmos records: a
+parts is one more branch in `rows`). A file is a results file of kosmos when its first row is a kosmos record: a
 `path`, a `status` and the fields of a known task; anything else (a manifest, an image, a damaged Parquet file) is
-refused in one line (InputError), before a reader writes anything.
+refused in one line (InputError), before a reader writes anything. After that first row, a line that cannot be
+used (not JSON, not a record) is a `Bad` naming it: every reader warns, skips and counts it and goes on with the
+rest, as ground does with a damaged line of its own output.
 
 What a record shows is its task's to say (`Task.shapes`, `Task.box_scores`): this module asks the task and hands
 each result its `regions`, a label (a phrase, a region's description) with pixel boxes of the image as displayed
@@ -65,24 +68,55 @@ class Result:
         return tasks.get(self.task).key(self.row)
 
 
-def read(path: str) -> Iterator[Result]:
-    """The results in the file (or, later, the folder) at `path`, in order. InputError when it is not a results
-    file of kosmos, raised before the first result is handed out."""
+@dataclass(frozen=True)
+class Bad:
+    """A line or row of a results file that cannot be used: where it is ("line 7", "row 7") and why."""
+
+    where: str
+    why: str
+
+    def message(self, path: str) -> str:
+        """The one line a reader warns with (`path`: the results file, when the row came from one)."""
+        return f"{path} {self.where} skipped: {self.why}" if path else f"{self.where} skipped: {self.why}"
+
+
+class BadRecord(ValueError):
+    """A row that is no usable record; the message says why."""
+
+
+class NotARecord(BadRecord):
+    """A row that is no record of kosmos at all: as a file's first row, the file is not a results file."""
+
+
+NOT_A_RECORD = "not a kosmos record: no status, caption, box_px or phrase"
+
+
+def read(path: str) -> Iterator[Result | Bad]:
+    """The results in the file (or, later, the folder) at `path`, in order, and a `Bad` for each line or row that
+    cannot be used. InputError when its first row is not a kosmos record: it is no results file of kosmos."""
     here = os.path.dirname(os.path.abspath(path))
-    for number, row in enumerate(rows(path), 1):
-        yield result_of(row, here, f"{path} row {number}")
+    first = True
+    for where, row in rows(path):
+        try:
+            if isinstance(row, Bad):
+                raise NotARecord(row.why)
+            result = result_of(row, here)
+        except BadRecord as exc:
+            if first and isinstance(exc, NotARecord):
+                raise InputError(f"{path} is not a results file of kosmos ({where} is {exc}): {_NOT_RESULTS}") from None
+            yield Bad(where, str(exc))
+        else:
+            yield result
+        first = False
 
 
-def result_of(row: Mapping[str, Any], root: str | None = None, where: str = "a row") -> Result:
+def result_of(row: Mapping[str, Any], root: str | None = None) -> Result:
     """A row as a Result (a record being written, or one read back); `root`: where a relative path is also looked
-    for (the results file's folder). InputError, naming `where`, when the row is not a kosmos record."""
+    for (the results file's folder). BadRecord when the row is no usable record."""
     task = tasks.of_row(row) if isinstance(row, Mapping) else None
     path = row.get("path") if isinstance(row, Mapping) else None
     if task is None or not isinstance(path, str) or "status" not in row:
-        raise InputError(
-            f"{where} is not a kosmos record (no status, caption, box_px or phrase): pass a results file written "
-            "by kosmos ground, refer or find"
-        )
+        raise NotARecord(NOT_A_RECORD)
     regions = tuple(
         Region(label, tuple(tuple(b) for b in boxes), tuple(_scores(scores, len(boxes))))  # type: ignore[misc]
         for (label, boxes), scores in zip(task.shapes(row), task.box_scores(row))
@@ -122,8 +156,9 @@ def locate(path: str, root: str | None) -> str:
 
 
 # -- rows of a results file ------------------------------------------------------------------------------------
-def rows(path: str) -> Iterator[dict[str, Any]]:
-    """The rows of the results at `path`, whatever it is: JSONL or Parquet (by its first bytes)."""
+def rows(path: str) -> Iterator[tuple[str, Any]]:
+    """(where, row) for each row of the results at `path`, whatever it is: JSONL or Parquet (by its first bytes).
+    A JSONL line that is no JSON object comes as a Bad."""
     if not os.path.exists(path):
         raise InputError(f"results file not found: {path}")
     if _is_parquet(path):
@@ -140,34 +175,31 @@ def _is_parquet(path: str) -> bool:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
-def _jsonl_rows(path: str) -> Iterator[dict[str, Any]]:
+def _jsonl_rows(path: str) -> Iterator[tuple[str, Any]]:
     with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            where = f"line {number}"
             try:
-                text = line.decode("utf-8")
+                row = json.loads(line.decode("utf-8"))
             except UnicodeDecodeError:
-                raise InputError(
-                    f"{path} is not a results file of kosmos (neither JSONL nor Parquet): {_NOT_RESULTS}"
-                ) from None
-            try:
-                row = json.loads(text)
+                yield where, Bad(where, "not UTF-8 text")
             except (ValueError, RecursionError):
-                raise InputError(f"{path} line {number} is not JSON: is it a results file of kosmos?") from None
-            if not isinstance(row, dict) or "path" not in row:
-                raise InputError(f"{path} line {number} has no 'path': is it a results file of kosmos?")
-            yield row
+                yield where, Bad(where, "not JSON")
+            else:
+                yield where, row
 
 
-def _parquet_rows(path: str) -> Iterator[dict[str, Any]]:
+def _parquet_rows(path: str) -> Iterator[tuple[str, Any]]:
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(path)
     except Exception:  # noqa: BLE001 - pyarrow raises several types for a damaged file
         raise InputError(f"{path} is not a readable Parquet file: {_NOT_RESULTS}") from None
-    if "path" not in pf.schema_arrow.names:
-        raise InputError(f"{path} has no 'path' column: is it a results file of kosmos?")
+    number = 0
     for batch in pf.iter_batches(batch_size=4096):
-        yield from batch.to_pylist()
+        for row in batch.to_pylist():
+            number += 1
+            yield f"row {number}", row

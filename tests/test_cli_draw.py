@@ -200,3 +200,19 @@ def test_an_image_gone_since_is_a_warning_and_strict_exits_1(results, tmp_path):
         assert "kosmos: WARNING: cannot draw " in result.stderr and "b.png: file not found" in result.stderr
         assert "2 drawn, 1 skipped (error records), 1 failed" in result.stderr
     assert invoke("draw", str(results), "--out-dir", str(tmp_path / "out"), "--strict").exit_code == 1
+
+
+def test_a_junk_line_is_warned_skipped_and_counted_as_ground_does(results, tmp_path):
+    lines = results.read_text().splitlines()
+    lines[1:1] = ['{"path": "x.png", "truncated', '{"path": "notes.png", "comment": "mine"}']
+    results.write_text("\n".join(lines) + "\n")
+    result = invoke("draw", str(results), "--out-dir", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 3  # every usable record drawn
+    warned = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert warned == [
+        f"kosmos: WARNING: {results} line 2 skipped: not JSON",
+        f"kosmos: WARNING: {results} line 3 skipped: not a kosmos record: no status, caption, box_px or phrase",
+    ]
+    assert "3 drawn, 1 skipped (error records), 0 failed, 2 unusable in " in result.stderr
+    assert invoke("draw", str(results), "--out-dir", str(tmp_path / "out"), "--strict").exit_code == 1

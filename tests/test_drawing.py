@@ -304,9 +304,8 @@ def test_files_that_are_not_results_are_refused_before_anything_is_written(tmp_p
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     good = find_row(tmp_path / "a.png", (1, 1, 6, 6), (8, 8))
     cases = {
-        "manifest.jsonl": '{"path": "a.png", "phrase": "a dog"}\n',
-        "late.jsonl": json.dumps(good) + "\n" + '{"path": "a.png"}\n',
-        "text.jsonl": "not json\n",
+        "manifest.jsonl": '{"path": "a.png", "phrase": "a dog"}\n' + json.dumps(good) + "\n",
+        "text.jsonl": "not json\n" + json.dumps(good) + "\n",
         "a.csv": "path,x1\na.png,1\n",
     }
     for name, text in cases.items():

@@ -443,7 +443,7 @@ def test_outputs_that_cannot_be_used_are_refused(grounded, tmp_path):
     one_error_line(
         kosmos("export", str(tmp_path / "m.jsonl"), "--to", "coco", str(tmp_path / "c.json")),
         2,
-        "row 1 is not a kosmos record",
+        "line 1 is not a kosmos record",
     )
 
 
@@ -516,3 +516,21 @@ def test_export_starts_without_torch(grounded, tmp_path):
         timeout=60,
     )
     assert proc.stderr.strip() == "0 False False", proc.stderr
+
+
+def test_a_junk_line_is_warned_skipped_and_counted_as_ground_does(grounded, tmp_path):
+    with open(grounded, "a") as f:
+        f.write("garbage\n")
+    lines = open(grounded).read().splitlines()
+    lines.insert(1, '{"path": "x.png"}')
+    with open(grounded, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    result = kosmos("export", grounded, "--to", "coco", str(tmp_path / "c.json"))
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if "WARNING" in line] == [
+        f"kosmos: WARNING: {grounded} line 2 skipped: not a kosmos record: no status, caption, box_px or phrase",
+        f"kosmos: WARNING: {grounded} line 6 skipped: not JSON",
+    ]
+    assert "3 images, 5 boxes, 3 classes, 1 skipped (error records), 0 failed, 2 unusable in " in result.stderr
+    assert len(json.loads((tmp_path / "c.json").read_text())["images"]) == 3
+    assert kosmos("export", grounded, "--to", "coco", str(tmp_path / "c.json"), "--strict").exit_code == 1

@@ -65,7 +65,7 @@ class Background:
         """`pipeline.run`'s on_write hook: the batch's rows, taken now, go to the drawing threads."""
         self.add_rows([record.to_dict() for record in records])
 
-    def add_rows(self, rows: list[results.Result] | list[dict[str, Any]]) -> None:
+    def add_rows(self, rows: list[results.Result | results.Bad] | list[dict[str, Any]]) -> None:
         if self._error is not None:
             raise self._error
         self._queue.put(rows)
@@ -123,22 +123,23 @@ def run(
     total, base = 0, None
     for result in results.read(path):
         total += 1
-        if result.ok and locations.is_local(result.source):
+        if isinstance(result, results.Result) and result.ok and locations.is_local(result.source):
             folder = os.path.dirname(os.path.abspath(result.source))
             base = folder if base is None else os.path.commonpath([base, folder])
     progress = progress or Progress()
     progress.start(total)
-    drawer = Drawer(out_dir, base, title=f"kosmos draw: {os.path.basename(path)}", html=html, min_score=min_score)
+    title = f"kosmos draw: {os.path.basename(path)}"
+    drawer = Drawer(out_dir, base, html=html, title=title, min_score=min_score, results=path)
     summary = drawer.summary
 
     def on_row(target: str | None) -> None:  # in the order of the rows, from the drawing side
         if target is not None and on_drawn is not None:
             on_drawn(target)
-        progress.advance(summary.drawn, summary.failed, summary.skipped)
+        progress.advance(summary.drawn, summary.failed + summary.unusable, summary.skipped)
 
     try:
         with Background(drawer, threads=threads, on_row=on_row) as background:
-            batch: list[results.Result] = []
+            batch: list[results.Result | results.Bad] = []
             for result in results.read(path):
                 batch.append(result)
                 if len(batch) == 16:

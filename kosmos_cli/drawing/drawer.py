@@ -19,7 +19,7 @@ from .. import locations
 from ..errors import UsageError
 from ..locations import open_image
 from ..reports import SoloReport
-from ..results import Result, result_of
+from ..results import Bad, BadRecord, Result, result_of
 from .gallery import Gallery
 from .naming import Targets, claim, save
 from .render import Shape, annotate, shapes_of
@@ -35,6 +35,7 @@ class DrawSummary(SoloReport):
     drawn: int = 0
     skipped: int = 0
     failed: int = 0
+    unusable: int = 0  # lines or records of the results file that cannot be used: warned, skipped
     seconds: float = 0.0
     index: str | None = None
     failures: list[str] = field(default_factory=list)
@@ -43,7 +44,7 @@ class DrawSummary(SoloReport):
         index = f" (gallery {self.index})" if self.index else ""
         return (
             f"kosmos draw finished: {self.drawn} drawn, {self.skipped} skipped (error records), "
-            f"{self.failed} failed in {self.seconds:.1f}s -> {self.out_dir}{index}"
+            f"{self.failed} failed{self.unusable_part()} in {self.seconds:.1f}s -> {self.out_dir}{index}"
         )
 
 
@@ -77,6 +78,7 @@ class Drawer:
         title: str = "kosmos draw",
         option: str = "--out-dir",
         min_score: float | None = None,
+        results: str = "",
     ):
         if os.path.exists(out_dir) and not os.path.isdir(out_dir):
             raise UsageError(f"{option} {out_dir} is a file: name a folder for the annotated images")
@@ -87,6 +89,7 @@ class Drawer:
             )
         claim(out_dir, option.lstrip("-").replace("-", "_"))  # ours, or refused before anything is written
         self.out_dir, self.base, self.root, self.title, self.option = out_dir, base, root, title, option
+        self.results = results  # the results file the rows come from, named in the warnings about them
         self.min_score = min_score  # boxes scored below it are not drawn (scores.passes)
         self.summary = DrawSummary(out_dir, index=os.path.join(out_dir, "index.html") if html else None)
         self._gallery = Gallery(self.summary.index, title) if self.summary.index else None
@@ -103,7 +106,7 @@ class Drawer:
         for record in records:
             self.add(record.to_dict())
 
-    def add(self, row: Result | Mapping[str, Any]) -> str | None:
+    def add(self, row: Result | Bad | Mapping[str, Any]) -> str | None:
         """Draw one result (or a record's row); returns the file written, or None (an error record, or an image
         that cannot be read)."""
         job = self.prepare(row)
@@ -111,9 +114,22 @@ class Drawer:
 
     # add() in three steps, so that Background can render on several threads and still name files and write the
     # gallery in the order of the rows: prepare and complete run in order, render anywhere.
-    def prepare(self, row: Result | Mapping[str, Any]) -> Job | None:
-        """Where the result's image comes from and goes to (None: an error record, counted as skipped)."""
-        result = row if isinstance(row, Result) else result_of(row, self.root)
+    def prepare(self, row: Result | Bad | Mapping[str, Any]) -> Job | None:
+        """Where the result's image comes from and goes to (None: an error record, counted as skipped; or a line
+        that cannot be used, warned and counted as unusable)."""
+        got: Result | Bad
+        if isinstance(row, (Result, Bad)):
+            got = row
+        else:
+            try:
+                got = result_of(row, self.root)
+            except BadRecord as exc:
+                got = Bad(f"the record of {row.get('path')!r}", str(exc))
+        if isinstance(got, Bad):
+            self.summary.unusable += 1
+            log.warning("%s", got.message(self.results))
+            return None
+        result = got
         if not result.ok:
             self.summary.skipped += 1
             return None

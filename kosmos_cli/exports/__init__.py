@@ -45,6 +45,7 @@ class ExportSummary(SoloReport):
     classes: int = 0
     errors: int = 0  # error records of the results: skipped
     failed: int = 0  # images that could not be exported (YOLO: the image file is gone)
+    unusable: int = 0  # lines or records of the results that cannot be used: warned, skipped
     dropped: Dropped = field(default_factory=Dropped)
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
@@ -64,7 +65,8 @@ class ExportSummary(SoloReport):
         extra = f"; boxes left out: {', '.join(left)}" if left else ""
         return (
             f"kosmos export finished: {self.images} images, {self.boxes} boxes, {self.classes} classes, "
-            f"{self.errors} skipped (error records), {self.failed} failed{extra} in {self.seconds:.1f}s "
+            f"{self.errors} skipped (error records), {self.failed} failed{self.unusable_part()}{extra} "
+            f"in {self.seconds:.1f}s "
             f"-> {self.out} ({self.to})"
         )
 
@@ -104,7 +106,7 @@ def run(
     writer_type.check(out)
     checked = scan(results, root)
 
-    summary = ExportSummary(to=writer_type.name, out=out, errors=checked.errors)
+    summary = ExportSummary(to=writer_type.name, out=out, errors=checked.errors, unusable=checked.unusable)
     writer = writer_type(out, Options(results=results, root=root, image_root=image_root, copy_images=copy_images))
     try:
         for image in images(results, checked, root):

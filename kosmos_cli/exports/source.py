@@ -10,6 +10,7 @@ resuming holds its keys) and the boxes of images whose rows are still coming, ne
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from .. import locations, results, tasks
 from ..errors import UsageError
 from ..layout import remote_layout
+
+log = logging.getLogger("kosmos_cli")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Scan:
     task: str | None = None
     rows: int = 0
     errors: int = 0  # error records: skipped
+    unusable: int = 0  # lines or records that cannot be used: warned, skipped
     last: dict[str, int] = field(default_factory=dict)  # path -> number of its last ok row
     base: str | None = None  # the common folder of the images
 
@@ -57,6 +61,10 @@ def scan(path: str, root: str | None) -> Scan:
     """Check every row and note where each image's rows end. Raises before anything is written."""
     out = Scan()
     for number, result in enumerate(results.read(path), 1):
+        if isinstance(result, results.Bad):
+            out.unusable += 1
+            log.warning("%s", result.message(path))
+            continue
         if not tasks.get(result.task).detects:
             raise UsageError(
                 f"{path} holds {result.task} records: they describe regions you gave, they find no boxes; "
@@ -84,8 +92,8 @@ def images(path: str, found: Scan, root: str | None) -> Iterator[Image]:
     base = root if root is not None else found.base
     pending: dict[str, tuple[Image, dict[str, list[Found]]]] = {}
     for number, result in enumerate(results.read(path), 1):
-        if not result.ok:
-            continue
+        if isinstance(result, results.Bad) or not result.ok:
+            continue  # the first pass warned about each line that cannot be used
         recorded, source = result.path, result.source
         if recorded not in pending:
             full, _ = _place(source)
