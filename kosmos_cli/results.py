@@ -20,14 +20,18 @@ spans, for the gallery).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import NoneType
 from typing import Any
 
 from . import locations, tasks
 from .errors import InputError
+from .fsnames import clean
 from .records import OK
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the image as displayed
@@ -112,34 +116,95 @@ def read(path: str) -> Iterator[Result | Bad]:
 
 def result_of(row: Mapping[str, Any], root: str | None = None) -> Result:
     """A row as a Result (a record being written, or one read back); `root`: where a relative path is also looked
-    for (the results file's folder). BadRecord when the row is no usable record."""
+    for (the results file's folder). BadRecord, saying why, when the row is no usable record: not a record of
+    kosmos, or an ok record whose size, boxes, labels or scores are not what kosmos writes (NaN, a box of three
+    numbers or of strings, a string width or score, entities that are not a list). Every string of the result is
+    in its recorded form (fsnames.py); `source` opens the image by its real name."""
     task = tasks.of_row(row) if isinstance(row, Mapping) else None
     path = row.get("path") if isinstance(row, Mapping) else None
-    if task is None or not isinstance(path, str) or "status" not in row:
+    if task is None or not isinstance(path, str) or not path or "status" not in row:
         raise NotARecord(NOT_A_RECORD)
-    regions = tuple(
-        Region(label, tuple(tuple(b) for b in boxes), tuple(_scores(scores, len(boxes))))  # type: ignore[misc]
-        for (label, boxes), scores in zip(task.shapes(row), task.box_scores(row))
-    )
+    source = locate(path, root)
+    row = clean(dict(row))
+    status = row["status"]
+    if not isinstance(status, str):
+        raise BadRecord(f"its status is not text: {_shown(status)}")
+    ok = status == OK
+    width, height = _size(row, "width"), _size(row, "height")
+    if ok and (width is None or height is None):
+        raise BadRecord("an ok record without its width and height")
     return Result(
         task=task.name,
-        path=path,
-        source=locate(path, root),
-        status=row["status"],
-        error=row.get("error"),
-        width=row.get("width"),
-        height=row.get("height"),
-        model=row.get("model"),
-        regions=regions,
+        path=row["path"],
+        source=source,
+        status=status,
+        error=_text(row.get("error")),
+        width=width,
+        height=height,
+        model=_text(row.get("model")),
+        regions=_regions(task, row) if ok else (),
         row=row,
     )
 
 
-def _scores(scores: Any, n: int) -> list[float | None]:
+def _regions(task: type[tasks.Task], row: Mapping[str, Any]) -> tuple[Region, ...]:
+    """What the record shows, as its task says (`Task.shapes`, `Task.box_scores`), checked."""
+    for f in dataclasses.fields(task.record_type):
+        value = row.get(f.name)
+        if f.name in task.record_type.fields and "list" in str(f.type) and not isinstance(value, (list, NoneType)):
+            raise BadRecord(f"{f.name} is not a list")
+    try:
+        found, scored = task.shapes(row), task.box_scores(row)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+        raise BadRecord(f"its {', '.join(task.record_type.fields)} are not as kosmos {task.name} writes them") from None
+    regions = []
+    for (label, boxes), scores in zip(found, scored):
+        if not isinstance(label, str):
+            raise BadRecord(f"a label is not text: {_shown(label)}")
+        regions.append(Region(label, tuple(_box(b) for b in boxes), _scores(scores, len(boxes))))
+    return tuple(regions)
+
+
+def _box(value: Any) -> Box:
+    if isinstance(value, (list, tuple)) and len(value) == 4 and all(_number(v) for v in value):
+        return tuple(value)
+    raise BadRecord(f"a box is not 4 finite numbers: {_shown(value)}")
+
+
+def _scores(scores: Any, n: int) -> tuple[float | None, ...]:
     """A score per box; None for each when the record has none for them (or not one per box)."""
+    if scores is not None and not isinstance(scores, list):
+        raise BadRecord(f"scores is not a list: {_shown(scores)}")
     if scores is None or len(scores) != n:
-        return [None] * n
-    return list(scores)
+        return (None,) * n
+    for score in scores:
+        if score is not None and not _number(score):
+            raise BadRecord(f"a score is not a number: {_shown(score)}")
+    return tuple(scores)
+
+
+def _size(row: Mapping[str, Any], name: str) -> int | None:
+    """The record's width or height: a whole number above 0, or None when it has none."""
+    value = row.get(name)
+    if value is None:
+        return None
+    if _number(value) and value == int(value) and value > 0:
+        return int(value)
+    raise BadRecord(f"{name} is not a whole number above 0: {_shown(value)}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else value if isinstance(value, str) else str(value)
+
+
+def _shown(value: Any) -> str:
+    """A value as a warning names it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def locate(path: str, root: str | None) -> str:
@@ -161,6 +226,8 @@ def rows(path: str) -> Iterator[tuple[str, Any]]:
     A JSONL line that is no JSON object comes as a Bad."""
     if not os.path.exists(path):
         raise InputError(f"results file not found: {path}")
+    if os.path.isdir(path):  # a folder of Parquet parts is the branch to add here
+        raise InputError(f"{path} is a folder: {_NOT_RESULTS}")
     if _is_parquet(path):
         yield from _parquet_rows(path)
     else:

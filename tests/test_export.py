@@ -12,6 +12,7 @@ from PIL import Image, ImageOps
 
 from kosmos_cli import export, ground, read_records
 from kosmos_cli.errors import InputError, UsageError
+from kosmos_cli.exports.base import xml_text
 from kosmos_cli.exports.boxes import Label, suppress
 from kosmos_cli.exports.classes import Classes, normalise, parse_classes
 from kosmos_cli.records import Entity
@@ -534,3 +535,67 @@ def test_a_junk_line_is_warned_skipped_and_counted_as_ground_does(grounded, tmp_
     assert "3 images, 5 boxes, 3 classes, 1 skipped (error records), 0 failed, 2 unusable in " in result.stderr
     assert len(json.loads((tmp_path / "c.json").read_text())["images"]) == 3
     assert kosmos("export", grounded, "--to", "coco", str(tmp_path / "c.json"), "--strict").exit_code == 1
+
+
+def test_records_edited_by_hand_are_each_a_warning_and_the_rest_exported(tmp_path):
+    from tests.test_results import BAD_RECORDS, ground_row
+
+    grey(tmp_path / "a.png", (200, 100))
+    rows = [row for row, _ in BAD_RECORDS.values()] + [ground_row()]
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for to, out in (("coco", "c.json"), ("yolo", "y"), ("voc", "v"), ("labelstudio", "ls.json")):
+        result = kosmos("export", str(results), "--to", to, str(tmp_path / out))
+        assert result.exit_code == 0, result.output
+        warned = [line for line in result.stderr.splitlines() if "WARNING" in line]
+        assert len(warned) == len(BAD_RECORDS) and all(" skipped: " in line for line in warned)
+        assert f"1 images, 3 boxes, 2 classes, 0 skipped (error records), 0 failed, {len(BAD_RECORDS)} unusable" in (
+            result.stderr
+        )
+
+
+ODD_PHRASES = [
+    "a \x01 dog",  # a control character: not allowed in XML 1.0
+    "a\x0bcat",  # a vertical tab: a line break to str.splitlines
+    "the \x7f bird",  # DEL: not printable in YAML
+    "a \x85 fish",  # NEL: a line break in YAML and to str.splitlines
+    "a \u2028 frog",  # LINE SEPARATOR
+    "a \ufffe toad",  # a noncharacter: not allowed in XML
+    "a \ud800 bee",  # a lone surrogate: not UTF-8
+    'a "quoted" <b>tag</b> & \\ back',
+    "an emoji \U0001f600",
+]
+
+
+def test_every_file_an_export_writes_parses_whatever_the_phrases_hold(tmp_path):
+    path = grey(tmp_path / "p" / "a\x01b.png", (100, 100))
+    entities = [
+        {"phrase": p, "start": 0, "end": 1, "boxes_px": [[i * 10, i * 10, i * 10 + 9, i * 10 + 9]], "scores": [0.5]}
+        for i, p in enumerate(ODD_PHRASES)
+    ]
+    row = {"path": path, "task": "ground", "width": 100, "height": 100, "status": "ok", "entities": entities}
+    results = tmp_path / "r.jsonl"
+    results.write_text(json.dumps(row) + "\n")
+    for named in (None, ",".join(p.replace(",", " ") for p in ODD_PHRASES)):
+        out = tmp_path / ("named" if named else "default")
+        out.mkdir()
+        args = ["--classes", named] if named else []
+        for to, name in (("coco", "c.json"), ("yolo", "y"), ("voc", "v"), ("labelstudio", "ls.json")):
+            result = kosmos("export", str(results), "--to", to, str(out / name), *args)
+            assert result.exit_code == 0, result.output
+        coco = json.loads((out / "c.json").read_text())
+        names = [c["name"] for c in coco["categories"]]
+        found = [names[a["category_id"] - 1] for a in coco["annotations"]]
+        assert len(names) == len(ODD_PHRASES) and (found or named)  # named: "a ..." names no phrase's head
+        assert (out / "v" / "labels.txt").read_text(encoding="utf-8").splitlines() == names
+        assert yaml.safe_load((out / "y" / "data.yaml").read_text(encoding="utf-8"))["names"] == dict(enumerate(names))
+        voc = ET.parse(next((out / "v" / "Annotations").rglob("*.xml"))).getroot()
+        assert [o.findtext("name") for o in voc.findall("object")] == [xml_text(name) for name in found]
+        assert voc.findtext("filename") == "a\\x01b.png"  # what XML cannot hold, escaped as fsnames records it
+        config = ET.parse(out / "ls.config.xml").getroot()
+        assert [label.get("value") for label in config.iter("Label")] == [xml_text(name) for name in names]
+        assert len(json.loads((out / "ls.json").read_text())[0]["predictions"][0]["result"]) == len(found)
+
+
+def test_a_folder_as_results_is_one_line_and_exit_2(tmp_path):
+    one_error_line(kosmos("export", str(tmp_path), "--to", "coco", str(tmp_path / "c.json")), 2, "is a folder")

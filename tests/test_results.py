@@ -93,3 +93,55 @@ def test_a_file_whose_first_row_is_not_a_record_is_not_a_results_file(tmp_path, 
     with pytest.raises(InputError, match="is not a results file of kosmos") as caught:
         list(read(str(path)))
     assert message in str(caught.value)
+
+
+def edited(entities=None, **fields):
+    """A ground record of a.png as edited by hand or written by another tool: `entities` and fields replaced."""
+    row = ground_row()
+    if entities is not None:
+        row["entities"] = entities
+    row.update(fields)
+    return row
+
+
+def dog(boxes, **fields):
+    return [{"phrase": "a dog", "start": 0, "end": 5, "boxes_px": boxes, **fields}]
+
+
+BAD_RECORDS = {
+    "nan": (edited(dog([[float("nan"), 4, 30, 30]])), "a box is not 4 finite numbers: [nan, 4, 30, 30]"),
+    "inf": (edited(dog([[4, 4, float("inf"), 30]])), "a box is not 4 finite numbers: [4, 4, inf, 30]"),
+    "three numbers": (edited(dog([[4, 4, 30]])), "a box is not 4 finite numbers: [4, 4, 30]"),
+    "strings": (edited(dog([["4", "4", "30", "30"]])), "a box is not 4 finite numbers: ['4', '4', '30', '30']"),
+    "a box not a list": (edited(dog([7])), "its caption, entities are not as kosmos ground writes them"),
+    "entities not a list": (edited({"phrase": "a dog"}), "entities is not a list"),
+    "entities of text": (edited(["a dog"]), "its caption, entities are not as kosmos ground writes them"),
+    "string width": (edited(width="200"), "width is not a whole number above 0: '200'"),
+    "zero height": (edited(height=0), "height is not a whole number above 0: 0"),
+    "no size": (edited(width=None), "an ok record without its width and height"),
+    "string score": (edited(dog([[4, 4, 30, 30]], scores=["high"])), "a score is not a number: 'high'"),
+    "nan score": (edited(dog([[4, 4, 30, 30]], scores=[float("nan")])), "a score is not a number: nan"),
+    "phrase not text": (edited([{"phrase": 5, "boxes_px": [[4, 4, 30, 30]]}]), "a label is not text: 5"),
+    "status not text": (edited(status=1), "its status is not text: 1"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_RECORDS)
+def test_a_record_that_cannot_be_used_is_bad_and_says_why(tmp_path, name):
+    row, why = BAD_RECORDS[name]
+    got = list(read(write_jsonl(tmp_path / "r.jsonl", [row, ground_row(), row])))
+    assert [type(r) for r in got] == [Bad, Result, Bad]  # the first row too: it is a record, only not usable
+    assert (got[0].where, got[0].why, got[2].where) == ("line 1", why, "line 3")
+
+
+def test_text_that_is_not_valid_unicode_is_read_in_its_recorded_form(tmp_path):
+    row = edited(dog([[4, 4, 30, 30]]), caption="a dog\ud800", model="m\udce9")
+    row["entities"][0]["phrase"] = "a \ud800 dog"
+    (result,) = read(write_jsonl(tmp_path / "r.jsonl", [row]))
+    assert result.regions[0].label == "a \\ud800 dog" and result.model == "m\\xe9"
+    assert result.row["caption"] == "a dog\\ud800"  # what the gallery writes is valid UTF-8 too
+
+
+def test_a_folder_is_not_a_results_file(tmp_path):
+    with pytest.raises(InputError, match=f"{tmp_path} is a folder: pass the .jsonl or .parquet file"):
+        list(read(str(tmp_path)))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -113,3 +115,25 @@ def starts_with(path: str, *heads: bytes) -> bool:
 
 def write_error(exc: OSError, path: str) -> OutputError:
     return OutputError(f"cannot write {path}: {exc.strerror or exc}: choose another OUT or free some space")
+
+
+# Characters XML 1.0 does not allow (control characters but tab and line breaks, surrogates, U+FFFE and U+FFFF),
+# and those YAML does not print (DEL and C1 controls, noncharacters) or reads as line breaks (NEL, U+2028, U+2029)
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_NOT_YAML = re.compile("[\x7f-\x9f\u2028\u2029\ufffe\uffff]")
+
+
+def xml_text(value: object) -> str:
+    """`value` as text an XML file can hold: a character XML 1.0 does not allow is written as its escape (`\\x01`,
+    `\\ufffe`), as a file name that is not UTF-8 is recorded (fsnames.py)."""
+    return _NOT_XML.sub(lambda m: _escape(m.group()), str(value))
+
+
+def yaml_string(value: str) -> str:
+    """`value` as a YAML double-quoted string that any YAML reader reads back as it is (JSON's escapes are YAML's)."""
+    return _NOT_YAML.sub(lambda m: "\\u%04x" % ord(m.group()), json.dumps(value, ensure_ascii=False))
+
+
+def _escape(c: str) -> str:
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

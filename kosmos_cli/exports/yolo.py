@@ -9,14 +9,13 @@ photo's labels turned.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 from ..atomic import atomic_write
 from ..images import is_image_path
 from ..locations import Unreadable, is_local, read_bytes
-from .base import Options, UniqueNames, Writer, write_error
+from .base import Options, UniqueNames, Writer, write_error, yaml_string
 from .boxes import Label
 from .source import Image
 
@@ -82,13 +81,13 @@ class Yolo(Writer):
     def close(self, classes: list[str]) -> None:
         path = os.path.join(self.out, "data.yaml")
         lines = [
-            f"# written by kosmos export from {os.path.basename(self.options.results)}",
-            f"path: {json.dumps(os.path.abspath(self.out), ensure_ascii=False)}",
+            f"# written by kosmos export from {yaml_string(os.path.basename(self.options.results))}",
+            f"path: {yaml_string(os.path.abspath(self.out))}",
             "train: images",
             "val: images",
             "names:",
         ]
-        lines += [f"  {i}: {json.dumps(name, ensure_ascii=False)}" for i, name in enumerate(classes)]
+        lines += [f"  {i}: {yaml_string(name)}" for i, name in enumerate(classes)]
         if not classes:
             lines[-1] = "names: {}"
         try:
