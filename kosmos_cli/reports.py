@@ -12,6 +12,7 @@ class SoloReport:
     rank: ClassVar[None] = None
     ranks: ClassVar[tuple] = ()
     drawing: ClassVar[None] = None
+    warned: ClassVar[bool] = True  # each failure was warned as it came: the command line does not list it again
     failed: int
     unusable: int
 

@@ -265,8 +265,16 @@ def _parquet_rows(path: str) -> Iterator[tuple[str, Any]]:
         pf = pq.ParquetFile(path)
     except Exception:  # noqa: BLE001 - pyarrow raises several types for a damaged file
         raise InputError(f"{path} is not a readable Parquet file: {_NOT_RESULTS}") from None
-    number = 0
-    for batch in pf.iter_batches(batch_size=4096):
+    number, batches = 0, pf.iter_batches(batch_size=4096)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:  # noqa: BLE001 - a damaged page: pyarrow raises OSError, ArrowInvalid, ...
+            raise InputError(
+                f"{path} cannot be read past row {number} ({exc}): it is damaged; {_NOT_RESULTS}, whole"
+            ) from None
+        if batch is None:
+            return
         for row in batch.to_pylist():
             number += 1
             yield f"row {number}", row

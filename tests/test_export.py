@@ -599,3 +599,46 @@ def test_every_file_an_export_writes_parses_whatever_the_phrases_hold(tmp_path):
 
 def test_a_folder_as_results_is_one_line_and_exit_2(tmp_path):
     one_error_line(kosmos("export", str(tmp_path), "--to", "coco", str(tmp_path / "c.json")), 2, "is a folder")
+
+
+def damaged_parquet(path, rows=20000):
+    """A Parquet file of find records that opens (its footer is whole) but cannot be read past its middle."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = rows
+    table = pa.table({"path": [f"{i}.png" for i in range(n)], "task": ["find"] * n, "status": ["error"] * n})
+    pq.write_table(table, path, row_group_size=n // 4)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 200] = b"\xff" * 200
+    path.write_bytes(bytes(data))
+    return str(path)
+
+
+def test_an_unreadable_parquet_is_one_line_exit_2_and_never_speaks_of_overwrite(tmp_path):
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 nothing")
+    for results, message in (
+        (str(tmp_path / "broken.parquet"), "broken.parquet is not a readable Parquet file: pass the .jsonl"),
+        (damaged_parquet(tmp_path / "damaged.parquet"), "damaged.parquet cannot be read past row "),
+    ):
+        for command in (("export", results, "--to", "coco", str(tmp_path / "c.json")), ("draw", results, "-o", "d")):
+            result = kosmos(*command)
+            one_error_line(result, 2, message)
+            assert "--overwrite" not in result.stderr
+    assert not (tmp_path / "c.json").exists() and not os.path.exists("d")
+
+
+@pytest.mark.parametrize("command", ["export", "draw"])
+def test_images_gone_are_each_warned_once_and_never_called_error_records(tmp_path, command):
+    rows = [
+        GroundRecord(path=str(tmp_path / f"gone{i}.png"), width=10, height=10, caption="x").to_dict() for i in range(7)
+    ]
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ("--to", "yolo", str(tmp_path / "y")) if command == "export" else ("-o", str(tmp_path / "d"))
+    result = kosmos(command, str(results), *args)
+    assert result.exit_code == 0, result.output
+    for i in range(7):
+        assert result.stderr.count(f"gone{i}.png") == 1, result.stderr
+    assert "status 'error'" not in result.stderr and "more failed" not in result.stderr
+    assert "7 failed" in result.stderr.splitlines()[-1]
