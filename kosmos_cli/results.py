@@ -31,7 +31,7 @@ from typing import Any
 
 from . import locations, tasks
 from .errors import InputError
-from .fsnames import clean
+from .fsnames import clean, original
 from .records import OK
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the image as displayed
@@ -208,16 +208,20 @@ def _shown(value: Any) -> str:
 
 
 def locate(path: str, root: str | None) -> str:
-    """A recorded path as it can be opened: as written (relative to here), else relative to `root`."""
-    if root is None or locations.is_remote(path):
+    """A recorded path as it can be opened: as written (relative to here), else relative to `root`; a name recorded
+    with `\\xNN` escapes (fsnames.py) by its original bytes when no file has the name as written."""
+    if locations.is_remote(path):
         return path  # a URL (of an image, or of a shard or table holding it)
     member = locations.split_member(path)
     if member is not None:  # a sample of a shard or table: its container is where the path says
         return f"{locate(member[0], root)}#{member[1]}"
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    beside = os.path.join(root, path)
-    return beside if os.path.exists(beside) else path
+    for name in dict.fromkeys((path, original(path))):
+        if os.path.exists(name):
+            return name
+        beside = os.path.join(root, name) if root is not None and not os.path.isabs(name) else None
+        if beside is not None and os.path.exists(beside):
+            return beside
+    return path
 
 
 # -- rows of a results file ------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import locations
 from ..errors import UsageError
+from ..fsnames import recorded
 from ..locations import open_image
 from ..reports import SoloReport
 from ..results import Bad, BadRecord, Result, result_of
@@ -133,7 +134,7 @@ class Drawer:
         if not result.ok:
             self.summary.skipped += 1
             return None
-        return Job(result, result.source, self._target(result.source))
+        return Job(result, result.source, self._target(recorded(result.source)))  # named in valid UTF-8
 
     def render(self, job: Job) -> list[Shape] | str:
         """Load, annotate and write the image: its shapes, or why it could not be drawn. Thread-safe."""

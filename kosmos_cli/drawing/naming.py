@@ -17,6 +17,7 @@ from PIL import Image
 from .. import locations
 from ..atomic import atomic_write
 from ..errors import OutputError, UsageError
+from ..fsnames import recorded
 from ..layout import remote_layout
 from ..sources import DRAWN_MARKER
 
@@ -84,7 +85,7 @@ class Targets:
     """The output files of one draw: each source's path below `base` in `out_dir`, no name given twice."""
 
     def __init__(self, out_dir: str, base: str | None):
-        self.out_dir, self.base = out_dir, base
+        self.out_dir, self.base = out_dir, None if base is None else recorded(base)  # as the sources are named
         self._used: set[str] = set()
 
     def __call__(self, source: str) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from .. import locations, results, tasks
 from ..errors import UsageError
+from ..fsnames import recorded
 from ..layout import remote_layout
 
 log = logging.getLogger("kosmos_cli")
@@ -74,7 +75,7 @@ def scan(path: str, root: str | None) -> Scan:
         if not result.ok:
             out.errors += 1
             continue
-        full, folder = _place(result.source)
+        full, folder = _place(recorded(result.source))
         if root is not None and full is not None and _outside(full, root):
             raise UsageError(
                 f"{{param}} {root}: {result.path} is not below it: name a folder that holds every image", param="root"
@@ -94,24 +95,24 @@ def images(path: str, found: Scan, root: str | None) -> Iterator[Image]:
     for number, result in enumerate(results.read(path), 1):
         if isinstance(result, results.Bad) or not result.ok:
             continue  # the first pass warned about each line that cannot be used
-        recorded, source = result.path, result.source
-        if recorded not in pending:
-            full, _ = _place(source)
+        image_path, source = result.path, result.source
+        if image_path not in pending:
+            full, _ = _place(recorded(source))
             member = locations.split_member(source)
             if full is None:  # a URL, an object in a bucket (or a sample of a shard there): as recorded
                 layout = _slashes(remote_layout(source, member))
             else:
                 layout = _slashes(os.path.relpath(full, base) if base else os.path.basename(full))
-            name = layout if root is not None and full is not None else recorded
+            name = layout if root is not None and full is not None else image_path
             if (
                 full is not None and member is not None and root is not None
             ):  # the container below --root, and the sample's key
                 name = _slashes(os.path.relpath(os.path.abspath(member[0]), root)) + "#" + member[1]
-            image = Image(recorded, source, name, layout, result.width or 0, result.height or 0, result.model)
-            pending[recorded] = (image, {})
-        pending[recorded][1][result.key()] = list(_found(result))
-        if found.last.get(recorded) == number:
-            image, by_key = pending.pop(recorded)
+            image = Image(image_path, source, name, layout, result.width or 0, result.height or 0, result.model)
+            pending[image_path] = (image, {})
+        pending[image_path][1][result.key()] = list(_found(result))
+        if found.last.get(image_path) == number:
+            image, by_key = pending.pop(image_path)
             image.found = [f for boxes in by_key.values() for f in boxes]
             yield image
 
@@ -120,7 +121,8 @@ _CONTAINER_ENDINGS = (".tar.gz", ".tgz", ".tar", ".parquet")
 
 
 def _place(source: str) -> tuple[str | None, str | None]:
-    """(the full path of an image that opens at `source`, as per-image files are laid out; its folder).
+    """(the full path of an image that opens at `source`, as per-image files are laid out; its folder). `source` in
+    its recorded form (fsnames.py): per-image files are named in valid UTF-8.
 
     A sample of a shard or table (`SHARD.tar#KEY`) is laid out as draw names it, `SHARD/KEY`, in the container's
     folder. A URL or an object in a bucket has no local place: (None, None)."""
