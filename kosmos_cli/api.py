@@ -326,6 +326,8 @@ def _run(
                 on_write(records)
 
         summary = run(task, named, engine, options, progress=progress, on_write=written)
+        if summary.skipped and options.out != "-" and crew.main:  # run again: draw what the last run did not
+            drawing.add_missing(options.out)
     summary.drawing = drawer.summary
     return summary
 

@@ -65,10 +65,21 @@ class Background:
         """`pipeline.run`'s on_write hook: the batch's rows, taken now, go to the drawing threads."""
         self.add_rows([record.to_dict() for record in records])
 
-    def add_rows(self, rows: list[results.Result | results.Bad] | list[dict[str, Any]]) -> None:
+    def add_rows(self, rows: list[results.Result | results.Bad] | list[dict[str, Any]], missing: bool = False) -> None:
+        """Rows to draw, in order; `missing`: results of an earlier run, drawn only where not drawn yet."""
         if self._error is not None:
             raise self._error
-        self._queue.put(rows)
+        self._queue.put((rows, missing))
+
+    def add_missing(self, path: str) -> None:
+        """`ground --draw` run again: the results at `path` (the run's output) that are not drawn yet, drawn."""
+        batch: list[results.Result | results.Bad] = []
+        for result in results.read(path):
+            batch.append(result)
+            if len(batch) == 64:
+                self.add_rows(batch, missing=True)
+                batch = []
+        self.add_rows(batch, missing=True)
 
     def _loop(self) -> None:
         """The order thread: rows prepared and finished in order, rendered on the drawing threads meanwhile."""
@@ -90,16 +101,17 @@ class Background:
 
     def _jobs(self) -> Iterator[Job | None]:
         """Each row handed in, prepared in order on the order thread, until the end or a stop."""
-        while (rows := self._take()) is not None:
+        while (taken := self._take()) is not None:
+            rows, missing = taken
             for row in rows:
                 if self._stop.is_set():
                     return
-                yield self.drawer.prepare(row)
+                yield self.drawer.prepare(row, missing)
 
-    def _take(self) -> list[Any] | None:
-        rows = self._queue.get()
-        self._ended = rows is None
-        return rows
+    def _take(self) -> tuple[list[Any], bool] | None:
+        taken = self._queue.get()
+        self._ended = taken is None
+        return taken
 
     def _render(self, job: Job | None) -> tuple[Job | None, Any]:
         """On a drawing thread: the job and what rendering it gave (nothing to render for an error record)."""

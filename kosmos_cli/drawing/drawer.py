@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import locations
-from ..errors import UsageError
+from ..errors import KosmosError, UsageError
 from ..fsnames import recorded
 from ..locations import open_image
 from ..reports import SoloReport
@@ -95,6 +95,7 @@ class Drawer:
         self.summary = DrawSummary(out_dir, index=os.path.join(out_dir, "index.html") if html else None)
         self._gallery = Gallery(self.summary.index, title) if self.summary.index else None
         self._target = Targets(out_dir, base)
+        self._prepared: set[str] = set()  # the paths of the results drawn (or tried), for `prepare(missing=True)`
 
     def __enter__(self) -> Drawer:
         return self
@@ -115,9 +116,13 @@ class Drawer:
 
     # add() in three steps, so that Background can render on several threads and still name files and write the
     # gallery in the order of the rows: prepare and complete run in order, render anywhere.
-    def prepare(self, row: Result | Bad | Mapping[str, Any]) -> Job | None:
+    def prepare(self, row: Result | Bad | Mapping[str, Any], missing: bool = False) -> Job | None:
         """Where the result's image comes from and goes to (None: an error record, counted as skipped; or a line
-        that cannot be used, warned and counted as unusable)."""
+        that cannot be used, warned and counted as unusable).
+
+        `missing`: a result of an earlier run, drawn only when its image is not drawn yet (`ground --draw` run
+        again: what the run before wrote but had not drawn when it stopped) and not drawn by this Drawer already;
+        nothing else is counted or said of it."""
         got: Result | Bad
         if isinstance(row, (Result, Bad)):
             got = row
@@ -126,6 +131,8 @@ class Drawer:
                 got = result_of(row, self.root)
             except BadRecord as exc:
                 got = Bad(f"the record of {row.get('path')!r}", str(exc))
+        if missing and (isinstance(got, Bad) or not got.ok or got.path in self._prepared):
+            return None  # the run that wrote it said what there was to say
         if isinstance(got, Bad):
             self.summary.unusable += 1
             log.warning("%s", got.message(self.results))
@@ -134,7 +141,9 @@ class Drawer:
         if not result.ok:
             self.summary.skipped += 1
             return None
-        return Job(result, result.source, self._target(recorded(result.source)))  # named in valid UTF-8
+        self._prepared.add(result.path)
+        target = self._target(recorded(result.source))  # named in valid UTF-8
+        return None if missing and os.path.exists(target) else Job(result, result.source, target)
 
     def render(self, job: Job) -> list[Shape] | str:
         """Load, annotate and write the image: its shapes, or why it could not be drawn. Thread-safe."""
@@ -158,6 +167,10 @@ class Drawer:
             annotate(image, shapes, scale)
             save(image, job.target, self.option)
             return shapes
+        except KosmosError:
+            raise  # a folder that cannot be written (a full disk): the end of the drawing, said in one line
+        except Exception as exc:  # noqa: BLE001 - a drawing failure is this image's, never the end of a run
+            return f"{type(exc).__name__}: {exc}"
         finally:
             job.seconds = time.perf_counter() - started
 

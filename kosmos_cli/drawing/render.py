@@ -73,10 +73,14 @@ def annotate(image: Image.Image, shapes: Iterable[Shape], scale: tuple[float, fl
             x1, y1, x2, y2 = _clip(box, scale, width, height)
             if x2 - x1 < 1 or y2 - y1 < 1:
                 continue
-            # Pillow draws outlines inwards from these corners, so the line lies inside the box (x2, y2 exclusive):
-            # a band of the entity's colour between two 1-pixel edges of black or white, seen on any background
-            draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=text_color(shape.color), width=lw + 2)
-            draw.rectangle((x1 + 1, y1 + 1, x2 - 2, y2 - 2), outline=shape.color, width=lw)
+            if x2 - x1 < 3 or y2 - y1 < 3:  # too thin for a band between two edges: the entity's colour alone
+                draw.rectangle((x1, y1, x2 - 1, y2 - 1), fill=shape.color)
+            else:
+                # Pillow draws outlines inwards from these corners, so the line lies inside the box (x2, y2
+                # exclusive): a band of the entity's colour between two 1-pixel edges of black or white, seen on any
+                # background
+                draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=text_color(shape.color), width=lw + 2)
+                draw.rectangle((x1 + 1, y1 + 1, x2 - 2, y2 - 2), outline=shape.color, width=lw)
             if label:
                 labels.append((shape, label, x1, y1))
     for shape, label, x1, y1 in labels:  # after every box, so no line crosses a label
