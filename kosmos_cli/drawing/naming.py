@@ -16,9 +16,9 @@ from PIL import Image
 
 from .. import locations
 from ..atomic import atomic_write
-from ..errors import OutputError, UsageError
+from ..errors import UsageError
 from ..fsnames import recorded
-from ..layout import remote_layout
+from ..layout import fit, remote_layout, write_error
 from ..sources import DRAWN_MARKER
 
 _JPEG = (".jpg", ".jpeg", ".jpe", ".jfif")
@@ -101,7 +101,7 @@ class Targets:
             rel = os.path.relpath(full, self.base) if self.base else os.path.basename(full)
             if rel == os.pardir or rel.startswith(os.pardir + os.sep):  # outside base: keep its whole path
                 rel = os.path.splitdrive(full)[1].lstrip(os.sep)
-        stem, ext = os.path.splitext(rel)
+        stem, ext = os.path.splitext(fit(rel))  # a name too long for the file system, shortened
         ext = ext if ext.lower() in _JPEG else ".png"
         name, n = stem + ext, 1
         while name.lower() in self._used:  # another record of this image, or a.png beside a.bmp
@@ -121,6 +121,4 @@ def save(image: Image.Image, target: str, option: str) -> None:
             # JPEG without chroma subsampling: thin coloured lines keep their colour
             image.save(f, format="JPEG" if jpeg else "PNG", **({"quality": 92, "subsampling": 0} if jpeg else {}))
     except OSError as exc:
-        raise OutputError(
-            f"cannot write {target}: {exc.strerror or exc}: choose another {option} or free some space"
-        ) from None
+        raise write_error(exc, target, option) from None

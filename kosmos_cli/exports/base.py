@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar
 
+from .. import layout
 from ..errors import OutputError, UsageError
 from .boxes import Label
 from .source import Image
@@ -114,7 +115,7 @@ def starts_with(path: str, *heads: bytes) -> bool:
 
 
 def write_error(exc: OSError, path: str) -> OutputError:
-    return OutputError(f"cannot write {path}: {exc.strerror or exc}: choose another OUT or free some space")
+    return layout.write_error(exc, path, "OUT")
 
 
 # Characters XML 1.0 does not allow (control characters but tab and line breaks, surrogates, U+FFFE and U+FFFF),

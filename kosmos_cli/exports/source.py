@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from .. import locations, results, tasks
 from ..errors import UsageError
 from ..fsnames import recorded
-from ..layout import remote_layout
+from ..layout import fit, remote_layout
 
 log = logging.getLogger("kosmos_cli")
 
@@ -104,6 +104,7 @@ def images(path: str, found: Scan, root: str | None) -> Iterator[Image]:
             else:
                 layout = _slashes(os.path.relpath(full, base) if base else os.path.basename(full))
             name = layout if root is not None and full is not None else image_path
+            layout = fit(layout)  # a name too long for the file system, shortened
             if (
                 full is not None and member is not None and root is not None
             ):  # the container below --root, and the sample's key
