@@ -569,10 +569,8 @@ def _call(fn, quiet: bool):
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         if not quiet and not (isinstance(exc, Interrupted) and exc.quiet):
-            _say(
-                f"kosmos: interrupted by {signal.Signals(signum).name}: finished batches are kept; "
-                "run the same command again to finish"
-            )
+            advice = exc.advice if isinstance(exc, Interrupted) else Interrupted.advice  # what the command left
+            _say(f"kosmos: interrupted by {signal.Signals(signum).name}: {advice}")
         raise typer.Exit(128 + signum) from None
     finally:
         for s, handler in previous.items():

@@ -38,6 +38,7 @@ from .images import IMAGE_EXTENSIONS, is_image_path
 log = logging.getLogger("kosmos_cli")
 
 DRAWN_MARKER = ".kosmos-drawn"  # in every folder kosmos draws into (drawing/naming.py); folder walks skip it
+EXPORT_MARKER = ".kosmos-export"  # in every folder an export writes (exports/base.py); folder walks skip it
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".jsonl", ".ndjson", ".parquet")
 MAX_DEPTH = 100  # levels of nesting a JSON manifest line may have (deeper would overflow the stack downstream)
 _ENCODING, _ERRORS = "utf-8-sig", "surrogateescape"  # manifests: a BOM dropped, bytes that are not UTF-8 kept

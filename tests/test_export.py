@@ -642,3 +642,135 @@ def test_images_gone_are_each_warned_once_and_never_called_error_records(tmp_pat
         assert result.stderr.count(f"gone{i}.png") == 1, result.stderr
     assert "status 'error'" not in result.stderr and "more failed" not in result.stderr
     assert "7 failed" in result.stderr.splitlines()[-1]
+
+
+# -- an export replaces its own earlier work, after any interruption --------------------------------------------
+OUTS = {"coco": "c.json", "yolo": "y", "voc": "v", "labelstudio": "ls.json"}
+
+
+def written(out):
+    """Every file an export wrote at `out` (and beside it), by name, with its bytes; YOLO's own path left out."""
+    out = str(out)
+    if os.path.isdir(out):
+        files = {
+            os.path.relpath(os.path.join(d, f), out): os.path.join(d, f) for d, _, names in os.walk(out) for f in names
+        }
+    else:
+        folder = os.path.dirname(out)
+        files = {n: os.path.join(folder, n) for n in os.listdir(folder) if n.startswith(os.path.basename(out)[:2])}
+    got = {}
+    for name, path in files.items():
+        if os.path.islink(path):
+            got[name] = "-> " + os.readlink(path)
+        else:
+            data = open(path, "rb").read()
+            got[name] = b"\n".join(line for line in data.split(b"\n") if not line.startswith(b"path: "))
+    return got
+
+
+def fresh(grounded, tmp_path, to):
+    (tmp_path / "fresh").mkdir(exist_ok=True)
+    out = tmp_path / "fresh" / OUTS[to]
+    export(grounded, to, str(out))
+    return written(out)
+
+
+@pytest.mark.parametrize("to", OUTS)
+def test_an_export_replaces_what_an_earlier_export_of_its_format_wrote_and_nothing_else(grounded, tmp_path, to):
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / OUTS[to]
+    export(grounded, to, str(out), classes=["dog"], min_score=0.6)  # an earlier, different export
+    if to in ("yolo", "voc"):
+        assert (out / ".kosmos-export").read_text().startswith(f"kosmos export --to {to}\n")
+        (out / "notes.txt").write_text("mine\n")  # the user's, in the folder: left as it is
+    export(grounded, to, str(out))
+    if to in ("yolo", "voc"):
+        assert (out / "notes.txt").read_text() == "mine\n"
+        (out / "notes.txt").unlink()
+    assert written(out) == fresh(grounded, tmp_path, to)
+
+
+def test_a_folder_export_never_writes_into_another_formats_folder(grounded, tmp_path):
+    export(grounded, "yolo", str(tmp_path / "y"))
+    one_error_line(
+        kosmos("export", grounded, "--to", "voc", str(tmp_path / "y")),
+        2,
+        f"{tmp_path / 'y'} holds a --to yolo export of kosmos: --to voc writes a folder of its own",
+    )
+    assert not (tmp_path / "y" / "Annotations").exists()
+
+
+@pytest.mark.parametrize("to", OUTS)
+def test_ctrl_c_during_an_export_says_so_and_the_same_command_finishes_it(grounded, tmp_path, to, monkeypatch):
+    import kosmos_cli.exports as exports
+
+    real, seen = exports.labels, []
+
+    def stop_at_the_second(*args):
+        seen.append(1)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(exports, "labels", stop_at_the_second)
+    (tmp_path / "out").mkdir()
+    out = str(tmp_path / "out" / OUTS[to])
+    stopped = kosmos("export", grounded, "--to", to, out)
+    assert stopped.exit_code == 130
+    assert stopped.stderr.splitlines()[-1] == (
+        "kosmos: interrupted by SIGINT: the export is not finished; run the same command again to finish it"
+    )
+    monkeypatch.undo()
+    again = kosmos("export", grounded, "--to", to, out)
+    assert again.exit_code == 0, again.output
+    assert written(out) == fresh(grounded, tmp_path, to)
+
+
+PAUSED_EXPORT = """
+import os, sys, time
+import kosmos_cli.exports as exports
+from kosmos_cli.cli import main
+real, seen = exports.labels, []
+def pause(*args):
+    seen.append(1)
+    if len(seen) == 3:  # two images written, the third on its way
+        open(os.environ["PAUSED"], "w").close()
+        time.sleep(3600)
+    return real(*args)
+exports.labels = pause
+sys.argv = ["kosmos", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("to", OUTS)
+def test_after_kill_9_the_same_command_finishes_the_export_and_removes_its_leftovers(grounded, tmp_path, to):
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import ROOT
+
+    (tmp_path / "out").mkdir()
+    out = str(tmp_path / "out" / OUTS[to])
+    args = [grounded, "--to", to, out] + (["--copy-images"] if to == "yolo" else [])
+    paused = str(tmp_path / "paused")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_EXPORT, "export", *args], cwd=ROOT, env={**os.environ, "PAUSED": paused}
+    )
+    while not os.path.exists(paused) and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert os.path.exists(paused)
+    left = [n for d, _, names in os.walk(tmp_path / "out") for n in names if n.endswith(".tmp")]
+    assert left or to in ("yolo", "voc")  # a one-file export's temporary file, left by the kill
+    again = kosmos("export", *args)
+    assert again.exit_code == 0, again.output
+    assert not [n for d, _, names in os.walk(tmp_path / "out") for n in names if n.endswith(".tmp")]
+    want = fresh(grounded, tmp_path, to) if to != "yolo" else None
+    if to == "yolo":  # copies, not links
+        (tmp_path / "fresh").mkdir()
+        export(grounded, "yolo", str(tmp_path / "fresh" / "y"), copy_images=True)
+        want = written(tmp_path / "fresh" / "y")
+    assert written(out) == want

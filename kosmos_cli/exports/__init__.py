@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..errors import UsageError
+from ..errors import Interrupted, UsageError
 from ..reports import SoloReport
 from ..scores import check_min_score
 from .base import Options, Writer
@@ -32,6 +32,7 @@ from .yolo import Yolo
 log = logging.getLogger("kosmos_cli")
 
 FORMATS: dict[str, type[Writer]] = {w.name: w for w in (Coco, Yolo, Voc, LabelStudio)}
+INTERRUPTED = "the export is not finished; run the same command again to finish it"  # said after Ctrl-C
 
 
 @dataclass
@@ -120,6 +121,9 @@ def run(
             summary.images += 1
             summary.boxes += len(kept)
         writer.close(named.names)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: nothing of a run is kept, so the CLI says so
+        writer.discard()
+        raise Interrupted.during(exc, INTERRUPTED) from None
     except BaseException:
         writer.discard()
         raise

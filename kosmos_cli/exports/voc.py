@@ -18,6 +18,7 @@ from .source import Image
 class Voc(Writer):
     name = "voc"
     folder = True
+    owned = ("Annotations", "labels.txt")
 
     def __init__(self, out: str, options: Options):
         super().__init__(out, options)

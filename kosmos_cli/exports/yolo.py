@@ -23,6 +23,7 @@ from .source import Image
 class Yolo(Writer):
     name = "yolo"
     folder = True
+    owned = ("images", "labels", "data.yaml")
 
     def __init__(self, out: str, options: Options):
         super().__init__(out, options)
@@ -62,8 +63,9 @@ class Yolo(Writer):
             if data is not None:
                 with atomic_write(target, "wb", sync=False) as out:
                     out.write(data)
-            elif self.options.copy_images:
-                shutil.copyfile(image.source, target)
+            elif self.options.copy_images:  # whole or not at all, as every file of an export
+                with open(image.source, "rb") as src, atomic_write(target, "wb", sync=False) as copy:
+                    shutil.copyfileobj(src, copy)
             else:
                 os.symlink(os.path.abspath(image.source), target)
             os.makedirs(os.path.dirname(label_file), exist_ok=True)
