@@ -774,3 +774,15 @@ def test_after_kill_9_the_same_command_finishes_the_export_and_removes_its_lefto
         export(grounded, "yolo", str(tmp_path / "fresh" / "y"), copy_images=True)
         want = written(tmp_path / "fresh" / "y")
     assert written(out) == want
+
+
+def test_a_folder_an_export_wrote_inside_the_photos_is_never_walked_as_input(grounded, tmp_path, photos):
+    from kosmos_cli.sources import iter_items
+
+    before = sorted(item.path for item in iter_items([str(tmp_path / "photos")]))
+    assert len(before) == 3
+    export(grounded, "yolo", str(tmp_path / "photos" / "dataset"), copy_images=True)
+    assert sorted(os.listdir(tmp_path / "photos" / "dataset" / "images")) == ["a.png", "c.png", "sub"]  # copies
+    assert sorted(item.path for item in iter_items([str(tmp_path / "photos")])) == before
+    again = export(grounded, "yolo", str(tmp_path / "photos" / "dataset"), copy_images=True)
+    assert again.images == 3  # each image once
