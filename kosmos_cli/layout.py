@@ -77,7 +77,7 @@ def write_error(exc: OSError, path: str, option: str) -> OutputError:
     """One line for a file of `option`'s folder (draw's --out-dir, export's OUT) that cannot be written, with the
     advice that fits the cause."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return OutputError(f"no space left writing {path}: free some space and run the same command again")
+        return OutputError(f"cannot write {path}: {exc.strerror}: choose another {option} or free some space")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"cannot write {path}: {exc.strerror}: choose another {option} or fix its permissions")
     return OutputError(f"cannot write {path}: {exc.strerror or exc}")
