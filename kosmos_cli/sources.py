@@ -3,9 +3,9 @@
 Folders are walked recursively in sorted order, hidden entries skipped, symlinked folders followed once (a
 loop is not followed forever). A folder kosmos draws or exports into (it holds DRAWN_MARKER or EXPORT_MARKER) is
 left out of the walk of a folder around it, so a nightly `--draw` or a YOLO export with copies inside the library
-is never grounded as new photos; named itself, it is walked. Our other outputs (results files, their `.parts/` and `.lock`) are never image files, so never yielded.
-The same file reached twice is yielded once. Nothing is held in memory but the identities of what was already
-yielded.
+is never grounded as new photos; named itself, it is walked. Our other outputs (results files, their `.parts/`
+and `.lock`) are never image files, so never yielded. The same file reached twice is yielded once. Nothing is held
+in memory but the identities of what was already yielded.
 
 Text inputs (stdin, .txt, .csv and .jsonl manifests) are UTF-8, a byte-order mark allowed; bytes that are not
 UTF-8 are kept as Python keeps them in file names (surrogate escapes), so a listing of non-UTF-8 file names
