@@ -7,13 +7,15 @@
 `read` takes whatever the path names and dispatches on it: a JSONL file or a Parquet file (a folder of Parquet
 parts is one more branch in `rows`). A file is a results file of kosmos when its first row is a kosmos record: a
 `path`, a `status` and the fields of a known task; anything else (a manifest, an image, a damaged Parquet file) is
-refused in one line (InputError), before a reader writes anything. After that first row, a line that cannot be
-used (not JSON, not a record) is a `Bad` naming it: every reader warns, skips and counts it and goes on with the
-rest, as ground does with a damaged line of its own output.
+refused in one line (InputError), before a reader writes anything. Any other line or row that cannot be used (not
+JSON, not a record; a record with NaN in a box, a box of three numbers or of strings, a string width or score,
+entities that are not a list) is a `Bad` naming it and why: every reader warns, skips and counts it and goes on with
+the rest, as ground does with a damaged line of its own output.
 
 What a record shows is its task's to say (`Task.shapes`, `Task.box_scores`): this module asks the task and hands
 each result its `regions`, a label (a phrase, a region's description) with pixel boxes of the image as displayed
-and a score per box. `source` is where the recorded image opens: as written, else beside the results file.
+and a score per box. `source` is where the recorded image opens: as written, else beside the results file (a name
+recorded with `\\xNN` escapes, by its original bytes). Every string is in its recorded form (fsnames.py).
 Readers never look at raw rows for boxes; the row stays on the result for what only its task reads (a caption's
 spans, for the gallery).
 """
