@@ -16,7 +16,7 @@ from typing import Any
 
 from . import locations, runner
 from .engine import Engine
-from .errors import InputError, OutputError
+from .errors import InputError
 from .options import (
     OUT,
     RUN_GROUPS,
@@ -34,7 +34,6 @@ from .options import (
 from .pipeline import Progress, Summary
 from .runner import Inputs
 from .tasks import Find, Ground, Refer
-from .writers import read_records
 
 
 @keyword_options(ModelOptions, GenerationOptions, positional=("model",))
@@ -124,44 +123,10 @@ def draw(
     `threads` threads (default: up to 4), reported to `on_drawn` in the order of the rows. Labels end with each
     box's score; `min_score` (0-1) draws only the boxes scored at least that. Returns a DrawSummary.
     """
-    from .drawing import Background, Drawer, check_results_row, locate
-    from .scores import check_min_score
+    from .drawing import run
 
-    html, min_score = DrawOptions.take(given).html, check_min_score(ScoreFilter.take(given).min_score)
-    locations.check_local_output(out_dir, "out_dir")
-
-    root = os.path.dirname(os.path.abspath(results))
-    total, base = 0, None
-    for number, row in enumerate(_results_rows(results), 1):  # check it all before writing anything
-        check_results_row(row, number, results)
-        total += 1
-        if row.get("status") == "ok" and locations.is_local(row["path"]):
-            folder = os.path.dirname(os.path.abspath(locate(row["path"], root)))
-            base = folder if base is None else os.path.commonpath([base, folder])
-    progress = progress or Progress()
-    progress.start(total)
-    drawer = Drawer(
-        out_dir, base, html=html, root=root, title=f"kosmos draw: {os.path.basename(results)}", min_score=min_score
-    )
-    summary = drawer.summary
-
-    def on_row(target: str | None) -> None:  # in the order of the rows, from the drawing side
-        if target is not None and on_drawn is not None:
-            on_drawn(target)
-        progress.advance(summary.drawn, summary.failed, summary.skipped)
-
-    try:
-        with Background(drawer, threads=threads, on_row=on_row) as background:
-            rows: list[dict] = []
-            for row in _results_rows(results):
-                rows.append(row)
-                if len(rows) == 16:
-                    background.add_rows(rows)
-                    rows = []
-            background.add_rows(rows)
-    finally:
-        progress.close()
-    return summary
+    html, min_score = DrawOptions.take(given).html, ScoreFilter.take(given).min_score
+    return run(results, out_dir, html=html, min_score=min_score, progress=progress, on_drawn=on_drawn, threads=threads)
 
 
 @keyword_options(ExportOptions, ScoreFilter)
@@ -195,22 +160,6 @@ def export(results: str, to: str, out: str, **given: Any):
         image_root=chosen.image_root,
         copy_images=chosen.copy_images,
     )
-
-
-def _results_rows(results: str):
-    """read_records, with a file that is not ours (binary, not Parquet) said in one line."""
-    try:
-        yield from read_records(results)
-    except UnicodeDecodeError:
-        raise InputError(
-            f"{results} is not a results file of kosmos (neither JSONL nor Parquet): pass the "
-            ".jsonl or .parquet file written by kosmos ground, refer or find"
-        ) from None
-    except OutputError:  # a damaged or foreign Parquet file
-        raise InputError(
-            f"{results} is not a readable Parquet file: pass the .jsonl or .parquet file written "
-            "by kosmos ground, refer or find"
-        ) from None
 
 
 @keyword_options(ViewOptions)

@@ -222,10 +222,8 @@ def _call(fn, quiet: bool):
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         if not quiet and not (isinstance(exc, Interrupted) and exc.quiet):
-            _say(
-                f"kosmos: interrupted by {signal.Signals(signum).name}: finished batches are kept; "
-                "run the same command again to finish"
-            )
+            advice = exc.advice if isinstance(exc, Interrupted) else Interrupted.advice  # what the command left
+            _say(f"kosmos: interrupted by {signal.Signals(signum).name}: {advice}")
         raise typer.Exit(128 + signum) from None
     finally:
         for s, handler in previous.items():
@@ -243,10 +241,11 @@ def _finish(summary, quiet: bool, strict: bool) -> None:
     rank = summary.rank
     quiet = quiet or bool(rank)  # a multi-process run: rank 0 speaks for every rank
     if not quiet:
-        for failure in summary.failures[:5]:
+        failures = [] if summary.warned else summary.failures  # draw and export warned of each as it came
+        for failure in failures[:5]:
             _say(f"kosmos: failed: {failure}")
-        more = max(summary.failed, len(summary.failures)) - min(len(summary.failures), 5)
-        if more > 0:
+        more = max(summary.failed, len(failures)) - min(len(failures), 5)
+        if more > 0 and not summary.warned:
             _say(f"kosmos: ... and {more} more failed (their records have status 'error')")
         if not sys.stderr.isatty():  # no live bar: a line for each rank's share
             for part in summary.ranks:

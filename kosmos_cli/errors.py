@@ -76,8 +76,22 @@ class RankError(KosmosError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C, SIGTERM or SIGHUP: finished batches are kept, the output stays valid. Exit 128 + signum."""
+    """Ctrl-C, SIGTERM or SIGHUP: finished batches are kept, the output stays valid. Exit 128 + signum.
 
-    def __init__(self, signum: int = signal.SIGINT, *, quiet: bool = False):
+    `advice`: what the CLI says after the signal's name, what the interrupted command leaves and what to do next;
+    a command that leaves something else (an export) raises it again with its own (`during`)."""
+
+    advice = "finished batches are kept; run the same command again to finish"
+
+    def __init__(self, signum: int = signal.SIGINT, *, quiet: bool = False, advice: str | None = None):
         super().__init__(signum)
         self.signum, self.quiet = signum, quiet
+        if advice is not None:
+            self.advice = advice
+
+    @classmethod
+    def during(cls, exc: KeyboardInterrupt, advice: str) -> Interrupted:
+        """`exc` (Ctrl-C, or an Interrupted by a signal) with `advice` instead of a run's."""
+        if isinstance(exc, Interrupted):
+            return cls(exc.signum, quiet=exc.quiet, advice=advice)
+        return cls(advice=advice)

@@ -8,13 +8,15 @@ surrogate too (`"\\ud800"`). Such a str opens the real file, but cannot be writt
 - JSONL and Parquet record it with each byte that is not UTF-8 written as the four characters `\\xNN` (its hex
   value), and any other lone surrogate as the six characters `\\uXXXX`, e.g. `caf\\xe9.jpg`. Valid text is
   recorded unchanged, so every name that is UTF-8 keeps its exact spelling;
-- the resume key (tasks/base.path_key) is in that recorded form, so a rerun finds these images done.
+- the resume key (tasks/base.path_key) is in that recorded form, so a rerun finds these images done;
+- a reader of results (draw, export) opens a recorded path as written, else by its `original` name.
 
 The same rule applies to every string of a record (carried columns, phrases, error messages).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -36,6 +38,15 @@ def clean(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [clean(v) for v in value]
     return value
+
+
+_ESCAPED = re.compile(r"\\x([89a-f][0-9a-f])|\\u(d[89a-f][0-9a-f]{2})")
+
+
+def original(text: str) -> str:
+    """The name `recorded` wrote as `text`: each `\\xNN` (NN from 80) and `\\uXXXX` of a surrogate undone. A name
+    that really holds such characters reads back changed, so a reader tries `text` as written first."""
+    return _ESCAPED.sub(lambda m: chr(0xDC00 + int(m[1], 16)) if m[1] else chr(int(m[2], 16)), text)
 
 
 def _escape(c: str) -> str:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from .engine import Engine, Prepared
 from .errors import OutOfMemory, UsageError
@@ -59,6 +59,7 @@ class Summary:
     world: int = 1  # how many processes did the run
     ranks: list[Summary] = field(default_factory=list)  # rank 0 of a multi-process run: each rank's share
     drawing: Any = None  # ground with draw=: the DrawSummary of the pictures drawn beside the run
+    warned: ClassVar[bool] = False  # failures are not warned as they come: the command line lists them at the end
 
     @property
     def rate(self) -> float:

@@ -78,6 +78,8 @@ def start(
                 on_write(records)
 
         summary = execute(dataclasses.replace(run, on_write=written))
+        if summary.skipped and options.out != "-" and crew.main:  # run again: draw what the last run did not
+            drawing.add_missing(options.out)
     summary.drawing = drawer.summary
     return summary
 

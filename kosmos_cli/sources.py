@@ -1,11 +1,11 @@
 """Inputs -> a stream of `Item`s: folders, image files, globs, manifests (txt/csv/jsonl/parquet), "-" for stdin.
 
 Folders are walked recursively in sorted order, hidden entries skipped, symlinked folders followed once (a
-loop is not followed forever). A folder kosmos draws into (it holds DRAWN_MARKER) is left out of the walk of a
-folder around it, so a nightly `--draw` inside the library is never grounded as new photos; named itself, it is
-walked. Our other outputs (results files, their `.parts/` and `.lock`) are never image files, so never yielded.
-The same file reached twice is yielded once. Nothing is held in memory but the identities of what was already
-yielded.
+loop is not followed forever). A folder kosmos draws or exports into (it holds DRAWN_MARKER or EXPORT_MARKER) is
+left out of the walk of a folder around it, so a nightly `--draw` or a YOLO export with copies inside the library
+is never grounded as new photos; named itself, it is walked. Our other outputs (results files, their `.parts/`
+and `.lock`) are never image files, so never yielded. The same file reached twice is yielded once. Nothing is held
+in memory but the identities of what was already yielded.
 
 Text inputs (stdin, .txt, .csv and .jsonl manifests) are UTF-8, a byte-order mark allowed; bytes that are not
 UTF-8 are kept as Python keeps them in file names (surrogate escapes), so a listing of non-UTF-8 file names
@@ -38,6 +38,8 @@ from .images import IMAGE_EXTENSIONS, is_image_path
 log = logging.getLogger("kosmos_cli")
 
 DRAWN_MARKER = ".kosmos-drawn"  # in every folder kosmos draws into (drawing/naming.py); folder walks skip it
+EXPORT_MARKER = ".kosmos-export"  # in every folder an export writes (exports/base.py); folder walks skip it
+OUR_FOLDERS = (DRAWN_MARKER, EXPORT_MARKER)  # a folder holding one of these kosmos wrote: never walked as input
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".jsonl", ".ndjson", ".parquet")
 MAX_DEPTH = 100  # levels of nesting a JSON manifest line may have (deeper would overflow the stack downstream)
 _ENCODING, _ERRORS = "utf-8-sig", "surrogateescape"  # manifests: a BOM dropped, bytes that are not UTF-8 kept
@@ -273,7 +275,7 @@ def _expand(
 
 def walk_folder(top: str, unlisted: list[str] | None = None) -> Iterator[Item]:
     """Images under `top`, recursively, sorted; hidden files and folders skipped; each real folder once; folders
-    below `top` that kosmos drew into (holding DRAWN_MARKER) left out.
+    below `top` that kosmos drew or exported into (holding DRAWN_MARKER or EXPORT_MARKER) left out.
 
     What it cannot look into (see `iter_items`) is added to `unlisted` when given.
     """
@@ -296,8 +298,8 @@ def walk_folder(top: str, unlisted: list[str] | None = None) -> Iterator[Item]:
             log.warning("cannot list %s: %s", folder, exc.strerror or exc)
             missed(folder)
             return
-        if below and any(entry.name == DRAWN_MARKER for entry in entries):
-            return  # annotated images kosmos drew: not photos to ground
+        if below and any(entry.name in OUR_FOLDERS for entry in entries):
+            return  # annotated images kosmos drew, or an export's copies: not photos to ground
         for entry in entries:
             if entry.name.startswith("."):
                 continue

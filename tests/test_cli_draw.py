@@ -200,3 +200,41 @@ def test_an_image_gone_since_is_a_warning_and_strict_exits_1(results, tmp_path):
         assert "kosmos: WARNING: cannot draw " in result.stderr and "b.png: file not found" in result.stderr
         assert "2 drawn, 1 skipped (error records), 1 failed" in result.stderr
     assert invoke("draw", str(results), "--out-dir", str(tmp_path / "out"), "--strict").exit_code == 1
+
+
+def test_a_junk_line_is_warned_skipped_and_counted_as_ground_does(results, tmp_path):
+    lines = results.read_text().splitlines()
+    lines[1:1] = ['{"path": "x.png", "truncated', '{"path": "notes.png", "comment": "mine"}']
+    results.write_text("\n".join(lines) + "\n")
+    result = invoke("draw", str(results), "--out-dir", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 3  # every usable record drawn
+    warned = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert warned == [
+        f"kosmos: WARNING: {results} line 2 skipped: not JSON",
+        f"kosmos: WARNING: {results} line 3 skipped: not a kosmos record: no status, caption, box_px or phrase",
+    ]
+    assert "3 drawn, 1 skipped (error records), 0 failed, 2 unusable in " in result.stderr
+    assert invoke("draw", str(results), "--out-dir", str(tmp_path / "out"), "--strict").exit_code == 1
+
+
+def test_records_edited_by_hand_are_each_a_warning_and_the_rest_is_drawn(tmp_path):
+    from tests.test_results import BAD_RECORDS, ground_row
+
+    Image.new("RGB", (200, 100), GREY).save(tmp_path / "a.png")
+    rows = [ground_row()] + [row for row, _ in BAD_RECORDS.values()] + [ground_row()]
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = invoke("draw", str(results), "-o", str(tmp_path / "out"), "--html")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 2
+    warned = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert warned == [
+        f"kosmos: WARNING: {results} line {n} skipped: {why}" for n, (_, why) in enumerate(BAD_RECORDS.values(), 2)
+    ]
+    assert f"2 drawn, 0 skipped (error records), 0 failed, {len(BAD_RECORDS)} unusable in " in result.stderr
+
+
+def test_a_folder_as_results_is_one_line_and_exit_2(tmp_path):
+    one_error_line(invoke("draw", str(tmp_path), "-o", str(tmp_path / "out")), 2, f"{tmp_path} is a folder")
+    assert not (tmp_path / "out").exists()

@@ -15,6 +15,7 @@ from kosmos_cli import InputError, UsageError, draw, tasks
 from kosmos_cli.drawing import (
     PALETTE,
     Drawer,
+    Shape,
     annotate,
     color,
     font_size,
@@ -304,9 +305,8 @@ def test_files_that_are_not_results_are_refused_before_anything_is_written(tmp_p
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     good = find_row(tmp_path / "a.png", (1, 1, 6, 6), (8, 8))
     cases = {
-        "manifest.jsonl": '{"path": "a.png", "phrase": "a dog"}\n',
-        "late.jsonl": json.dumps(good) + "\n" + '{"path": "a.png"}\n',
-        "text.jsonl": "not json\n",
+        "manifest.jsonl": '{"path": "a.png", "phrase": "a dog"}\n' + json.dumps(good) + "\n",
+        "text.jsonl": "not json\n" + json.dumps(good) + "\n",
         "a.csv": "path,x1\na.png,1\n",
     }
     for name, text in cases.items():
@@ -467,3 +467,72 @@ def test_background_drawing_reports_wall_time_not_the_sum_over_threads(tmp_path)
         bg.add_records(records)
     wall = time.perf_counter() - started
     assert bg.summary.drawn == 8 and 0.4 <= bg.summary.seconds <= wall
+
+
+# -- any image size draws; a drawing failure is that image's warning --------------------------------------------
+@pytest.mark.parametrize("size", [(300, 2), (600, 5), (2, 2), (3, 3), (1, 1), (5, 600), (1, 300)])
+def test_every_box_draws_on_an_image_of_any_size(size):
+    w, h = size
+    boxes = [[0, 0, w, h], [0, 0, 1, 1], [0, 0, 2, 2], [1, 0, 2, h], [0, 0, w, 1], [-5, -5, 1000, 1000], [0, 0, 4, 5]]
+    img = Image.new("RGB", size, GREY)
+    annotate(img, [Shape("a long label for a small picture", boxes, PALETTE[0], [0.5] * len(boxes))])
+    assert img.getpixel((0, 0)) != GREY  # every box there starts at the corner: something was drawn
+
+
+def test_thin_images_draw_through_kosmos_draw(tmp_path):
+    rows = []
+    for w, h in [(300, 2), (600, 5), (2, 2), (3, 3)]:
+        path = tmp_path / f"{w}x{h}.png"
+        Image.new("RGB", (w, h), GREY).save(path)
+        rows.append(find_row(path, (0, 0, w, h), (w, h)))
+    summary = draw(write_jsonl(tmp_path / "r.jsonl", rows), str(tmp_path / "out"))
+    assert (summary.drawn, summary.failed) == (4, 0)
+
+
+def test_a_drawing_failure_is_that_images_warning_and_the_rest_is_drawn(tmp_path, monkeypatch, caplog):
+    import kosmos_cli.drawing.drawer as drawer_module
+
+    real = drawer_module.annotate
+
+    def annotate_but_b(image, shapes, scale):
+        if image.size == (50, 40):
+            raise ValueError("a bug in the renderer")
+        return real(image, shapes, scale)
+
+    monkeypatch.setattr(drawer_module, "annotate", annotate_but_b)
+    rows = []
+    for name, size in (("a.png", (64, 48)), ("b.png", (50, 40)), ("c.png", (64, 48))):
+        Image.new("RGB", size, GREY).save(tmp_path / name)
+        rows.append(find_row(tmp_path / name, (1, 1, 20, 20), size))
+    summary = draw(write_jsonl(tmp_path / "r.jsonl", rows), str(tmp_path / "out"))
+    assert (summary.drawn, summary.failed) == (2, 1)
+    assert summary.failures == [f"{tmp_path / 'b.png'}: ValueError: a bug in the renderer"]
+
+
+def test_ground_draw_survives_a_drawing_failure_and_a_rerun_draws_what_was_in_flight(
+    tmp_path, tiny_engine, monkeypatch
+):
+    import kosmos_cli
+    import kosmos_cli.drawing.drawer as drawer_module
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(5):
+        Image.new("RGB", (40 + i, 30), GREY).save(photos / f"p{i}.png")
+    out, drawn = str(tmp_path / "g.jsonl"), tmp_path / "drawn"
+
+    def broken(image, shapes, scale):
+        raise ValueError("x1 must be greater than or equal to x0")
+
+    monkeypatch.setattr(drawer_module, "annotate", broken)
+    first = kosmos_cli.ground([str(photos)], out, engine=tiny_engine, batch_size=2, draw=str(drawn))
+    assert (first.done, first.drawing.drawn, first.drawing.failed) == (5, 0, 5)  # every record written
+    monkeypatch.undo()
+    again = kosmos_cli.ground([str(photos)], out, engine=tiny_engine, batch_size=2, draw=str(drawn))
+    assert (again.done, again.skipped, again.drawing.drawn, again.drawing.failed) == (0, 5, 5, 0)
+    assert sorted(p.name for p in drawn.glob("*.png")) == [f"p{i}.png" for i in range(5)]
+    for name in ("p1.png", "p3.png"):  # written to the output, not drawn yet when the run stopped
+        (drawn / name).unlink()
+    last = kosmos_cli.ground([str(photos)], out, engine=tiny_engine, batch_size=2, draw=str(drawn))
+    assert (last.skipped, last.drawing.drawn) == (5, 2)
+    assert sorted(p.name for p in drawn.glob("*.png")) == [f"p{i}.png" for i in range(5)]

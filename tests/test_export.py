@@ -12,6 +12,7 @@ from PIL import Image, ImageOps
 
 from kosmos_cli import export, ground, read_records
 from kosmos_cli.errors import InputError, UsageError
+from kosmos_cli.exports.base import xml_text
 from kosmos_cli.exports.boxes import Label, suppress
 from kosmos_cli.exports.classes import Classes, normalise, parse_classes
 from kosmos_cli.records import Entity
@@ -443,7 +444,7 @@ def test_outputs_that_cannot_be_used_are_refused(grounded, tmp_path):
     one_error_line(
         kosmos("export", str(tmp_path / "m.jsonl"), "--to", "coco", str(tmp_path / "c.json")),
         2,
-        "row 1 is not a kosmos record",
+        "line 1 is not a kosmos record",
     )
 
 
@@ -516,3 +517,272 @@ def test_export_starts_without_torch(grounded, tmp_path):
         timeout=60,
     )
     assert proc.stderr.strip() == "0 False False", proc.stderr
+
+
+def test_a_junk_line_is_warned_skipped_and_counted_as_ground_does(grounded, tmp_path):
+    with open(grounded, "a") as f:
+        f.write("garbage\n")
+    lines = open(grounded).read().splitlines()
+    lines.insert(1, '{"path": "x.png"}')
+    with open(grounded, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    result = kosmos("export", grounded, "--to", "coco", str(tmp_path / "c.json"))
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if "WARNING" in line] == [
+        f"kosmos: WARNING: {grounded} line 2 skipped: not a kosmos record: no status, caption, box_px or phrase",
+        f"kosmos: WARNING: {grounded} line 6 skipped: not JSON",
+    ]
+    assert "3 images, 5 boxes, 3 classes, 1 skipped (error records), 0 failed, 2 unusable in " in result.stderr
+    assert len(json.loads((tmp_path / "c.json").read_text())["images"]) == 3
+    assert kosmos("export", grounded, "--to", "coco", str(tmp_path / "c.json"), "--strict").exit_code == 1
+
+
+def test_records_edited_by_hand_are_each_a_warning_and_the_rest_exported(tmp_path):
+    from tests.test_results import BAD_RECORDS, ground_row
+
+    grey(tmp_path / "a.png", (200, 100))
+    rows = [row for row, _ in BAD_RECORDS.values()] + [ground_row()]
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for to, out in (("coco", "c.json"), ("yolo", "y"), ("voc", "v"), ("labelstudio", "ls.json")):
+        result = kosmos("export", str(results), "--to", to, str(tmp_path / out))
+        assert result.exit_code == 0, result.output
+        warned = [line for line in result.stderr.splitlines() if "WARNING" in line]
+        assert len(warned) == len(BAD_RECORDS) and all(" skipped: " in line for line in warned)
+        assert f"1 images, 3 boxes, 2 classes, 0 skipped (error records), 0 failed, {len(BAD_RECORDS)} unusable" in (
+            result.stderr
+        )
+
+
+ODD_PHRASES = [
+    "a \x01 dog",  # a control character: not allowed in XML 1.0
+    "a\x0bcat",  # a vertical tab: a line break to str.splitlines
+    "the \x7f bird",  # DEL: not printable in YAML
+    "a \x85 fish",  # NEL: a line break in YAML and to str.splitlines
+    "a \u2028 frog",  # LINE SEPARATOR
+    "a \ufffe toad",  # a noncharacter: not allowed in XML
+    "a \ud800 bee",  # a lone surrogate: not UTF-8
+    'a "quoted" <b>tag</b> & \\ back',
+    "an emoji \U0001f600",
+]
+
+
+def test_every_file_an_export_writes_parses_whatever_the_phrases_hold(tmp_path):
+    path = grey(tmp_path / "p" / "a\x01b.png", (100, 100))
+    entities = [
+        {"phrase": p, "start": 0, "end": 1, "boxes_px": [[i * 10, i * 10, i * 10 + 9, i * 10 + 9]], "scores": [0.5]}
+        for i, p in enumerate(ODD_PHRASES)
+    ]
+    row = {"path": path, "task": "ground", "width": 100, "height": 100, "status": "ok", "entities": entities}
+    results = tmp_path / "r.jsonl"
+    results.write_text(json.dumps(row) + "\n")
+    for named in (None, ",".join(p.replace(",", " ") for p in ODD_PHRASES)):
+        out = tmp_path / ("named" if named else "default")
+        out.mkdir()
+        args = ["--classes", named] if named else []
+        for to, name in (("coco", "c.json"), ("yolo", "y"), ("voc", "v"), ("labelstudio", "ls.json")):
+            result = kosmos("export", str(results), "--to", to, str(out / name), *args)
+            assert result.exit_code == 0, result.output
+        coco = json.loads((out / "c.json").read_text())
+        names = [c["name"] for c in coco["categories"]]
+        found = [names[a["category_id"] - 1] for a in coco["annotations"]]
+        assert len(names) == len(ODD_PHRASES) and (found or named)  # named: "a ..." names no phrase's head
+        assert (out / "v" / "labels.txt").read_text(encoding="utf-8").splitlines() == names
+        assert yaml.safe_load((out / "y" / "data.yaml").read_text(encoding="utf-8"))["names"] == dict(enumerate(names))
+        voc = ET.parse(next((out / "v" / "Annotations").rglob("*.xml"))).getroot()
+        assert [o.findtext("name") for o in voc.findall("object")] == [xml_text(name) for name in found]
+        assert voc.findtext("filename") == "a\\x01b.png"  # what XML cannot hold, escaped as fsnames records it
+        config = ET.parse(out / "ls.config.xml").getroot()
+        assert [label.get("value") for label in config.iter("Label")] == [xml_text(name) for name in names]
+        assert len(json.loads((out / "ls.json").read_text())[0]["predictions"][0]["result"]) == len(found)
+
+
+def test_a_folder_as_results_is_one_line_and_exit_2(tmp_path):
+    one_error_line(kosmos("export", str(tmp_path), "--to", "coco", str(tmp_path / "c.json")), 2, "is a folder")
+
+
+def damaged_parquet(path, rows=20000):
+    """A Parquet file of find records that opens (its footer is whole) but cannot be read past its middle."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = rows
+    table = pa.table({"path": [f"{i}.png" for i in range(n)], "task": ["find"] * n, "status": ["error"] * n})
+    pq.write_table(table, path, row_group_size=n // 4)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 200] = b"\xff" * 200
+    path.write_bytes(bytes(data))
+    return str(path)
+
+
+def test_an_unreadable_parquet_is_one_line_exit_2_and_never_speaks_of_overwrite(tmp_path):
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 nothing")
+    for results, message in (
+        (str(tmp_path / "broken.parquet"), "broken.parquet is not a readable Parquet file: pass the .jsonl"),
+        (damaged_parquet(tmp_path / "damaged.parquet"), "damaged.parquet cannot be read past row "),
+    ):
+        for command in (("export", results, "--to", "coco", str(tmp_path / "c.json")), ("draw", results, "-o", "d")):
+            result = kosmos(*command)
+            one_error_line(result, 2, message)
+            assert "--overwrite" not in result.stderr
+    assert not (tmp_path / "c.json").exists() and not os.path.exists("d")
+
+
+@pytest.mark.parametrize("command", ["export", "draw"])
+def test_images_gone_are_each_warned_once_and_never_called_error_records(tmp_path, command):
+    rows = [
+        GroundRecord(path=str(tmp_path / f"gone{i}.png"), width=10, height=10, caption="x").to_dict() for i in range(7)
+    ]
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ("--to", "yolo", str(tmp_path / "y")) if command == "export" else ("-o", str(tmp_path / "d"))
+    result = kosmos(command, str(results), *args)
+    assert result.exit_code == 0, result.output
+    for i in range(7):
+        assert result.stderr.count(f"gone{i}.png") == 1, result.stderr
+    assert "status 'error'" not in result.stderr and "more failed" not in result.stderr
+    assert "7 failed" in result.stderr.splitlines()[-1]
+
+
+# -- an export replaces its own earlier work, after any interruption --------------------------------------------
+OUTS = {"coco": "c.json", "yolo": "y", "voc": "v", "labelstudio": "ls.json"}
+
+
+def written(out):
+    """Every file an export wrote at `out` (and beside it), by name, with its bytes; YOLO's own path left out."""
+    out = str(out)
+    if os.path.isdir(out):
+        files = {
+            os.path.relpath(os.path.join(d, f), out): os.path.join(d, f) for d, _, names in os.walk(out) for f in names
+        }
+    else:
+        folder = os.path.dirname(out)
+        files = {n: os.path.join(folder, n) for n in os.listdir(folder) if n.startswith(os.path.basename(out)[:2])}
+    got = {}
+    for name, path in files.items():
+        if os.path.islink(path):
+            got[name] = "-> " + os.readlink(path)
+        else:
+            data = open(path, "rb").read()
+            got[name] = b"\n".join(line for line in data.split(b"\n") if not line.startswith(b"path: "))
+    return got
+
+
+def fresh(grounded, tmp_path, to):
+    (tmp_path / "fresh").mkdir(exist_ok=True)
+    out = tmp_path / "fresh" / OUTS[to]
+    export(grounded, to, str(out))
+    return written(out)
+
+
+@pytest.mark.parametrize("to", OUTS)
+def test_an_export_replaces_what_an_earlier_export_of_its_format_wrote_and_nothing_else(grounded, tmp_path, to):
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / OUTS[to]
+    export(grounded, to, str(out), classes=["dog"], min_score=0.6)  # an earlier, different export
+    if to in ("yolo", "voc"):
+        assert (out / ".kosmos-export").read_text().startswith(f"kosmos export --to {to}\n")
+        (out / "notes.txt").write_text("mine\n")  # the user's, in the folder: left as it is
+    export(grounded, to, str(out))
+    if to in ("yolo", "voc"):
+        assert (out / "notes.txt").read_text() == "mine\n"
+        (out / "notes.txt").unlink()
+    assert written(out) == fresh(grounded, tmp_path, to)
+
+
+def test_a_folder_export_never_writes_into_another_formats_folder(grounded, tmp_path):
+    export(grounded, "yolo", str(tmp_path / "y"))
+    one_error_line(
+        kosmos("export", grounded, "--to", "voc", str(tmp_path / "y")),
+        2,
+        f"{tmp_path / 'y'} holds a --to yolo export of kosmos: --to voc writes a folder of its own",
+    )
+    assert not (tmp_path / "y" / "Annotations").exists()
+
+
+@pytest.mark.parametrize("to", OUTS)
+def test_ctrl_c_during_an_export_says_so_and_the_same_command_finishes_it(grounded, tmp_path, to, monkeypatch):
+    import kosmos_cli.exports as exports
+
+    real, seen = exports.labels, []
+
+    def stop_at_the_second(*args):
+        seen.append(1)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(exports, "labels", stop_at_the_second)
+    (tmp_path / "out").mkdir()
+    out = str(tmp_path / "out" / OUTS[to])
+    stopped = kosmos("export", grounded, "--to", to, out)
+    assert stopped.exit_code == 130
+    assert stopped.stderr.splitlines()[-1] == (
+        "kosmos: interrupted by SIGINT: the export is not finished; run the same command again to finish it"
+    )
+    monkeypatch.undo()
+    again = kosmos("export", grounded, "--to", to, out)
+    assert again.exit_code == 0, again.output
+    assert written(out) == fresh(grounded, tmp_path, to)
+
+
+PAUSED_EXPORT = """
+import os, sys, time
+import kosmos_cli.exports as exports
+from kosmos_cli.cli import main
+real, seen = exports.labels, []
+def pause(*args):
+    seen.append(1)
+    if len(seen) == 3:  # two images written, the third on its way
+        open(os.environ["PAUSED"], "w").close()
+        time.sleep(3600)
+    return real(*args)
+exports.labels = pause
+sys.argv = ["kosmos", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("to", OUTS)
+def test_after_kill_9_the_same_command_finishes_the_export_and_removes_its_leftovers(grounded, tmp_path, to):
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import ROOT
+
+    (tmp_path / "out").mkdir()
+    out = str(tmp_path / "out" / OUTS[to])
+    args = [grounded, "--to", to, out] + (["--copy-images"] if to == "yolo" else [])
+    paused = str(tmp_path / "paused")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_EXPORT, "export", *args], cwd=ROOT, env={**os.environ, "PAUSED": paused}
+    )
+    while not os.path.exists(paused) and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert os.path.exists(paused)
+    left = [n for d, _, names in os.walk(tmp_path / "out") for n in names if n.endswith(".tmp")]
+    assert left or to in ("yolo", "voc")  # a one-file export's temporary file, left by the kill
+    again = kosmos("export", *args)
+    assert again.exit_code == 0, again.output
+    assert not [n for d, _, names in os.walk(tmp_path / "out") for n in names if n.endswith(".tmp")]
+    want = fresh(grounded, tmp_path, to) if to != "yolo" else None
+    if to == "yolo":  # copies, not links
+        (tmp_path / "fresh").mkdir()
+        export(grounded, "yolo", str(tmp_path / "fresh" / "y"), copy_images=True)
+        want = written(tmp_path / "fresh" / "y")
+    assert written(out) == want
+
+
+def test_a_folder_an_export_wrote_inside_the_photos_is_never_walked_as_input(grounded, tmp_path, photos):
+    from kosmos_cli.sources import iter_items
+
+    before = sorted(item.path for item in iter_items([str(tmp_path / "photos")]))
+    assert len(before) == 3
+    export(grounded, "yolo", str(tmp_path / "photos" / "dataset"), copy_images=True)
+    assert sorted(os.listdir(tmp_path / "photos" / "dataset" / "images")) == ["a.png", "c.png", "sub"]  # copies
+    assert sorted(item.path for item in iter_items([str(tmp_path / "photos")])) == before
+    again = export(grounded, "yolo", str(tmp_path / "photos" / "dataset"), copy_images=True)
+    assert again.images == 3  # each image once

@@ -116,3 +116,34 @@ def test_json_text_is_recorded_the_same_way(tmp_path):
         if fmt == "parquet":
             got = {p: json.loads(v) for p, v in got.items()}
         assert got == {"caf\\xe9.png": 1, "b": ["\\xe9"]}
+
+
+def test_draw_and_export_open_a_recorded_escaped_path_by_its_real_name(tmp_path, odd_folder):
+    from kosmos_cli.tasks import FindRecord
+
+    escaped = os.path.join(str(odd_folder), "caf\\xe9.png")  # as ground records it
+    row = FindRecord(path=escaped, width=32, height=32, phrase="a dot", boxes_px=[[2, 2, 20, 20]], scores=[0.9])
+    results = tmp_path / "r.jsonl"
+    results.write_text(json.dumps(row.to_dict()) + "\n")
+    drawn = kosmos_cli.draw(str(results), str(tmp_path / "drawn"), html=True)
+    assert (drawn.drawn, drawn.failed) == (1, 0)
+    assert os.listdir(tmp_path / "drawn").count("caf\\xe9.png") == 1  # named as recorded: valid UTF-8
+    assert "caf%5Cxe9.png" in (tmp_path / "drawn" / "index.html").read_text(encoding="utf-8")
+    exported = kosmos_cli.export(str(results), "yolo", str(tmp_path / "yolo"))
+    assert (exported.images, exported.failed) == (1, 0)
+    link = tmp_path / "yolo" / "images" / "caf\\xe9.png"
+    assert os.path.samefile(link, os.path.join(str(odd_folder), LATIN1))
+    coco = kosmos_cli.export(str(results), "coco", str(tmp_path / "c.json"), root=str(odd_folder))
+    assert coco.images == 1
+    assert json.loads((tmp_path / "c.json").read_text())["images"][0]["file_name"] == "caf\\xe9.png"
+
+
+def test_a_file_named_as_written_comes_first(tmp_path):
+    from kosmos_cli.results import locate
+
+    real = tmp_path / LATIN1
+    real.write_bytes(b"x")
+    escaped = str(tmp_path / "caf\\xe9.png")
+    assert locate(escaped, None) == str(real)
+    (tmp_path / "caf\\xe9.png").write_bytes(b"y")  # a file whose name really is the escape: it is the one named
+    assert locate(escaped, None) == escaped

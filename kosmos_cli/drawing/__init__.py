@@ -4,15 +4,17 @@ colors.py      the palette; black or white text on a colour (WCAG contrast)
 render.py      a row's shapes (its task says what they are); boxes and labels onto an image
 naming.py      where each annotated image comes from and goes to; writing it safely
 gallery.py     index.html, each row's text highlighted in its boxes' colours (its task says how)
-drawer.py      Drawer: a row at a time, counted in a DrawSummary; checking rows of a results file
-background.py  Background: a Drawer fed from the main thread, drawing on threads of its own
+drawer.py      Drawer: a result at a time, counted in a DrawSummary
+background.py  Background: a Drawer fed from the main thread, drawing on threads of its own; `run`: kosmos draw
+
+Results files are read through `results.read` (the reader draw, export and view share), never here.
 """
 
-from .background import Background
+from .background import Background, run
 from .colors import PALETTE, color, luminance, text_color
-from .drawer import Drawer, DrawSummary, check_results_row, task_of
+from .drawer import Drawer, DrawSummary
 from .gallery import Gallery, caption_html
-from .naming import Targets, input_root, locate
+from .naming import Targets, input_root
 from .render import Shape, annotate, font_size, label_box, line_width, shapes_of
 
 __all__ = [
@@ -25,15 +27,13 @@ __all__ = [
     "Targets",
     "annotate",
     "caption_html",
-    "check_results_row",
     "color",
     "font_size",
     "input_root",
     "label_box",
     "line_width",
-    "locate",
     "luminance",
+    "run",
     "shapes_of",
-    "task_of",
     "text_color",
 ]

@@ -1,5 +1,5 @@
-"""Draws on threads of its own, for `ground --draw` and `kosmos draw`: the Drawer's rows in order, rendered
-several at a time."""
+"""Draws on threads of its own, for `ground --draw` and `kosmos draw` (`run`): the Drawer's results in order,
+rendered several at a time."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from typing import Any
 
+from .. import locations, results
 from ..ordered import ordered_map
-from .drawer import Drawer, Job
+from ..progress import Progress
+from ..scores import check_min_score
+from .drawer import Drawer, DrawSummary, Job
 
 
 class Background:
@@ -62,10 +65,21 @@ class Background:
         """`pipeline.run`'s on_write hook: the batch's rows, taken now, go to the drawing threads."""
         self.add_rows([record.to_dict() for record in records])
 
-    def add_rows(self, rows: list[dict[str, Any]]) -> None:
+    def add_rows(self, rows: list[results.Result | results.Bad] | list[dict[str, Any]], missing: bool = False) -> None:
+        """Rows to draw, in order; `missing`: results of an earlier run, drawn only where not drawn yet."""
         if self._error is not None:
             raise self._error
-        self._queue.put(rows)
+        self._queue.put((rows, missing))
+
+    def add_missing(self, path: str) -> None:
+        """`ground --draw` run again: the results at `path` (the run's output) that are not drawn yet, drawn."""
+        batch: list[results.Result | results.Bad] = []
+        for result in results.read(path):
+            batch.append(result)
+            if len(batch) == 64:
+                self.add_rows(batch, missing=True)
+                batch = []
+        self.add_rows(batch, missing=True)
 
     def _loop(self) -> None:
         """The order thread: rows prepared and finished in order, rendered on the drawing threads meanwhile."""
@@ -87,17 +101,63 @@ class Background:
 
     def _jobs(self) -> Iterator[Job | None]:
         """Each row handed in, prepared in order on the order thread, until the end or a stop."""
-        while (rows := self._take()) is not None:
+        while (taken := self._take()) is not None:
+            rows, missing = taken
             for row in rows:
                 if self._stop.is_set():
                     return
-                yield self.drawer.prepare(row)
+                yield self.drawer.prepare(row, missing)
 
-    def _take(self) -> list[dict[str, Any]] | None:
-        rows = self._queue.get()
-        self._ended = rows is None
-        return rows
+    def _take(self) -> tuple[list[Any], bool] | None:
+        taken = self._queue.get()
+        self._ended = taken is None
+        return taken
 
     def _render(self, job: Job | None) -> tuple[Job | None, Any]:
         """On a drawing thread: the job and what rendering it gave (nothing to render for an error record)."""
         return job, None if job is None else self.drawer.render(job)
+
+
+def run(
+    path: str,
+    out_dir: str,
+    *,
+    html: bool = False,
+    min_score: float | None = None,
+    progress: Progress | None = None,
+    on_drawn: Callable[[str], None] | None = None,
+    threads: int | None = None,
+) -> DrawSummary:
+    """`kosmos draw` (api.draw says what it does): the results at `path` read twice through `results.read`, once to
+    check them all and find the images' common folder before anything is written, once to draw them."""
+    min_score = check_min_score(min_score)
+    locations.check_local_output(out_dir, "out_dir")
+    total, base = 0, None
+    for result in results.read(path):
+        total += 1
+        if isinstance(result, results.Result) and result.ok and locations.is_local(result.source):
+            folder = os.path.dirname(os.path.abspath(result.source))
+            base = folder if base is None else os.path.commonpath([base, folder])
+    progress = progress or Progress()
+    progress.start(total)
+    title = f"kosmos draw: {os.path.basename(path)}"
+    drawer = Drawer(out_dir, base, html=html, title=title, min_score=min_score, results=path)
+    summary = drawer.summary
+
+    def on_row(target: str | None) -> None:  # in the order of the rows, from the drawing side
+        if target is not None and on_drawn is not None:
+            on_drawn(target)
+        progress.advance(summary.drawn, summary.failed + summary.unusable, summary.skipped)
+
+    try:
+        with Background(drawer, threads=threads, on_row=on_row) as background:
+            batch: list[results.Result | results.Bad] = []
+            for result in results.read(path):
+                batch.append(result)
+                if len(batch) == 16:
+                    background.add_rows(batch)
+                    batch = []
+            background.add_rows(batch)
+    finally:
+        progress.close()
+    return summary

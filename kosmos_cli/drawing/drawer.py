@@ -1,7 +1,8 @@
-"""Draws result rows of every task into a folder (what `writers.read_records` yields, or `Record.to_dict()`),
-keeping their layout, with an optional gallery; counts what it drew, skipped and could not draw.
+"""Draws results of every task into a folder (what `results.read` yields, or a `Record.to_dict()` being written),
+keeping their layout, with an optional gallery; counts what it drew, skipped and could not draw. `run` is
+`kosmos draw`: a results file read through `results.read`, drawn on threads of its own.
 
-What a row shows is its task's to say (`Task.shapes`, `Task.caption_html`): ground draws each entity's boxes
+What a result shows is its task's to say (`Result.regions`, `Task.caption_html`): ground draws each entity's boxes
 labelled with its phrase, refer the region labelled with the model's description, find the phrase's boxes.
 """
 
@@ -10,35 +11,21 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import locations, tasks
-from ..errors import InputError, UsageError
+from .. import locations
+from ..errors import KosmosError, UsageError
+from ..fsnames import recorded
 from ..locations import open_image
 from ..reports import SoloReport
+from ..results import Bad, BadRecord, Result, result_of
 from .gallery import Gallery
-from .naming import Targets, claim, locate, save
+from .naming import Targets, claim, save
 from .render import Shape, annotate, shapes_of
 
 log = logging.getLogger("kosmos_cli")
-
-
-def task_of(row: dict[str, Any]) -> str | None:
-    """Which command wrote `row`: ground, refer or find; None when it is not a record of ours."""
-    task = tasks.of_row(row)
-    return None if task is None else task.name
-
-
-def check_results_row(row: dict[str, Any], number: int, path: str) -> str:
-    """The task of one row of a results file; InputError when the row is not a record of ours."""
-    task = task_of(row)
-    if task is None or not isinstance(row.get("path"), str) or "status" not in row:
-        raise InputError(
-            f"{path} row {number} is not a kosmos record (no status, caption, box_px or phrase): "
-            "pass a results file written by kosmos ground, refer or find"
-        )
-    return task
 
 
 @dataclass
@@ -49,6 +36,7 @@ class DrawSummary(SoloReport):
     drawn: int = 0
     skipped: int = 0
     failed: int = 0
+    unusable: int = 0  # lines or records of the results file that cannot be used: warned, skipped
     seconds: float = 0.0
     index: str | None = None
     failures: list[str] = field(default_factory=list)
@@ -57,15 +45,15 @@ class DrawSummary(SoloReport):
         index = f" (gallery {self.index})" if self.index else ""
         return (
             f"kosmos draw finished: {self.drawn} drawn, {self.skipped} skipped (error records), "
-            f"{self.failed} failed in {self.seconds:.1f}s -> {self.out_dir}{index}"
+            f"{self.failed} failed{self.unusable_part()} in {self.seconds:.1f}s -> {self.out_dir}{index}"
         )
 
 
 @dataclass
 class Job:
-    """One row on its way: the row, where its image comes from and goes to, and how long rendering it took."""
+    """One result on its way: the result, where its image comes from and goes to, and how long rendering took."""
 
-    row: dict[str, Any]
+    result: Result
     source: str
     target: str
     seconds: float = 0.0
@@ -91,6 +79,7 @@ class Drawer:
         title: str = "kosmos draw",
         option: str = "--out-dir",
         min_score: float | None = None,
+        results: str = "",
     ):
         if os.path.exists(out_dir) and not os.path.isdir(out_dir):
             raise UsageError(f"{option} {out_dir} is a file: name a folder for the annotated images")
@@ -101,10 +90,12 @@ class Drawer:
             )
         claim(out_dir, option.lstrip("-").replace("-", "_"))  # ours, or refused before anything is written
         self.out_dir, self.base, self.root, self.title, self.option = out_dir, base, root, title, option
+        self.results = results  # the results file the rows come from, named in the warnings about them
         self.min_score = min_score  # boxes scored below it are not drawn (scores.passes)
         self.summary = DrawSummary(out_dir, index=os.path.join(out_dir, "index.html") if html else None)
         self._gallery = Gallery(self.summary.index, title) if self.summary.index else None
         self._target = Targets(out_dir, base)
+        self._prepared: set[str] = set()  # the paths of the results drawn (or tried), for `prepare(missing=True)`
 
     def __enter__(self) -> Drawer:
         return self
@@ -117,20 +108,42 @@ class Drawer:
         for record in records:
             self.add(record.to_dict())
 
-    def add(self, row: dict[str, Any]) -> str | None:
-        """Draw one row; returns the file written, or None (an error record, or an image that cannot be read)."""
+    def add(self, row: Result | Bad | Mapping[str, Any]) -> str | None:
+        """Draw one result (or a record's row); returns the file written, or None (an error record, or an image
+        that cannot be read)."""
         job = self.prepare(row)
         return None if job is None else self.complete(job, self.render(job))
 
     # add() in three steps, so that Background can render on several threads and still name files and write the
     # gallery in the order of the rows: prepare and complete run in order, render anywhere.
-    def prepare(self, row: dict[str, Any]) -> Job | None:
-        """Where the row's image comes from and goes to (None: an error record, counted as skipped)."""
-        if row.get("status") != "ok":
+    def prepare(self, row: Result | Bad | Mapping[str, Any], missing: bool = False) -> Job | None:
+        """Where the result's image comes from and goes to (None: an error record, counted as skipped; or a line
+        that cannot be used, warned and counted as unusable).
+
+        `missing`: a result of an earlier run, drawn only when its image is not drawn yet (`ground --draw` run
+        again: what the run before wrote but had not drawn when it stopped) and not drawn by this Drawer already;
+        nothing else is counted or said of it."""
+        got: Result | Bad
+        if isinstance(row, (Result, Bad)):
+            got = row
+        else:
+            try:
+                got = result_of(row, self.root)
+            except BadRecord as exc:
+                got = Bad(f"the record of {row.get('path')!r}", str(exc))
+        if missing and (isinstance(got, Bad) or not got.ok or got.path in self._prepared):
+            return None  # the run that wrote it said what there was to say
+        if isinstance(got, Bad):
+            self.summary.unusable += 1
+            log.warning("%s", got.message(self.results))
+            return None
+        result = got
+        if not result.ok:
             self.summary.skipped += 1
             return None
-        source = locate(row["path"], self.root)
-        return Job(row, source, self._target(source))
+        self._prepared.add(result.path)
+        target = self._target(recorded(result.source))  # named in valid UTF-8
+        return None if missing and os.path.exists(target) else Job(result, result.source, target)
 
     def render(self, job: Job) -> list[Shape] | str:
         """Load, annotate and write the image: its shapes, or why it could not be drawn. Thread-safe."""
@@ -145,15 +158,19 @@ class Drawer:
                 and os.path.samefile(job.target, job.source)
             ):
                 return f"the annotated image would overwrite it: choose another {self.option}"
-            image, row = loaded.image, job.row
+            image, result = loaded.image, job.result
             scale = (
-                image.width / row["width"] if row.get("width") else 1.0,
-                image.height / row["height"] if row.get("height") else 1.0,
+                image.width / result.width if result.width else 1.0,
+                image.height / result.height if result.height else 1.0,
             )
-            shapes = shapes_of(row, self.min_score)
+            shapes = shapes_of(result, self.min_score)
             annotate(image, shapes, scale)
             save(image, job.target, self.option)
             return shapes
+        except KosmosError:
+            raise  # a folder that cannot be written (a full disk): the end of the drawing, said in one line
+        except Exception as exc:  # noqa: BLE001 - a drawing failure is this image's, never the end of a run
+            return f"{type(exc).__name__}: {exc}"
         finally:
             job.seconds = time.perf_counter() - started
 
@@ -161,10 +178,10 @@ class Drawer:
         """Count the rendered row and add it to the gallery; the file written, or None."""
         self.summary.seconds += job.seconds
         if isinstance(outcome, str):
-            self._failed(job.row["path"], outcome)
+            self._failed(job.result.path, outcome)
             return None
         if self._gallery is not None:
-            self._gallery.add(job.row, outcome, job.target)
+            self._gallery.add(job.result, outcome, job.target)
         self.summary.drawn += 1
         return job.target
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import html
 import os
-from typing import Any
 from urllib.parse import quote
 
 from .. import tasks
 from ..atomic import AtomicFile
 from ..errors import OutputError
+from ..results import Result
 from .colors import color, text_color
 from .render import Shape
 
@@ -25,12 +25,12 @@ class Gallery:
         self._file = None
         self._writing: AtomicFile | None = None  # index.html, written under a temporary name until close()
 
-    def add(self, row: dict[str, Any], shapes: list[Shape], target: str) -> None:
+    def add(self, result: Result, shapes: list[Shape], target: str) -> None:
         href = quote(os.path.relpath(target, os.path.dirname(self.path)).replace(os.sep, "/"))
-        name = html.escape(row["path"])
+        name = html.escape(result.path)
         self._opened().write(
             f'<figure><a href="{href}"><img src="{href}" loading="lazy" alt="{name}"></a>'
-            f'<figcaption><div class="path">{name}</div>{caption_html(row, shapes)}</figcaption></figure>\n'
+            f'<figcaption><div class="path">{name}</div>{caption_html(result, shapes)}</figcaption></figure>\n'
         )
 
     def close(self, complete: bool = True) -> None:
@@ -54,12 +54,10 @@ class Gallery:
         return self._file
 
 
-def caption_html(row: dict[str, Any], shapes: list[Shape]) -> str:
-    """The row's text as HTML, each phrase highlighted in its box colour; everything escaped."""
-    task = tasks.of_row(row)
-    if task is None:
-        return ""
-    return task.caption_html(row, lambda text, i: _mark(text, shapes[i].color if i < len(shapes) else color(i)))
+def caption_html(result: Result, shapes: list[Shape]) -> str:
+    """The result's text as HTML, each phrase highlighted in its box colour; everything escaped."""
+    mark = lambda text, i: _mark(text, shapes[i].color if i < len(shapes) else color(i))  # noqa: E731
+    return tasks.get(result.task).caption_html(result.row, mark)
 
 
 def _mark(text: str, fill) -> str:

@@ -16,7 +16,9 @@ from PIL import Image
 
 from .. import locations
 from ..atomic import atomic_write
-from ..errors import OutputError, UsageError
+from ..errors import UsageError
+from ..fsnames import recorded
+from ..layout import fit, remote_layout, write_error
 from ..sources import DRAWN_MARKER
 
 _JPEG = (".jpg", ".jpeg", ".jpe", ".jfif")
@@ -25,19 +27,6 @@ _MARKER_TEXT = (
     "kosmos drew the images in this folder: later draws may write over them, and kosmos ground, refer "
     "and find leave this folder out when they walk a folder around it.\n"
 )
-
-
-def locate(path: str, root: str | None) -> str:
-    """A recorded path as it can be opened: as written (relative to here), else relative to `root`."""
-    if root is None or locations.is_remote(path):
-        return path  # a URL (of an image, or of a shard or table holding it)
-    member = locations.split_member(path)
-    if member is not None:  # a sample of a shard or table: its container is where the path says
-        return f"{locate(member[0], root)}#{member[1]}"
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    beside = os.path.join(root, path)
-    return beside if os.path.exists(beside) else path
 
 
 def input_root(inputs: Iterable[str]) -> str | None:
@@ -96,7 +85,7 @@ class Targets:
     """The output files of one draw: each source's path below `base` in `out_dir`, no name given twice."""
 
     def __init__(self, out_dir: str, base: str | None):
-        self.out_dir, self.base = out_dir, base
+        self.out_dir, self.base = out_dir, None if base is None else recorded(base)  # as the sources are named
         self._used: set[str] = set()
 
     def __call__(self, source: str) -> str:
@@ -112,7 +101,7 @@ class Targets:
             rel = os.path.relpath(full, self.base) if self.base else os.path.basename(full)
             if rel == os.pardir or rel.startswith(os.pardir + os.sep):  # outside base: keep its whole path
                 rel = os.path.splitdrive(full)[1].lstrip(os.sep)
-        stem, ext = os.path.splitext(rel)
+        stem, ext = os.path.splitext(fit(rel))  # a name too long for the file system, shortened
         ext = ext if ext.lower() in _JPEG else ".png"
         name, n = stem + ext, 1
         while name.lower() in self._used:  # another record of this image, or a.png beside a.bmp
@@ -120,35 +109,6 @@ class Targets:
             name = f"{stem}-{n}{ext}"
         self._used.add(name.lower())
         return os.path.join(self.out_dir, name)
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._\-]+")
-
-
-def remote_layout(source: str, member: tuple[str, str] | None) -> str:
-    """A relative file name for a remote image (below its host or bucket) or a container's sample (below the
-    container's name): safe characters only, no `..`."""
-    if member is not None:
-        container, key = member
-        shard = os.path.basename(container.rstrip("/"))
-        for ending in (".tar.gz", ".tgz", ".tar", ".parquet"):
-            if shard.lower().endswith(ending):
-                shard = shard[: -len(ending)]
-                break
-        parts = [shard, *key.split("/")]
-        ext = ""
-    else:
-        from urllib.parse import urlsplit
-
-        url = urlsplit(source)
-        parts = [url.netloc, *url.path.split("/")]
-        ext = os.path.splitext(url.path)[1]
-        if url.query:  # another query is another image: its own name
-            parts[-1] = os.path.splitext(parts[-1])[0] + "-" + url.query
-    safe = [_UNSAFE.sub("_", p).strip(".") or "_" for p in parts if p]
-    if ext and not safe[-1].lower().endswith(ext.lower()):
-        safe[-1] += ext
-    return os.path.join(*safe) if safe else "_"
 
 
 def save(image: Image.Image, target: str, option: str) -> None:
@@ -161,6 +121,4 @@ def save(image: Image.Image, target: str, option: str) -> None:
             # JPEG without chroma subsampling: thin coloured lines keep their colour
             image.save(f, format="JPEG" if jpeg else "PNG", **({"quality": 92, "subsampling": 0} if jpeg else {}))
     except OSError as exc:
-        raise OutputError(
-            f"cannot write {target}: {exc.strerror or exc}: choose another {option} or free some space"
-        ) from None
+        raise write_error(exc, target, option) from None

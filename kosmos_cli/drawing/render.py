@@ -7,14 +7,14 @@ picture. What a row shows (its entities' labels and boxes) its task says (`Task.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, ImageDraw
 
-from .. import tasks
 from ..fonts import label_font
+from ..results import Result, result_of
 from ..scores import passes
 from .colors import color, text_color
 
@@ -37,18 +37,15 @@ class Shape:
         return [f"{self.label} {s:.2f}".strip() if s is not None else self.label for s in scores]
 
 
-def shapes_of(row: dict[str, Any], min_score: float | None = None) -> list[Shape]:
-    """The entities of a result row, each with its colour and its boxes' scores; `min_score` keeps only the boxes
-    scored at least that (scores.passes). An entity keeps its colour when some of its boxes are dropped."""
-    task = tasks.of_row(row)
-    if task is None:
-        return []
+def shapes_of(result: Result | Mapping[str, Any], min_score: float | None = None) -> list[Shape]:
+    """The regions of a result (or a record's row), each with its colour and its boxes' scores; `min_score` keeps
+    only the boxes scored at least that (scores.passes). A region keeps its colour when some boxes are dropped."""
+    if not isinstance(result, Result):
+        result = result_of(result)
     shapes = []
-    for i, ((label, boxes), scores) in enumerate(zip(task.shapes(row), task.box_scores(row))):
-        if scores is None or len(scores) != len(boxes):
-            scores = [None] * len(boxes)
-        kept = [(b, s) for b, s in zip(boxes, scores) if passes(s, min_score)]
-        shapes.append(Shape(label, [b for b, _ in kept], color(i), [s for _, s in kept]))
+    for i, region in enumerate(result.regions):
+        kept = [(b, s) for b, s in zip(region.boxes, region.scores) if passes(s, min_score)]
+        shapes.append(Shape(region.label, [list(b) for b, _ in kept], color(i), [s for _, s in kept]))
     return shapes
 
 
@@ -76,10 +73,14 @@ def annotate(image: Image.Image, shapes: Iterable[Shape], scale: tuple[float, fl
             x1, y1, x2, y2 = _clip(box, scale, width, height)
             if x2 - x1 < 1 or y2 - y1 < 1:
                 continue
-            # Pillow draws outlines inwards from these corners, so the line lies inside the box (x2, y2 exclusive):
-            # a band of the entity's colour between two 1-pixel edges of black or white, seen on any background
-            draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=text_color(shape.color), width=lw + 2)
-            draw.rectangle((x1 + 1, y1 + 1, x2 - 2, y2 - 2), outline=shape.color, width=lw)
+            if x2 - x1 < 3 or y2 - y1 < 3:  # too thin for a band between two edges: the entity's colour alone
+                draw.rectangle((x1, y1, x2 - 1, y2 - 1), fill=shape.color)
+            else:
+                # Pillow draws outlines inwards from these corners, so the line lies inside the box (x2, y2
+                # exclusive): a band of the entity's colour between two 1-pixel edges of black or white, seen on any
+                # background
+                draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=text_color(shape.color), width=lw + 2)
+                draw.rectangle((x1 + 1, y1 + 1, x2 - 2, y2 - 2), outline=shape.color, width=lw)
             if label:
                 labels.append((shape, label, x1, y1))
     for shape, label, x1, y1 in labels:  # after every box, so no line crosses a label

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..errors import UsageError
+from ..errors import Interrupted, UsageError
 from ..reports import SoloReport
 from ..scores import check_min_score
 from .base import Options, Writer
@@ -32,6 +32,7 @@ from .yolo import Yolo
 log = logging.getLogger("kosmos_cli")
 
 FORMATS: dict[str, type[Writer]] = {w.name: w for w in (Coco, Yolo, Voc, LabelStudio)}
+INTERRUPTED = "the export is not finished; run the same command again to finish it"  # said after Ctrl-C
 
 
 @dataclass
@@ -45,6 +46,7 @@ class ExportSummary(SoloReport):
     classes: int = 0
     errors: int = 0  # error records of the results: skipped
     failed: int = 0  # images that could not be exported (YOLO: the image file is gone)
+    unusable: int = 0  # lines or records of the results that cannot be used: warned, skipped
     dropped: Dropped = field(default_factory=Dropped)
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
@@ -64,7 +66,8 @@ class ExportSummary(SoloReport):
         extra = f"; boxes left out: {', '.join(left)}" if left else ""
         return (
             f"kosmos export finished: {self.images} images, {self.boxes} boxes, {self.classes} classes, "
-            f"{self.errors} skipped (error records), {self.failed} failed{extra} in {self.seconds:.1f}s "
+            f"{self.errors} skipped (error records), {self.failed} failed{self.unusable_part()}{extra} "
+            f"in {self.seconds:.1f}s "
             f"-> {self.out} ({self.to})"
         )
 
@@ -104,7 +107,7 @@ def run(
     writer_type.check(out)
     checked = scan(results, root)
 
-    summary = ExportSummary(to=writer_type.name, out=out, errors=checked.errors)
+    summary = ExportSummary(to=writer_type.name, out=out, errors=checked.errors, unusable=checked.unusable)
     writer = writer_type(out, Options(results=results, root=root, image_root=image_root, copy_images=copy_images))
     try:
         for image in images(results, checked, root):
@@ -118,6 +121,9 @@ def run(
             summary.images += 1
             summary.boxes += len(kept)
         writer.close(named.names)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: nothing of a run is kept, so the CLI says so
+        writer.discard()
+        raise Interrupted.during(exc, INTERRUPTED) from None
     except BaseException:
         writer.discard()
         raise

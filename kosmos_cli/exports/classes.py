@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..errors import UsageError
+from ..fsnames import recorded
 
 ARTICLES = frozenset({"a", "an", "the"})
 _CUT = frozenset(
@@ -118,12 +119,12 @@ class Classes:
         self._index: dict[str, int] = {}
         self.fixed = named is not None
         if named is not None:
-            for name in named:
+            for name in map(recorded, named):  # a name that is not valid Unicode, as fsnames records it
                 key = " ".join(name.lower().split())
                 if key in self._index:
                     raise UsageError(f"{{param}}: {name!r} is named twice: name each class once", param="classes")
                 self._index[key] = len(self.names)
-                self.names.append(name.strip())
+                self.names.append(" ".join(name.split()))  # one line in labels.txt, whatever it held
             if not self.names:
                 raise UsageError('{param}: no class named: give some, e.g. --classes "dog,cat"', param="classes")
             self._words = [(k.split(), i) for k, i in self._index.items()]

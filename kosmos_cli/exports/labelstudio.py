@@ -16,7 +16,7 @@ from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from ..atomic import AtomicFile, atomic_write
-from .base import Options, Writer, starts_with, write_error
+from .base import Options, Writer, starts_with, write_error, xml_text
 from .boxes import Label
 from .source import Image
 
@@ -98,7 +98,7 @@ class LabelStudio(Writer):
             f'  <Image name="{TO_NAME}" value="$image"/>',
             f'  <RectangleLabels name="{FROM_NAME}" toName="{TO_NAME}">',
         ]
-        lines += [f"    <Label value={quoteattr(name)}/>" for name in classes]
+        lines += [f"    <Label value={quoteattr(xml_text(name))}/>" for name in classes]
         lines += ["  </RectangleLabels>", "</View>"]
         try:
             self._file.file.write("\n]\n")

@@ -1,4 +1,5 @@
-"""The images of a ground or find results file, each with every box the model found in it. Streamed in two passes.
+"""The images of a ground or find results file, each with every box the model found in it. Streamed in two passes,
+each reading the file through `results.read` (the reader draw, export and view share).
 
 The first pass reads every row once to check it (a results file of ours, of a task that finds boxes, images below
 `--root`) and to note each image's last row; nothing is written before it ends. The second pass gathers each
@@ -9,14 +10,17 @@ resuming holds its keys) and the boxes of images whose rows are still coming, ne
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
-from .. import locations, tasks
-from ..errors import InputError, UsageError
-from ..writers import read_records
+from .. import locations, results, tasks
+from ..errors import UsageError
+from ..fsnames import recorded
+from ..layout import fit, remote_layout
+
+log = logging.getLogger("kosmos_cli")
 
 
 @dataclass(frozen=True)
@@ -49,83 +53,67 @@ class Scan:
     task: str | None = None
     rows: int = 0
     errors: int = 0  # error records: skipped
+    unusable: int = 0  # lines or records that cannot be used: warned, skipped
     last: dict[str, int] = field(default_factory=dict)  # path -> number of its last ok row
     base: str | None = None  # the common folder of the images
 
 
-def _rows(results: str) -> Iterator[dict[str, Any]]:
-    try:
-        yield from read_records(results)
-    except UnicodeDecodeError:
-        raise InputError(
-            f"{results} is not a results file of kosmos (neither JSONL nor Parquet): pass the "
-            ".jsonl or .parquet file written by kosmos ground or find"
-        ) from None
-
-
-def scan(results: str, root: str | None) -> Scan:
+def scan(path: str, root: str | None) -> Scan:
     """Check every row and note where each image's rows end. Raises before anything is written."""
-    from ..drawing import check_results_row
-
-    here = os.path.dirname(os.path.abspath(results))
     out = Scan()
-    for number, row in enumerate(_rows(results), 1):
-        name = check_results_row(row, number, results)
-        task = tasks.get(name)
-        if not task.detects:
+    for number, result in enumerate(results.read(path), 1):
+        if isinstance(result, results.Bad):
+            out.unusable += 1
+            log.warning("%s", result.message(path))
+            continue
+        if not tasks.get(result.task).detects:
             raise UsageError(
-                f"{results} holds {name} records: they describe regions you gave, they find no boxes; "
+                f"{path} holds {result.task} records: they describe regions you gave, they find no boxes; "
                 "export reads the results of kosmos ground or kosmos find"
             )
-        out.task, out.rows = name, number
-        if row.get("status") != "ok":
+        out.task, out.rows = result.task, number
+        if not result.ok:
             out.errors += 1
             continue
-        _, full, folder = _place(row["path"], here)
+        full, folder = _place(recorded(result.source))
         if root is not None and full is not None and _outside(full, root):
             raise UsageError(
-                f"{{param}} {root}: {row['path']} is not below it: name a folder that holds every image", param="root"
+                f"{{param}} {root}: {result.path} is not below it: name a folder that holds every image", param="root"
             )
-        out.last[row["path"]] = number
+        out.last[result.path] = number
         if folder is None:
             continue  # a URL or an object in a bucket: laid out by host or bucket (remote_layout)
         out.base = folder if out.base is None else os.path.commonpath([out.base, folder])
     return out
 
 
-def images(results: str, found: Scan, root: str | None) -> Iterator[Image]:
+def images(path: str, found: Scan, root: str | None) -> Iterator[Image]:
     """Each image with an ok record, with all its boxes, at its last row; a row repeated (same key) counts once,
     the last one."""
-    from ..drawing.naming import remote_layout
-
-    here = os.path.dirname(os.path.abspath(results))
     base = root if root is not None else found.base
     pending: dict[str, tuple[Image, dict[str, list[Found]]]] = {}
-    for number, row in enumerate(_rows(results), 1):
-        if row.get("status") != "ok":
-            continue
-        path = row["path"]
-        task = tasks.of_row(row)
-        assert task is not None  # the first pass checked every row
-        if path not in pending:
-            source, full, _ = _place(path, here)
+    for number, result in enumerate(results.read(path), 1):
+        if isinstance(result, results.Bad) or not result.ok:
+            continue  # the first pass warned about each line that cannot be used
+        image_path, source = result.path, result.source
+        if image_path not in pending:
+            full, _ = _place(recorded(source))
             member = locations.split_member(source)
             if full is None:  # a URL, an object in a bucket (or a sample of a shard there): as recorded
                 layout = _slashes(remote_layout(source, member))
             else:
                 layout = _slashes(os.path.relpath(full, base) if base else os.path.basename(full))
-            name = layout if root is not None and full is not None else path
+            name = layout if root is not None and full is not None else image_path
+            layout = fit(layout)  # a name too long for the file system, shortened
             if (
                 full is not None and member is not None and root is not None
             ):  # the container below --root, and the sample's key
                 name = _slashes(os.path.relpath(os.path.abspath(member[0]), root)) + "#" + member[1]
-            pending[path] = (
-                Image(path, source, name, layout, row.get("width") or 0, row.get("height") or 0, row.get("model")),
-                {},
-            )
-        pending[path][1][task.key(row)] = list(_found(task, row))
-        if found.last.get(path) == number:
-            image, by_key = pending.pop(path)
+            image = Image(image_path, source, name, layout, result.width or 0, result.height or 0, result.model)
+            pending[image_path] = (image, {})
+        pending[image_path][1][result.key()] = list(_found(result))
+        if found.last.get(image_path) == number:
+            image, by_key = pending.pop(image_path)
             image.found = [f for boxes in by_key.values() for f in boxes]
             yield image
 
@@ -133,34 +121,30 @@ def images(results: str, found: Scan, root: str | None) -> Iterator[Image]:
 _CONTAINER_ENDINGS = (".tar.gz", ".tgz", ".tar", ".parquet")
 
 
-def _place(path: str, here: str) -> tuple[str, str | None, str | None]:
-    """(where the image can be opened, its full path as per-image files are laid out, its folder).
+def _place(source: str) -> tuple[str | None, str | None]:
+    """(the full path of an image that opens at `source`, as per-image files are laid out; its folder). `source` in
+    its recorded form (fsnames.py): per-image files are named in valid UTF-8.
 
     A sample of a shard or table (`SHARD.tar#KEY`) is laid out as draw names it, `SHARD/KEY`, in the container's
-    folder. A URL or an object in a bucket has no local place: (source, None, None)."""
-    from ..drawing import locate
-
-    source = locate(path, here)
+    folder. A URL or an object in a bucket has no local place: (None, None)."""
     member = locations.split_member(source)
     if locations.is_remote(source):  # a URL, or a shard or table at one
-        return source, None, None
+        return None, None
     if member is None:
         full = os.path.abspath(source)
-        return source, full, os.path.dirname(full)
+        return full, os.path.dirname(full)
     container, key = member
     stem = os.path.abspath(container)
     ending = next((e for e in _CONTAINER_ENDINGS if stem.lower().endswith(e)), "")
     stem = stem[: len(stem) - len(ending)]
     parts = [p for p in key.split("/") if p not in ("", ".", "..")]
-    return source, os.path.join(stem, *parts) + ".png", os.path.dirname(stem)
+    return os.path.join(stem, *parts) + ".png", os.path.dirname(stem)
 
 
-def _found(task, row) -> Iterator[Found]:
-    for (label, boxes), scores in zip(task.shapes(row), task.box_scores(row)):
-        if scores is None or len(scores) != len(boxes):
-            scores = [None] * len(boxes)
-        for box, score in zip(boxes, scores):
-            yield Found(label, tuple(int(round(float(v))) for v in box), score)  # type: ignore[arg-type]
+def _found(result: results.Result) -> Iterator[Found]:
+    for region in result.regions:
+        for box, score in zip(region.boxes, region.scores):
+            yield Found(region.label, tuple(int(round(float(v))) for v in box), score)  # type: ignore[arg-type]
 
 
 def _outside(path: str, root: str) -> bool:

@@ -10,7 +10,7 @@ import os
 import xml.etree.ElementTree as ET
 
 from ..atomic import atomic_write
-from .base import Options, UniqueNames, Writer, write_error
+from .base import Options, UniqueNames, Writer, write_error, xml_text
 from .boxes import Label
 from .source import Image
 
@@ -18,6 +18,7 @@ from .source import Image
 class Voc(Writer):
     name = "voc"
     folder = True
+    owned = ("Annotations", "labels.txt")
 
     def __init__(self, out: str, options: Options):
         super().__init__(out, options)
@@ -76,4 +77,4 @@ class Voc(Writer):
 
 
 def _text(parent, tag: str, value) -> None:
-    ET.SubElement(parent, tag).text = str(value)
+    ET.SubElement(parent, tag).text = xml_text(value)  # a phrase or file name may hold what XML cannot

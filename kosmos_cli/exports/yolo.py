@@ -9,14 +9,13 @@ photo's labels turned.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 from ..atomic import atomic_write
 from ..images import is_image_path
 from ..locations import Unreadable, is_local, read_bytes
-from .base import Options, UniqueNames, Writer, write_error
+from .base import Options, UniqueNames, Writer, write_error, yaml_string
 from .boxes import Label
 from .source import Image
 
@@ -24,6 +23,7 @@ from .source import Image
 class Yolo(Writer):
     name = "yolo"
     folder = True
+    owned = ("images", "labels", "data.yaml")
 
     def __init__(self, out: str, options: Options):
         super().__init__(out, options)
@@ -63,8 +63,9 @@ class Yolo(Writer):
             if data is not None:
                 with atomic_write(target, "wb", sync=False) as out:
                     out.write(data)
-            elif self.options.copy_images:
-                shutil.copyfile(image.source, target)
+            elif self.options.copy_images:  # whole or not at all, as every file of an export
+                with open(image.source, "rb") as src, atomic_write(target, "wb", sync=False) as copy:
+                    shutil.copyfileobj(src, copy)
             else:
                 os.symlink(os.path.abspath(image.source), target)
             os.makedirs(os.path.dirname(label_file), exist_ok=True)
@@ -82,13 +83,13 @@ class Yolo(Writer):
     def close(self, classes: list[str]) -> None:
         path = os.path.join(self.out, "data.yaml")
         lines = [
-            f"# written by kosmos export from {os.path.basename(self.options.results)}",
-            f"path: {json.dumps(os.path.abspath(self.out), ensure_ascii=False)}",
+            f"# written by kosmos export from {yaml_string(os.path.basename(self.options.results))}",
+            f"path: {yaml_string(os.path.abspath(self.out))}",
             "train: images",
             "val: images",
             "names:",
         ]
-        lines += [f"  {i}: {json.dumps(name, ensure_ascii=False)}" for i, name in enumerate(classes)]
+        lines += [f"  {i}: {yaml_string(name)}" for i, name in enumerate(classes)]
         if not classes:
             lines[-1] = "names: {}"
         try:

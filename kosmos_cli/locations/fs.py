@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import InputError, UsageError
 from ..images import is_image_path
-from ..sources import DRAWN_MARKER, MANIFEST_EXTENSIONS, Columns, Item, read_manifest
+from ..sources import MANIFEST_EXTENSIONS, OUR_FOLDERS, Columns, Item, read_manifest
 from . import FetchOptions, Unreadable, scheme
 
 log = logging.getLogger("kosmos_cli")
@@ -202,7 +202,7 @@ def _mtime(info: dict[str, Any]) -> float | None:
 
 def _walk(fs: Any, top: str, name: Callable[[str], str], unlisted: list[str] | None) -> Iterator[Item]:
     """Images under the folder `top`, recursively, each folder's entries sorted by name (as a local walk: a
-    folder among the files), hidden entries and folders kosmos drew into skipped."""
+    folder among the files), hidden entries and folders kosmos drew or exported into skipped."""
 
     def walk(folder: str, below: bool) -> Iterator[Item]:
         try:
@@ -216,8 +216,8 @@ def _walk(fs: Any, top: str, name: Callable[[str], str], unlisted: list[str] | N
             ((posixpath.basename(e["name"].rstrip("/")), e) for e in entries if e["name"].rstrip("/") != folder),
             key=lambda pair: pair[0],
         )
-        if below and any(base == DRAWN_MARKER for base, _ in named):
-            return  # annotated images kosmos drew (copied up): not photos to ground
+        if below and any(base in OUR_FOLDERS for base, _ in named):
+            return  # annotated images kosmos drew, or an export's copies (copied up): not photos to ground
         for base, entry in named:
             if not base or base.startswith("."):
                 continue
