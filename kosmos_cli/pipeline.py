@@ -21,13 +21,14 @@ from .distributed import Solo
 from .engine import Engine, Prepared
 from .errors import OutOfMemory, UsageError
 from .images import MODEL_SIDE
+from .items import Columns, Item
 from .locations import FetchOptions, check_local_output, open_image
 from .locations import stat as location_stat
 from .ordered import Behind, ordered_map, read_ahead
 from .progress import Progress
 from .records import OK, Record
 from .scores import Generation
-from .sources import Columns, Item, countable, iter_items, nothing_found, shard
+from .sources import countable, iter_items, nothing_found, shard
 from .store import Output, Seen, Store
 from .tasks import Task, Unit, path_key
 from .writers import detect_format

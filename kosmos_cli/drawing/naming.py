@@ -17,7 +17,7 @@ from PIL import Image
 from .. import locations
 from ..atomic import atomic_write
 from ..errors import OutputError, UsageError
-from ..sources import DRAWN_MARKER
+from ..items import DRAWN_MARKER
 
 _JPEG = (".jpg", ".jpeg", ".jpe", ".jfif")
 _GLOB = re.compile(r"[*?\[]")

@@ -25,8 +25,9 @@ from typing import Any
 
 from ..errors import InputError, UsageError
 from ..images import is_image_path
-from ..sources import DRAWN_MARKER, MANIFEST_EXTENSIONS, Columns, Item, read_manifest
-from . import FetchOptions, Unreadable, scheme
+from ..items import DRAWN_MARKER, MANIFEST_EXTENSIONS, Columns, Item
+from .base import FetchOptions, Unreadable, scheme
+from .manifests import read_manifest
 
 log = logging.getLogger("kosmos_cli")
 

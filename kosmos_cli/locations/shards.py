@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ..images import IMAGE_EXTENSIONS
-from ..sources import Item
-from . import FetchOptions, Unreadable, is_remote, is_url
+from ..items import Item
+from .base import FetchOptions, Unreadable, is_remote, is_url, local_path
+from .http import open_response
 
 log = logging.getLogger("kosmos_cli")
 
@@ -204,8 +205,6 @@ def open_stream(path: str, fetch: FetchOptions = FetchOptions()) -> IO[bytes]:
     """A file object reading the shard at `path` from its start: a local file, an http(s) response read as it
     comes (not the whole body first), or fsspec's file for another URL. Unreadable when it cannot be opened."""
     if is_url(path):  # read as it comes; opening is tried again after a 429, a 5xx, a dropped connection
-        from .http import open_response
-
         return open_response(path, fetch)
     if is_remote(path):
         try:
@@ -218,8 +217,6 @@ def open_stream(path: str, fetch: FetchOptions = FetchOptions()) -> IO[bytes]:
             raise Unreadable(f"reading it needs another package: {exc}") from None
         except (OSError, ValueError) as exc:
             raise Unreadable(_why(exc)) from None
-    from . import local_path
-
     try:
         return open(local_path(path), "rb")
     except OSError as exc:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..carried import from_parquet
 from ..errors import InputError
-from ..sources import Columns, Item
+from ..items import Columns, Item
 
 if TYPE_CHECKING:
     import pyarrow as pa
