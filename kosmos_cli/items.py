@@ -1,4 +1,4 @@
-"""What an input names: one `Item` per image, and which manifest `Columns` name it.
+"""What an input names: one `Item` per image, which manifest `Columns` name it, and what a listing did not see.
 
 The types every stage that reads inputs shares (sources, locations, tasks, the pipeline), with the names by which
 inputs are told apart: a manifest by its extension, a folder kosmos drew into by its marker. A leaf: it imports
@@ -39,3 +39,40 @@ class Columns:
     path: str = "path"
     image: str | None = None
     key: str | None = None
+
+
+@dataclass
+class Unseen:
+    """What a listing of the inputs did not see (sources.iter_items fills it in): `places` it could not look into
+    (a folder it cannot list or that vanished, a link to nothing), and parts it skipped, each warned about as it
+    was met (a manifest line that is not JSON or has no path, a table row without a key, a shard's member that is
+    a link or names a place outside the shard): `skipped` of them, the first named. A pass with any did not see
+    every input, so --prune removes nothing after it."""
+
+    places: list[str] = field(default_factory=list)
+    skipped: int = 0
+    first_skipped: str | None = None
+
+    def skip(self, where: str) -> None:
+        self.skipped += 1
+        if self.first_skipped is None:
+            self.first_skipped = where
+
+    def __bool__(self) -> bool:
+        return bool(self.places) or self.skipped > 0
+
+    def line(self) -> str:
+        """What was not seen, in one line: the first of each kind named, the rest counted."""
+        parts = []
+        if self.places:
+            parts.append(
+                f"could not look into {_more(self.places[0], len(self.places))} (a folder it cannot list or that "
+                "vanished, or a link to nothing)"
+            )
+        if self.skipped:
+            parts.append(f"skipped {_more(self.first_skipped or '', self.skipped)} (warned above)")
+        return f"this pass {' and '.join(parts)}, so it did not see every input"
+
+
+def _more(first: str, count: int) -> str:
+    return f"{first} and {count - 1} more" if count > 1 else first

@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from .errors import UsageError
 from .images import IMAGE_EXTENSIONS, is_image_path
-from .items import DRAWN_MARKER, MANIFEST_EXTENSIONS, Columns, Item
+from .items import DRAWN_MARKER, MANIFEST_EXTENSIONS, Columns, Item, Unseen
 from .locations import FetchOptions, is_local, is_remote, is_url, local_path, named_suffix
 from .locations.fs import check_remote, expand_remote
 from .locations.manifests import read_lines, read_manifest, unique_names
@@ -116,7 +116,7 @@ def iter_items(
     stdin: IO[str] | None = None,
     per_row: bool = False,
     null: bool = False,
-    unlisted: list[str] | None = None,
+    unseen: Unseen | None = None,
     columns: Columns = Columns(),
     fetch: FetchOptions = FetchOptions(),
     share: tuple[int, int] = (0, 1),
@@ -126,13 +126,14 @@ def iter_items(
     `per_row`: for jobs with several records per image (refer, find), manifest rows that name the same image
     with different columns (another box, another phrase) are all kept; only a repeated row is dropped.
     `null`: "-" reads paths separated by NUL bytes (find -print0), each taken as it is, instead of lines.
-    `unlisted`: gets the places under a folder that the walk could not look into (a folder it cannot list or
-    that vanished, a link to nothing): when it is not empty after the walk, the walk did not see every image.
+    `unseen`: gets what the listing did not see: the places under a folder that the walk could not look into (a
+    folder it cannot list or that vanished, a link to nothing), and the manifest rows it skipped (a line that is not
+    JSON, a row with no path): when it holds any after the listing, the listing did not see every image.
     `columns`: which manifest columns name the image. `fetch`: how remote manifests and shards are read.
     `share` (rank, world): WebDataset shards that are not this process's (see `shard`) are not read at all.
     """
     seen: set = set()
-    for item in _expand(inputs, stdin, null, unlisted, columns, fetch, share):
+    for item in _expand(inputs, stdin, null, unseen, columns, fetch, share):
         key: Any = _identity(item.path)
         if per_row:
             key = (key, json.dumps(item.extra, sort_keys=True, default=str))
@@ -185,11 +186,12 @@ def _expand(
     inputs: Iterable[str],
     stdin: IO[str] | None,
     null: bool = False,
-    unlisted: list[str] | None = None,
+    unseen: Unseen | None = None,
     columns: Columns = Columns(),
     fetch: FetchOptions = FetchOptions(),
     share: tuple[int, int] = (0, 1),
 ) -> Iterator[Item]:
+    unlisted = unseen.places if unseen is not None else None
     shards = 0  # WebDataset shards met so far: each one's number decides its process
     for given in inputs:
         if given == "-":
@@ -197,7 +199,7 @@ def _expand(
             if null:
                 yield from (Item(p if is_remote(p) else os.path.normpath(p)) for p in _nul_separated(stream) if p)
             else:
-                yield from read_lines(_stdin_lines(stream), base=None, name="stdin", columns=columns)
+                yield from read_lines(_stdin_lines(stream), base=None, name="stdin", columns=columns, unseen=unseen)
             continue
         for arg in map(local_path, expand_braces(given)):
             if arg.lower().endswith(_SHARD_ENDINGS) and "#" not in arg:
@@ -209,16 +211,16 @@ def _expand(
             elif is_url(arg) and named_suffix(arg).endswith(MANIFEST_EXTENSIONS):
                 from .locations.http import open_url  # urllib, ssl: loaded for a URL only
 
-                yield from read_manifest(arg, columns, opener=functools.partial(open_url, fetch=fetch))
+                yield from read_manifest(arg, columns, functools.partial(open_url, fetch=fetch), unseen)
             elif is_url(arg):
                 yield Item(arg)
             elif is_remote(arg):
-                yield from expand_remote(arg, columns, unlisted)
+                yield from expand_remote(arg, columns, unseen)
             elif os.path.isdir(arg):
                 yield from walk_folder(arg, unlisted)
             elif os.path.exists(arg):
                 if arg.lower().endswith(MANIFEST_EXTENSIONS):
-                    yield from read_manifest(arg, columns)
+                    yield from read_manifest(arg, columns, unseen=unseen)
                 else:
                     yield Item(os.path.normpath(arg))  # named explicitly: tried whatever its extension
             else:

@@ -7,8 +7,10 @@ themselves (`--image-column`) is read by table.py.
 Text manifests (and stdin, read by sources.py through `read_lines`) are UTF-8, a byte-order mark allowed; bytes
 that are not UTF-8 are kept as Python keeps them in file names (surrogate escapes), so a listing of non-UTF-8 file
 names opens those files; fsnames.py says how they are recorded. A JSON line that does not parse, or nests more than
-MAX_DEPTH levels deep, is skipped with a warning naming its line; a CSV the csv module cannot read (an unclosed
-quote, a field over 128 KiB) stops with an InputError naming its line.
+MAX_DEPTH levels deep, is skipped with a warning naming its line, and so is a row with no path (a CSV or Parquet
+row whose every field is empty is a blank line); what is skipped is counted in `Unseen`, so the run knows it did
+not read every input. A CSV the csv module cannot read (an unclosed quote, a field over 128 KiB) is a broken
+manifest: an InputError naming its line.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import IO, Any
 
 from ..carried import from_parquet
 from ..errors import InputError
-from ..items import Columns, Item
+from ..items import Columns, Item, Unseen
 from .base import is_remote, local_path, named_suffix
 from .table import iter_table
 
@@ -34,33 +36,34 @@ _ENCODING, _ERRORS = "utf-8-sig", "surrogateescape"  # manifests: a BOM dropped,
 _DEEP = object()
 
 
-def read_manifest(path: str, columns: Columns = Columns(), opener=open) -> Iterator[Item]:
+def read_manifest(path: str, columns: Columns = Columns(), opener=open, unseen: Unseen | None = None) -> Iterator[Item]:
     """Rows of a manifest; relative paths resolve against the manifest's folder; other columns are carried.
 
     `opener(path, mode, **kwargs)` opens it (fsspec's, for a manifest in object storage). With `columns.image`,
-    a Parquet manifest brings each row's image bytes (locations/table.py)."""
+    a Parquet manifest brings each row's image bytes (locations/table.py). `unseen` counts the rows skipped."""
     base = posixpath.dirname(path) if is_remote(path) else os.path.dirname(path)
     ext = os.path.splitext(named_suffix(path))[1]
     if ext == ".txt":
         with opener(path, "r", encoding=_ENCODING, errors=_ERRORS) as f:
-            yield from read_lines(f, base=base, name=path, columns=columns)
+            yield from read_lines(f, base=base, name=path, columns=columns, unseen=unseen)
     elif ext == ".csv":
         with opener(path, "r", newline="", encoding=_ENCODING, errors=_ERRORS) as f:
-            yield from _read_csv(f, path, base, columns)
+            yield from _read_csv(f, path, base, columns, unseen)
     elif ext in (".jsonl", ".ndjson"):
         with opener(path, "r", encoding=_ENCODING, errors=_ERRORS) as f:
-            yield from read_lines(f, base=base, name=path, json_only=True, columns=columns)
+            yield from read_lines(f, base=base, name=path, json_only=True, columns=columns, unseen=unseen)
     elif ext == ".parquet" and columns.image is not None:
-        yield from iter_table(path, columns, opener)
+        yield from iter_table(path, columns, opener, unseen)
     elif ext == ".parquet":
         with opener(path, "rb") as f:
-            yield from _read_parquet(f, path, base, columns)
+            yield from _read_parquet(f, path, base, columns, unseen)
 
 
-def _read_csv(f: IO[str], path: str, base: str, columns: Columns) -> Iterator[Item]:
+def _read_csv(f: IO[str], path: str, base: str, columns: Columns, unseen: Unseen | None = None) -> Iterator[Item]:
     """Rows of a CSV manifest. A repeated column name gets `_2`, `_3`, ...; fields past the header's end are
     carried as a list under `_extra` (a unique name the same way)."""
-    reader = csv.reader(f)
+    lines = _Lines(f)
+    reader = csv.reader(lines)
     line = 1  # where the row being read starts
     try:
         header = next(reader, [])
@@ -69,16 +72,45 @@ def _read_csv(f: IO[str], path: str, base: str, columns: Columns) -> Iterator[It
         width, ragged = len(header), names.pop()
         line = reader.line_num + 1
         while (fields := next(reader, None)) is not None:
-            if fields:
+            if lines.ended:  # the csv module ends a quoted field at the end of the file without a word
+                raise csv.Error("the file ends inside a quoted field")
+            if any(fields):
                 row: dict[str, Any] = dict(zip(names, fields + [None] * (width - len(fields))))
                 if len(fields) > width:
                     row[ragged] = fields[width:]
                 item = _item_from_row(row, base, columns)
                 if item is not None:
                     yield item
+                else:
+                    _skipped(f"{path} line {line}", f'has no "{columns.path}"', unseen)
             line = reader.line_num + 1
     except csv.Error as exc:
         raise InputError(f"manifest {path} line {line}: {exc}: check that its quotes are closed") from None
+
+
+class _Lines:
+    """The lines of a file, noting when they ran out: a row the csv module gives after that was ended by the end
+    of the file, inside a quote that is never closed."""
+
+    def __init__(self, f: Iterable[str]):
+        self._lines = iter(f)
+        self.ended = False
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._lines)
+        except StopIteration:
+            self.ended = True
+            raise
+
+
+def _skipped(where: str, why: str, unseen: Unseen | None) -> None:
+    log.warning("%s %s: skipped", where, why)
+    if unseen is not None:
+        unseen.skip(where)
 
 
 def unique_names(names: list[str]) -> list[str]:
@@ -97,10 +129,15 @@ def unique_names(names: list[str]) -> list[str]:
 
 
 def read_lines(
-    f: Iterable[str], base: str | None, name: str, json_only: bool = False, columns: Columns = Columns()
+    f: Iterable[str],
+    base: str | None,
+    name: str,
+    json_only: bool = False,
+    columns: Columns = Columns(),
+    unseen: Unseen | None = None,
 ) -> Iterator[Item]:
     """One path a line; a line that starts with "{" is a JSON object with a "path" key (`columns.path`) and carried
-    keys."""
+    keys. A line that cannot be used is warned about, skipped and counted in `unseen`."""
     for number, line in enumerate(f, 1):
         line = line.strip().lstrip("\ufeff") if number == 1 else line.strip()
         if not line or (line.startswith("#") and not json_only):
@@ -109,15 +146,15 @@ def read_lines(
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                log.warning("%s line %d is not valid JSON (%s): skipped", name, number, exc.msg)
+                _skipped(f"{name} line {number}", f"is not valid JSON ({exc.msg})", unseen)
                 continue
             except RecursionError:
                 row = _DEEP
             if row is _DEEP or _too_deep(row):
-                log.warning("%s line %d nests more than %d levels deep: skipped", name, number, MAX_DEPTH)
+                _skipped(f"{name} line {number}", f"nests more than {MAX_DEPTH} levels deep", unseen)
                 continue
             if not isinstance(row, dict) or not row.get(columns.path):
-                log.warning('%s line %d has no "%s": skipped', name, number, columns.path)
+                _skipped(f"{name} line {number}", f'has no "{columns.path}"', unseen)
                 continue
             item = _item_from_row(row, base, columns)
         else:
@@ -135,7 +172,7 @@ def _too_deep(value: Any) -> bool:
     return True
 
 
-def _read_parquet(f: Any, path: str, base: str, columns: Columns) -> Iterator[Item]:
+def _read_parquet(f: Any, path: str, base: str, columns: Columns, unseen: Unseen | None = None) -> Iterator[Item]:
     import pyarrow.parquet as pq
 
     try:
@@ -143,11 +180,15 @@ def _read_parquet(f: Any, path: str, base: str, columns: Columns) -> Iterator[It
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise InputError(f"cannot read manifest {path}: {exc}") from None
     _require_path_column(pf.schema_arrow.names, path, columns)
+    number = 0
     for batch in pf.iter_batches(batch_size=1024):
         for row in batch.to_pylist():
+            number += 1
             item = _item_from_row(from_parquet(row), base, columns)
             if item is not None:
                 yield item
+            elif any(value not in (None, "") for value in row.values()):
+                _skipped(f"{path} row {number}", f'has no "{columns.path}"', unseen)
 
 
 def _require_path_column(names: list[str], path: str, columns: Columns = Columns()) -> None:
