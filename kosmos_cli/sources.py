@@ -131,16 +131,29 @@ def iter_items(
     JSON, a row with no path): when it holds any after the listing, the listing did not see every image.
     `columns`: which manifest columns name the image. `fetch`: how remote manifests and shards are read.
     `share` (rank, world): WebDataset shards that are not this process's (see `shard`) are not read at all.
+
+    A table row or a shard's sample that repeats the key of an earlier one is another image under the same name,
+    not the same file named again: only the first is yielded, and the others are counted in one warning.
     """
     seen: set = set()
+    repeats, first_repeat = 0, ""
     for item in _expand(inputs, stdin, null, unseen, columns, fetch, share):
         key: Any = _identity(item.path)
         if per_row:
             key = (key, json.dumps(item.extra, sort_keys=True, default=str))
         if key in seen:
+            if item.data is not None or item.error is not None:  # a row or sample with its own bytes
+                repeats, first_repeat = repeats + 1, first_repeat or item.path
             continue
         seen.add(key)
         yield item
+    if repeats:
+        log.warning(
+            "%d rows or samples repeat the key of an earlier one (the first: %s): only the first of each key is "
+            "recorded; give each its own key (--key-column names a table's key column)",
+            repeats,
+            first_repeat,
+        )
 
 
 def shard(items: Iterable[Item], rank: int, world: int, by_image: bool = False) -> Iterator[Item]:
