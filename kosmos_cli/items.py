@@ -53,8 +53,9 @@ class Unseen:
     skipped: int = 0
     first_skipped: str | None = None
 
-    def skip(self, where: str) -> None:
-        self.skipped += 1
+    def skip(self, where: str, count: int = 1) -> None:
+        """`count` parts skipped, the first of them at `where`."""
+        self.skipped += count
         if self.first_skipped is None:
             self.first_skipped = where
 

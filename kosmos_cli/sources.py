@@ -220,7 +220,7 @@ def _expand(
                 if number % share[1] == share[0]:
                     from .locations.shards import iter_shard  # tarfile, http.client: loaded for a shard only
 
-                    yield from iter_shard(arg, number, fetch)
+                    yield from iter_shard(arg, number, fetch, unseen)
             elif is_url(arg) and named_suffix(arg).endswith(MANIFEST_EXTENSIONS):
                 from .locations.http import open_url  # urllib, ssl: loaded for a URL only
 
