@@ -25,10 +25,10 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-from .errors import UsageError
+from .errors import InputError, UsageError
 from .images import IMAGE_EXTENSIONS, is_image_path
 from .items import DRAWN_MARKER, MANIFEST_EXTENSIONS, Columns, Item, Unseen
-from .locations import FetchOptions, is_local, is_remote, is_url, local_path, named_suffix
+from .locations import FetchOptions, Unreadable, is_local, is_remote, is_url, local_path, named_suffix
 from .locations.fs import check_remote, expand_remote
 from .locations.manifests import read_lines, read_manifest, unique_names
 
@@ -37,18 +37,21 @@ log = logging.getLogger("kosmos_cli")
 _GLOB_CHARS = set("*?[")
 
 
-def check_inputs(inputs: Iterable[str]) -> list[str]:
-    """Fail early, before a model loads, on arguments that name nothing.
+def check_inputs(inputs: Iterable[str], fetch: FetchOptions = FetchOptions()) -> list[str]:
+    """Fail early, before a model loads (and before an output is made), on arguments that name nothing.
 
-    An http(s) URL is taken as named (a 404 is that image's error record); a URL of another filesystem is looked
-    up there (a missing fsspec package is named); a brace pattern (`shards/{00000..00127}.tar`) is checked for
-    each path it stands for."""
+    An http(s) URL of an image is taken as named (a 404 is that image's error record); one of a manifest or table
+    is asked for (with `fetch`'s timeout and retries), as it cannot be read at all otherwise; a URL of another
+    filesystem is looked up there (a missing fsspec package is named); a brace pattern
+    (`shards/{00000..00127}.tar`) is checked for each path it stands for."""
     inputs = list(inputs)
     if not inputs:
         raise UsageError("no input given: name a folder, image, glob, manifest, URL, or - for paths on stdin")
     for given in inputs:
         for arg in expand_braces(given):
             arg = local_path(arg)
+            if is_url(arg) and _manifest_url(arg):
+                _check_manifest_url(arg, fetch)
             if arg == "-" or is_url(arg):
                 continue
             if is_remote(arg):
@@ -64,6 +67,22 @@ def check_inputs(inputs: Iterable[str]) -> list[str]:
     if inputs.count("-") > 1:
         raise UsageError("'-' (stdin) can be given once")
     return inputs
+
+
+def _manifest_url(url: str) -> bool:
+    """An http(s) URL read as a manifest or table (see `_expand`): not a shard, and named like a manifest."""
+    return not url.lower().endswith(_SHARD_ENDINGS) and named_suffix(url).endswith(MANIFEST_EXTENSIONS)
+
+
+def _check_manifest_url(url: str, fetch: FetchOptions) -> None:
+    """InputError, in the line reading it would give, when the manifest at `url` cannot be had (a 404, a server
+    that does not answer): its answer is asked for, and the body left unread."""
+    from .locations.http import open_response  # urllib, ssl: loaded for a URL only
+
+    try:
+        open_response(url, fetch).close()
+    except Unreadable as exc:
+        raise InputError(f"cannot read manifest {url}: {exc}: check the URL") from None
 
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
@@ -221,7 +240,7 @@ def _expand(
                     from .locations.shards import iter_shard  # tarfile, http.client: loaded for a shard only
 
                     yield from iter_shard(arg, number, fetch, unseen)
-            elif is_url(arg) and named_suffix(arg).endswith(MANIFEST_EXTENSIONS):
+            elif is_url(arg) and _manifest_url(arg):
                 from .locations.http import open_url  # urllib, ssl: loaded for a URL only
 
                 yield from read_manifest(arg, columns, functools.partial(open_url, fetch=fetch), unseen)
