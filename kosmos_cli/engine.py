@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import checkpoint
+from .decoder import Decoder, checkpoint_obstacle
 from .errors import OutOfMemory, UsageError
 from .model_files import local_model_path
 from .options import GenerationOptions, ModelOptions
@@ -66,8 +67,6 @@ class Engine:
         return engine
 
     def _setup(self, config) -> None:
-        from .decoder import checkpoint_obstacle
-
         obstacle = checkpoint_obstacle(self.model.generation_config)
         if obstacle and self.generation.decoder == "fast":
             raise UsageError(f"{{param}} fast cannot decode this checkpoint as generate does: {obstacle}", "decoder")
@@ -75,8 +74,6 @@ class Engine:
         self._num_image_tokens = int(config.latent_query_num)
         self._pad = self.processor.tokenizer.pad_token_id
         if self.fast:
-            from .decoder import Decoder
-
             self.decoder = Decoder(self.model, self.generation.max_new_tokens, self._pad)
         self._eos = self.processor.tokenizer.eos_token_id
         self._markup = Markup.of(self.processor.tokenizer)

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Optional, TypeVar
 
 from .errors import UsageError
+from .items import Columns
 from .locations import DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT, FetchOptions, check_local_output
-from .sources import Columns
 
 DEFAULT_MODEL = "microsoft/kosmos-2-patch14-224"
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from .engine import Engine, Prepared
 from .errors import OutOfMemory, UsageError
 from .images import MODEL_SIDE
+from .items import Item, Unseen
 from .locations import open_image
 from .locations import stat as location_stat
 from .options import RunOptions
@@ -26,7 +27,7 @@ from .ordered import Behind, ordered_map, read_ahead
 from .progress import Progress
 from .records import OK, Record
 from .scores import Generation
-from .sources import Item, countable, iter_items, nothing_found, shard
+from .sources import countable, iter_items, nothing_found, shard
 from .store import Output, Seen, Store
 from .tasks import Task, Unit, path_key
 
@@ -152,8 +153,8 @@ def _pass(run: Run, output: Output, summary: Summary, progress: Progress) -> Non
     task, inputs, engine, options, crew = run.task, run.inputs, run.engine, run.options, run.crew
     rank, world = run.share
     present: set[str] | None = set() if options.prune or output.store.spool else None
-    unlisted: list[str] = []  # what the walk could not look into: then the pass did not see every input
-    listed = _as_items(inputs, options, task.per_row, unlisted, (rank, world))
+    unseen = Unseen()  # what the listing could not look into or skipped: then the pass did not see every input
+    listed = _as_items(inputs, options, task.per_row, unseen, (rank, world))
     # listing on a thread of its own: a shard streamed or a bucket listed over the network never stalls the model
     items = _counted(read_ahead(_stated(listed), 2 * engine.batch_size(options.batch_size), "kosmos-list"), summary)
     if present is not None:
@@ -207,15 +208,9 @@ def _pass(run: Run, output: Output, summary: Summary, progress: Progress) -> Non
             log.warning("%s", nothing_found(inputs))
     if present is None:
         return
-    if unlisted and not output.store.spool:
+    if unseen and not output.store.spool:
         if crew.main:
-            more = f" and {len(unlisted) - 1} more" if len(unlisted) > 1 else ""
-            log.warning(
-                "--prune removed no record: this pass could not look into %s%s (a folder it cannot list "
-                "or that vanished, or a link to nothing), so it did not see every input",
-                unlisted[0],
-                more,
-            )
+            log.warning("--prune removed no record: %s", unseen.line())
         return
     # the pass saw every input: --prune may drop the records of the others; a spool keeps only this pass's
     output.complete(present)
@@ -233,16 +228,14 @@ def _count_inputs(inputs: list[str], progress: Progress) -> None:
         pass
 
 
-def _as_items(
-    inputs, options: RunOptions, per_row: bool, unlisted: list[str], share: tuple[int, int]
-) -> Iterator[Item]:
+def _as_items(inputs, options: RunOptions, per_row: bool, unseen: Unseen, share: tuple[int, int]) -> Iterator[Item]:
     inputs = list(inputs) if not isinstance(inputs, Iterator) else inputs
     if isinstance(inputs, list) and all(isinstance(i, str) for i in inputs):
         return iter_items(
             inputs,
             per_row=per_row,
             null=options.null,
-            unlisted=unlisted,
+            unseen=unseen,
             columns=options.columns,
             fetch=options.fetch,
             share=share,

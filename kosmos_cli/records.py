@@ -9,6 +9,9 @@ from a manifest. `task` names the command that wrote the record (ground, refer, 
 there, never from which keys are present. `model`, `prompt` and `decoding` are the settings a record was made
 with: a rerun with others redoes it. Boxes are [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2: `boxes`
 normalised to 0-1 of the displayed image, `boxes_px` in its pixels.
+
+A leaf: it imports nothing of ours. The column names of every task (a carried column of one of those names is
+renamed) are known here because each record type adds its fields when it is defined (`reserved_names`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ COMMON_FIELDS = (
     "file_mtime",
     "seconds",
 )
+_reserved = frozenset(COMMON_FIELDS)  # and every record type's fields, added as each type is defined
 
 
 @dataclass
@@ -83,6 +87,12 @@ class Record:
     # columns carried over from a manifest
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A task's record type: its fields join the names a carried column may not take (`reserved_names`)."""
+        super().__init_subclass__(**kwargs)
+        global _reserved
+        _reserved = _reserved | frozenset(cls.fields)
+
     @property
     def ok(self) -> bool:
         return self.status == OK
@@ -96,8 +106,6 @@ class Record:
         out: dict[str, Any] = {name: getattr(self, name) for name in COMMON_FIELDS}
         out.update(self.own_dict())
         if self.extra:
-            from .tasks import reserved_names  # the registry knows every task's fields
-
             reserved = reserved_names()
             for key, value in self.extra.items():
                 out[carried_name(key, reserved)] = value
@@ -108,13 +116,16 @@ class Record:
         return {name: getattr(self, name) for name in self.fields}
 
 
+def reserved_names() -> frozenset[str]:
+    """Every column name of ours, whatever the task: a carried column of that name becomes `input_<name>`."""
+    return _reserved
+
+
 def carried_name(column: str, reserved: frozenset[str] | set[str] | None = None) -> str:
     """A manifest column keeps its name unless it is one of ours (any task's), or one of ours behind `input_`
     prefixes; then it gets one more `input_`: `status` -> `input_status`, `input_status` -> `input_input_status`.
     So two columns never share a name, whatever other columns a row has."""
     if reserved is None:
-        from .tasks import reserved_names
-
         reserved = reserved_names()
     column = str(column)
     base = column

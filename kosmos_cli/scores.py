@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .errors import UsageError
 from .grounding import GRID, patch_to_box
 
 OBJECT_START, OBJECT_END = "<object>", "</object>"
@@ -122,8 +123,6 @@ def _same(a: Sequence[float], b: Sequence[float]) -> bool:
 
 def check_min_score(min_score: float | None) -> float | None:
     """A --min-score, checked: a number from 0 to 1 (UsageError naming the parameter otherwise)."""
-    from .errors import UsageError
-
     if min_score is None:
         return None
     if not isinstance(min_score, (int, float)) or isinstance(min_score, bool) or not 0.0 <= min_score <= 1.0:

@@ -13,16 +13,22 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
-from . import carried
 from .atomic import atomic_write
+from .carried import schema_of, unify
 from .errors import InputError, OutputError, UsageError
 from .fsnames import clean
 from .records import Record, to_jsonable
-from .tasks import Task
 
 log = logging.getLogger("kosmos_cli")
+
+
+class TaskSchema(Protocol):
+    """What a sink needs of a task (tasks/): the Parquet schema of its records, `extra` the carried columns'."""
+
+    def schema(self, extra: Any = None) -> Any: ...
+
 
 FORMATS = ("jsonl", "parquet")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -128,7 +134,7 @@ class StdoutSink(Sink):
 class ParquetPartSink(Sink):
     """One Parquet file per batch in the parts folder, renamed into place once complete."""
 
-    def __init__(self, folder: str, task: type[Task], rank: int):
+    def __init__(self, folder: str, task: TaskSchema, rank: int):
         self.path, self.task, self.rank = folder, task, rank
         existing = [n for n in os.listdir(folder) if n.startswith(f"part-{rank:04d}-")]
         self._seq = 1 + max((int(n.split("-")[2].split(".")[0]) for n in existing), default=-1)
@@ -148,20 +154,20 @@ class ParquetPartSink(Sink):
         self._seq += 1
 
 
-def records_table(records: list[Record], task: type[Task]):
+def records_table(records: list[Record], task: TaskSchema):
     """Records -> an Arrow table with the task's schema plus carried columns (types inferred)."""
     import pyarrow as pa
 
     rows = [clean(r.to_dict()) for r in records]
     base = task.schema()
     extra_names = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in base.names]
-    extra = carried.schema_of(rows, extra_names) if extra_names else None
+    extra = schema_of(rows, extra_names) if extra_names else None
     return pa.Table.from_pylist(rows, schema=task.schema(extra))
 
 
-def unified_schema(task: type[Task], schemas: list):
+def unified_schema(task: TaskSchema, schemas: list):
     """One schema for the task and every carried column seen in any part (carried.py says how types combine)."""
-    return task.schema(carried.unify(schemas, task.schema().names))
+    return task.schema(unify(schemas, task.schema().names))
 
 
 def dumps(row: dict[str, Any]) -> str:

@@ -52,6 +52,30 @@ def test_prune_after_a_txt_manifest_that_cannot_be_read_keeps_every_record(recor
     assert paths_in(out) == photos
 
 
+def test_prune_after_a_jsonl_manifest_with_a_line_it_skipped_keeps_every_record(recorded, tiny_model, tmp_path):
+    """One line that is not JSON is warned about and skipped: the pass did not see every input, so it prunes
+    nothing, and says so in one line."""
+    photos, out = recorded
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text(json.dumps({"path": photos[0]}) + '\n{"path": "cut off\n')
+    result = kosmos("ground", str(manifest), "--out", str(out), "--prune", model=tiny_model)
+    assert result.exit_code == 0, result.output
+    assert paths_in(out) == photos
+    warnings = [line for line in result.stderr.splitlines() if "--prune" in line]
+    assert len(warnings) == 1 and f"{manifest} line 2" in warnings[0], result.stderr
+
+
+def test_prune_after_a_csv_cut_inside_a_quote_keeps_every_record(recorded, tiny_model, tmp_path):
+    """`"photo.png` never closed: a broken manifest, named by line; nothing is pruned."""
+    photos, out = recorded
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(f'path\n{photos[0]}\n"{photos[1]}\n')
+    before = out.read_text()
+    result = kosmos("ground", str(manifest), "--out", str(out), "--prune", model=tiny_model)
+    assert result.exit_code == 2 and "list.csv line 3" in result.stderr and "quote" in result.stderr
+    assert out.read_text() == before
+
+
 def test_prune_over_a_folder_it_cannot_list_keeps_the_records_under_it(tiny_model, tmp_path):
     """photos/nas is a link to a disk that is not mounted tonight: its records stay, and the run says why."""
     disk = tmp_path / "disk"

@@ -4,6 +4,7 @@ records keep the URL, resume keys on it without fetching again, and the shapes m
 
 import io
 import json
+import os
 import random
 import time
 
@@ -264,3 +265,16 @@ def test_a_manifest_and_a_table_behind_a_url(shapes_engine, server, tmp_path):
     one_error_line(
         result, 2, "cannot read manifest " + server.url("/lists/missing.txt") + ": HTTP 404 Not Found: check"
     )
+
+
+@pytest.mark.parametrize("name", ["gone.csv", "gone.parquet"])
+def test_a_manifest_url_that_answers_404_fails_before_the_model_loads_and_leaves_nothing(server, tmp_path, name):
+    """The check comes before the model: `--model` names a folder that holds no model, which loading would refuse
+    with another message. No output file, no lock."""
+    out, no_model = tmp_path / "out" / "r.jsonl", tmp_path / "no-model"
+    out.parent.mkdir()
+    no_model.mkdir()
+    url = server.url(f"/lists/{name}")
+    result = kosmos("ground", url, "--out", str(out), "--model", str(no_model))
+    one_error_line(result, 2, f"cannot read manifest {url}: HTTP 404 Not Found: check")
+    assert os.listdir(out.parent) == []

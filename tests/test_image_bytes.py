@@ -5,6 +5,7 @@ resume (after a kill too), and draw and export on the results."""
 
 import io
 import json
+import logging
 import random
 
 import pyarrow as pa
@@ -13,8 +14,10 @@ import pytest
 import shapes  # tools/shapes.py
 
 from kosmos_cli import ground, read_records
+from kosmos_cli.items import Columns, Unseen
 from kosmos_cli.locations import FetchOptions, Unreadable
 from kosmos_cli.locations.members import read_member
+from kosmos_cli.sources import iter_items
 from kosmos_cli.store import Store
 from tests.helpers import SHAPES_MODEL, killed_after, kosmos, kosmos_process, one_error_line, rows_of
 
@@ -175,6 +178,22 @@ def test_rows_are_read_in_batches_never_the_whole_table(table, monkeypatch):
     monkeypatch.setattr(table_module, "BATCH_ROWS", 2)
     items = list(table_module.iter_table(path, Columns(image="jpg")))
     assert len(items) == N + 1 and sizes == [2]
+
+
+def test_every_row_is_recorded_or_counted_and_named_in_one_line(tmp_path, caplog):
+    """Rows that repeat the key of an earlier row (another image under the same name): the first of each key is
+    read, the others are counted in one warning naming the first of them; a row without a key is warned about
+    and counted as not seen (so --prune removes nothing after it)."""
+    path = tmp_path / "t.parquet"
+    rows = [("a", b"1"), ("b", b"2"), ("a", b"3"), (None, b"4"), ("a", None), ("c", b"5")]
+    pq.write_table(pa.table({"key": [k for k, _ in rows], "jpg": [d for _, d in rows]}), path)
+    unseen = Unseen()
+    with caplog.at_level(logging.WARNING, logger="kosmos_cli"):
+        items = list(iter_items([str(path)], columns=Columns(image="jpg"), unseen=unseen))
+    assert [(i.path, i.data) for i in items] == [(f"{path}#a", b"1"), (f"{path}#b", b"2"), (f"{path}#c", b"5")]
+    repeats = [r.getMessage() for r in caplog.records if "repeat" in r.getMessage()]
+    assert len(repeats) == 1 and repeats[0].startswith("2 rows or samples") and f"{path}#a" in repeats[0], repeats
+    assert (unseen.skipped, unseen.first_skipped) == (1, f"{path} row 4")
 
 
 def test_draw_finds_the_pixels_of_table_rows(grounded, table, tmp_path):

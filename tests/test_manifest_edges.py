@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kosmos_cli.errors import InputError
+from kosmos_cli.items import Unseen
 from kosmos_cli.records import carried_name
 from kosmos_cli.sources import iter_items
 from kosmos_cli.store import Store
@@ -51,6 +52,36 @@ def test_an_unclosed_quote_names_the_line_where_its_row_starts(tmp_path):
     manifest.write_text('path,note\na.png,ok\nb.png,"never closed\n' + "c.png,x\n" * 20_000)
     with pytest.raises(InputError, match=r"line 3: .*quotes"):
         items_of(manifest)
+
+
+@pytest.mark.parametrize("end", ["\n", ""])
+def test_a_quote_the_file_ends_inside_is_a_broken_manifest_naming_its_line(tmp_path, end):
+    """`"b.png` never closed: the csv module would read the rest of the file as one odd path."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text('path,note\na.png,ok\n"b.png,x\nc.png,y' + end)
+    with pytest.raises(InputError, match=r"m\.csv line 3: .*quote"):
+        items_of(manifest)
+
+
+def test_a_quoted_field_over_several_lines_is_read(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text('path,note\na.png,"two\nlines"\nb.png,x\n')
+    assert [i.extra["note"] for i in items_of(manifest)] == ["two\nlines", "x"]
+
+
+def test_rows_skipped_are_counted_for_the_caller_and_warned(tmp_path, caplog):
+    """What a pass did not read (a line that is not JSON, a row with no path) is counted in `unseen`: the caller
+    then knows it did not see every input."""
+    jsonl, csv = tmp_path / "m.jsonl", tmp_path / "m.csv"
+    jsonl.write_text('{"path": "a.png"}\nnot json\n{"nopath": 1}\n{"path": "b.png"}\n')
+    csv.write_text("path,label\nc.png,x\n,orphan label\n,\nd.png,y\n")
+    unseen = Unseen()
+    found = list(iter_items([str(jsonl), str(csv)], unseen=unseen))
+    assert [os.path.basename(i.path) for i in found] == ["a.png", "b.png", "c.png", "d.png"]
+    assert (unseen.skipped, unseen.first_skipped) == (3, f"{jsonl} line 2")
+    assert 'm.csv line 3 has no "path": skipped' in caplog.text  # a row of empty fields is a blank line
+    assert "m.csv line 4" not in caplog.text
+    assert bool(unseen) and not Unseen()
 
 
 def test_deeply_nested_json_is_a_warning_naming_the_line_not_a_traceback(tmp_path, caplog):

@@ -17,9 +17,11 @@ import pytest
 import shapes  # tools/shapes.py
 
 from kosmos_cli import ground, read_records
+from kosmos_cli.items import Unseen
 from kosmos_cli.locations import FetchOptions, Unreadable, split_member
 from kosmos_cli.locations.members import read_member
 from kosmos_cli.locations.shards import NO_IMAGE, iter_shard, split_name
+from kosmos_cli.sources import iter_items
 from kosmos_cli.store import Store
 from tests.helpers import SHAPES_MODEL, killed_after, kosmos, kosmos_process
 
@@ -155,6 +157,30 @@ def test_an_image_past_the_size_cap_is_left_unread(tmp_path):
     big, fits = iter_shard(str(path), 0, FetchOptions(max_bytes=1000))
     assert big.data is None and "big.jpg is larger than" in big.error and "--max-image-mb" in big.error
     assert fits.data == b"J" * 50
+
+
+def test_links_and_names_that_leave_the_shard_are_counted_in_one_warning(tmp_path, caplog):
+    """Members named with `..` or an absolute name, symbolic and hard links: never read as samples (a link's
+    target is not the member's own bytes; a name outside the shard could not be laid out inside an output),
+    each counted, one warning for the shard naming the first; the pass did not see every input."""
+    path = tmp_path / "s.tar"
+    with tarfile.open(path, "w") as tar:
+        add(tar, "ok.jpg", b"J" * 50)
+        add(tar, "../up.jpg", b"U" * 50)
+        add(tar, "/abs.jpg", b"A" * 50)
+        add(tar, "a/../b.jpg", b"B" * 50)
+        for name, kind in [("soft.jpg", tarfile.SYMTYPE), ("hard.jpg", tarfile.LNKTYPE)]:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, "ok.jpg"
+            tar.addfile(info)
+        add(tar, "z.jpg", b"Z" * 50)
+    unseen = Unseen()
+    with caplog.at_level(logging.WARNING, logger="kosmos_cli"):
+        items = list(iter_items([str(path)], unseen=unseen))
+    assert [(i.path, i.data) for i in items] == [(f"{path}#ok", b"J" * 50), (f"{path}#z", b"Z" * 50)]
+    warned = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
+    assert len(warned) == 1 and "5 members" in warned[0] and "../up.jpg" in warned[0], caplog.text
+    assert (unseen.skipped, unseen.first_skipped) == (5, f"{path} member ../up.jpg")
 
 
 @pytest.mark.parametrize("damage", ["header", "truncated", "not a tar"])

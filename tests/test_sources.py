@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kosmos_cli.errors import InputError, UsageError
+from kosmos_cli.items import Unseen
 from kosmos_cli.sources import Item, check_inputs, iter_items, shard
 
 
@@ -172,15 +173,15 @@ def test_rows_of_one_image_stay_on_one_rank():
 
 def test_what_a_walk_cannot_look_into_is_reported(tmp_path):
     """A folder removed while the walk is under way, and a link to nothing (a disk not mounted): named in
-    `unlisted`, so that the caller knows it did not see every image."""
+    `unseen`, so that the caller knows it did not see every image."""
     root = tmp_path / "photos"
     for rel in ["a/1.png", "b/2.png", "c/3.png"]:
         touch(str(root / rel))
     (root / "nas").symlink_to(tmp_path / "not-mounted", target_is_directory=True)
-    unlisted = []
-    items = iter_items([str(root)], unlisted=unlisted)
+    unseen = Unseen()
+    items = iter_items([str(root)], unseen=unseen)
     first = next(items)
     shutil.rmtree(root / "b")  # after its parent was listed, before the walk reaches it
     assert paths([first, *items]) == [str(root / "a/1.png"), str(root / "c/3.png")]
-    assert unlisted == [str(root / "b"), str(root / "nas")]
-    assert list(iter_items([str(root / "a")], unlisted=unlisted)) and len(unlisted) == 2  # a full walk adds nothing
+    assert unseen.places == [str(root / "b"), str(root / "nas")]
+    assert list(iter_items([str(root / "a")], unseen=unseen)) and len(unseen.places) == 2  # a full walk adds nothing

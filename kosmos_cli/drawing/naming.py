@@ -18,8 +18,8 @@ from .. import locations
 from ..atomic import atomic_write
 from ..errors import UsageError
 from ..fsnames import recorded
+from ..items import DRAWN_MARKER
 from ..layout import fit, remote_layout, write_error
-from ..sources import DRAWN_MARKER
 
 _JPEG = (".jpg", ".jpeg", ".jpe", ".jfif")
 _GLOB = re.compile(r"[*?\[]")

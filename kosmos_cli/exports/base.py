@@ -13,7 +13,7 @@ from typing import ClassVar
 from .. import layout
 from ..atomic import unlink
 from ..errors import OutputError, UsageError
-from ..sources import EXPORT_MARKER
+from ..items import EXPORT_MARKER
 from .boxes import Label
 from .source import Image
 

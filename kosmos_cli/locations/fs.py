@@ -25,8 +25,9 @@ from typing import Any
 
 from ..errors import InputError, UsageError
 from ..images import is_image_path
-from ..sources import MANIFEST_EXTENSIONS, OUR_FOLDERS, Columns, Item, read_manifest
-from . import FetchOptions, Unreadable, scheme
+from ..items import MANIFEST_EXTENSIONS, OUR_FOLDERS, Columns, Item, Unseen
+from .base import FetchOptions, Unreadable, scheme
+from .manifests import read_manifest
 
 log = logging.getLogger("kosmos_cli")
 
@@ -76,9 +77,10 @@ def check_remote(url: str) -> None:
         raise InputError(f"cannot read {url}: {_why(exc, url)}") from None
 
 
-def expand_remote(url: str, columns: Columns = Columns(), unlisted: list[str] | None = None) -> Iterator[Item]:
+def expand_remote(url: str, columns: Columns = Columns(), unseen: Unseen | None = None) -> Iterator[Item]:
     """The items `url` names: the images under a folder or prefix, the matches of a glob, the rows of a manifest,
-    or the one image it is. `unlisted` gets the folders that could not be listed."""
+    or the one image it is. `unseen` gets the folders that could not be listed and the manifest rows skipped."""
+    unlisted = unseen.places if unseen is not None else None
     fs, path = filesystem(url)
     fs.invalidate_cache()  # a listing as the store has it now, not as an earlier run in this process saw it
     name = _namer(url, path)
@@ -102,7 +104,7 @@ def expand_remote(url: str, columns: Columns = Columns(), unlisted: list[str] | 
     if info.get("type") == "directory":
         yield from _walk(fs, path, name, unlisted)
     elif path.lower().endswith(MANIFEST_EXTENSIONS):
-        yield from read_manifest(url, columns, opener=fs.open)
+        yield from read_manifest(url, columns, opener=fs.open, unseen=unseen)
     else:
         yield Item(url, stat=stat_of(info))  # named explicitly: tried whatever its extension
 

@@ -19,7 +19,8 @@ import urllib.error
 import urllib.request
 from email.utils import parsedate_to_datetime
 
-from . import FetchOptions, Unreadable
+from ..errors import InputError
+from .base import FetchOptions, Unreadable
 
 BACKOFF = 0.5  # seconds before the first retry; doubled for each one after
 MAX_WAIT = 30.0  # the longest wait between tries, whatever Retry-After says
@@ -164,8 +165,6 @@ def open_url(url: str, mode: str = "rb", fetch: FetchOptions = FetchOptions(), *
     be read (a manifest that cannot be read stops the run, as a missing local one does)."""
     import dataclasses
     import io
-
-    from ..errors import InputError
 
     try:
         data = fetch_bytes(url, dataclasses.replace(fetch, max_bytes=MAX_MANIFEST_BYTES))

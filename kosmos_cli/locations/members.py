@@ -18,8 +18,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from . import FetchOptions, Unreadable, is_remote, is_url, local_path
+from .base import FetchOptions, Unreadable, is_remote, is_url, local_path
 from .shards import BROKEN, _why, open_stream, rank, split_name
+from .table import image_bytes, readable_image
 
 CACHED = 8  # containers whose index is kept (and, for a tar, whose file stays open)
 IMAGE_NAMES = ("jpg", "jpeg", "png", "webp", "image", "img")
@@ -213,8 +214,6 @@ class _IndexedTable:
         return index
 
     def read(self, key: str, fetch: FetchOptions) -> bytes:
-        from .table import image_bytes
-
         found = self.locate(key)
         if found is None:
             raise Unreadable(f"no row {key!r} in {self.path}: was the table rewritten since?")
@@ -230,8 +229,6 @@ class _IndexedTable:
 
 
 def _image_column(schema: Any) -> str | None:
-    from .table import readable_image
-
     found = [n for n in schema.names if readable_image(schema.field(n).type)]
     for name in IMAGE_NAMES:
         if name in found:

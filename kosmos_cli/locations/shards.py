@@ -6,7 +6,9 @@ member's path up to the first dot of its base name, the rest its extension (`a/b
 `jpg`; `000123.meta.json` -> `000123`, `meta.json`). Consecutive files with one key are one sample, one Item:
 its path `SHARD#KEY`, its image the first of jpg, jpeg, png and webp it holds (another image extension when it has
 none of those), its `.json` fields and `.txt` carried like manifest columns. Hidden files and `__MACOSX` folders are
-skipped, and so are files with no extension.
+skipped, and so are files with no extension. Links (symbolic or hard: not the member's own bytes) and members named
+outside the shard (an absolute name, a `..` in it: nothing could lay them out inside an output) are never read as
+samples: they are counted, in one warning for the shard and in `Unseen`.
 
 What fails is a value: a sample without an image, a member past the size cap, or a shard that breaks off (a damaged
 header, a truncated file, a dropped connection) gives an error Item for the sample where it happened, with a
@@ -25,8 +27,9 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ..images import IMAGE_EXTENSIONS
-from ..sources import Item
-from . import FetchOptions, Unreadable, is_remote, is_url
+from ..items import Item, Unseen
+from .base import FetchOptions, Unreadable, is_remote, is_url, local_path
+from .http import open_response
 
 log = logging.getLogger("kosmos_cli")
 
@@ -84,20 +87,40 @@ class Sample:
         return Item(path, self.extra, data=self.image, stat=(len(self.image), self.mtime), group=number)
 
 
-def iter_shard(path: str, number: int, fetch: FetchOptions = FetchOptions()) -> Iterator[Item]:
+def iter_shard(
+    path: str, number: int, fetch: FetchOptions = FetchOptions(), unseen: Unseen | None = None
+) -> Iterator[Item]:
     """One Item per sample of the shard at `path` (a local path or a URL), in the shard's order; `number` is the
-    shard's place among the run's shards (Item.group: which process reads it)."""
+    shard's place among the run's shards (Item.group: which process reads it). `unseen` counts the members refused
+    (links, names outside the shard)."""
     try:
         stream = open_stream(path, fetch)
     except Unreadable as exc:
         log.warning("cannot read the shard %s: %s", path, exc)
         yield Item(path, error=f"cannot read the shard: {exc}", group=number)
         return
+    refused = Unseen()
     with stream:
-        yield from _samples_of(stream, path, number, fetch)
+        yield from _samples_of(stream, path, number, fetch, refused)
+    if refused:
+        log.warning(
+            "%s: %d members not read: links and names outside the shard (absolute, or with ..) are refused "
+            "(the first: %s)",
+            path,
+            refused.skipped,
+            refused.first_skipped,
+        )
+        if unseen is not None:
+            unseen.skip(f"{path} member {refused.first_skipped}", refused.skipped)
 
 
-def _samples_of(stream: IO[bytes], path: str, number: int, fetch: FetchOptions) -> Iterator[Item]:
+def _refused(member: tarfile.TarInfo) -> bool:
+    """A member never read as part of a sample: a link (its bytes are another member's, or outside the shard), or
+    a name that leaves the shard (absolute, or with a `..` part)."""
+    return member.issym() or member.islnk() or member.name.startswith("/") or ".." in member.name.split("/")
+
+
+def _samples_of(stream: IO[bytes], path: str, number: int, fetch: FetchOptions, refused: Unseen) -> Iterator[Item]:
     current: Sample | None = None
     where = "at its start"
     try:
@@ -109,6 +132,9 @@ def _samples_of(stream: IO[bytes], path: str, number: int, fetch: FetchOptions) 
     try:
         for member in tar:
             tar.members = []  # type: ignore[attr-defined]  # stream mode keeps every header otherwise
+            if _refused(member):
+                refused.skip(member.name)
+                continue
             named = split_name(member.name) if member.isfile() else None
             if named is None:
                 continue
@@ -204,8 +230,6 @@ def open_stream(path: str, fetch: FetchOptions = FetchOptions()) -> IO[bytes]:
     """A file object reading the shard at `path` from its start: a local file, an http(s) response read as it
     comes (not the whole body first), or fsspec's file for another URL. Unreadable when it cannot be opened."""
     if is_url(path):  # read as it comes; opening is tried again after a 429, a 5xx, a dropped connection
-        from .http import open_response
-
         return open_response(path, fetch)
     if is_remote(path):
         try:
@@ -218,8 +242,6 @@ def open_stream(path: str, fetch: FetchOptions = FetchOptions()) -> IO[bytes]:
             raise Unreadable(f"reading it needs another package: {exc}") from None
         except (OSError, ValueError) as exc:
             raise Unreadable(_why(exc)) from None
-    from . import local_path
-
     try:
         return open(local_path(path), "rb")
     except OSError as exc:

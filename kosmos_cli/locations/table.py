@@ -4,7 +4,7 @@ Face datasets exported to Parquet (an Image feature: a struct whose `bytes` fiel
 Rows are read in batches of BATCH_ROWS, so memory holds a batch, never the table. Each row is one Item: its path
 `TABLE#KEY` (the value of the key column, `key` unless `--key-column` names another), its bytes from the image
 column, every other column carried like a manifest's. A row whose image is null is an error Item; a row whose key
-is null is skipped with a warning (nothing could find it again).
+is null is skipped with a warning (nothing could find it again) and counted in `Unseen`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..carried import from_parquet
 from ..errors import InputError
-from ..sources import Columns, Item
+from ..items import Columns, Item, Unseen
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -26,9 +26,10 @@ BATCH_ROWS = 64  # rows read at once: images of a few hundred KB each keep a bat
 DEFAULT_KEY = "key"
 
 
-def iter_table(path: str, columns: Columns, opener=open) -> Iterator[Item]:
+def iter_table(path: str, columns: Columns, opener=open, unseen: Unseen | None = None) -> Iterator[Item]:
     """One Item per row of the Parquet file at `path`, in its order; `opener(path, "rb")` opens it (fsspec's, for
-    a table in object storage). InputError, in one line, when the image or key column is not in it."""
+    a table in object storage). InputError, in one line, when the image or key column is not in it. `unseen`
+    counts the rows skipped."""
     import pyarrow.parquet as pq
 
     assert columns.image is not None
@@ -47,6 +48,8 @@ def iter_table(path: str, columns: Columns, opener=open) -> Iterator[Item]:
                 name = row.get(key)
                 if name is None or str(name) == "":
                     log.warning("%s row %d has no %r: skipped", path, number, key)
+                    if unseen is not None:
+                        unseen.skip(f"{path} row {number}")
                     continue
                 item_path = f"{path}#{name}"
                 extra = from_parquet(row)

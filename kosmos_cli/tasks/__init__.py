@@ -9,11 +9,11 @@ A new task is one module with a `Task` subclass and its record type, plus its li
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
-from .base import Task, Unit, forget_folders, path_key, reserved
+from ..records import reserved_names
+from .base import Task, Unit, forget_folders, path_key
 from .find import Find, FindRecord
 from .ground import Ground, GroundRecord
 from .refer import Refer, ReferRecord
@@ -33,12 +33,6 @@ def of_row(row: Mapping[str, Any]) -> type[Task] | None:
     if named is not None:
         return None
     return next((task for task in REGISTRY.values() if task.owns(row)), None)
-
-
-@functools.lru_cache(maxsize=1)
-def reserved_names() -> frozenset[str]:
-    """Every column name of ours, whatever the task: a carried column of that name becomes `input_<name>`."""
-    return reserved(list(REGISTRY.values()))
 
 
 __all__ = [

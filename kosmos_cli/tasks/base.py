@@ -24,12 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .. import locations
 from ..fsnames import clean, recorded
+from ..items import MANIFEST_EXTENSIONS, Item
+from ..locations import is_remote, local_path, split_member
 from ..prompts import Prompt
-from ..records import COMMON_FIELDS, Record, common_arrow_fields
+from ..records import Record, common_arrow_fields
 from ..scores import Generation
-from ..sources import Item
 
 Mark = Callable[[str, int], str]  # (text, entity index) -> HTML of that text in the entity's colour
 Found = tuple[str, list[list[float]]]  # what draw shows of one entity: its label and its pixel boxes
@@ -136,10 +136,10 @@ def path_key(path: str, base: str | None = None) -> str:
     cannot look up (a NUL byte, a lone surrogate) is made absolute only. A URL is its own key; a sample of a
     container (`SHARD.tar#KEY`) is its container's key with `#KEY`.
     """
-    if locations.is_remote(path):
+    if is_remote(path):
         return path
-    path = locations.local_path(path)
-    member = locations.split_member(path)
+    path = local_path(path)
+    member = split_member(path)
     if member is not None:
         return f"{path_key(member[0], base)}#{member[1]}"
     if base is not None and not os.path.isabs(path) and not os.path.lexists(path):
@@ -168,17 +168,7 @@ def forget_folders() -> None:
     _real_folder.cache_clear()
 
 
-def reserved(tasks: Sequence[type[Task]]) -> frozenset[str]:
-    """Our own column names: a carried manifest column with one of these names gets `input_`."""
-    names = set(COMMON_FIELDS)
-    for task in tasks:
-        names.update(task.record_type.fields)
-    return frozenset(names)
-
-
 def need_rows(inputs: Sequence[Any], error: Exception) -> None:
     """Without boxes or phrases of its own, a run reads them from manifest rows (or JSON lines on stdin)."""
-    from ..sources import MANIFEST_EXTENSIONS
-
     if not any(isinstance(i, Item) or i == "-" or str(i).lower().endswith(MANIFEST_EXTENSIONS) for i in inputs):
         raise error

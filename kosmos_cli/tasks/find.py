@@ -9,10 +9,10 @@ from typing import Any, ClassVar
 
 from ..errors import UsageError
 from ..grounding import parse, to_pixels
+from ..items import Item
 from ..prompts import OBJECT_END, Prompt, clean_phrase, find_prompt
 from ..records import Record
 from ..scores import entity_scores
-from ..sources import Item
 from .base import Found, Mark, Task, Unit, need_rows
 
 

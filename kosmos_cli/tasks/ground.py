@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..grounding import parse, to_pixels
+from ..items import Item
 from ..prompts import Prompt, caption_prompt
 from ..records import Entity, Record
 from ..scores import entity_scores
-from ..sources import Item
 from .base import Found, Mark, Task, Unit
 
 

@@ -10,9 +10,10 @@ from typing import Any, ClassVar
 
 from ..errors import UsageError
 from ..grounding import parse, snap, strip_tags, to_normalized, to_pixels
+from ..items import MANIFEST_EXTENSIONS, Item
+from ..locations import display_size
 from ..prompts import Prompt, refer_prompt
 from ..records import Record
-from ..sources import Item
 from .base import Found, Mark, Task, Unit, need_rows
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
@@ -94,9 +95,6 @@ class Refer(Task):
                 ),
             )
             return
-        from ..images import display_size
-        from ..sources import MANIFEST_EXTENSIONS
-
         for arg in inputs:  # boxes given for images named directly are checked against their size
             if not isinstance(arg, str) or not os.path.isfile(arg) or arg.lower().endswith(MANIFEST_EXTENSIONS):
                 continue
@@ -123,8 +121,6 @@ class Refer(Task):
                 given = [(parse_box(values, self.normalized), None)]
             except ValueError as exc:
                 given = [(_numbers(values), f"bad box in manifest row: {exc}")]
-        from ..locations import display_size
-
         size = display_size(item.path, item.data) if self.normalized else None  # box_px (the resume key) needs it
         units = []
         for box, problem in given:
