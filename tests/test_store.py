@@ -15,7 +15,7 @@ from kosmos_cli.distributed import Solo
 from kosmos_cli.errors import LockedError, OutputError, UsageError
 from kosmos_cli.records import Entity
 from kosmos_cli.store import Seen, Store, present_only
-from kosmos_cli.tasks import FindRecord, Ground, GroundRecord
+from kosmos_cli.tasks import FindRecord, Ground, GroundRecord, ReferRecord
 from kosmos_cli.writers import read_records
 
 FORMATS = ["jsonl", "parquet"]
@@ -279,7 +279,7 @@ def _sha(path):
 FOREIGN = {
     "text": ("notes.jsonl", lambda p: p.write_text("my notes\n"), "its first line is not a JSON record"),
     "manifest": ("list.jsonl", lambda p: p.write_text('{"path": "a.png"}\n'), "no 'path' and 'status'"),
-    "table": ("t.parquet", lambda p: pq.write_table(pa.table({"a": [1]}), p), "no 'path' and 'status' columns"),
+    "table": ("t.parquet", lambda p: pq.write_table(pa.table({"a": [1]}), p), "its schema names no kosmos task"),
     "folder": ("d.jsonl", lambda p: p.mkdir(), "it is a folder"),
 }
 
@@ -311,3 +311,87 @@ def test_an_empty_file_is_ours_to_write(tmp_path):
     assert Store(str(out), "jsonl", "ground").owner() is None
     written(out, "jsonl", rec("a.png"))
     assert [r["path"] for r in rows(out)] == ["a.png"]
+
+
+# -- proving a file is ours: only what kosmos writes ------------------------------------------------------------
+LEGACY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "legacy-outputs")
+
+
+def first_row_owner(tmp_path, row):
+    out = tmp_path / "r.jsonl"
+    out.write_text(json.dumps(row) + "\n")
+    try:
+        return Store(str(out), "jsonl", "ground").owner()
+    except UsageError as exc:
+        return str(exc)
+
+
+RECORDS = {
+    "ground": rec("a.png", label="x", status="error"),
+    "refer": ReferRecord(path="a.png", box_px=[1.0, 1.0, 5.0, 5.0], description="a cat", extra={"caption": "c"}),
+    "find": FindRecord(path="a.png", phrase="a cat", boxes=[[0, 0, 1, 1]], boxes_px=[[0, 0, 9, 9]], scores=[0.5]),
+}
+
+
+@pytest.mark.parametrize("task", RECORDS)
+def test_a_record_of_each_task_is_ours_with_its_carried_columns(tmp_path, task):
+    assert first_row_owner(tmp_path, RECORDS[task].to_dict()) == task
+
+
+@pytest.mark.parametrize("name", ["ground.jsonl", "refer.jsonl", "find.jsonl"])
+def test_records_written_before_the_task_and_decoding_fields_are_ours(tmp_path, name):
+    row = next(read_records(os.path.join(LEGACY, name)))
+    assert "task" not in row and "decoding" not in row
+    assert first_row_owner(tmp_path, row) == name.split(".")[0]
+
+
+def _moved(row):
+    keys = list(row)
+    keys.insert(1, keys.pop(keys.index("caption")))
+    return {k: row[k] for k in keys}
+
+
+NOT_RECORDS = {
+    "img2dataset": {"path": "1.jpg", "status": "success", "caption": "a cat", "url": "http://x/1.jpg"},
+    "our names, in another order": _moved(rec("a.png").to_dict()),
+    "a field missing": {k: v for k, v in rec("a.png").to_dict().items() if k != "seconds"},
+    "a width that is text": {**rec("a.png").to_dict(), "width": "32"},
+    "a status of no kosmos": {**rec("a.png").to_dict(), "status": "success"},
+    "entities that are not a list": {**rec("a.png").to_dict(), "entities": "a cat"},
+    "a column of ours carried twice": {**rec("a.png").to_dict(), "phrase": "a cat"},
+}
+
+
+@pytest.mark.parametrize("kind", NOT_RECORDS)
+def test_a_first_row_kosmos_would_not_have_written_is_not_ours(tmp_path, kind):
+    assert "is not a results file of kosmos" in first_row_owner(tmp_path, NOT_RECORDS[kind])
+
+
+@pytest.mark.parametrize(
+    "torn, ours",
+    [
+        (json.dumps(rec("a.png").to_dict())[:60], True),  # a crash in the first record: repaired
+        ('{"path": "a.png", "width": 3', True),  # written before the task field
+        ('{"path": "1.jpg", "status": "succ', False),  # a user's line, cut short
+        ('{"path": "a.p', False),  # too short to tell: left alone
+    ],
+)
+def test_a_first_line_cut_short_is_ours_only_when_it_begins_as_ours_do(tmp_path, torn, ours):
+    out = tmp_path / "r.jsonl"
+    out.write_text(torn)
+    store = Store(str(out), "jsonl", "ground")
+    if ours:
+        assert store.owner() is None  # nothing recorded yet: the run repairs it and writes
+    else:
+        with pytest.raises(UsageError, match="is not a results file of kosmos"):
+            store.owner()
+
+
+def test_a_parquet_file_is_ours_only_when_its_schema_names_a_kosmos_task(tmp_path):
+    out = tmp_path / "r.parquet"
+    rows = [rec("a.png").to_dict()]
+    pq.write_table(pa.Table.from_pylist(rows, schema=Ground.schema().remove_metadata()), out)  # every column ours
+    with pytest.raises(UsageError, match="its schema names no kosmos task"):
+        Store(str(out), "parquet", "ground").owner()
+    pq.write_table(pa.Table.from_pylist(rows, schema=Ground.schema()), out)
+    assert Store(str(out), "parquet", "ground").owner() == "ground"
