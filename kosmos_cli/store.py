@@ -357,15 +357,6 @@ class SpoolStore(Store):
 
     spool = True
 
-    @contextlib.contextmanager
-    def open(self, crew: Crew, *, overwrite: bool = False, wait: bool = False) -> Iterator[Output]:
-        try:
-            with super().open(crew, overwrite=overwrite, wait=wait) as output:
-                yield output
-        finally:
-            if crew.main:
-                unlink(self.lock_path)
-
     def settle(self, output: Output) -> None:
         """Compact to this pass's records, write them to stdout, and remove the spool (still under the lock)."""
         super().settle(output)

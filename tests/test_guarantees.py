@@ -263,6 +263,15 @@ def test_checking_the_output_creates_nothing(image_dir, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_run_that_ends_leaves_only_its_output_beside_it(tiny_engine, image_dir, tmp_path, fmt):
+    out = tmp_path / "out" / f"r.{fmt}"
+    assert ground(image_dir, str(out), engine=tiny_engine).done == 4
+    assert os.listdir(out.parent) == [f"r.{fmt}"]  # no .lock, no .parts
+    assert ground(image_dir, str(out), engine=tiny_engine, prune=True).skipped == 4
+    assert os.listdir(out.parent) == [f"r.{fmt}"]
+
+
 # -- records made with other settings are redone, and the run says so ---------------------------------------------
 def test_decoding_names_the_generation_settings():
     assert GenerationOptions().label == "greedy max_new_tokens=128"

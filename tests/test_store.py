@@ -74,7 +74,7 @@ def test_a_run_writes_its_records_and_leaves_only_the_output(tmp_path, fmt):
     got = rows(out)
     assert got[0] == rec("a.png", label="x").to_dict()
     assert (got[1]["status"], got[1]["error"]) == ("error", "boom")
-    assert sorted(os.listdir(tmp_path)) == sorted([f"r.{fmt}", f"r.{fmt}.lock"])
+    assert os.listdir(tmp_path) == [f"r.{fmt}"]  # no lock, no parts: only what was asked for
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -196,11 +196,50 @@ def test_a_second_run_on_a_locked_output_is_refused_with_exit_75(tmp_path):
         pass
 
 
-def test_the_lock_is_let_go_of_after_an_error(tmp_path):
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt, OutputError])
+def test_the_lock_is_let_go_of_and_removed_after_an_error(tmp_path, error):
     out = str(tmp_path / "r.jsonl")
-    with pytest.raises(RuntimeError), Store(out, "jsonl", "ground").open(Solo()):
-        raise RuntimeError("a bug")
+    with pytest.raises(error), Store(out, "jsonl", "ground").open(Solo()) as output:
+        output.write([rec("a.png")])
+        raise error("stop")
+    assert not os.path.exists(out + ".lock")
     Store(out, "jsonl", "ground").probe()
+
+
+def test_a_lock_file_left_by_a_killed_run_is_taken_and_removed(tmp_path):
+    out = tmp_path / "r.jsonl"
+    (tmp_path / "r.jsonl.lock").write_text("4242\n")  # kill -9 leaves the file; the kernel dropped the lock
+    written(out, "jsonl", rec("a.png"))
+    assert os.listdir(tmp_path) == ["r.jsonl"]
+
+
+def test_a_run_that_waited_on_the_lock_holds_it_alone(tmp_path, monkeypatch):
+    """The holder removes the lock file as it lets go. A run that was waiting on that file must not take it for
+    the lock: a third run would make a new file and lock that, and two runs would write at once."""
+    import fcntl
+
+    out = str(tmp_path / "r.jsonl")
+    first = Store(out, "jsonl", "ground")
+    first.lock()
+    real, waited = fcntl.flock, []
+
+    def flock(fd, operation):
+        if not waited:  # the waiter has opened the lock file and waits on it: the first run ends now
+            waited.append(fd)
+            first.unlock()
+        return real(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    waiter = Store(out, "jsonl", "ground")
+    waiter.lock(wait=True)
+    monkeypatch.undo()
+    try:
+        assert waited and os.path.exists(out + ".lock")
+        with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
+            Store(out, "jsonl", "ground").lock()
+    finally:
+        waiter.unlock()
+    assert not os.path.exists(out + ".lock")
 
 
 def test_probe_creates_nothing(tmp_path):
