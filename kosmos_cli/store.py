@@ -26,17 +26,15 @@ next run rather than copied now. Reading an output (to resume) takes the last re
 written again for a changed image replaces the older one. A torn last JSONL line or a half-written part left by
 a crash is repaired, never appended after.
 
-Nothing but an output of ours is ever touched: before the lock, a repair or a write, the main process checks that
-an existing output is a results file of kosmos (`owner`: the task of its first row, read cheaply) written by the
-same task, and that it is not one of the run's inputs. Anything else is refused and left byte for byte as it was.
+The store's concerns live in modules of their own, and the store puts them in order: whose file an output is
+(ownership.py: nothing but an output of this task is ever touched), the lock (locking.py), folding record files
+into one and clearing what a crash left (compaction.py), and the bytes of each format (writers.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import glob
-import json
 import logging
 import os
 import sys
@@ -44,9 +42,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import carried, tasks
-from .atomic import atomic_write, rmdir, unlink
-from .errors import LockedError, OutputError, UsageError
+from . import compaction, tasks
+from .atomic import rmdir, unlink
+from .errors import OutputError
+from .locking import OutputLock
+from .ownership import NotOurs, not_ours, owner_of, refuse_inputs, refuse_other_task
 from .records import OK, Record
 from .tasks import Task
 from .writers import (
@@ -55,18 +55,12 @@ from .writers import (
     Sink,
     StdoutSink,
     disk_error,
-    dumps,
     jsonl_rows,
     parquet_rows,
-    readable_parquet,
     repair_jsonl_tail,
-    unified_schema,
 )
 
 log = logging.getLogger("kosmos_cli")
-
-FIRST_LINE_LIMIT = 1 << 24  # bytes: a first JSONL line longer than this is not a record of ours
-TASK_METADATA = b"kosmos_cli.task"  # the Parquet schema metadata naming the task (tasks.base.Task.schema)
 
 
 class Crew(Protocol):
@@ -115,6 +109,18 @@ class Holdings:
     seen: dict[str, Seen] = field(default_factory=dict)
     duplicates: int = 0
 
+    @classmethod
+    def of(cls, task: type[Task], folder: str, files: Iterable[Iterable[dict[str, Any]]]) -> Holdings:
+        """What the rows of `files`, oldest first, hold; `folder`: where the output is (Task.key)."""
+        tasks.forget_folders()  # this run's keys share one view of the file system, taken now
+        found, rows = cls(), 0
+        for file_rows in files:
+            for row in file_rows:
+                found.seen[task.key(row, folder)] = Seen.of(row)
+                rows += 1
+        found.duplicates = rows - len(found.seen)  # records written again for a key: compaction keeps the last
+        return found
+
 
 class Store:
     """One named output on disk: its lock, what it holds, its parts, and folding them in."""
@@ -127,7 +133,7 @@ class Store:
         self.parts_dir = path + ".parts"
         self.lock_path = path + ".lock"
         self.ranks_dir = path + ".ranks"
-        self._lock_fd: int | None = None
+        self._lock = OutputLock(self.lock_path, path)
 
     @classmethod
     def for_run(cls, out: str, fmt: str, task: type[Task], crew: Any) -> Store:
@@ -155,7 +161,7 @@ class Store:
                 self.repair()
                 if overwrite:
                     self.remove()
-                elif self.has_parts() or self.scan().duplicates:
+                elif self.needs_compaction():
                     self.compact()  # leftovers of an interrupted run, or records written twice
             crew.ready()  # the other processes wait here until the main one has prepared the output
             output = Output(self, self.scan(parts=crew.solo).seen, self.sink(direct=crew.solo))
@@ -175,11 +181,10 @@ class Store:
         """After a run: fold parts in, drop replaced records and (after a complete pass) pruned ones; tidy."""
         present = output.present
         if present is not None or output.replaced or self.has_parts():
-            keep = (lambda key: _present(key, present)) if present is not None else None
-            self.compact(keep)
+            self.compact(present_only(present) if present is not None else None)
         self.tidy()
 
-    # -- whose output ------------------------------------------------------------------------------------
+    # -- whose output (ownership.py) -------------------------------------------------------------------
     def check(self, inputs: Iterable[Any] = (), overwrite: bool = False) -> None:
         """Refuse an output that must not be touched: one of `inputs` (a manifest or an image named as input),
         a file that is not a results file of kosmos, or (unless `overwrite`) another task's results.
@@ -188,34 +193,18 @@ class Store:
         """
         if self.spool:
             return
-        for given in inputs:
-            if isinstance(given, str) and given != "-" and _same_file(given, self.path):
-                raise UsageError(
-                    f"{{param}} {self.path} is also one of the inputs: writing there would destroy it; "
-                    "choose another {param}",
-                    param="out",
-                )
-        owner = self.owner()
-        if owner is not None and owner != self.task.name and not overwrite:
-            raise UsageError(
-                f"{{param}} {self.path} holds kosmos {owner} records: a {self.task.name} run would mix "
-                "its own in; choose another {param}, or pass --overwrite to replace them",
-                param="out",
-            )
+        refuse_inputs(self.path, inputs)
+        refuse_other_task(self.path, self.owner(), self.task.name, overwrite)
 
     def owner(self) -> str | None:
         """The task whose records the output holds, from its first row (or, with no output yet, its first part);
         None when it holds none (absent, or empty). Raises UsageError when the output is not ours."""
         for source in self.sources():
             try:
-                task = _jsonl_owner(source) if self._is_jsonl(source) else _parquet_owner(source)
-            except _NotOurs as exc:
+                task = owner_of(source, self._is_jsonl(source))
+            except NotOurs as exc:
                 if source == self.path:
-                    raise UsageError(
-                        f"{{param}} {self.path} is not a results file of kosmos ({exc}): kosmos writes "
-                        "only over its own results; choose another {param}",
-                        param="out",
-                    ) from None
+                    raise not_ours(self.path, exc) from None
                 continue  # a part is ours by where it is; a damaged one is repair()'s
             if task is not None:
                 return task
@@ -224,7 +213,7 @@ class Store:
     def _is_jsonl(self, path: str) -> bool:
         return path.endswith(".jsonl") or (path == self.path and self.fmt == "jsonl")
 
-    # -- lock --------------------------------------------------------------------------------------------
+    # -- lock (locking.py) -------------------------------------------------------------------------------
     def probe(self) -> None:
         """Fail now, not after a model loads, when another run holds the lock or the output cannot be written.
 
@@ -241,36 +230,15 @@ class Store:
         for place in (existing, self.path, self.lock_path):
             if os.path.exists(place) and not os.access(place, os.W_OK):
                 raise disk_error(PermissionError(errno.EACCES, os.strerror(errno.EACCES)), place)
-        if os.path.exists(self.lock_path):  # none: nobody holds it (a holder makes it before locking)
-            self.lock(wait=False)
-            self.unlock()
+        self._lock.probe()
 
     def lock(self, wait: bool = False) -> None:
         """Take the output's lock. The kernel drops it when this process ends, however it ends."""
-        import fcntl
-
         self._ensure_folder()
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise disk_error(exc, self.lock_path) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise LockedError(
-                f"another kosmos run (pid {holder}) is writing {self.path}: "
-                "let it finish, or pass --wait to wait for it"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+        self._lock.take(wait)
 
     def unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._lock.release()
 
     # -- reading -----------------------------------------------------------------------------------------
     def sources(self) -> list[str]:
@@ -285,29 +253,8 @@ class Store:
         return files
 
     def repair(self) -> None:
-        """Clear what a crashed run left half-done: unfinished or unreadable parts, a torn last JSONL line, the
-        `{path}.{pid}.tmp` of a merge killed before its rename.
-
-        Only the lock holder may call this: another process's `.tmp` part is work in progress, not damage.
-        """
-        folder, base = os.path.split(os.path.abspath(self.path))
-        for leftover in glob.glob(os.path.join(glob.escape(folder), glob.escape(base) + ".*.tmp")):
-            if os.path.basename(leftover)[len(base) + 1 : -4].isdigit():  # compact() names it by the merging pid
-                log.warning("removing %s left by an interrupted merge", leftover)
-                unlink(leftover)
-        if os.path.isdir(self.parts_dir):
-            for name in sorted(os.listdir(self.parts_dir)):
-                full = os.path.join(self.parts_dir, name)
-                if name.endswith(".tmp"):
-                    log.warning("removing unfinished part %s left by an interrupted run", full)
-                    unlink(full)
-                elif name.endswith(".parquet") and not readable_parquet(full):
-                    log.warning("removing damaged part %s left by an interrupted run", full)
-                    unlink(full)
-                elif name.endswith(".jsonl"):
-                    repair_jsonl_tail(full)
-        if self.fmt == "jsonl":
-            repair_jsonl_tail(self.path)
+        """Clear what a crashed run left half-done (compaction.repair). Only the lock holder may call this."""
+        compaction.repair(self.path, self.fmt, self.parts_dir)
 
     def rows(self, path: str, columns: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
         """The rows of one record file (the output or a part)."""
@@ -319,15 +266,8 @@ class Store:
     def scan(self, parts: bool = True) -> Holdings:
         """What the output holds (the last record of each key wins). `parts=False`: the output alone, leaving
         the parts folder untouched (other processes may be writing there)."""
-        tasks.forget_folders()  # this run's keys share one view of the file system, taken now
-        found, rows, folder = Holdings(), 0, self.folder()
         sources = self.sources() if parts else ([self.path] if os.path.exists(self.path) else [])
-        for source in sources:
-            for row in self.rows(source, self.task.resume_columns()):
-                found.seen[self.task.key(row, folder)] = Seen.of(row)
-                rows += 1
-        found.duplicates = rows - len(found.seen)  # records written again for a key: compaction keeps the last
-        return found
+        return Holdings.of(self.task, self.folder(), (self.rows(s, self.task.resume_columns()) for s in sources))
 
     def folder(self) -> str:
         """Where the output is: a relative path read back from it is also tried from here (Task.key)."""
@@ -340,7 +280,7 @@ class Store:
         """Parts to fold in, or a key recorded twice (one full read of the output)."""
         return self.has_parts() or self.scan().duplicates > 0
 
-    # -- folding parts in ----------------------------------------------------------------------------
+    # -- folding parts in (compaction.py) ------------------------------------------------------------------
     def compact(self, keep: Callable[[str], bool] | None = None) -> int:
         """Rewrite the output from itself and its parts: last record per key, `keep(key)` ones only.
 
@@ -349,19 +289,8 @@ class Store:
         sources = self.sources()
         if not sources:
             return 0
-        last: dict[str, tuple[int, int]] = {}
-        folder = self.folder()
-        for i, source in enumerate(sources):
-            for j, row in enumerate(self.rows(source, self.task.resume_columns())):
-                last[self.task.key(row, folder)] = (i, j)
-        wanted = {pos for key, pos in last.items() if keep is None or keep(key)}
-        del last
         try:
-            with atomic_write(self.path, "w" if self.fmt == "jsonl" else "wb") as f:
-                if self.fmt == "jsonl":
-                    written = self._compact_jsonl(sources, wanted, f)
-                else:
-                    written = self._compact_parquet(sources, wanted, f)
+            written = compaction.fold(sources, self.path, self.fmt, self.task, self.rows, self.folder(), keep)
         except OSError as exc:
             raise disk_error(exc, self.path) from None
         for source in sources:
@@ -369,46 +298,6 @@ class Store:
                 unlink(source)
         rmdir(self.parts_dir)
         return written
-
-    def _kept_rows(self, sources: list[str], wanted: set) -> Iterator[tuple[str, dict[str, Any]]]:
-        for i, source in enumerate(sources):
-            for j, row in enumerate(self.rows(source)):
-                if (i, j) in wanted:
-                    yield source, self._named(row)
-
-    def _compact_jsonl(self, sources: list[str], wanted: set, out) -> int:
-        written = 0
-        for _, row in self._kept_rows(sources, wanted):
-            out.write(dumps(row))
-            written += 1
-        return written
-
-    def _compact_parquet(self, sources: list[str], wanted: set, out) -> int:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        schemas = {s: pq.read_schema(s) for s in sources if s.endswith(".parquet")}
-        schema = unified_schema(self.task, list(schemas.values()))
-        as_text = {s: carried.to_json_text(schemas[s], schema) if s in schemas else [] for s in sources}
-        written, chunk = 0, []
-        with pq.ParquetWriter(out, schema) as writer:
-            for source, row in self._kept_rows(sources, wanted):
-                chunk.append(carried.as_json_text(row, as_text[source]))
-                if len(chunk) >= 4096:
-                    writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-                    written, chunk = written + len(chunk), []
-            if chunk:
-                writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-                written += len(chunk)
-        return written
-
-    def _named(self, row: dict[str, Any]) -> dict[str, Any]:
-        """A row as it is written again: one written before records named their task gets its task."""
-        if row.get("task") is None:
-            named = {"path": row["path"], "task": self.task.name}
-            named.update((k, v) for k, v in row.items() if k != "task")
-            return named
-        return row
 
     # -- writing -----------------------------------------------------------------------------------------
     def sink(self, direct: bool = True) -> Sink:
@@ -468,15 +357,6 @@ class SpoolStore(Store):
 
     spool = True
 
-    @contextlib.contextmanager
-    def open(self, crew: Crew, *, overwrite: bool = False, wait: bool = False) -> Iterator[Output]:
-        try:
-            with super().open(crew, overwrite=overwrite, wait=wait) as output:
-                yield output
-        finally:
-            if crew.main:
-                unlink(self.lock_path)
-
     def settle(self, output: Output) -> None:
         """Compact to this pass's records, write them to stdout, and remove the spool (still under the lock)."""
         super().settle(output)
@@ -493,94 +373,14 @@ class SpoolStore(Store):
         sys.stdout.flush()
 
 
-class _NotOurs(Exception):
-    """A file that is not a results file of kosmos; the message says why, in a few words."""
+def present_only(present: set[str]) -> Callable[[str], bool]:
+    """--prune's keep function: whether the image of a key is in `present`, the paths a complete pass saw. A path
+    may hold a NUL too, the separator of keys."""
 
+    def keep(key: str) -> bool:
+        return key in present or any(key[:i] in present for i, c in enumerate(key) if c == "\x00")
 
-def _jsonl_owner(path: str) -> str | None:
-    """The task of a JSONL results file's first record; None when it has none yet."""
-    try:
-        with open(path, "rb") as f:
-            if f.read(4) == b"PAR1":
-                raise _NotOurs("it is Parquet, not JSONL")
-            f.seek(0)
-            line = b"\n"
-            while line and not line.strip():
-                line = f.readline(FIRST_LINE_LIMIT)
-            last = not f.read(1)
-    except IsADirectoryError:
-        raise _NotOurs("it is a folder") from None
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise _NotOurs(exc.strerror or str(exc)) from None
-    if not line.strip():
-        return None  # empty: ours to write
-    try:
-        row = json.loads(line)
-    except (ValueError, RecursionError):
-        if last and not line.endswith(b"\n") and line.startswith(b'{"path": '):
-            return None  # the first record, cut short by a crash: repair() drops it
-        raise _NotOurs("its first line is not a JSON record") from None
-    return _row_owner(row)
-
-
-def _parquet_owner(path: str) -> str | None:
-    """The task of a Parquet results file: its schema metadata, else its first row; None when it has no rows."""
-    import pyarrow.parquet as pq
-
-    if os.path.isdir(path):
-        raise _NotOurs("it is a folder")
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise _NotOurs(exc.strerror or str(exc)) from None
-    if not magic:
-        return None  # empty: ours to write
-    if magic != b"PAR1":
-        raise _NotOurs("it is not Parquet")
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-        raise _NotOurs("it is not a readable Parquet file") from None
-    schema = pf.schema_arrow
-    named = (schema.metadata or {}).get(TASK_METADATA)
-    if named is not None:
-        task = tasks.REGISTRY.get(named.decode(errors="replace"))
-        if task is None:
-            raise _NotOurs(f"it names an unknown task {named.decode(errors='replace')!r}")
-        return task.name
-    if "path" not in schema.names or "status" not in schema.names:
-        raise _NotOurs("it has no 'path' and 'status' columns")
-    for batch in pf.iter_batches(batch_size=1):
-        if batch.num_rows:
-            return _row_owner(batch.to_pylist()[0])
-    return None
-
-
-def _row_owner(row: Any) -> str:
-    """The task of a first row, or _NotOurs: it must be a record (path, status) of a known task."""
-    if not isinstance(row, dict) or "path" not in row or "status" not in row:
-        raise _NotOurs("its first row is not a kosmos record: no 'path' and 'status'")
-    task = tasks.of_row(row)
-    if task is None:
-        raise _NotOurs("its first row is a record of no kosmos task")
-    return task.name
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except (OSError, ValueError):  # either is missing, or a name the system cannot take
-        return False
-
-
-def _present(key: str, present: set[str]) -> bool:
-    """Whether the image of `key` is in `present`. Its path may hold a NUL too, the separator of keys."""
-    return key in present or any(key[:i] in present for i, c in enumerate(key) if c == "\x00")
+    return keep
 
 
 @dataclass

@@ -124,11 +124,22 @@ def _folder(path):
     path.mkdir()
 
 
+def _img2dataset_meta(path):  # what img2dataset writes beside its shards: path, status and caption, and more
+    rows = [
+        {"path": f"{i:05d}.jpg", "status": "success", "caption": "a cat", "url": f"http://x/{i}.jpg"} for i in (1, 2)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _labelled_table(path):  # a user's own table whose columns happen to have our names
+    pq.write_table(pa.table({"path": ["a.png", "b.png"], "status": ["ok", "ok"], "caption": ["a cat", "x"]}), path)
+
+
 FOREIGN = {  # name, how it is made, why it is not ours
     "text": ("notes.jsonl", _text, "its first line is not a JSON record"),
     "image": ("victim.png", _image, "its first line is not a JSON record"),
     "parquet named .jsonl": ("r.jsonl", _parquet_named_jsonl, "it is Parquet, not JSONL"),
-    "foreign parquet": ("table.parquet", _foreign_parquet, "it has no 'path' and 'status' columns"),
+    "foreign parquet": ("table.parquet", _foreign_parquet, "its schema names no kosmos task"),
     "jsonl named .parquet": (
         "r.parquet",
         lambda p: p.write_text(json.dumps(RECORDS["ground"].to_dict()) + "\n"),
@@ -137,6 +148,8 @@ FOREIGN = {  # name, how it is made, why it is not ours
     "manifest": ("list.jsonl", _manifest, "its first row is not a kosmos record: no 'path' and 'status'"),
     "unknown task": ("other.jsonl", _unknown_task, "its first row is a record of no kosmos task"),
     "folder": ("dir.jsonl", _folder, "it is a folder"),
+    "img2dataset meta": ("meta.jsonl", _img2dataset_meta, "its first row is not a record kosmos writes"),
+    "table with our column names": ("labels.parquet", _labelled_table, "its schema names no kosmos task"),
 }
 
 
@@ -158,7 +171,19 @@ def test_a_file_that_is_not_ours_is_refused_and_left_as_it_was(image_dir, tmp_pa
     assert not os.path.exists(f"{out}.lock")
 
 
-@pytest.mark.parametrize("kind", ["text", "parquet named .jsonl"])
+@pytest.mark.parametrize("kind", ["img2dataset meta", "table with our column names"])
+@pytest.mark.parametrize("flag", ["--overwrite", "--prune"])
+def test_no_flag_makes_a_file_that_is_not_ours_ours(image_dir, tmp_path, kind, flag):
+    name, make, why = FOREIGN[kind]
+    out = tmp_path / name
+    make(out)
+    before = sha256(out)
+    result = kosmos("ground", str(image_dir), "--out", str(out), flag, model=NO_MODEL)
+    one_error_line(result, 2, f"--out {out} is not a results file of kosmos ({why})")
+    assert sha256(out) == before and sorted(os.listdir(tmp_path)) == sorted(["photos", name])
+
+
+@pytest.mark.parametrize("kind", ["text", "parquet named .jsonl", "img2dataset meta", "table with our column names"])
 def test_overwrite_does_not_replace_a_file_that_is_not_ours(tiny_engine, image_dir, tmp_path, kind):
     name, make, _ = FOREIGN[kind]
     out = tmp_path / name
@@ -236,6 +261,15 @@ def test_checking_the_output_creates_nothing(image_dir, tmp_path):
     result = kosmos("ground", str(image_dir), "--out", str(out), model=NO_MODEL)
     one_error_line(result, 1, f"model folder {NO_MODEL} does not exist")
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_a_run_that_ends_leaves_only_its_output_beside_it(tiny_engine, image_dir, tmp_path, fmt):
+    out = tmp_path / "out" / f"r.{fmt}"
+    assert ground(image_dir, str(out), engine=tiny_engine).done == 4
+    assert os.listdir(out.parent) == [f"r.{fmt}"]  # no .lock, no .parts
+    assert ground(image_dir, str(out), engine=tiny_engine, prune=True).skipped == 4
+    assert os.listdir(out.parent) == [f"r.{fmt}"]
 
 
 # -- records made with other settings are redone, and the run says so ---------------------------------------------

@@ -8,7 +8,7 @@ from kosmos_cli.errors import InputError, LockedError, OutputError, UsageError
 from kosmos_cli.records import Entity
 from kosmos_cli.store import Store
 from kosmos_cli.tasks import Ground, GroundRecord
-from kosmos_cli.writers import detect_format, read_records
+from kosmos_cli.writers import JsonlSink, ParquetPartSink, detect_format, dumps, read_records, records_table
 
 
 def rec(path, caption="a cat", size=10, mtime=1.5, status="ok", **extra):
@@ -175,3 +175,52 @@ def test_lock_is_exclusive_and_released_with_the_holder(tmp_path):
     second = Store(out, "jsonl", "ground")
     second.lock()
     second.unlock()
+
+
+def test_a_jsonl_batch_that_cannot_be_written_whole_is_cut_off_again(tmp_path, monkeypatch):
+    import errno
+
+    import kosmos_cli.writers as writers
+
+    out = tmp_path / "r.jsonl"
+    sink = JsonlSink(str(out))
+    sink.write([rec("a.jpg")])
+    before = out.read_bytes()
+    real = os.write
+
+    def half_then_full(fd, data):  # the disk fills in the middle of the batch
+        if len(data) > 100:
+            return real(fd, bytes(data[:100]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writers.os, "write", half_then_full)
+    with pytest.raises(OutputError, match="no space left writing"):
+        sink.write([rec("b.jpg"), rec("c.jpg")])
+    monkeypatch.undo()
+    sink.close()
+    assert out.read_bytes() == before
+
+
+def test_parquet_parts_continue_the_numbering_of_a_killed_run(tmp_path):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    ParquetPartSink(str(folder), Ground, 3).write([rec("a.jpg")])
+    ParquetPartSink(str(folder), Ground, 3).write([rec("b.jpg")])
+    ParquetPartSink(str(folder), Ground, 4).write([rec("c.jpg")])
+    assert sorted(os.listdir(folder)) == [
+        "part-0003-00000000.parquet",
+        "part-0003-00000001.parquet",
+        "part-0004-00000000.parquet",
+    ]
+
+
+def test_records_table_types_carried_columns_and_keeps_the_task_schema_first(tmp_path):
+    table = records_table([rec("a.jpg", label="x", n=1), rec("b.jpg", label=None, n=2)], Ground)
+    assert table.schema.names == [*Ground.schema().names, "label", "n"]
+    assert (str(table.schema.field("label").type), str(table.schema.field("n").type)) == ("string", "int64")
+
+
+def test_dumps_writes_one_line_of_plain_json():
+    line = dumps({"path": "a\nb.jpg", "x": float("nan"), "y": [float("inf")], "z": "é"})
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert json.loads(line) == {"path": "a\nb.jpg", "x": None, "y": [None], "z": "é"}

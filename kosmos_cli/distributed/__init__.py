@@ -30,7 +30,8 @@ import uuid
 
 from ..errors import RankError, UsageError
 from ..records import one_line
-from .team import LOADING, PREPARING, WAITING, Solo, Team
+from .status import LOADING, PREPARING, WAITING
+from .team import Solo, Team
 from .watchdog import DONE, FAILED, INTERRUPTED, RUNNING, STALL_ENV, TIMEOUT_ENV
 
 DEFAULT_TIMEOUT = 300.0

@@ -1,8 +1,8 @@
 """Each rank's status file beside the output, kept fresh by a heartbeat thread, and reading the others'.
 
-`<out>.ranks/<run tag>.rank-NNNNN.json` holds a rank's state, its counts and a beat counter. Files are renamed
-into place, so a reader never sees half a status; the run tag keeps files of an earlier run from being taken for
-this one's.
+`<out>.ranks/<run tag>.rank-NNNNN.json` holds a rank's state, its counts and a beat counter (`RankStatus`: what
+a rank says of itself). Files are renamed into place, so a reader never sees half a status; the run tag keeps
+files of an earlier run from being taken for this one's.
 """
 
 from __future__ import annotations
@@ -12,12 +12,77 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from ..atomic import atomic_write, rmdir, unlink
+from .watchdog import DONE, FAILED, INTERRUPTED
 
 log = logging.getLogger("kosmos_cli")
+
+LOADING, PREPARING, WAITING = "loading", "preparing", "waiting"
+
+
+class RankStatus:
+    """What this rank says of itself: its state (and error), its counts, its time and a beat counter.
+
+    Set from the pipeline's thread and read by the heartbeat's: every access holds one lock.
+    """
+
+    def __init__(self, rank: int, world: int, host: str, space: str):
+        self.fixed = {"rank": rank, "world": world, "host": host, "space": space, "pid": os.getpid()}
+        self.lock = threading.RLock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.state: str = LOADING
+            self.error: str | None = None
+            self.counts: tuple[int, int, int] = (0, 0, 0)  # done, failed, skipped
+            self.failures: list[str] = []
+            self.seconds = 0.0
+            self.beats = 0
+            self.t0 = time.perf_counter()  # when this rank's own time started
+
+    @property
+    def ended(self) -> bool:
+        return self.state in (DONE, FAILED, INTERRUPTED)
+
+    def set(self, state: str, error: str | None = None) -> None:
+        with self.lock:
+            self.state, self.error = state, error
+
+    def count(self, done: int, failed: int, skipped: int) -> None:
+        with self.lock:
+            self.counts = (done, failed, skipped)
+
+    def start_clock(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def finish(self, summary: Any) -> None:
+        """This rank's share is done: its final counts, first failures and time, from its summary."""
+        with self.lock:
+            self.counts = (summary.done, summary.failed, summary.skipped)
+            self.failures = list(summary.failures[:5])
+            self.seconds = time.perf_counter() - self.t0
+
+    def snapshot(self) -> dict[str, Any]:
+        """The status to publish now (one more beat)."""
+        with self.lock:
+            self.beats += 1
+            done, failed, skipped = self.counts
+            return {
+                **self.fixed,
+                "state": self.state,
+                "error": self.error,
+                "beat": self.beats,
+                "done": done,
+                "failed": failed,
+                "skipped": skipped,
+                "seconds": round(self.seconds, 3),
+                "failures": self.failures,
+            }
 
 
 class StatusBoard:

@@ -9,7 +9,8 @@ The pipeline talks to either the same way and never asks whether there is a team
 - `progress(bar)`: what the pipeline reports to (rank 0 shows every rank's counts);
 - `main`, `solo`, `merged`, `rank`, `size`: who this is, and whether the output may now be compacted.
 
-Status files and the heartbeat are `status.StatusBoard`'s; telling a dead or hung rank is `watchdog.Watchdog`'s.
+Status files and the heartbeat are `status.StatusBoard`'s, what this rank says in them `status.RankStatus`'s;
+telling a dead or hung rank is `watchdog.Watchdog`'s.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
-import os
 import signal
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -28,10 +27,9 @@ from typing import Any
 from ..errors import Interrupted, KosmosError, OutputError, RankError, UsageError
 from ..progress import Progress
 from ..records import one_line
-from .status import StatusBoard
-from .watchdog import DONE, FAILED, INTERRUPTED, RUNNING, Watchdog
+from .status import PREPARING, WAITING, RankStatus, StatusBoard
+from .watchdog import DONE, FAILED, INTERRUPTED, RUNNING, Watchdog, pid_space
 
-LOADING, PREPARING, WAITING = "loading", "preparing", "waiting"
 POLL = 0.2  # seconds between looks at the other ranks while waiting for them
 
 
@@ -73,10 +71,11 @@ class Team:
         self.output: str | None = None  # the output the ranks write (rank 0's store names it)
         self.board: StatusBoard | None = None
         self.watchdog: Watchdog | None = None
+        self.me = RankStatus(rank, size, self.host, pid_space())  # what this rank says in its status file
         self.merged = False  # rank 0: every rank is done and counted in
         self.problem: RankError | None = None  # a failed or vanished rank this one depends on
         self._sessions = 0
-        self._lock = threading.RLock()
+        self._lock = self.me.lock  # one lock for this rank's status and what it knows of the others
         self._tally: _Tally | None = None
         self._reset()
         atexit.register(self._at_exit)
@@ -117,7 +116,7 @@ class Team:
     def session(self, output: str) -> Iterator[Team]:
         """One run writing `output`: marks this rank failed or interrupted if it ends so, and tidies up after."""
         self.start(output)
-        self._t0 = time.perf_counter()
+        self.me.start_clock()
         self._set(PREPARING if self.main else WAITING)
         try:
             yield self
@@ -156,7 +155,7 @@ class Team:
         if self.main:
             if self.board is not None:
                 self.board.forget_old_runs()
-            self._t0 = time.perf_counter()
+            self.me.start_clock()
             self._set(RUNNING)
             return
         while True:
@@ -166,7 +165,7 @@ class Team:
             if status is not None and status.get("state") in (RUNNING, DONE):
                 break
             time.sleep(POLL)
-        self._t0 = time.perf_counter()  # this rank's own time starts now
+        self.me.start_clock()  # this rank's own time starts now
         self._set(RUNNING)
 
     def check(self) -> None:
@@ -176,10 +175,7 @@ class Team:
 
     def finish(self, summary) -> None:
         """This rank's share is done. Rank 0 waits for every other rank, then counts their records in `summary`."""
-        with self._lock:
-            self._counts = (summary.done, summary.failed, summary.skipped)
-            self._failures = list(summary.failures[:5])
-            self._seconds = time.perf_counter() - self._t0
+        self.me.finish(summary)
         if not self.main:
             self._end(DONE)
             summary.rank, summary.world = self.rank, self.size
@@ -194,24 +190,7 @@ class Team:
             if self._tally is not None:
                 self._tally.refresh()
             time.sleep(POLL)
-        own = dataclasses.replace(summary, rank=0, world=self.size, seconds=self._seconds, failures=[], ranks=[])
-        summary.ranks = [own]
-        for r in others:
-            status = self.others[r]
-            part = dataclasses.replace(
-                own,
-                rank=r,
-                done=status.get("done", 0),
-                failed=status.get("failed", 0),
-                skipped=status.get("skipped", 0),
-                seconds=status.get("seconds", 0.0),
-            )
-            summary.ranks.append(part)
-            summary.done += part.done
-            summary.failed += part.failed
-            summary.skipped += part.skipped
-            summary.failures += status.get("failures") or []
-        summary.world = self.size
+        count_in(summary, [self.others[r] for r in others], self.me.seconds)
         if self._tally is not None:
             self._tally.refresh()
         self.merged = True
@@ -224,7 +203,7 @@ class Team:
     def totals(self) -> tuple[int, int, int]:
         """done, failed, skipped of every rank, as last reported."""
         with self._lock:
-            done, failed, skipped = self._counts
+            done, failed, skipped = self.me.counts
             for r, status in self.others.items():
                 if r != self.rank:
                     done += status.get("done", 0)
@@ -239,47 +218,21 @@ class Team:
 
     # -- this rank's status ---------------------------------------------------------------------------------
     def _reset(self) -> None:
-        self.state: str = LOADING
-        self.error: str | None = None
+        self.me.reset()
         self.merged, self.problem = False, None
-        self._counts, self._failures, self._seconds = (0, 0, 0), [], 0.0
-        self._beats = 0
         self.others: dict[int, dict] = {}  # the last status of each rank this one watches
-        self._t0 = time.perf_counter()
 
     def _set(self, state: str, error: str | None = None) -> None:
-        with self._lock:
-            self.state, self.error = state, error
+        self.me.set(state, error)
         self._publish()
 
     def count(self, done: int, failed: int, skipped: int) -> None:
-        with self._lock:
-            self._counts = (done, failed, skipped)
+        self.me.count(done, failed, skipped)
 
     def _publish(self, strict: bool = False) -> None:
-        if self.board is None or self.watchdog is None:
-            return
-        with self._lock:
-            self._beats += 1
-            done, failed, skipped = self._counts
-            self.board.publish(
-                {
-                    "rank": self.rank,
-                    "world": self.size,
-                    "host": self.host,
-                    "space": self.watchdog.space,
-                    "pid": os.getpid(),
-                    "state": self.state,
-                    "error": self.error,
-                    "beat": self._beats,
-                    "done": done,
-                    "failed": failed,
-                    "skipped": skipped,
-                    "seconds": round(self._seconds, 3),
-                    "failures": self._failures,
-                },
-                strict=strict,
-            )
+        if self.board is not None:
+            with self._lock:  # the heartbeat's thread publishes too: one file written at a time
+                self.board.publish(self.me.snapshot(), strict=strict)
 
     def _beat(self) -> None:
         self._publish()
@@ -292,13 +245,13 @@ class Team:
     def _end(self, state: str, error: str | None = None) -> None:
         self._stop_beating()
         with self._lock:
-            if self.state in (FAILED, INTERRUPTED):
+            if self.me.state in (FAILED, INTERRUPTED):
                 return  # the first word stands
         self._set(state, error)
 
     def _at_exit(self) -> None:
         """The process ends before its run did (an error before the run, sys.exit): say so to the others."""
-        if self.output is not None and self.state not in (DONE, FAILED, INTERRUPTED):
+        if self.output is not None and not self.me.ended:
             self._stop_beating()
             self._set(FAILED, "stopped before finishing: see its messages")
 
@@ -328,6 +281,28 @@ class Team:
                 if problem is not None and not str(problem).startswith(f"rank {r} was interrupted"):
                     return problem
         return None
+
+
+def count_in(summary: Any, others: list[dict], seconds: float) -> None:
+    """Rank 0: the records of every other rank (their last statuses) counted into `summary`, and one summary a
+    rank in `summary.ranks`, rank 0's first (its own share took `seconds`)."""
+    own = dataclasses.replace(summary, rank=0, world=len(others) + 1, seconds=seconds, failures=[], ranks=[])
+    summary.ranks = [own]
+    for r, status in enumerate(others, 1):
+        part = dataclasses.replace(
+            own,
+            rank=r,
+            done=status.get("done", 0),
+            failed=status.get("failed", 0),
+            skipped=status.get("skipped", 0),
+            seconds=status.get("seconds", 0.0),
+        )
+        summary.ranks.append(part)
+        summary.done += part.done
+        summary.failed += part.failed
+        summary.skipped += part.skipped
+        summary.failures += status.get("failures") or []
+    summary.world = len(others) + 1
 
 
 class _Tally(Progress):
