@@ -243,16 +243,16 @@ def _expand(
             elif is_url(arg) and _manifest_url(arg):
                 from .locations.http import open_url  # urllib, ssl: loaded for a URL only
 
-                yield from read_manifest(arg, columns, functools.partial(open_url, fetch=fetch), unseen)
+                yield from read_manifest(arg, columns, functools.partial(open_url, fetch=fetch), unseen, fetch)
             elif is_url(arg):
                 yield Item(arg)
             elif is_remote(arg):
-                yield from expand_remote(arg, columns, unseen)
+                yield from expand_remote(arg, columns, unseen, fetch)
             elif os.path.isdir(arg):
                 yield from walk_folder(arg, unlisted)
             elif os.path.exists(arg):
                 if arg.lower().endswith(MANIFEST_EXTENSIONS):
-                    yield from read_manifest(arg, columns, unseen=unseen)
+                    yield from read_manifest(arg, columns, unseen=unseen, fetch=fetch)
                 else:
                     yield Item(os.path.normpath(arg))  # named explicitly: tried whatever its extension
             else:

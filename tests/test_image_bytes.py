@@ -196,6 +196,35 @@ def test_every_row_is_recorded_or_counted_and_named_in_one_line(tmp_path, caplog
     assert (unseen.skipped, unseen.first_skipped) == (1, f"{path} row 4")
 
 
+def test_max_image_mb_caps_table_rows_and_shard_members(tiny_model, tmp_path):
+    """`--max-image-mb` caps every image wherever it lives: a table row's bytes and a shard's member over it are
+    their images' error records, read no further; the images under it are grounded."""
+    import tarfile
+
+    small = io.BytesIO()
+    shapes.make_scene(random.Random(7), 32, 32)[0].save(small, format="PNG")
+    small_png, big = small.getvalue(), b"\x89PNG" + b"\0" * 5000
+    assert len(small_png) < 1000
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"key": ["big", "small"], "jpg": [big, small_png]}), table)
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in [("big.png", big), ("small.png", small_png)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "r.jsonl"
+    args = [str(table), str(shard), "--image-column", "jpg", "--max-image-mb", "0.001", "-o", str(out)]
+    result = kosmos("ground", *args, model=tiny_model)
+    assert result.exit_code == 0, result.output
+    rows = {r["path"]: r for r in read_records(str(out))}
+    for name in (f"{table}#big", f"{shard}#big"):
+        assert rows[name]["status"] == "error" and "(--max-image-mb)" in rows[name]["error"], rows[name]
+    assert rows[f"{table}#small"]["status"] == rows[f"{shard}#small"]["status"] == "ok"
+    unit = list(iter_items([str(table)], columns=Columns(image="jpg"), fetch=FetchOptions(max_bytes=1000)))
+    assert [(i.data, i.error is None) for i in unit] == [(None, False), (small_png, True)]
+
+
 def test_draw_finds_the_pixels_of_table_rows(grounded, table, tmp_path):
     out, _ = grounded
     _, truth = table

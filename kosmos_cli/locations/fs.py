@@ -77,9 +77,12 @@ def check_remote(url: str) -> None:
         raise InputError(f"cannot read {url}: {_why(exc, url)}") from None
 
 
-def expand_remote(url: str, columns: Columns = Columns(), unseen: Unseen | None = None) -> Iterator[Item]:
+def expand_remote(
+    url: str, columns: Columns = Columns(), unseen: Unseen | None = None, fetch: FetchOptions = FetchOptions()
+) -> Iterator[Item]:
     """The items `url` names: the images under a folder or prefix, the matches of a glob, the rows of a manifest,
-    or the one image it is. `unseen` gets the folders that could not be listed and the manifest rows skipped."""
+    or the one image it is. `unseen` gets the folders that could not be listed and the manifest rows skipped;
+    `fetch.max_bytes` caps the images in a table's rows."""
     unlisted = unseen.places if unseen is not None else None
     fs, path = filesystem(url)
     fs.invalidate_cache()  # a listing as the store has it now, not as an earlier run in this process saw it
@@ -104,7 +107,7 @@ def expand_remote(url: str, columns: Columns = Columns(), unseen: Unseen | None 
     if info.get("type") == "directory":
         yield from _walk(fs, path, name, unlisted)
     elif path.lower().endswith(MANIFEST_EXTENSIONS):
-        yield from read_manifest(url, columns, opener=fs.open, unseen=unseen)
+        yield from read_manifest(url, columns, fs.open, unseen, fetch)
     else:
         yield Item(url, stat=stat_of(info))  # named explicitly: tried whatever its extension
 

@@ -26,7 +26,7 @@ from typing import IO, Any
 from ..carried import from_parquet
 from ..errors import InputError
 from ..items import Columns, Item, Unseen
-from .base import is_remote, local_path, named_suffix
+from .base import FetchOptions, is_remote, local_path, named_suffix
 from .table import iter_table
 
 log = logging.getLogger("kosmos_cli")
@@ -36,11 +36,18 @@ _ENCODING, _ERRORS = "utf-8-sig", "surrogateescape"  # manifests: a BOM dropped,
 _DEEP = object()
 
 
-def read_manifest(path: str, columns: Columns = Columns(), opener=open, unseen: Unseen | None = None) -> Iterator[Item]:
+def read_manifest(
+    path: str,
+    columns: Columns = Columns(),
+    opener=open,
+    unseen: Unseen | None = None,
+    fetch: FetchOptions = FetchOptions(),
+) -> Iterator[Item]:
     """Rows of a manifest; relative paths resolve against the manifest's folder; other columns are carried.
 
     `opener(path, mode, **kwargs)` opens it (fsspec's, for a manifest in object storage). With `columns.image`,
-    a Parquet manifest brings each row's image bytes (locations/table.py). `unseen` counts the rows skipped."""
+    a Parquet manifest brings each row's image bytes (locations/table.py), capped at `fetch.max_bytes`. `unseen`
+    counts the rows skipped."""
     base = posixpath.dirname(path) if is_remote(path) else os.path.dirname(path)
     ext = os.path.splitext(named_suffix(path))[1]
     if ext == ".txt":
@@ -53,7 +60,7 @@ def read_manifest(path: str, columns: Columns = Columns(), opener=open, unseen: 
         with opener(path, "r", encoding=_ENCODING, errors=_ERRORS) as f:
             yield from read_lines(f, base=base, name=path, json_only=True, columns=columns, unseen=unseen)
     elif ext == ".parquet" and columns.image is not None:
-        yield from iter_table(path, columns, opener, unseen)
+        yield from iter_table(path, columns, opener, unseen, fetch)
     elif ext == ".parquet":
         with opener(path, "rb") as f:
             yield from _read_parquet(f, path, base, columns, unseen)

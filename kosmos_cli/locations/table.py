@@ -3,8 +3,9 @@ Face datasets exported to Parquet (an Image feature: a struct whose `bytes` fiel
 
 Rows are read in batches of BATCH_ROWS, so memory holds a batch, never the table. Each row is one Item: its path
 `TABLE#KEY` (the value of the key column, `key` unless `--key-column` names another), its bytes from the image
-column, every other column carried like a manifest's. A row whose image is null is an error Item; a row whose key
-is null is skipped with a warning (nothing could find it again) and counted in `Unseen`.
+column, every other column carried like a manifest's. A row whose image is null, or larger than the cap
+(`--max-image-mb`), is an error Item; a row whose key is null is skipped with a warning (nothing could find it
+again) and counted in `Unseen`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..carried import from_parquet
 from ..errors import InputError
 from ..items import Columns, Item, Unseen
+from .base import FetchOptions
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -26,10 +28,16 @@ BATCH_ROWS = 64  # rows read at once: images of a few hundred KB each keep a bat
 DEFAULT_KEY = "key"
 
 
-def iter_table(path: str, columns: Columns, opener=open, unseen: Unseen | None = None) -> Iterator[Item]:
+def iter_table(
+    path: str,
+    columns: Columns,
+    opener=open,
+    unseen: Unseen | None = None,
+    fetch: FetchOptions = FetchOptions(),
+) -> Iterator[Item]:
     """One Item per row of the Parquet file at `path`, in its order; `opener(path, "rb")` opens it (fsspec's, for
     a table in object storage). InputError, in one line, when the image or key column is not in it. `unseen`
-    counts the rows skipped."""
+    counts the rows skipped; an image over `fetch.max_bytes` is its row's error."""
     import pyarrow.parquet as pq
 
     assert columns.image is not None
@@ -55,6 +63,8 @@ def iter_table(path: str, columns: Columns, opener=open, unseen: Unseen | None =
                 extra = from_parquet(row)
                 if data is None:
                     yield Item(item_path, extra, error=f"the row has no image (its {image!r} is null)")
+                elif len(data) > fetch.max_bytes:
+                    yield Item(item_path, extra, error=f"larger than {fetch.max_bytes / 2**20:g} MB (--max-image-mb)")
                 else:
                     yield Item(item_path, extra, data=data, stat=(len(data), None))
 
