@@ -241,7 +241,9 @@ class RunOptions(Group):
         panel=WHERE_IMAGES_LIVE,
     )
     max_image_mb: float = option(
-        DEFAULT_MAX_BYTES / 2**20, "A remote image larger than this fails unread.", panel=WHERE_IMAGES_LIVE
+        DEFAULT_MAX_BYTES / 2**20,
+        "An image larger than this fails unread: a remote one, a Parquet row's bytes, a shard's member.",
+        panel=WHERE_IMAGES_LIVE,
     )
     draft: bool = True  # JPEGs decoded at a reduced scale where the model's input allows (not an option: tests)
 

@@ -124,7 +124,7 @@ def _share(crew: Any) -> tuple[int, int]:
 def _check_inputs(named: list, options: RunOptions) -> None:
     if not named or not all(isinstance(i, str) for i in named):
         return
-    check_inputs(named)
+    check_inputs(named, options.fetch)
     if options.image_column is not None and not any(_parquet(i) for i in named):
         raise UsageError(
             "{param} reads each image from a column of a Parquet file: name a .parquet input (folders, images "
