@@ -123,6 +123,8 @@ def grounded(shapes_engine, shards, tmp_path_factory):
         (".hidden.jpg", None),
         ("a/.cache/x.jpg", None),
         ("__MACOSX/x.jpg", None),
+        ("./000123.jpg", ("000123", "jpg")),  # tar -C dir . names every member ./NAME
+        ("./a/./b.png", ("a/b", "png")),
     ],
 )
 def test_a_members_key_is_its_path_up_to_the_first_dot_of_its_name(name, named):
@@ -147,6 +149,16 @@ def test_a_sample_brings_its_preferred_image_its_json_and_txt_and_its_shard(tmp_
     assert k1.extra == {"caption": "c", "path": "p", "txt": "ünïcode"}
     assert k2.data == b"B" * 7  # no preferred kind: another image extension
     assert (k3.error, k3.extra) == (NO_IMAGE, {"json": [1, 2]})
+
+
+def test_a_shard_written_with_dot_prefixed_names_gives_its_samples_and_their_members(tmp_path):
+    path = tmp_path / "dot.tar"
+    with tarfile.open(path, "w") as tar:
+        add(tar, "./k1.png", b"P" * 4)
+        add(tar, "./k1.json", b'{"caption": "c"}')
+    (item,) = iter_shard(str(path), 0)
+    assert (item.path, item.data, item.extra, item.error) == (f"{path}#k1", b"P" * 4, {"caption": "c"}, None)
+    assert read_member(str(path), "k1", FetchOptions()) == b"P" * 4
 
 
 def test_an_image_past_the_size_cap_is_left_unread(tmp_path):

@@ -42,8 +42,9 @@ _CHUNK = 1 << 16
 
 def split_name(name: str) -> tuple[str, str] | None:
     """(key, extension) of a member by the WebDataset convention; None for a file with no extension or a hidden one
-    (any part of its path starting with '.', or a `__MACOSX` folder)."""
-    parts = name.split("/")
+    (any part of its path starting with '.', or a `__MACOSX` folder). A `.` part names no folder: `tar -C dir .`
+    writes `./000123.jpg`, key `000123`."""
+    parts = [p for p in name.split("/") if p != "."]
     if any(p.startswith(".") or p == "__MACOSX" for p in parts if p):
         return None
     base = parts[-1]
