@@ -6,8 +6,8 @@ import shutil
 import pytest
 
 from kosmos_cli import draw, find, ground, read_records, refer
+from tests.helpers import HERE
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 LEGACY = os.path.join(HERE, "fixtures", "legacy-outputs")
 SHAPES = os.path.join(HERE, "fixtures", "kosmos2-shapes")
 RUNS = {

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1] / "kosmos_cli"
+ROOT = Path(__file__).resolve().parents[2] / "kosmos_cli"
 
 # Lowest first. A module imports modules of its own layer or lower ones, never higher; a name stands for a module or
 # a package and all its modules. Every module is in the table: a new one is placed here by whoever adds it.

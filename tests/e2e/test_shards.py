@@ -461,7 +461,7 @@ def test_killed_mid_run_then_resumed_every_sample_once(shards, tmp_path):
 
 @pytest.mark.slow
 def test_two_ranks_take_whole_shards(shards, grounded, tmp_path):
-    from tests.test_distributed import finish, launch
+    from tests.e2e.test_distributed import finish, launch
 
     folder, _ = shards
     _, one = grounded

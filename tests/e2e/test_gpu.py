@@ -49,7 +49,7 @@ def test_cuda_graphs_give_the_tokens_of_the_eager_step_and_of_generate(shapes_mo
 
     from kosmos_cli.decoder import Decoder
     from kosmos_cli.engine import Engine, GenerationOptions
-    from tests.test_decoder import PROMPTS, batch_of, hf_answers, scenes
+    from tests.e2e.test_decoder import PROMPTS, batch_of, hf_answers, scenes
 
     model = Kosmos2ForConditionalGeneration.from_pretrained(shapes_model).to("cuda")
     processor = AutoProcessor.from_pretrained(shapes_model)

@@ -7,7 +7,7 @@ import torch
 from kosmos_cli import ground, load_engine, read_records
 from kosmos_cli.engine import DEFAULT_BATCH_SIZE, GenerationOptions, choose_batch_size, row_bytes
 from kosmos_cli.pipeline import RunOptions
-from tests.test_decoder import scenes
+from tests.e2e.test_decoder import scenes
 
 GiB = 1 << 30
 MiB = 1 << 20

@@ -4,8 +4,8 @@ with batches padded to a bucket, the cache kept between batches and the done che
 import pytest
 
 from kosmos_cli.decoder import SPAN, Decoder, bucket
+from tests.e2e.test_decoder import PROMPTS, assert_same, batch_of, engines, scenes
 from tests.helpers import build_tiny
-from tests.test_decoder import PROMPTS, assert_same, batch_of, engines, scenes
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import shapes  # tools/shapes.py
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "kosmos2-shapes"
 
 transformers = pytest.importorskip("transformers")

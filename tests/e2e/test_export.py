@@ -17,7 +17,7 @@ from kosmos_cli.exports.boxes import Label, suppress
 from kosmos_cli.exports.classes import Classes, normalise, parse_classes
 from kosmos_cli.records import Entity
 from kosmos_cli.tasks import FindRecord, GroundRecord, ReferRecord
-from tests.helpers import kosmos, one_error_line
+from tests.helpers import HERE, kosmos, one_error_line
 
 
 # -- classes ------------------------------------------------------------------------------------------------------
@@ -386,7 +386,7 @@ def test_find_rows_of_one_image_are_one_image_wherever_they_are(tmp_path):
 
 
 def test_outputs_without_scores_export_and_min_score_leaves_their_boxes_out(tmp_path):
-    legacy = os.path.join(os.path.dirname(__file__), "fixtures", "legacy-outputs")
+    legacy = os.path.join(HERE, "fixtures", "legacy-outputs")
     results = os.path.join(legacy, "ground.parquet")
     rows = list(read_records(results))
     assert all("scores" not in e for r in rows for e in r["entities"])
@@ -538,7 +538,7 @@ def test_a_junk_line_is_warned_skipped_and_counted_as_ground_does(grounded, tmp_
 
 
 def test_records_edited_by_hand_are_each_a_warning_and_the_rest_exported(tmp_path):
-    from tests.test_results import BAD_RECORDS, ground_row
+    from tests.unit.test_results import BAD_RECORDS, ground_row
 
     grey(tmp_path / "a.png", (200, 100))
     rows = [row for row, _ in BAD_RECORDS.values()] + [ground_row()]

@@ -1,6 +1,6 @@
 """kosmos view over HTTP: the JSON API (filters, sorting, paging, whole records, the export line), the images (every
 place a record can name, in the displayed frame) and the refusals (other paths, other hosts, writes, bad results).
-Records are written by hand here, so each filter's answer is known; tests/test_view_browser.py drives the page."""
+Records are written by hand here, so each filter's answer is known; tests/e2e/test_view_browser.py drives the page."""
 
 import io
 import json

@@ -17,6 +17,7 @@ from kosmos_cli.records import Entity
 from kosmos_cli.store import Seen, Store, present_only
 from kosmos_cli.tasks import FindRecord, Ground, GroundRecord, ReferRecord
 from kosmos_cli.writers import read_records
+from tests.helpers import HERE
 
 FORMATS = ["jsonl", "parquet"]
 
@@ -353,7 +354,7 @@ def test_an_empty_file_is_ours_to_write(tmp_path):
 
 
 # -- proving a file is ours: only what kosmos writes ------------------------------------------------------------
-LEGACY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "legacy-outputs")
+LEGACY = os.path.join(HERE, "fixtures", "legacy-outputs")
 
 
 def first_row_owner(tmp_path, row):
