@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import quantize
 from .errors import ModelError, OutOfMemory, UsageError
 from .model_files import (
     damaged_hint,
@@ -104,12 +105,14 @@ class ModelOptions:
     revision: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    quantize: str | None = None  # "int8": int8 weights on the CPU (quantize.py)
 
     def __post_init__(self):
         dtype = _DTYPE_ALIASES.get(self.dtype, self.dtype)
         if dtype not in DTYPES:
             raise UsageError(f"unknown dtype {self.dtype!r} ({{param}}): use one of {', '.join(DTYPES)}", param="dtype")
         object.__setattr__(self, "dtype", dtype)
+        quantize.check(self.quantize, self.device, dtype)
 
     @property
     def name(self) -> str:
@@ -146,6 +149,7 @@ class Engine:
         self.fast = False  # set on loading: decoder.Decoder decodes (see GenerationOptions.fast)
         self.decoder: Any = None  # that decoder (its cache and CUDA graphs live from one batch to the next)
         self.fits: int | None = None  # after an out-of-memory error: the largest batch that went through since
+        self.quantized: str | None = None  # "int8" once the model's weights are (quantize.py)
 
     # -- loading -----------------------------------------------------------------------------------------
     @classmethod
@@ -201,6 +205,7 @@ class Engine:
         except (OSError, ValueError) as exc:
             raise ModelError(_load_hint(name, exc)) from None
         self.model = model.to(self.device).eval()
+        self.quantized = quantize.apply(self.model, self.options.quantize, self.device)
         self._setup(config)
         log.debug("loaded %s on %s as %s", name, self.device, self.dtype)
         return self
@@ -225,6 +230,12 @@ class Engine:
                 raise
             raise ModelError(damaged_hint(name, exc)) from None
         return config, processor, model
+
+    @property
+    def decoding(self) -> str:
+        """What records name as their decoding: the generation's label, and the weights' quantization when they
+        have one ("greedy max_new_tokens=128 quantize=int8"). A record made with another one is redone."""
+        return self.generation.label + (f" quantize={self.quantized}" if self.quantized else "")
 
     # -- preprocess (CPU, any thread) -----------------------------------------------------------------
     def prepare(self, image, prompt: Prompt, image_key: Any = None, pixel_values: Any = None) -> Prepared:
