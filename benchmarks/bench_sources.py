@@ -7,9 +7,14 @@ Two measures for each source, on the same JPEGs:
 - **ground**: `kosmos ground` end to end (library call) on a tiny random checkpoint, writing Parquet; images/s.
 
 The server is the test suite's (tests/helpers/serve.py, a threaded http.server on 127.0.0.1), so the HTTP figure
-is the cost of our fetching (a connection a request, retries armed), not of a network.
+is the cost of our fetching (retries armed), not of a network.
+
+Then the loader over HTTPS (a self-signed certificate made here, trusted through SSL_CERT_FILE) for --https small
+images, in one run: before (a connection, so a TCP and TLS handshake, per fetch: urllib, as kosmos fetched
+before, and http.client with the pool switched off, `locations.http.POOL.size = 0`) and after (kept connections).
 
     python benchmarks/bench_sources.py -n 256 --workers 4
+    python benchmarks/bench_sources.py --https 1000 --skip-sources
 """
 
 from __future__ import annotations
@@ -60,6 +65,77 @@ def loader_rate(inputs: list[str], workers: int) -> tuple[float, int]:
     return ok / (time.perf_counter() - started), ok
 
 
+def https_rates(n: int, workers: int, rounds: int) -> None:
+    """The loader over a local HTTPS server for `n` small JPEGs: a connection per fetch against kept ones. The server
+    runs in a process of its own, so its work does not share this one's interpreter lock."""
+    import multiprocessing
+    import urllib.request
+
+    from kosmos_cli.locations import FetchOptions, http, open_image
+    from kosmos_cli.ordered import ordered_map
+    from kosmos_cli.pipeline import DRAFT_SIDE
+    from tests.helpers.serve import self_signed
+
+    fetch = FetchOptions()
+
+    def ours(url: str):
+        return open_image(url, fetch, draft=DRAFT_SIDE)
+
+    def urllib_fetch(url: str):  # how kosmos fetched before kept connections: urlopen, a connection each
+        with urllib.request.urlopen(url, timeout=fetch.timeout) as answer:
+            return open_image(url, fetch, draft=DRAFT_SIDE, data=answer.read())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = self_signed(tmp)
+        os.environ["SSL_CERT_FILE"] = cert  # trusted by both urllib's and our TLS context
+        http._tls.cache_clear()
+        spawn = multiprocessing.get_context("spawn")
+        ask, answer = spawn.Pipe()
+        server = spawn.Process(target=_serve_https, args=(n, cert, key, answer), daemon=True)
+        server.start()
+        base = ask.recv()
+        urls = [f"{base}/s/{i:05d}.jpg" for i in range(n)]
+        kept = http.POOL.size
+        ways = {
+            "urllib, a connection per fetch (before)": (urllib_fetch, kept),
+            "http.client, a connection per fetch (POOL.size = 0)": (ours, 0),
+            f"http.client, kept connections (POOL.size = {kept})": (ours, kept),
+        }
+        best: dict[str, tuple[float, int, int]] = {}
+        for _ in range(rounds):
+            for name, (load, size) in ways.items():
+                http.POOL.size = size
+                ask.send("connections")
+                before = ask.recv()
+                started = time.perf_counter()
+                ok = sum(loaded.error is None for loaded in ordered_map(load, urls, workers, 4 * workers))
+                rate = ok / (time.perf_counter() - started)
+                ask.send("connections")
+                made = ask.recv() - before
+                if name not in best or rate > best[name][0]:
+                    best[name] = (rate, ok, made)
+        http.POOL.size = kept
+        server.kill()
+    print(f"\nloader over HTTPS (local server, a process of its own), {n} JPEGs of 64x48, {workers} threads, ", end="")
+    print(f"best of {rounds}\n| fetching | images | connections | images/s | vs before |\n|---|---|---|---|---|")
+    base_rate = next(iter(best.values()))[0]
+    for name, (rate, ok, made) in best.items():
+        print(f"| {name} | {ok} | {made} | {rate:.1f} | {rate / base_rate:.2f} |")
+
+
+def _serve_https(n: int, cert: str, key: str, pipe) -> None:
+    """The benchmark's HTTPS server, in a process of its own: its base URL, then its connection count when asked."""
+    sys.path[:0] = [ROOT]
+    from tests.helpers.serve import ImageServer
+
+    with ImageServer(tls=(cert, key)) as server:
+        for i, data in enumerate(make_jpegs(n, 64)):
+            server.files[f"/s/{i:05d}.jpg"] = data
+        pipe.send(server.url(""))
+        while pipe.recv():
+            pipe.send(server.connections)
+
+
 def ground_rate(inputs: list[str], engine, out: str, workers: int, batch: int) -> tuple[float, int]:
     from kosmos_cli import ground
 
@@ -95,11 +171,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--shard-size", type=int, default=64, help="samples per tar shard")
     parser.add_argument("--skip-ground", action="store_true", help="loader figures only")
+    parser.add_argument("--skip-sources", action="store_true", help="the HTTPS comparison only")
+    parser.add_argument("--https", type=int, default=1000, help="small images for the HTTPS comparison (0: none)")
     parser.add_argument(
         "--rounds", type=int, default=2, help="each figure is the best of this many, sources taken in turn"
     )
     args = parser.parse_args()
 
+    if args.https:
+        https_rates(args.https, args.workers, args.rounds)
+    if args.skip_sources:
+        return
     from tests.helpers.serve import ImageServer
 
     jpegs = make_jpegs(args.n, args.side)

@@ -224,7 +224,7 @@ def main() -> None:
         batch = []
         for i in range(n):
             unit = task.units(Item(f"/data/photos/img_{i:05d}.jpg", {"id": i}), engine.options.label)[0]
-            unit.record.width, unit.record.height, unit.record.decoding = 1024, 768, engine.generation.label
+            unit.record.width, unit.record.height, unit.record.decoding = 1024, 768, engine.decoding
             unit.record.file_size, unit.record.file_mtime, unit.record.seconds = 123456, 1.7e9, 0.01
             unit.generated = generation
             batch.append(unit)

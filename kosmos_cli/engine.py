@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import checkpoint
+from . import checkpoint, quantize
 from .decoder import Decoder, checkpoint_obstacle
 from .errors import OutOfMemory, UsageError
 from .model_files import local_model_path
@@ -53,6 +53,7 @@ class Engine:
         self.fast = False  # set on loading: decoder.Decoder decodes (see GenerationOptions.fast)
         self.decoder: Any = None  # that decoder (its cache and CUDA graphs live from one batch to the next)
         self.fits: int | None = None  # after an out-of-memory error: the largest batch that went through since
+        self.quantized: str | None = None  # "int8" once the model's weights are (quantize.py)
 
     # -- loading -----------------------------------------------------------------------------------------
     @classmethod
@@ -85,9 +86,16 @@ class Engine:
         self.dtype = resolve_dtype(self.options.dtype, self.device)
         config, self.processor, model = checkpoint.read(name, self.options.revision, self.dtype)
         self.model = model.to(self.device).eval()
+        self.quantized = quantize.apply(self.model, self.options.quantize, self.device)
         self._setup(config)
         log.debug("loaded %s on %s as %s", name, self.device, self.dtype)
         return self
+
+    @property
+    def decoding(self) -> str:
+        """What records name as their decoding: the generation's label, and the weights' quantization when they
+        have one ("greedy max_new_tokens=128 quantize=int8"). A record made with another one is redone."""
+        return self.generation.label + (f" quantize={self.quantized}" if self.quantized else "")
 
     # -- preprocess (CPU, any thread) -----------------------------------------------------------------
     def prepare(self, image, prompt: Prompt, image_key: Any = None, pixel_values: Any = None) -> Prepared:

@@ -29,23 +29,41 @@ def ordered_map(
     not yet yielded. The next ones are pulled when the caller asks for the next result, so the one it holds is
     done with. An exception from `fn` comes out where its result would have. On an exception, or when the
     caller closes the iterator early (`contextlib.closing`), what has not started is cancelled and what is
-    running is waited for: no thread outlives the iteration.
+    running is waited for: no thread outlives the iteration. What is running may end early then: `current_stop()`,
+    called inside `fn`, is an event set at that moment (a fetch in flight gives up on it: locations/http.py).
     """
     if ahead < 1:
         raise ValueError("ahead must be at least 1")
     items = iter(items)
     waiting: deque[Future[Out]] = deque()
+    stop = threading.Event()
+
+    def work(item: In) -> Out:
+        _worker.stop = stop
+        return fn(item)
+
     with ThreadPoolExecutor(workers, thread_name_prefix=name) as pool:
         try:
             while True:
                 for item in itertools.islice(items, ahead - len(waiting)):
-                    waiting.append(pool.submit(fn, item))
+                    waiting.append(pool.submit(work, item))
                 if not waiting:
                     return
                 yield waiting.popleft().result()
         finally:
+            stop.set()
             for future in waiting:
                 future.cancel()
+
+
+_worker = threading.local()
+
+
+def current_stop() -> threading.Event | None:
+    """On a worker of `ordered_map`: the event set once its results are no longer wanted (the caller stopped: an
+    exception, Ctrl-C, SIGTERM), so long work in flight can give up instead of holding the caller up. None
+    elsewhere."""
+    return getattr(_worker, "stop", None)
 
 
 _STOP = object()

@@ -268,7 +268,7 @@ def _todo(items, task: Task, engine: Engine, seen, options: RunOptions, summary:
     Units whose keys collide (rows naming one box or phrase, however written) are one unit: the first one wins,
     the others are skipped, in this run as in any rerun.
     """
-    model, decoding = engine.options.label, engine.generation.label
+    model, decoding = engine.options.label, engine.decoding
     met: set[str] = set()  # the keys of this run's units so far
     for item in items:
         size, mtime = item.stat if item.stat is not None else location_stat(item.path)

@@ -1,22 +1,28 @@
 """Images behind http(s) URLs, from a real server in the test process (tests/helpers/serve.py): fetched by the
-loaders with a timeout, retries after 429/503/cut bodies, a size cap; what fails is that image's error record;
-records keep the URL, resume keys on it without fetching again, and the shapes model boxes what it fetched."""
+loaders on kept connections, with a deadline, retries after 429/503/cut bodies, a size cap; what fails is that
+image's error record; a stopped run does not wait for its fetches; records keep the URL, resume keys on it without
+fetching again, and the shapes model boxes what it fetched."""
 
+import contextlib
 import io
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
 import shapes  # tools/shapes.py
 
 from kosmos_cli import ground
-from kosmos_cli.locations import FetchOptions, Unreadable, open_image
+from kosmos_cli.locations import FetchOptions, Unreadable, http, open_image
 from kosmos_cli.locations.http import fetch_bytes
+from kosmos_cli.ordered import ordered_map
 from kosmos_cli.writers import read_records
-from tests.helpers import SHAPES_MODEL, killed_after, kosmos, kosmos_process, one_error_line, rows_of
-from tests.helpers.serve import ImageServer
+from tests.helpers import ROOT, SHAPES_MODEL, killed_after, kosmos, kosmos_process, one_error_line, rows_of
+from tests.helpers.serve import ImageServer, self_signed
 
 FAST = FetchOptions(timeout=2, retries=2)
 
@@ -85,6 +91,19 @@ def test_a_slow_server_times_out(server):
     assert time.monotonic() - started < 2.5
 
 
+def test_a_redirect_to_anything_but_http_is_refused_at_once(server):
+    with pytest.raises(Unreadable, match=r"^redirected to ftp://127.0.0.1/scenes/s5.png: only http and https are"):
+        fetch_bytes(server.url("/ftp/scenes/s5.png"), FAST)
+    assert server.hits["/ftp/scenes/s5.png"] == 1  # not tried again
+
+
+def test_a_trickling_server_fails_at_the_deadline_not_at_the_end_of_the_body(server):
+    started = time.monotonic()  # the body would take 1000 s at 1000 bytes every 0.5 s
+    with pytest.raises(Unreadable, match=r"^timed out after 1 s \(--fetch-timeout\) \(after 2 tries\)$"):
+        fetch_bytes(server.url("/trickle/1000/0.5/big.png"), FetchOptions(timeout=1, retries=1), backoff=0.01)
+    assert time.monotonic() - started < 10
+
+
 def test_the_size_cap_holds_with_and_without_a_content_length(server):
     small = FetchOptions(timeout=2, retries=0, max_bytes=1 << 20)
     for path in ("/big.png", "/nolength/big.png"):
@@ -100,6 +119,140 @@ def test_a_refused_connection_and_a_page_that_is_no_image(server):
     assert open_image(server.url("/notes.txt"), FAST).error == "not an image Pillow can read"
     loaded = open_image(server.url("/scenes/s0.png"), FAST)
     assert loaded.error is None and (loaded.width, loaded.height) == server.truth["/scenes/s0.png"][:2]
+
+
+# -- kept connections ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh():
+    """A server of its own, so its connections are this test's."""
+    with ImageServer() as served:
+        served.files = {f"/i{i}.png": bytes([i]) * (1000 + i) for i in range(8)}
+        yield served
+
+
+def test_fetches_from_one_server_share_kept_connections_across_threads(fresh):
+    for i in range(8):
+        assert fetch_bytes(fresh.url(f"/i{i}.png"), FAST) == fresh.files[f"/i{i}.png"]
+    assert fresh.connections == 1
+    urls = [fresh.url(f"/i{i % 8}.png") for i in range(64)]
+    got = list(ordered_map(lambda url: fetch_bytes(url, FAST), urls, workers=4, ahead=8))
+    assert got == [fresh.files[f"/i{i % 8}.png"] for i in range(64)]
+    assert fresh.connections <= 4  # one per thread at most, the first one kept from before
+    assert sum(fresh.hits.values()) == 72
+
+
+def test_without_a_pool_each_fetch_has_a_connection_of_its_own(fresh, monkeypatch):
+    monkeypatch.setattr(http.POOL, "size", 0)
+    for i in range(3):
+        assert fetch_bytes(fresh.url(f"/i{i}.png"), FAST) == fresh.files[f"/i{i}.png"]
+    assert fresh.connections == 3
+
+
+@pytest.mark.parametrize("noticed", [True, False], ids=["closed-while-idle", "closed-as-asked"])
+def test_a_kept_connection_the_server_closed_is_replaced_at_no_cost(fresh, monkeypatch, noticed):
+    if not noticed:  # the server closes it after the pool looked: the request itself fails on it
+        monkeypatch.setattr(http, "_dropped", lambda conn: False)
+    once = FetchOptions(timeout=2, retries=0)
+    assert fetch_bytes(fresh.url("/i0.png"), once) == fresh.files["/i0.png"]
+    fresh.close_idle()
+    assert fetch_bytes(fresh.url("/i1.png"), once) == fresh.files["/i1.png"]  # no retry was needed
+    assert fresh.connections == 2 and fresh.hits["/i1.png"] == 1
+
+
+def test_https_with_a_trusted_certificate_keeps_its_connection_and_an_untrusted_one_fails_at_once(tmp_path):
+    cert, key = self_signed(str(tmp_path))
+    with ImageServer(tls=(cert, key)) as served, _trusting(cert):
+        served.files["/a.png"] = b"png" * 1000
+        for _ in range(3):
+            assert fetch_bytes(served.url("/a.png"), FAST) == served.files["/a.png"]
+        assert served.connections == 1 and served.url("").startswith("https://")
+    with ImageServer(tls=(cert, key)) as served, _trusting(None):
+        with pytest.raises(Unreadable, match=r"^cannot connect: .*certificate verify failed"):
+            fetch_bytes(served.url("/a.png"), FAST)
+        assert served.connections == 1  # not tried again
+
+
+@contextlib.contextmanager
+def _trusting(cert):
+    """The TLS context made afresh, trusting only `cert` (or the system's authorities, for None)."""
+    before = os.environ.get("SSL_CERT_FILE")
+    if cert is not None:
+        os.environ["SSL_CERT_FILE"] = cert
+    else:
+        os.environ.pop("SSL_CERT_FILE", None)
+    http._tls.cache_clear()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SSL_CERT_FILE", None)
+        else:
+            os.environ["SSL_CERT_FILE"] = before
+        http._tls.cache_clear()
+
+
+def test_a_proxy_from_the_environment_is_asked_for_the_whole_url(fresh, monkeypatch):
+    for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", fresh.url(""))
+    assert fetch_bytes("http://images.invalid/i2.png", FAST) == fresh.files["/i2.png"]
+    assert fresh.proxied == ["http://images.invalid/i2.png"]
+
+
+# -- a run that stops ----------------------------------------------------------------------------------------------
+
+
+def test_a_fetch_in_flight_ends_when_its_loaders_are_stopped():
+    with ImageServer() as served:
+        served.files["/big.png"] = b"\0" * (1 << 20)  # 1000 s at 100 bytes every 0.1 s
+        failures = []
+
+        def load(url):
+            try:
+                return fetch_bytes(url, FetchOptions(timeout=600, retries=3))
+            except Unreadable as exc:
+                failures.append(str(exc))
+                raise
+
+        served.files["/i.png"] = b"x"
+        results = ordered_map(load, [served.url("/i.png"), served.url("/trickle/100/0.1/big.png")], 2, 2)
+        assert next(results) == b"x"
+        assert served.trickling.wait(60)  # the second fetch is reading its body
+        started = time.monotonic()
+        results.close()  # as an exception or Ctrl-C on the caller's thread does: waits for its workers
+        assert time.monotonic() - started < 10
+        assert failures == [http.STOPPED]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_the_run_within_seconds_whatever_the_fetches_in_flight_do(tmp_path, signum):
+    with ImageServer() as served:
+        rng = random.Random(7)
+        served.files["/s.png"] = _png(shapes.make_scene(rng, 224, 224)[0])
+        served.files["/big.png"] = b"\0" * (1 << 20)  # 1000 s at 100 bytes every 0.1 s
+        urls = [served.url("/s.png"), served.url("/trickle/100/0.1/big.png"), served.url("/s.png?again")]
+        served.files["/s.png?again"] = served.files["/s.png"]
+        out = tmp_path / "r.jsonl"
+        args = ["ground", *urls, "--out", str(out), "--model", SHAPES_MODEL, "-b", "1", "--max-new-tokens", "4"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kosmos_cli", *args, "--fetch-timeout", "600"],
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        try:
+            assert served.trickling.wait(120), "the fetch never started"
+            started = time.monotonic()
+            proc.send_signal(signum)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert time.monotonic() - started < 20, err
+        assert proc.returncode == 128 + signum, err
+        assert f"interrupted by {signal.Signals(signum).name}" in err
 
 
 # -- end to end ----------------------------------------------------------------------------------------------------

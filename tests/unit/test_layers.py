@@ -43,6 +43,7 @@ LAYERS: list[tuple[str, ...]] = [
         "kosmos_cli.options",
         "kosmos_cli.layout",
         "kosmos_cli.locking",
+        "kosmos_cli.quantize",
     ),
     ("kosmos_cli.sources", "kosmos_cli.tasks", "kosmos_cli.checkpoint"),
     (
