@@ -21,7 +21,7 @@ from .distributed import Solo
 from .engine import Engine, Prepared
 from .errors import OutOfMemory, UsageError
 from .images import MODEL_SIDE
-from .locations import FetchOptions, check_local_output, open_image
+from .locations import FetchOptions, open_image
 from .locations import stat as location_stat
 from .ordered import Behind, ordered_map, read_ahead
 from .progress import Progress
@@ -30,7 +30,7 @@ from .scores import Generation
 from .sources import Columns, Item, countable, iter_items, nothing_found, shard
 from .store import Output, Seen, Store
 from .tasks import Task, Unit, path_key
-from .writers import detect_format
+from .writers import check_out, detect_format
 
 log = logging.getLogger("kosmos_cli")
 
@@ -63,7 +63,7 @@ class RunOptions:
             raise UsageError("{param} must be at least 1", param="batch_size")
         if self.workers is not None and self.workers < 1:
             raise UsageError("{param} must be at least 1", param="workers")
-        check_local_output(self.out, "out")
+        check_out(self.out)
 
 
 @dataclass
