@@ -15,11 +15,13 @@ class AtomicFile:
     """A file written under a temporary name beside `path`: `commit()` renames it into place, `discard()` drops it.
 
     `sync`: make the data durable before the rename (a batch of records); off for files that are cheap to redo.
+    `hidden`: the temporary name starts with a dot (`.name.PID.tmp`), so that readers of the folder skip it.
     """
 
-    def __init__(self, path: str, mode: str = "w", *, sync: bool = True, suffix: str = ".tmp"):
+    def __init__(self, path: str, mode: str = "w", *, sync: bool = True, suffix: str = ".tmp", hidden: bool = False):
         self.path, self.sync = path, sync
-        self.tmp = f"{path}.{os.getpid()}{suffix}"
+        folder, name = os.path.split(path)
+        self.tmp = os.path.join(folder, f".{name}.{os.getpid()}{suffix}") if hidden else f"{path}.{os.getpid()}{suffix}"
         self.file: IO[Any] = open(self.tmp, mode, encoding=None if "b" in mode else "utf-8")
 
     def commit(self) -> None:
@@ -40,9 +42,11 @@ class AtomicFile:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, mode: str = "w", *, sync: bool = True, suffix: str = ".tmp") -> Iterator[IO[Any]]:
+def atomic_write(
+    path: str, mode: str = "w", *, sync: bool = True, suffix: str = ".tmp", hidden: bool = False
+) -> Iterator[IO[Any]]:
     """`with atomic_write(path) as f: f.write(...)`: `path` appears complete on a clean exit, else not at all."""
-    atomic = AtomicFile(path, mode, sync=sync, suffix=suffix)
+    atomic = AtomicFile(path, mode, sync=sync, suffix=suffix, hidden=hidden)
     try:
         yield atomic.file
     except BaseException:

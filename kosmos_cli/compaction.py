@@ -25,7 +25,7 @@ Position = tuple[int, int]  # (which source, which row of it)
 CHUNK = 4096  # rows per Arrow table written
 
 
-def last_positions(sources: list[str], rows: Rows, task: type[Task], folder: str) -> dict[str, Position]:
+def last_positions(sources: list[str], rows: Rows, task: type[Task], folder: str | None) -> dict[str, Position]:
     """Key -> where its last record is, reading only the columns that make the key."""
     last: dict[str, Position] = {}
     for i, source in enumerate(sources):
@@ -53,22 +53,27 @@ def fold(
 
 def write_kept(sources: list[str], wanted: set[Position], target: str, fmt: str, task: type[Task], rows: Rows) -> int:
     """Write `target` (atomically) from the rows of `sources` at the `wanted` positions, in order."""
+    kept = kept_rows(sources, wanted, task, rows)
     with atomic_write(target, "w" if fmt == "jsonl" else "wb") as f:
         if fmt == "jsonl":
-            return _write_jsonl(_kept_rows(sources, wanted, task, rows), f)
-        return _write_parquet(sources, _kept_rows(sources, wanted, task, rows), task, f)
+            return write_jsonl(kept, f)
+        import pyarrow.parquet as pq
+
+        schemas = {s: pq.read_schema(s) for s in sources if s.endswith(".parquet")}
+        return write_parquet(kept, schemas, unified_schema(task, list(schemas.values())), f)
 
 
-def _kept_rows(
+def kept_rows(
     sources: list[str], wanted: set[Position], task: type[Task], rows: Rows
 ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(source, row) of the rows of `sources` at the `wanted` positions, in order, each naming its task."""
     for i, source in enumerate(sources):
         for j, row in enumerate(rows(source)):
             if (i, j) in wanted:
                 yield source, named(row, task)
 
 
-def _write_jsonl(kept: Iterable[tuple[str, dict[str, Any]]], out: IO[str]) -> int:
+def write_jsonl(kept: Iterable[tuple[str, dict[str, Any]]], out: IO[str]) -> int:
     written = 0
     for _, row in kept:
         out.write(dumps(row))
@@ -76,17 +81,17 @@ def _write_jsonl(kept: Iterable[tuple[str, dict[str, Any]]], out: IO[str]) -> in
     return written
 
 
-def _write_parquet(sources: list[str], kept: Iterable[tuple[str, dict[str, Any]]], task: type[Task], out) -> int:
+def write_parquet(kept: Iterable[tuple[str, dict[str, Any]]], schemas: dict[str, Any], schema: Any, out) -> int:
+    """Rows into one Parquet file of `schema` (the unified schema of the sources' `schemas`): a carried column that
+    a source holds typed and `schema` as JSON text is turned into JSON text (carried.py, rule 3)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schemas = {s: pq.read_schema(s) for s in sources if s.endswith(".parquet")}
-    schema = unified_schema(task, list(schemas.values()))
-    as_text = {s: carried.to_json_text(schemas[s], schema) if s in schemas else [] for s in sources}
+    as_text = {s: carried.to_json_text(found, schema) for s, found in schemas.items()}
     written, chunk = 0, []
     with pq.ParquetWriter(out, schema) as writer:
         for source, row in kept:
-            chunk.append(carried.as_json_text(row, as_text[source]))
+            chunk.append(carried.as_json_text(row, as_text.get(source, [])))
             if len(chunk) >= CHUNK:
                 writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
                 written, chunk = written + len(chunk), []

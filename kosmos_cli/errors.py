@@ -7,6 +7,7 @@ names), `param` (the library parameter a usage error is about; the CLI names its
 
 from __future__ import annotations
 
+import errno
 import signal
 
 
@@ -95,3 +96,15 @@ class Interrupted(KeyboardInterrupt):
         if isinstance(exc, Interrupted):
             return cls(exc.signum, quiet=exc.quiet, advice=advice)
         return cls(advice=advice)
+
+
+def disk_error(exc: OSError, path: str) -> OutputError:
+    """One line for a failed write; ENOSPC and quota get their own advice."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(
+            f"no space left writing {path}: free some space and run the same command again "
+            "(finished records are kept and will be skipped)"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"cannot write {path}: {exc.strerror}: choose another --out or fix its permissions")
+    return OutputError(f"cannot write {path}: {exc.strerror or exc}")

@@ -15,8 +15,7 @@ from __future__ import annotations
 import os
 
 from .atomic import unlink
-from .errors import LockedError
-from .writers import disk_error
+from .errors import LockedError, disk_error
 
 
 class OutputLock:

@@ -26,8 +26,9 @@ from typing import Annotated, Any, Optional, TypeVar
 
 from .errors import UsageError
 from .items import Columns
-from .locations import DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT, FetchOptions, check_local_output
+from .locations import DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT, FetchOptions
 from .quantize import check as check_quantize
+from .writers import check_out
 
 DEFAULT_MODEL = "microsoft/kosmos-2-patch14-224"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -267,7 +268,7 @@ class RunOptions(Group):
             if value is not None and not value.strip():
                 raise UsageError("{param} cannot be empty: name a column", param=name)
         self.fetch  # noqa: B018 - checks the fetch options now, before anything runs
-        check_local_output(self.out, "out")
+        check_out(self.out)
 
     @property
     def columns(self) -> Columns:

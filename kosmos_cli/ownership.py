@@ -56,9 +56,9 @@ def refuse_other_task(path: str, owner: str | None, task: str, overwrite: bool) 
         )
 
 
-def not_ours(path: str, why: NotOurs) -> UsageError:
+def not_ours(path: str, why: NotOurs, what: str = "file") -> UsageError:
     return UsageError(
-        f"{{param}} {path} is not a results file of kosmos ({why}): kosmos writes only over its own results; "
+        f"{{param}} {path} is not a results {what} of kosmos ({why}): kosmos writes only over its own results; "
         "choose another {param}",
         param="out",
     )

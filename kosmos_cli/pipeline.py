@@ -16,6 +16,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .dataset import DatasetStore
 from .engine import Engine, Prepared
 from .errors import OutOfMemory, UsageError
 from .images import MODEL_SIDE
@@ -100,7 +101,7 @@ class Run:
     engine: Engine
     options: RunOptions
     crew: Any  # distributed.Team, or a Solo team of one
-    store: Store
+    store: Store | DatasetStore
     progress: Progress | None = None
     on_write: Callable[[list[Record]], None] | None = None
     share: tuple[int, int] = (0, 1)  # (rank, world): this process's share of the inputs

@@ -33,8 +33,10 @@ from typing import Any
 
 from . import locations, tasks
 from .errors import InputError
+from .folders import folder_of, is_part
 from .fsnames import clean, original
 from .records import OK
+from .writers import dataset_rows, names_folder
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the image as displayed
 
@@ -230,10 +232,17 @@ def locate(path: str, root: str | None) -> str:
 def rows(path: str) -> Iterator[tuple[str, Any]]:
     """(where, row) for each row of the results at `path`, whatever it is: JSONL or Parquet (by its first bytes).
     A JSONL line that is no JSON object comes as a Bad."""
+    if names_folder(path):  # a dataset: a folder of Parquet parts, here or in a bucket
+        folder = folder_of(path)
+        if folder.kind() == "missing":
+            raise InputError(f"results folder not found: {path}")
+        if not any(is_part(name) for name in folder.names()):
+            raise InputError(f"{path} is a folder: {_NOT_RESULTS} (or a dataset folder that --out DIR/ wrote)")
+        for number, row in enumerate(dataset_rows(path), 1):
+            yield f"row {number}", row
+        return
     if not os.path.exists(path):
         raise InputError(f"results file not found: {path}")
-    if os.path.isdir(path):  # a folder of Parquet parts is the branch to add here
-        raise InputError(f"{path} is a folder: {_NOT_RESULTS}")
     if _is_parquet(path):
         yield from _parquet_rows(path)
     else:

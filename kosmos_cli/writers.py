@@ -1,13 +1,13 @@
-"""Record files: the formats (JSONL, Parquet), the sinks that write batches durably, and reading any results file.
+"""Record files: the formats (JSONL, Parquet, a folder of Parquet parts), the sinks that write batches durably,
+and reading any results file or dataset.
 
-What an output holds and its life (lock, repair, compaction) is the store's (store.py); this module knows how
-bytes go to and come from one file.
+What an output holds and its life (lock, repair, compaction) is the store's (store.py, dataset.py); this module
+knows how bytes go to and come from one file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -15,9 +15,10 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import IO, Any, Protocol
 
+from . import carried, locations
 from .atomic import atomic_write
-from .carried import schema_of, unify
-from .errors import InputError, OutputError, UsageError
+from .errors import InputError, OutputError, UsageError, disk_error
+from .folders import folder_of, is_part
 from .fsnames import clean
 from .records import Record, to_jsonable
 
@@ -31,39 +32,65 @@ class TaskSchema(Protocol):
 
 
 FORMATS = ("jsonl", "parquet")
+DATASET = "dataset"  # an --out that names a folder: Parquet parts (dataset.py)
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
 
+def names_folder(out: str) -> bool:
+    """Whether `out` names a folder, which is written as a Parquet dataset: a name ending in `/`, an existing
+    folder, or a bucket URL (s3://, gs://, az://) that does not end in the extension of a results file."""
+    if out == "-":
+        return False
+    if out.endswith(("/", os.sep)):
+        return True
+    if locations.is_remote(out):
+        return not locations.is_url(out) and os.path.splitext(out)[1].lower() not in _EXTENSIONS
+    return os.path.isdir(out)
+
+
+def check_out(out: str) -> None:
+    """UsageError for an --out that cannot be written: a web URL, or a single file in a bucket (a bucket takes a
+    dataset: a file there could not be locked, resumed and renamed into place)."""
+    if locations.is_url(out):
+        locations.check_local_output(out, "out")
+    if out == "-" or not locations.is_remote(out) or names_folder(out):
+        return
+    raise UsageError(
+        f"{{param}} {out}: a bucket takes results as a Parquet dataset, not as one file; name a folder, ending "
+        f"in / ({os.path.splitext(out)[0]}/), or write the file here and copy it up",
+        param="out",
+    )
+
+
 def detect_format(path: str, fmt: str | None = None) -> str:
-    """The output format: `fmt` if given, else from the extension; "-" (stdout) is JSONL."""
+    """The output format: `fmt` if given, else from the extension; "-" (stdout) is JSONL; a folder is a dataset."""
     if fmt:
         fmt = fmt.lower()
         if fmt not in FORMATS:
             raise UsageError(f"unknown format {fmt!r} ({{param}}): use jsonl or parquet", param="format")
+        if names_folder(path):
+            if fmt == "jsonl":
+                raise UsageError(
+                    f"{path} names a folder, which kosmos writes as a Parquet dataset: leave {{param}} jsonl off, "
+                    "or name a .jsonl file",
+                    param="format",
+                )
+            return DATASET
         if path == "-" and fmt != "jsonl":
             raise UsageError("{param} - writes JSONL only: name a .parquet file to write Parquet", param="out")
         return fmt
     if path == "-":
         return "jsonl"
+    if names_folder(path):
+        return DATASET
     ext = os.path.splitext(path)[1].lower()
     if ext not in _EXTENSIONS:
         raise UsageError(
-            f"cannot tell the output format of {path!r}: name a .jsonl or .parquet file, or pass {{param}}",
+            f"cannot tell the output format of {path!r}: name a .jsonl or .parquet file, or a folder ending in / "
+            "(a Parquet dataset), or pass {param}",
             param="format",
         )
     return _EXTENSIONS[ext]
-
-
-def disk_error(exc: OSError, path: str) -> OutputError:
-    """One line for a failed write; ENOSPC and quota get their own advice."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return OutputError(
-            f"no space left writing {path}: free some space and run the same command again "
-            "(finished records are kept and will be skipped)"
-        )
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return OutputError(f"cannot write {path}: {exc.strerror}: choose another --out or fix its permissions")
-    return OutputError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 class Sink:
@@ -154,20 +181,28 @@ class ParquetPartSink(Sink):
         self._seq += 1
 
 
-def records_table(records: list[Record], task: TaskSchema):
-    """Records -> an Arrow table with the task's schema plus carried columns (types inferred)."""
+def records_table(records: list[Record], task: TaskSchema, like: Any = None):
+    """Records -> an Arrow table with the task's schema plus carried columns (types inferred).
+
+    `like`: the schema of the files already beside this one (a dataset's parts): the table takes the schema that
+    holds both (carried.py, rule 3), so that parts agree whenever they can."""
     import pyarrow as pa
 
     rows = [clean(r.to_dict()) for r in records]
     base = task.schema()
     extra_names = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in base.names]
-    extra = schema_of(rows, extra_names) if extra_names else None
-    return pa.Table.from_pylist(rows, schema=task.schema(extra))
+    extra = carried.schema_of(rows, extra_names) if extra_names else None
+    own = task.schema(extra)
+    if like is None:
+        return pa.Table.from_pylist(rows, schema=own)
+    schema = unified_schema(task, [like, own])
+    as_text = carried.to_json_text(own, schema)
+    return pa.Table.from_pylist([carried.as_json_text(row, as_text) for row in rows], schema=schema)
 
 
 def unified_schema(task: TaskSchema, schemas: list):
     """One schema for the task and every carried column seen in any part (carried.py says how types combine)."""
-    return task.schema(unify(schemas, task.schema().names))
+    return task.schema(carried.unify(schemas, task.schema().names))
 
 
 def dumps(row: dict[str, Any]) -> str:
@@ -175,7 +210,11 @@ def dumps(row: dict[str, Any]) -> str:
 
 
 def read_records(path: str) -> Iterator[dict[str, Any]]:
-    """Rows of any results file this tool wrote (JSONL or Parquet), for `draw` and for tests."""
+    """Rows of any results file this tool wrote (JSONL or Parquet), or of a dataset folder of Parquet parts (here
+    or in a bucket), for `draw`, `export` and tests."""
+    if names_folder(path):
+        yield from dataset_rows(path)
+        return
     if not os.path.exists(path):
         raise InputError(f"results file not found: {path}")
     fmt = detect_format(path) if os.path.splitext(path)[1].lower() in _EXTENSIONS else _sniff(path)
@@ -183,6 +222,28 @@ def read_records(path: str) -> Iterator[dict[str, Any]]:
         yield from jsonl_rows(path, strict=True)
     else:
         yield from parquet_rows(path, None, strict=True)
+
+
+def dataset_rows(path: str) -> Iterator[dict[str, Any]]:
+    """The rows of every part of a dataset folder, oldest part first."""
+    import pyarrow.parquet as pq
+
+    folder = folder_of(path)
+    if folder.kind() == "missing":
+        raise InputError(f"results folder not found: {path}")
+    parts = [name for name in folder.names() if is_part(name)]
+    if not parts:
+        raise InputError(f"{path} holds no results (no .parquet parts): is it a results folder of kosmos?")
+    for name in parts:
+        with folder.open(name) as f:
+            try:
+                pf = pq.ParquetFile(f)
+            except Exception as exc:  # pyarrow raises several types for a damaged file
+                raise InputError(f"{folder.url}{name} is not a readable Parquet file ({exc})") from None
+            if "path" not in pf.schema_arrow.names:
+                raise InputError(f"{folder.url}{name} has no 'path' column: is it a results file of kosmos?")
+            for batch in pf.iter_batches(batch_size=4096):
+                yield from batch.to_pylist()
 
 
 def _sniff(path: str) -> str:

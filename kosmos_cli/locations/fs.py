@@ -262,6 +262,11 @@ def _install(protocol: str, package: str) -> str:
     return f"pip install 'kosmos-ground[{extra}]'" if extra else f"pip install {package}"
 
 
+def store_error(exc: BaseException, url: str) -> str:
+    """One line for an error of a store's library at `url` (credentials, permissions, a missing bucket)."""
+    return _why(exc, url)
+
+
 def _why(exc: BaseException, url: str) -> str:
     """One line for a store's error: a refusal points at where credentials come from."""
     kinds = " ".join(t.__name__ for t in type(exc).__mro__)

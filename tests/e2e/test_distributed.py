@@ -98,7 +98,15 @@ def test_two_ranks_write_what_one_process_writes(tiny_model, tiny_engine, photos
     assert "kosmos ground rank 0: 4 done, 0 failed, 0 skipped" in stderr
     assert "kosmos ground rank 1: 3 done, 0 failed, 0 skipped" in stderr
     assert "kosmos ground finished: 7 done, 0 failed, 0 skipped" in stderr and "(2 processes)" in stderr
-    assert sorted(os.listdir(tmp_path)) == ["one.parquet", "one.parquet.lock", "two.parquet", "two.parquet.lock"]
+    assert sorted(os.listdir(tmp_path)) == ["one.parquet", "two.parquet"]  # no lock, no parts, no status left
+
+    three = tmp_path / "three"  # a folder: a Parquet dataset, each rank's batches staged, folded in by rank 0
+    code, _, stderr = finish(
+        launch("torchrun", ["ground", *photos, "--out", f"{three}/", "-b", "2", *model_args(tiny_model)])
+    )
+    assert code == 0, stderr
+    assert comparable(read_records(f"{three}/")) == comparable(read_records(str(one)))
+    assert [n.endswith(".parquet") for n in os.listdir(three)] == [True]
 
 
 def test_two_ranks_to_stdout(tiny_model, tiny_engine, photos, tmp_path):

@@ -147,7 +147,6 @@ FOREIGN = {  # name, how it is made, why it is not ours
     ),
     "manifest": ("list.jsonl", _manifest, "its first row is not a kosmos record: no 'path' and 'status'"),
     "unknown task": ("other.jsonl", _unknown_task, "its first row is a record of no kosmos task"),
-    "folder": ("dir.jsonl", _folder, "it is a folder"),
     "img2dataset meta": ("meta.jsonl", _img2dataset_meta, "its first row is not a record kosmos writes"),
     "table with our column names": ("labels.parquet", _labelled_table, "its schema names no kosmos task"),
 }
@@ -169,6 +168,16 @@ def test_a_file_that_is_not_ours_is_refused_and_left_as_it_was(image_dir, tmp_pa
     )
     assert (sha256(out) if out.is_file() else None) == before
     assert not os.path.exists(f"{out}.lock")
+
+
+def test_a_folder_is_not_written_as_jsonl(image_dir, tmp_path):
+    out = tmp_path / "dir.jsonl"
+    _folder(out)
+    result = kosmos("ground", str(image_dir), "--out", str(out), "--format", "jsonl", model=NO_MODEL)
+    one_error_line(
+        result, 2, f"{out} names a folder, which kosmos writes as a Parquet dataset: leave --format jsonl off"
+    )
+    assert os.listdir(out) == []
 
 
 @pytest.mark.parametrize("kind", ["img2dataset meta", "table with our column names"])

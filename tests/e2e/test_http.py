@@ -319,7 +319,11 @@ def test_urls_on_stdin_and_in_a_jsonl_manifest(shapes_model, server, tmp_path):
 
 def test_an_output_url_is_refused_in_one_line(shapes_model, server):
     result = kosmos("ground", server.url("/scenes/s0.png"), "--out", "s3://bucket/r.parquet", model=SHAPES_MODEL)
-    one_error_line(result, 2, "--out s3://bucket/r.parquet: outputs are written to a local or shared-filesystem path")
+    one_error_line(
+        result, 2, "--out s3://bucket/r.parquet: a bucket takes results as a Parquet dataset, not as one file"
+    )
+    result = kosmos("ground", server.url("/scenes/s0.png"), "--out", server.url("/results/"), model=SHAPES_MODEL)
+    one_error_line(result, 2, "outputs are written to a local or shared-filesystem path")
 
 
 def test_bad_fetch_options_are_refused_in_one_line(server):

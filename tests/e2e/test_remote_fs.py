@@ -368,7 +368,11 @@ def test_nothing_at_the_url_and_an_output_in_the_bucket_are_refused_in_one_line(
     no_match = runner.invoke(app, ["ground", f"s3://{bucket}/photos/*.jpg", "-o", str(tmp_path / "r.jsonl")])
     one_error_line(no_match, 2, "no files match")
     out = runner.invoke(app, ["ground", f"s3://{bucket}/photos/", "-o", f"s3://{bucket}/out.parquet"])
-    one_error_line(out, 2, "outputs are written to a local or shared-filesystem path")
+    one_error_line(
+        out,
+        2,
+        f"a bucket takes results as a Parquet dataset, not as one file; name a folder, ending in / (s3://{bucket}/out/)",
+    )
 
 
 def test_refused_credentials_say_where_credentials_come_from(endpoint, tmp_path, monkeypatch):
@@ -397,6 +401,11 @@ def test_refused_credentials_say_where_credentials_come_from(endpoint, tmp_path,
         assert "AWS credentials come from the environment" in result.stderr
         with pytest.raises(Unreadable, match="^permission denied .*AWS credentials come from"):
             read_remote("s3://locked/photos/a.png")
+        image = tmp_path / "a.png"
+        image.write_bytes(next(_scene_bytes()))
+        result = runner.invoke(app, ["ground", str(image), "-o", "s3://locked/out/", "--model", "/no/model"])
+        one_error_line(result, 1, "cannot read s3://locked/out/: permission denied")  # before the model loads
+        assert "AWS credentials come from the environment" in result.stderr
     finally:
         _forget_clients()
         server.send_signal(signal.SIGTERM)
@@ -442,3 +451,116 @@ def test_webdataset_shards_and_an_image_table_in_the_bucket(s3, scenes, tmp_path
     drawn = runner.invoke(app, ["draw", out, "--out-dir", str(tmp_path / "drawn"), "-q"])
     assert drawn.exit_code == 0, drawn.output
     assert sorted(p.name for p in (tmp_path / "drawn").rglob("*.png")) == sorted(f"{n}.png" for n in names)
+
+
+# --- results as a Parquet dataset in the bucket (dataset.py) ---
+
+
+def _ground_record(path, caption="a cat", model="m"):
+    from kosmos_cli.tasks import GroundRecord
+
+    return GroundRecord(path=path, width=8, height=8, caption=caption, model=model, prompt="p", decoding="greedy")
+
+
+def _in_bucket(fs, prefix):
+    fs.invalidate_cache()
+    return sorted(p.rsplit("/", 1)[1] for p in fs.find(prefix))
+
+
+def test_a_dataset_in_the_bucket_resumes_prunes_and_overwrites_part_by_part(s3):
+    from kosmos_cli.dataset import DatasetStore
+    from kosmos_cli.distributed import Solo
+    from kosmos_cli.tasks import Ground
+
+    fs, bucket = s3
+    url = f"s3://{bucket}/results/"
+
+    def run(*records, overwrite=False, present=None):
+        store = DatasetStore(url, "ground")
+        with store.open(Solo(), overwrite=overwrite) as output:
+            output.write(list(records))
+            if present is not None:
+                output.complete({Ground.key({"path": p}) for p in present})
+        return output.seen
+
+    run(_ground_record("s3://x/a.png"), _ground_record("s3://x/b.png"))
+    assert set(run(_ground_record("s3://x/a.png", caption="new", model="m2"))) == {"s3://x/a.png", "s3://x/b.png"}
+    assert sorted((r["path"], r["caption"]) for r in read_records(url)) == [
+        ("s3://x/a.png", "new"),
+        ("s3://x/b.png", "a cat"),
+    ]
+    names = _in_bucket(fs, f"{bucket}/results")
+    assert len(names) == 2 and all(n.startswith("part-") and n.endswith(".parquet") for n in names)  # no lock
+    run(present=["s3://x/b.png"])
+    assert [r["path"] for r in read_records(url)] == ["s3://x/b.png"] and len(_in_bucket(fs, f"{bucket}/results")) == 1
+    run(_ground_record("s3://x/c.png"), overwrite=True)
+    assert [r["path"] for r in read_records(url)] == ["s3://x/c.png"]
+
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(f"{bucket}/results", filesystem=fs, format="parquet").to_table()
+    assert table.column("path").to_pylist() == ["s3://x/c.png"]
+
+
+def test_two_runs_at_once_on_a_bucket_are_not_refused_and_the_next_drops_the_duplicates(s3):
+    from kosmos_cli.dataset import DatasetStore
+    from kosmos_cli.distributed import Solo
+
+    fs, bucket = s3
+    url = f"s3://{bucket}/results/"
+    with DatasetStore(url, "ground").open(Solo()) as first:
+        DatasetStore(url, "ground").probe()  # no lock to find
+        with DatasetStore(url, "ground").open(Solo()) as second:
+            second.write([_ground_record("s3://x/a.png", caption="second")])
+        first.write([_ground_record("s3://x/a.png", caption="first")])
+    with DatasetStore(url, "ground").open(Solo()):
+        pass
+    assert [r["caption"] for r in read_records(url)] == ["first"]
+
+
+def test_a_bucket_that_refuses_us_is_one_line_before_the_model_loads(s3, tmp_path):
+    fs, bucket = s3
+    fs.pipe(f"{bucket}/results/mine.parquet", b"PAR1 not ours at all")
+    photos = tmp_path / "p.png"
+    photos.write_bytes(next(iter(_scene_bytes())))
+    result = runner.invoke(app, ["ground", str(photos), "-o", f"s3://{bucket}/results/", "--model", "/no/model"])
+    one_error_line(result, 2, f"--out s3://{bucket}/results/ is not a results dataset of kosmos (it holds mine.parquet")
+    result = runner.invoke(app, ["ground", str(photos), "-o", "s3://no-such-bucket-here/out/", "--model", "/no/model"])
+    one_error_line(result, 1, "cannot write s3://no-such-bucket-here/out/: there is no bucket 'no-such-bucket-here'")
+
+
+def _scene_bytes():
+    img, _ = shapes.make_scene(random.Random(1), 64, 64)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    yield buf.getvalue()
+
+
+@pytest.mark.slow
+def test_ground_into_a_bucket_dataset_twice_and_after_a_kill(s3, scenes, tmp_path):
+    fs, bucket = s3
+    truth = upload(fs, bucket, scenes, names=[f"scene_{i}" for i in range(6)])
+    out = f"s3://{bucket}/results/"
+    first = ground(f"s3://{bucket}/photos/", "-o", out)
+    assert first.exit_code == 0, first.output
+    assert "6 done, 0 failed, 0 skipped" in first.stderr
+    again = ground(f"s3://{bucket}/photos/", "-o", out)
+    assert "0 done, 0 failed, 6 skipped" in again.stderr
+    rows = list(read_records(out))
+    assert sorted(r["path"] for r in rows) == sorted(truth)
+    mostly_right(rows, truth.get)
+
+    from kosmos_cli.dataset import DatasetStore
+
+    killed = f"s3://{bucket}/killed/"
+    args = ["ground", f"s3://{bucket}/photos/", "--out", killed, "--model", SHAPES_MODEL, "--max-new-tokens", "48"]
+    killed_after([*args, "-b", "2", "--workers", "1"], tmp_path)
+    _forget_clients()
+    left = len(DatasetStore(killed, "ground").scan().seen)  # staged in the bucket, batch by batch
+    assert 4 <= left < 6
+    rerun = kosmos_process([*args, "-b", "2"])
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{6 - left} done, 0 failed, {left} skipped" in rerun.stderr
+    assert sorted(r["path"] for r in read_records(killed)) == sorted(truth)
+    assert _in_bucket(fs, f"{bucket}/killed") == sorted(_in_bucket(fs, f"{bucket}/killed"))
+    assert all(name.startswith("part-") for name in _in_bucket(fs, f"{bucket}/killed"))  # nothing staged left

@@ -44,13 +44,11 @@ LAYERS: list[tuple[str, ...]] = [
         "kosmos_cli.layout",
         "kosmos_cli.locking",
         "kosmos_cli.quantize",
+        "kosmos_cli.folders",
     ),
-    ("kosmos_cli.sources", "kosmos_cli.tasks", "kosmos_cli.checkpoint"),
-    (
-        "kosmos_cli.ownership",
-        "kosmos_cli.compaction",
-    ),  # whose file an output is; folding its record files  # inputs; what each task asks and records
-    ("kosmos_cli.engine", "kosmos_cli.store", "kosmos_cli.distributed", "kosmos_cli.results"),
+    ("kosmos_cli.sources", "kosmos_cli.tasks", "kosmos_cli.checkpoint"),  # inputs; what each task asks and records
+    ("kosmos_cli.ownership", "kosmos_cli.compaction", "kosmos_cli.output"),  # whose file; folding; what it holds
+    ("kosmos_cli.engine", "kosmos_cli.store", "kosmos_cli.dataset", "kosmos_cli.distributed", "kosmos_cli.results"),
     ("kosmos_cli.pipeline", "kosmos_cli.exports", "kosmos_cli.drawing"),  # the pass; the readers of results
     ("kosmos_cli.runner", "kosmos_cli.view"),  # a run set up once; the viewer (it offers export's command line)
     ("kosmos_cli.api",),

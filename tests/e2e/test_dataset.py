@@ -1,0 +1,434 @@
+"""An --out that names a folder: the results as a Parquet dataset (dataset.py, folders.py).
+
+First the store on records made by hand (no model): parts, resume, replaced records, --prune, --overwrite, the
+lock, whose folder it is, what a kill leaves, one schema for every part, and DuckDB, polars and pyarrow.dataset
+reading it. Then runs of the shapes model: the same command twice, a kill and a rerun, other settings.
+The same in a bucket is in test_remote_fs.py.
+"""
+
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from kosmos_cli import draw, ground
+from kosmos_cli.dataset import DatasetStore, PartSink
+from kosmos_cli.distributed import Solo
+from kosmos_cli.errors import LockedError, OutputError, UsageError
+from kosmos_cli.records import Entity
+from kosmos_cli.store import Store
+from kosmos_cli.tasks import FindRecord, Ground, GroundRecord
+from kosmos_cli.writers import DATASET, check_out, detect_format, names_folder, read_records
+from tests.helpers import SHAPES_MODEL, killed_after, kosmos_process, make_images
+
+
+def rec(path, caption="a cat", status="ok", model="m", **extra):
+    r = GroundRecord(
+        path=path,
+        width=32,
+        height=32,
+        caption=caption,
+        entities=[Entity("a cat", 0, 5, [[0.1, 0.2, 0.5, 0.6]], [[3, 6, 16, 19]])],
+        prompt="<grounding> An image of",
+        model=model,
+        decoding="greedy",
+        file_size=10,
+        file_mtime=1.5,
+        extra=extra,
+    )
+    return r.fail("boom") if status != "ok" else r
+
+
+def run(out, *records, overwrite=False, present=None, task="ground"):
+    """One run of the store on `out` writing `records` (a complete pass over `present` when given)."""
+    store = DatasetStore(str(out), task)
+    with store.open(Solo(), overwrite=overwrite) as output:
+        output.write(list(records))
+        if present is not None:
+            output.complete({Ground.key({"path": p}, store.folder()) for p in present})
+    return store
+
+
+def parts(folder):
+    return sorted(n for n in os.listdir(folder) if n.endswith(".parquet"))
+
+
+def rows(folder):
+    return list(read_records(str(folder) + "/"))
+
+
+def captions(folder):
+    return sorted((r["path"], r["caption"]) for r in rows(folder))
+
+
+# -- what names a dataset ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "out, folder",
+    [
+        ("r.parquet", False),
+        ("-", False),
+        ("out/", True),
+        ("s3://bucket/out/", True),
+        ("s3://bucket/out", True),
+        ("s3://bucket/r.parquet", False),
+        ("https://example.com/out/", True),
+    ],
+)
+def test_what_names_a_folder(out, folder):
+    assert names_folder(out) is folder
+
+
+def test_an_existing_folder_is_a_dataset_and_takes_no_jsonl(tmp_path):
+    assert detect_format(str(tmp_path)) == detect_format(str(tmp_path), "parquet") == DATASET
+    with pytest.raises(UsageError, match="names a folder, which kosmos writes as a Parquet dataset"):
+        detect_format(str(tmp_path), "jsonl")
+
+
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        ("s3://bucket/r.parquet", "a bucket takes results as a Parquet dataset, not as one file; name a folder"),
+        ("https://example.com/r.jsonl", "outputs are written to a local or shared-filesystem path"),
+        ("https://example.com/out/", "outputs are written to a local or shared-filesystem path"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused(out, message):
+    with pytest.raises(UsageError, match=message):
+        check_out(out)
+
+
+# -- writing, reading back, resuming --------------------------------------------------------------------------
+def test_a_run_writes_parts_with_the_columns_of_a_single_parquet_output(tmp_path):
+    out = tmp_path / "out"
+    run(out, rec("a.png", label="x"), rec("b.png", label="y", status="error"))
+    assert sorted(os.listdir(out)) == parts(out) and len(parts(out)) == 1  # no lock, nothing hidden left
+    single = Store(str(tmp_path / "r.parquet"), "parquet", "ground")
+    with single.open(Solo()) as output:
+        output.write([rec("a.png", label="x"), rec("b.png", label="y", status="error")])
+    assert pq.read_schema(out / parts(out)[0]).equals(pq.read_schema(tmp_path / "r.parquet"), check_metadata=True)
+    assert rows(out) == list(read_records(str(tmp_path / "r.parquet")))
+
+
+def test_the_next_run_sees_what_is_recorded_and_its_parts_sort_after(tmp_path):
+    out = tmp_path / "out"
+    first = run(out, rec("a.png"))
+    store = DatasetStore(str(out), "ground")
+    with store.open(Solo()) as output:
+        assert set(output.seen) == {Ground.key({"path": "a.png"}, store.folder())}
+        assert store.recorded_keys() == output.seen
+        output.write([rec("b.png")])
+    assert store.stamp > first.stamp
+    assert [r["path"] for r in rows(out)] == ["a.png", "b.png"] and len(parts(out)) == 2
+
+
+def test_a_clock_gone_back_still_sorts_the_next_runs_parts_last(tmp_path):
+    out = tmp_path / "out"
+    run(out, rec("a.png", caption="old"))
+    (name,) = parts(out)
+    os.rename(out / name, out / name.replace("part-2", "part-9"))  # a part from far in the future
+    run(out, rec("a.png", caption="new"))
+    assert captions(out) == [("a.png", "new")] and parts(out)[-1].startswith("part-9")
+
+
+# -- replaced records, --prune, --overwrite: parts rewritten whole ------------------------------------------------
+def test_a_record_written_again_leaves_one_record_of_its_key(tmp_path):
+    out = tmp_path / "out"
+    run(out, rec("a.png", caption="old"), rec("b.png"))
+    run(out, rec("a.png", caption="new", model="m2"))
+    assert captions(out) == [("a.png", "new"), ("b.png", "a cat")]
+    assert len(parts(out)) == 2  # the older part rewritten without the replaced record
+
+
+def test_a_part_left_with_no_record_is_removed(tmp_path):
+    out = tmp_path / "out"
+    run(out, rec("a.png", caption="old"))
+    run(out, rec("a.png", caption="new"))
+    assert captions(out) == [("a.png", "new")] and len(parts(out)) == 1
+
+
+def test_a_complete_pass_prunes_what_it_did_not_see(tmp_path):
+    out = tmp_path / "out"
+    run(out, rec("a.png"), rec("b.png"))
+    run(out, rec("c.png"))
+    run(out, present=["a.png", "c.png"])
+    assert sorted(r["path"] for r in rows(out)) == ["a.png", "c.png"]
+    run(out, present=["a.png"])
+    assert [r["path"] for r in rows(out)] == ["a.png"] and len(parts(out)) == 1
+
+
+def test_overwrite_removes_every_part_first(tmp_path):
+    out = tmp_path / "out"
+    run(out, rec("a.png"))
+    run(out, rec("b.png"))
+    (out / "notes.txt").write_text("mine")
+    run(out, rec("c.png"), overwrite=True)
+    assert [r["path"] for r in rows(out)] == ["c.png"] and len(parts(out)) == 1
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_an_error_never_replaces_an_ok_record(tmp_path):
+    out = tmp_path / "out"
+    run(out, rec("a.png"))
+    run(out, rec("a.png", status="error"))
+    assert [(r["path"], r["status"]) for r in rows(out)] == [("a.png", "ok")]
+
+
+# -- one schema for every part --------------------------------------------------------------------------------------
+def test_parts_whose_carried_columns_differ_are_given_one_schema(tmp_path):
+    out = tmp_path / "out"
+    run(out, rec("a.png", label=None, n=1))  # label: all nulls in this part
+    run(out, rec("b.png", label="x", n=2.5, extra="e"))  # label: text; n: widened to float; a new column
+    run(out, rec("c.png", label=3))  # label: an int after text, JSON text for every row
+    schemas = {name: pq.read_schema(out / name) for name in parts(out)}
+    first = next(iter(schemas.values()))
+    assert all(s.equals(first, check_metadata=True) for s in schemas.values())
+    got = {r["path"]: (r["label"], r["n"], r["extra"]) for r in rows(out)}
+    assert got == {"a.png": (None, 1.0, None), "b.png": ('"x"', 2.5, "e"), "c.png": ("3", None, None)}
+
+
+def test_duckdb_polars_and_pyarrow_dataset_read_it_as_one_table(tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    pl = pytest.importorskip("polars")
+    import pyarrow.dataset as ds
+
+    out = tmp_path / "out"
+    run(out, rec("a.png", label="x"), rec("b.png", label=None))
+    run(out, rec("c.png", label="z"), rec("a.png", caption="again", model="m2", label="x"))
+    want = [("a.png", "again"), ("b.png", "a cat"), ("c.png", "a cat")]
+    query = f"select path, caption from read_parquet('{out}/*.parquet') order by path"
+    assert duckdb.sql(query).fetchall() == want
+    for frame in (pl.read_parquet(f"{out}/*.parquet"), pl.read_parquet(f"{out}/")):
+        assert sorted(zip(frame["path"], frame["caption"])) == want
+    table = ds.dataset(str(out), format="parquet").to_table(columns=["path", "caption"])
+    assert sorted(zip(*table.to_pydict().values())) == want
+
+
+# -- the lock, and what a kill leaves ------------------------------------------------------------------------------
+def test_a_second_run_on_a_local_dataset_is_refused_with_exit_75(tmp_path):
+    out = tmp_path / "out"
+    with DatasetStore(str(out), "ground").open(Solo()) as output:
+        output.write([rec("a.png")])
+        with pytest.raises(LockedError) as refused:
+            DatasetStore(str(out) + "/", "ground").probe()
+        assert refused.value.exit_code == 75 and f"(pid {os.getpid()}) is writing {out}/" in str(refused.value)
+        assert sorted(os.listdir(out)) == [".kosmos-parts", ".kosmos.lock"]  # hidden: readers skip them
+    assert sorted(os.listdir(out)) == parts(out)
+
+
+def test_the_temporary_file_of_a_killed_write_is_removed_and_never_read(tmp_path):
+    out = tmp_path / "out"
+    run(out, rec("a.png"))
+    (out / f".{parts(out)[0]}.4242.tmp").write_bytes(b"PAR1 half")
+    assert [r["path"] for r in rows(out)] == ["a.png"]
+    run(out, rec("b.png"))
+    assert sorted(os.listdir(out)) == parts(out)
+
+
+class Main(Solo):
+    """A process of several, as the store sees it: `main` prepares and settles, once every process is `merged`."""
+
+    solo = False
+
+    def __init__(self, rank=0, merged=True):
+        super().__init__(rank)
+        self.main, self.merged = rank == 0, merged
+
+
+def test_each_batch_is_staged_durably_and_folded_in_when_every_process_is_done(tmp_path):
+    out = tmp_path / "out"
+    with DatasetStore(str(out), "ground").open(Main()) as first:  # rank 0 prepares the dataset
+        with DatasetStore(str(out), "ground", rank=1).open(Main(rank=1)) as second:  # then rank 1 does its share
+            second.write([rec("b.png")])
+            second.write([rec("c.png")])
+        staged = ["0001-00000000.parquet", "0001-00000001.parquet"]
+        assert sorted(os.listdir(out / ".kosmos-parts")) == staged and parts(out) == []  # rank 1 folds nothing
+        assert len(DatasetStore(str(out), "ground").scan().seen) == 2  # staged records are recorded: resumed
+        first.write([rec("a.png")])
+    assert sorted(r["path"] for r in rows(out)) == ["a.png", "b.png", "c.png"]
+    assert sorted(os.listdir(out)) == parts(out) and len(parts(out)) == 1
+
+
+def test_staged_parts_a_killed_run_left_are_folded_in_by_the_next(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt), DatasetStore(str(out), "ground").open(Main(merged=False)) as output:
+        output.write([rec("a.png")])
+        raise KeyboardInterrupt  # killed: never settled
+    assert parts(out) == [] and os.listdir(out / ".kosmos-parts")
+    store = run(out, rec("b.png"))
+    assert sorted(r["path"] for r in rows(out)) == ["a.png", "b.png"] and sorted(os.listdir(out)) == parts(out)
+    assert all(name.startswith(f"part-{store.stamp}-") for name in parts(out))
+
+
+def test_staged_parts_of_another_task_are_refused(tmp_path):
+    out = tmp_path / "out"
+    find = FindRecord(path="a.png", phrase="a cat", boxes=[], boxes_px=[])
+    with pytest.raises(KeyboardInterrupt), DatasetStore(str(out), "find").open(Main(merged=False)) as output:
+        output.write([find])
+        raise KeyboardInterrupt
+    with pytest.raises(UsageError, match="holds kosmos find records"):
+        run(out, rec("b.png"))
+
+
+def test_records_written_twice_by_a_killed_settling_are_dropped_when_opened(tmp_path):
+    out = tmp_path / "out"
+    run(out, rec("a.png", caption="old"))
+    store = DatasetStore(str(out), "ground")
+    store.scan()
+    store.write_part([rec("a.png", caption="new")], "killed")  # a later part; the older one never rewritten
+    with DatasetStore(str(out), "ground").open(Solo()) as output:
+        assert len(rows(out)) == 1  # deduplicated before the run goes on
+        assert list(output.seen.values())[0].model == "m"
+    assert captions(out) == [("a.png", "new")]
+
+
+def test_a_part_written_again_under_its_name_replaces_it(tmp_path):
+    out = tmp_path / "out"
+    store = DatasetStore(str(out), "ground")
+    store.scan()
+    first = store.write_part([rec("a.png"), rec("b.png")], "block-7")
+    again = store.write_part([rec("a.png"), rec("b.png")], "block-7")  # a retried task
+    assert first == again and parts(out) == [first] and len(rows(out)) == 2
+
+
+def test_a_store_sent_to_a_worker_writes_parts_and_leaves_the_lock_to_the_driver(tmp_path):
+    import pickle
+
+    out = tmp_path / "out"
+    store = DatasetStore(str(out), "ground")
+    with store.open(Solo()) as output:
+        output.write([rec("a.png")])
+        worker = pickle.loads(pickle.dumps(store))
+        assert worker.stamp == store.stamp and len(worker.recorded_keys()) == 1  # the staged batch too
+        worker.write_part([rec("b.png", caption="first try")], "block-0")
+        worker.write_part([rec("b.png")], "block-0")  # a retried task: the same part again
+        worker.unlock()  # nothing: the driver holds the lock
+        with pytest.raises(LockedError):
+            DatasetStore(str(out), "ground").probe()
+    assert captions(out) == [("a.png", "a cat"), ("b.png", "a cat")]
+    assert sorted(os.listdir(out)) == parts(out)
+
+
+def test_a_part_sink_writes_a_part_per_rows_or_seconds_and_on_close(tmp_path):
+    out = tmp_path / "out"
+    store = DatasetStore(str(out), "ground")
+    store.scan()
+    now = [0.0]
+    sink = PartSink(store, "w", rows=3, seconds=60, clock=lambda: now[0])
+    sink.write([rec("a.png"), rec("b.png")])
+    assert not out.exists() or parts(out) == []  # buffered
+    sink.write([rec("c.png"), rec("d.png")])  # 4 >= 3: a part of 3, one left over in a second
+    assert len(parts(out)) == 2
+    sink.write([rec("e.png")])
+    now[0] = 61.0
+    sink.write([rec("f.png")])  # a minute since the first buffered record: written
+    assert len(parts(out)) == 3
+    sink.write([rec("g.png")])
+    sink.close()
+    assert [r["path"] for r in rows(out)] == [f"{c}.png" for c in "abcdefg"] and len(parts(out)) == 4
+
+
+def test_ctrl_c_writes_what_is_buffered(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt), DatasetStore(str(out), "ground").open(Solo()) as output:
+        output.write([rec("a.png")])
+        raise KeyboardInterrupt
+    assert [r["path"] for r in rows(out)] == ["a.png"] and sorted(os.listdir(out)) == parts(out)
+
+
+# -- whose folder ---------------------------------------------------------------------------------------------------
+def test_a_folder_holding_parquet_that_kosmos_did_not_write_is_refused_and_left_as_it_was(tmp_path):
+    out = tmp_path / "tables"
+    out.mkdir()
+    pq.write_table(pa.table({"path": ["a.png"], "status": ["ok"], "caption": ["x"]}), out / "mine.parquet")
+    before = (out / "mine.parquet").read_bytes()
+    for overwrite in (False, True):
+        with pytest.raises(UsageError, match=r"is not a results dataset of kosmos \(it holds mine.parquet: its schema"):
+            run(out, rec("a.png"), overwrite=overwrite)
+    assert os.listdir(out) == ["mine.parquet"] and (out / "mine.parquet").read_bytes() == before
+
+
+def test_another_tasks_dataset_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "out"
+    run(out, FindRecord(path="a.png", phrase="a cat", boxes=[], boxes_px=[]), task="find")
+    with pytest.raises(UsageError, match="holds kosmos find records: a ground run would mix its own in"):
+        run(out, rec("b.png"))
+    run(out, rec("b.png"), overwrite=True)
+    assert [(r["task"], r["path"]) for r in rows(out)] == [("ground", "b.png")]
+
+
+def test_other_files_in_the_folder_are_never_touched(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README.md").write_text("my notes")
+    run(out, rec("a.png"))
+    assert sorted(os.listdir(out)) == sorted(["README.md", *parts(out)])
+
+
+def test_a_file_named_as_a_folder_is_refused(tmp_path):
+    (tmp_path / "r.parquet").write_text("x")
+    with pytest.raises(UsageError, match="names a folder .* is a file: leave off the /"):
+        DatasetStore(str(tmp_path / "r.parquet") + "/", "ground").check()
+
+
+def test_an_input_folder_is_not_an_output(tmp_path):
+    with pytest.raises(UsageError, match="is also one of the inputs"):
+        DatasetStore(str(tmp_path) + "/", "ground").check([str(tmp_path)])
+
+
+def test_a_folder_that_cannot_be_written_fails_before_the_model_loads(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match="Not a directory"):
+        DatasetStore(str(tmp_path / "file" / "out") + "/", "ground").probe()
+    DatasetStore(str(tmp_path / "new" / "out") + "/", "ground").probe()
+    assert sorted(os.listdir(tmp_path)) == ["file"]  # probing creates nothing
+
+
+# -- runs of the shapes model ---------------------------------------------------------------------------------------
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    make_images(str(folder), sizes=[(48 + 8 * i, 48) for i in range(6)])
+    return folder
+
+
+def test_the_same_command_twice_does_nothing_the_second_time(shapes_engine, photos, tmp_path):
+    out = str(tmp_path / "out") + "/"
+    first = ground([str(photos)], out, engine=shapes_engine, batch_size=2)
+    again = ground([str(photos)], out, engine=shapes_engine, batch_size=2)
+    assert (first.done, again.done, again.skipped) == (6, 0, 6)
+    assert sorted(r["path"] for r in rows(tmp_path / "out")) == sorted(str(p) for p in photos.iterdir())
+    assert sorted(os.listdir(tmp_path / "out")) == parts(tmp_path / "out")
+    drawn = draw(out, str(tmp_path / "drawn"))
+    assert (drawn.drawn, drawn.failed) == (6, 0)
+
+
+def test_other_settings_redo_and_replace_and_retry_failed_redoes_errors(shapes_engine, photos, tmp_path):
+    out = str(tmp_path / "out") + "/"
+    (photos / "broken.png").write_bytes(b"not an image")
+    ground([str(photos)], out, engine=shapes_engine)
+    again = ground([str(photos)], out, engine=shapes_engine, prompt="<grounding> A photo of")
+    assert (again.done, again.failed, again.redone) == (6, 1, 7)
+    got = rows(tmp_path / "out")
+    assert len(got) == 7 and {r["prompt"] for r in got} == {"<grounding> A photo of"}
+    os.remove(photos / "broken.png")
+    (photos / "broken.png").write_bytes((photos / "img_00.png").read_bytes())
+    retried = ground([str(photos)], out, engine=shapes_engine, prompt="<grounding> A photo of", retry_failed=True)
+    assert (retried.done, retried.skipped) == (1, 6)
+    assert sorted((r["path"], r["status"]) for r in rows(tmp_path / "out")) == sorted(
+        (str(p), "ok") for p in photos.iterdir()
+    )
+
+
+def test_a_killed_run_and_its_rerun_record_every_image_exactly_once(photos, tmp_path):
+    out = str(tmp_path / "out") + "/"
+    args = ["ground", str(photos), "--out", out, "--model", SHAPES_MODEL, "--max-new-tokens", "24", "-b", "2"]
+    killed_after([*args, "--workers", "1"], tmp_path)
+    left = len(DatasetStore(out, "ground").scan().seen)  # staged, batch by batch
+    assert 4 <= left < 6 and os.path.exists(tmp_path / "out" / ".kosmos.lock")
+    rerun = kosmos_process(args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{6 - left} done, 0 failed, {left} skipped" in rerun.stderr
+    paths = [r["path"] for r in rows(tmp_path / "out")]
+    assert sorted(paths) == sorted(str(p) for p in photos.iterdir())
+    assert sorted(os.listdir(tmp_path / "out")) == parts(tmp_path / "out")
