@@ -242,7 +242,9 @@ class RunOptions(Group):
         show_default=False,
     )
     fetch_timeout: float = option(
-        DEFAULT_TIMEOUT, "Seconds to wait on a remote image before it fails.", panel=WHERE_IMAGES_LIVE
+        DEFAULT_TIMEOUT,
+        "Seconds one try at a remote image may take, connecting and reading all of it, before it fails.",
+        panel=WHERE_IMAGES_LIVE,
     )
     fetch_retries: int = option(
         DEFAULT_RETRIES,
