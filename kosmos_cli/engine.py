@@ -89,38 +89,45 @@ class Engine:
         self._eos = self.processor.tokenizer.eos_token_id
         self._markup = Markup.of(self.processor.tokenizer)
 
-    def load(self) -> Engine:
+    def load(self, weights: bool = True) -> Engine:
+        """Load the processor and the model. `weights=False`: the processor alone, which is all `prepare` and
+        `pixels` need (a Ray worker that loads images, on a machine without the model's device)."""
         name, revision = local_model_path(self.options.name), self.options.revision
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()  # our own messages say what went wrong; no weight-loading bars
         hf_logging.disable_progress_bar()
-        self.device = resolve_device(self.options.device)
-        self.dtype = resolve_dtype(self.options.dtype, self.device)
+        if weights:
+            self.device = resolve_device(self.options.device)
+            self.dtype = resolve_dtype(self.options.dtype, self.device)
         kwargs = {"revision": revision, "trust_remote_code": False}
         try:
             with quiet_hub():  # its retry warnings would bury our one line
                 if os.path.isdir(name) or hub_offline():
-                    config, self.processor, model = self._from_pretrained(name, kwargs)
+                    config, self.processor, model = self._from_pretrained(name, kwargs, weights)
                 else:  # a hub id: the local cache first, the network only when it is not there
                     try:
                         config, self.processor, model = self._from_pretrained(
-                            name, {**kwargs, "local_files_only": True}
+                            name, {**kwargs, "local_files_only": True}, weights
                         )
                     except (OSError, ValueError):
                         problem = hub_unreachable(name, revision)
                         if problem:
                             raise ModelError(unreachable_hint(name, problem)) from None
-                        config, self.processor, model = self._from_pretrained(name, kwargs)
+                        config, self.processor, model = self._from_pretrained(name, kwargs, weights)
         except (OSError, ValueError) as exc:
             raise ModelError(_load_hint(name, exc)) from None
+        if model is None:
+            self._num_image_tokens = int(config.latent_query_num)
+            return self
         self.model = model.to(self.device).eval()
         self._setup(config)
         log.debug("loaded %s on %s as %s", name, self.device, self.dtype)
         return self
 
-    def _from_pretrained(self, name: str, kwargs: dict):
-        """(config, processor, model) of `name`. Raises OSError or ValueError when they cannot be found or read."""
+    def _from_pretrained(self, name: str, kwargs: dict, weights: bool = True):
+        """(config, processor, model) of `name` (model None without `weights`). Raises OSError or ValueError when
+        they cannot be found or read."""
         from transformers import AutoConfig, AutoProcessor, Kosmos2ForConditionalGeneration
 
         config = AutoConfig.from_pretrained(name, **kwargs)
@@ -130,6 +137,8 @@ class Engine:
                 f"pass a Kosmos-2 checkpoint with --model (default {DEFAULT_MODEL})"
             )
         processor = AutoProcessor.from_pretrained(name, **kwargs)
+        if not weights:
+            return config, processor, None
         try:
             model = Kosmos2ForConditionalGeneration.from_pretrained(name, dtype=self.dtype, **kwargs)
         except (OSError, ValueError):
