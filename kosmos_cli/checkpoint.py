@@ -21,9 +21,10 @@ from .model_files import (
 from .options import DEFAULT_MODEL
 
 
-def read(name: str, revision: str | None, dtype: Any) -> tuple[Any, Any, Any]:
+def read(name: str, revision: str | None, dtype: Any, weights: bool = True) -> tuple[Any, Any, Any]:
     """(config, processor, model) of the checkpoint `name` (a folder, or a hub id: the cache first, then the
-    network), the model's weights in `dtype`. A ModelError, in one line, when it cannot be read."""
+    network), the model's weights in `dtype`; model None without `weights`. A ModelError, in one line, when it
+    cannot be read."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # our own messages say what went wrong; no weight-loading bars
@@ -32,19 +33,19 @@ def read(name: str, revision: str | None, dtype: Any) -> tuple[Any, Any, Any]:
     try:
         with quiet_hub():  # its retry warnings would bury our one line
             if os.path.isdir(name) or hub_offline():
-                return _from_pretrained(name, dtype, kwargs)
+                return _from_pretrained(name, dtype, kwargs, weights)
             try:  # a hub id: the local cache first, the network only when it is not there
-                return _from_pretrained(name, dtype, {**kwargs, "local_files_only": True})
+                return _from_pretrained(name, dtype, {**kwargs, "local_files_only": True}, weights)
             except (OSError, ValueError):
                 problem = hub_unreachable(name, revision)
                 if problem:
                     raise ModelError(unreachable_hint(name, problem)) from None
-                return _from_pretrained(name, dtype, kwargs)
+                return _from_pretrained(name, dtype, kwargs, weights)
     except (OSError, ValueError) as exc:
         raise ModelError(_load_hint(name, exc)) from None
 
 
-def _from_pretrained(name: str, dtype: Any, kwargs: dict) -> tuple[Any, Any, Any]:
+def _from_pretrained(name: str, dtype: Any, kwargs: dict, weights: bool = True) -> tuple[Any, Any, Any]:
     """(config, processor, model) of `name`. Raises OSError or ValueError when they cannot be found or read."""
     from transformers import AutoConfig, AutoProcessor, Kosmos2ForConditionalGeneration
 
@@ -55,6 +56,8 @@ def _from_pretrained(name: str, dtype: Any, kwargs: dict) -> tuple[Any, Any, Any
             f"pass a Kosmos-2 checkpoint with --model (default {DEFAULT_MODEL})"
         )
     processor = AutoProcessor.from_pretrained(name, **kwargs)
+    if not weights:
+        return config, processor, None
     try:
         model = Kosmos2ForConditionalGeneration.from_pretrained(name, dtype=dtype, **kwargs)
     except (OSError, ValueError):

@@ -79,12 +79,18 @@ class Engine:
         self._eos = self.processor.tokenizer.eos_token_id
         self._markup = Markup.of(self.processor.tokenizer)
 
-    def load(self) -> Engine:
-        """Read the checkpoint (checkpoint.read: a folder, the local cache or the hub) onto the device."""
+    def load(self, weights: bool = True) -> Engine:
+        """Read the checkpoint (checkpoint.read: a folder, the local cache or the hub) onto the device.
+        `weights=False`: the processor alone, which is all `prepare` and `pixels` need (a Ray worker that loads
+        images, on a machine without the model's device)."""
         name = local_model_path(self.options.name)  # a folder that is not there: said before anything else
-        self.device = resolve_device(self.options.device)
-        self.dtype = resolve_dtype(self.options.dtype, self.device)
-        config, self.processor, model = checkpoint.read(name, self.options.revision, self.dtype)
+        if weights:
+            self.device = resolve_device(self.options.device)
+            self.dtype = resolve_dtype(self.options.dtype, self.device)
+        config, self.processor, model = checkpoint.read(name, self.options.revision, self.dtype, weights)
+        if model is None:
+            self._num_image_tokens = int(config.latent_query_num)
+            return self
         self.model = model.to(self.device).eval()
         self.quantized = quantize.apply(self.model, self.options.quantize, self.device)
         self._setup(config)

@@ -54,6 +54,12 @@ class OutOfMemory(ModelError):
     """Even one request does not fit in the device's memory: the pipeline writes its batch's records as errors."""
 
 
+class ClusterError(KosmosError):
+    """The cluster a run was sent to (--on ray) cannot be reached, or lost the run."""
+
+    exit_code = 1
+
+
 class OutputError(KosmosError):
     """The output cannot be written (full disk, permissions, a damaged results file)."""
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import inspect
 import os
 import typing
@@ -33,6 +34,8 @@ from .writers import check_out
 DEFAULT_MODEL = "microsoft/kosmos-2-patch14-224"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DECODERS = ("auto", "fast", "hf")
+PLACES = ("local", "ray")  # where a run's model runs (--on)
+RAY_EXTRA = "pip install 'kosmos-ground[ray]'"
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
 WHERE_IMAGES_LIVE = "Where images live"  # a help panel of its own: the options of remote and packed inputs
@@ -256,6 +259,11 @@ class RunOptions(Group):
         "An image larger than this fails unread: a remote one, a Parquet row's bytes, a shard's member.",
         panel=WHERE_IMAGES_LIVE,
     )
+    on: str = option(
+        "local",
+        "local: this machine (several GPUs: torchrun or accelerate launch); ray: a Ray cluster ($RAY_ADDRESS, ray "
+        "job submit, or one started here), one model actor per GPU.",
+    )
     draft: bool = True  # JPEGs decoded at a reduced scale where the model's input allows (not an option: tests)
 
     def __post_init__(self):
@@ -271,6 +279,10 @@ class RunOptions(Group):
                 raise UsageError("{param} cannot be empty: name a column", param=name)
         self.fetch  # noqa: B018 - checks the fetch options now, before anything runs
         check_out(self.out)
+        if self.on not in PLACES:
+            raise UsageError(f"unknown {{param}} {self.on!r}: use one of {', '.join(PLACES)}", param="on")
+        if self.on == "ray" and importlib.util.find_spec("ray") is None:  # said before anything loads
+            raise UsageError(f"{{param}} ray needs Ray, which is not installed: {RAY_EXTRA}", param="on")
 
     @property
     def columns(self) -> Columns:

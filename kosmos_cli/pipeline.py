@@ -2,6 +2,10 @@
 
 This is the only module that knows their order. Data flows as iterators; what is held at once is bounded by
 the batch size and the prefetch depth, never by the number of images.
+
+Who runs the model is a strategy (`Model`): `Here` loads images on worker threads and runs the engine in this
+process; cluster/ray.py runs the same stages (`_load`, `_bucketed`, `Answered.finish`) on a Ray cluster. Either
+way this process lists the inputs, skips what the output holds, and writes every record.
 """
 
 from __future__ import annotations
@@ -11,10 +15,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from .dataset import DatasetStore
 from .engine import Engine, Prepared
@@ -23,7 +27,7 @@ from .images import MODEL_SIDE
 from .items import Item, Unseen
 from .locations import open_image
 from .locations import stat as location_stat
-from .options import RunOptions
+from .options import GenerationOptions, ModelOptions, RunOptions
 from .ordered import Behind, ordered_map, read_ahead
 from .progress import Progress
 from .records import OK, Record
@@ -92,13 +96,59 @@ def counted(task: str, n: int) -> str:
     return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
+Pending = Iterator[tuple[Item, list[Unit]]]  # what is still to do: each image and its units
+
+
+class Model(Protocol):
+    """Who runs the model over what is still to do: this process (`Here`), or a cluster (cluster/ray.py)."""
+
+    @property
+    def options(self) -> ModelOptions: ...  # records name its label as their model
+    @property
+    def generation(self) -> GenerationOptions: ...
+
+    @property
+    def decoding(self) -> str: ...  # what records name as their decoding (the generation's, and int8 weights)
+
+    def batch_size(self, given: int | None = None) -> int: ...
+
+    def answered(self, pending: Pending, task: Task, options: RunOptions) -> Iterator[Answered]:
+        """The model's answers for `pending`, batch by batch, in any order; each unit in exactly one batch."""
+        ...
+
+
+@dataclass
+class Here:
+    """The model in this process: images load on worker threads (`_load`), batches go through `engine` here."""
+
+    engine: Engine
+
+    @property
+    def options(self) -> ModelOptions:
+        return self.engine.options
+
+    @property
+    def generation(self) -> GenerationOptions:
+        return self.engine.generation
+
+    @property
+    def decoding(self) -> str:
+        return self.engine.decoding
+
+    def batch_size(self, given: int | None = None) -> int:
+        return self.engine.batch_size(given)
+
+    def answered(self, pending: Pending, task: Task, options: RunOptions) -> Iterator[Answered]:
+        return _batches(pending, task, self.engine, options)
+
+
 @dataclass
 class Run:
     """A run, set up (runner.py does it, once): what a pass over the inputs needs, typed."""
 
     task: Task
     inputs: Any  # what the inputs name (a list of str), or Items
-    engine: Engine
+    model: Model  # Here(engine), or a cluster
     options: RunOptions
     crew: Any  # distributed.Team, or a Solo team of one
     store: Store | DatasetStore
@@ -151,17 +201,17 @@ def execute(run: Run) -> Summary:
 
 def _pass(run: Run, output: Output, summary: Summary, progress: Progress) -> None:
     """One pass over the inputs: what is not done yet goes through the model and into `output`."""
-    task, inputs, engine, options, crew = run.task, run.inputs, run.engine, run.options, run.crew
+    task, inputs, model, options, crew = run.task, run.inputs, run.model, run.options, run.crew
     rank, world = run.share
     present: set[str] | None = set() if options.prune or output.store.spool else None
     unseen = Unseen()  # what the listing could not look into or skipped: then the pass did not see every input
     listed = _as_items(inputs, options, task.per_row, unseen, (rank, world))
     # listing on a thread of its own: a shard streamed or a bucket listed over the network never stalls the model
-    items = _counted(read_ahead(_stated(listed), 2 * engine.batch_size(options.batch_size), "kosmos-list"), summary)
+    items = _counted(read_ahead(_stated(listed), 2 * model.batch_size(options.batch_size), "kosmos-list"), summary)
     if present is not None:
         items = _tracking(items, present)
     pending = _todo(
-        shard(items, rank, world, by_image=task.per_row), task, engine, output.seen, options, summary, progress
+        shard(items, rank, world, by_image=task.per_row), task, model, output.seen, options, summary, progress
     )
     if task.per_row:
         pending = _same_image_once(pending)
@@ -187,7 +237,7 @@ def _pass(run: Run, output: Output, summary: Summary, progress: Progress) -> Non
     # the next batch goes through the model while the last ones are finished and written; on any way out (Ctrl-C
     # too) what the model answered is still finished and written, and a writing error is raised here
     with Behind(finish, count, FINISH_AHEAD, "kosmos-write") as behind:
-        for batch in _batches(pending, task, engine, options):
+        for batch in model.answered(pending, task, options):
             behind.put(batch)
             crew.check()  # another rank failed: stop
     summary.kept = output.kept
@@ -263,18 +313,18 @@ def _tracking(items: Iterator[Item], present: set[str]) -> Iterator[Item]:
         yield item
 
 
-def _todo(items, task: Task, engine: Engine, seen, options: RunOptions, summary: Summary, progress: Progress):
+def _todo(items, task: Task, model: Model, seen, options: RunOptions, summary: Summary, progress: Progress):
     """(item, units still to do, stat) for each item with anything left to do; counts the skipped.
 
     Units whose keys collide (rows naming one box or phrase, however written) are one unit: the first one wins,
     the others are skipped, in this run as in any rerun.
     """
-    model, decoding = engine.options.label, engine.decoding
+    label, decoding = model.options.label, model.decoding
     met: set[str] = set()  # the keys of this run's units so far
     for item in items:
         size, mtime = item.stat if item.stat is not None else location_stat(item.path)
         units = []
-        for unit in task.units(item, model):
+        for unit in task.units(item, label):
             if unit.key in met:
                 summary.skipped += 1
                 continue
@@ -322,9 +372,9 @@ def _fresh(recorded: Seen, record: Record, size, mtime, retry_failed: bool, summ
     return recorded.status == OK or not retry_failed
 
 
-def _load(item: Item, units: list[Unit], task: Task, engine: Engine, options: RunOptions):
+def _load(item: Item, units: list[Unit], task: Task, engine: Engine, options: RunOptions) -> Loaded:
     """Worker: read (a remote image: fetch) and decode the image once, then prepare every unit's request. Failures
-    become error records."""
+    become error records. `engine` needs only its processor (Engine.load(weights=False))."""
     if item.error is not None:
         return [(u, None) for u in units if u.record.fail(item.error)]
     loaded = open_image(item.path, options.fetch, draft=DRAFT_SIDE if options.draft else None, data=item.data)
@@ -345,10 +395,14 @@ def _load(item: Item, units: list[Unit], task: Task, engine: Engine, options: Ru
     return out
 
 
+Loaded = list[tuple[Unit, Prepared | None]]  # an image's units, each with its request or None: failed (its record says)
+
+
 @dataclass
 class Answered:
-    """A batch as the model left it: records that failed before it (an unreadable image, a prompt refused), then
-    units with the model's answer. `finish` makes them records, in that order, on any thread."""
+    """A batch as the model left it: records made already (failed before it: an unreadable image, a prompt refused;
+    or finished on a cluster's workers), then units with the model's answer. `finish` makes them records, in that
+    order, on any thread."""
 
     failed: list[Record]
     answered: list[tuple[Unit, Generation]] = field(default_factory=list)
@@ -372,27 +426,33 @@ def _batches(pending, task: Task, engine: Engine, options: RunOptions) -> Iterat
     then every batch is full (refer and find manifests mix lengths)."""
     size = engine.batch_size(options.batch_size)
     workers = options.workers or default_workers()
-    buckets: dict[int, list[tuple[Unit, Prepared]]] = {}
-    failed: list[Record] = []
 
     def load(job):  # on a worker: (item, units) -> [(unit, prepared or None)]
         return _load(*job, task, engine, options)
 
     with closing(ordered_map(load, pending, workers, max(2 * size, 2 * workers), "kosmos-load")) as loaded:
-        for units in loaded:
-            for unit, prepared in units:
-                if prepared is None:
-                    failed.append(unit.record)
-                    continue
-                key = 0 if engine.fast else len(prepared.input_ids)  # generate's batches need one prompt length
-                bucket = buckets.setdefault(key, [])
-                bucket.append((unit, prepared))
-                if len(bucket) >= size:
-                    yield _forward(failed, bucket, task, engine)
-                    failed, buckets[key] = [], []
-            if len(failed) >= size:
-                yield Answered(failed)
-                failed = []
+        yield from _bucketed(loaded, task, engine, size)
+
+
+def _bucketed(loaded: Iterable[Loaded], task: Task, engine: Engine, size: int) -> Iterator[Answered]:
+    """The model's answers for loaded images, in batches of `size` requests (the last ones fewer), each batch after
+    the records that failed before it."""
+    buckets: dict[int, list[tuple[Unit, Prepared]]] = {}
+    failed: list[Record] = []
+    for units in loaded:
+        for unit, prepared in units:
+            if prepared is None:
+                failed.append(unit.record)
+                continue
+            key = 0 if engine.fast else len(prepared.input_ids)  # generate's batches need one prompt length
+            bucket = buckets.setdefault(key, [])
+            bucket.append((unit, prepared))
+            if len(bucket) >= size:
+                yield _forward(failed, bucket, task, engine)
+                failed, buckets[key] = [], []
+        if len(failed) >= size:
+            yield Answered(failed)
+            failed = []
     for bucket in buckets.values():
         if bucket:
             yield _forward(failed, bucket, task, engine)

@@ -4,7 +4,8 @@ Everything cheap is checked first (options, inputs, the task's boxes or phrases,
 joins the other processes of a launch, then the output is checked (ours, this task's, not an input, not locked,
 writable), then the model loads (unless an engine is given), then the pipeline runs over a typed `Run`: a bad
 argument or a busy output never costs a model load. This is where another way of running plugs in beside the local
-one.
+one: with `on="ray"` this process owns the output as a local run does, joins a Ray cluster instead of loading the
+model, and the pipeline sends the work there (cluster/ray.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .drawing import Background, Drawer, input_root
 from .engine import Engine
 from .errors import UsageError
 from .options import GenerationOptions, ModelOptions, RunOptions  # noqa: F401 - runner.RunOptions for callers of run()
-from .pipeline import Progress, Run, Summary, execute
+from .pipeline import Here, Model, Progress, Run, Summary, execute
 from .records import Record
 from .sources import Item, check_inputs
 from .store import Store
@@ -57,7 +58,7 @@ def start(
     task.check(named)
     fmt = detect_format(options.out, options.format)
     drawer = _drawer(draw, named) if draw is not None else None
-    crew = distributed.team(model.device)
+    crew = distributed.team(model.device) if options.on == "local" else _driver(engine)
     store = Store.for_run(options.out, fmt, type(task), crew)
     if engine is None:
         crew.start(store.path)  # several processes: report first
@@ -65,9 +66,8 @@ def start(
         store.check(named, overwrite=options.overwrite)
         if not options.wait:
             store.probe()
-    if engine is None:
-        engine = Engine(*on_this_rank(model, generation)).load()
-    run = Run(task, named, engine, options, crew, store, progress, on_write, _share(crew))
+    answers = _model(options.on, engine, model, generation)  # the model loads here, or the cluster is joined
+    run = Run(task, named, answers, options, crew, store, progress, on_write, _share(crew))
     if drawer is None:
         return execute(run)
     with Background(drawer) as drawing:  # on threads of its own: the model does not wait for the pictures
@@ -101,7 +101,33 @@ def run(
     crew = distributed.team() if (rank, world) == (0, 1) else Solo(rank)
     share = _share(crew) if (rank, world) == (0, 1) else (rank, world)
     store = Store.for_run(options.out, detect_format(options.out, options.format), type(task), crew)
-    return execute(Run(task, inputs, engine, options, crew, store, progress, on_write, share))
+    return execute(Run(task, inputs, Here(engine), options, crew, store, progress, on_write, share))
+
+
+def _model(on: str, engine: Engine | None, model: ModelOptions, generation: GenerationOptions) -> Model:
+    """Who runs the model: this process (the engine given, or loaded now), or a Ray cluster (joined now)."""
+    if on == "ray":
+        from .cluster.ray import RayData
+
+        return RayData.on_cluster(model, generation)
+    return Here(engine if engine is not None else Engine(*on_this_rank(model, generation)).load())
+
+
+def _driver(engine: Engine | None) -> Solo:
+    """`on="ray"`: this process alone drives the cluster and owns the output, as a single local process does."""
+    if engine is not None:
+        raise UsageError(
+            "{param} ray loads the model on the cluster's workers: pass the model options (model, device, ...) "
+            "instead of engine=",
+            param="on",
+        )
+    if distributed.world_size() > 1:
+        raise UsageError(
+            "{param} ray drives the cluster from one process: start kosmos once, not under torchrun or accelerate "
+            "launch",
+            param="on",
+        )
+    return Solo()
 
 
 def on_this_rank(model: ModelOptions, generation: GenerationOptions) -> tuple[ModelOptions, GenerationOptions]:

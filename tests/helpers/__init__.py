@@ -54,12 +54,12 @@ def one_error_line(result, code, text):
     assert result.stdout == ""
 
 
-def killed_after(args, folder, batches=2, cwd=ROOT):
+def killed_after(args, folder, batches=2, cwd=ROOT, script="pause_after.py"):
     """`kosmos ARGS` in a process of its own, killed (-9) once its `batches`-th batch is written: tests/pause_after.py
-    stops it at that point, so the kill never races a clock. `folder` gets its flag file."""
+    (or `script`) stops it at that point, so the kill never races a clock. `folder` gets its flag file."""
     paused = os.path.join(folder, "paused")
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "pause_after.py"), *args],
+        [sys.executable, os.path.join(HERE, script), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=cwd,

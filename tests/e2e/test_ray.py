@@ -1,0 +1,297 @@
+"""--on ray (kosmos_cli/cluster/ray.py) against a real Ray cluster started once for the session on this machine
+(ray.init, 2 CPUs), no mocks: the same records as a local run for ground, refer and find on the trained shapes model,
+from every kind of input (a folder, a manifest, a WebDataset shard, a Parquet image table, an http URL) with bad
+images as error records; resume after a clean end, after the driver is killed (-9) and after a model actor's process
+is killed mid-run, every record exactly once; and one line for Ray missing, a cluster that cannot be reached and a
+model that cannot load. Deselect with -m "not ray"."""
+
+import io
+import json
+import os
+import random
+import signal
+import sys
+import tarfile
+import threading
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import shapes  # tools/shapes.py
+
+from kosmos_cli import find, ground, read_records, refer
+from kosmos_cli.errors import ModelError, UsageError
+from kosmos_cli.store import Store
+from tests.helpers import ROOT, SHAPES_MODEL, killed_after, kosmos, kosmos_process, one_error_line
+from tests.helpers.serve import ImageServer
+
+TOKENS = 48  # what the shapes model needs for a caption with two boxes
+ON_RAY = dict(on="ray", model=SHAPES_MODEL, max_new_tokens=TOKENS, dtype="float32")
+
+
+@dataclass
+class Cluster:
+    address: str  # what RAY_ADDRESS is for a process that joins it
+    hooks: str  # $KOSMOS_TEST_RAY of its workers (tests/ray_hooks.py)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """A local Ray cluster of 2 CPUs for the session. Its workers import this checkout (PYTHONPATH), and
+    tests/ray_hooks.py lets a test pause a model actor to kill it."""
+    ray = pytest.importorskip("ray")
+    hooks = str(tmp_path_factory.mktemp("ray-hooks"))
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, saved) if p)  # the cluster's processes inherit it
+    try:
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="WARNING",
+            runtime_env={
+                "worker_process_setup_hook": "tests.ray_hooks.install",
+                "env_vars": {"KOSMOS_TEST_RAY": hooks},
+            },
+        )
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+    yield Cluster(ray.get_runtime_context().gcs_address, hooks)
+    ray.shutdown()
+
+
+def scene_bytes(rng, i, fmt="PNG"):
+    width, height = shapes.CLI_SIZES[i % len(shapes.CLI_SIZES)]
+    img, _ = shapes.make_scene(rng, width, height)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Every kind of input: photos/ (4 scenes and a file that is not an image), a CSV manifest of 2 more with a
+    carried column, a WebDataset shard (2 samples and one without an image), a Parquet image table (2 rows and one
+    without bytes) and an image behind an http URL. -> (the inputs, how many records, how many of them errors)"""
+    rng, root = random.Random(2024), tmp_path_factory.mktemp("inputs")
+    photos, more = root / "photos", root / "more"
+    photos.mkdir()
+    more.mkdir()
+    for i in range(4):
+        (photos / f"scene_{i}.png").write_bytes(scene_bytes(rng, i))
+    (photos / "broken.png").write_bytes(b"not an image at all")
+    with open(root / "manifest.csv", "w") as f:
+        f.write("path,note\n")
+        for i in range(2):
+            (more / f"m{i}.jpg").write_bytes(scene_bytes(rng, i + 1, "JPEG"))
+            f.write(f"{more / f'm{i}.jpg'},note {i}\n")
+    with tarfile.open(root / "shard.tar", "w") as tar:
+        for key, data in [("a", scene_bytes(rng, 2)), ("b", scene_bytes(rng, 3)), ("c", None)]:
+            name, data = (f"{key}.png", data) if data is not None else (f"{key}.json", b"{}")
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+    rows = [
+        {"key": "r0", "jpg": scene_bytes(rng, 0)},
+        {"key": "r1", "jpg": None},
+        {"key": "r2", "jpg": scene_bytes(rng, 1)},
+    ]
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=pa.schema([("key", pa.string()), ("jpg", pa.binary())])),
+        root / "table.parquet",
+    )
+    with ImageServer() as server:
+        server.files["/web.png"] = scene_bytes(rng, 3)
+        named = [str(photos), str(root / "manifest.csv"), str(root / "shard.tar"), str(root / "table.parquet")]
+        yield named + [server.url("/web.png")], 5 + 2 + 3 + 3 + 1, 3
+
+
+def by_key(rows, *fields):
+    """Records by (path, *fields), without what differs between any two runs (how long they took)."""
+    out = {}
+    for row in rows:
+        row = dict(row)
+        row.pop("seconds")
+        out[(row["path"], *(json.dumps(row.get(f)) for f in fields))] = row
+    return out
+
+
+@pytest.fixture(scope="module")
+def grounded(cluster, inputs, tmp_path_factory):
+    """Every input grounded on Ray into a JSONL file: (out, summary)."""
+    named, _, _ = inputs
+    out = str(tmp_path_factory.mktemp("ground") / "results.jsonl")
+    summary = ground(named, out, image_column="jpg", **ON_RAY)
+    return out, summary
+
+
+def test_without_ray_on_ray_is_one_line_naming_the_extra(monkeypatch, image_dir):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    one_error_line(kosmos("ground", str(image_dir), "--on", "ray"), 2, "pip install 'kosmos-ground[ray]'")
+    one_error_line(kosmos("ground", str(image_dir), "--on", "slurm"), 2, "unknown --on 'slurm': use one of local, ray")
+
+
+@pytest.mark.ray
+def test_on_ray_takes_the_model_options_not_a_loaded_engine(shapes_engine, image_dir, tmp_path):
+    pytest.importorskip("ray")
+    with pytest.raises(UsageError, match="on ray loads the model on the cluster's workers"):
+        ground(image_dir, str(tmp_path / "r.jsonl"), engine=shapes_engine, on="ray")
+    with pytest.raises(UsageError, match="device cuda:1 names a GPU of this machine"):
+        ground(image_dir, str(tmp_path / "r.jsonl"), on="ray", device="cuda:1")
+    assert not os.path.exists(tmp_path / "r.jsonl")
+
+
+@pytest.mark.ray
+def test_a_cluster_that_cannot_be_reached_is_one_line(image_dir, tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # discard: nothing listens there
+    result = kosmos_process(["ground", str(image_dir), "--out", str(tmp_path / "r.jsonl"), "--on", "ray"])
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kosmos: error: cannot reach the Ray cluster at 127.0.0.1:9")
+    assert "unset RAY_ADDRESS" in lines[0]
+    assert not os.path.exists(tmp_path / "r.jsonl")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ground_on_ray_writes_the_records_a_local_run_writes_from_every_kind_of_input(
+    grounded, inputs, shapes_engine, tmp_path
+):
+    named, records, errors = inputs
+    out, summary = grounded
+    assert (summary.done, summary.failed, summary.skipped) == (records - errors, errors, 0)
+    local = str(tmp_path / "local.jsonl")
+    ground(named, local, image_column="jpg", engine=shapes_engine)
+    on_ray, here = by_key(read_records(out)), by_key(read_records(local))
+    assert len(on_ray) == records and on_ray == here  # captions, entities, boxes, scores, carried columns, errors
+    assert on_ray[(os.path.join(named[0], "broken.png"),)]["status"] == "error"
+    assert sum(bool(r["entities"]) for r in on_ray.values()) == records - errors  # the model really grounded them
+    assert {r["note"] for r in on_ray.values() if r.get("note")} == {"note 0", "note 1"}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_rerun_on_ray_does_nothing_again_and_retry_failed_and_prune_mean_what_they_mean_locally(grounded, inputs):
+    named, records, errors = inputs
+    out, _ = grounded
+    before = open(out, "rb").read()
+    again = ground(named, out, image_column="jpg", **ON_RAY)
+    assert (again.done, again.failed, again.skipped) == (0, 0, records)
+    assert open(out, "rb").read() == before
+    retried = ground(named, out, image_column="jpg", retry_failed=True, **ON_RAY)
+    assert (retried.done, retried.failed, retried.skipped) == (0, errors, records - errors)
+    pruned = ground(named[:1], out, prune=True, **ON_RAY)  # the photos folder only
+    assert (pruned.done, pruned.skipped) == (0, 5)
+    assert sorted(r["path"] for r in read_records(out)) == sorted(
+        os.path.join(named[0], n) for n in os.listdir(named[0])
+    )
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_refer_on_ray_writes_the_records_a_local_run_writes_to_parquet(cluster, inputs, shapes_engine, tmp_path):
+    photos = inputs[0][0]
+    manifest = tmp_path / "boxes.jsonl"
+    with open(manifest, "w") as f:
+        for name in ["scene_0.png", "scene_1.png"]:
+            for box in ([0, 0, 100, 100], [20, 30, 180, 190]):
+                f.write(
+                    json.dumps(
+                        {"path": os.path.join(photos, name), "x1": box[0], "y1": box[1], "x2": box[2], "y2": box[3]}
+                    )
+                    + "\n"
+                )
+    out, local = str(tmp_path / "regions.parquet"), str(tmp_path / "local.parquet")
+    summary = refer([str(manifest)], out, **ON_RAY)
+    assert (summary.done, summary.failed) == (4, 0), [r["error"] for r in read_records(out)]
+    refer([str(manifest)], local, engine=shapes_engine)
+    on_ray, here = by_key(read_records(out), "box_px"), by_key(read_records(local), "box_px")
+    assert len(on_ray) == 4 and on_ray == here
+    assert pq.read_schema(out) == pq.read_schema(local)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_find_on_ray_writes_the_records_a_local_run_writes(cluster, inputs, shapes_engine, tmp_path):
+    photos = inputs[0][0]
+    phrases = ["a red circle", "a blue square"]
+    out, local = str(tmp_path / "found.jsonl"), str(tmp_path / "local.jsonl")
+    summary = find([photos], out, phrases=phrases, **ON_RAY)
+    assert (summary.done, summary.failed) == (8, 2)  # 4 scenes and broken.png, 2 phrases each
+    find([photos], local, phrases=phrases, engine=shapes_engine)
+    on_ray, here = by_key(read_records(out), "phrase"), by_key(read_records(local), "phrase")
+    assert len(on_ray) == 10 and on_ray == here
+    assert any(r["boxes"] for r in on_ray.values())
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_model_actor_killed_mid_run_is_restarted_and_every_record_is_written_once(cluster, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = random.Random(7)
+    for i in range(8):
+        (photos / f"s{i:02d}.png").write_bytes(scene_bytes(rng, 0))
+    trigger, paused = os.path.join(cluster.hooks, "pause-after"), os.path.join(cluster.hooks, "paused")
+    with open(trigger, "w") as f:
+        f.write("1")  # the actor answers 1 batch, then sleeps in its second until it is killed
+    out, ran = str(tmp_path / "r.jsonl"), {}
+
+    def go():
+        try:
+            ran["summary"] = ground([str(photos)], out, batch_size=2, **{**ON_RAY, "max_new_tokens": 8})
+        except BaseException as exc:  # noqa: BLE001 - the test says what it was
+            ran["error"] = exc
+
+    thread = threading.Thread(target=go)
+    try:
+        thread.start()
+        while not os.path.exists(paused) and thread.is_alive():
+            time.sleep(0.1)
+        assert os.path.exists(paused), ran
+        os.kill(int(open(paused).read()), signal.SIGKILL)  # the model actor's process, by its pid
+        thread.join(300)
+    finally:
+        os.unlink(trigger)
+    os.unlink(paused)
+    assert "error" not in ran, ran["error"]
+    assert (ran["summary"].done, ran["summary"].failed) == (8, 0)
+    rows = list(read_records(out))
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in photos.iterdir())  # each once
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_driver_killed_mid_run_then_the_same_command_writes_every_record_once(cluster, tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = random.Random(11)
+    for i in range(8):
+        (photos / f"s{i:02d}.png").write_bytes(scene_bytes(rng, i))
+    out = str(tmp_path / "r.parquet")
+    args = ["ground", str(photos), "--out", out, "--on", "ray", "-b", "2", "--model", SHAPES_MODEL]
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)  # the CLI joins the session's cluster
+    killed_after([*args, "--max-new-tokens", "8"], str(tmp_path), batches=2, script="pause_after_writes.py")
+    kept = len(Store(out, "parquet", "ground").scan().seen)
+    assert kept >= 2  # what the killed run wrote is in the output (its parts): a batch or more a write
+    again = ground([str(photos)], out, batch_size=2, **{**ON_RAY, "max_new_tokens": 8})  # the same run, from Python
+    assert (again.done, again.skipped) == (8 - kept, kept)
+    rows = list(read_records(out))
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in photos.iterdir())
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_model_the_actors_cannot_load_is_one_line_and_no_record(cluster, image_dir, tmp_path):
+    out = str(tmp_path / "r.jsonl")
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(ModelError, match="no-such-model"):
+        ground(image_dir, out, **{**ON_RAY, "model": missing})
+    assert not os.path.exists(out) or not open(out).read()
