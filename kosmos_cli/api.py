@@ -14,9 +14,10 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from . import locations, runner
+from . import drawing, exports, locations, runner
 from .engine import Engine
 from .errors import InputError
+from .exports.classes import parse_classes
 from .options import (
     OUT,
     RUN_GROUPS,
@@ -34,6 +35,7 @@ from .options import (
 from .pipeline import Progress, Summary
 from .runner import Inputs
 from .tasks import Find, Ground, Refer
+from .view import serve
 
 
 @keyword_options(ModelOptions, GenerationOptions, positional=("model",))
@@ -125,10 +127,10 @@ def draw(
     `threads` threads (default: up to 4), reported to `on_drawn` in the order of the rows. Labels end with each
     box's score; `min_score` (0-1) draws only the boxes scored at least that. Returns a DrawSummary.
     """
-    from .drawing import run
-
     html, min_score = DrawOptions.take(given).html, ScoreFilter.take(given).min_score
-    return run(results, out_dir, html=html, min_score=min_score, progress=progress, on_drawn=on_drawn, threads=threads)
+    return drawing.run(
+        results, out_dir, html=html, min_score=min_score, progress=progress, on_drawn=on_drawn, threads=threads
+    )
 
 
 @keyword_options(ExportOptions, ScoreFilter)
@@ -144,14 +146,11 @@ def export(results: str, to: str, out: str, **given: Any):
     given; `image_root` prefixes Label Studio's image locations; `copy_images` copies images into a YOLO folder
     instead of linking them. Error records are skipped and counted. Returns an ExportSummary.
     """
-    from .exports import run
-    from .exports.classes import parse_classes
-
     locations.check_local_output(out, "out")
     if not os.path.exists(results):
         raise InputError(f"results file not found: {results}")
     chosen, min_score = ExportOptions.take(given), ScoreFilter.take(given).min_score
-    return run(
+    return exports.run(
         results,
         to,
         out,
@@ -169,7 +168,5 @@ def view(results: str, *, quiet: bool = False, **given: Any) -> None:
     """Serve a local page over a results file (JSONL, Parquet or a folder of Parquet parts) until Ctrl-C: the images
     with their boxes drawn by the browser, filters, a detail view, and the `kosmos export` line for what is shown.
     The address goes to stdout; `quiet`: nothing on stderr. `kosmos_cli.view.start` runs one in the background."""
-    from .view import serve
-
     chosen = ViewOptions.take(given)
     serve(results, chosen.host, chosen.port, open_browser=chosen.open_browser, cache_mb=chosen.cache_mb, quiet=quiet)

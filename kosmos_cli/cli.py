@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import api
+from . import __version__, api
 from .errors import Interrupted, KosmosError, UsageError
 from .images import is_image_path
 from .options import (
@@ -48,8 +48,6 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
-
         print(f"kosmos {__version__}")
         raise typer.Exit()
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import locations
+from ..exports import FORMATS
 from .index import Index, Query
 
 OUTS = {"coco": "export.json", "labelstudio": "tasks.json", "yolo": "dataset/", "voc": "voc/"}
@@ -29,7 +30,6 @@ def offer(index: Index, query: Query, to: str = "coco") -> dict[str, Any]:
             "note": f"kosmos export reads the results of ground and find; these are {index.task.name} records "
             "(descriptions of regions you gave), which hold no boxes to export",
         }
-    from ..exports import FORMATS
 
     to = to if to in FORMATS else "coco"
     shown, boxes = index.count_shown(query)

@@ -20,19 +20,15 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..drawing.colors import PALETTE, color, text_color
 from ..errors import UsageError
+from ..exports.classes import Classes, parse_classes
 from ..scores import check_min_score, passes
 from ..tasks import Task
 from ..tasks.refer import format_box
 from .reading import Results
-
-if TYPE_CHECKING:
-    from ..exports.classes import Classes
-
-# kosmos_cli.drawing (the palette) and kosmos_cli.exports (class matching) are imported where they are used, as
-# api.py does: the first page, read before the index is built, needs neither.
 
 SORTS = ("file", "path", "best", "worst", "boxes")
 STATUSES = ("ok", "error")
@@ -73,7 +69,6 @@ class Query:
         sort = one("sort") or "file"
         if sort not in SORTS:
             raise UsageError(f"{{param}} {sort!r}: one of {', '.join(SORTS)}", param="sort")
-        from ..exports.classes import Classes, parse_classes
 
         named = parse_classes(one("classes"), None) or []
         if named:
@@ -231,8 +226,6 @@ class Index:
         import numpy as np
 
         if named not in self._classes:
-            from ..exports.classes import Classes
-
             classes = Classes(named)
             self._classes[named] = np.array(
                 [p is not None and classes.key(p) is not None for p in self.phrases] + [False], dtype=bool
@@ -261,7 +254,6 @@ class Index:
             out["phrases"] = _common(pc.value_counts(self.table.column("phrase")))
         elif self.task.name == "refer":
             out["regions"] = _common(pc.value_counts(self.regions))
-        from ..exports.classes import Classes
 
         default = Classes()
         counts: dict[str, int] = {}
@@ -286,14 +278,11 @@ def cards(task: type[Task], table, numbers, query: Query) -> list[dict[str, Any]
     colour and score."""
     classes = None
     if query.classes:
-        from ..exports.classes import Classes
-
         classes = Classes(query.classes)
     return [card(task, int(n), row, query.min_score, classes) for n, row in zip(numbers, table.to_pylist())]
 
 
 def card(task: type[Task], number: int, row: dict[str, Any], min_score: float | None, classes: Classes | None):
-    from ..drawing.colors import PALETTE
 
     entities = []
     total = 0
@@ -332,7 +321,6 @@ def _numpy(values):
 
 def palette() -> list[dict[str, str]]:
     """The colours of `kosmos draw`, for the page: each entity's fill and the text colour on it."""
-    from ..drawing.colors import PALETTE, color, text_color
 
     return [{"fill": _hex(color(i)), "text": _hex(text_color(color(i)))} for i in range(len(PALETTE))]
 
@@ -342,7 +330,6 @@ def _hex(rgb: tuple[int, int, int]) -> str:
 
 
 def _mark(text: str, index: int) -> str:
-    from ..drawing.colors import PALETTE
 
     return f'<mark class="c{index % len(PALETTE)}" data-e="{index}">{html.escape(text)}</mark>'
 
