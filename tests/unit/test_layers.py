@@ -50,6 +50,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("kosmos_cli.ownership", "kosmos_cli.compaction", "kosmos_cli.output"),  # whose file; folding; what it holds
     ("kosmos_cli.engine", "kosmos_cli.store", "kosmos_cli.dataset", "kosmos_cli.distributed", "kosmos_cli.results"),
     ("kosmos_cli.pipeline", "kosmos_cli.exports", "kosmos_cli.drawing"),  # the pass; the readers of results
+    ("kosmos_cli.cluster",),  # the pipeline's model on a Ray cluster (--on ray)
     ("kosmos_cli.runner", "kosmos_cli.view"),  # a run set up once; the viewer (it offers export's command line)
     ("kosmos_cli.api",),
     ("kosmos_cli", "kosmos_cli.cli", "kosmos_cli.__main__"),  # the package's face: the API and the CLI
