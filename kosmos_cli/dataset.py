@@ -10,9 +10,10 @@ DuckDB (`read_parquet('DIR/*.parquet')`), polars (`pl.read_parquet('DIR/*.parque
 - A part appears whole or not at all (folders.py): written under a hidden temporary name and renamed, or put in a
   bucket as one object.
 - A run writes each batch durably as a part of its own in the hidden staging folder `DIR/.kosmos-parts/` (every
-  process of a launch, named by its rank), as a file output does in `<out>.parts/`. When every process is done,
-  the main one folds them into parts of up to PART_ROWS records in the dataset and removes them. Resuming reads
-  both, so a kill at any point loses no finished batch; staged parts a killed run left are folded in by the next.
+  process of a launch, named by its run's stamp and its rank), as a file output does in `<out>.parts/`. When
+  every process is done, the main one folds them into parts of up to PART_ROWS records in the dataset and
+  removes them. Resuming reads both, so a kill at any point loses no finished batch; staged parts a killed run
+  left are folded in by the next.
 - Parts sort in the order they were written: `<stamp>` is when the run started, later than every part already
   there. As in a file output, the last record of a key wins, and resuming skips what is recorded (read from the
   parts' key columns).
@@ -22,8 +23,9 @@ DuckDB (`read_parquet('DIR/*.parquet')`), polars (`pl.read_parquet('DIR/*.parque
   widened) is rewritten to it. Each step leaves a valid dataset; a kill between two leaves at most records
   written twice, which the next run drops before it starts. `--overwrite` removes the parts first.
 - The lock (two runs at once are refused, exit 75) is `DIR/.kosmos.lock`, removed when the run ends. A bucket has
-  no lock: two runs at once on one prefix are not refused; the records of both are kept, and the next run drops
-  what is recorded twice.
+  no lock: two runs at once on one prefix are not refused and lose nothing (their staged batches never share a
+  name); where both record an image, the record of the run that started later is kept, and the next run drops the
+  other.
 - Only a dataset of ours is written: every `*.parquet` file in the folder must name this task in its schema
   (ownership.py); other files there are never read or touched.
 
@@ -353,14 +355,16 @@ def _chunks(rows: Iterator[tuple[str, dict[str, Any]]], size: int) -> Iterator[l
 
 
 class StagedSink(Sink):
-    """Each batch of one process as a staged part of its own (`<rank>-<seq>.parquet`), whole and durable when
-    `write` returns; the numbering goes on from what a killed run of that rank left."""
+    """Each batch of one process as a staged part of its own, whole and durable when `write` returns. Named
+    `<stamp>-<rank>-<seq>.parquet`: in the order written, and never the name of another run's part (two runs at
+    once on a bucket, which no lock keeps apart, never write over each other's batches)."""
 
     def __init__(self, store: DatasetStore):
+        if store.stamp is None:
+            store.scan()
         self.store, self.path = store, store.path
-        prefix = f"{store.rank:04d}-"
-        mine = [n for n in store.staged() if n.startswith(prefix)]
-        self._seq = 1 + max((int(n[len(prefix) :].split(".")[0]) for n in mine), default=-1)
+        self._prefix = f"{store.stamp}-{store.rank:04d}-"
+        self._seq = 0
 
     def write(self, records: list[Record]) -> None:
         import pyarrow.parquet as pq
@@ -368,7 +372,7 @@ class StagedSink(Sink):
         if not records:
             return
         table = records_table(records, self.store.task)
-        self.store.staging.put(f"{self.store.rank:04d}-{self._seq:08d}.parquet", lambda f: pq.write_table(table, f))
+        self.store.staging.put(f"{self._prefix}{self._seq:08d}.parquet", lambda f: pq.write_table(table, f))
         self._seq += 1
 
 

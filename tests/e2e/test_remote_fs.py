@@ -502,20 +502,22 @@ def test_a_dataset_in_the_bucket_resumes_prunes_and_overwrites_part_by_part(s3):
     assert table.column("path").to_pylist() == ["s3://x/c.png"]
 
 
-def test_two_runs_at_once_on_a_bucket_are_not_refused_and_the_next_drops_the_duplicates(s3):
+def test_two_runs_at_once_on_a_bucket_are_not_refused_lose_nothing_and_the_later_one_wins(s3):
     from kosmos_cli.dataset import DatasetStore
     from kosmos_cli.distributed import Solo
 
     fs, bucket = s3
     url = f"s3://{bucket}/results/"
     with DatasetStore(url, "ground").open(Solo()) as first:
+        first.write([_ground_record("s3://x/b.png", caption="first")])
         DatasetStore(url, "ground").probe()  # no lock to find
-        with DatasetStore(url, "ground").open(Solo()) as second:
+        with DatasetStore(url, "ground").open(Solo()) as second:  # started later, ends first
             second.write([_ground_record("s3://x/a.png", caption="second")])
-        first.write([_ground_record("s3://x/a.png", caption="first")])
+        first.write([_ground_record("s3://x/a.png", caption="first"), _ground_record("s3://x/c.png", caption="first")])
     with DatasetStore(url, "ground").open(Solo()):
         pass
-    assert [r["caption"] for r in read_records(url)] == ["first"]
+    got = sorted((r["path"], r["caption"]) for r in read_records(url))
+    assert got == [("s3://x/a.png", "second"), ("s3://x/b.png", "first"), ("s3://x/c.png", "first")]
 
 
 def test_a_bucket_that_refuses_us_is_one_line_before_the_model_loads(s3, tmp_path):
