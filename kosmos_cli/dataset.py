@@ -63,7 +63,7 @@ from . import compaction, tasks
 from .errors import OutputError, UsageError, disk_error
 from .folders import Folder, folder_of, is_part, part_rows, read_schema
 from .locking import OutputLock
-from .output import Crew, Holdings, Output, Seen, present_only
+from .output import Crew, Holdings, Output, Seen, present_only, served
 from .ownership import NotOurs, not_ours, refuse_inputs, refuse_other_task, schema_owner
 from .records import Record
 from .tasks import Task
@@ -119,16 +119,8 @@ class DatasetStore:
                     if self.scan().duplicates:
                         self.settler.tidy()  # a run killed while settling: records written twice
             crew.ready()
-            output = Output(self, self.scan().seen, self.sink())
-            try:
+            with served(Output(self, self.scan().seen, self.sink()), crew) as output:
                 yield output
-            except OutputError:
-                output.failed = True
-                raise
-            finally:
-                output.sink.close()
-                if crew.merged and crew.main and not output.failed:  # also after Ctrl-C: what is done is kept
-                    self.settle(output)
         finally:
             self.unlock()
 

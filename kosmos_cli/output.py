@@ -6,12 +6,14 @@ Every kind of output (a file, stdout, a Parquet dataset: store.py, dataset.py) h
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import tasks
+from .errors import OutputError
 from .records import OK, Record
 from .tasks import Task
 from .writers import Sink
@@ -22,6 +24,8 @@ class Holder(Protocol):
 
     task: type[Task]
     spool: bool
+
+    def settle(self, output: Output) -> None: ...
 
 
 class Crew(Protocol):
@@ -125,3 +129,19 @@ class Output:
     def complete(self, present: set[str]) -> None:
         """A pass that provably saw every input: records of paths not in `present` may be pruned on exit."""
         self.present = present
+
+
+@contextlib.contextmanager
+def served(output: Output, crew: Crew) -> Iterator[Output]:
+    """Hand `output` to a run; afterwards close its sink and, once every process is done and no write failed (also
+    after Ctrl-C: what is done is kept), settle its store. A failed write (a full disk) leaves the parts for the next
+    run rather than copy them now."""
+    try:
+        yield output
+    except OutputError:
+        output.failed = True
+        raise
+    finally:
+        output.sink.close()
+        if crew.merged and crew.main and not output.failed:
+            output.store.settle(output)

@@ -44,9 +44,9 @@ from typing import Any
 from . import compaction, locations, tasks
 from .atomic import rmdir, unlink
 from .dataset import DatasetStore
-from .errors import OutputError, UsageError
+from .errors import UsageError
 from .locking import OutputLock
-from .output import Crew, Holdings, Output, Seen, present_only
+from .output import Crew, Holdings, Output, Seen, present_only, served
 from .ownership import NotOurs, not_ours, owner_of, refuse_inputs, refuse_other_task
 from .tasks import Task
 from .writers import (
@@ -115,16 +115,8 @@ class Store:
                 elif self.needs_compaction():
                     self.compact()  # leftovers of an interrupted run, or records written twice
             crew.ready()  # the other processes wait here until the main one has prepared the output
-            output = Output(self, self.scan(parts=crew.solo).seen, self.sink(direct=crew.solo))
-            try:
+            with served(Output(self, self.scan(parts=crew.solo).seen, self.sink(direct=crew.solo)), crew) as output:
                 yield output
-            except OutputError:
-                output.failed = True  # a full disk: leave the parts for the next run rather than copy them now
-                raise
-            finally:
-                output.sink.close()
-                if crew.merged and crew.main and not output.failed:  # also after Ctrl-C: what is done is kept
-                    self.settle(output)
         finally:
             self.unlock()
 
