@@ -12,16 +12,16 @@ who runs them differs. The driver owns the output exactly as a local run does: i
 done, and writes every record through the store's `Output`, so resume, stale records, --retry-failed, --overwrite,
 --prune and the output formats mean what they mean locally.
 
-Exactly once: every unit the driver sends gets a ticket, and the driver keeps the tickets still out (never more
-than a window of them: what is in flight is bounded, however long the input). A record whose ticket is not out is
-a second answer for the same unit (a task Ray ran again after a worker died) and is dropped; a ticket that never
-comes back ends the run with an error instead of a silent gap. A model actor whose process dies is restarted by
-Ray (max_restarts) and its batch run again (max_task_retries).
+Exactly once: every unit the driver sends gets a ticket, and the driver keeps the tickets still out (the units of
+at most a window of images). A record whose ticket is not out is a second answer for the same unit (a task Ray ran
+again after a worker died) and is dropped; a ticket that never comes back ends the run with an error instead of a
+silent gap. A model actor whose process dies is started again by Ray and its batch run again (Ray Data's defaults
+for an actor pool: max_restarts=-1, max_task_retries=-1).
 
-Streaming: the inputs are listed as the run goes, chunks of at most CHUNK_ROWS units (or CHUNK_BYTES of image
-bytes) held in the object store, so neither the driver nor the cluster holds a million-line manifest at once. A
-reader task pulls the chunks from a small feeder actor in the order they were sent; it reads chunk N the same way
-whenever it runs, so Ray can run it again.
+Streaming: the inputs are listed as the run goes and sent in chunks of at most CHUNK_ROWS images (or CHUNK_BYTES of
+image bytes) through the object store, at most a window of images in flight, so neither the driver nor the cluster
+holds a million-line manifest at once. A reader task pulls the chunks from a small feeder actor in the order they
+were sent; it reads chunk N the same way whenever it runs, so Ray can run it again.
 
 `ray` is imported here only, inside the functions that need it: without the extra, `--on ray` is refused before
 anything loads (options.RunOptions).
@@ -54,13 +54,13 @@ from ..tasks import Task
 
 log = logging.getLogger("kosmos_cli")
 
-FIRST_CHUNK = 64  # units in the first chunk sent: the cluster starts work at once; later chunks double up to
-CHUNK_ROWS = 4096  # units in one chunk
+FIRST_CHUNK = 64  # images in the first chunk sent: the cluster starts work at once; later chunks double up to
+CHUNK_ROWS = 4096  # images in one chunk
 CHUNK_BYTES = 64 << 20  # image bytes in one chunk (WebDataset samples, Parquet image rows carry theirs)
 CHUNK_WAIT = 1.0  # seconds a slow listing fills a chunk before what it has is sent anyway
-WINDOW = 16384  # units in flight at most (sent, record not back yet); more with a larger pool (`window`)
-LOAD_ROWS = 16  # images per loading task
-LOAD_MEMORY = 512 << 20  # what a loading task may hold (its images decoded): no more tasks than a node holds
+WINDOW = 16384  # images in flight at most (sent, records not all back yet); more with a larger pool (`window`)
+LOAD_ROWS = 16  # images per loading task at most (fewer when a batch holds fewer: `RayData.group`)
+LOAD_MEMORY = 1 << 30  # a loading task's process: the processor (transformers, ~0.5 GB) and its images decoded
 LOAD_THREADS = 4  # threads of one loading task (remote images are fetched side by side), unless --workers
 CONNECT_TIMEOUT = 10.0  # seconds to reach the cluster's address before saying it cannot be reached
 ENDED = object()
@@ -148,8 +148,12 @@ class RayData:
         GPU; each actor splits it into batches of its engine's own size (chosen from its card's free memory)."""
         return given or (AUTO_BATCH_SIZES[1] if self.gpus else DEFAULT_BATCH_SIZE)
 
+    def group(self, given: int | None) -> int:
+        """Images per row of every stage (one loading task each): LOAD_ROWS, or a batch when it is smaller."""
+        return min(LOAD_ROWS, self.batch_size(given))
+
     def window(self, given: int | None) -> int:
-        """Units in flight at most: enough for every actor to have several batches waiting."""
+        """Images in flight at most: enough for every actor to have several batches waiting."""
         return max(WINDOW, 8 * self.actors * self.batch_size(given))
 
     def answered(self, pending: Pending, task: Task, options: RunOptions) -> Iterator[Answered]:
@@ -179,7 +183,7 @@ class RayData:
             .map_batches(
                 _load_batch,
                 fn_kwargs={"task": task, "model": model_options, "generation": generation, "options": options},
-                batch_size=1,  # a row is LOAD_ROWS images already (one row the reader yields)
+                batch_size=1,  # a row is `group` images already (one row the reader yields)
                 batch_format="pyarrow",
                 num_cpus=1,
                 memory=LOAD_MEMORY,  # and keeps loading in tasks of its own, never fused into the model actors
@@ -193,7 +197,7 @@ class RayData:
                     "batch_size": options.batch_size,
                 },
                 compute=data.ActorPoolStrategy(size=self.actors),
-                batch_size=self.batch_size(options.batch_size),
+                batch_size=-(-self.batch_size(options.batch_size) // self.group(options.batch_size)),  # in rows
                 batch_format="pyarrow",
                 num_cpus=1,
                 num_gpus=self.gpus,
@@ -205,24 +209,29 @@ class RayData:
 # -- the driver's side of the exchange ---------------------------------------------------------------------------------
 @dataclass
 class _Ledger:
-    """The tickets out: sent, their record not back yet. At most `window` of them, so at most that many units are
-    in flight (held in the object store or by the cluster's stages) however long the input."""
+    """The tickets out (sent, their record not back yet), and the images of the chunks not all back: at most
+    `window` images, so what is in flight (in the object store, in the cluster's stages) is bounded however long the
+    input. Counted in images, not units: a model actor waits for a whole batch of images, however many regions or
+    phrases each brings."""
 
     window: int
     next_ticket: int = 0
     out: dict[int, int] = field(default_factory=dict)  # ticket -> its chunk
     left: dict[int, int] = field(default_factory=dict)  # chunk -> its tickets still out
+    images: dict[int, int] = field(default_factory=dict)  # chunk -> its images, until all its tickets are back
+    flying: int = 0  # the images of those chunks
 
     @property
-    def room(self) -> bool:
-        return len(self.out) < self.window
+    def room(self) -> int:
+        return max(0, self.window - self.flying)
 
-    def issue(self, chunk: int, units: int) -> int:
-        """Tickets for `units` units of `chunk`: the first one; they run on from it."""
+    def issue(self, chunk: int, units: int, images: int) -> int:
+        """Tickets for the `units` units of `chunk`'s `images` images: the first one; they run on from it."""
         first = self.next_ticket
         self.next_ticket += units
         self.out.update((t, chunk) for t in range(first, first + units))
-        self.left[chunk] = self.left.get(chunk, 0) + units
+        self.left[chunk], self.images[chunk] = units, images
+        self.flying += images
         return first
 
     def take(self, ticket: int) -> int | None:
@@ -234,6 +243,7 @@ class _Ledger:
         self.left[chunk] -= 1
         if self.left[chunk] == 0:
             del self.left[chunk]
+            self.flying -= self.images.pop(chunk)
             return -chunk - 1
         return chunk
 
@@ -253,7 +263,7 @@ class _Exchange:
         size, listed = FIRST_CHUNK, False
         while True:
             while not listed and self.ledger.room:
-                jobs, units, listed = _chunk(pending, size, self.ledger)
+                jobs, units, listed = _chunk(pending, size, self.ledger.room)
                 if jobs:
                     self._send(jobs, units)
                     size = min(2 * size, CHUNK_ROWS)
@@ -287,7 +297,8 @@ class _Exchange:
             with _quiet_data():
                 dataset = self.cluster._dataset(self.feeder, self.task, self.options)
             self.results = _Collector(dataset)
-        table = _jobs_table(jobs, self.ledger.issue(self.chunks, units))
+        first = self.ledger.issue(self.chunks, units, len(jobs))
+        table = _jobs_table(jobs, first, self.cluster.group(self.options.batch_size))
         self.feeder.put.remote(self.chunks, [ray.put(table)], table.num_rows)
         self.chunks += 1
 
@@ -313,30 +324,29 @@ class _Exchange:
             ray.kill(self.feeder)
 
 
-def _chunk(pending: Iterator, size: int, ledger: _Ledger) -> tuple[list, int, bool]:
-    """Up to `size` units of `pending` (fewer when the window is full, CHUNK_BYTES of image bytes are in, or the
-    listing took CHUNK_WAIT seconds): (jobs, their units, whether the listing ended)."""
+def _chunk(pending: Iterator, size: int, room: int) -> tuple[list, int, bool]:
+    """Up to `size` images of `pending` (fewer when the window has less `room`, CHUNK_BYTES of image bytes are in,
+    or the listing took CHUNK_WAIT seconds): (jobs, their units, whether the listing ended)."""
     jobs: list = []
     units = data = 0
-    room = ledger.window - len(ledger.out)
     started = time.monotonic()
     for item, todo in pending:
         jobs.append((item, todo))
         units += len(todo)
         data += len(item.data or b"")
-        if units >= min(size, room) or data >= CHUNK_BYTES or time.monotonic() - started >= CHUNK_WAIT:
+        if len(jobs) >= min(size, room) or data >= CHUNK_BYTES or time.monotonic() - started >= CHUNK_WAIT:
             return jobs, units, False
     return jobs, units, True
 
 
-def _jobs_table(jobs: list, first: int):
-    """A chunk as the reader hands it on: rows of LOAD_ROWS images each, with the first ticket of each row's units
+def _jobs_table(jobs: list, first: int, size: int):
+    """A chunk as the reader hands it on: rows of `size` images each, with the first ticket of each row's units
     (pickled: items and units carry whatever a manifest's columns hold)."""
     import pyarrow as pa
 
     rows, firsts, ticket = [], [], first
-    for start in range(0, len(jobs), LOAD_ROWS):
-        group = jobs[start : start + LOAD_ROWS]
+    for start in range(0, len(jobs), size):
+        group = jobs[start : start + size]
         rows.append(pickle.dumps(group, protocol=pickle.HIGHEST_PROTOCOL))
         firsts.append(ticket)
         ticket += sum(len(units) for _, units in group)
@@ -441,7 +451,7 @@ class _Feeder:
 
 # -- the stages, on the cluster ----------------------------------------------------------------------------------------
 def _read(batch, feeder) -> Iterator[Any]:
-    """The reader: every chunk the driver sends, in order, as rows of LOAD_ROWS images (a forgotten chunk, whose
+    """The reader: every chunk the driver sends, in order, a row at a time (a forgotten chunk, whose
     records are all back, as as many empty tables: a reader run again yields what it yielded before)."""
     import ray
 
@@ -471,7 +481,8 @@ def _preparer(model: ModelOptions, generation: GenerationOptions) -> Engine:
 
 
 def _load_batch(batch, task: Task, model: ModelOptions, generation: GenerationOptions, options: RunOptions):
-    """Loading: fetch, decode and prepare each image of a row (pipeline._load, on threads), one row per image."""
+    """Loading: fetch, decode and prepare each image of a row (pipeline._load, on threads); a row stays a row (its
+    images' units, in order, each with its request), so a stage's blocks stay few however many images pass."""
     import pyarrow as pa
 
     engine = _preparer(model, generation)
@@ -479,16 +490,13 @@ def _load_batch(batch, task: Task, model: ModelOptions, generation: GenerationOp
     def load(job) -> Loaded:
         return _load(job[0], job[1], task, engine, options)
 
-    loaded, firsts = [], []
-    for jobs, first in zip(batch.column("jobs").to_pylist(), batch.column("first").to_pylist()):
+    loaded = []
+    for jobs in batch.column("jobs").to_pylist():
         group = pickle.loads(jobs)
         threads = max(1, min(len(group), options.workers or LOAD_THREADS))
-        done = ordered_map(load, group, threads, 2 * threads, "kosmos-load")
-        for (_, units), units_loaded in zip(group, done):
-            loaded.append(pickle.dumps(units_loaded, protocol=pickle.HIGHEST_PROTOCOL))
-            firsts.append(first)
-            first += len(units)
-    return pa.table({"loaded": pa.array(loaded, pa.binary()), "first": pa.array(firsts, pa.int64())})
+        done = list(ordered_map(load, group, threads, 2 * threads, "kosmos-load"))
+        loaded.append(pickle.dumps(done, protocol=pickle.HIGHEST_PROTOCOL))
+    return pa.table({"loaded": pa.array(loaded, pa.binary()), "first": batch.column("first")})
 
 
 class ModelActor:
@@ -516,12 +524,13 @@ class ModelActor:
         if self.error is not None:
             raise self.error
         loaded: list[Loaded] = []
-        tickets: dict[int, int] = {}  # id of a unit's record -> its ticket
+        tickets: dict[int, int] = {}  # id of a unit's record -> its ticket (a row's units hold theirs in order)
         for row, first in zip(batch.column("loaded").to_pylist(), batch.column("first").to_pylist()):
-            units = pickle.loads(row)
-            for n, (unit, _) in enumerate(units):
-                tickets[id(unit.record)] = first + n
-            loaded.append(units)
+            for units in pickle.loads(row):
+                for unit, _ in units:
+                    tickets[id(unit.record)] = first
+                    first += 1
+                loaded.append(units)
         answered, their = [], []
         for out in _bucketed(loaded, self.task, self.engine, self.size):
             answered.append(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
@@ -553,20 +562,23 @@ def _here():
 @contextlib.contextmanager
 def _quiet_data():
     """Ray Data's settings for the dataset made inside (a dataset keeps those it was made with): no progress bars
-    of its own (kosmos shows one); a stage's own error raised as it is (a model that cannot load: the driver says
-    its one line); and every batch a stage yields passed on at once as blocks of its own rows: the rows are already
-    what a stage wants (a chunk's share, an image, a batch's answers), and Ray Data would otherwise hold the
-    reader's rows until 128 MiB of them are ready, which a stream of paths never is."""
+    of its own (kosmos shows one) nor advice in Ray's terms (its issue detectors: "set memory= in the call"); a
+    stage's own error raised as it is (a model that cannot load: the driver says its one line); and every batch a
+    stage yields passed on at once as blocks of its own rows: the rows are already what a stage wants (a row of
+    images, a batch's answers), and Ray Data would otherwise hold the reader's rows until 128 MiB of them are
+    ready, which a stream of paths never is."""
     import ray
 
     context = ray.data.DataContext.get_current()
-    changed = {"enable_progress_bars": False, "target_max_block_size": 1, "raise_original_map_exception": True}
+    changed = {
+        "enable_progress_bars": False,
+        "target_max_block_size": 1,
+        "raise_original_map_exception": True,
+        "issue_detectors_config": dataclasses.replace(context.issue_detectors_config, detectors=[]),
+    }
     saved = {name: getattr(context, name) for name in changed}
     for name, value in changed.items():
         setattr(context, name, value)
-    for name in ("ray.data", "ray"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
     try:
         yield
     finally:
@@ -575,17 +587,17 @@ def _quiet_data():
 
 
 class _Said(logging.Filter):
-    """Drops Ray Data's own error reports (a failed execution's tracebacks): the driver raises that failure itself,
-    a KosmosError in one line, anything else with its traceback."""
+    """What Ray Data's terminal keeps while a run executes: its warnings (a cluster too small for a stage), but not
+    its information (which stage starts), its notice that its progress bars are off (kosmos shows one), nor its
+    errors (a failed execution's tracebacks: the driver raises that failure itself, a KosmosError in one line,
+    anything else with its traceback). Its log files keep everything."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR
+        return record.levelno == logging.WARNING and not record.name.startswith("ray.data._internal.progress")
 
 
 @contextlib.contextmanager
 def _errors_said_once():
-    """While a run executes, Ray Data's terminal keeps its warnings (a cluster too small for a stage) and drops its
-    errors (see _Said); its log files keep everything."""
     import ray.data  # noqa: F401 - it sets up its loggers when imported
 
     shown = [h for h in logging.getLogger("ray.data").handlers if isinstance(h, logging.StreamHandler)]
