@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import tiny_checkpoint  # noqa: E402
 
-from kosmos_cli.engine import Engine, GenerationOptions  # noqa: E402
-from kosmos_cli.prompts import caption_prompt  # noqa: E402
+from kosmos_cli.model.engine import Engine, GenerationOptions  # noqa: E402
+from kosmos_cli.model.prompts import caption_prompt  # noqa: E402
 
 
 def model_for(arch: str, folder: str):

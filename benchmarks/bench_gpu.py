@@ -79,7 +79,7 @@ def full_model(folder: str):
 
 
 def engine_for(model, processor, decoder: str, new_tokens: int = NEW_TOKENS, eos_off: bool = True):
-    from kosmos_cli.engine import Engine, GenerationOptions
+    from kosmos_cli.model.engine import Engine, GenerationOptions
 
     engine = Engine.from_model(model, processor, GenerationOptions(new_tokens, decoder=decoder), "full-random")
     if eos_off:
@@ -162,7 +162,7 @@ def bare_generate(model, processor, results, batch=64, rounds=2):
 
 
 def _caption():
-    from kosmos_cli.prompts import caption_prompt
+    from kosmos_cli.model.prompts import caption_prompt
 
     return caption_prompt()
 
@@ -209,7 +209,7 @@ def decoder_alone(model, processor, results, rounds=2):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from kosmos_cli.decoder import Decoder
+    from kosmos_cli.model.decoder import Decoder
 
     rows = results.setdefault("decoder_alone", [])
     for batch in DECODER_BATCHES:
@@ -287,7 +287,7 @@ def loader(processor, folder, results, count=48, side=(4000, 3000)):
     import numpy as np
     from PIL import Image
 
-    from kosmos_cli.images import MODEL_SIDE, load_image
+    from kosmos_cli.inputs.images import MODEL_SIDE, load_image
 
     count = max(4, count // SCALE)
     w, h = side if SCALE == 1 else (800, 600)
@@ -322,7 +322,7 @@ def agreement(results, count=64):
     import torch
     from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
 
-    from kosmos_cli.prompts import caption_prompt, find_prompt
+    from kosmos_cli.model.prompts import caption_prompt, find_prompt
 
     count //= SCALE
     path = str(ROOT / "tests" / "fixtures" / "kosmos2-shapes")

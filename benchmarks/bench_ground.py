@@ -131,9 +131,9 @@ def main() -> None:
 
     import torch
 
-    from kosmos_cli.engine import Engine, GenerationOptions
-    from kosmos_cli.prompts import PRESETS
-    from kosmos_cli.runner import RunOptions, run
+    from kosmos_cli.model.engine import Engine, GenerationOptions
+    from kosmos_cli.model.prompts import PRESETS
+    from kosmos_cli.run.runner import RunOptions, run
     from kosmos_cli.tasks import Ground
 
     n = args.n or (16 if args.arch == "full" else 64)

@@ -25,7 +25,7 @@ PROCESSOR = os.path.join(ROOT, "tests", "fixtures", "kosmos2-shapes")  # the Kos
 CHILD = r"""
 import json, resource
 from transformers import AutoProcessor
-from kosmos_cli.images import load_image
+from kosmos_cli.inputs.images import load_image
 processor = AutoProcessor.from_pretrained({processor!r}).image_processor
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 loaded = load_image({path!r}, draft={draft!r})

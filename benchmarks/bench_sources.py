@@ -48,10 +48,10 @@ def make_jpegs(n: int, side: int) -> list[bytes]:
 
 def loader_rate(inputs: list[str], workers: int) -> tuple[float, int]:
     """images/s of listing `inputs` and reading + decoding every image on `workers` threads, as ground's loaders do."""
-    from kosmos_cli.locations import FetchOptions, open_image
-    from kosmos_cli.ordered import ordered_map
-    from kosmos_cli.pipeline import DRAFT_SIDE
-    from kosmos_cli.sources import iter_items
+    from kosmos_cli.inputs.locations import FetchOptions, open_image
+    from kosmos_cli.inputs.sources import iter_items
+    from kosmos_cli.run.pipeline import DRAFT_SIDE
+    from kosmos_cli.run.threads import ordered_map
 
     fetch = FetchOptions()
 
@@ -71,9 +71,9 @@ def https_rates(n: int, workers: int, rounds: int) -> None:
     import multiprocessing
     import urllib.request
 
-    from kosmos_cli.locations import FetchOptions, http, open_image
-    from kosmos_cli.ordered import ordered_map
-    from kosmos_cli.pipeline import DRAFT_SIDE
+    from kosmos_cli.inputs.locations import FetchOptions, http, open_image
+    from kosmos_cli.run.pipeline import DRAFT_SIDE
+    from kosmos_cli.run.threads import ordered_map
     from tests.helpers.serve import self_signed
 
     fetch = FetchOptions()
@@ -219,7 +219,7 @@ def main() -> None:
         import torch
         from bench_ground import build  # benchmarks/bench_ground.py: the same tiny random checkpoint
 
-        from kosmos_cli.engine import Engine, GenerationOptions
+        from kosmos_cli.model.engine import Engine, GenerationOptions
 
         model, processor = build("tiny", torch.float32)
         engine = Engine.from_model(model, processor, GenerationOptions(max_new_tokens=16))

@@ -81,7 +81,7 @@ def old_prepare(engine, image, prompt, pixels):
     """How a prompt was encoded before its cache: the processor on a blank image, for every request."""
     from PIL import Image
 
-    from kosmos_cli.engine import _thaw
+    from kosmos_cli.model.engine import _thaw
 
     enc = engine.processor(images=Image.new("RGB", (8, 8)), text=prompt.text, bboxes=_thaw(prompt.processor_bboxes))
     return tuple(enc["input_ids"]), tuple(enc["image_embeds_position_mask"]), pixels
@@ -103,7 +103,7 @@ def pixel_handoff(device: str = "cpu", n: int = 256, batch: int = 64, repeat: in
     import numpy as np
     import torch
 
-    from kosmos_cli.engine import ClipPixels
+    from kosmos_cli.model.engine import ClipPixels
 
     dtype = dtype or torch.float32
     clip = ClipPixels.default()
@@ -156,13 +156,13 @@ def main() -> None:
     from tiny_checkpoint import build_tiny
 
     from kosmos_cli import load_engine
-    from kosmos_cli.images import load_image
-    from kosmos_cli.pipeline import DRAFT_SIDE, Progress, RunOptions, Summary, _todo
-    from kosmos_cli.records import Record
-    from kosmos_cli.scores import Generation
-    from kosmos_cli.sources import Item, iter_items
+    from kosmos_cli.inputs.images import load_image
+    from kosmos_cli.inputs.sources import Item, iter_items
+    from kosmos_cli.output.formats import JsonlSink, ParquetPartSink, dumps
+    from kosmos_cli.run.pipeline import DRAFT_SIDE, Progress, RunOptions, Summary, _todo
     from kosmos_cli.tasks import Ground
-    from kosmos_cli.writers import JsonlSink, ParquetPartSink, dumps
+    from kosmos_cli.tasks.records import Record
+    from kosmos_cli.tasks.scores import Generation
 
     n, rep = args.n, args.repeat
     task = Ground()

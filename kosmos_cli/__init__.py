@@ -5,9 +5,9 @@ Importing this package is light: torch and transformers load only when a model d
 
 from .api import draw, export, find, ground, load_engine, refer
 from .errors import InputError, KosmosError, ModelError, OutputError, UsageError
-from .records import Entity, Record
+from .output.formats import read_records
 from .tasks import FindRecord, GroundRecord, ReferRecord
-from .writers import read_records
+from .tasks.records import Entity, Record
 
 __version__ = "0.1.0"
 

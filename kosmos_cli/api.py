@@ -14,10 +14,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from . import drawing, exports, locations, runner
-from .engine import Engine
+from . import drawing, exports
 from .errors import InputError
 from .exports.classes import parse_classes
+from .inputs import locations
+from .model.engine import Engine
 from .options import (
     OUT,
     RUN_GROUPS,
@@ -32,8 +33,9 @@ from .options import (
     ViewOptions,
     keyword_options,
 )
-from .pipeline import Progress, Summary
-from .runner import Inputs
+from .run import runner
+from .run.pipeline import Progress, Summary
+from .run.runner import Inputs
 from .tasks import Find, Ground, Refer
 from .view import serve
 

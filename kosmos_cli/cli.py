@@ -17,7 +17,7 @@ import typer
 
 from . import __version__, api
 from .errors import Interrupted, KosmosError, UsageError
-from .images import is_image_path
+from .inputs.images import is_image_path
 from .options import (
     REPORTING,
     RUN_GROUPS,
@@ -33,8 +33,8 @@ from .options import (
     command_options,
     flag_for,
 )
-from .progress import for_terminal
-from .records import one_line, printable
+from .run.progress import for_terminal
+from .tasks.records import one_line, printable
 
 app = typer.Typer(
     name="kosmos",

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Optional, TypeVar
 
 from .errors import UsageError
-from .items import Columns
-from .locations import DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT, FetchOptions
-from .quantize import check as check_quantize
-from .writers import check_out
+from .inputs.listing import Columns
+from .inputs.locations import DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT, FetchOptions
+from .model.quantize import check as check_quantize
+from .output.formats import check_out
 
 DEFAULT_MODEL = "microsoft/kosmos-2-patch14-224"
 DTYPES = ("auto", "float32", "bfloat16", "float16")

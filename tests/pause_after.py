@@ -12,9 +12,9 @@ import os
 import threading
 import time
 
-from kosmos_cli import pipeline
 from kosmos_cli.cli import main
-from kosmos_cli.store import Output
+from kosmos_cli.output.store import Output
+from kosmos_cli.run import pipeline
 
 after, flag = int(os.environ["KOSMOS_TEST_PAUSE_AFTER"]), os.environ["KOSMOS_TEST_PAUSED"]
 write, forward = Output.write, pipeline._forward

@@ -11,7 +11,7 @@ import os
 import time
 
 from kosmos_cli.cli import main
-from kosmos_cli.store import Output
+from kosmos_cli.output.store import Output
 
 after, flag = int(os.environ["KOSMOS_TEST_PAUSE_AFTER"]), os.environ["KOSMOS_TEST_PAUSED"]
 write = Output.write

@@ -11,8 +11,8 @@ instead, alive: its heartbeat goes on, its work does not.
 import os
 import time
 
-from kosmos_cli import pipeline
 from kosmos_cli.cli import main
+from kosmos_cli.run import pipeline
 
 
 def _after_first_batch(then):

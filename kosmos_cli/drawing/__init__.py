@@ -7,7 +7,7 @@ gallery.py     index.html, each row's text highlighted in its boxes' colours (it
 drawer.py      Drawer: a result at a time, counted in a DrawSummary
 background.py  Background: a Drawer fed from the main thread, drawing on threads of its own; `run`: kosmos draw
 
-Results files are read through `results.read` (the reader draw, export and view share), never here.
+Results files are read through `reader.read` (the reader draw, export and view share), never here.
 """
 
 from .background import Background, run

@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from typing import Any
 
-from .. import locations, results
-from ..ordered import ordered_map
-from ..progress import Progress
-from ..scores import check_min_score
+from ..inputs import locations
+from ..output import reader
+from ..run.progress import Progress
+from ..run.threads import ordered_map
+from ..tasks.scores import check_min_score
 from .drawer import Drawer, DrawSummary, Job
 
 
@@ -65,7 +66,7 @@ class Background:
         """`pipeline.run`'s on_write hook: the batch's rows, taken now, go to the drawing threads."""
         self.add_rows([record.to_dict() for record in records])
 
-    def add_rows(self, rows: list[results.Result | results.Bad] | list[dict[str, Any]], missing: bool = False) -> None:
+    def add_rows(self, rows: list[reader.Result | reader.Bad] | list[dict[str, Any]], missing: bool = False) -> None:
         """Rows to draw, in order; `missing`: results of an earlier run, drawn only where not drawn yet."""
         if self._error is not None:
             raise self._error
@@ -73,8 +74,8 @@ class Background:
 
     def add_missing(self, path: str) -> None:
         """`ground --draw` run again: the results at `path` (the run's output) that are not drawn yet, drawn."""
-        batch: list[results.Result | results.Bad] = []
-        for result in results.read(path):
+        batch: list[reader.Result | reader.Bad] = []
+        for result in reader.read(path):
             batch.append(result)
             if len(batch) == 64:
                 self.add_rows(batch, missing=True)
@@ -128,14 +129,14 @@ def run(
     on_drawn: Callable[[str], None] | None = None,
     threads: int | None = None,
 ) -> DrawSummary:
-    """`kosmos draw` (api.draw says what it does): the results at `path` read twice through `results.read`, once to
+    """`kosmos draw` (api.draw says what it does): the results at `path` read twice through `reader.read`, once to
     check them all and find the images' common folder before anything is written, once to draw them."""
     min_score = check_min_score(min_score)
     locations.check_local_output(out_dir, "out_dir")
     total, base = 0, None
-    for result in results.read(path):
+    for result in reader.read(path):
         total += 1
-        if isinstance(result, results.Result) and result.ok and locations.is_local(result.source):
+        if isinstance(result, reader.Result) and result.ok and locations.is_local(result.source):
             folder = os.path.dirname(os.path.abspath(result.source))
             base = folder if base is None else os.path.commonpath([base, folder])
     progress = progress or Progress()
@@ -151,8 +152,8 @@ def run(
 
     try:
         with Background(drawer, threads=threads, on_row=on_row) as background:
-            batch: list[results.Result | results.Bad] = []
-            for result in results.read(path):
+            batch: list[reader.Result | reader.Bad] = []
+            for result in reader.read(path):
                 batch.append(result)
                 if len(batch) == 16:
                     background.add_rows(batch)

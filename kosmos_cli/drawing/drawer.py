@@ -1,6 +1,6 @@
-"""Draws results of every task into a folder (what `results.read` yields, or a `Record.to_dict()` being written),
+"""Draws results of every task into a folder (what `reader.read` yields, or a `Record.to_dict()` being written),
 keeping their layout, with an optional gallery; counts what it drew, skipped and could not draw. `run` is
-`kosmos draw`: a results file read through `results.read`, drawn on threads of its own.
+`kosmos draw`: a results file read through `reader.read`, drawn on threads of its own.
 
 What a result shows is its task's to say (`Result.regions`, `Task.caption_html`): ground draws each entity's boxes
 labelled with its phrase, refer the region labelled with the model's description, find the phrase's boxes.
@@ -15,12 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import locations
 from ..errors import KosmosError, UsageError
-from ..fsnames import recorded
-from ..locations import open_image
-from ..reports import SoloReport
-from ..results import Bad, BadRecord, Result, result_of
+from ..inputs import locations
+from ..inputs.locations import open_image
+from ..inputs.names import recorded
+from ..output.reader import Bad, BadRecord, Result, result_of
+from ..run.reports import SoloReport
 from .gallery import Gallery
 from .naming import Targets, claim, save
 from .render import Shape, annotate, shapes_of

@@ -9,9 +9,9 @@ import os
 from urllib.parse import quote
 
 from .. import tasks
-from ..atomic import AtomicFile
 from ..errors import OutputError
-from ..results import Result
+from ..output.atomic import AtomicFile
+from ..output.reader import Result
 from .colors import color, text_color
 from .render import Shape
 

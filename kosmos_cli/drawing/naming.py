@@ -14,12 +14,12 @@ from collections.abc import Iterable
 
 from PIL import Image
 
-from .. import locations
-from ..atomic import atomic_write
 from ..errors import UsageError
-from ..fsnames import recorded
-from ..items import DRAWN_MARKER
-from ..layout import fit, remote_layout, write_error
+from ..inputs import locations
+from ..inputs.listing import DRAWN_MARKER
+from ..inputs.names import recorded
+from ..output.atomic import atomic_write
+from ..output.placement import fit, remote_layout, write_error
 
 _JPEG = (".jpg", ".jpeg", ".jpe", ".jfif")
 _GLOB = re.compile(r"[*?\[]")

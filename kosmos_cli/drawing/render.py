@@ -13,10 +13,10 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from ..fonts import label_font
-from ..results import Result, result_of
-from ..scores import passes
+from ..output.reader import Result, result_of
+from ..tasks.scores import passes
 from .colors import color, text_color
+from .fonts import label_font
 
 
 @dataclass

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import Interrupted, UsageError
-from ..reports import SoloReport
-from ..scores import check_min_score
+from ..run.reports import SoloReport
+from ..tasks.scores import check_min_score
 from .base import Options, Writer
 from .boxes import Dropped, labels
 from .classes import Classes

@@ -10,10 +10,10 @@ import shutil
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .. import layout
-from ..atomic import unlink
 from ..errors import OutputError, UsageError
-from ..items import EXPORT_MARKER
+from ..inputs.listing import EXPORT_MARKER
+from ..output import placement
+from ..output.atomic import unlink
 from .boxes import Label
 from .source import Image
 
@@ -192,7 +192,7 @@ def _running(pid: int) -> bool:
 
 
 def write_error(exc: OSError, path: str) -> OutputError:
-    return layout.write_error(exc, path, "OUT")
+    return placement.write_error(exc, path, "OUT")
 
 
 # Characters XML 1.0 does not allow (control characters but tab and line breaks, surrogates, U+FFFE and U+FFFF),
@@ -203,7 +203,7 @@ _NOT_YAML = re.compile("[\x7f-\x9f\u2028\u2029\ufffe\uffff]")
 
 def xml_text(value: object) -> str:
     """`value` as text an XML file can hold: a character XML 1.0 does not allow is written as its escape (`\\x01`,
-    `\\ufffe`), as a file name that is not UTF-8 is recorded (fsnames.py)."""
+    `\\ufffe`), as a file name that is not UTF-8 is recorded (inputs/names.py)."""
     return _NOT_XML.sub(lambda m: _escape(m.group()), str(value))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..scores import passes
+from ..tasks.scores import passes
 from .classes import Classes
 from .source import Image
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..errors import UsageError
-from ..fsnames import recorded
+from ..inputs.names import recorded
 
 ARTICLES = frozenset({"a", "an", "the"})
 _CUT = frozenset(

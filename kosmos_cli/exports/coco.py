@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 
-from ..atomic import AtomicFile
+from ..output.atomic import AtomicFile
 from .base import Options, Writer, starts_with, write_error
 from .boxes import Label
 from .source import Image

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
-from ..atomic import AtomicFile, atomic_write
+from ..output.atomic import AtomicFile, atomic_write
 from .base import Options, Writer, starts_with, write_error, xml_text
 from .boxes import Label
 from .source import Image

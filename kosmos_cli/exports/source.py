@@ -1,5 +1,5 @@
 """The images of a ground or find results file, each with every box the model found in it. Streamed in two passes,
-each reading the file through `results.read` (the reader draw, export and view share).
+each reading the file through `reader.read` (the reader draw, export and view share).
 
 The first pass reads every row once to check it (a results file of ours, of a task that finds boxes, images below
 `--root`) and to note each image's last row; nothing is written before it ends. The second pass gathers each
@@ -15,10 +15,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .. import locations, results, tasks
+from .. import tasks
 from ..errors import UsageError
-from ..fsnames import recorded
-from ..layout import fit, remote_layout
+from ..inputs import locations
+from ..inputs.names import recorded
+from ..output import reader
+from ..output.placement import fit, remote_layout
 
 log = logging.getLogger("kosmos_cli")
 
@@ -61,8 +63,8 @@ class Scan:
 def scan(path: str, root: str | None) -> Scan:
     """Check every row and note where each image's rows end. Raises before anything is written."""
     out = Scan()
-    for number, result in enumerate(results.read(path), 1):
-        if isinstance(result, results.Bad):
+    for number, result in enumerate(reader.read(path), 1):
+        if isinstance(result, reader.Bad):
             out.unusable += 1
             log.warning("%s", result.message(path))
             continue
@@ -92,8 +94,8 @@ def images(path: str, found: Scan, root: str | None) -> Iterator[Image]:
     the last one."""
     base = root if root is not None else found.base
     pending: dict[str, tuple[Image, dict[str, list[Found]]]] = {}
-    for number, result in enumerate(results.read(path), 1):
-        if isinstance(result, results.Bad) or not result.ok:
+    for number, result in enumerate(reader.read(path), 1):
+        if isinstance(result, reader.Bad) or not result.ok:
             continue  # the first pass warned about each line that cannot be used
         image_path, source = result.path, result.source
         if image_path not in pending:
@@ -123,7 +125,7 @@ _CONTAINER_ENDINGS = (".tar.gz", ".tgz", ".tar", ".parquet")
 
 def _place(source: str) -> tuple[str | None, str | None]:
     """(the full path of an image that opens at `source`, as per-image files are laid out; its folder). `source` in
-    its recorded form (fsnames.py): per-image files are named in valid UTF-8.
+    its recorded form (inputs/names.py): per-image files are named in valid UTF-8.
 
     A sample of a shard or table (`SHARD.tar#KEY`) is laid out as draw names it, `SHARD/KEY`, in the container's
     folder. A URL or an object in a bucket has no local place: (None, None)."""
@@ -141,7 +143,7 @@ def _place(source: str) -> tuple[str | None, str | None]:
     return os.path.join(stem, *parts) + ".png", os.path.dirname(stem)
 
 
-def _found(result: results.Result) -> Iterator[Found]:
+def _found(result: reader.Result) -> Iterator[Found]:
     for region in result.regions:
         for box, score in zip(region.boxes, region.scores):
             yield Found(region.label, tuple(int(round(float(v))) for v in box), score)  # type: ignore[arg-type]

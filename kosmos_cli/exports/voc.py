@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ET
 
-from ..atomic import atomic_write
+from ..output.atomic import atomic_write
 from .base import Options, UniqueNames, Writer, write_error, xml_text
 from .boxes import Label
 from .source import Image

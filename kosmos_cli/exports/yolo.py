@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 
-from ..atomic import atomic_write
-from ..images import is_image_path
-from ..locations import Unreadable, is_local, read_bytes
+from ..inputs.images import is_image_path
+from ..inputs.locations import Unreadable, is_local, read_bytes
+from ..output.atomic import atomic_write
 from .base import Options, UniqueNames, Writer, write_error, yaml_string
 from .boxes import Label
 from .source import Image

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..records import reserved_names
 from .base import Task, Unit, forget_folders, path_key
 from .find import Find, FindRecord
 from .ground import Ground, GroundRecord
+from .records import reserved_names
 from .refer import Refer, ReferRecord
 
 REGISTRY: dict[str, type[Task]] = {task.name: task for task in (Ground, Refer, Find)}

@@ -24,12 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..fsnames import clean, recorded
-from ..items import MANIFEST_EXTENSIONS, Item
-from ..locations import is_remote, local_path, split_member
-from ..prompts import Prompt
-from ..records import Record, common_arrow_fields
-from ..scores import Generation
+from ..inputs.listing import MANIFEST_EXTENSIONS, Item
+from ..inputs.locations import is_remote, local_path, split_member
+from ..inputs.names import clean, recorded
+from ..model.prompts import Prompt
+from .records import Record, common_arrow_fields
+from .scores import Generation
 
 Mark = Callable[[str, int], str]  # (text, entity index) -> HTML of that text in the entity's colour
 Found = tuple[str, list[list[float]]]  # what draw shows of one entity: its label and its pixel boxes
@@ -59,7 +59,7 @@ class Task:
         """What makes a row unique in its output: the image (`path_key`), and for refer/find the region or phrase.
 
         `base`: the output's folder, for rows read back from it (a relative path there may have been written from
-        that folder). A path that is not valid Unicode counts as it is recorded (fsnames.py), so a rerun finds such
+        that folder). A path that is not valid Unicode counts as it is recorded (inputs/names.py), so a rerun finds such
         images done.
         """
         return "\x00".join([path_key(row["path"], base), *(json.dumps(clean(row.get(f))) for f in cls.key_fields)])
@@ -128,7 +128,7 @@ class Task:
 
 
 def path_key(path: str, base: str | None = None) -> str:
-    """The image part of a resume key: `path` made canonical, in its recorded form (fsnames.py). Records keep the
+    """The image part of a resume key: `path` made canonical, in its recorded form (inputs/names.py). Records keep the
     path as given; only keys are canonical, so a run by another spelling of the same folder finds it done.
 
     Canonical is the real path (symlinks resolved, `.` and `..` gone); a relative path is taken from the current

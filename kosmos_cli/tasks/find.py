@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import UsageError
-from ..grounding import parse, to_pixels
-from ..items import Item
-from ..prompts import OBJECT_END, Prompt, clean_phrase, find_prompt
-from ..records import Record
-from ..scores import entity_scores
+from ..inputs.listing import Item
+from ..model.prompts import OBJECT_END, Prompt, clean_phrase, find_prompt
 from .base import Found, Mark, Task, Unit, need_rows
+from .markup import parse, to_pixels
+from .records import Record
+from .scores import entity_scores
 
 
 @dataclass

@@ -7,12 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..grounding import parse, to_pixels
-from ..items import Item
-from ..prompts import Prompt, caption_prompt
-from ..records import Entity, Record
-from ..scores import entity_scores
+from ..inputs.listing import Item
+from ..model.prompts import Prompt, caption_prompt
 from .base import Found, Mark, Task, Unit
+from .markup import parse, to_pixels
+from .records import Entity, Record
+from .scores import entity_scores
 
 
 @dataclass

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import UsageError
-from ..grounding import parse, snap, strip_tags, to_normalized, to_pixels
-from ..items import MANIFEST_EXTENSIONS, Item
-from ..locations import display_size
-from ..prompts import Prompt, refer_prompt
-from ..records import Record
+from ..inputs.listing import MANIFEST_EXTENSIONS, Item
+from ..inputs.locations import display_size
+from ..model.prompts import Prompt, refer_prompt
 from .base import Found, Mark, Task, Unit, need_rows
+from .markup import parse, snap, strip_tags, to_normalized, to_pixels
+from .records import Record
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
 

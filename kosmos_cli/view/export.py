@@ -14,8 +14,8 @@ import shlex
 from collections.abc import Iterator
 from typing import Any
 
-from .. import locations
 from ..exports import FORMATS
+from ..inputs import locations
 from .index import Index, Query
 
 OUTS = {"coco": "export.json", "labelstudio": "tasks.json", "yolo": "dataset/", "voc": "voc/"}

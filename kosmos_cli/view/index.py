@@ -25,9 +25,9 @@ from typing import Any
 from ..drawing.colors import PALETTE, color, text_color
 from ..errors import UsageError
 from ..exports.classes import Classes, parse_classes
-from ..scores import check_min_score, passes
 from ..tasks import Task
 from ..tasks.refer import format_box
+from ..tasks.scores import check_min_score, passes
 from .reading import Results
 
 SORTS = ("file", "path", "best", "worst", "boxes")

@@ -24,9 +24,9 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
-from .. import carried, locations, tasks
+from .. import tasks
 from ..errors import InputError
-from ..records import to_jsonable
+from ..inputs import carried_columns, locations
 from ..tasks import Task
 
 COMMON = ("path", "task", "status", "error", "width", "height")
@@ -276,15 +276,15 @@ class ParquetResults(Results):
                     self._groups.popitem(last=False)
             table = self._groups[key]
         out = table.slice(offset, 1).to_pylist()[0]
-        text = {f.name for f in table.schema if carried.is_json_text(f)}
-        return {k: _json_value(v) if k in text else to_jsonable(v) for k, v in out.items()}
+        text = {f.name for f in table.schema if carried_columns.is_json_text(f)}
+        return {k: _json_value(v) if k in text else carried_columns.to_jsonable(v) for k, v in out.items()}
 
     def rows(self) -> Iterator[dict[str, Any]]:
         for pf in self._opened():
-            text = {f.name for f in pf.schema_arrow if carried.is_json_text(f)}
+            text = {f.name for f in pf.schema_arrow if carried_columns.is_json_text(f)}
             for batch in pf.iter_batches(batch_size=4096):
                 for out in batch.to_pylist():
-                    yield {k: _json_value(v) if k in text else to_jsonable(v) for k, v in out.items()}
+                    yield {k: _json_value(v) if k in text else carried_columns.to_jsonable(v) for k, v in out.items()}
 
 
 def _parquet_task(pf, name: str) -> type[Task] | None:
@@ -342,13 +342,13 @@ class JsonlResults(Results):
             raise IndexError(row)
         with self._lock, open(self.path, "rb") as f:
             f.seek(self._offsets[row])
-            return to_jsonable(json.loads(f.readline()))
+            return carried_columns.to_jsonable(json.loads(f.readline()))
 
     def rows(self) -> Iterator[dict[str, Any]]:
         with open(self.path, "rb") as f:
             for row in range(len(self._offsets)):
                 f.seek(self._offsets[row])
-                yield to_jsonable(json.loads(f.readline()))
+                yield carried_columns.to_jsonable(json.loads(f.readline()))
 
 
 class _Slow(Exception):

@@ -13,7 +13,7 @@ import os
 import threading
 from collections import OrderedDict
 
-from .. import locations
+from ..inputs import locations
 
 SIZES = (256, 512, 1024, 2048)  # the longest side of an image as sent
 DEFAULT_CACHE_MB = 64

@@ -11,8 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kosmos_cli.drawing import PALETTE
+from kosmos_cli.output.formats import records_table
 from kosmos_cli.tasks import Find, FindRecord
-from kosmos_cli.writers import records_table
 from tests.helpers import ROOT, one_error_line
 
 runner = CliRunner()
@@ -219,7 +219,7 @@ def test_a_junk_line_is_warned_skipped_and_counted_as_ground_does(results, tmp_p
 
 
 def test_records_edited_by_hand_are_each_a_warning_and_the_rest_is_drawn(tmp_path):
-    from tests.unit.test_results import BAD_RECORDS, ground_row
+    from tests.unit.test_reader import BAD_RECORDS, ground_row
 
     Image.new("RGB", (200, 100), GREY).save(tmp_path / "a.png")
     rows = [ground_row()] + [row for row, _ in BAD_RECORDS.values()] + [ground_row()]

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from kosmos_cli.cli import app
-from kosmos_cli.store import Store
-from kosmos_cli.writers import read_records
+from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.store import Store
 from tests.helpers import ROOT, make_images
 
 SAMPLES = os.path.join(ROOT, "sample_images")

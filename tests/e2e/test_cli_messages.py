@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from kosmos_cli.records import one_line, printable
+from kosmos_cli.tasks.records import one_line, printable
 from tests.helpers import kosmos, make_images, one_error_line, rows_of
 
 SPOOF = "kosmos: error: spoof"

@@ -6,7 +6,7 @@ import os
 import pytest
 from PIL import Image
 
-from kosmos_cli.sources import iter_items
+from kosmos_cli.inputs.sources import iter_items
 from tests.helpers import kosmos, rows_of
 
 

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from kosmos_cli import ground
 from kosmos_cli.cli import app
 from kosmos_cli.errors import OutputError
-from kosmos_cli.store import Store
-from kosmos_cli.writers import read_records
+from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.store import Store
 from tests.helpers import ROOT, make_images
 
 
@@ -80,7 +80,7 @@ def test_wait_waits_for_the_first_run(tiny_model, photos, tmp_path):
 def test_a_lock_left_by_a_killed_run_does_not_block(tiny_model, photos, tmp_path):
     out = tmp_path / "r.jsonl"
     code = (
-        f"from kosmos_cli.store import Store; import time; Store({str(out)!r}, 'jsonl', 'ground').lock(); "
+        f"from kosmos_cli.output.store import Store; import time; Store({str(out)!r}, 'jsonl', 'ground').lock(); "
         "print('locked', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -94,7 +94,7 @@ def test_a_lock_left_by_a_killed_run_does_not_block(tiny_model, photos, tmp_path
 
 # -- full disk ----------------------------------------------------------------------------------------------
 def _fsync_fails_after(monkeypatch, calls):
-    import kosmos_cli.writers as writers
+    import kosmos_cli.output.formats as writers
 
     real, count = os.fsync, {"n": 0}
 
@@ -239,8 +239,8 @@ def test_a_real_full_disk(tiny_model, small_disk, tmp_path):
 def test_a_full_disk_leaves_whole_jsonl_records_only(small_disk):
     """A batch the disk has no room for is cut off again before the error: jq and kosmos draw read the file
     as it is, with no repair run needed."""
+    from kosmos_cli.output.formats import JsonlSink
     from kosmos_cli.tasks import GroundRecord
-    from kosmos_cli.writers import JsonlSink
 
     (small_disk / "filler").write_bytes(b"\0" * (64 * 1024 - 8 * 1024))
     out = small_disk / "r.jsonl"

@@ -1,4 +1,4 @@
-"""An --out that names a folder: the results as a Parquet dataset (dataset.py, folders.py).
+"""An --out that names a folder: the results as a Parquet dataset (output/dataset.py, output/dataset_folder.py).
 
 First the store on records made by hand (no model): parts, resume, replaced records, --prune, --overwrite, the
 lock, whose folder it is, what a kill leaves, one schema for every part, and DuckDB, polars and pyarrow.dataset
@@ -13,13 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from kosmos_cli import draw, ground
-from kosmos_cli.dataset import DatasetStore, PartSink
-from kosmos_cli.distributed import Solo
 from kosmos_cli.errors import LockedError, OutputError, UsageError
-from kosmos_cli.records import Entity
-from kosmos_cli.store import Store
+from kosmos_cli.output.dataset import DatasetStore, PartSink
+from kosmos_cli.output.formats import DATASET, check_out, detect_format, names_folder, read_records
+from kosmos_cli.output.store import Store
+from kosmos_cli.run.ranks import Solo
 from kosmos_cli.tasks import FindRecord, Ground, GroundRecord
-from kosmos_cli.writers import DATASET, check_out, detect_format, names_folder, read_records
+from kosmos_cli.tasks.records import Entity
 from tests.helpers import SHAPES_MODEL, killed_after, kosmos_process, make_images
 
 

@@ -1,12 +1,12 @@
-"""The fast decoder (decoder.py) gives generate's tokens, token for token, and its probabilities within 1e-5."""
+"""The fast decoder (model/decoder.py) gives generate's tokens, token for token, and its probabilities within 1e-5."""
 
 import pytest
 from PIL import Image
 
 from kosmos_cli import find, load_engine, read_records
-from kosmos_cli.engine import Engine, GenerationOptions
 from kosmos_cli.errors import UsageError
-from kosmos_cli.prompts import caption_prompt, find_prompt, refer_prompt
+from kosmos_cli.model.engine import Engine, GenerationOptions
+from kosmos_cli.model.prompts import caption_prompt, find_prompt, refer_prompt
 from tests.helpers import build_tiny, kosmos
 
 PROMPTS = [

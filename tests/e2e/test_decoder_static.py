@@ -3,7 +3,7 @@ with batches padded to a bucket, the cache kept between batches and the done che
 
 import pytest
 
-from kosmos_cli.decoder import SPAN, Decoder, bucket
+from kosmos_cli.model.decoder import SPAN, Decoder, bucket
 from tests.e2e.test_decoder import PROMPTS, assert_same, batch_of, engines, scenes
 from tests.helpers import build_tiny
 
@@ -58,7 +58,7 @@ def test_a_longer_batch_replaces_the_kept_cache(shapes_model):
     assert_same(hf, fast, batch_of(hf, images[:2], PROMPTS[:2]))
     first = fast.decoder._storage.length
     long_prompt = [PROMPTS[0], PROMPTS[2]]
-    from kosmos_cli.prompts import find_prompt
+    from kosmos_cli.model.prompts import find_prompt
 
     long_prompt[1] = find_prompt("a " + " ".join(["big"] * (SPAN + 5)) + " blue circle")
     assert_same(hf, fast, batch_of(hf, images[2:4], long_prompt))

@@ -12,10 +12,10 @@ import time
 import pytest
 
 from kosmos_cli import find, ground, read_records
-from kosmos_cli.distributed import DONE, FAILED, LOADING, RUNNING, Solo, new_team
-from kosmos_cli.distributed import team as current_team
 from kosmos_cli.errors import OutputError, RankError, UsageError
-from kosmos_cli.pipeline import Progress, Summary
+from kosmos_cli.run.pipeline import Progress, Summary
+from kosmos_cli.run.ranks import DONE, FAILED, LOADING, RUNNING, Solo, new_team
+from kosmos_cli.run.ranks import team as current_team
 from tests.helpers import HERE, make_images
 
 SIZES = [(224, 224), (320, 200), (200, 320), (288, 224), (100, 100), (300, 300), (256, 128)]  # 7: uneven shares
@@ -472,7 +472,7 @@ def test_another_rank_leaves_the_message_to_rank_0(tmp_path):
 
 
 def test_each_rank_gets_its_own_device(monkeypatch):
-    from kosmos_cli import distributed
+    from kosmos_cli.run import ranks as distributed
 
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setattr(distributed, "_team", new_team(3, 8, 3, "cuda:3", "test"))

@@ -27,9 +27,9 @@ from kosmos_cli.drawing import (
     text_color,
 )
 from kosmos_cli.drawing.render import _font
-from kosmos_cli.records import Entity
+from kosmos_cli.output.formats import records_table
 from kosmos_cli.tasks import Find, FindRecord, GroundRecord, ReferRecord
-from kosmos_cli.writers import records_table
+from kosmos_cli.tasks.records import Entity
 
 GREY = (128, 128, 128)
 

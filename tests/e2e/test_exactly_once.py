@@ -8,11 +8,11 @@ import shutil
 import pytest
 
 from kosmos_cli import ground
-from kosmos_cli.distributed import Solo
-from kosmos_cli.store import Store
+from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.store import Store
+from kosmos_cli.run.ranks import Solo
 from kosmos_cli.tasks import Ground, GroundRecord
 from kosmos_cli.tasks.base import path_key
-from kosmos_cli.writers import read_records
 from tests.helpers import kosmos, make_images
 
 

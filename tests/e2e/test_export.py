@@ -15,8 +15,8 @@ from kosmos_cli.errors import InputError, UsageError
 from kosmos_cli.exports.base import xml_text
 from kosmos_cli.exports.boxes import Label, suppress
 from kosmos_cli.exports.classes import Classes, normalise, parse_classes
-from kosmos_cli.records import Entity
 from kosmos_cli.tasks import FindRecord, GroundRecord, ReferRecord
+from kosmos_cli.tasks.records import Entity
 from tests.helpers import HERE, kosmos, one_error_line
 
 
@@ -369,8 +369,8 @@ def test_find_rows_of_one_image_are_one_image_wherever_they_are(tmp_path):
     results = tmp_path / "found.parquet"
     import pyarrow.parquet as pq
 
+    from kosmos_cli.output.formats import records_table
     from kosmos_cli.tasks import Find
-    from kosmos_cli.writers import records_table
 
     pq.write_table(
         records_table([FindRecord(**{k: v for k, v in r.items() if k != "task"}) for r in rows], Find), results
@@ -538,7 +538,7 @@ def test_a_junk_line_is_warned_skipped_and_counted_as_ground_does(grounded, tmp_
 
 
 def test_records_edited_by_hand_are_each_a_warning_and_the_rest_exported(tmp_path):
-    from tests.unit.test_results import BAD_RECORDS, ground_row
+    from tests.unit.test_reader import BAD_RECORDS, ground_row
 
     grey(tmp_path / "a.png", (200, 100))
     rows = [row for row, _ in BAD_RECORDS.values()] + [ground_row()]
@@ -777,7 +777,7 @@ def test_after_kill_9_the_same_command_finishes_the_export_and_removes_its_lefto
 
 
 def test_a_folder_an_export_wrote_inside_the_photos_is_never_walked_as_input(grounded, tmp_path, photos):
-    from kosmos_cli.sources import iter_items
+    from kosmos_cli.inputs.sources import iter_items
 
     before = sorted(item.path for item in iter_items([str(tmp_path / "photos")]))
     assert len(before) == 3

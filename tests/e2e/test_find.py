@@ -9,11 +9,11 @@ import shapes
 from PIL import Image
 
 from kosmos_cli import UsageError, find, read_records
-from kosmos_cli.grounding import patch_to_box, to_pixels
-from kosmos_cli.prompts import find_prompt
-from kosmos_cli.sources import Item
+from kosmos_cli.inputs.sources import Item
+from kosmos_cli.model.prompts import find_prompt
 from kosmos_cli.tasks.find import Find as FindJob
 from kosmos_cli.tasks.find import check_phrase
+from kosmos_cli.tasks.markup import patch_to_box, to_pixels
 
 
 def _finished(text, phrase="a red car", size=(320, 200)):
@@ -85,7 +85,7 @@ class RawFindJob(FindJob):
 
 def test_batched_equals_one_at_a_time_with_prompts_of_different_lengths(tiny_model, tmp_path):
     from kosmos_cli import load_engine
-    from kosmos_cli.runner import RunOptions, run
+    from kosmos_cli.run.runner import RunOptions, run
 
     engine = load_engine(tiny_model, max_new_tokens=8)
     for i, size in enumerate([(96, 64), (64, 96)]):

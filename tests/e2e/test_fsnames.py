@@ -9,9 +9,9 @@ from PIL import Image
 
 import kosmos_cli
 from kosmos_cli import tasks
-from kosmos_cli.fsnames import clean, recorded
-from kosmos_cli.images import file_stat, load_image
-from kosmos_cli.sources import iter_items
+from kosmos_cli.inputs.images import file_stat, load_image
+from kosmos_cli.inputs.names import clean, recorded
+from kosmos_cli.inputs.sources import iter_items
 from tests.helpers import kosmos, rows_of
 
 LATIN1 = os.fsdecode(b"caf\xe9.png")  # 'caf\udce9.png': how Python holds a name that is not UTF-8
@@ -103,9 +103,9 @@ def test_non_utf8_bytes_in_csv_and_jsonl_manifests_are_read_as_file_names(tmp_pa
 
 
 def test_json_text_is_recorded_the_same_way(tmp_path):
-    from kosmos_cli.store import Store
+    from kosmos_cli.output.formats import read_records
+    from kosmos_cli.output.store import Store
     from kosmos_cli.tasks import GroundRecord
-    from kosmos_cli.writers import read_records
 
     for fmt in ("parquet", "jsonl"):
         out = str(tmp_path / f"r.{fmt}")
@@ -139,7 +139,7 @@ def test_draw_and_export_open_a_recorded_escaped_path_by_its_real_name(tmp_path,
 
 
 def test_a_file_named_as_written_comes_first(tmp_path):
-    from kosmos_cli.results import locate
+    from kosmos_cli.output.reader import locate
 
     real = tmp_path / LATIN1
     real.write_bytes(b"x")

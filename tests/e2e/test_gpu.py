@@ -47,8 +47,8 @@ def test_cuda_graphs_give_the_tokens_of_the_eager_step_and_of_generate(shapes_mo
     eagerly and against generate, on the card in float32, prompts of mixed lengths in one batch."""
     from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
 
-    from kosmos_cli.decoder import Decoder
-    from kosmos_cli.engine import Engine, GenerationOptions
+    from kosmos_cli.model.decoder import Decoder
+    from kosmos_cli.model.engine import Engine, GenerationOptions
     from tests.e2e.test_decoder import PROMPTS, batch_of, hf_answers, scenes
 
     model = Kosmos2ForConditionalGeneration.from_pretrained(shapes_model).to("cuda")

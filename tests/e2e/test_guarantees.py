@@ -14,13 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from kosmos_cli import find, ground, refer
-from kosmos_cli.distributed import Solo
-from kosmos_cli.engine import Engine, GenerationOptions
 from kosmos_cli.errors import UsageError
-from kosmos_cli.records import Entity
-from kosmos_cli.store import Store
+from kosmos_cli.model.engine import Engine, GenerationOptions
+from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.store import Store
+from kosmos_cli.run.ranks import Solo
 from kosmos_cli.tasks import FindRecord, Ground, GroundRecord, ReferRecord
-from kosmos_cli.writers import read_records
+from kosmos_cli.tasks.records import Entity
 from tests.helpers import HERE, kosmos, one_error_line
 
 NO_MODEL = "/nonexistent/folder"

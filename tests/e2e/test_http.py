@@ -17,10 +17,10 @@ import pytest
 import shapes  # tools/shapes.py
 
 from kosmos_cli import ground
-from kosmos_cli.locations import FetchOptions, Unreadable, http, open_image
-from kosmos_cli.locations.http import fetch_bytes
-from kosmos_cli.ordered import ordered_map
-from kosmos_cli.writers import read_records
+from kosmos_cli.inputs.locations import FetchOptions, Unreadable, http, open_image
+from kosmos_cli.inputs.locations.http import fetch_bytes
+from kosmos_cli.output.formats import read_records
+from kosmos_cli.run.threads import ordered_map
 from tests.helpers import ROOT, SHAPES_MODEL, killed_after, kosmos, kosmos_process, one_error_line, rows_of
 from tests.helpers.serve import ImageServer, self_signed
 

@@ -1,4 +1,4 @@
-"""Parquet with the images in it (locations/table.py, locations/members.py): img2dataset's output (a binary `jpg`
+"""Parquet with the images in it (inputs/locations/: table.py, members.py): img2dataset's output (a binary `jpg`
 column keyed on `key`) and a Hugging Face Image feature (a struct with `bytes`), grounded by the trained shapes
 model: records named `TABLE#KEY` with right boxes and the other columns carried, a null image as an error record,
 resume (after a kill too), and draw and export on the results."""
@@ -14,11 +14,11 @@ import pytest
 import shapes  # tools/shapes.py
 
 from kosmos_cli import ground, read_records
-from kosmos_cli.items import Columns, Unseen
-from kosmos_cli.locations import FetchOptions, Unreadable
-from kosmos_cli.locations.members import read_member
-from kosmos_cli.sources import iter_items
-from kosmos_cli.store import Store
+from kosmos_cli.inputs.listing import Columns, Unseen
+from kosmos_cli.inputs.locations import FetchOptions, Unreadable
+from kosmos_cli.inputs.locations.members import read_member
+from kosmos_cli.inputs.sources import iter_items
+from kosmos_cli.output.store import Store
 from tests.helpers import SHAPES_MODEL, killed_after, kosmos, kosmos_process, one_error_line, rows_of
 
 N = 8  # scenes; one more row failed to download (a null jpg)
@@ -163,8 +163,8 @@ def test_a_missing_image_or_key_column_is_one_line_naming_what_there_is(table, t
 
 
 def test_rows_are_read_in_batches_never_the_whole_table(table, monkeypatch):
-    from kosmos_cli.locations import table as table_module
-    from kosmos_cli.sources import Columns
+    from kosmos_cli.inputs.locations import table as table_module
+    from kosmos_cli.inputs.sources import Columns
 
     path, _ = table
     sizes = []

@@ -1,6 +1,6 @@
 """Seeded random manifests (.jsonl and .csv) with mixed column types, odd and colliding names, run in two halves
 and then again, to Parquet and JSONL at batch sizes 1-4: every image is recorded exactly once, and every carried
-value is kept (as carried.py's rule says: typed, widened, or JSON text)."""
+value is kept (as inputs/carried_columns.py's rule says: typed, widened, or JSON text)."""
 
 import csv
 import json
@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 import kosmos_cli
-from kosmos_cli import carried
-from kosmos_cli.records import carried_name, to_jsonable
-from kosmos_cli.sources import unique_names
+from kosmos_cli.inputs import carried_columns as carried
+from kosmos_cli.inputs.carried_columns import to_jsonable
+from kosmos_cli.inputs.sources import unique_names
+from kosmos_cli.tasks.records import carried_name
 
 NAMES = ["label", "a b", "ünïcödé ✓", "status", "input_status", "width", "task", "path ", "", "x.y", "_extra"]
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from kosmos_cli.model_files import looks_like_path
+from kosmos_cli.model.files import looks_like_path
 from tests.helpers import ROOT, kosmos, make_images, one_error_line
 
 

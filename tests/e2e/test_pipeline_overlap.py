@@ -10,11 +10,12 @@ import threading
 
 import pytest
 
-from kosmos_cli import ground, pipeline
-from kosmos_cli.ordered import Behind
-from kosmos_cli.store import Output
+from kosmos_cli import ground
+from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.store import Output
+from kosmos_cli.run import pipeline
+from kosmos_cli.run.threads import Behind
 from kosmos_cli.tasks import Ground
-from kosmos_cli.writers import read_records
 from tests.helpers import make_images
 
 WAIT = 10  # seconds before a test that would hang fails instead

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kosmos_cli import engine as engine_module
 from kosmos_cli import ground, load_engine
-from kosmos_cli.engine import ClipPixels, Engine
-from kosmos_cli.writers import read_records
+from kosmos_cli.model import engine as engine_module
+from kosmos_cli.model.engine import ClipPixels, Engine
+from kosmos_cli.output.formats import read_records
 from tests.helpers import build_processor, make_images
 
 

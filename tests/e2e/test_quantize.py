@@ -1,4 +1,4 @@
-"""quantize.py: int8 weights on the CPU (`quantize="int8"`), on the shapes checkpoint: the records say so in their
+"""model/quantize.py: int8 weights on the CPU (`quantize="int8"`), on the shapes checkpoint: the records say so in their
 `decoding`, so a float32 run redoes them and the other way round; CUDA, another dtype, an unknown mode, a torch
 build without int8 kernels and a checkpoint whose layers cannot take int8 are each one line, before any image is
 read, and `int8-or-float32` goes on in float32 instead."""
@@ -10,10 +10,11 @@ import pytest
 import shapes  # tools/shapes.py
 import torch
 
-from kosmos_cli import ground, load_engine, quantize
-from kosmos_cli.engine import ModelOptions
+from kosmos_cli import ground, load_engine
 from kosmos_cli.errors import ModelError, UsageError
-from kosmos_cli.writers import read_records
+from kosmos_cli.model import quantize
+from kosmos_cli.model.engine import ModelOptions
+from kosmos_cli.output.formats import read_records
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""--on ray (kosmos_cli/cluster/ray.py) against a real Ray cluster started once for the session on this machine
+"""--on ray (kosmos_cli/run/ray.py) against a real Ray cluster started once for the session on this machine
 (ray.init, 2 CPUs), no mocks: the same records as a local run for ground, refer and find on the trained shapes model,
 from every kind of input (a folder, a manifest, a WebDataset shard, a Parquet image table, an http URL) with bad
 images as error records; resume after a clean end, after the driver is killed (-9) and after a model actor's process
@@ -23,7 +23,7 @@ import shapes  # tools/shapes.py
 
 from kosmos_cli import find, ground, read_records, refer
 from kosmos_cli.errors import ModelError, UsageError
-from kosmos_cli.store import Store
+from kosmos_cli.output.store import Store
 from tests.helpers import ROOT, SHAPES_MODEL, killed_after, kosmos, kosmos_process, one_error_line
 from tests.helpers.serve import ImageServer
 

@@ -10,10 +10,10 @@ from PIL import Image
 from shapes import save_rotated_jpeg
 
 from kosmos_cli import UsageError, read_records, refer
-from kosmos_cli.engine import Engine
-from kosmos_cli.grounding import box_to_patches, snap, to_pixels
-from kosmos_cli.prompts import refer_prompt
-from kosmos_cli.sources import Item
+from kosmos_cli.inputs.sources import Item
+from kosmos_cli.model.engine import Engine
+from kosmos_cli.model.prompts import refer_prompt
+from kosmos_cli.tasks.markup import box_to_patches, snap, to_pixels
 from kosmos_cli.tasks.refer import Refer as ReferJob
 from kosmos_cli.tasks.refer import check_fits, clean_description, parse_box
 
@@ -183,7 +183,7 @@ class CountingEngine(Engine):
 
 
 def test_regions_of_one_image_share_one_decode_and_one_pixels_call(tiny_engine, tmp_path, monkeypatch):
-    from kosmos_cli import pipeline
+    from kosmos_cli.run import pipeline
 
     decoded = []
     real_load = pipeline.open_image

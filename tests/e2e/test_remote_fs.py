@@ -1,4 +1,4 @@
-"""Object storage through fsspec (locations/fs.py), against a real S3 endpoint: moto's standalone server on
+"""Object storage through fsspec (inputs/locations/fs.py), against a real S3 endpoint: moto's standalone server on
 127.0.0.1, read through s3fs, as s3fs tests itself. Credentials and the endpoint come from the environment
 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL_S3), never from our options.
 
@@ -27,10 +27,10 @@ pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
 from kosmos_cli import locations  # noqa: E402
-from kosmos_cli.locations import FetchOptions, Unreadable  # noqa: E402
-from kosmos_cli.locations.fs import expand_remote, filesystem, read_remote, remote_stat  # noqa: E402
-from kosmos_cli.sources import check_inputs, iter_items  # noqa: E402
-from kosmos_cli.writers import read_records  # noqa: E402
+from kosmos_cli.inputs.locations import FetchOptions, Unreadable  # noqa: E402
+from kosmos_cli.inputs.locations.fs import expand_remote, filesystem, read_remote, remote_stat  # noqa: E402
+from kosmos_cli.inputs.sources import check_inputs, iter_items  # noqa: E402
+from kosmos_cli.output.formats import read_records  # noqa: E402
 from tests.helpers import SHAPES_MODEL, killed_after, kosmos_process, one_error_line, runner  # noqa: E402
 
 from kosmos_cli.cli import app  # noqa: E402  isort: skip
@@ -468,8 +468,8 @@ def _in_bucket(fs, prefix):
 
 
 def test_a_dataset_in_the_bucket_resumes_prunes_and_overwrites_part_by_part(s3):
-    from kosmos_cli.dataset import DatasetStore
-    from kosmos_cli.distributed import Solo
+    from kosmos_cli.output.dataset import DatasetStore
+    from kosmos_cli.run.ranks import Solo
     from kosmos_cli.tasks import Ground
 
     fs, bucket = s3
@@ -503,8 +503,8 @@ def test_a_dataset_in_the_bucket_resumes_prunes_and_overwrites_part_by_part(s3):
 
 
 def test_two_runs_at_once_on_a_bucket_are_not_refused_lose_nothing_and_the_later_one_wins(s3):
-    from kosmos_cli.dataset import DatasetStore
-    from kosmos_cli.distributed import Solo
+    from kosmos_cli.output.dataset import DatasetStore
+    from kosmos_cli.run.ranks import Solo
 
     fs, bucket = s3
     url = f"s3://{bucket}/results/"
@@ -552,7 +552,7 @@ def test_ground_into_a_bucket_dataset_twice_and_after_a_kill(s3, scenes, tmp_pat
     assert sorted(r["path"] for r in rows) == sorted(truth)
     mostly_right(rows, truth.get)
 
-    from kosmos_cli.dataset import DatasetStore
+    from kosmos_cli.output.dataset import DatasetStore
 
     killed = f"s3://{bucket}/killed/"
     args = ["ground", f"s3://{bucket}/photos/", "--out", killed, "--model", SHAPES_MODEL, "--max-new-tokens", "48"]

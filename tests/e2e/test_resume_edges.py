@@ -4,9 +4,9 @@ import json
 import os
 
 import kosmos_cli
-from kosmos_cli.store import Store
+from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.store import Store
 from kosmos_cli.tasks import GroundRecord
-from kosmos_cli.writers import read_records
 
 
 def line(path):

@@ -9,8 +9,8 @@ from PIL import Image
 
 from kosmos_cli import find, ground, read_records
 from kosmos_cli.drawing import Shape, shapes_of
-from kosmos_cli.grounding import parse, patch_to_box
-from kosmos_cli.scores import Generation, Markup, box_score, check_min_score, entity_scores, objects, passes
+from kosmos_cli.tasks.markup import parse, patch_to_box
+from kosmos_cli.tasks.scores import Generation, Markup, box_score, check_min_score, entity_scores, objects, passes
 from tests.helpers import kosmos, one_error_line
 
 # a toy vocabulary: patch index i is token 100 + i
@@ -93,8 +93,8 @@ def scenes(folder, n=4, seed=11):
 def test_kept_probabilities_are_the_softmax_maximum_at_each_step(shapes_engine, monkeypatch):
     import torch
 
-    from kosmos_cli.engine import Engine, GenerationOptions, _after_image
-    from kosmos_cli.prompts import caption_prompt
+    from kosmos_cli.model.engine import Engine, GenerationOptions, _after_image
+    from kosmos_cli.model.prompts import caption_prompt
 
     # generate's path (the fast decoder's probabilities are checked against these in test_decoder.py)
     shapes_engine = Engine.from_model(
@@ -125,7 +125,7 @@ def test_kept_probabilities_are_the_softmax_maximum_at_each_step(shapes_engine, 
 
 
 def test_forward_keeps_its_contract(shapes_engine):
-    from kosmos_cli.prompts import caption_prompt
+    from kosmos_cli.model.prompts import caption_prompt
 
     batch = [shapes_engine.prepare(Image.new("RGB", (64, 64), (200, 40, 40)), caption_prompt(), image_key=0)]
     assert shapes_engine.forward(batch) == [a.text for a in shapes_engine.forward_scored(batch)]

@@ -1,4 +1,4 @@
-"""WebDataset shards (locations/shards.py, locations/members.py), written here with tarfile and grounded by the
+"""WebDataset shards (inputs/locations/: shards.py, members.py), written here with tarfile and grounded by the
 trained shapes model: records named `SHARD#KEY` with right boxes, json and txt carried, samples without an image
 and corrupt members as error records, brace patterns, a shard served over http, resume (after a kill too), whole
 shards per rank, and draw and export on the results."""
@@ -17,12 +17,12 @@ import pytest
 import shapes  # tools/shapes.py
 
 from kosmos_cli import ground, read_records
-from kosmos_cli.items import Unseen
-from kosmos_cli.locations import FetchOptions, Unreadable, split_member
-from kosmos_cli.locations.members import read_member
-from kosmos_cli.locations.shards import NO_IMAGE, iter_shard, split_name
-from kosmos_cli.sources import iter_items
-from kosmos_cli.store import Store
+from kosmos_cli.inputs.listing import Unseen
+from kosmos_cli.inputs.locations import FetchOptions, Unreadable, split_member
+from kosmos_cli.inputs.locations.members import read_member
+from kosmos_cli.inputs.locations.shards import NO_IMAGE, iter_shard, split_name
+from kosmos_cli.inputs.sources import iter_items
+from kosmos_cli.output.store import Store
 from tests.helpers import SHAPES_MODEL, killed_after, kosmos, kosmos_process
 
 MTIME = 1_700_000_000
@@ -415,7 +415,7 @@ def test_export_lays_samples_out_as_shard_and_key_and_yolo_writes_their_bytes(gr
     result = kosmos("export", out, str(yolo), "--to", "yolo")
     assert result.exit_code == 0, result.output
     assert f"{len(truth)} images, " in result.stderr and "0 failed" in result.stderr
-    from kosmos_cli.locations import read_bytes
+    from kosmos_cli.inputs.locations import read_bytes
 
     for sample in truth:
         shard, key = sample.split("#")

@@ -20,9 +20,9 @@ from PIL import Image
 
 from kosmos_cli import find, ground, refer
 from kosmos_cli.exports.classes import Classes
+from kosmos_cli.output.formats import read_records
 from kosmos_cli.tasks import GroundRecord
 from kosmos_cli.view import start
-from kosmos_cli.writers import read_records
 
 selenium = pytest.importorskip("selenium", reason="needs selenium (pip install -e '.[test]')")
 from selenium import webdriver  # noqa: E402
@@ -398,7 +398,7 @@ def test_record_text_is_shown_as_text_never_run(browser, tmp_path):
     caption = f"An image of {evil} a <b>cat</b>."
     phrase = "a <b>cat</b>"
     start_at = caption.index(phrase)
-    from kosmos_cli.records import Entity
+    from kosmos_cli.tasks.records import Entity
 
     record = GroundRecord(path="x.png", width=64, height=48, model=evil, caption=caption)
     record.entities = [Entity(phrase, start_at, start_at + len(phrase), [[0, 0, 0.5, 0.5]], [[0, 0, 32, 24]], [0.5])]

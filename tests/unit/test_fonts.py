@@ -7,7 +7,7 @@ import shutil
 import pytest
 from PIL import Image, ImageDraw
 
-from kosmos_cli import fonts
+from kosmos_cli.drawing import fonts
 from kosmos_cli.drawing import render as drawing
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kosmos_cli import images
-from kosmos_cli.images import load_image
+from kosmos_cli.inputs import images
+from kosmos_cli.inputs.images import load_image
 
 
 def _exif(orientation):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kosmos_cli.images import load_image, to_rgb
+from kosmos_cli.inputs.images import load_image, to_rgb
 
 
 def save_with_orientation(img, path, orientation):

@@ -17,41 +17,52 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2] / "kosmos_cli"
 
 # Lowest first. A module imports modules of its own layer or lower ones, never higher; a name stands for a module or
-# a package and all its modules. Every module is in the table: a new one is placed here by whoever adds it.
+# a package and all its modules (the longest name that matches wins). Every module is in the table: a new one is
+# placed here by whoever adds it. The stage packages (inputs/, model/, tasks/, output/, run/) keep their leaves at the
+# bottom, so any stage may use them; the rest of each package sits where the data flow puts it.
 LAYERS: list[tuple[str, ...]] = [
-    (  # shared leaves: they import nothing of ours
+    (  # shared leaves: they import nothing of ours (the stage packages' own __init__ modules import nothing either)
         "kosmos_cli.errors",
-        "kosmos_cli.items",
-        "kosmos_cli.records",
-        "kosmos_cli.fsnames",
-        "kosmos_cli.atomic",
-        "kosmos_cli.grounding",
-        "kosmos_cli.prompts",
-        "kosmos_cli.images",
-        "kosmos_cli.fonts",
-        "kosmos_cli.ordered",
-        "kosmos_cli.progress",
-        "kosmos_cli.reports",
-        "kosmos_cli.decoder",
+        "kosmos_cli.inputs",  # the package alone; its modules are placed below
+        "kosmos_cli.inputs.listing",
+        "kosmos_cli.inputs.names",
+        "kosmos_cli.inputs.images",
+        "kosmos_cli.inputs.carried_columns",
+        "kosmos_cli.model",
+        "kosmos_cli.model.prompts",
+        "kosmos_cli.model.decoder",
+        "kosmos_cli.tasks.records",
+        "kosmos_cli.tasks.markup",
+        "kosmos_cli.output",
+        "kosmos_cli.output.atomic",
+        "kosmos_cli.run",
+        "kosmos_cli.run.threads",
+        "kosmos_cli.run.progress",
+        "kosmos_cli.run.reports",
+        "kosmos_cli.drawing.fonts",
     ),
-    (  # reading inputs, writing files: nothing of tasks, sources or a run
-        "kosmos_cli.scores",
-        "kosmos_cli.model_files",
-        "kosmos_cli.carried",
-        "kosmos_cli.locations",
-        "kosmos_cli.writers",
-        "kosmos_cli.options",
-        "kosmos_cli.layout",
-        "kosmos_cli.locking",
-        "kosmos_cli.quantize",
-        "kosmos_cli.folders",
+    (  # reading inputs, writing files, what a model is: nothing of tasks, sources or a run
+        "kosmos_cli.inputs.locations",
+        "kosmos_cli.model.files",
+        "kosmos_cli.model.quantize",
+        "kosmos_cli.tasks.scores",
+        "kosmos_cli.output.placement",
+        "kosmos_cli.output.locking",
+        "kosmos_cli.output.dataset_folder",
     ),
-    ("kosmos_cli.sources", "kosmos_cli.tasks", "kosmos_cli.checkpoint"),  # inputs; what each task asks and records
-    ("kosmos_cli.ownership", "kosmos_cli.compaction", "kosmos_cli.output"),  # whose file; folding; what it holds
-    ("kosmos_cli.engine", "kosmos_cli.store", "kosmos_cli.dataset", "kosmos_cli.distributed", "kosmos_cli.results"),
-    ("kosmos_cli.pipeline", "kosmos_cli.exports", "kosmos_cli.drawing"),  # the pass; the readers of results
-    ("kosmos_cli.cluster",),  # the pipeline's model on a Ray cluster (--on ray)
-    ("kosmos_cli.runner", "kosmos_cli.view"),  # a run set up once; the viewer (it offers export's command line)
+    ("kosmos_cli.inputs.sources", "kosmos_cli.tasks"),  # the reader of inputs; each task (its record, prompt, parsing)
+    ("kosmos_cli.output.formats", "kosmos_cli.options", "kosmos_cli.model.checkpoint"),  # record files; every option
+    ("kosmos_cli.output.ownership", "kosmos_cli.output.compaction", "kosmos_cli.output.handle"),
+    (  # the model on its device; an output's life; several ranks; the one reader of results
+        "kosmos_cli.model.engine",
+        "kosmos_cli.output.store",
+        "kosmos_cli.output.dataset",
+        "kosmos_cli.output.reader",
+        "kosmos_cli.run.ranks",
+    ),
+    ("kosmos_cli.run.pipeline", "kosmos_cli.exports", "kosmos_cli.drawing"),  # the pass; the readers of results
+    ("kosmos_cli.run.ray",),  # the pipeline's model on a Ray cluster (--on ray)
+    ("kosmos_cli.run.runner", "kosmos_cli.view"),  # a run set up once; the viewer (it offers export's command line)
     ("kosmos_cli.api",),
     ("kosmos_cli", "kosmos_cli.cli", "kosmos_cli.__main__"),  # the package's face: the API and the CLI
 ]
@@ -146,7 +157,10 @@ def layer_of(name: str) -> int | None:
 @pytest.fixture(scope="module")
 def graph():
     found = graph_of(ROOT)
-    assert found["kosmos_cli.sources"] >= {"kosmos_cli.locations.fs", "kosmos_cli.items"}  # the reader reads
+    assert found["kosmos_cli.inputs.sources"] >= {
+        "kosmos_cli.inputs.locations.fs",
+        "kosmos_cli.inputs.listing",
+    }  # the reader reads
     return found
 
 

@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from kosmos_cli.errors import InputError
-from kosmos_cli.items import Unseen
-from kosmos_cli.records import carried_name
-from kosmos_cli.sources import iter_items
-from kosmos_cli.store import Store
+from kosmos_cli.inputs.listing import Unseen
+from kosmos_cli.inputs.sources import iter_items
+from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.store import Store
 from kosmos_cli.tasks import GroundRecord
-from kosmos_cli.writers import read_records
+from kosmos_cli.tasks.records import carried_name
 
 
 def items_of(path, **kw):
@@ -147,7 +147,7 @@ def test_ragged_csv_rows_keep_their_extra_fields_and_repeated_headers_their_valu
 
 
 def test_unique_names():
-    from kosmos_cli.sources import unique_names
+    from kosmos_cli.inputs.sources import unique_names
 
     assert unique_names(["a", "a", "a_2", "b", "a"]) == ["a", "a_3", "a_2", "b", "a_4"]
 

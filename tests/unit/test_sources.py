@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from kosmos_cli.errors import InputError, UsageError
-from kosmos_cli.items import Unseen
-from kosmos_cli.sources import Item, check_inputs, iter_items, shard
+from kosmos_cli.inputs.listing import Unseen
+from kosmos_cli.inputs.sources import Item, check_inputs, iter_items, shard
 
 
 def touch(path, data=b"x"):

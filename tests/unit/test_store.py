@@ -1,4 +1,4 @@
-"""The store (store.py and its rooms: ownership.py, locking.py, compaction.py) on records made by hand: no model.
+"""The store (output/store.py and its rooms: ownership.py, locking.py, compaction.py) on records made by hand: no model.
 
 Each test opens an output the way a run does (`with store.open(crew) as output`) or calls one step of its life, and
 reads the files back.
@@ -11,12 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kosmos_cli.distributed import Solo
 from kosmos_cli.errors import LockedError, OutputError, UsageError
-from kosmos_cli.records import Entity
-from kosmos_cli.store import Seen, Store, present_only
+from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.store import Seen, Store, present_only
+from kosmos_cli.run.ranks import Solo
 from kosmos_cli.tasks import FindRecord, Ground, GroundRecord, ReferRecord
-from kosmos_cli.writers import read_records
+from kosmos_cli.tasks.records import Entity
 from tests.helpers import HERE
 
 FORMATS = ["jsonl", "parquet"]

@@ -22,13 +22,13 @@ from PIL import Image
 from kosmos_cli import export
 from kosmos_cli.drawing.colors import PALETTE, text_color
 from kosmos_cli.errors import InputError, UsageError
-from kosmos_cli.records import Entity
+from kosmos_cli.output.formats import read_records, records_table
 from kosmos_cli.tasks import Find, FindRecord, Ground, GroundRecord, Refer, ReferRecord
+from kosmos_cli.tasks.records import Entity
 from kosmos_cli.view import start
 from kosmos_cli.view.index import Index, Query, cards
 from kosmos_cli.view.reading import open_results
 from kosmos_cli.view.thumbs import Thumbnails
-from kosmos_cli.writers import read_records, records_table
 from tests.helpers import ROOT
 from tests.helpers.serve import ImageServer
 

@@ -5,10 +5,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from kosmos_cli.errors import InputError, LockedError, OutputError, UsageError
-from kosmos_cli.records import Entity
-from kosmos_cli.store import Store
+from kosmos_cli.output.formats import JsonlSink, ParquetPartSink, detect_format, dumps, read_records, records_table
+from kosmos_cli.output.store import Store
 from kosmos_cli.tasks import Ground, GroundRecord
-from kosmos_cli.writers import JsonlSink, ParquetPartSink, detect_format, dumps, read_records, records_table
+from kosmos_cli.tasks.records import Entity
 
 
 def rec(path, caption="a cat", size=10, mtime=1.5, status="ok", **extra):
@@ -180,7 +180,7 @@ def test_lock_is_exclusive_and_released_with_the_holder(tmp_path):
 def test_a_jsonl_batch_that_cannot_be_written_whole_is_cut_off_again(tmp_path, monkeypatch):
     import errno
 
-    import kosmos_cli.writers as writers
+    import kosmos_cli.output.formats as writers
 
     out = tmp_path / "r.jsonl"
     sink = JsonlSink(str(out))

@@ -1,0 +1,351 @@
+"""Record files: the formats (JSONL, Parquet, a folder of Parquet parts), the sinks that write batches durably,
+and reading any results file or dataset.
+
+What an output holds and its life (lock, repair, compaction) is the store's (store.py, dataset.py); this module
+knows how bytes go to and come from one file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import IO, Any, Protocol
+
+from ..errors import InputError, OutputError, UsageError, disk_error
+from ..inputs import carried_columns, locations
+from ..inputs.names import clean
+from ..tasks.records import Record
+from .atomic import atomic_write
+from .dataset_folder import folder_of, is_part
+
+log = logging.getLogger("kosmos_cli")
+
+
+class TaskSchema(Protocol):
+    """What a sink needs of a task (tasks/): the Parquet schema of its records, `extra` the carried columns'."""
+
+    def schema(self, extra: Any = None) -> Any: ...
+
+
+FORMATS = ("jsonl", "parquet")
+DATASET = "dataset"  # an --out that names a folder: Parquet parts (dataset.py)
+_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def names_folder(out: str) -> bool:
+    """Whether `out` names a folder, which is written as a Parquet dataset: a name ending in `/`, an existing
+    folder, or a bucket URL (s3://, gs://, az://) that does not end in the extension of a results file."""
+    if out == "-":
+        return False
+    if out.endswith(("/", os.sep)):
+        return True
+    if locations.is_remote(out):
+        return not locations.is_url(out) and os.path.splitext(out)[1].lower() not in _EXTENSIONS
+    return os.path.isdir(out)
+
+
+def check_out(out: str) -> None:
+    """UsageError for an --out that cannot be written: a web URL, or a single file in a bucket (a bucket takes a
+    dataset: a file there could not be locked, resumed and renamed into place)."""
+    if locations.is_url(out):
+        locations.check_local_output(out, "out")
+    if out == "-" or not locations.is_remote(out) or names_folder(out):
+        return
+    raise UsageError(
+        f"{{param}} {out}: a bucket takes results as a Parquet dataset, not as one file; name a folder, ending "
+        f"in / ({os.path.splitext(out)[0]}/), or write the file here and copy it up",
+        param="out",
+    )
+
+
+def detect_format(path: str, fmt: str | None = None) -> str:
+    """The output format: `fmt` if given, else from the extension; "-" (stdout) is JSONL; a folder is a dataset."""
+    if fmt:
+        fmt = fmt.lower()
+        if fmt not in FORMATS:
+            raise UsageError(f"unknown format {fmt!r} ({{param}}): use jsonl or parquet", param="format")
+        if names_folder(path):
+            if fmt == "jsonl":
+                raise UsageError(
+                    f"{path} names a folder, which kosmos writes as a Parquet dataset: leave {{param}} jsonl off, "
+                    "or name a .jsonl file",
+                    param="format",
+                )
+            return DATASET
+        if path == "-" and fmt != "jsonl":
+            raise UsageError("{param} - writes JSONL only: name a .parquet file to write Parquet", param="out")
+        return fmt
+    if path == "-":
+        return "jsonl"
+    if names_folder(path):
+        return DATASET
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _EXTENSIONS:
+        raise UsageError(
+            f"cannot tell the output format of {path!r}: name a .jsonl or .parquet file, or a folder ending in / "
+            "(a Parquet dataset), or pass {param}",
+            param="format",
+        )
+    return _EXTENSIONS[ext]
+
+
+class Sink:
+    """Takes finished records, a batch at a time; each `write` is durable when it returns."""
+
+    path: str
+
+    def write(self, records: list[Record]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class JsonlSink(Sink):
+    """Appends each batch to a JSONL file and syncs it. A batch that cannot be written whole (a full disk, a
+    quota) is cut off again before the error is raised: the file holds whole records only after any failure."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise disk_error(exc, path) from None
+
+    def write(self, records: list[Record]) -> None:
+        if not records or self._fd is None:
+            return
+        data = memoryview("".join(dumps(r.to_dict()) for r in records).encode("utf-8"))
+        start = None
+        try:
+            start = os.fstat(self._fd).st_size
+            while data:
+                data = data[os.write(self._fd, data) :]
+            os.fsync(self._fd)
+        except OSError as exc:
+            if start is not None:
+                with contextlib.suppress(OSError):  # shrinking needs no space; if it fails, the next run repairs
+                    os.ftruncate(self._fd, start)
+            raise disk_error(exc, self.path) from None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+class StdoutSink(Sink):
+    """JSONL on stdout, flushed per batch. A reader that goes away (`| head -1`) raises BrokenPipeError."""
+
+    path = "-"
+
+    def __init__(self, stream: IO[str] | None = None):
+        self._stream = stream
+
+    def write(self, records: list[Record]) -> None:
+        stream = self._stream or sys.stdout
+        try:
+            stream.write("".join(dumps(r.to_dict()) for r in records))
+            stream.flush()
+        except BrokenPipeError:
+            raise  # the reader went away: the CLI ends quietly
+        except OSError as exc:
+            raise disk_error(exc, "stdout") from None
+
+
+class ParquetPartSink(Sink):
+    """One Parquet file per batch in the parts folder, renamed into place once complete."""
+
+    def __init__(self, folder: str, task: TaskSchema, rank: int):
+        self.path, self.task, self.rank = folder, task, rank
+        existing = [n for n in os.listdir(folder) if n.startswith(f"part-{rank:04d}-")]
+        self._seq = 1 + max((int(n.split("-")[2].split(".")[0]) for n in existing), default=-1)
+
+    def write(self, records: list[Record]) -> None:
+        if not records:
+            return
+        import pyarrow.parquet as pq
+
+        table = records_table(records, self.task)
+        name = os.path.join(self.path, f"part-{self.rank:04d}-{self._seq:08d}.parquet")
+        try:
+            with atomic_write(name, "wb") as f:
+                pq.write_table(table, f)
+        except OSError as exc:
+            raise disk_error(exc, name) from None
+        self._seq += 1
+
+
+def records_table(records: list[Record], task: TaskSchema, like: Any = None):
+    """Records -> an Arrow table with the task's schema plus carried columns (types inferred).
+
+    `like`: the schema of the files already beside this one (a dataset's parts): the table takes the schema that
+    holds both (carried_columns.py, rule 3), so that parts agree whenever they can."""
+    import pyarrow as pa
+
+    rows = [clean(r.to_dict()) for r in records]
+    base = task.schema()
+    extra_names = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in base.names]
+    extra = carried_columns.schema_of(rows, extra_names) if extra_names else None
+    own = task.schema(extra)
+    if like is None:
+        return pa.Table.from_pylist(rows, schema=own)
+    schema = unified_schema(task, [like, own])
+    as_text = carried_columns.to_json_text(own, schema)
+    return pa.Table.from_pylist([carried_columns.as_json_text(row, as_text) for row in rows], schema=schema)
+
+
+def unified_schema(task: TaskSchema, schemas: list):
+    """One schema for the task and every carried column seen in any part (carried_columns.py says how types combine)."""
+    return task.schema(carried_columns.unify(schemas, task.schema().names))
+
+
+def dumps(row: dict[str, Any]) -> str:
+    return json.dumps(carried_columns.to_jsonable(clean(row)), ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def read_records(path: str) -> Iterator[dict[str, Any]]:
+    """Rows of any results file this tool wrote (JSONL or Parquet), or of a dataset folder of Parquet parts (here
+    or in a bucket), for `draw`, `export` and tests."""
+    if names_folder(path):
+        yield from dataset_rows(path)
+        return
+    if not os.path.exists(path):
+        raise InputError(f"results file not found: {path}")
+    fmt = detect_format(path) if os.path.splitext(path)[1].lower() in _EXTENSIONS else _sniff(path)
+    if fmt == "jsonl":
+        yield from jsonl_rows(path, strict=True)
+    else:
+        yield from parquet_rows(path, None, strict=True)
+
+
+def dataset_rows(path: str) -> Iterator[dict[str, Any]]:
+    """The rows of every part of a dataset folder, oldest part first."""
+    import pyarrow.parquet as pq
+
+    folder = folder_of(path)
+    if folder.kind() == "missing":
+        raise InputError(f"results folder not found: {path}")
+    parts = [name for name in folder.names() if is_part(name)]
+    if not parts:
+        raise InputError(f"{path} holds no results (no .parquet parts): is it a results folder of kosmos?")
+    for name in parts:
+        with folder.open(name) as f:
+            try:
+                pf = pq.ParquetFile(f)
+            except Exception as exc:  # pyarrow raises several types for a damaged file
+                raise InputError(f"{folder.url}{name} is not a readable Parquet file ({exc})") from None
+            if "path" not in pf.schema_arrow.names:
+                raise InputError(f"{folder.url}{name} has no 'path' column: is it a results file of kosmos?")
+            for batch in pf.iter_batches(batch_size=4096):
+                yield from batch.to_pylist()
+
+
+def _sniff(path: str) -> str:
+    with open(path, "rb") as f:
+        return "parquet" if f.read(4) == b"PAR1" else "jsonl"
+
+
+def jsonl_rows(path: str, strict: bool = False) -> Iterator[dict[str, Any]]:
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        return
+    with f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if strict:
+                    raise InputError(f"{path} line {number} is not JSON: is it a results file of kosmos?") from None
+                log.warning("%s line %d is damaged: ignored", path, number)
+                continue
+            if not isinstance(row, dict) or "path" not in row:
+                if strict:
+                    raise InputError(f"{path} line {number} has no 'path': is it a results file of kosmos?")
+                continue
+            yield row
+
+
+def parquet_rows(path: str, columns: Iterable[str] | None, strict: bool = False) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        if strict or not os.path.dirname(path).endswith(".parts"):
+            raise OutputError(
+                f"{path} is not a readable Parquet file ({exc}): move it away or pass --overwrite"
+            ) from None
+        log.warning("ignoring damaged part %s", path)  # Store.repair removes it
+        return
+    names = pf.schema_arrow.names
+    if "path" not in names:
+        raise InputError(f"{path} has no 'path' column: is it a results file of kosmos?")
+    wanted = [c for c in columns if c in names] if columns is not None else None
+    for batch in pf.iter_batches(batch_size=4096, columns=wanted):
+        yield from batch.to_pylist()
+
+
+def readable_parquet(path: str) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        pq.ParquetFile(path)
+    except Exception:  # pyarrow raises several types for a damaged file
+        return False
+    return True
+
+
+def repair_jsonl_tail(path: str) -> None:
+    """Cut a torn last line (a write cut short by a crash) so the next record starts on its own line.
+
+    A last line that is a whole JSON object (written by hand, or by a tool that ends without a newline) is kept:
+    only its newline is added."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            pos = size
+            while pos > 0:  # walk back to the last newline
+                step = min(65536, pos)
+                f.seek(pos - step)
+                chunk = f.read(step)
+                cut = chunk.rfind(b"\n")
+                if cut >= 0:
+                    pos = pos - step + cut + 1
+                    break
+                pos -= step
+            f.seek(pos)
+            if _whole_object(f.read(size - pos)):
+                f.write(b"\n")
+                return
+            log.warning("repairing %s: dropping a torn last line left by an interrupted run", path)
+            f.truncate(pos)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise disk_error(exc, path) from None
+
+
+def _whole_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, RecursionError):  # not JSON, or not UTF-8
+        return False
+
+
+def _sync(f) -> None:
+    f.flush()
+    os.fsync(f.fileno())

@@ -1,0 +1,296 @@
+"""Results files read back: the one reader that draw, export and view share, turning rows into typed results.
+
+    for result in reader.read("results.parquet"):
+        if isinstance(result, Bad): ...                            # warn (result.message(path)), skip, count
+        result.task, result.path, result.status, result.regions   # a Result
+
+`read` takes whatever the path names and dispatches on it: a JSONL file or a Parquet file (a folder of Parquet
+parts is one more branch in `rows`). A file is a results file of kosmos when its first row is a kosmos record: a
+`path`, a `status` and the fields of a known task; anything else (a manifest, an image, a damaged Parquet file) is
+refused in one line (InputError), before a reader writes anything. Any other line or row that cannot be used (not
+JSON, not a record; a record with NaN in a box, a box of three numbers or of strings, a string width or score,
+entities that are not a list) is a `Bad` naming it and why: every reader warns, skips and counts it and goes on with
+the rest, as ground does with a damaged line of its own output.
+
+What a record shows is its task's to say (`Task.shapes`, `Task.box_scores`): this module asks the task and hands
+each result its `regions`, a label (a phrase, a region's description) with pixel boxes of the image as displayed
+and a score per box. `source` is where the recorded image opens: as written, else beside the results file (a name
+recorded with `\\xNN` escapes, by its original bytes). Every string is in its recorded form (inputs/names.py).
+Readers never look at raw rows for boxes; the row stays on the result for what only its task reads (a caption's
+spans, for the gallery).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import NoneType
+from typing import Any
+
+from .. import tasks
+from ..errors import InputError
+from ..inputs import locations
+from ..inputs.names import clean, original
+from ..tasks.records import OK
+from .dataset_folder import folder_of, is_part
+from .formats import dataset_rows, names_folder
+
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the image as displayed
+
+_NOT_RESULTS = "pass the .jsonl or .parquet file written by kosmos ground, refer or find"
+
+
+@dataclass(frozen=True)
+class Region:
+    """One thing a result shows: its label, its pixel boxes, and a score per box (None: none known)."""
+
+    label: str
+    boxes: tuple[Box, ...] = ()
+    scores: tuple[float | None, ...] = ()
+
+
+@dataclass(frozen=True)
+class Result:
+    """One record of a results file, typed: which task wrote it, its image, how it went, what it shows."""
+
+    task: str  # ground, refer or find: the record says it (or, written before it did, its fields)
+    path: str  # as recorded
+    source: str  # where the image opens: as recorded, else beside the results file
+    status: str
+    error: str | None = None
+    width: int | None = None  # of the image as displayed: the frame of the pixel boxes
+    height: int | None = None
+    model: str | None = None
+    regions: tuple[Region, ...] = ()
+    row: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)  # the record as read
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def key(self) -> str:
+        """What makes the record unique in its output (`Task.key`): a record written again replaces this one."""
+        return tasks.get(self.task).key(self.row)
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A line or row of a results file that cannot be used: where it is ("line 7", "row 7") and why."""
+
+    where: str
+    why: str
+
+    def message(self, path: str) -> str:
+        """The one line a reader warns with (`path`: the results file, when the row came from one)."""
+        return f"{path} {self.where} skipped: {self.why}" if path else f"{self.where} skipped: {self.why}"
+
+
+class BadRecord(ValueError):
+    """A row that is no usable record; the message says why."""
+
+
+class NotARecord(BadRecord):
+    """A row that is no record of kosmos at all: as a file's first row, the file is not a results file."""
+
+
+NOT_A_RECORD = "not a kosmos record: no status, caption, box_px or phrase"
+
+
+def read(path: str) -> Iterator[Result | Bad]:
+    """The results in the file (or, later, the folder) at `path`, in order, and a `Bad` for each line or row that
+    cannot be used. InputError when its first row is not a kosmos record: it is no results file of kosmos."""
+    here = os.path.dirname(os.path.abspath(path))
+    first = True
+    for where, row in rows(path):
+        try:
+            if isinstance(row, Bad):
+                raise NotARecord(row.why)
+            result = result_of(row, here)
+        except BadRecord as exc:
+            if first and isinstance(exc, NotARecord):
+                raise InputError(f"{path} is not a results file of kosmos ({where} is {exc}): {_NOT_RESULTS}") from None
+            yield Bad(where, str(exc))
+        else:
+            yield result
+        first = False
+
+
+def result_of(row: Mapping[str, Any], root: str | None = None) -> Result:
+    """A row as a Result (a record being written, or one read back); `root`: where a relative path is also looked
+    for (the results file's folder). BadRecord, saying why, when the row is no usable record: not a record of
+    kosmos, or an ok record whose size, boxes, labels or scores are not what kosmos writes (NaN, a box of three
+    numbers or of strings, a string width or score, entities that are not a list). Every string of the result is
+    in its recorded form (inputs/names.py); `source` opens the image by its real name."""
+    task = tasks.of_row(row) if isinstance(row, Mapping) else None
+    path = row.get("path") if isinstance(row, Mapping) else None
+    if task is None or not isinstance(path, str) or not path or "status" not in row:
+        raise NotARecord(NOT_A_RECORD)
+    source = locate(path, root)
+    row = clean(dict(row))
+    status = row["status"]
+    if not isinstance(status, str):
+        raise BadRecord(f"its status is not text: {_shown(status)}")
+    ok = status == OK
+    width, height = _size(row, "width"), _size(row, "height")
+    if ok and (width is None or height is None):
+        raise BadRecord("an ok record without its width and height")
+    return Result(
+        task=task.name,
+        path=row["path"],
+        source=source,
+        status=status,
+        error=_text(row.get("error")),
+        width=width,
+        height=height,
+        model=_text(row.get("model")),
+        regions=_regions(task, row) if ok else (),
+        row=row,
+    )
+
+
+def _regions(task: type[tasks.Task], row: Mapping[str, Any]) -> tuple[Region, ...]:
+    """What the record shows, as its task says (`Task.shapes`, `Task.box_scores`), checked."""
+    for f in dataclasses.fields(task.record_type):
+        value = row.get(f.name)
+        if f.name in task.record_type.fields and "list" in str(f.type) and not isinstance(value, (list, NoneType)):
+            raise BadRecord(f"{f.name} is not a list")
+    try:
+        found, scored = task.shapes(row), task.box_scores(row)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+        raise BadRecord(f"its {', '.join(task.record_type.fields)} are not as kosmos {task.name} writes them") from None
+    regions = []
+    for (label, boxes), scores in zip(found, scored):
+        if not isinstance(label, str):
+            raise BadRecord(f"a label is not text: {_shown(label)}")
+        regions.append(Region(label, tuple(_box(b) for b in boxes), _scores(scores, len(boxes))))
+    return tuple(regions)
+
+
+def _box(value: Any) -> Box:
+    if isinstance(value, (list, tuple)) and len(value) == 4 and all(_number(v) for v in value):
+        return tuple(value)
+    raise BadRecord(f"a box is not 4 finite numbers: {_shown(value)}")
+
+
+def _scores(scores: Any, n: int) -> tuple[float | None, ...]:
+    """A score per box; None for each when the record has none for them (or not one per box)."""
+    if scores is not None and not isinstance(scores, list):
+        raise BadRecord(f"scores is not a list: {_shown(scores)}")
+    if scores is None or len(scores) != n:
+        return (None,) * n
+    for score in scores:
+        if score is not None and not _number(score):
+            raise BadRecord(f"a score is not a number: {_shown(score)}")
+    return tuple(scores)
+
+
+def _size(row: Mapping[str, Any], name: str) -> int | None:
+    """The record's width or height: a whole number above 0, or None when it has none."""
+    value = row.get(name)
+    if value is None:
+        return None
+    if _number(value) and value == int(value) and value > 0:
+        return int(value)
+    raise BadRecord(f"{name} is not a whole number above 0: {_shown(value)}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else value if isinstance(value, str) else str(value)
+
+
+def _shown(value: Any) -> str:
+    """A value as a warning names it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def locate(path: str, root: str | None) -> str:
+    """A recorded path as it can be opened: as written (relative to here), else relative to `root`; a name recorded
+    with `\\xNN` escapes (inputs/names.py) by its original bytes when no file has the name as written."""
+    if locations.is_remote(path):
+        return path  # a URL (of an image, or of a shard or table holding it)
+    member = locations.split_member(path)
+    if member is not None:  # a sample of a shard or table: its container is where the path says
+        return f"{locate(member[0], root)}#{member[1]}"
+    for name in dict.fromkeys((path, original(path))):
+        if os.path.exists(name):
+            return name
+        beside = os.path.join(root, name) if root is not None and not os.path.isabs(name) else None
+        if beside is not None and os.path.exists(beside):
+            return beside
+    return path
+
+
+# -- rows of a results file ------------------------------------------------------------------------------------
+def rows(path: str) -> Iterator[tuple[str, Any]]:
+    """(where, row) for each row of the results at `path`, whatever it is: JSONL or Parquet (by its first bytes).
+    A JSONL line that is no JSON object comes as a Bad."""
+    if names_folder(path):  # a dataset: a folder of Parquet parts, here or in a bucket
+        folder = folder_of(path)
+        if folder.kind() == "missing":
+            raise InputError(f"results folder not found: {path}")
+        if not any(is_part(name) for name in folder.names()):
+            raise InputError(f"{path} is a folder: {_NOT_RESULTS} (or a dataset folder that --out DIR/ wrote)")
+        for number, row in enumerate(dataset_rows(path), 1):
+            yield f"row {number}", row
+        return
+    if not os.path.exists(path):
+        raise InputError(f"results file not found: {path}")
+    if _is_parquet(path):
+        yield from _parquet_rows(path)
+    else:
+        yield from _jsonl_rows(path)
+
+
+def _is_parquet(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PAR1"
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _jsonl_rows(path: str) -> Iterator[tuple[str, Any]]:
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"line {number}"
+            try:
+                row = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                yield where, Bad(where, "not UTF-8 text")
+            except (ValueError, RecursionError):
+                yield where, Bad(where, "not JSON")
+            else:
+                yield where, row
+
+
+def _parquet_rows(path: str) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise InputError(f"{path} is not a readable Parquet file: {_NOT_RESULTS}") from None
+    number, batches = 0, pf.iter_batches(batch_size=4096)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:  # noqa: BLE001 - a damaged page: pyarrow raises OSError, ArrowInvalid, ...
+            raise InputError(
+                f"{path} cannot be read past row {number} ({exc}): it is damaged; {_NOT_RESULTS}, whole"
+            ) from None
+        if batch is None:
+            return
+        for row in batch.to_pylist():
+            number += 1
+            yield f"row {number}", row

@@ -1,0 +1,483 @@
+"""Wires the stages: sources -> prefetching loader -> engine -> writer, with resume and progress.
+
+This is the only module that knows their order. Data flows as iterators; what is held at once is bounded by
+the batch size and the prefetch depth, never by the number of images.
+
+Who runs the model is a strategy (`Model`): `Here` loads images on worker threads and runs the engine in this
+process; cluster/ray.py runs the same stages (`_load`, `_bucketed`, `Answered.finish`) on a Ray cluster. Either
+way this process lists the inputs, skips what the output holds, and writes every record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from ..errors import OutOfMemory, UsageError
+from ..inputs.images import MODEL_SIDE
+from ..inputs.listing import Item, Unseen
+from ..inputs.locations import open_image
+from ..inputs.locations import stat as location_stat
+from ..inputs.sources import countable, iter_items, nothing_found, shard
+from ..model.engine import Engine, Prepared
+from ..options import GenerationOptions, ModelOptions, RunOptions
+from ..output.dataset import DatasetStore
+from ..output.store import Output, Seen, Store
+from ..tasks import Task, Unit, path_key
+from ..tasks.records import OK, Record
+from ..tasks.scores import Generation
+from .progress import Progress
+from .threads import Behind, ordered_map, read_ahead
+
+log = logging.getLogger("kosmos_cli")
+
+MAX_LISTED_FAILURES = 20
+SETTINGS = ("model", "prompt", "decoding")  # what a record was made with: a run with others redoes it
+DRAFT_SIDE = 2 * MODEL_SIDE  # JPEGs are decoded at a reduced scale down to this many pixels a side, not below
+FINISH_AHEAD = 2  # batches the model may answer before the last is finished and written (0: in line, no thread)
+MAX_WORKERS = 16  # image loaders by default: one per CPU up to this (a 16-core GPU host feeds 500 images/s)
+
+
+@dataclass
+class Summary:
+    """What a run did. `failed` counts error records written by this run."""
+
+    task: str = "ground"
+    out: str = "-"
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    redone: int = 0  # records the output held that were made with other settings (`changed`), done again
+    changed: set[str] = field(default_factory=set)  # which of SETTINGS differed
+    kept: int = 0  # of the skipped: failed now, but the output holds an ok record for them, which is kept
+    found: int = 0  # images (or manifest rows) the inputs named, done before or not; 0: the inputs named none
+    seconds: float = 0.0
+    interrupted: bool = False
+    failures: list[str] = field(default_factory=list)
+    rank: int | None = None  # set on one rank's share of a multi-process run
+    world: int = 1  # how many processes did the run
+    ranks: list[Summary] = field(default_factory=list)  # rank 0 of a multi-process run: each rank's share
+    drawing: Any = None  # ground with draw=: the DrawSummary of the pictures drawn beside the run
+    warned: ClassVar[bool] = False  # failures are not warned as they come: the command line lists them at the end
+
+    @property
+    def rate(self) -> float:
+        return (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def strict_failure(self) -> str | None:
+        """Why --strict fails a run that finished: some records failed, or the inputs named no image at all."""
+        if self.failed:
+            return f"{counted(self.task, self.failed)} failed"
+        return None if self.found else "no images found"
+
+    def line(self) -> str:
+        where = "stdout" if self.out == "-" else self.out
+        state = "interrupted" if self.interrupted else "finished"
+        counts = (
+            f"{self.done} done, {self.failed} failed, {self.skipped} skipped in {self.seconds:.1f}s "
+            f"({self.rate:.2f} images/s)"
+        )
+        if self.rank is not None:
+            return f"kosmos {self.task} rank {self.rank}: {counts}"
+        processes = f" ({self.world} processes)" if self.world > 1 else ""
+        return f"kosmos {self.task} {state}: {counts} -> {where}{processes}"
+
+
+def counted(task: str, n: int) -> str:
+    """`n` records of `task` as the user hears of them: "1 image", "3 regions", "2 phrases"."""
+    noun = {"refer": "region", "find": "phrase"}.get(task, "image")
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
+Pending = Iterator[tuple[Item, list[Unit]]]  # what is still to do: each image and its units
+
+
+class Model(Protocol):
+    """Who runs the model over what is still to do: this process (`Here`), or a cluster (cluster/ray.py)."""
+
+    @property
+    def options(self) -> ModelOptions: ...  # records name its label as their model
+    @property
+    def generation(self) -> GenerationOptions: ...
+
+    @property
+    def decoding(self) -> str: ...  # what records name as their decoding (the generation's, and int8 weights)
+
+    def batch_size(self, given: int | None = None) -> int: ...
+
+    def answered(self, pending: Pending, task: Task, options: RunOptions) -> Iterator[Answered]:
+        """The model's answers for `pending`, batch by batch, in any order; each unit in exactly one batch."""
+        ...
+
+
+@dataclass
+class Here:
+    """The model in this process: images load on worker threads (`_load`), batches go through `engine` here."""
+
+    engine: Engine
+
+    @property
+    def options(self) -> ModelOptions:
+        return self.engine.options
+
+    @property
+    def generation(self) -> GenerationOptions:
+        return self.engine.generation
+
+    @property
+    def decoding(self) -> str:
+        return self.engine.decoding
+
+    def batch_size(self, given: int | None = None) -> int:
+        return self.engine.batch_size(given)
+
+    def answered(self, pending: Pending, task: Task, options: RunOptions) -> Iterator[Answered]:
+        return _batches(pending, task, self.engine, options)
+
+
+@dataclass
+class Run:
+    """A run, set up (runner.py does it, once): what a pass over the inputs needs, typed."""
+
+    task: Task
+    inputs: Any  # what the inputs name (a list of str), or Items
+    model: Model  # Here(engine), or a cluster
+    options: RunOptions
+    crew: Any  # distributed.Team, or a Solo team of one
+    store: Store | DatasetStore
+    progress: Progress | None = None
+    on_write: Callable[[list[Record]], None] | None = None
+    share: tuple[int, int] = (0, 1)  # (rank, world): this process's share of the inputs
+
+    @property
+    def rank(self) -> int:
+        return self.share[0]
+
+
+def execute(run: Run) -> Summary:
+    """Run `run.task` over every image its inputs name, writing records into its store.
+
+    Started as several processes (accelerate launch, torchrun), each one takes its share and rank 0 merges them
+    into the output (distributed/).
+    """
+    crew, store, options, inputs = run.crew, run.store, run.options, run.inputs
+    summary = Summary(task=run.task.name, out=options.out)
+    with crew.session(store.path):
+        if not crew.solo and isinstance(inputs, (list, tuple)) and "-" in inputs:
+            raise UsageError(
+                "paths on stdin (-) can feed one process only: write them to a .txt manifest and name that"
+            )
+        shown: Progress = crew.progress(run.progress) or Progress()
+        if shown.live and not run.task.per_row and _named(inputs) and countable(inputs):
+            threading.Thread(target=_count_inputs, args=(inputs, shown), daemon=True).start()
+        started = time.perf_counter()
+        with store.open(crew, overwrite=options.overwrite, wait=options.wait) as output:
+            try:
+                _pass(run, output, summary, shown)
+                if summary.redone:
+                    changed = "/".join(s for s in SETTINGS if s in summary.changed)
+                    log.warning(
+                        "%d record%s made with other settings (%s): redone",
+                        summary.redone,
+                        "s were" if summary.redone != 1 else " was",
+                        changed,
+                    )
+                crew.finish(summary)  # rank 0 waits here for every rank and counts their records in
+            except (KeyboardInterrupt, SystemExit):
+                summary.interrupted = True
+                raise
+            finally:
+                summary.seconds = time.perf_counter() - started
+                shown.close()
+    return summary
+
+
+def _pass(run: Run, output: Output, summary: Summary, progress: Progress) -> None:
+    """One pass over the inputs: what is not done yet goes through the model and into `output`."""
+    task, inputs, model, options, crew = run.task, run.inputs, run.model, run.options, run.crew
+    rank, world = run.share
+    present: set[str] | None = set() if options.prune or output.store.spool else None
+    unseen = Unseen()  # what the listing could not look into or skipped: then the pass did not see every input
+    listed = _as_items(inputs, options, task.per_row, unseen, (rank, world))
+    # listing on a thread of its own: a shard streamed or a bucket listed over the network never stalls the model
+    items = _counted(read_ahead(_stated(listed), 2 * model.batch_size(options.batch_size), "kosmos-list"), summary)
+    if present is not None:
+        items = _tracking(items, present)
+    pending = _todo(
+        shard(items, rank, world, by_image=task.per_row), task, model, output.seen, options, summary, progress
+    )
+    if task.per_row:
+        pending = _same_image_once(pending)
+
+    def finish(batch: Answered) -> tuple[list[Record], list[Record]]:  # behind the model, on the writing thread
+        records = batch.finish(task)
+        return records, output.write(records)
+
+    def count(done: tuple[list[Record], list[Record]]) -> None:  # back on this thread, once written
+        records, written = done
+        summary.skipped += len(records) - len(written)  # error records of keys recorded ok: not written
+        for r in written:
+            if r.ok:
+                summary.done += 1
+            else:
+                summary.failed += 1
+                if len(summary.failures) < MAX_LISTED_FAILURES:  # the count is kept; the list stays short
+                    summary.failures.append(f"{r.path}: {r.error}")
+        if run.on_write and written:
+            run.on_write(written)
+        progress.advance(summary.done, summary.failed, summary.skipped)
+
+    # the next batch goes through the model while the last ones are finished and written; on any way out (Ctrl-C
+    # too) what the model answered is still finished and written, and a writing error is raised here
+    with Behind(finish, count, FINISH_AHEAD, "kosmos-write") as behind:
+        for batch in model.answered(pending, task, options):
+            behind.put(batch)
+            crew.check()  # another rank failed: stop
+    summary.kept = output.kept
+    if output.kept:
+        log.warning(
+            "%s recorded ok failed this time (e.g. %s): %s kept",
+            counted(task.name, output.kept),
+            output.kept_first,
+            "its ok record is" if output.kept == 1 else "their ok records are",
+        )
+    if not summary.found:
+        if options.prune:  # an unmounted disk, an empty stdin: not a reason to forget every record
+            raise UsageError(
+                f"{nothing_found(inputs)}; {{param}} refused: it would remove every record of "
+                f"{options.out}. Check that the inputs are there",
+                param="prune",
+            )
+        if crew.main:
+            log.warning("%s", nothing_found(inputs))
+    if present is None:
+        return
+    if unseen and not output.store.spool:
+        if crew.main:
+            log.warning("--prune removed no record: %s", unseen.line())
+        return
+    # the pass saw every input: --prune may drop the records of the others; a spool keeps only this pass's
+    output.complete(present)
+
+
+def _named(inputs) -> bool:
+    return isinstance(inputs, (list, tuple)) and all(isinstance(i, str) for i in inputs)
+
+
+def _count_inputs(inputs: list[str], progress: Progress) -> None:
+    """The bar's total: the inputs walked once more, beside the run (cheap next to the model)."""
+    try:
+        progress.start(sum(1 for _ in iter_items(inputs)))
+    except Exception:  # noqa: BLE001 - a total is a nicety; the run itself reports real problems
+        pass
+
+
+def _as_items(inputs, options: RunOptions, per_row: bool, unseen: Unseen, share: tuple[int, int]) -> Iterator[Item]:
+    inputs = list(inputs) if not isinstance(inputs, Iterator) else inputs
+    if isinstance(inputs, list) and all(isinstance(i, str) for i in inputs):
+        return iter_items(
+            inputs,
+            per_row=per_row,
+            null=options.null,
+            unseen=unseen,
+            columns=options.columns,
+            fetch=options.fetch,
+            share=share,
+        )
+    return (i if isinstance(i, Item) else Item(str(i)) for i in inputs)
+
+
+def _stated(items: Iterator[Item]) -> Iterator[Item]:
+    """Items with their (size, modification time), which resume compares: looked up here, on the listing thread (an
+    object named in a manifest in a bucket costs a request), unless the listing brought them."""
+    for item in items:
+        yield item if item.stat is not None else dataclasses.replace(item, stat=location_stat(item.path))
+
+
+def _counted(items: Iterator[Item], summary: Summary) -> Iterator[Item]:
+    for item in items:
+        summary.found += 1
+        yield item
+
+
+def _tracking(items: Iterator[Item], present: set[str]) -> Iterator[Item]:
+    for item in items:
+        present.add(path_key(item.path))  # as keys hold it: canonical
+        yield item
+
+
+def _todo(items, task: Task, model: Model, seen, options: RunOptions, summary: Summary, progress: Progress):
+    """(item, units still to do, stat) for each item with anything left to do; counts the skipped.
+
+    Units whose keys collide (rows naming one box or phrase, however written) are one unit: the first one wins,
+    the others are skipped, in this run as in any rerun.
+    """
+    label, decoding = model.options.label, model.decoding
+    met: set[str] = set()  # the keys of this run's units so far
+    for item in items:
+        size, mtime = item.stat if item.stat is not None else location_stat(item.path)
+        units = []
+        for unit in task.units(item, label):
+            if unit.key in met:
+                summary.skipped += 1
+                continue
+            met.add(unit.key)
+            unit.record.decoding = decoding
+            recorded = seen.get(unit.key)
+            if recorded is not None and _fresh(recorded, unit.record, size, mtime, options.retry_failed, summary):
+                summary.skipped += 1
+                continue
+            unit.record.file_size, unit.record.file_mtime = size, mtime
+            units.append(unit)
+        if units:
+            yield item, units
+        elif summary.skipped % 256 == 0:
+            progress.advance(summary.done, summary.failed, summary.skipped)
+
+
+def _same_image_once(pending):
+    """Consecutive manifest rows of one image (its regions, its phrases) -> one decode and one pixels call."""
+    current = None
+    for item, units in pending:
+        if current is not None and current[0].path == item.path:
+            current[1].extend(units)
+            continue
+        if current is not None:
+            yield current
+        current = (item, list(units))
+    if current is not None:
+        yield current
+
+
+def _fresh(recorded: Seen, record: Record, size, mtime, retry_failed: bool, summary: Summary) -> bool:
+    """Whether what the output holds for `record`'s key stands, so the unit is skipped.
+
+    Not when it was made with other settings than `record` is (model, prompt, decoding; one not recorded, as in
+    outputs written before `decoding`, counts as the same): it is redone, and counted in `summary`.
+    """
+    changed = {s for s in SETTINGS if getattr(recorded, s) is not None and getattr(recorded, s) != getattr(record, s)}
+    if changed:
+        summary.redone += 1
+        summary.changed |= changed
+        return False
+    if recorded.file_size != size or recorded.file_mtime != mtime:
+        return False  # the file changed (or appeared) since it was recorded: do it again
+    return recorded.status == OK or not retry_failed
+
+
+def _load(item: Item, units: list[Unit], task: Task, engine: Engine, options: RunOptions) -> Loaded:
+    """Worker: read (a remote image: fetch) and decode the image once, then prepare every unit's request. Failures
+    become error records. `engine` needs only its processor (Engine.load(weights=False))."""
+    if item.error is not None:
+        return [(u, None) for u in units if u.record.fail(item.error)]
+    loaded = open_image(item.path, options.fetch, draft=DRAFT_SIDE if options.draft else None, data=item.data)
+    if loaded.image is None or loaded.width is None or loaded.height is None:
+        return [(u, None) for u in units if u.record.fail(loaded.error or "cannot read the image")]
+    out: list[tuple[Unit, Prepared | None]] = []
+    pixels = None
+    for unit in units:
+        unit.record.width, unit.record.height = loaded.width, loaded.height
+        try:
+            prompt = task.prompt(unit, loaded.width, loaded.height)
+            if pixels is None:
+                pixels = engine.pixels(loaded.image)
+            out.append((unit, engine.prepare(loaded.image, prompt, image_key=item.path, pixel_values=pixels)))
+        except ValueError as exc:
+            unit.record.fail(str(exc))
+            out.append((unit, None))
+    return out
+
+
+Loaded = list[tuple[Unit, Prepared | None]]  # an image's units, each with its request or None: failed (its record says)
+
+
+@dataclass
+class Answered:
+    """A batch as the model left it: records made already (failed before it: an unreadable image, a prompt refused;
+    or finished on a cluster's workers), then units with the model's answer. `finish` makes them records, in that
+    order, on any thread."""
+
+    failed: list[Record]
+    answered: list[tuple[Unit, Generation]] = field(default_factory=list)
+
+    def finish(self, task: Task) -> list[Record]:
+        records = list(self.failed)
+        for unit, answer in self.answered:
+            unit.generated = answer  # its tokens' probabilities: what the task scores its boxes with
+            try:
+                task.finish(unit, answer.text)
+            except ValueError as exc:  # output the parser cannot use: that image fails, the run goes on
+                unit.record.fail(f"cannot read the model's output: {exc}")
+            records.append(unit.record)
+        return records
+
+
+def _batches(pending, task: Task, engine: Engine, options: RunOptions) -> Iterator[Answered]:
+    """Answered batches, one at a time: loading runs ahead in workers while the model works.
+
+    Requests are bucketed by prompt token length for generate; the fast decoder takes any lengths in one batch, so
+    then every batch is full (refer and find manifests mix lengths)."""
+    size = engine.batch_size(options.batch_size)
+    workers = options.workers or default_workers()
+
+    def load(job):  # on a worker: (item, units) -> [(unit, prepared or None)]
+        return _load(*job, task, engine, options)
+
+    with closing(ordered_map(load, pending, workers, max(2 * size, 2 * workers), "kosmos-load")) as loaded:
+        yield from _bucketed(loaded, task, engine, size)
+
+
+def _bucketed(loaded: Iterable[Loaded], task: Task, engine: Engine, size: int) -> Iterator[Answered]:
+    """The model's answers for loaded images, in batches of `size` requests (the last ones fewer), each batch after
+    the records that failed before it."""
+    buckets: dict[int, list[tuple[Unit, Prepared]]] = {}
+    failed: list[Record] = []
+    for units in loaded:
+        for unit, prepared in units:
+            if prepared is None:
+                failed.append(unit.record)
+                continue
+            key = 0 if engine.fast else len(prepared.input_ids)  # generate's batches need one prompt length
+            bucket = buckets.setdefault(key, [])
+            bucket.append((unit, prepared))
+            if len(bucket) >= size:
+                yield _forward(failed, bucket, task, engine)
+                failed, buckets[key] = [], []
+        if len(failed) >= size:
+            yield Answered(failed)
+            failed = []
+    for bucket in buckets.values():
+        if bucket:
+            yield _forward(failed, bucket, task, engine)
+            failed = []
+    if failed:
+        yield Answered(failed)
+
+
+def _forward(failed: list[Record], bucket: list[tuple[Unit, Prepared]], task: Task, engine: Engine) -> Answered:
+    """The model's answers for `bucket`, after the records that `failed` before it."""
+    started = time.perf_counter()
+    try:
+        answers = engine.forward_scored_safe([p for _, p in bucket], task.stop_at)
+    except OutOfMemory as exc:  # not even one request fits: these records fail, the run goes on
+        return Answered(failed + [unit.record.fail(str(exc)) for unit, _ in bucket])
+    each = round((time.perf_counter() - started) / len(bucket), 4)
+    for unit, _ in bucket:
+        unit.record.seconds = each
+    return Answered(failed, [(unit, answer) for (unit, _), answer in zip(bucket, answers)])
+
+
+def default_workers() -> int:
+    """Image loaders when --workers is not given: one per CPU this process may run on, at most MAX_WORKERS."""
+    try:
+        cpus = len(os.sched_getaffinity(0))  # what taskset or a container's cpuset leaves us, where known
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cpus))
