@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__, api
 from .errors import Interrupted, KosmosError, UsageError
@@ -36,8 +38,39 @@ from .options import (
 from .run.progress import for_terminal
 from .tasks.records import one_line, printable
 
+
+class _PlainHelp:
+    """-h/--help is a plain flag: its help line shows no `<bool>` (typer makes that option itself)."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Command(_PlainHelp, TyperCommand):
+    """A command whose usage line names its arguments as its help does: `kosmos ground [OPTIONS] INPUTS...`."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                continue
+            name = param.metavar or (param.name or "").upper()
+            if param.nargs != 1 and not name.endswith("..."):
+                name += "..."
+            pieces.append(name if param.required or name.startswith("[") else f"[{name}]")
+        return pieces
+
+
+class _Group(_PlainHelp, TyperGroup):
+    pass
+
+
 app = typer.Typer(
     name="kosmos",
+    cls=_Group,
     help="Ground image collections with Kosmos-2: captions, phrases and their boxes, to JSONL or Parquet.",
     add_completion=False,
     no_args_is_help=True,
@@ -65,13 +98,19 @@ def _root(
 Inputs = Annotated[
     list[str],
     typer.Argument(
+        metavar="INPUTS",
         help="Folders, image files, globs, manifests (.txt .csv .jsonl .parquet with a 'path' column), or - for "
         "paths on stdin.",
         show_default=False,
     ),
 ]
 Results = Annotated[
-    str, typer.Argument(help="A results file of kosmos ground, refer or find (.jsonl or .parquet).", show_default=False)
+    str,
+    typer.Argument(
+        metavar="RESULTS",
+        help="A results file of kosmos ground, refer or find (.jsonl or .parquet), or a dataset folder.",
+        show_default=False,
+    ),
 ]
 
 
@@ -167,7 +206,12 @@ def draw(
 @command_options(ExportOptions, ScoreFilter, *REPORTING)
 def export(
     results: Annotated[
-        str, typer.Argument(help="A results file of kosmos ground or find (.jsonl or .parquet).", show_default=False)
+        str,
+        typer.Argument(
+            metavar="RESULTS",
+            help="A results file of kosmos ground or find (.jsonl or .parquet), or a dataset folder.",
+            show_default=False,
+        ),
     ],
     out: Annotated[
         str,
@@ -318,10 +362,15 @@ def _usage_line(exc) -> str:
     "no such option: --bogus; see 'kosmos ground --help'"
     """
     text = one_line(exc.format_message()).rstrip(".")
+    text = re.sub(r"\.? ?Did you mean (.+?)\?$", r" (did you mean \1?)", text)  # Click's suggestion, in brackets
     text = text[:1].lower() + text[1:]
     ctx = getattr(exc, "ctx", None)  # usage errors know their command; other Click errors do not
     return f"{text}; see '{ctx.command_path} --help'" if ctx is not None else text
 
+
+for _registered in app.registered_commands:  # every command, whoever adds it: a plain -h/--help
+    if _registered.cls in (None, TyperCommand):
+        _registered.cls = _Command
 
 if __name__ == "__main__":
     main()

@@ -66,9 +66,8 @@ class ExportSummary(SoloReport):
         extra = f"; boxes left out: {', '.join(left)}" if left else ""
         return (
             f"kosmos export finished: {self.images} images, {self.boxes} boxes, {self.classes} classes, "
-            f"{self.errors} skipped (error records), {self.failed} failed{self.unusable_part()}{extra} "
-            f"in {self.seconds:.1f}s "
-            f"-> {self.out} ({self.to})"
+            f"{self.errors} skipped (error records), {self.failed} failed{self.unusable_part()}{extra}, "
+            f"in {self.seconds:.1f}s -> {self.out} ({self.to})"
         )
 
 

@@ -1,5 +1,6 @@
 """Usage errors from the command-line parser are one line, `kosmos: error: ...`, exit 2, as the README promises."""
 
+import os
 import subprocess
 import sys
 
@@ -51,3 +52,39 @@ def test_help_and_version_still_work():
 def test_no_arguments_shows_the_help():
     proc = kosmos()
     assert proc.returncode == 2 and "Usage" in proc.stdout
+
+
+def test_a_suggested_command_is_in_brackets_with_its_own_question_mark():
+    line = kosmos("grund").stderr.strip()
+    assert line == "kosmos: error: no such command 'grund' (did you mean 'ground'?); see 'python -m kosmos_cli --help'"
+
+
+@pytest.mark.parametrize(
+    "command, usage",
+    [
+        ("ground", "ground [OPTIONS] INPUTS..."),
+        ("refer", "refer [OPTIONS] INPUTS..."),
+        ("find", "find [OPTIONS] INPUT [PHRASES]..."),
+        ("draw", "draw [OPTIONS] RESULTS"),
+        ("export", "export [OPTIONS] RESULTS OUT"),
+        ("view", "view [OPTIONS] RESULTS"),
+    ],
+)
+def test_usage_lines_name_the_arguments_and_help_is_a_plain_flag(command, usage):
+    proc = subprocess.run(
+        [sys.executable, "-m", "kosmos_cli", command, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert usage in proc.stdout and "{" not in proc.stdout.split("\n\n")[0], proc.stdout[:300]
+    help_line = next(line for line in proc.stdout.splitlines() if "--help" in line)
+    assert "<bool>" not in help_line, help_line
+
+
+def test_out_help_names_datasets():
+    text = kosmos("ground", "--help").stdout
+    assert "Parquet dataset" in " ".join(text.split()), text
