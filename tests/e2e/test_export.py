@@ -477,7 +477,7 @@ def test_the_command_says_what_it_wrote(grounded, tmp_path):
         .splitlines()[-1]
         .startswith(
             "kosmos export finished: 3 images, 4 boxes, 3 classes, 1 skipped (error records), 0 failed; "
-            "boxes left out: 1 below --min-score in "
+            "boxes left out: 1 below --min-score, in "
         )
     )
 
