@@ -137,9 +137,9 @@ def draw(
 
 @keyword_options(ExportOptions, ScoreFilter)
 def export(results: str, to: str, out: str, **given: Any):
-    """Write the boxes of a ground or find results file (JSONL or Parquet) as labels: `to` is coco (one JSON file),
-    yolo (an Ultralytics folder), voc (a folder of Pascal VOC XML) or labelstudio (tasks JSON with predictions, and
-    its labelling config beside it).
+    """Write the boxes of a ground or find results file (JSONL or Parquet) as labels in the format `to`, one of
+    `kosmos_cli.exports.FORMATS`: coco (one JSON file), yolo (an Ultralytics folder), voc (a folder of Pascal VOC
+    XML), labelstudio (tasks JSON with predictions, and its labelling config beside it), or one registered since.
 
     Classes: one per distinct phrase (normalised: lowercase, no leading article), or `classes` ("dog,cat" or a
     list; or `classes_file`, one a line), in that order, keeping only the boxes whose phrase names one of them

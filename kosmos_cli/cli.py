@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from . import __version__, api
+from . import __version__, api, exports
 from .errors import Interrupted, KosmosError, UsageError
 from .inputs.images import is_image_path
 from .options import (
@@ -215,14 +215,12 @@ def export(
     ],
     out: Annotated[
         str,
-        typer.Argument(
-            metavar="OUT", help="coco, labelstudio: a .json file; yolo, voc: a new or empty folder.", show_default=False
-        ),
+        typer.Argument(metavar="OUT", help=f"{exports.out_help()}.", show_default=False),
     ],
-    to: Annotated[str, typer.Option("--to", help="coco, yolo, voc or labelstudio.", show_default=False)],
+    to: Annotated[str, typer.Option("--to", help=f"{exports.formats_help()}.", show_default=False)],
     **given,
 ) -> None:
-    """Export the boxes of a ground or find results file as labels: COCO, YOLO, Pascal VOC or Label Studio."""
+    """Export the boxes of a ground or find results file as labels for training a detector (--to names the format)."""
     quiet, strict = Quiet.take(given).quiet, Strict.take(given).strict
     _finish(_call(lambda: api.export(results, to, out, **given), quiet), quiet, strict)
 

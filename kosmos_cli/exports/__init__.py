@@ -7,7 +7,9 @@
     coco.py         one COCO JSON file             yolo.py         an Ultralytics folder
     voc.py          Pascal VOC XML per image       labelstudio.py  Label Studio tasks with predictions, and its config
 
-A new format is one module with a `Writer` subclass, plus its line in `FORMATS`.
+A new format is one module with a `Writer` subclass (its name, title, default OUT and the options it alone takes),
+plus its line in `FORMATS` (or `register(Writer)` from outside the package): the command line's --to and OUT help,
+the checks of its options and kosmos view's export line all come from the registry.
 """
 
 from __future__ import annotations
@@ -31,8 +33,29 @@ from .yolo import Yolo
 
 log = logging.getLogger("kosmos_cli")
 
-FORMATS: dict[str, type[Writer]] = {w.name: w for w in (Coco, Yolo, Voc, LabelStudio)}
+FORMATS: dict[str, type[Writer]] = {w.name: w for w in (Coco, Yolo, Voc, LabelStudio)}  # the registry, by --to
 INTERRUPTED = "the export is not finished; run the same command again to finish it"  # said after Ctrl-C
+
+
+def register(writer_type: type[Writer]) -> type[Writer]:
+    """Add an export format (a `Writer` subclass) to the registry, under its `name`; usable as a decorator."""
+    FORMATS[writer_type.name] = writer_type
+    return writer_type
+
+
+def formats_help() -> str:
+    """What --to takes, for its help: "coco, yolo, voc or labelstudio"."""
+    names = list(FORMATS)
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
+
+
+def out_help() -> str:
+    """What OUT is, format by format, for its help: "coco, labelstudio: a .json file; yolo, voc: a new or empty
+    folder"."""
+    kinds: dict[str, list[str]] = {}
+    for name, writer_type in FORMATS.items():
+        kinds.setdefault(writer_type.out_kind, []).append(name)
+    return "; ".join(f"{', '.join(names)}: {kind}" for kind, names in kinds.items())
 
 
 @dataclass
@@ -98,10 +121,11 @@ def run(
         )
     if root is not None and not os.path.isdir(root):
         raise UsageError(f"{{param}} {root}: no such folder", param="root")
-    if image_root is not None and writer_type is not LabelStudio:
-        raise UsageError("{param} is for --to labelstudio only", param="image_root")
-    if copy_images and writer_type is not Yolo:
-        raise UsageError("{param} is for --to yolo only", param="copy_images")
+    given = {"image_root": image_root is not None, "copy_images": bool(copy_images)}
+    for option, used in given.items():
+        if used and option not in writer_type.takes:
+            takers = [name for name, w in FORMATS.items() if option in w.takes]
+            raise UsageError(f"{{param}} is for --to {' or '.join(takers)} only", param=option)
     named = Classes(classes)
     writer_type.check(out)
     checked = scan(results, root)
@@ -131,4 +155,4 @@ def run(
     return summary
 
 
-__all__ = ["FORMATS", "ExportSummary", "run"]
+__all__ = ["FORMATS", "ExportSummary", "formats_help", "out_help", "register", "run"]

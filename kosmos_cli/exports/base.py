@@ -39,8 +39,12 @@ class Writer:
     in it (`owned`). So an export cut short (Ctrl-C, a kill) is finished by the same command run again, which also
     removes the temporary files the cut left."""
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # the value of --to
+    title: ClassVar[str] = ""  # what the help calls it ("Pascal VOC")
+    default_out: ClassVar[str] = ""  # the OUT a command line offered to a user names (kosmos view's export line)
+    takes: ClassVar[tuple[str, ...]] = ()  # the export options only this format takes (ExportOptions fields)
     folder: ClassVar[bool] = False  # OUT is a folder (new, empty, or this format's export), else one file
+    out_kind: ClassVar[str] = "a .json file"  # what OUT is, for the help ("a new or empty folder" for a folder format)
     owned: ClassVar[tuple[str, ...]] = ()  # a folder format: what it writes in OUT, replaced by the next export
 
     def __init__(self, out: str, options: Options):

@@ -21,6 +21,8 @@ HEAD = '{"info": {"description": "kosmos export of '  # how every COCO file of o
 
 class Coco(Writer):
     name = "coco"
+    title = "COCO"
+    default_out = "export.json"
 
     @classmethod
     def ours(cls, path: str) -> bool:

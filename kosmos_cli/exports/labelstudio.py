@@ -29,6 +29,9 @@ def config_path(out: str) -> str:
 
 class LabelStudio(Writer):
     name = "labelstudio"
+    title = "Label Studio"
+    default_out = "tasks.json"
+    takes = ("image_root",)
 
     @classmethod
     def targets(cls, out: str) -> list[str]:

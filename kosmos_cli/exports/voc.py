@@ -17,6 +17,9 @@ from .source import Image
 
 class Voc(Writer):
     name = "voc"
+    out_kind = "a new or empty folder"
+    title = "Pascal VOC"
+    default_out = "voc/"
     folder = True
     owned = ("Annotations", "labels.txt")
 

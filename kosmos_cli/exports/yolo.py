@@ -22,6 +22,10 @@ from .source import Image
 
 class Yolo(Writer):
     name = "yolo"
+    out_kind = "a new or empty folder"
+    title = "YOLO"
+    default_out = "dataset/"
+    takes = ("copy_images",)
     folder = True
     owned = ("images", "labels", "data.yaml")
 

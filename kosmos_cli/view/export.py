@@ -18,7 +18,6 @@ from ..exports import FORMATS
 from ..inputs import locations
 from .index import Index, Query
 
-OUTS = {"coco": "export.json", "labelstudio": "tasks.json", "yolo": "dataset/", "voc": "voc/"}
 SHOWN = "shown.jsonl"
 
 
@@ -41,12 +40,12 @@ def offer(index: Index, query: Query, to: str = "coco") -> dict[str, Any]:
     if query.min_score is not None:
         options += ["--min-score", f"{query.min_score:g}"]
     results = shlex.quote(os.path.abspath(index.results.path))
-    line = " ".join(["kosmos", "export", results, "--to", to, shlex.quote(OUTS[to]), *options])
+    line = " ".join(["kosmos", "export", results, "--to", to, shlex.quote(FORMATS[to].default_out), *options])
     out: dict[str, Any] = {"possible": True, "command": line, "exact": exact, "shown": shown, "boxes": boxes}
     if exact:
         out["note"] = f"exports the {boxes} boxes shown, in all {ok} ok records"
     else:
-        narrowed = " ".join(["kosmos", "export", SHOWN, "--to", to, shlex.quote(OUTS[to]), *options])
+        narrowed = " ".join(["kosmos", "export", SHOWN, "--to", to, shlex.quote(FORMATS[to].default_out), *options])
         out["note"] = (
             f"the command above exports these boxes in all {ok} ok records of the results; the page shows {shown}. "
             f"To export only those, save them as {SHOWN} and run the second command"

@@ -532,7 +532,7 @@ def test_a_junk_line_is_warned_skipped_and_counted_as_ground_does(grounded, tmp_
         f"kosmos: WARNING: {grounded} line 2 skipped: not a kosmos record: no status, caption, box_px or phrase",
         f"kosmos: WARNING: {grounded} line 6 skipped: not JSON",
     ]
-    assert "3 images, 5 boxes, 3 classes, 1 skipped (error records), 0 failed, 2 unusable in " in result.stderr
+    assert "3 images, 5 boxes, 3 classes, 1 skipped (error records), 0 failed, 2 unusable, in " in result.stderr
     assert len(json.loads((tmp_path / "c.json").read_text())["images"]) == 3
     assert kosmos("export", grounded, "--to", "coco", str(tmp_path / "c.json"), "--strict").exit_code == 1
 
