@@ -11,7 +11,7 @@ import time
 
 
 def install() -> None:
-    from kosmos_cli.cluster import ray as on_ray
+    from kosmos_cli.run import ray as on_ray
 
     folder = os.environ["KOSMOS_TEST_RAY"]
     answer = on_ray.ModelActor.__call__
