@@ -26,7 +26,7 @@ import shapes  # tools/shapes.py
 pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
-from kosmos_cli import locations  # noqa: E402
+from kosmos_cli.inputs import locations  # noqa: E402
 from kosmos_cli.inputs.locations import FetchOptions, Unreadable  # noqa: E402
 from kosmos_cli.inputs.locations.fs import expand_remote, filesystem, read_remote, remote_stat  # noqa: E402
 from kosmos_cli.inputs.sources import check_inputs, iter_items  # noqa: E402
