@@ -35,6 +35,7 @@ from .options import (
 )
 from .run import runner
 from .run.pipeline import Progress, Summary
+from .run.plan import Plan
 from .run.runner import Inputs
 from .tasks import Find, Ground, Refer
 from .view import serve
@@ -61,7 +62,7 @@ def ground(
     progress: Progress | None = None,
     on_write: Callable | None = None,
     **given: Any,
-) -> Summary:
+) -> Summary | Plan:
     """Caption and ground every image named by `inputs` (folders, files, globs, manifests); write to `out`.
 
     `null`: "-" among `inputs` reads NUL-separated paths from stdin (find -print0), as refer and find do.
@@ -82,7 +83,7 @@ def refer(
     progress: Progress | None = None,
     on_write: Callable | None = None,
     **given: Any,
-) -> Summary:
+) -> Summary | Plan:
     """Describe regions: one record per (image, box) with `description`, `box_px` and `box_model_px`.
 
     `boxes` ("x1,y1,x2,y2" strings or 4-number sequences; pixels of the image as displayed, or 0-1 with
@@ -102,7 +103,7 @@ def find(
     progress: Progress | None = None,
     on_write: Callable | None = None,
     **given: Any,
-) -> Summary:
+) -> Summary | Plan:
     """Boxes for phrases: one record per (image, phrase) with `boxes` (0-1) and `boxes_px` (empty: not found).
 
     `phrases` go with every image; without them each manifest row's `phrase` column is used.

@@ -7,6 +7,7 @@ Errors become one line on stderr and an exit code here, and only here. Exit code
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -23,6 +24,7 @@ from .inputs.images import is_image_path
 from .options import (
     REPORTING,
     RUN_GROUPS,
+    AsJson,
     DrawOptions,
     ExportOptions,
     FindOptions,
@@ -35,6 +37,7 @@ from .options import (
     command_options,
     flag_for,
 )
+from .run.plan import Plan
 from .run.progress import for_terminal
 from .tasks.records import one_line, printable
 
@@ -115,21 +118,21 @@ Results = Annotated[
 
 
 @app.command(epilog="Example: kosmos ground ./photos --out results.parquet")
-@command_options(GroundOptions, *RUN_GROUPS, *REPORTING)
+@command_options(GroundOptions, *RUN_GROUPS, *REPORTING, AsJson)
 def ground(inputs: Inputs, **given) -> None:
     """Caption every image and ground its phrases: one record per image, resumable."""
     _model_command("ground", lambda progress: api.ground(inputs, progress=progress, **given), given)
 
 
 @app.command(epilog="Example: kosmos refer photo.jpg --box 10,20,200,300 --box 0,0,64,64")
-@command_options(ReferOptions, *RUN_GROUPS, *REPORTING)
+@command_options(ReferOptions, *RUN_GROUPS, *REPORTING, AsJson)
 def refer(inputs: Inputs, **given) -> None:
     """Describe regions of images: one record per (image, box) with the model's description of it."""
     _model_command("refer", lambda progress: api.refer(inputs, progress=progress, **given), given)
 
 
 @app.command(epilog='Example: kosmos find photo.jpg "a red car" "a dog" --out found.jsonl')
-@command_options(FindOptions, *RUN_GROUPS, *REPORTING)
+@command_options(FindOptions, *RUN_GROUPS, *REPORTING, AsJson)
 def find(
     input_: Annotated[
         str,
@@ -162,8 +165,26 @@ def find(
 
 def _model_command(name: str, go, given: dict) -> None:
     """ground, refer and find: the run with its progress on stderr, then the summary and the exit code."""
-    quiet, strict = Quiet.take(given).quiet, Strict.take(given).strict
-    _finish(_call(lambda: go(for_terminal(name, quiet)), quiet), quiet, strict)
+    quiet, strict, as_json = Quiet.take(given).quiet, Strict.take(given).strict, AsJson.take(given).json
+
+    def run():
+        if as_json and not given.get("dry_run"):
+            raise UsageError("--json is for --dry-run's plan: add --dry-run, or drop --json")
+        return go(for_terminal(name, quiet))
+
+    done = _call(run, quiet)
+    if isinstance(done, Plan):
+        _planned(done, quiet, as_json)
+    else:
+        _finish(done, quiet, strict)
+
+
+def _planned(plan: Plan, quiet: bool, as_json: bool) -> None:
+    """A dry run: what a person reads on stderr, then one line (or a JSON object) for scripts on stdout."""
+    if not quiet and not as_json:
+        for line in plan.lines():
+            _say(f"kosmos: {line}")
+    print(json.dumps(plan.as_dict()) if as_json else plan.line(), flush=True)
 
 
 def _not_images(phrases: list[str]) -> None:
