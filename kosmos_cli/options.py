@@ -543,4 +543,10 @@ def flag_for(param: str) -> str:
 
 
 def _all_groups() -> list[type[Group]]:
-    return [g for g in globals().values() if isinstance(g, type) and issubclass(g, Group) and g is not Group]
+    """Every option group, wherever declared (a task's own options may live beside the task)."""
+    found, todo = [], list(Group.__subclasses__())
+    while todo:
+        group = todo.pop(0)
+        found.append(group)
+        todo.extend(group.__subclasses__())
+    return found

@@ -20,6 +20,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from .. import tasks
 from ..errors import OutOfMemory, UsageError
 from ..inputs.images import MODEL_SIDE
 from ..inputs.listing import Item, Unseen
@@ -92,7 +93,7 @@ class Summary:
 
 def counted(task: str, n: int) -> str:
     """`n` records of `task` as the user hears of them: "1 image", "3 regions", "2 phrases"."""
-    noun = {"refer": "region", "find": "phrase"}.get(task, "image")
+    noun = tasks.REGISTRY[task].noun if task in tasks.REGISTRY else "image"
     return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
