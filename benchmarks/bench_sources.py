@@ -104,6 +104,7 @@ def https_rates(n: int, workers: int, rounds: int) -> None:
         for _ in range(rounds):
             for name, (load, size) in ways.items():
                 http.KEPT = size
+                http._client_for.cache_clear()  # a new client each time: its connections are this round's
                 ask.send("connections")
                 before = ask.recv()
                 started = time.perf_counter()

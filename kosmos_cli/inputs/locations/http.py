@@ -1,17 +1,15 @@
-"""Fetching over http(s) with httpx: one client per process, shared by the loader threads, for kept connections
-(at most KEPT idle), redirects (at most MAX_REDIRECTS), proxies from the environment (`https_proxy`, `no_proxy`, ...)
-and TLS (the system's certificates, or SSL_CERT_FILE's). What this module adds is our policy on top:
+"""Fetching over http(s) with httpx: one client per process, shared by the loader threads, for kept connections,
+redirects, proxies from the environment (`https_proxy`, `no_proxy`, ...) and TLS. What this module adds is policy:
 
 - one deadline per try (`FetchOptions.timeout`) for connecting, the headers and the whole body together: the
-  client's sockets wait in slices (`_Stream`), between which the try's deadline and its run's stop are looked at,
-  so a server that drips bytes fails at the deadline, and a fetch on a loader thread (`threads.ordered_map`) gives
-  up within SLICE seconds of the run stopping (Ctrl-C, SIGTERM, an error), as do the waits between tries;
+  client's sockets wait in slices (`_Stream`), between which the try's deadline and its run's stop are looked at.
+  A server that drips bytes fails at the deadline, and a fetch on a loader thread (`threads.ordered_map`) gives up
+  within SLICE seconds of its run stopping (Ctrl-C, SIGTERM, an error), as do the waits between tries;
 - a 429, a 5xx, a dropped or refused connection, a timeout and a body cut short are tried again, up to `retries`
-  more times, after an exponential backoff (0.5 s, 1 s, 2 s, ... with jitter, or the server's `Retry-After`, up to
-  MAX_WAIT); any other answer (404, 403, ...) fails at once. A kept connection the server closed as it was reused
-  is replaced at no try's cost;
-- redirects to http and https only; reading stops at the size cap.
-What fails raises `Unreadable`, one line for the image's error record, with no URL's credentials in it.
+  more times, after a backoff (0.5 s, 1 s, 2 s, ... with jitter, or the server's `Retry-After`, up to MAX_WAIT);
+  any other answer fails at once. A kept connection the server closed as it was reused is replaced at no cost;
+- redirects to http and https only, at most MAX_REDIRECTS; reading stops at the size cap.
+What fails raises `Unreadable`: one line for the image's error record, with no URL's credentials in it.
 """
 
 from __future__ import annotations
@@ -268,27 +266,21 @@ class _Backend(httpcore.SyncBackend):
         return _Stream(_waiting(connect, timeout, CONNECT_SLICE, httpcore.ConnectTimeout))
 
 
-class _Stream(httpcore.NetworkStream):
-    """httpcore's socket, its reads in slices (`_waiting`), the TLS handshake bounded by the try's deadline."""
+class _Stream:
+    """httpcore's socket, its reads in slices (`_waiting`), its TLS handshake bounded by the try's deadline."""
 
     def __init__(self, stream: httpcore.NetworkStream):
         self._stream = stream
 
+    def __getattr__(self, name: str):  # write (a request: the socket's buffer takes it), close, get_extra_info
+        return getattr(self._stream, name)
+
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return _waiting(partial(self._stream.read, max_bytes), timeout, SLICE, httpcore.ReadTimeout)
 
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:  # a request: the socket's buffer takes it
-        self._stream.write(buffer, timeout)
-
-    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore.NetworkStream:
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> _Stream:
         start = partial(self._stream.start_tls, ssl_context, server_hostname)
         return _Stream(_waiting(start, timeout, math.inf, httpcore.ConnectTimeout))
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def get_extra_info(self, info: str):
-        return self._stream.get_extra_info(info)
 
 
 class _Body(io.RawIOBase):
