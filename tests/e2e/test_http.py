@@ -238,6 +238,26 @@ def test_a_proxy_from_the_environment_is_asked_for_the_whole_url(fresh, monkeypa
     assert fresh.proxied == ["http://images.invalid/i2.png"]
 
 
+@pytest.mark.parametrize(
+    "name, value, says",
+    [
+        ("ALL_PROXY", "socks5://me:secret@127.0.0.1:1080", "pip install httpx[socks]"),  # socksio is not installed
+        (
+            "https_proxy",
+            "ftp://me:secret@127.0.0.1:2121",
+            "Unknown scheme for proxy URL URL('ftp://***@127.0.0.1:2121')",
+        ),
+    ],
+)
+def test_a_proxy_the_environment_names_that_cannot_be_used_stops_the_run_in_one_line(
+    shapes_model, server, monkeypatch, name, value, says
+):
+    monkeypatch.setenv(name, value)
+    result = kosmos("ground", server.url("/scenes/s0.png"), model=SHAPES_MODEL)
+    one_error_line(result, 2, "cannot use the proxy the environment names: ")
+    assert says in result.stderr and "secret" not in result.stderr
+
+
 # -- a run that stops ----------------------------------------------------------------------------------------------
 
 

@@ -181,8 +181,13 @@ def _http_only(response: httpx.Response) -> None:
 def _client() -> httpx.Client:
     """The process's client, shared by its threads, for KEPT and the environment (proxies, trusted certificates) as
     they are now: made again when they change, or in a forked child (the parent's connections are the parent's)."""
-    with _MAKING:
-        return _client_for(KEPT, tuple(os.environ.get(name) for name in _ENVIRONMENT), os.getpid())
+    environment = tuple(os.environ.get(name) for name in _ENVIRONMENT)
+    try:
+        with _MAKING:
+            return _client_for(KEPT, environment, os.getpid())
+    except (ImportError, ValueError) as exc:  # a SOCKS proxy without socksio, a proxy URL of another scheme
+        why = redacted(str(exc)).rstrip(".")
+        raise InputError(f"cannot use the proxy the environment names: {why}: fix or unset it") from None
 
 
 @cache
