@@ -121,7 +121,7 @@ def _retrying(attempt: Callable[[_Try], T], fetch: FetchOptions, backoff: float)
 def _fetch_once(url: str, fetch: FetchOptions) -> bytes:
     response = _answer(url, fetch)
     too_large = Unreadable(f"larger than {fetch.max_bytes / 2**20:g} MB (--max-image-mb): left unread")
-    expected = int(response.headers.get("Content-Length", -1))  # h11 has checked that it is a number
+    expected = _length(response)
     try:
         if expected > fetch.max_bytes:
             raise too_large
@@ -160,7 +160,7 @@ def _answer(url: str, fetch: FetchOptions) -> httpx.Response:
     if response.is_success:
         return response
     try:
-        if int(response.headers.get("Content-Length", DRAIN + 1)) <= DRAIN:
+        if 0 <= _length(response) <= DRAIN:
             response.read()  # so its connection is kept
     finally:
         response.close()
@@ -168,6 +168,12 @@ def _answer(url: str, fetch: FetchOptions) -> httpx.Response:
     if response.status_code in TRANSIENT:
         raise _Transient(status, _retry_after(response.headers.get("Retry-After")))
     raise Unreadable(status)
+
+
+def _length(response: httpx.Response) -> int:
+    """The length the answer's body is announced to have; -1 when it is not."""
+    value = response.headers.get("Content-Length", "")
+    return int(value) if value.isdigit() else -1
 
 
 def _http_only(response: httpx.Response) -> None:
