@@ -3,7 +3,7 @@
 Importing this package is light: torch and transformers load only when a model does.
 """
 
-from .api import draw, export, find, ground, load_engine, refer
+from .api import draw, eval_results, export, find, ground, load_engine, refer
 from .errors import InputError, KosmosError, ModelError, OutputError, UsageError
 from .output.formats import read_records
 from .tasks import FindRecord, GroundRecord, ReferRecord
@@ -23,6 +23,7 @@ __all__ = [
     "ReferRecord",
     "UsageError",
     "draw",
+    "eval_results",
     "export",
     "find",
     "ground",
