@@ -15,7 +15,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from kosmos_cli import eval_results, ground, read_records
+from kosmos_cli import eval_results, find, ground, read_records
 from tests.helpers import kosmos, one_error_line
 
 N_SCENES = 12
@@ -245,3 +245,34 @@ def test_bad_truth_is_one_line_and_exit_2(scenes, tmp_path, make, message):
 def test_no_class_in_common_is_one_line_and_exit_2(scenes):
     result = kosmos("eval", scenes["results"], "--truth", scenes["voc"], "--classes", "dog,cat")
     one_error_line(result, 2, "has no class in common with --classes (dog, cat)")
+
+
+def test_find_results_count_each_phrase_as_its_class(scenes, shapes_engine, tmp_path):
+    asked = ["red circle", "blue square"]
+    found = tmp_path / "found.parquet"
+    find([str(scenes["folder"] / "photos")], str(found), phrases=[f"a {n}" for n in asked], engine=shapes_engine)
+    report = eval_results(str(found), scenes["coco"], classes=",".join(asked))
+    assert [c.name for c in report.classes] == asked
+    assert set(report.truth_left_out) == set(scenes["names"]) - set(asked)  # truth classes not asked: left out
+    # pycocotools directly: the truth of the two classes, and find's boxes, each of the class its phrase names
+    truth = json.loads(open(scenes["coco"]).read())
+    keep = {c["id"]: asked.index(c["name"]) + 1 for c in truth["categories"] if c["name"] in asked}
+    truth["categories"] = [{"id": k + 1, "name": n} for k, n in enumerate(asked)]
+    truth["annotations"] = [
+        dict(a, category_id=keep[a["category_id"]]) for a in truth["annotations"] if a["category_id"] in keep
+    ]
+    (tmp_path / "two.json").write_text(json.dumps(truth))
+    ids = {image["file_name"]: image["id"] for image in truth["images"]}
+    detections = [
+        {"image_id": ids[row["path"].rsplit("/", 1)[-1]], "category_id": asked.index(row["phrase"][2:]) + 1,
+         "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
+        for row in read_records(str(found))
+        for (x1, y1, x2, y2), score in zip(row["boxes_px"], row["scores"])
+    ]  # fmt: skip
+    gt = COCO(str(tmp_path / "two.json"))
+    run = COCOeval(gt, gt.loadRes(detections), "bbox")
+    run.evaluate()
+    run.accumulate()
+    run.summarize()
+    assert report.overall.ap50 == pytest.approx(run.stats[1]) and report.overall.ap == pytest.approx(run.stats[0])
+    assert report.overall.predictions == len(detections)
