@@ -20,13 +20,13 @@ import shlex
 
 from ..errors import InputError, UsageError
 from ..exports import FORMATS
-from ..exports.boxes import Dropped, labels
+from ..exports.boxes import Dropped, Label, labels
 from ..exports.classes import Classes
 from ..exports.source import images, scan
 from . import truth as truth_files
 from .pairing import Names
 from .report import ClassReport, EvalReport
-from .scoring import Pair, Prediction, TrueBox, best, score, sweep
+from .scoring import Pair, TrueBox, best, score, sweep
 
 PLOT_ENDINGS = (".png", ".svg", ".pdf")
 
@@ -61,12 +61,16 @@ def run(
         )
 
     checked = scan(results, root)
-    by_name = {}
+    ends = {_base(image.name) for image in known.images}  # what a results image must end with to pair
+    recorded: list[str] = []  # every results image's name; labels only for those that may pair
+    by_name: dict[str, tuple[int, int, list[Label]]] = {}
     dropped = Dropped()
     for image in images(results, checked, root):
-        found = labels(image, named, None, None, dropped)  # every box, classed and clipped as export does
-        by_name[image.name] = (image, [Prediction(f.cls, f.box, f.score) for f in found])
-    names = Names(by_name)
+        recorded.append(image.name)
+        if _base(image.name) in ends:
+            kept = labels(image, named, None, None, dropped)  # classed and clipped as export does
+            by_name[image.name] = (image.width, image.height, kept)
+    names = Names(recorded)
 
     pairs: list[Pair] = []
     missing: list[str] = []
@@ -77,9 +81,9 @@ def run(
         if paired is None:
             missing.append(image_truth.name)
             continue
-        image, predictions = by_name[paired]
+        width, height, predictions = by_name[paired]
         pair = Pair(image_truth.name, image_truth.width, image_truth.height, predictions=predictions)
-        if (image.width, image.height) != (image_truth.width, image_truth.height):
+        if (width, height) != (image_truth.width, image_truth.height):
             other_size += 1
         for box in image_truth.boxes:
             k = class_of.get(box.name)
@@ -90,10 +94,10 @@ def run(
         pairs.append(pair)
     if not pairs:
         raise InputError(
-            f"no image of truth {truth} is in {results} ({len(known.images)} in the truth, {len(by_name)} in the "
+            f"no image of truth {truth} is in {results} ({len(known.images)} in the truth, {len(recorded)} in the "
             "results): pass --root FOLDER, the folder the truth's image paths are relative to"
         )
-    unlabelled = sorted(set(by_name) - names.paired())
+    unlabelled = sorted(set(recorded) - names.paired())
 
     figures = score(pairs, named.names)
     overall_sweep = sweep([m for per in figures.matches for m in per], sum(figures.truth_counted))
@@ -136,7 +140,7 @@ def run(
         command=export_line(results, known.format, named.names, root, chosen.min_score if chosen else None),
         images=len(pairs),
         truth_images=len(known.images),
-        result_images=len(by_name),
+        result_images=len(set(recorded)),
         missing=missing,
         unlabelled=unlabelled,
         recall_points=figures.recall_points,
@@ -174,6 +178,10 @@ def _truth_classes(known: truth_files.Truth) -> list[str]:
     if not seen:
         raise InputError(f"truth {known.path} names no class: give one with classes and boxes")
     return list(seen.values())
+
+
+def _base(name: str) -> str:
+    return name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
 
 def _check_plot(plot: str) -> None:

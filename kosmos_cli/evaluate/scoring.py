@@ -17,16 +17,10 @@ import io
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
+from ..exports.boxes import Label
 
 EXTRA = "pip install 'kosmos-ground[eval]'"
 THRESHOLDS = tuple(round(i / 100, 2) for i in range(101))  # the --min-score values swept
-
-
-@dataclass(frozen=True)
-class Prediction:
-    cls: int  # index into the classes
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2 pixels
-    score: float | None  # None: a box without a score, ranked below every scored box (score 0 to COCO)
 
 
 @dataclass(frozen=True)
@@ -44,7 +38,7 @@ class Pair:
     width: int
     height: int
     truth: list[TrueBox] = field(default_factory=list)
-    predictions: list[Prediction] = field(default_factory=list)
+    predictions: list[Label] = field(default_factory=list)  # as export labels them; a box without a score is 0 to COCO
 
 
 @dataclass(frozen=True)
@@ -190,4 +184,4 @@ def best(counts: list[Count]) -> Count | None:
     return next((c for c in reversed(counts) if c.f1 == top), None) if top > 0 else None
 
 
-__all__ = ["THRESHOLDS", "Count", "Pair", "Prediction", "Scores", "TrueBox", "best", "score", "sweep"]
+__all__ = ["THRESHOLDS", "Count", "Pair", "Scores", "TrueBox", "best", "score", "sweep"]
