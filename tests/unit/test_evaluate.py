@@ -170,6 +170,19 @@ def test_yolo_and_voc_truth_read_into_the_frame_of_the_results(tmp_path):
     assert read.images[0].boxes[0].box == (40, 40, 60, 60) and read.images[0].boxes[0].ignored
 
 
+def test_yolo_reads_an_exif_rotated_photo_in_its_displayed_frame(tmp_path):
+    import shapes
+
+    (tmp_path / "images").mkdir()
+    shapes.save_rotated_jpeg(Image.new("RGB", (320, 200), (90, 90, 90)), tmp_path / "images" / "r.jpg", 6)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "r.txt").write_text("0 0.5 0.5 0.25 0.5\n")
+    (tmp_path / "data.yaml").write_text("train: images\nnames: [dog]\n")
+    [image] = truth.read(str(tmp_path)).images
+    assert (image.width, image.height) == (320, 200)  # stored 200x320, shown 320x200: YOLO's 0-1 are of the shown
+    assert image.boxes[0].box == pytest.approx((120, 50, 200, 150))
+
+
 @pytest.mark.parametrize(
     "files, message",
     [
