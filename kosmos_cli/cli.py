@@ -26,6 +26,7 @@ from .options import (
     RUN_GROUPS,
     ClassOptions,
     DrawOptions,
+    Duplicates,
     EvalOptions,
     ExportOptions,
     FindOptions,
@@ -206,7 +207,7 @@ def draw(
 
 
 @app.command(epilog='Example: kosmos export results.parquet --to yolo dataset/ --classes "dog,cat" --min-score 0.3')
-@command_options(ClassOptions, ExportOptions, ScoreFilter, *REPORTING)
+@command_options(ClassOptions, Duplicates, ExportOptions, ScoreFilter, *REPORTING)
 def export(
     results: Annotated[
         str,
@@ -229,7 +230,7 @@ def export(
 
 
 @app.command(name="eval", epilog="Example: kosmos eval results.parquet --truth corrected.json --plot pr.png")
-@command_options(ClassOptions, EvalOptions, Quiet)
+@command_options(ClassOptions, Duplicates, EvalOptions, Quiet)
 def eval_(
     results: Annotated[
         str,

@@ -391,14 +391,20 @@ class ClassOptions(Group):
 
 
 @dataclass(frozen=True)
-class ExportOptions(Group):
-    """Which boxes an export keeps, and how it names images."""
+class Duplicates(Group):
+    """Which of overlapping boxes of one class stay (export and eval drop the same ones)."""
 
     nms: float | None = option(
         None,
         "Of boxes of one class in one image overlapping by more than this IoU, keep the best-scored.",
         show_default=False,
     )
+
+
+@dataclass(frozen=True)
+class ExportOptions(Group):
+    """How an export names images, and what only some formats take."""
+
     root: str | None = option(None, "Write image paths relative to this folder.", show_default=False)
     image_root: str | None = option(
         None,

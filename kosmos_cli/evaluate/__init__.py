@@ -20,7 +20,7 @@ import shlex
 
 from ..errors import InputError, UsageError
 from ..exports import FORMATS
-from ..exports.boxes import Dropped, Label, labels
+from ..exports.boxes import Dropped, Label, check_nms, labels
 from ..exports.classes import Classes
 from ..exports.source import images, scan
 from . import truth as truth_files
@@ -36,6 +36,7 @@ def run(
     truth: str,
     *,
     classes: list[str] | None = None,
+    nms: float | None = None,
     root: str | None = None,
     plot: str | None = None,
 ) -> EvalReport:
@@ -45,6 +46,7 @@ def run(
         raise UsageError(f"{{param}} {root}: no such folder", param="root")
     if plot is not None:
         _check_plot(plot)
+    nms = check_nms(nms)
     known = truth_files.read(truth)
     named = Classes(classes if classes is not None else _truth_classes(known))
     class_of: dict[str, int | None] = {}  # truth class name -> evaluated class (None: left out)
@@ -68,7 +70,7 @@ def run(
     for image in images(results, checked, root):
         recorded.append(image.name)
         if _base(image.name) in ends:
-            kept = labels(image, named, None, None, dropped)  # classed and clipped as export does
+            kept = labels(image, named, None, nms, dropped)  # classed, clipped and deduplicated as export does
             by_name[image.name] = (image.width, image.height, kept)
     names = Names(recorded)
 
@@ -137,7 +139,7 @@ def run(
         classes=reports,
         sweep=overall_sweep,
         best=chosen,
-        command=export_line(results, known.format, named.names, root, chosen.min_score if chosen else None),
+        command=export_line(results, known.format, named.names, root, chosen.min_score if chosen else None, nms),
         images=len(pairs),
         truth_images=len(known.images),
         result_images=len(set(recorded)),
@@ -146,6 +148,7 @@ def run(
         recall_points=figures.recall_points,
         truth_left_out=left_out,
         unnamed=dropped.unnamed,
+        duplicates=dropped.duplicates,
         other_size=other_size,
         errors=checked.errors,
         unusable=checked.unusable,
@@ -158,13 +161,17 @@ def run(
     return report
 
 
-def export_line(results: str, to: str, classes: list[str], root: str | None, min_score: float | None) -> str:
-    """The kosmos export command that writes these results as the truth's format, with the classes evaluated and the
-    threshold chosen."""
+def export_line(
+    results: str, to: str, classes: list[str], root: str | None, min_score: float | None, nms: float | None = None
+) -> str:
+    """The kosmos export command that writes these results as the truth's format, with the classes evaluated, the
+    threshold chosen and the same --nms."""
     line = ["kosmos", "export", shlex.quote(results), "--to", to, shlex.quote(FORMATS[to].default_out)]
     line += ["--classes", shlex.quote(",".join(classes))]
     if min_score is not None:
         line += ["--min-score", f"{min_score:g}"]
+    if nms is not None:
+        line += ["--nms", f"{nms:g}"]
     if root is not None:
         line += ["--root", shlex.quote(root)]
     return " ".join(line)

@@ -62,6 +62,7 @@ class EvalReport:
     recall_points: list[float] = field(default_factory=list, repr=False)
     truth_left_out: dict[str, int] = field(default_factory=dict)  # truth classes of no evaluated class: their boxes
     unnamed: int = 0  # predictions whose phrase names no class: left out, as export leaves them
+    duplicates: int = 0  # predictions removed by --nms, as export removes them
     other_size: int = 0  # paired images whose size in the truth is not the results': compared as they are
     errors: int = 0  # error records of the results
     unusable: int = 0  # lines or records of the results that cannot be used
@@ -86,7 +87,11 @@ class EvalReport:
             "sweep": [_count(c) for c in self.sweep],
             "best": _count(self.best),
             "command": self.command,
-            "left_out": {"truth_classes": self.truth_left_out, "predictions_naming_no_class": self.unnamed},
+            "left_out": {
+                "truth_classes": self.truth_left_out,
+                "predictions_naming_no_class": self.unnamed,
+                "predictions_removed_by_nms": self.duplicates,
+            },
             "records": {"errors": self.errors, "unusable": self.unusable},
             "plot": self.plot,
         }
@@ -147,6 +152,8 @@ class EvalReport:
             out.append(f"truth classes naming none of the classes evaluated, left out: {left}")
         if self.unnamed:
             out.append(f"{self.unnamed} predicted boxes name none of the classes, left out (as export leaves them)")
+        if self.duplicates:
+            out.append(f"{self.duplicates} predicted boxes removed by --nms, as export removes them")
         if self.best is None:
             out.append("no --min-score finds a right box at IoU 0.5")
         else:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from kosmos_cli import eval_results, export
-from kosmos_cli.errors import InputError
+from kosmos_cli.errors import InputError, UsageError
 from kosmos_cli.evaluate import truth
 from kosmos_cli.evaluate.pairing import Names
 from kosmos_cli.evaluate.scoring import Count, best, sweep
@@ -143,6 +143,32 @@ def test_a_small_case_gives_the_figures_counted_by_hand(small, tmp_path, monkeyp
     export(args[0], "coco", "export.json", classes=args[args.index("--classes") + 1], min_score=0.3)
     assert len(json.loads((tmp_path / "export.json").read_text())["annotations"]) == 3
     assert json.loads(json.dumps(report.as_dict()))["best"]["min_score"] == 0.3
+
+
+def test_nms_drops_the_duplicates_export_drops_and_goes_into_the_export_line(tmp_path):
+    a = _image(tmp_path / "a.png", (200, 200))
+    row = GroundRecord(
+        path=a,
+        width=200,
+        height=200,
+        caption="a dog",
+        entities=[_entity("a dog", [[0, 0, 100, 100], [2, 2, 100, 100]], (200, 200), [0.9, 0.5])],
+    )
+    results = tmp_path / "r.jsonl"
+    results.write_text(json.dumps(row.to_dict()) + "\n")
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 200}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 100, 100], "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "dog"}],
+    }
+    (tmp_path / "t.json").write_text(json.dumps(coco))
+    plain = eval_results(str(results), str(tmp_path / "t.json"))
+    assert (plain.sweep[0].tp, plain.sweep[0].fp, plain.overall.predictions) == (1, 1, 2)  # the duplicate is wrong
+    dedup = eval_results(str(results), str(tmp_path / "t.json"), nms=0.5)
+    assert (dedup.sweep[0].tp, dedup.sweep[0].fp, dedup.overall.predictions, dedup.duplicates) == (1, 0, 1, 1)
+    assert dedup.command.endswith("--min-score 0.9 --nms 0.5") and "--nms" not in plain.command
+    with pytest.raises(UsageError, match="nms 2"):
+        eval_results(str(results), str(tmp_path / "t.json"), nms=2)
 
 
 # -- reading truth ------------------------------------------------------------------------------------------------
