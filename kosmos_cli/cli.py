@@ -7,6 +7,7 @@ Errors become one line on stderr and an exit code here, and only here. Exit code
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -253,19 +254,19 @@ def eval_(
 ) -> None:
     """Measure a results file against ground truth: COCO AP per class, and the --min-score with the best F1."""
     quiet, as_json = Quiet.take(given).quiet, bool(given.pop("as_json"))  # the API returns the report instead
-    report = _call(lambda: api.eval_results(results, truth, **given), quiet)
+    _call(lambda: _show_eval(api.eval_results(results, truth, **given), as_json), quiet)
+
+
+def _show_eval(report, as_json: bool) -> None:
+    """The report on stdout (it is the command's data): one JSON object, or tables and the export line last."""
     if as_json:
-        print(json.dumps(report.as_dict(), ensure_ascii=False))
+        print(json.dumps(report.as_dict(), ensure_ascii=False), flush=True)
         return
-    _show_eval(report)
-
-
-def _show_eval(report) -> None:
-    """The report as tables on stdout (it is the command's data), the export line last."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False, soft_wrap=True)
+    shown = io.StringIO()  # rendered here, printed below: a closed pipe (`| head`) ends quietly, as elsewhere
+    console = Console(file=shown, width=Console().width, force_terminal=sys.stdout.isatty(), highlight=False)
     at = f"; P, R, F1 at --min-score {report.best.min_score:g}, IoU 0.5" if report.best is not None else ""
     for title, (headers, rows) in (
         (f"per class (AP: pycocotools{at})", report.class_rows()),
@@ -277,9 +278,9 @@ def _show_eval(report) -> None:
         for row in rows:
             table.add_row(*row)
         console.print(table)
-    for note in report.notes():
-        console.print(printable(note), markup=False)
-    console.print(printable(report.command), markup=False)
+    print(shown.getvalue(), end="")
+    for line in [*report.notes(), report.command]:
+        print(printable(line), flush=True)
 
 
 @app.command(epilog="Example: kosmos view results.parquet --open")
