@@ -174,7 +174,8 @@ def _yolo(path: str) -> Truth:
 
 def _split_images(split: Any, base: str, path: str) -> Iterator[tuple[str, str]]:
     """(image file, its name) for a split of data.yaml: a folder, a .txt list of images, or a list of either. A name
-    is the image's path below its `images/` folder (below the split's folder when it has none)."""
+    is the image's path below the split's folder (`images/train/a.jpg` of `train: images/train` is `a.jpg`); for a
+    listed image, below its last `images/` folder (else the list's folder)."""
     if split is None:
         return
     for entry in split if isinstance(split, list) else [split]:
@@ -185,7 +186,7 @@ def _split_images(split: Any, base: str, path: str) -> Iterator[tuple[str, str]]
                 for file in sorted(files):
                     if is_image_path(file):
                         full = os.path.join(folder, file)
-                        yield full, _below_images(full, where)
+                        yield full, _slashes(os.path.relpath(full, where))
         elif os.path.isfile(where) and where.lower().endswith(".txt"):
             try:
                 with open(where, encoding="utf-8-sig") as f:

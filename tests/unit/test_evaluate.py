@@ -196,6 +196,17 @@ def test_yolo_and_voc_truth_read_into_the_frame_of_the_results(tmp_path):
     assert read.images[0].boxes[0].box == (40, 40, 60, 60) and read.images[0].boxes[0].ignored
 
 
+def test_yolo_splits_in_the_ultralytics_layout_name_images_below_their_split(tmp_path):
+    for split in ("train", "val"):
+        _image(tmp_path / "images" / split / f"{split}1.png", (10, 10))
+        (tmp_path / "labels" / split).mkdir(parents=True)
+        (tmp_path / "labels" / split / f"{split}1.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "list.txt").write_text("./images/train/train1.png\n")
+    (tmp_path / "data.yaml").write_text("path: .\ntrain: images/train\nval: [images/val, list.txt]\nnames: [dog]\n")
+    read = truth.read(str(tmp_path / "data.yaml"))
+    assert [(i.name, len(i.boxes)) for i in read.images] == [("train1.png", 1), ("val1.png", 1)]  # listed once
+
+
 def test_yolo_reads_an_exif_rotated_photo_in_its_displayed_frame(tmp_path):
     import shapes
 
