@@ -15,6 +15,7 @@ like a ground phrase. Only images both have are scored; the others are counted a
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 
@@ -26,7 +27,7 @@ from ..exports.source import images, scan
 from . import truth as truth_files
 from .pairing import Names
 from .report import ClassReport, EvalReport
-from .scoring import Pair, TrueBox, best, score, sweep
+from .scoring import EXTRA, Pair, TrueBox, best, score, sweep
 
 PLOT_ENDINGS = (".png", ".svg", ".pdf")
 
@@ -197,6 +198,8 @@ def _check_plot(plot: str) -> None:
     parent = os.path.dirname(os.path.abspath(plot))
     if not os.path.isdir(parent):
         raise UsageError(f"{{param}} {plot}: its folder {parent} does not exist", param="plot")
+    if importlib.util.find_spec("matplotlib") is None:  # said before anything is measured
+        raise UsageError(f"{{param}} draws with matplotlib: {EXTRA}", param="plot")
 
 
 __all__ = ["ClassReport", "EvalReport", "export_line", "run"]
