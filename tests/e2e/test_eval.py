@@ -15,7 +15,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from kosmos_cli import eval_results, find, ground, read_records
+from kosmos_cli import eval_results, export, find, ground, read_records
 from tests.helpers import kosmos, one_error_line
 
 N_SCENES = 12
@@ -276,3 +276,18 @@ def test_find_results_count_each_phrase_as_its_class(scenes, shapes_engine, tmp_
     run.summarize()
     assert report.overall.ap50 == pytest.approx(run.stats[1]) and report.overall.ap == pytest.approx(run.stats[0])
     assert report.overall.predictions == len(detections)
+
+
+@pytest.mark.parametrize("to, truth", [("coco", "export.json"), ("yolo", "yolo/"), ("voc", "voc/")])
+def test_results_measured_against_their_own_export_score_a_perfect_1(scenes, tmp_path, to, truth):
+    """What kosmos export writes is truth kosmos eval reads (the recipe: correct an export by hand, measure)."""
+    export(scenes["results"], to, str(tmp_path / truth))
+    report = eval_results(scenes["results"], str(tmp_path / truth))
+    assert report.images == N_SCENES and not report.missing and not report.unlabelled
+    assert (report.overall.ap, report.overall.ap50, report.overall.ap75) == pytest.approx((1.0, 1.0, 1.0))
+    assert (
+        report.best is not None
+        and report.best.f1 == 1.0
+        and report.best.min_score
+        <= min(s for row in read_records(scenes["results"]) for e in row["entities"] for s in e["scores"])
+    )
