@@ -129,6 +129,15 @@ def _stat(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def grown(old: Results, new: Results) -> bool:
+    """Whether `new` is `old` with records added after its own (a run appending, a part added): the same task,
+    and the same card columns for every record `old` has, so a record's number still names the same record."""
+    if new.task is not old.task or len(new) < len(old):
+        return False
+    before = old.table()
+    return new.table().slice(0, before.num_rows).equals(before)
+
+
 def signature(path: str) -> tuple:
     """What tells a results file (or folder of parts) from a changed one: each file's device, inode, size and
     modification time (a folder: which parts it holds, and theirs). Cheap: a stat per file, nothing read."""
@@ -244,6 +253,8 @@ class ParquetResults(Results):
         self._names: list[str] = []
         self._starts: list[int] = []  # the first row of each file
         self._lock = threading.Lock()
+        self._reading = threading.Lock()  # the card columns, read once
+        self._table: Any = None
         self._groups: OrderedDict[tuple[int, int], Any] = OrderedDict()  # the last row groups read whole
         task: type[Task] | None = None
         total = 0
@@ -275,6 +286,13 @@ class ParquetResults(Results):
         return self._total
 
     def table(self):
+        """Read once (the index keeps it), then the same table."""
+        with self._reading:
+            if self._table is None:
+                self._table = self._read_table()
+            return self._table
+
+    def _read_table(self):
         import pyarrow as pa
 
         tables = [self._cards(pf, pf.read(columns=_leaves(pf, self._schema.names))) for pf in self._opened()]

@@ -44,7 +44,7 @@ from urllib.parse import parse_qs
 from ..errors import InputError, KosmosError, UsageError
 from .export import SHOWN, offer, shown_lines
 from .index import Index, Query, cards, palette
-from .reading import Changed, Results, open_results, signature
+from .reading import Changed, Results, grown, open_results, signature
 from .thumbs import DEFAULT_CACHE_MB, SIZES, Slow, Thumbnails, Unshowable
 
 log = logging.getLogger("kosmos_cli")
@@ -111,7 +111,8 @@ class Viewer:
     """A running viewer: `url`, and `close()` to stop it. Made by `start`.
 
     The results file is looked at (a stat) before each answer: once it changed (rewritten, cut short, a part
-    added), it is read again, and answers for the page's older version are refused (409) so the page reloads."""
+    added), it is read again. When records were only added after the others, the version stays; otherwise it is
+    one more, and answers for the page's older version are refused (409) so the page reloads."""
 
     def __init__(self, results: str, host: str, port: int | None, cache_mb: int, quiet: bool = True):
         self.path, self.quiet = results, quiet
@@ -150,8 +151,14 @@ class Viewer:
                 self._say(why)
                 raise Changed(why) from None
             self._broken = None
-            self._opened = Opened(results, opened.version + 1)
-            self._say(f"{self.path} changed: read again, {len(results)} {results.task.name} records")
+            try:
+                appended = grown(opened.results, results)
+            except Changed:  # changed again while it was compared: a new reading all the same
+                appended = False
+            # records added after the others: their numbers still name them, so the page goes on as it is
+            self._opened = Opened(results, opened.version if appended else opened.version + 1)
+            how = "grew" if appended else "changed"
+            self._say(f"{self.path} {how}: read again, {len(results)} {results.task.name} records")
             return self._opened
 
     def _say(self, line: str) -> None:

@@ -802,6 +802,25 @@ def test_a_results_file_rewritten_under_the_viewer_is_read_again(tmp_path, name)
         assert get(running, "/api/records?v=2")[0] == 200
 
 
+def test_records_added_to_the_results_keep_the_page_going(tmp_path):
+    records = few(tmp_path, 6)
+    path = write(records[:3], tmp_path / "r.jsonl")
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    write(records[:3], parts / "part-0001.parquet")
+    for results, more in (
+        (path, lambda: open(path, "a").writelines(json.dumps(r.to_dict()) + "\n" for r in records[3:])),
+        (str(parts), lambda: write(records[3:], parts / "part-0002.parquet")),
+    ):
+        with start(results) as running:
+            assert api(running, "/api/facets")["records"] == 3
+            more()  # a run appending, a part added
+            info = api(running, "/api/info")
+            assert (info["records"], info["version"]) == (6, 1)  # the page's record numbers still hold
+            assert rows(running, "v=1") == [0, 1, 2, 3, 4, 5]
+            assert api(running, "/api/record/5?v=1")["record"]["path"] == "5.png"
+
+
 def test_a_jsonl_cut_short_under_the_viewer_shows_its_whole_lines(tmp_path):
     records = few(tmp_path, 6)
     path = write(records, tmp_path / "r.jsonl")
