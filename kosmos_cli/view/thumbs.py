@@ -136,9 +136,9 @@ def _make(source: str, size: int, fetch: locations.FetchOptions) -> bytes:
     from PIL import Image
 
     member = locations.split_member(source)
-    local = member[0] if member is not None else source
-    if locations.is_local(local) or member is not None and not locations.is_remote(local):
-        refused = regular(locations.local_path(local))
+    file = member[0] if member is not None else source  # a sample's container: a shard, a table
+    if not locations.is_remote(file):
+        refused = regular(locations.local_path(file))
         if refused is not None:
             raise Unshowable(refused)
     loaded = locations.open_image(source, fetch, draft=size)
