@@ -36,7 +36,9 @@
 
   // the reading of the results file this page shows: the server refuses an older one (409) once the file changed
   function versioned(url) {
-    return state.info ? `${url}${url.includes("?") ? "&" : "?"}v=${state.info.version}` : url;
+    if (!state.info) return url;
+    const joint = url.endsWith("?") ? "" : url.includes("?") ? "&" : "?";
+    return `${url}${joint}v=${state.info.version}`;
   }
 
   async function getJSON(url) {
