@@ -106,6 +106,30 @@ class Task:
         """The row's text for the gallery, each entity's words passed through `mark`; the rest escaped."""
         raise NotImplementedError
 
+    # -- what kosmos view shows of a table of records (Arrow; view/index.py) -----------------------------------------
+    text_field: ClassVar[str | None] = None  # the record's text the page searches and shows ("caption")
+    facet: ClassVar[str | None] = None  # the one value of a record the page filters on ("phrase", "region")
+
+    @classmethod
+    def entity_columns(cls, table) -> tuple[Any, Any, Any, Any]:
+        """One entry per entity of the records in `table`: (its record's row as numpy, its label, its pixel boxes,
+        their scores) as Arrow arrays, the label a string, the boxes lists of 4 numbers, the scores lists of floats.
+        A task that draws no boxes: none."""
+        import numpy as np
+        import pyarrow as pa
+
+        return (
+            np.zeros(0, dtype=np.int64),
+            pa.array([], pa.string()),
+            pa.array([], pa.list_(pa.list_(pa.int32()))),
+            (pa.array([], pa.list_(pa.float64()))),
+        )
+
+    @classmethod
+    def facet_values(cls, table) -> Any:
+        """Each record's value of `facet`, as the page's filter gives it (an Arrow array), or None without one."""
+        return None
+
     # -- one run ---------------------------------------------------------------------------------------------
     def check(self, inputs: Sequence[Any]) -> None:
         """Raise UsageError for what can be told wrong before a model loads (the inputs are named)."""

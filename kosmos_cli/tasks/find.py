@@ -107,6 +107,19 @@ class Find(Task):
                 ),
             )
 
+    text_field = facet = "phrase"
+
+    @classmethod
+    def entity_columns(cls, table) -> tuple[Any, Any, Any, Any]:
+        import numpy as np
+
+        column = table.column  # one entity a record: the phrase found, with its boxes
+        return np.arange(table.num_rows), *(column(n).combine_chunks() for n in ("phrase", "boxes_px", "scores"))
+
+    @classmethod
+    def facet_values(cls, table) -> Any:
+        return table.column("phrase")
+
     def units(self, item: Item, model: str) -> list[Unit]:
         extra = dict(item.extra)
         if self.phrases is not None:

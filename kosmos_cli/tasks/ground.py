@@ -87,6 +87,17 @@ class Ground(Task):
             pos = end
         return "".join(out) + html.escape(caption[pos:])
 
+    text_field = "caption"
+
+    @classmethod
+    def entity_columns(cls, table) -> tuple[Any, Any, Any, Any]:
+        import pyarrow.compute as pc
+
+        entities = table.column("entities").combine_chunks()
+        flat = entities.flatten()
+        owner = pc.list_parent_indices(entities).to_numpy(zero_copy_only=False)
+        return owner, flat.field("phrase"), flat.field("boxes_px"), flat.field("scores")
+
     def units(self, item: Item, model: str) -> list[Unit]:
         return [Unit(self.key({"path": item.path}), self.record(item, model, prompt=self._prompt.text))]
 

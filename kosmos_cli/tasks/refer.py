@@ -112,6 +112,29 @@ class Refer(Task):
                         param="boxes",
                     ) from None
 
+    text_field, facet = "description", "region"
+
+    @classmethod
+    def entity_columns(cls, table) -> tuple[Any, Any, Any, Any]:
+        """One entity a record: its region is its one box (none when not 4 numbers), its description the label."""
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        region = table.column("box_px").combine_chunks()
+        whole = pc.fill_null(pc.equal(pc.list_value_length(region), 4), False).to_numpy(zero_copy_only=False)
+        offsets = np.concatenate([[0], np.cumsum(whole)]).astype(np.int32)
+        boxes = pa.ListArray.from_arrays(pa.array(offsets), region.filter(pa.array(whole)))
+        description = table.column("description").combine_chunks()
+        return np.arange(table.num_rows), description, boxes, pa.nulls(len(boxes), pa.list_(pa.float64()))
+
+    @classmethod
+    def facet_values(cls, table) -> Any:
+        import pyarrow as pa
+
+        regions = table.column("box_px").to_pylist()
+        return pa.array([None if b is None else format_box([float(v) for v in b]) for b in regions], pa.string())
+
     def units(self, item: Item, model: str) -> list[Unit]:
         extra = dict(item.extra)
         if self.boxes is not None:

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .. import tasks
 from ..drawing.colors import PALETTE, color, text_color
 from ..errors import UsageError
 from ..exports.classes import Classes, parse_classes
@@ -99,38 +100,17 @@ class Index:
         self.total = table.num_rows
         status = table.column("status")
         self.ok = _numpy(pc.fill_null(pc.equal(status, "ok"), False))
-        text_field = {"ground": "caption", "refer": "description", "find": "phrase"}[self.task.name]
-        self._searched = [table.column(n) for n in ("path", text_field, "error")]
+        searched = ("path", self.task.text_field, "error")
+        self._searched = [table.column(n) for n in searched if n is not None]
         self._lock = threading.Lock()
         self._orders: OrderedDict[Query, Any] = OrderedDict()  # the last queries' records, in order
         self._path_order = None
         self._classes: dict[tuple[str, ...], Any] = {}
 
         # one entry per box: its record, its phrase (an index into self.phrases) and its score (NaN: none)
-        if self.task.name == "ground":
-            entities = table.column("entities").combine_chunks()
-            owner = _numpy(pc.list_parent_indices(entities))
-            flat = entities.flatten()
-            phrase, boxes = flat.field("phrase"), flat.field("boxes_px")
-            scores = flat.field("scores")
-        elif self.task.name == "find":
-            owner = np.arange(self.total)
-            phrase = table.column("phrase").combine_chunks()
-            boxes = table.column("boxes_px").combine_chunks()
-            scores = table.column("scores").combine_chunks()
-        else:  # refer: its region is its one box, its description the phrase
-            import pyarrow as pa
-
-            owner = np.arange(self.total)
-            phrase = table.column("description").combine_chunks()
-            region = table.column("box_px").combine_chunks()
-            whole = _numpy(pc.fill_null(pc.equal(pc.list_value_length(region), 4), False))
-            offsets = np.concatenate([[0], np.cumsum(whole)]).astype(np.int32)
-            boxes = pa.ListArray.from_arrays(pa.array(offsets), region.filter(pa.array(whole)))  # one box or none
-            scores = pa.nulls(len(boxes), pa.list_(pa.float64()))
-            self.regions = pa.array(
-                [None if b is None else format_box([float(v) for v in b]) for b in region.to_pylist()], pa.string()
-            )
+        owner, phrase, boxes, scores = self.task.entity_columns(table)
+        self.facet = self.task.facet  # the one value the page filters on (find: phrase; refer: region), or None
+        self.facet_values = self.task.facet_values(table)
         encoded = pc.dictionary_encode(phrase)
         self.phrases: list[str | None] = encoded.dictionary.to_pylist()
         phrase_id = _numpy(pc.fill_null(encoded.indices, -1))
@@ -145,7 +125,6 @@ class Index:
             values = _numpy(pc.fill_null(pc.list_flatten(scores), math.nan))
             entity_of_score = np.repeat(np.arange(len(n_scores)), n_scores)
             self.box_score[aligned[entity_of_box]] = values[aligned[entity_of_score]]
-        self.find_phrases = table.column("phrase") if self.task.name == "find" else None
 
     # -- queries -------------------------------------------------------------------------------------------
     def order(self, query: Query):
@@ -174,14 +153,14 @@ class Index:
                 hit = pc.match_substring(column, query.text, ignore_case=True)
                 found |= _numpy(pc.fill_null(hit, False))
             keep &= found
-        if query.phrase is not None:
-            if self.find_phrases is None:
-                raise UsageError("{param} is for the results of kosmos find", param="phrase")
-            keep &= _numpy(pc.fill_null(pc.equal(self.find_phrases, query.phrase), False))
-        if query.region is not None:
-            if self.task.name != "refer":
-                raise UsageError("{param} is for the results of kosmos refer", param="region")
-            keep &= _numpy(pc.fill_null(pc.equal(self.regions, _region(query.region)), False))
+        for facet, value in (("phrase", query.phrase), ("region", query.region)):
+            if value is None:
+                continue
+            if self.facet != facet:
+                command = next((t.name for t in tasks.REGISTRY.values() if t.facet == facet), "?")
+                raise UsageError(f"{{param}} is for the results of kosmos {command}", param=facet)
+            wanted = _region(value) if facet == "region" else value
+            keep &= _numpy(pc.fill_null(pc.equal(self.facet_values, wanted), False))
         shown = self.shown_boxes(query)
         counts = np.bincount(self.box_record[shown], minlength=self.total)
         if query.classes:
@@ -250,10 +229,8 @@ class Index:
 
         out: dict[str, Any] = {"records": self.total, "errors": int((~self.ok).sum())}
         out["scored"] = bool((~np.isnan(self.box_score)).any())
-        if self.task.name == "find":
-            out["phrases"] = _common(pc.value_counts(self.table.column("phrase")))
-        elif self.task.name == "refer":
-            out["regions"] = _common(pc.value_counts(self.regions))
+        if self.facet is not None:
+            out[self.facet + "s"] = _common(pc.value_counts(self.facet_values))
 
         default = Classes()
         counts: dict[str, int] = {}

@@ -5,6 +5,7 @@ resume, its dry run, its summary's noun, and kosmos draw over its results."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -18,6 +19,7 @@ from kosmos_cli.output.formats import read_records
 from kosmos_cli.tasks import Task, Unit
 from kosmos_cli.tasks.markup import parse
 from kosmos_cli.tasks.records import Record
+from kosmos_cli.view import start
 from tests.helpers import kosmos, make_images
 
 
@@ -38,6 +40,7 @@ class Caption(Task):
     name = "caption"
     noun = "picture"
     record_type = CaptionRecord
+    text_field = "text"  # what kosmos view searches and shows
 
     def __init__(self, longest: int):
         self._prompt, self._longest = caption_prompt("brief"), longest
@@ -107,6 +110,10 @@ def test_a_toy_task_runs_through_the_command_line(caption, tmp_path, tiny_model)
     assert failed.exit_code == 1 and "1 picture failed (--strict)" in failed.stderr, failed.output
     drawn = kosmos("draw", out, "--out-dir", str(tmp_path / "drawn"))
     assert drawn.exit_code == 0, drawn.output
+    with start(out) as viewer:
+        with urllib.request.urlopen(viewer.url.rstrip("/") + "/api/records?text=img_01", timeout=30) as answer:
+            (card,) = json.loads(answer.read())["cards"]
+        assert card["html"] == next(r["text"] for r in rows if r["path"] == card["path"]) and card["entities"] == []
 
 
 def test_a_toy_task_runs_through_the_api(caption, tmp_path, tiny_engine):
