@@ -135,3 +135,14 @@ def test_a_signal_ends_a_run_stuck_reading_a_fifo_within_seconds_and_frees_its_l
     got = _records(out)
     assert got["zz-pipe.jpg"]["error"] == NOT_REGULAR
     assert all(got[n]["status"] == "ok" for n in ("img_00.png", "img_01.jpg"))
+
+
+@pytest.mark.parametrize("command", [["draw"], ["export", "--to", "coco"]])
+def test_a_results_file_that_is_a_fifo_is_one_line_not_a_wait(tmp_path, command):
+    os.mkfifo(tmp_path / "r.jsonl")  # nobody writes to it
+    out = [str(tmp_path / "out")] if command[0] == "export" else ["--out-dir", str(tmp_path / "out")]
+    done = kosmos_process([command[0], str(tmp_path / "r.jsonl"), *command[1:], *out], timeout=60)
+    assert done.returncode != 0
+    assert done.stderr.splitlines() == [
+        f"kosmos: error: {tmp_path / 'r.jsonl'} is {NOT_REGULAR}: results are read from a file that kosmos wrote"
+    ], done.stderr
