@@ -27,6 +27,7 @@ from ..inputs.locations import open_image
 from ..inputs.locations import stat as location_stat
 from ..inputs.sources import countable, iter_items, nothing_found, shard
 from ..model.engine import Engine, Prepared
+from ..model.files import same_model
 from ..options import GenerationOptions, ModelOptions, RunOptions
 from ..output.dataset import DatasetStore
 from ..output.store import Output, Seen, Store
@@ -362,7 +363,7 @@ def _fresh(recorded: Seen, record: Record, size, mtime, retry_failed: bool, summ
     Not when it was made with other settings than `record` is (model, prompt, decoding; one not recorded, as in
     outputs written before `decoding`, counts as the same): it is redone, and counted in `summary`.
     """
-    changed = {s for s in SETTINGS if getattr(recorded, s) is not None and getattr(recorded, s) != getattr(record, s)}
+    changed = {s for s in SETTINGS if _differs(s, getattr(recorded, s), getattr(record, s))}
     if changed:
         summary.redone += 1
         summary.changed |= changed
@@ -370,6 +371,14 @@ def _fresh(recorded: Seen, record: Record, size, mtime, retry_failed: bool, summ
     if recorded.file_size != size or recorded.file_mtime != mtime:
         return False  # the file changed (or appeared) since it was recorded: do it again
     return recorded.status == OK or not retry_failed
+
+
+def _differs(setting: str, recorded: str | None, current: str | None) -> bool:
+    """Whether a record's `setting` is another than this run's: the model compared as a folder when it is one (the
+    same folder named relative, absolute or through a link is the same model)."""
+    if recorded is None or recorded == current:
+        return False
+    return setting != "model" or current is None or not same_model(recorded, current)
 
 
 def _load(item: Item, units: list[Unit], task: Task, engine: Engine, options: RunOptions) -> Loaded:
