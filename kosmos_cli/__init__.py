@@ -3,11 +3,15 @@
 Importing this package is light: torch and transformers load only when a model does.
 """
 
+import logging
+
 from .api import draw, export, find, ground, load_engine, refer
 from .errors import InputError, KosmosError, ModelError, OutputError, UsageError
 from .output.formats import read_records
 from .tasks import FindRecord, GroundRecord, ReferRecord
-from .tasks.records import Entity, Record
+from .tasks.records import Entity, Record, redact_log
+
+logging.getLogger("kosmos_cli").addFilter(redact_log)  # no log line carries a URL's credentials
 
 __version__ = "0.1.0"
 
