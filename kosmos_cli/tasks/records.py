@@ -16,10 +16,10 @@ renamed) are known here because each record type adds its fields when it is defi
 
 from __future__ import annotations
 
-import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from ..errors import redact
 
 OK = "ok"
 ERROR = "error"
@@ -158,35 +158,6 @@ def printable(text: str) -> str:
     and the credentials of any URL in it left out (`redact`). Every line kosmos prints, and every record's `error`,
     is made by it."""
     return redact(str(text)).translate(_ESCAPES)
-
-
-_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#]*@")  # scheme://user:password@ (to its last @)
-_TOKENS = re.compile(  # query parameters that carry a secret: a presigned URL's signature, an API key or token
-    r"([?&](?:x-amz-(?:signature|credential|security-token)|x-goog-(?:signature|credential)|signature|sig|token"
-    r"|access_token|api_key|apikey|key|password)=)[^&\s#'\"]+",
-    re.IGNORECASE,
-)
-
-
-def redact(text: str) -> str:
-    """`text` with the credentials of every URL in it replaced by `***`: `https://user:pass@host/x` ->
-    `https://***@host/x`, `?X-Amz-Signature=abc` -> `?X-Amz-Signature=***`. Messages, log lines and error fields
-    never carry them; a record's `path` keeps the URL as the user gave it."""
-    if "@" in text:
-        text = _USERINFO.sub(r"\1***@", text)
-    if "=" in text:
-        text = _TOKENS.sub(r"\1***", text)
-    return text
-
-
-def redact_log(record: logging.LogRecord) -> bool:
-    """A logging filter (on the `kosmos_cli` logger): a log line with credentials in it is written without them,
-    whoever's handler writes it."""
-    message = record.getMessage()
-    clean = redact(message)
-    if clean != message:
-        record.msg, record.args = clean, None
-    return True
 
 
 def common_arrow_fields() -> list:

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from kosmos_cli.tasks.records import printable, redact
+from kosmos_cli.errors import InputError, redact
+from kosmos_cli.tasks.records import printable
 from tests.helpers import ROOT, SHAPES_MODEL
 from tests.helpers.serve import ImageServer
 
@@ -36,6 +37,12 @@ def _with_user(url: str) -> str:
 )
 def test_redact_leaves_out_credentials_only(text, shown):
     assert redact(text) == shown == printable(text)
+
+
+def test_an_error_the_library_raises_leaves_them_out():
+    assert str(InputError(f"cannot read manifest https://bob:{SECRET}@h/l.txt: HTTP 404")) == (
+        "cannot read manifest https://***@h/l.txt: HTTP 404"
+    )
 
 
 def test_a_log_line_leaves_them_out_whoever_writes_it(caplog):
