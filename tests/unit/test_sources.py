@@ -208,3 +208,10 @@ def test_an_image_that_is_a_fifo_is_listed_like_any_image_so_it_gets_its_record(
     assert folder == [str(tmp_path / "pipe.jpg")]  # in a walk: listed (its load says what it is)
     assert [i.path for i in iter_items([str(tmp_path / "*.jpg")])] == folder
     assert [i.path for i in iter_items([str(tmp_path / "list.txt")])] == folder
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_shard_that_is_a_fifo_is_its_error_item(tmp_path):
+    os.mkfifo(tmp_path / "s.tar")
+    got = [(i.path, i.error) for i in iter_items([str(tmp_path / "s.tar")])]
+    assert got == [(str(tmp_path / "s.tar"), "cannot read the shard: not a regular file")]
