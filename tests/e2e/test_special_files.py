@@ -146,3 +146,14 @@ def test_a_results_file_that_is_a_fifo_is_one_line_not_a_wait(tmp_path, command)
     assert done.stderr.splitlines() == [
         f"kosmos: error: {tmp_path / 'r.jsonl'} is {NOT_REGULAR}: results are read from a file that kosmos wrote"
     ], done.stderr
+
+
+def test_an_out_that_is_a_fifo_is_refused_in_one_line(tmp_path):
+    make_images(str(tmp_path / "photos"), sizes=((224, 224),))
+    os.mkfifo(tmp_path / "r.jsonl")  # nobody reads it: writing, or reading what it holds, would wait forever
+    done = kosmos_process(["ground", str(tmp_path / "photos"), "--out", str(tmp_path / "r.jsonl"), *MODEL], timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"kosmos: error: --out {tmp_path / 'r.jsonl'} is {NOT_REGULAR}: name a results file (for records on stdout, "
+        "give --out -)"
+    ], done.stderr
