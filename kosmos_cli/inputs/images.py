@@ -1,6 +1,7 @@
 """Open an image as it is displayed: EXIF orientation applied, any mode made RGB, size guarded.
 
-A failure is a value (`Loaded.error`), never an exception: no file, however bad, may stop a run.
+A failure is a value (`Loaded.error`), never an exception: no file, however bad, may stop a run. A named pipe, a
+socket or a device is never opened the blocking way (`open_regular`): it is "not a regular file", at once.
 """
 
 from __future__ import annotations
