@@ -7,6 +7,7 @@ Errors become one line on stderr and an exit code here, and only here. Exit code
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import logging
@@ -436,7 +437,24 @@ def main() -> None:
     except typer.Abort:
         _say("kosmos: error: aborted")
         code = 1
+    if code in _INTERRUPTED:
+        _end_now(code)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+_INTERRUPTED = frozenset(128 + s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+
+
+def _end_now(code: int) -> None:
+    """End an interrupted command now: what it wrote is flushed and unlocked already, and the interpreter's own
+    teardown can take seconds (torch's, on a busy machine) or wait on a read stuck in a worker thread."""
+    atexit._run_exitfuncs()  # what the process registered (a rank's last word to the others) still runs
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def _usage_line(exc) -> str:

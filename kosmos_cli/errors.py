@@ -3,12 +3,46 @@
 The CLI turns these into one line on stderr and an exit code, in one place (cli.py). What an error carries
 beyond its message is declared here: `quiet` (another process of the run says it), `rank` (which process it
 names), `param` (the library parameter a usage error is about; the CLI names its flag instead).
+
+No message carries a URL's credentials: `redact` leaves them out of every error raised here, every line the CLI
+prints and every record's `error` (tasks/records.py `printable`), and every log line (`redact_log`, a filter on the
+`kosmos_cli` logger).
 """
 
 from __future__ import annotations
 
 import errno
+import logging
+import re
 import signal
+
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#]*@")  # scheme://user:password@ (to its last @)
+_TOKENS = re.compile(  # query parameters that carry a secret: a presigned URL's signature, an API key or token
+    r"([?&](?:x-amz-(?:signature|credential|security-token)|x-goog-(?:signature|credential)|signature|sig|token"
+    r"|access_token|api_key|apikey|key|password)=)[^&\s#'\"]+",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URL in it replaced by `***`: `https://user:pass@host/x` ->
+    `https://***@host/x`, `?X-Amz-Signature=abc` -> `?X-Amz-Signature=***`. Messages, log lines and error fields
+    never carry them; a record's `path` keeps the URL as the user gave it."""
+    if "@" in text:
+        text = _USERINFO.sub(r"\1***@", text)
+    if "=" in text:
+        text = _TOKENS.sub(r"\1***", text)
+    return text
+
+
+def redact_log(record: logging.LogRecord) -> bool:
+    """A logging filter (on the `kosmos_cli` logger): a log line with credentials in it is written without them,
+    whoever's handler writes it."""
+    message = record.getMessage()
+    clean = redact(message)
+    if clean != message:
+        record.msg, record.args = clean, None
+    return True
 
 
 class KosmosError(Exception):
@@ -17,7 +51,7 @@ class KosmosError(Exception):
     exit_code = 1
 
     def __init__(self, message: str = "", *, quiet: bool = False):
-        super().__init__(message)
+        super().__init__(redact(message))
         self.quiet = quiet  # True: the same error is said by another process of the run (rank 0)
 
 
@@ -31,7 +65,7 @@ class UsageError(KosmosError):
     exit_code = 2
 
     def __init__(self, message: str, param: str | None = None, *, quiet: bool = False):
-        self.template, self.param = message, param
+        self.template, self.param = redact(message), param
         super().__init__(self.render(param), quiet=quiet)
 
     def render(self, name: str | None) -> str:

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Optional, TypeVar
 from .errors import UsageError
 from .inputs.listing import Columns
 from .inputs.locations import DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT, FetchOptions
+from .model.files import recorded_name
 from .model.quantize import check as check_quantize
 from .output.formats import check_out
 
@@ -132,8 +133,9 @@ class ModelOptions(Group):
 
     @property
     def label(self) -> str:
-        """What records name as their model."""
-        return f"{self.name}@{self.revision}" if self.revision else self.name
+        """What records name as their model: a local folder by its real path (model/files.py `recorded_name`)."""
+        name = recorded_name(self.name)
+        return f"{name}@{self.revision}" if self.revision else name
 
 
 @dataclass(frozen=True)

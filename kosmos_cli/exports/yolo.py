@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from ..inputs.images import is_image_path
+from ..inputs.images import NOT_REGULAR, NotRegular, is_image_path, is_special, open_regular
 from ..inputs.locations import Unreadable, is_local, read_bytes
 from ..output.atomic import atomic_write
 from .base import Options, UniqueNames, Writer, write_error, yaml_string
@@ -47,6 +47,8 @@ class Yolo(Writer):
                 data = read_bytes(image.source)
             except Unreadable as exc:
                 return f"cannot read the image: {exc}"
+        elif is_special(image.source):  # a FIFO, a socket, a device: never opened, never linked
+            return NOT_REGULAR
         elif not os.path.isfile(image.source):
             return "image not found (YOLO needs the image beside its labels)"
         layout = image.layout
@@ -68,7 +70,7 @@ class Yolo(Writer):
                 with atomic_write(target, "wb", sync=False) as out:
                     out.write(data)
             elif self.options.copy_images:  # whole or not at all, as every file of an export
-                with open(image.source, "rb") as src, atomic_write(target, "wb", sync=False) as copy:
+                with open_regular(image.source) as src, atomic_write(target, "wb", sync=False) as copy:
                     shutil.copyfileobj(src, copy)
             else:
                 os.symlink(os.path.abspath(image.source), target)
@@ -80,6 +82,8 @@ class Yolo(Writer):
                         f"{label.cls} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} "
                         f"{(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}\n"
                     )
+        except NotRegular:  # swapped for a FIFO since it was looked at
+            return NOT_REGULAR
         except OSError as exc:
             raise write_error(exc, target) from None
         return None

@@ -1,15 +1,19 @@
 """Open an image as it is displayed: EXIF orientation applied, any mode made RGB, size guarded.
 
-A failure is a value (`Loaded.error`), never an exception: no file, however bad, may stop a run.
+A failure is a value (`Loaded.error`), never an exception: no file, however bad, may stop a run. A named pipe, a
+socket or a device is never opened the blocking way (`open_regular`): it is "not a regular file", at once.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import threading
 import warnings
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from PIL import Image, ImageOps
 
@@ -18,6 +22,7 @@ DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2 x M
 MODEL_SIDE = 224  # Kosmos-2 squashes every image to 224 x 224
 _ORIENTATION = 0x0112
 NUL_IN_PATH = "the path contains a NUL byte (paths from find -print0 need --null)"
+NOT_REGULAR = "not a regular file"  # a named pipe, a socket, a device: never opened the blocking way
 LARGE_PIXELS = 1 << 24  # a decode of more pixels than this (64 MB as RGBA) is a large one...
 LARGE_DECODES = 2  # ...and at most this many large decodes run at once, however many loader threads there are
 _large = threading.BoundedSemaphore(LARGE_DECODES)
@@ -46,6 +51,47 @@ def is_image_path(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
+class NotRegular(OSError):
+    """The path names something other than a regular file or a folder: a named pipe (FIFO), a socket, a device."""
+
+    def __init__(self, path: str):
+        super().__init__(errno.EINVAL, NOT_REGULAR, path)
+
+
+def is_special(path: str) -> bool:
+    """Whether `path` names something there that is neither a regular file nor a folder (links followed): a FIFO, a
+    socket, a device. Looked at without opening it."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def open_regular(path: str) -> BinaryIO:
+    """`path` opened for reading its bytes, when it is a regular file; NotRegular when it is a FIFO, a socket or a
+    device (IsADirectoryError for a folder, and what `open` raises otherwise).
+
+    Nothing waits: it is looked at first (a FIFO with no writer would block `open` forever, /dev/zero never ends),
+    then opened without blocking and looked at once more, so a file swapped for a FIFO in between is caught too."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+    if not stat.S_ISREG(mode):
+        raise NotRegular(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path) if stat.S_ISDIR(mode) else NotRegular(path)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def load_image(
     path: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None, data: bytes | None = None
 ) -> Loaded:
@@ -65,8 +111,10 @@ def load_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path if data is None else io.BytesIO(data)) as img:
+            with _opened(path, data) as f, Image.open(f) as img:
                 return _decode(img, max_pixels, draft)
+    except NotRegular:
+        return Loaded(None, error=NOT_REGULAR)
     except Image.DecompressionBombError as exc:
         return Loaded(None, error=f"image too large to decode safely: {exc}")
     except Image.DecompressionBombWarning as exc:
@@ -176,13 +224,17 @@ def display_size(path: str, data: bytes | None = None) -> tuple[int, int] | None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path if data is None else io.BytesIO(data)) as img:
+            with _opened(path, data) as f, Image.open(f) as img:
                 width, height = img.size
                 if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
                     width, height = height, width
                 return width, height
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         return None
+
+
+def _opened(path: str, data: bytes | None) -> BinaryIO:
+    return open_regular(path) if data is None else io.BytesIO(data)
 
 
 def _size_or_none(path: str) -> int | None:

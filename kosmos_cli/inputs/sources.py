@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from ..errors import InputError, UsageError
-from .images import IMAGE_EXTENSIONS, is_image_path
+from .images import IMAGE_EXTENSIONS, NOT_REGULAR, is_image_path, is_special
 from .listing import DRAWN_MARKER, EXPORT_MARKER, MANIFEST_EXTENSIONS, OUR_FOLDERS, Columns, Item, Unseen
 from .locations import FetchOptions, Unreadable, is_local, is_remote, is_url, local_path, named_suffix
 from .locations.fs import check_remote, expand_remote
@@ -212,6 +212,7 @@ def _identity(path: str) -> tuple[int, int] | str:
 
 
 _SHARD_ENDINGS = (".tar", ".tar.gz", ".tgz")
+_NOT_A_FILE = f"{NOT_REGULAR}: a manifest is read from a file (for paths from a pipe, give - and pipe them in)"
 
 
 def _expand(
@@ -251,7 +252,9 @@ def _expand(
             elif os.path.isdir(arg):
                 yield from walk_folder(arg, unlisted)
             elif os.path.exists(arg):
-                if arg.lower().endswith(MANIFEST_EXTENSIONS):
+                if arg.lower().endswith(MANIFEST_EXTENSIONS) and is_special(arg):
+                    yield Item(os.path.normpath(arg), error=_NOT_A_FILE)  # a FIFO: never waited on
+                elif arg.lower().endswith(MANIFEST_EXTENSIONS):
                     yield from read_manifest(arg, columns, unseen=unseen, fetch=fetch)
                 else:
                     yield Item(os.path.normpath(arg))  # named explicitly: tried whatever its extension

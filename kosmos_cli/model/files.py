@@ -8,6 +8,7 @@ huggingface_hub is imported here lazily, and only while a model loads.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import pickle
@@ -44,6 +45,28 @@ def local_model_path(name: str) -> str:
             "the weights (written by save_pretrained)"
         )
     return path
+
+
+def recorded_name(name: str) -> str:
+    """What records name as the model `name`: a local folder by its real absolute path, so the same folder named
+    relative, absolute or through a link is one model (and a link moved to another folder is another); a hub id as
+    given."""
+    path = os.path.expanduser(name)
+    return os.path.realpath(path) if os.path.isdir(path) else name
+
+
+@functools.lru_cache(maxsize=64)
+def same_model(recorded: str, current: str) -> bool:
+    """Whether a record's `model` names the model `current` names: the same string, or the same local folder
+    however each is spelled (records written before `recorded_name` hold the name as given, often relative: it is
+    read from the current folder, as it was given)."""
+    if recorded == current:
+        return True
+    mine, theirs = os.path.expanduser(current), os.path.expanduser(recorded)
+    try:
+        return os.path.isdir(mine) and os.path.isdir(theirs) and os.path.samefile(mine, theirs)
+    except (OSError, ValueError):
+        return False
 
 
 def hub_offline() -> bool:

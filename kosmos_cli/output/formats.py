@@ -17,6 +17,7 @@ from typing import IO, Any, Protocol
 
 from ..errors import InputError, OutputError, UsageError, disk_error
 from ..inputs import carried_columns, locations
+from ..inputs.images import NOT_REGULAR, is_special
 from ..inputs.names import clean
 from ..tasks.records import Record
 from .atomic import atomic_write
@@ -53,6 +54,11 @@ def check_out(out: str) -> None:
     dataset: a file there could not be locked, resumed and renamed into place)."""
     if locations.is_url(out):
         locations.check_local_output(out, "out")
+    if out != "-" and not locations.is_remote(out) and is_special(out):  # a FIFO would hold the run forever
+        raise UsageError(
+            f"{{param}} {out} is {NOT_REGULAR}: name a results file (for records on stdout, give {{param}} -)",
+            param="out",
+        )
     if out == "-" or not locations.is_remote(out) or names_folder(out):
         return
     raise UsageError(

@@ -15,7 +15,7 @@ import os
 import re
 from urllib.parse import urlsplit
 
-from ..errors import OutputError
+from ..errors import OutputError, redact
 
 # Bytes a file name may have: NAME_MAX (255 on common file systems) less room for what is added to it (`-2` for a
 # name taken, `.PID.tmp` while it is written, an extension changed).
@@ -40,10 +40,11 @@ def remote_layout(source: str, member: tuple[str, str] | None) -> str:
         ext = ""
     else:
         url = urlsplit(source)
-        parts = [url.netloc, *url.path.split("/")]
+        host = url.netloc.rpartition("@")[2]  # a URL's user:password never names a file
+        parts = [host, *url.path.split("/")]
         ext = os.path.splitext(url.path)[1]
-        if url.query:  # another query is another image: its own name
-            parts[-1] = os.path.splitext(parts[-1])[0] + "-" + url.query
+        if url.query:  # another query is another image: its own name (a signature or token left out)
+            parts[-1] = os.path.splitext(parts[-1])[0] + "-" + redact("?" + url.query)[1:]
     safe = [_UNSAFE.sub("_", p).strip(".") or "_" for p in parts if p]
     if ext and not safe[-1].lower().endswith(ext.lower()):
         safe[-1] += ext

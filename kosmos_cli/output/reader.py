@@ -34,6 +34,7 @@ from typing import Any
 from .. import tasks
 from ..errors import InputError
 from ..inputs import locations
+from ..inputs.images import NOT_REGULAR, is_special
 from ..inputs.names import clean, original
 from ..tasks.records import OK
 from .dataset_folder import folder_of, is_part
@@ -244,6 +245,8 @@ def rows(path: str) -> Iterator[tuple[str, Any]]:
         return
     if not os.path.exists(path):
         raise InputError(f"results file not found: {path}")
+    if is_special(path):  # a FIFO would hold the reader forever, /dev/zero never ends
+        raise InputError(f"{path} is {NOT_REGULAR}: results are read from a file that kosmos wrote")
     if _is_parquet(path):
         yield from _parquet_rows(path)
     else:

@@ -28,6 +28,7 @@ from ..inputs.locations import open_image
 from ..inputs.locations import stat as location_stat
 from ..inputs.sources import countable, iter_items, nothing_found, shard
 from ..model.engine import Engine, Prepared
+from ..model.files import same_model
 from ..options import GenerationOptions, ModelOptions, RunOptions
 from ..output.dataset import DatasetStore
 from ..output.store import Output, Seen, Store
@@ -392,14 +393,20 @@ def _standing(recorded: Seen | None, record: Record, size, mtime) -> Standing:
     """
     if recorded is None:
         return Standing(NEW)
-    changed = frozenset(
-        s for s in SETTINGS if getattr(recorded, s) is not None and getattr(recorded, s) != getattr(record, s)
-    )
+    changed = frozenset(s for s in SETTINGS if _differs(s, getattr(recorded, s), getattr(record, s)))
     if changed:
         return Standing(OTHER, changed)
     if recorded.file_size != size or recorded.file_mtime != mtime:
         return Standing(CHANGED)
     return Standing(DONE if recorded.status == OK else FAILED)
+
+
+def _differs(setting: str, recorded: str | None, current: str | None) -> bool:
+    """Whether a record's `setting` is another than this run's: the model compared as a folder when it is one (the
+    same folder named relative, absolute or through a link is the same model)."""
+    if recorded is None or recorded == current:
+        return False
+    return setting != "model" or current is None or not same_model(recorded, current)
 
 
 def _load(item: Item, units: list[Unit], task: Task, engine: Engine, options: RunOptions) -> Loaded:

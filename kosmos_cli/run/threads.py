@@ -11,13 +11,18 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Generic, TypeVar
 
+_STOP = object()
 In = TypeVar("In")
 Out = TypeVar("Out")
+
+
+STOP_GRACE = 1.5  # seconds a stopped ordered_map waits for the work still running before it leaves it behind
 
 
 def ordered_map(
@@ -29,31 +34,56 @@ def ordered_map(
     not yet yielded. The next ones are pulled when the caller asks for the next result, so the one it holds is
     done with. An exception from `fn` comes out where its result would have. On an exception, or when the
     caller closes the iterator early (`contextlib.closing`), what has not started is cancelled and what is
-    running is waited for: no thread outlives the iteration. What is running may end early then: `current_stop()`,
-    called inside `fn`, is an event set at that moment (a fetch in flight gives up on it: locations/http.py).
+    running is waited for, up to STOP_GRACE seconds: a read that never returns (a hung mount, a pipe) cannot hold
+    up Ctrl-C or SIGTERM; its thread (a daemon) is left behind, its result unwanted. What is running may end early
+    then: `current_stop()`, called inside `fn`, is an event set at that moment (a fetch in flight gives up on it:
+    locations/http.py).
     """
     if ahead < 1:
         raise ValueError("ahead must be at least 1")
     items = iter(items)
     waiting: deque[Future[Out]] = deque()
     stop = threading.Event()
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    threads: list[threading.Thread] = []
 
-    def work(item: In) -> Out:
+    def work() -> None:
         _worker.stop = stop
-        return fn(item)
+        while (job := todo.get()) is not _STOP:
+            future, item = job
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled before it started
+            try:
+                future.set_result(fn(item))
+            except BaseException as exc:  # noqa: BLE001 - raised where its result would have been
+                future.set_exception(exc)
 
-    with ThreadPoolExecutor(workers, thread_name_prefix=name) as pool:
-        try:
-            while True:
-                for item in itertools.islice(items, ahead - len(waiting)):
-                    waiting.append(pool.submit(work, item))
-                if not waiting:
-                    return
-                yield waiting.popleft().result()
-        finally:
-            stop.set()
-            for future in waiting:
-                future.cancel()
+    def submit(item: In) -> Future[Out]:
+        future: Future[Out] = Future()
+        todo.put((future, item))
+        if len(threads) < workers:
+            thread = threading.Thread(target=work, name=f"{name}_{len(threads)}", daemon=True)
+            thread.start()
+            threads.append(thread)
+        return future
+
+    try:
+        while True:
+            for item in itertools.islice(items, ahead - len(waiting)):
+                waiting.append(submit(item))
+            if not waiting:
+                return
+            yield waiting.popleft().result()
+    finally:
+        stop.set()
+        for future in waiting:
+            future.cancel()
+        for _ in threads:
+            todo.put(_STOP)
+        deadline = time.monotonic() + STOP_GRACE
+        for thread in threads:
+            while thread.is_alive() and (left := deadline - time.monotonic()) > 0:
+                thread.join(min(left, 0.1))  # short waits: a second Ctrl-C still gets through
 
 
 _worker = threading.local()
@@ -64,9 +94,6 @@ def current_stop() -> threading.Event | None:
     exception, Ctrl-C, SIGTERM), so long work in flight can give up instead of holding the caller up. None
     elsewhere."""
     return getattr(_worker, "stop", None)
-
-
-_STOP = object()
 
 
 class Behind(Generic[In, Out]):

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..errors import redact
+
 OK = "ok"
 ERROR = "error"
 
@@ -152,8 +154,10 @@ _ESCAPES = _escapes()
 
 def printable(text: str) -> str:
     """`text` safe to print as (part of) one line: control characters written as escapes (\\n, \\r, \\t, \\x1b,
-    \\u2028, \\u202e), so a file name cannot break a line of the log, forge the next one or recolour the terminal."""
-    return str(text).translate(_ESCAPES)
+    \\u2028, \\u202e), so a file name cannot break a line of the log, forge the next one or recolour the terminal;
+    and the credentials of any URL in it left out (`redact`). Every line kosmos prints, and every record's `error`,
+    is made by it."""
+    return redact(str(text)).translate(_ESCAPES)
 
 
 def common_arrow_fields() -> list:

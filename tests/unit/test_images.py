@@ -101,3 +101,46 @@ def test_draft_decoding_keeps_size_and_barely_changes_the_model_input(tmp_path):
     a = np.asarray(full.image.resize((224, 224), Image.BICUBIC), dtype=float)
     b = np.asarray(fast.image.resize((224, 224), Image.BICUBIC), dtype=float)
     assert np.abs(a - b).mean() < 2.0  # out of 255: under 1%
+
+
+def _special_files(tmp_path):
+    """A FIFO with no writer, a unix socket, a link to /dev/zero: none may be opened the blocking way."""
+    import os
+    import socket
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock.png"))
+    os.symlink("/dev/zero", tmp_path / "zero.jpg")
+    return sock, [str(tmp_path / n) for n in ("pipe.jpg", "sock.png", "zero.jpg")]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="named pipes are POSIX")
+def test_special_files_are_not_regular_files_found_without_waiting(tmp_path):
+    import threading
+
+    from kosmos_cli.inputs import locations
+    from kosmos_cli.inputs.images import NOT_REGULAR, display_size, is_special
+
+    sock, paths = _special_files(tmp_path)
+    got: dict = {}
+
+    def look():  # on a thread: before the fix, the FIFO's open waited for a writer forever
+        for path in paths:
+            try:
+                locations.read_bytes(path)
+            except locations.Unreadable as exc:
+                bytes_error = str(exc)
+            got[path] = (load_image(path).error, display_size(path), bytes_error, is_special(path))
+
+    thread = threading.Thread(target=look, daemon=True)
+    thread.start()
+    thread.join(10)
+    sock.close()
+    assert not thread.is_alive(), "a special file was opened the blocking way"
+    assert got == dict.fromkeys(paths, (NOT_REGULAR, None, NOT_REGULAR, True))
+    assert not is_special(str(tmp_path)) and not is_special(str(tmp_path / "missing.jpg"))
+
+
+def test_a_folder_is_not_an_image(tmp_path):
+    assert load_image(str(tmp_path)).error == "is a directory, not an image"

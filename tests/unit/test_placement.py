@@ -85,3 +85,13 @@ def test_draw_and_export_shorten_names_too_long_for_the_file_system(tmp_path):
         assert (summary.images, summary.failed) == (3, 0)
     assert len([n for n in names_below(tmp_path / "yolo" / "labels")]) == 3
     assert len([n for n in names_below(tmp_path / "voc" / "Annotations")]) == 3
+
+
+def test_a_remote_image_is_laid_out_below_its_host_without_its_credentials():
+    from kosmos_cli.output.placement import remote_layout
+
+    assert remote_layout("https://alice:s3cr3t@example.com:8443/a/b.jpg", None) == os.path.join(
+        "example.com_8443", "a", "b.jpg"
+    )
+    signed = remote_layout("https://b.s3.amazonaws.com/k.png?X-Amz-Signature=abc123&v=2", None)
+    assert "abc123" not in signed and signed.endswith(".png") and "Signature" in signed

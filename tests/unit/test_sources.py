@@ -185,3 +185,33 @@ def test_what_a_walk_cannot_look_into_is_reported(tmp_path):
     assert paths([first, *items]) == [str(root / "a/1.png"), str(root / "c/3.png")]
     assert unseen.places == [str(root / "b"), str(root / "nas")]
     assert list(iter_items([str(root / "a")], unseen=unseen)) and len(unseen.places) == 2  # a full walk adds nothing
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_manifest_that_is_a_fifo_is_its_error_item_and_never_waited_on(tmp_path):
+    import threading
+
+    os.mkfifo(tmp_path / "list.txt")  # nobody writes to it: opening it to read would wait forever
+    got: list = []
+    thread = threading.Thread(target=lambda: got.extend(iter_items([str(tmp_path / "list.txt")])), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the FIFO manifest was opened"
+    assert [(i.path, i.error.split(":")[0]) for i in got] == [(str(tmp_path / "list.txt"), "not a regular file")]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_an_image_that_is_a_fifo_is_listed_like_any_image_so_it_gets_its_record(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "list.txt").write_text("pipe.jpg\n")
+    folder = [i.path for i in iter_items([str(tmp_path)])]
+    assert folder == [str(tmp_path / "pipe.jpg")]  # in a walk: listed (its load says what it is)
+    assert [i.path for i in iter_items([str(tmp_path / "*.jpg")])] == folder
+    assert [i.path for i in iter_items([str(tmp_path / "list.txt")])] == folder
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_shard_that_is_a_fifo_is_its_error_item(tmp_path):
+    os.mkfifo(tmp_path / "s.tar")
+    got = [(i.path, i.error) for i in iter_items([str(tmp_path / "s.tar")])]
+    assert got == [(str(tmp_path / "s.tar"), "cannot read the shard: not a regular file")]

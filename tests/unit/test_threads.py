@@ -5,6 +5,7 @@ No sleeps: threads wait on events, so the tests say the same on a loaded machine
 
 import contextlib
 import threading
+import time
 
 import pytest
 
@@ -68,16 +69,9 @@ def test_an_exception_comes_out_where_its_result_would_have():
     assert list(results) == []
 
 
-def test_closing_early_cancels_what_has_not_started_and_waits_for_what_has(monkeypatch):
+def test_closing_early_cancels_what_has_not_started_and_waits_for_what_has():
     started, ran = threading.Event(), []
     gate = threading.Event()
-
-    class Pool(ordered.ThreadPoolExecutor):
-        def shutdown(self, *args, **kwargs):  # by now the pending items are cancelled: let the busy one finish
-            gate.set()
-            super().shutdown(*args, **kwargs)
-
-    monkeypatch.setattr(ordered, "ThreadPoolExecutor", Pool)
 
     def work(i):
         ran.append(i)
@@ -89,8 +83,32 @@ def test_closing_early_cancels_what_has_not_started_and_waits_for_what_has(monke
     with contextlib.closing(ordered_map(work, range(10), workers=1, ahead=4, name="closing")) as results:
         assert next(results) == 0
         assert started.wait(WAIT)  # item 1 holds the only thread; 2 and 3 wait behind it
+        threading.Timer(0.3, gate.set).start()  # the busy one finishes while close waits for it
     assert ran == [0, 1]
     assert not any(t.name.startswith("closing") and t.is_alive() for t in threading.enumerate())
+
+
+def test_closing_leaves_behind_work_that_never_returns_within_seconds():
+    """A read that never returns (a FIFO, a hung mount) cannot hold up the caller's Ctrl-C or SIGTERM."""
+    started, never = threading.Event(), threading.Event()
+
+    def work(i):
+        if i == 1:
+            started.set()
+            never.wait(30)  # until the test ends (before the fix, close waited this long)
+        return i
+
+    results = ordered_map(work, range(10), workers=2, ahead=4, name="stuck")
+    try:
+        assert next(results) == 0
+        assert started.wait(WAIT)
+        began = time.monotonic()
+        results.close()
+        assert time.monotonic() - began < ordered.STOP_GRACE + 1
+        stuck = [t for t in threading.enumerate() if t.name.startswith("stuck") and t.is_alive()]
+        assert len(stuck) == 1 and stuck[0].daemon  # left behind: it cannot keep the process from exiting
+    finally:
+        never.set()
 
 
 def test_ahead_must_be_positive():

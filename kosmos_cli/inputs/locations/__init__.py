@@ -9,7 +9,7 @@ Reading a remote image is done by the loader workers; what fails becomes the ima
 
 from __future__ import annotations
 
-from ..images import Loaded, file_stat, load_image
+from ..images import NOT_REGULAR, Loaded, NotRegular, file_stat, load_image, open_regular
 from ..images import display_size as image_display_size
 from .base import (
     CONTAINER_EXTENSIONS,
@@ -47,8 +47,10 @@ def read_bytes(path: str, fetch: FetchOptions = FetchOptions()) -> bytes:
     if is_remote(path):
         return read_remote(path, fetch)
     try:
-        with open(local_path(path), "rb") as f:
+        with open_regular(local_path(path)) as f:
             return f.read()
+    except NotRegular:
+        raise Unreadable(NOT_REGULAR) from None
     except OSError as exc:
         raise Unreadable(exc.strerror or str(exc)) from None
 

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from ..images import NOT_REGULAR, is_special
 from .base import FetchOptions, Unreadable, is_remote, is_url, local_path
 from .shards import BROKEN, _why, open_stream, rank, split_name
 from .table import image_bytes, readable_image
@@ -75,6 +76,8 @@ class _IndexedTar:
     """An opened tar and, per key, its best image member. Reads are one at a time (one file position)."""
 
     def __init__(self, path: str):
+        if is_special(local_path(path)):  # a FIFO would hold tarfile's open forever
+            raise Unreadable(f"cannot read the shard {path}: {NOT_REGULAR}")
         try:
             self.tar = tarfile.open(local_path(path))
         except OSError as exc:

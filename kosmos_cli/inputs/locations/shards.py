@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from ..images import IMAGE_EXTENSIONS
+from ..images import IMAGE_EXTENSIONS, NOT_REGULAR, NotRegular, open_regular
 from ..listing import Item, Unseen
 from .base import FetchOptions, Unreadable, is_remote, is_url, local_path
 from .http import open_response
@@ -244,6 +244,8 @@ def open_stream(path: str, fetch: FetchOptions = FetchOptions()) -> IO[bytes]:
         except (OSError, ValueError) as exc:
             raise Unreadable(_why(exc)) from None
     try:
-        return open(local_path(path), "rb")
+        return open_regular(local_path(path))
+    except NotRegular:
+        raise Unreadable(NOT_REGULAR) from None
     except OSError as exc:
         raise Unreadable(exc.strerror or str(exc)) from None
