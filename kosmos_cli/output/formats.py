@@ -20,7 +20,7 @@ from ..inputs import carried_columns, locations
 from ..inputs.names import clean
 from ..tasks.records import Record
 from .atomic import atomic_write
-from .dataset_folder import folder_of, is_part
+from .dataset_folder import folder_of, in_order
 
 log = logging.getLogger("kosmos_cli")
 
@@ -231,9 +231,12 @@ def dataset_rows(path: str) -> Iterator[dict[str, Any]]:
     folder = folder_of(path)
     if folder.kind() == "missing":
         raise InputError(f"results folder not found: {path}")
-    parts = [name for name in folder.names() if is_part(name)]
+    parts = in_order(folder.names())
     if not parts:
-        raise InputError(f"{path} holds no results (no .parquet parts): is it a results folder of kosmos?")
+        raise InputError(
+            f"{path} holds no results (no part-<stamp>-*.parquet parts that kosmos wrote): is it a results folder of "
+            "kosmos?"
+        )
     for name in parts:
         with folder.open(name) as f:
             try:
