@@ -67,19 +67,21 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import IO, Any
 
 from .. import tasks
 from ..errors import UsageError, disk_error
+from ..inputs import locations
 from ..tasks import Task
 from ..tasks.records import Record
 from . import compaction
 from .dataset_folder import Folder, folder_of, in_order, is_part, is_table, part_rows, read_schema
-from .formats import Sink, records_table, unified_schema
+from .formats import Sink, names_folder, read_records, records_table, rows_table, unified_schema
 from .handle import Crew, Holdings, Output, Seen, present_only, served
 from .locking import OutputLock
-from .ownership import NotOurs, not_ours, refuse_inputs, refuse_other_task, schema_owner
+from .ownership import NotOurs, not_ours, owner_of, refuse_inputs, refuse_other_task, same_file, schema_owner
 
 PART_ROWS = 50_000  # records in a part at most
 PART_SECONDS = 300.0  # a part is written at least this often while records come in
@@ -151,7 +153,7 @@ class DatasetStore:
         return Settler(self)
 
     # -- whose dataset -----------------------------------------------------------------------------------
-    def check(self, inputs: Iterable[Any] = (), overwrite: bool = False) -> None:
+    def check(self, inputs: Iterable[Any] = (), overwrite: bool = False, ignore: str | None = None) -> None:
         """Refuse a folder that must not be written: one of the inputs, a file, a folder holding Parquet files
         that kosmos did not write, or (unless `overwrite`) another task's dataset. Reads the parts' schemas only."""
         if not self.remote:
@@ -162,19 +164,21 @@ class DatasetStore:
                 "leave off the / to write that file, or choose another {param}",
                 param="out",
             )
-        refuse_other_task(self.path, self.owner(), self.task.name, overwrite)
+        refuse_other_task(self.path, self.owner(ignore), self.task.name, overwrite)
 
-    def owner(self) -> str | None:
+    def owner(self, ignore: str | None = None) -> str | None:
         """The task whose records the dataset holds (its parts' schemas); None when it holds none. UsageError
         when a file in it is no part of ours (a `*.parquet` kosmos did not name, a part of no kosmos task, a file
-        in the staging folder that is no batch of ours); OutputError naming a part that cannot be read."""
+        in the staging folder that is no batch of ours); OutputError naming a part that cannot be read. `ignore`:
+        the name of a file not to refuse (the results file `kosmos import` reads)."""
         names = self.place.names()
         for name in names:
-            if is_table(name) and not is_part(name):
+            if is_table(name) and not is_part(name) and name != ignore:
                 raise UsageError(
                     f"{{param}} {self.path} is not a results dataset of kosmos alone (it holds {name}, a file kosmos "
                     "did not write as a part): kosmos never reads, rewrites or removes it; move it out of the folder "
-                    f"and run again (to add its records to the dataset, `kosmos import {name} {self.path}` first)",
+                    f"and run again (to add its records to the dataset first: kosmos import {self.path}{name} "
+                    f"{self.path})",
                     param="out",
                 )
         found = None
@@ -344,6 +348,39 @@ class DatasetStore:
         self.staging.tidy()
         self.schema = None
 
+    def import_file(self, source: str) -> Imported:
+        """Add the records of the results file `source` (JSONL or Parquet, of this store's task) to the dataset as
+        parts of their own (`part-<stamp>-import-<seq>.parquet`), older than every part there: where the dataset
+        records an image already, its record stays and the imported one is dropped. `source` is left as it was.
+        As a run does: under the lock, repair, fold a dead run's batches; after, one record per key, one schema."""
+        inside = not self.remote and same_file(os.path.dirname(os.path.abspath(source)), self.path.rstrip("/") or "/")
+        self.lock()
+        try:
+            self.check([source], ignore=os.path.basename(source) if inside else None)
+            self.repair()
+            self.settler.fold()
+            stamps = [_stamp_of(n) for n in self.parts()] + [n.split("-", 1)[0] for n in self.staged()]
+            oldest = min(stamps, default=None)
+            if oldest is None:
+                stamp = str(self.stamp)
+            else:
+                stamp = (datetime.strptime(oldest, _STAMP_FORMAT) - timedelta(microseconds=1)).strftime(_STAMP_FORMAT)
+            prefix, read = f"part-{stamp}-import-", 0
+            for seq, chunk in enumerate(_chunks(((source, r) for r in read_records(source)), self.part_rows)):
+                table = rows_table([compaction.named(row, self.task) for _, row in chunk], self.task, like=self.schema)
+                self.schema = (
+                    table.schema if self.schema is None else unified_schema(self.task, [self.schema, table.schema])
+                )
+                self.place.put(f"{prefix}{seq:05d}.parquet", functools.partial(_write_table, table))
+                read += len(chunk)
+            self.settler.settle()
+            kept = sum(
+                1 for n in self.parts() if n.startswith(prefix) for _ in _rows_while_there(self.place, n, ["path"])
+            )
+            return Imported(source, self.path, kept, read - kept, inside)
+        finally:
+            self.unlock()
+
     # -- inside ------------------------------------------------------------------------------------------
     def _start(self, names: list[str]) -> None:
         """This run's stamp (later than every part's: the clock may have gone back), and the parts' schema."""
@@ -486,6 +523,32 @@ def _chunks(rows: Iterator[tuple[str, dict[str, Any]]], size: int) -> Iterator[l
         yield chunk
 
 
+@dataclass(frozen=True)
+class Imported:
+    """What `kosmos import` did: the records of `source` added to the dataset `out`, and those it left out (the
+    dataset recorded their image already, or the file recorded it again later)."""
+
+    source: str
+    out: str
+    added: int
+    dropped: int
+    inside: bool  # the file lies in the dataset's folder: runs refuse the folder until it is moved out
+
+    def line(self) -> str:
+        line = f"kosmos import finished: {self.added} records of {self.source} added to {self.out}"
+        if self.dropped:
+            line += f", {self.dropped} left out (their images recorded already, the dataset's records kept)"
+        if self.inside:
+            return line + f"; now move {self.source} out of the folder (runs refuse a folder holding it)"
+        return line + f"; {self.source} is left as it was"
+
+
+def _write_table(table: Any, f: IO[bytes]) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, f)
+
+
 def _stamp_of(part: str) -> str:
     m = _STAMP.match(part)
     return m.group(1) if m else ""
@@ -612,3 +675,24 @@ class PartSink(Sink):
 
     def close(self) -> None:
         self.flush()
+
+
+def import_file(source: str, out: str) -> Imported:
+    """`kosmos import`: add the records of the results file `source` to the dataset folder `out` (DatasetStore.
+    import_file); the task is the file's own. UsageError when `source` is not a results file of kosmos."""
+    if names_folder(source) or locations.is_remote(source):
+        raise UsageError(f"{source}: kosmos import reads one results file on this machine, not a folder or a URL")
+    if not os.path.isfile(source):
+        raise UsageError(f"results file not found: {source}" if not os.path.exists(source) else f"{source} is no file")
+    try:
+        with open(source, "rb") as f:
+            jsonl = f.read(4) != b"PAR1"
+        task = owner_of(source, jsonl)
+    except OSError as exc:
+        raise UsageError(f"cannot read {source}: {exc.strerror or exc}") from None
+    except NotOurs as exc:
+        why = f"{source} is not a results file of kosmos ({exc})"
+        raise UsageError(f"{why}: kosmos import adds only the records kosmos wrote") from None
+    if task is None:
+        raise UsageError(f"{source} holds no records: there is nothing to import")
+    return DatasetStore(out if out.endswith("/") else out + "/", task).import_file(source)

@@ -186,9 +186,13 @@ def records_table(records: list[Record], task: TaskSchema, like: Any = None):
 
     `like`: the schema of the files already beside this one (a dataset's parts): the table takes the schema that
     holds both (carried_columns.py, rule 3), so that parts agree whenever they can."""
+    return rows_table([clean(r.to_dict()) for r in records], task, like)
+
+
+def rows_table(rows: list[dict[str, Any]], task: TaskSchema, like: Any = None):
+    """As records_table, from rows as a results file holds them (fields of the task's, then carried columns)."""
     import pyarrow as pa
 
-    rows = [clean(r.to_dict()) for r in records]
     base = task.schema()
     extra_names = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in base.names]
     extra = carried_columns.schema_of(rows, extra_names) if extra_names else None

@@ -541,3 +541,83 @@ def test_a_killed_run_and_its_rerun_record_every_image_exactly_once(photos, tmp_
     paths = [r["path"] for r in rows(tmp_path / "out")]
     assert sorted(paths) == sorted(str(p) for p in photos.iterdir())
     assert sorted(os.listdir(tmp_path / "out")) == parts(tmp_path / "out")
+
+
+# -- kosmos import: a results file into a dataset, as parts kosmos names ---------------------------------------------
+def _single(path, *records, task="ground"):
+    fmt = "jsonl" if str(path).endswith(".jsonl") else "parquet"
+    with Store(str(path), fmt, task).open(Solo()) as output:
+        output.write(list(records))
+
+
+@pytest.mark.parametrize("ext", ["parquet", "jsonl"])
+def test_import_adds_a_results_file_as_parts_older_than_the_datasets_own_and_leaves_it(tmp_path, ext):
+    from kosmos_cli.api import import_results
+
+    out = tmp_path / "out"
+    run(out, rec("a.png", caption="the dataset's"))
+    source = tmp_path / f"results.{ext}"
+    _single(source, rec("a.png", caption="the file's"), rec("b.png", status="error"), rec("c.png", label="x"))
+    before = source.read_bytes()
+    done = import_results(str(source), str(out))
+    assert (done.added, done.dropped, done.inside) == (2, 1, False)
+    assert "2 records of" in done.line() and "1 left out" in done.line() and "is left as it was" in done.line()
+    assert source.read_bytes() == before
+    names = parts(out)
+    assert len(names) == 2 and "-import-" in DatasetStore(str(out), "ground").parts()[0]  # the older
+    got = {r["path"]: (r["caption"], r["status"], r["label"]) for r in rows(out)}
+    assert got == {
+        "a.png": ("the dataset's", "ok", None),
+        "b.png": ("a cat", "error", None),
+        "c.png": ("a cat", "ok", "x"),
+    }
+    schemas = [pq.read_schema(out / n) for n in names]
+    assert all(s.equals(schemas[0], check_metadata=True) for s in schemas)  # one schema for every part
+    run(out, rec("d.png"))  # the dataset goes on as any
+    assert sorted(r["path"] for r in rows(out)) == ["a.png", "b.png", "c.png", "d.png"]
+
+
+def test_a_results_file_moved_into_the_dataset_is_imported_and_retry_failed_then_wins(shapes_engine, photos, tmp_path):
+    """Issue 27, item 1: `mv results.parquet results/` then --retry-failed gave the old error record on every rerun.
+    Now the run refuses the folder naming the file; `kosmos import` adds its records as parts; once the file is moved
+    out, --retry-failed redoes the failed image and its new ok record is what the dataset says."""
+    (photos / "broken.png").write_bytes(b"not an image")
+    ground([str(photos)], str(tmp_path / "results.parquet"), engine=shapes_engine)
+    out = tmp_path / "results"
+    out.mkdir()
+    os.rename(tmp_path / "results.parquet", out / "results.parquet")
+    before = _checksums(out)
+    with pytest.raises(UsageError, match="it holds results.parquet, a file kosmos did not write as a part"):
+        ground([str(photos)], f"{out}/", engine=shapes_engine, retry_failed=True)
+    assert _checksums(out) == before
+    result = kosmos("import", str(out / "results.parquet"), f"{out}/")
+    assert result.exit_code == 0, result.output
+    assert f"7 records of {out}/results.parquet added to {out}/" in result.stderr
+    assert f"now move {out}/results.parquet out of the folder" in result.stderr and result.stdout == ""
+    assert _checksums(out)["results.parquet"] == before["results.parquet"]
+    os.rename(out / "results.parquet", tmp_path / "results.parquet")
+    os.remove(photos / "broken.png")
+    (photos / "broken.png").write_bytes((photos / "img_00.png").read_bytes())
+    retried = ground([str(photos)], f"{out}/", engine=shapes_engine, retry_failed=True)
+    assert (retried.done, retried.skipped) == (1, 6)
+    statuses = {r["path"]: r["status"] for r in rows(out)}
+    assert len(rows(out)) == 7 and set(statuses.values()) == {"ok"}
+    assert ground([str(photos)], f"{out}/", engine=shapes_engine, retry_failed=True).done == 0  # and stays so
+
+
+def test_import_refuses_what_is_not_a_results_file_of_the_datasets_task_in_one_line(tmp_path):
+    out = tmp_path / "out"
+    run(out, rec("a.png"))
+    before = _checksums(out)
+    found = tmp_path / "found.jsonl"
+    _single(found, FindRecord(path="a.png", phrase="a cat", boxes=[], boxes_px=[]), task="find")
+    mine = tmp_path / "mine.parquet"
+    pq.write_table(pa.table({"path": ["a.png"], "status": ["ok"]}), mine)
+    for source, says in [
+        (found, "holds kosmos ground records: a find run would mix its own in"),
+        (mine, "mine.parquet is not a results file of kosmos (its schema names no kosmos task)"),
+        (tmp_path / "none.parquet", "results file not found:"),
+        (out, "kosmos import reads one results file on this machine, not a folder"),
+    ]:
+        one_error_line(kosmos("import", str(source), f"{out}/"), 2, says)
+        assert _checksums(out) == before
