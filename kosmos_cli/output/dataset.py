@@ -133,8 +133,8 @@ class DatasetStore:
                 if overwrite:
                     self.remove()
                 else:
-                    self.settler.fold()  # staged parts a killed run left
-                    if self.scan().duplicates:
+                    self.settler.fold()  # staged batches a dead run left
+                    if self.settler.twice():
                         self.settler.tidy()  # a run killed while settling: records written twice
             crew.ready()
             with served(Output(self, self.scan().seen, self.sink()), crew) as output:
@@ -443,10 +443,10 @@ class Settler:
         store = self.store
         for _ in range(SETTLE_ROUNDS if store.remote else 1):
             self.tidy(keep)
-            if not store.remote or self._twice() == 0:
+            if not store.remote or self.twice() == 0:
                 return
 
-    def _twice(self) -> int:
+    def twice(self) -> int:
         """How many records the parts hold for a key that a later record of the parts holds too."""
         store, columns = self.store, self.task.resume_columns()
         files = (_rows_while_there(store.place, n, columns) for n in store.parts())
