@@ -249,7 +249,19 @@ def dataset_rows(path: str) -> Iterator[dict[str, Any]]:
                 raise InputError(f"{folder.url}{name} is not a readable Parquet file ({exc})") from None
             if "path" not in pf.schema_arrow.names:
                 raise InputError(f"{folder.url}{name} has no 'path' column: is it a results file of kosmos?")
-            for batch in pf.iter_batches(batch_size=4096):
+            batches, number = pf.iter_batches(batch_size=4096), 0
+            while True:
+                try:
+                    batch = next(batches, None)
+                except Exception as exc:  # noqa: BLE001 - a damaged page: pyarrow raises OSError, ArrowInvalid, ...
+                    why = " ".join(str(exc).split())[:200]
+                    raise InputError(
+                        f"{folder.url}{name} cannot be read past row {number} ({why}): it is damaged; restore it, or "
+                        "move it out of the folder"
+                    ) from None
+                if batch is None:
+                    break
+                number += batch.num_rows
                 yield from batch.to_pylist()
 
 

@@ -455,6 +455,8 @@ def test_a_damaged_part_is_named_not_called_a_foreign_dataset(tmp_path, damage):
         assert "restore it from a copy, or move it out of" in message
     result = kosmos("ground", str(tmp_path), "--out", f"{out}/", "--model", "/no/such/model")
     one_error_line(result, 1, f"{name} cannot be read: it is damaged")
+    exported = kosmos("export", f"{out}/", "--to", "coco", str(tmp_path / "coco"))  # a reader of the dataset too
+    one_error_line(exported, 2, f"{out}/{name}")
 
 
 def test_another_tasks_dataset_is_refused_unless_overwrite(tmp_path):
