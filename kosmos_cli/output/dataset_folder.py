@@ -209,6 +209,13 @@ def is_table(name: str) -> bool:
     return name.lower().endswith(".parquet") and not name.startswith((".", "_"))
 
 
+def read_as_one(names: list[str]) -> list[str]:
+    """What a reader of a folder (draw, export) reads, in order: a dataset's parts in run order, and nothing else
+    there; a folder holding no part of a dataset (a file output's `<out>.parts/`, a cluster's output), its
+    `*.parquet` files in name order."""
+    return in_order(names) or [name for name in names if is_table(name)]
+
+
 def in_order(names: list[str]) -> list[str]:
     """The parts among `names`, in the order their runs wrote them: by stamp, then by writer and sequence."""
     found = [(m.group(1), m.group(2), name) for name in names if (m := PART.match(name))]

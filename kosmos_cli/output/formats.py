@@ -20,7 +20,7 @@ from ..inputs import carried_columns, locations
 from ..inputs.names import clean
 from ..tasks.records import Record
 from .atomic import atomic_write
-from .dataset_folder import folder_of, in_order
+from .dataset_folder import folder_of, read_as_one
 
 log = logging.getLogger("kosmos_cli")
 
@@ -229,18 +229,16 @@ def read_records(path: str) -> Iterator[dict[str, Any]]:
 
 
 def dataset_rows(path: str) -> Iterator[dict[str, Any]]:
-    """The rows of every part of a dataset folder, oldest part first."""
+    """The rows of every part of a dataset folder, oldest run's first (dataset_folder.read_as_one: a file kosmos
+    did not name is no part of a dataset), or of every Parquet file of a folder of parts (`<out>.parts/`)."""
     import pyarrow.parquet as pq
 
     folder = folder_of(path)
     if folder.kind() == "missing":
         raise InputError(f"results folder not found: {path}")
-    parts = in_order(folder.names())
+    parts = read_as_one(folder.names())
     if not parts:
-        raise InputError(
-            f"{path} holds no results (no part-<stamp>-*.parquet parts that kosmos wrote): is it a results folder of "
-            "kosmos?"
-        )
+        raise InputError(f"{path} holds no results (no .parquet parts): is it a results folder of kosmos?")
     for name in parts:
         with folder.open(name) as f:
             try:

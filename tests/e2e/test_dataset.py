@@ -623,3 +623,20 @@ def test_import_refuses_what_is_not_a_results_file_of_the_datasets_task_in_one_l
     ]:
         one_error_line(kosmos("import", str(source), f"{out}/"), 2, says)
         assert _checksums(out) == before
+
+
+def test_readers_read_a_datasets_parts_alone_and_a_folder_of_other_parts_whole(tmp_path):
+    out = tmp_path / "out"
+    run(out, rec("a.png"))
+    (out / "results.parquet").write_bytes((out / parts(out)[0]).read_bytes())  # a copy: never read as a part
+    assert [r["path"] for r in rows(out)] == ["a.png"]
+    exported = kosmos("export", f"{out}/", "--to", "coco", str(tmp_path / "coco"))
+    assert exported.exit_code == 0 and "1 images" in exported.stderr, exported.output
+    plain = tmp_path / "r.parquet.parts"  # a file output's parts (or a cluster's): no dataset, read whole
+    plain.mkdir()
+    single = Store(str(tmp_path / "r.parquet"), "parquet", "ground")
+    with single.open(Main(merged=False)) as output:
+        output.write([rec("b.png")])
+        output.write([rec("c.png")])
+    assert sorted(os.listdir(plain)) == ["part-0000-00000000.parquet", "part-0000-00000001.parquet"]
+    assert [r["path"] for r in rows(plain)] == ["b.png", "c.png"]
