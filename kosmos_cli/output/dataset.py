@@ -273,7 +273,7 @@ class DatasetStore:
         marker = markers.get(run)
         if marker is not None:
             try:
-                with self.staging.open(marker) as f:
+                with self.staging.snapshot(marker) as f:
                     who = json.loads(f.read())
             except FileNotFoundError:
                 return False  # its run is folding it now
@@ -485,7 +485,7 @@ class Settler:
         """Part `name` (the `i`th) again, from one read of it: the last record of each key no later part holds."""
         store = self.store
         try:
-            with store.place.open(name) as f:
+            with store.place.snapshot(name) as f:
                 data = f.read()
         except FileNotFoundError:
             return  # removed by another run (a bucket): a later part holds each of its keys
@@ -510,6 +510,8 @@ class LocalBytes:
 
     def open(self, name: str) -> IO[bytes]:
         return io.BytesIO(self.data)
+
+    snapshot = open
 
 
 def _chunks(rows: Iterator[tuple[str, dict[str, Any]]], size: int) -> Iterator[list[tuple[str, dict[str, Any]]]]:

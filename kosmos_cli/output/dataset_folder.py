@@ -4,8 +4,9 @@ Both answer the same few questions and take the same few orders, each file whole
 
 - `kind()`: "missing", "folder" or "file"; `names()`: the files directly in it, sorted; `modified()`: when each
   was last written;
-- `open(name)`: read one, as it was when opened (a local file by its inode; an object in one GET, so a part that
-  another run replaces meanwhile is read whole, old or new, never mixed); `put(name, write)`: write one whole
+- `open(name)`: read one (an object by ranges, only what is read); `snapshot(name)`: read one as it was at one
+  moment (a local file by its inode; an object in one GET, so a part that another run replaces meanwhile is read
+  whole, old or new, never mixed: a read by ranges that fails is tried once so); `put(name, write)`: write one whole
   (locally under a hidden temporary name, synced and renamed into place; in a bucket, one object put, which
   readers see whole or not at all); `remove(name)`.
 
@@ -69,6 +70,9 @@ class LocalFolder:
 
     def open(self, name: str) -> IO[bytes]:
         return open(self.full(name), "rb")
+
+    def snapshot(self, name: str) -> IO[bytes]:
+        return self.open(name)  # an open file keeps its inode: a file renamed over it meanwhile is another
 
     def make(self) -> None:
         try:
@@ -146,7 +150,11 @@ class BucketFolder:
         return found
 
     def open(self, name: str) -> IO[bytes]:
-        """The object as one GET: read whole even when another run replaces it while it is read."""
+        with self._said("read"):
+            return self.fs.open(self.full(name), "rb")
+
+    def snapshot(self, name: str) -> IO[bytes]:
+        """The object in one GET: whole, even when another run replaces it while it is read."""
         with self._said("read"):
             return io.BytesIO(self.fs.cat_file(self.full(name)))
 
@@ -187,6 +195,7 @@ class Readable(Protocol):
     url: str
 
     def open(self, name: str) -> IO[bytes]: ...
+    def snapshot(self, name: str) -> IO[bytes]: ...
 
 
 def folder_of(url: str) -> Folder:
@@ -235,32 +244,43 @@ def read_schema(folder: Readable, name: str) -> Any:
     """A part's schema. FileNotFoundError when it is gone; OutputError (naming it) when it is damaged."""
     import pyarrow.parquet as pq
 
-    with folder.open(name) as f:
-        try:
-            return pq.read_schema(f)
-        except (FileNotFoundError, OutputError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-            raise damaged(folder, name, exc) from None
+    for attempt in (folder.open, folder.snapshot):  # a part replaced while read by ranges: read whole, once
+        with attempt(name) as f:
+            try:
+                return pq.read_schema(f)
+            except (FileNotFoundError, OutputError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+                failed = exc
+    raise damaged(folder, name, failed) from None
 
 
 def part_rows(folder: Readable, name: str, columns: Any = None) -> Iterator[dict[str, Any]]:
     """The rows of one part (`columns`: only those, where it has them). OutputError (naming it) when it is
-    damaged; FileNotFoundError when it is gone."""
+    damaged; FileNotFoundError when it is gone. A read by ranges that fails (in a bucket, another run may have
+    replaced the part meanwhile) is tried again from one whole read: rows may then come twice, never go missing."""
+    try:
+        with folder.open(name) as f:
+            yield from _rows(f, columns)
+        return
+    except (FileNotFoundError, OutputError, GeneratorExit):
+        raise
+    except Exception:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        pass
+    try:
+        with folder.snapshot(name) as f:
+            yield from _rows(f, columns)
+    except (FileNotFoundError, OutputError, GeneratorExit):
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise damaged(folder, name, exc) from None
+
+
+def _rows(f: IO[bytes], columns: Any) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
-    with folder.open(name) as f:
-        try:
-            pf = pq.ParquetFile(f)
-            names = pf.schema_arrow.names
-            wanted = [c for c in columns if c in names] if columns is not None else None
-            batches = pf.iter_batches(batch_size=4096, columns=wanted)
-            while True:
-                batch = next(batches, None)
-                if batch is None:
-                    return
-                yield from batch.to_pylist()
-        except (FileNotFoundError, OutputError, GeneratorExit):
-            raise
-        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-            raise damaged(folder, name, exc) from None
+    pf = pq.ParquetFile(f)
+    names = pf.schema_arrow.names
+    wanted = [c for c in columns if c in names] if columns is not None else None
+    for batch in pf.iter_batches(batch_size=4096, columns=wanted):
+        yield from batch.to_pylist()
