@@ -39,6 +39,7 @@ from .options import (
     ViewOptions,
     keyword_options,
 )
+from .output.dataset import Imported, import_file
 from .run import runner
 from .run.pipeline import Progress, Summary
 from .run.plan import Plan
@@ -259,3 +260,11 @@ def view(results: str, *, quiet: bool = False, **given: Any) -> None:
     The address goes to stdout; `quiet`: nothing on stderr. `kosmos_cli.view.start` runs one in the background."""
     chosen = ViewOptions.take(given)
     serve(results, chosen.host, chosen.port, open_browser=chosen.open_browser, cache_mb=chosen.cache_mb, quiet=quiet)
+
+
+def import_results(results: str, out: str) -> Imported:
+    """Add the records of a results file of kosmos (.jsonl or .parquet, of any task) to the dataset folder `out`
+    (here or in a bucket; made if missing) as parts kosmos names, older than the dataset's own records: where the
+    dataset records an image already, its record is kept. The file is left as it was. `Imported.line()` says what
+    was done."""
+    return import_file(results, out)

@@ -328,6 +328,34 @@ def view(
     _call(lambda: api.view(results, quiet=quiet, **given), quiet)
 
 
+@app.command(name="import", epilog="Example: kosmos import results.parquet results/")
+@command_options(Quiet)
+def import_results(
+    results: Annotated[
+        str,
+        typer.Argument(
+            metavar="RESULTS",
+            help="A results file of kosmos ground, refer or find (.jsonl or .parquet), on this machine.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        str,
+        typer.Argument(
+            metavar="OUT",
+            help="The dataset folder (--out DIR/ of ground, refer, find; here or in a bucket): made if missing.",
+            show_default=False,
+        ),
+    ],
+    **given,
+) -> None:
+    """Add the records of a results file to a dataset folder as parts of their own; the file is left as it was."""
+    quiet = Quiet.take(given).quiet
+    done = _call(lambda: api.import_results(results, out), quiet)
+    if not quiet:
+        _say(done.line())
+
+
 # -- one place for errors, signals and exit codes --------------------------------------------------------
 def _raise_interrupted(signum, frame):
     raise Interrupted(signum)

@@ -2,9 +2,17 @@
 
 Both answer the same few questions and take the same few orders, each file whole or not at all:
 
-- `kind()`: "missing", "folder" or "file"; `names()`: the files directly in it, sorted;
-- `open(name)`: read one; `put(name, write)`: write one whole (locally under a hidden temporary name, synced
-  and renamed into place; in a bucket, one object put, which readers see whole or not at all); `remove(name)`.
+- `kind()`: "missing", "folder" or "file"; `names()`: the files directly in it, sorted; `modified()`: when each
+  was last written;
+- `open(name)`: read one (an object by ranges, only what is read); `snapshot(name)`: read one as it was at one
+  moment (a local file by its inode; an object in one GET, so a part that another run replaces meanwhile is read
+  whole, old or new, never mixed: a read by ranges that fails is tried once so); `put(name, write)`: write one whole
+  (locally under a hidden temporary name, synced and renamed into place; in a bucket, one object put, which
+  readers see whole or not at all); `remove(name)`.
+
+Which files are the parts of a dataset is said by their names alone, the names kosmos gives them
+(`part-<stamp>-<writer>.parquet`, `is_part`), and they are read in the order of the runs that wrote them
+(`in_order`: stamp, then writer and sequence), never in an order a user's file name could change.
 
 A store's error (credentials, permissions, a missing bucket) is an OutputError of one line that says where
 credentials come from (locations/fs.py).
@@ -15,8 +23,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from ..errors import OutputError, disk_error
 from ..inputs import locations
@@ -51,8 +60,19 @@ class LocalFolder:
         except OSError as exc:
             raise OutputError(f"cannot read {self.url}: {exc.strerror or exc}") from None
 
+    def modified(self) -> dict[str, float]:
+        """Name -> when it was last written (seconds since the epoch), for the files directly in it."""
+        found = {}
+        for name in self.names():
+            with contextlib.suppress(FileNotFoundError):
+                found[name] = os.stat(self.full(name)).st_mtime
+        return found
+
     def open(self, name: str) -> IO[bytes]:
         return open(self.full(name), "rb")
+
+    def snapshot(self, name: str) -> IO[bytes]:
+        return self.open(name)  # an open file keeps its inode: a file renamed over it meanwhile is another
 
     def make(self) -> None:
         try:
@@ -115,9 +135,28 @@ class BucketFolder:
                 return []
         return sorted(os.path.basename(e["name"].rstrip("/")) for e in entries if e.get("type") != "directory")
 
+    def modified(self) -> dict[str, float]:
+        with self._said("read"):
+            self.fs.invalidate_cache(self.root)
+            try:
+                entries = self.fs.ls(self.root, detail=True)
+            except FileNotFoundError:
+                return {}
+        found = {}
+        for e in entries:
+            when = e.get("LastModified") or e.get("mtime") or e.get("last_modified")
+            if e.get("type") != "directory" and when is not None:
+                found[os.path.basename(e["name"].rstrip("/"))] = when if isinstance(when, float) else when.timestamp()
+        return found
+
     def open(self, name: str) -> IO[bytes]:
         with self._said("read"):
             return self.fs.open(self.full(name), "rb")
+
+    def snapshot(self, name: str) -> IO[bytes]:
+        """The object in one GET: whole, even when another run replaces it while it is read."""
+        with self._said("read"):
+            return io.BytesIO(self.fs.cat_file(self.full(name)))
 
     def make(self) -> None:
         """Nothing to make: a prefix exists once an object is put under it."""
@@ -150,30 +189,98 @@ class BucketFolder:
 Folder = LocalFolder | BucketFolder
 
 
+class Readable(Protocol):
+    """What reading a part needs: where it is (for messages) and its bytes."""
+
+    url: str
+
+    def open(self, name: str) -> IO[bytes]: ...
+    def snapshot(self, name: str) -> IO[bytes]: ...
+
+
 def folder_of(url: str) -> Folder:
     """The folder `url` names: in a bucket when it is a URL, else on this machine."""
     return BucketFolder(url) if locations.is_remote(url) else LocalFolder(url)
 
 
+PART = re.compile(r"^part-(\d{8}T\d{12})Z?-([A-Za-z0-9_.-]+)\.parquet$")  # part-<stamp>-<writer>[-<seq>]
+
+
 def is_part(name: str) -> bool:
-    """A file of a dataset that readers read: `*.parquet`, not hidden (`.`, `_`: pyarrow.dataset skips those)."""
-    return name.endswith(".parquet") and not name.startswith((".", "_"))
+    """A part of a dataset: a file kosmos named so (`part-<stamp>-<writer>.parquet`). Any other file in the folder
+    (a results file moved in, a user's copy) is no part: never read, rewritten or removed as one."""
+    return PART.match(name) is not None
 
 
-def read_schema(folder: Folder, name: str) -> Any:
+def is_table(name: str) -> bool:
+    """A file that readers of the folder take for a table (`*.parquet`, not hidden: pyarrow.dataset, DuckDB and
+    polars skip `.` and `_` names)."""
+    return name.lower().endswith(".parquet") and not name.startswith((".", "_"))
+
+
+def read_as_one(names: list[str]) -> list[str]:
+    """What a reader of a folder (draw, export) reads, in order: a dataset's parts in run order, and nothing else
+    there; a folder holding no part of a dataset (a file output's `<out>.parts/`, a cluster's output), its
+    `*.parquet` files in name order."""
+    return in_order(names) or [name for name in names if is_table(name)]
+
+
+def in_order(names: list[str]) -> list[str]:
+    """The parts among `names`, in the order their runs wrote them: by stamp, then by writer and sequence."""
+    found = [(m.group(1), m.group(2), name) for name in names if (m := PART.match(name))]
+    return [name for _, _, name in sorted(found)]
+
+
+def damaged(folder: Readable, name: str, exc: BaseException) -> OutputError:
+    """A part (or staged batch) that cannot be read, named, with what to do."""
+    why = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return OutputError(
+        f"{folder.url}{name} cannot be read: it is damaged ({why}); restore it from a copy, or move it out of "
+        f"{folder.url} to have its images done again"
+    )
+
+
+def read_schema(folder: Readable, name: str) -> Any:
+    """A part's schema. FileNotFoundError when it is gone; OutputError (naming it) when it is damaged."""
     import pyarrow.parquet as pq
 
-    with folder.open(name) as f:
-        return pq.read_schema(f)
+    for attempt in (folder.open, folder.snapshot):  # a part replaced while read by ranges: read whole, once
+        with attempt(name) as f:
+            try:
+                return pq.read_schema(f)
+            except (FileNotFoundError, OutputError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+                failed = exc
+    raise damaged(folder, name, failed) from None
 
 
-def part_rows(folder: Folder, name: str, columns: Any = None) -> Iterator[dict[str, Any]]:
-    """The rows of one part (`columns`: only those, where it has them)."""
+def part_rows(folder: Readable, name: str, columns: Any = None) -> Iterator[dict[str, Any]]:
+    """The rows of one part (`columns`: only those, where it has them). OutputError (naming it) when it is
+    damaged; FileNotFoundError when it is gone. A read by ranges that fails (in a bucket, another run may have
+    replaced the part meanwhile) is tried again from one whole read: rows may then come twice, never go missing."""
+    try:
+        with folder.open(name) as f:
+            yield from _rows(f, columns)
+        return
+    except (FileNotFoundError, OutputError, GeneratorExit):
+        raise
+    except Exception:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        pass
+    try:
+        with folder.snapshot(name) as f:
+            yield from _rows(f, columns)
+    except (FileNotFoundError, OutputError, GeneratorExit):
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise damaged(folder, name, exc) from None
+
+
+def _rows(f: IO[bytes], columns: Any) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
-    with folder.open(name) as f:
-        pf = pq.ParquetFile(f)
-        names = pf.schema_arrow.names
-        wanted = [c for c in columns if c in names] if columns is not None else None
-        for batch in pf.iter_batches(batch_size=4096, columns=wanted):
-            yield from batch.to_pylist()
+    pf = pq.ParquetFile(f)
+    names = pf.schema_arrow.names
+    wanted = [c for c in columns if c in names] if columns is not None else None
+    for batch in pf.iter_batches(batch_size=4096, columns=wanted):
+        yield from batch.to_pylist()

@@ -21,7 +21,7 @@ from ..inputs.images import NOT_REGULAR, is_special
 from ..inputs.names import clean
 from ..tasks.records import Record
 from .atomic import atomic_write
-from .dataset_folder import folder_of, is_part
+from .dataset_folder import folder_of, read_as_one
 
 log = logging.getLogger("kosmos_cli")
 
@@ -192,9 +192,13 @@ def records_table(records: list[Record], task: TaskSchema, like: Any = None):
 
     `like`: the schema of the files already beside this one (a dataset's parts): the table takes the schema that
     holds both (carried_columns.py, rule 3), so that parts agree whenever they can."""
+    return rows_table([clean(r.to_dict()) for r in records], task, like)
+
+
+def rows_table(rows: list[dict[str, Any]], task: TaskSchema, like: Any = None):
+    """As records_table, from rows as a results file holds them (fields of the task's, then carried columns)."""
     import pyarrow as pa
 
-    rows = [clean(r.to_dict()) for r in records]
     base = task.schema()
     extra_names = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in base.names]
     extra = carried_columns.schema_of(rows, extra_names) if extra_names else None
@@ -231,13 +235,14 @@ def read_records(path: str) -> Iterator[dict[str, Any]]:
 
 
 def dataset_rows(path: str) -> Iterator[dict[str, Any]]:
-    """The rows of every part of a dataset folder, oldest part first."""
+    """The rows of every part of a dataset folder, oldest run's first (dataset_folder.read_as_one: a file kosmos
+    did not name is no part of a dataset), or of every Parquet file of a folder of parts (`<out>.parts/`)."""
     import pyarrow.parquet as pq
 
     folder = folder_of(path)
     if folder.kind() == "missing":
         raise InputError(f"results folder not found: {path}")
-    parts = [name for name in folder.names() if is_part(name)]
+    parts = read_as_one(folder.names())
     if not parts:
         raise InputError(f"{path} holds no results (no .parquet parts): is it a results folder of kosmos?")
     for name in parts:
@@ -248,7 +253,19 @@ def dataset_rows(path: str) -> Iterator[dict[str, Any]]:
                 raise InputError(f"{folder.url}{name} is not a readable Parquet file ({exc})") from None
             if "path" not in pf.schema_arrow.names:
                 raise InputError(f"{folder.url}{name} has no 'path' column: is it a results file of kosmos?")
-            for batch in pf.iter_batches(batch_size=4096):
+            batches, number = pf.iter_batches(batch_size=4096), 0
+            while True:
+                try:
+                    batch = next(batches, None)
+                except Exception as exc:  # noqa: BLE001 - a damaged page: pyarrow raises OSError, ArrowInvalid, ...
+                    why = " ".join(str(exc).split())[:200]
+                    raise InputError(
+                        f"{folder.url}{name} cannot be read past row {number} ({why}): it is damaged; restore it, or "
+                        "move it out of the folder"
+                    ) from None
+                if batch is None:
+                    break
+                number += batch.num_rows
                 yield from batch.to_pylist()
 
 

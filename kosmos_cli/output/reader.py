@@ -37,7 +37,7 @@ from ..inputs import locations
 from ..inputs.images import NOT_REGULAR, is_special
 from ..inputs.names import clean, original
 from ..tasks.records import OK
-from .dataset_folder import folder_of, is_part
+from .dataset_folder import folder_of, read_as_one
 from .formats import dataset_rows, names_folder
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the image as displayed
@@ -238,7 +238,7 @@ def rows(path: str) -> Iterator[tuple[str, Any]]:
         folder = folder_of(path)
         if folder.kind() == "missing":
             raise InputError(f"results folder not found: {path}")
-        if not any(is_part(name) for name in folder.names()):
+        if not read_as_one(folder.names()):
             raise InputError(f"{path} is a folder: {_NOT_RESULTS} (or a dataset folder that --out DIR/ wrote)")
         for number, row in enumerate(dataset_rows(path), 1):
             yield f"row {number}", row

@@ -20,7 +20,7 @@ from kosmos_cli.output.store import Store
 from kosmos_cli.run.ranks import Solo
 from kosmos_cli.tasks import FindRecord, Ground, GroundRecord
 from kosmos_cli.tasks.records import Entity
-from tests.helpers import SHAPES_MODEL, killed_after, kosmos_process, make_images
+from tests.helpers import SHAPES_MODEL, killed_after, kosmos, kosmos_process, make_images, one_error_line
 
 
 def rec(path, caption="a cat", status="ok", model="m", **extra):
@@ -344,9 +344,119 @@ def test_a_folder_holding_parquet_that_kosmos_did_not_write_is_refused_and_left_
     pq.write_table(pa.table({"path": ["a.png"], "status": ["ok"], "caption": ["x"]}), out / "mine.parquet")
     before = (out / "mine.parquet").read_bytes()
     for overwrite in (False, True):
-        with pytest.raises(UsageError, match=r"is not a results dataset of kosmos \(it holds mine.parquet: its schema"):
+        with pytest.raises(UsageError, match=r"not a results dataset of kosmos alone \(it holds mine.parquet, a file"):
             run(out, rec("a.png"), overwrite=overwrite)
     assert os.listdir(out) == ["mine.parquet"] and (out / "mine.parquet").read_bytes() == before
+
+
+def _checksums(folder):
+    import hashlib
+
+    return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in sorted(os.listdir(folder))}
+
+
+@pytest.mark.parametrize("name", ["results.parquet", "backup-2026-11.parquet", "other-model.parquet", "Part-x.PARQUET"])
+def test_a_parquet_file_kosmos_did_not_name_a_part_is_never_read_rewritten_or_removed(tmp_path, name):
+    """Issue 27, item 1: a results file moved in, a user's copy of a part, another model's results: each is a file
+    kosmos did not name as a part. Every kind of run refuses the folder in one line naming it, changing nothing."""
+    out = tmp_path / "out"
+    run(out, rec("a.png", status="error"), rec("b.png"))
+    (part,) = parts(out)
+    if name == "backup-2026-11.parquet":
+        (out / name).write_bytes((out / part).read_bytes())  # a copy of the dataset's own part
+    else:  # a kosmos results file of this task: the old results.parquet, or another model's
+        single = Store(str(tmp_path / "single.parquet"), "parquet", "ground")
+        with single.open(Solo()) as output:
+            output.write([rec("a.png", model="other" if "other" in name else "m"), rec("c.png")])
+        os.rename(tmp_path / "single.parquet", out / name)
+    before = _checksums(out)
+    for kind in ("plain", "retry_failed", "prune", "overwrite"):
+        store = DatasetStore(str(out), "ground")
+        with pytest.raises(UsageError) as refused:
+            store.check(overwrite=kind == "overwrite")
+        message = str(refused.value)
+        assert f"it holds {name}, a file kosmos did not write as a part" in message and "\n" not in message
+        assert "kosmos never reads, rewrites or removes it; move it out of the folder" in message
+        with pytest.raises(UsageError, match=f"it holds {name}"):
+            prune = [] if kind == "prune" else None
+            run(out, rec("a.png", caption="again"), overwrite=kind == "overwrite", present=prune)
+        assert _checksums(out) == before, kind
+    assert [r["path"] for r in rows(out)] == ["a.png", "b.png"]  # readers read the parts only
+    os.remove(out / name)
+    run(out, rec("a.png", caption="again"))  # moved out: the dataset is the dataset again
+    assert captions(out) == [("a.png", "again"), ("b.png", "a cat")]
+
+
+def test_a_run_refuses_a_foreign_file_in_one_line_before_the_model_loads(tmp_path):
+    out = tmp_path / "out"
+    run(out, rec("a.png"))
+    (out / "results.parquet").write_bytes((out / parts(out)[0]).read_bytes())
+    before = _checksums(out)
+    photo = tmp_path / "p.png"
+    make_images(str(tmp_path / "photos"), sizes=[(32, 32)])
+    photo = next((tmp_path / "photos").iterdir())
+    for flags in ([], ["--retry-failed"], ["--prune"], ["--overwrite"]):
+        result = kosmos("ground", str(photo), "--out", f"{out}/", "--model", "/no/such/model", *flags)
+        one_error_line(result, 2, f"--out {out}/ is not a results dataset of kosmos alone (it holds results.parquet")
+        assert _checksums(out) == before
+
+
+def test_parts_are_read_in_the_order_of_their_runs_never_by_a_name_sorting_later(tmp_path):
+    out = tmp_path / "out"
+    run(out, rec("a.png", caption="old"))
+    (old,) = parts(out)
+    run(out, rec("a.png", caption="new", model="m2"))
+    assert captions(out) == [("a.png", "new")]
+    # an older run's part whose writer sorts after the newer run's: still older (stamp first, then writer)
+    store = DatasetStore(str(out), "ground")
+    store.stamp = old.split("-")[1]
+    store.write_part([rec("a.png", caption="older")], "zzzz")
+    assert DatasetStore(str(out), "ground").parts()[0] == f"part-{store.stamp}-zzzz.parquet"
+    assert [r["caption"] for r in rows(out)] == ["older", "new"]  # read oldest run first: the newer record wins
+    run(out)
+    assert captions(out) == [("a.png", "new")]
+
+
+# -- item 7: what is in the staging folder, and a damaged part ---------------------------------------------------------
+def test_a_foreign_parquet_in_the_staging_folder_is_named_in_one_line(tmp_path):
+    out = tmp_path / "out"
+    run(out, rec("a.png"))
+    (out / ".kosmos-parts").mkdir()
+    stage = out / ".kosmos-parts" / "20261207T000000000000-0000-00000000.parquet"
+    pq.write_table(pa.table({"name": ["x"], "value": [1]}), stage)
+    before = _checksums(out / ".kosmos-parts")
+    with pytest.raises(UsageError, match=r"\.kosmos-parts/20261207T000000000000-0000-00000000.parquet is not a batch"):
+        run(out, rec("b.png"))
+    other = out / ".kosmos-parts" / "mine.parquet"
+    os.rename(stage, other)
+    with pytest.raises(UsageError, match=r"\.kosmos-parts/mine.parquet is not a batch kosmos staged"):
+        run(out, rec("b.png"))
+    assert _checksums(out / ".kosmos-parts") == {"mine.parquet": before[stage.name]}
+    result = kosmos("ground", str(tmp_path), "--out", f"{out}/", "--model", "/no/such/model")
+    one_error_line(result, 2, ".kosmos-parts/mine.parquet is not a batch kosmos staged")
+
+
+@pytest.mark.parametrize("damage", ["footer", "pages"])
+def test_a_damaged_part_is_named_not_called_a_foreign_dataset(tmp_path, damage):
+    out = tmp_path / "out"
+    run(out, rec("a.png"))
+    run(out, rec("b.png"))
+    name = parts(out)[0]
+    data = (out / name).read_bytes()
+    if damage == "footer":
+        (out / name).write_bytes(data[: len(data) // 2])
+    else:  # the footer (schema) reads, the pages do not
+        (out / name).write_bytes(b"PAR1" + bytes(len(data) // 2 - 4) + data[len(data) // 2 :])
+    for call in (lambda: run(out, rec("c.png")), lambda: DatasetStore(str(out), "ground").scan()):
+        with pytest.raises(OutputError) as refused:
+            call()
+        message = str(refused.value)
+        assert f"{out}/{name} cannot be read: it is damaged (" in message and "not a results dataset" not in message
+        assert "restore it from a copy, or move it out of" in message
+    result = kosmos("ground", str(tmp_path), "--out", f"{out}/", "--model", "/no/such/model")
+    one_error_line(result, 1, f"{name} cannot be read: it is damaged")
+    exported = kosmos("export", f"{out}/", "--to", "coco", str(tmp_path / "coco"))  # a reader of the dataset too
+    one_error_line(exported, 2, f"{out}/{name}")
 
 
 def test_another_tasks_dataset_is_refused_unless_overwrite(tmp_path):
@@ -433,3 +543,100 @@ def test_a_killed_run_and_its_rerun_record_every_image_exactly_once(photos, tmp_
     paths = [r["path"] for r in rows(tmp_path / "out")]
     assert sorted(paths) == sorted(str(p) for p in photos.iterdir())
     assert sorted(os.listdir(tmp_path / "out")) == parts(tmp_path / "out")
+
+
+# -- kosmos import: a results file into a dataset, as parts kosmos names ---------------------------------------------
+def _single(path, *records, task="ground"):
+    fmt = "jsonl" if str(path).endswith(".jsonl") else "parquet"
+    with Store(str(path), fmt, task).open(Solo()) as output:
+        output.write(list(records))
+
+
+@pytest.mark.parametrize("ext", ["parquet", "jsonl"])
+def test_import_adds_a_results_file_as_parts_older_than_the_datasets_own_and_leaves_it(tmp_path, ext):
+    from kosmos_cli.api import import_results
+
+    out = tmp_path / "out"
+    run(out, rec("a.png", caption="the dataset's"))
+    source = tmp_path / f"results.{ext}"
+    _single(source, rec("a.png", caption="the file's"), rec("b.png", status="error"), rec("c.png", label="x"))
+    before = source.read_bytes()
+    done = import_results(str(source), str(out))
+    assert (done.added, done.dropped, done.inside) == (2, 1, False)
+    assert "2 records of" in done.line() and "1 left out" in done.line() and "is left as it was" in done.line()
+    assert source.read_bytes() == before
+    names = parts(out)
+    assert len(names) == 2 and "-import-" in DatasetStore(str(out), "ground").parts()[0]  # the older
+    got = {r["path"]: (r["caption"], r["status"], r["label"]) for r in rows(out)}
+    assert got == {
+        "a.png": ("the dataset's", "ok", None),
+        "b.png": ("a cat", "error", None),
+        "c.png": ("a cat", "ok", "x"),
+    }
+    schemas = [pq.read_schema(out / n) for n in names]
+    assert all(s.equals(schemas[0], check_metadata=True) for s in schemas)  # one schema for every part
+    run(out, rec("d.png"))  # the dataset goes on as any
+    assert sorted(r["path"] for r in rows(out)) == ["a.png", "b.png", "c.png", "d.png"]
+
+
+def test_a_results_file_moved_into_the_dataset_is_imported_and_retry_failed_then_wins(shapes_engine, photos, tmp_path):
+    """Issue 27, item 1: `mv results.parquet results/` then --retry-failed gave the old error record on every rerun.
+    Now the run refuses the folder naming the file; `kosmos import` adds its records as parts; once the file is moved
+    out, --retry-failed redoes the failed image and its new ok record is what the dataset says."""
+    (photos / "broken.png").write_bytes(b"not an image")
+    ground([str(photos)], str(tmp_path / "results.parquet"), engine=shapes_engine)
+    out = tmp_path / "results"
+    out.mkdir()
+    os.rename(tmp_path / "results.parquet", out / "results.parquet")
+    before = _checksums(out)
+    with pytest.raises(UsageError, match="it holds results.parquet, a file kosmos did not write as a part"):
+        ground([str(photos)], f"{out}/", engine=shapes_engine, retry_failed=True)
+    assert _checksums(out) == before
+    result = kosmos("import", str(out / "results.parquet"), f"{out}/")
+    assert result.exit_code == 0, result.output
+    assert f"7 records of {out}/results.parquet added to {out}/" in result.stderr
+    assert f"now move {out}/results.parquet out of the folder" in result.stderr and result.stdout == ""
+    assert _checksums(out)["results.parquet"] == before["results.parquet"]
+    os.rename(out / "results.parquet", tmp_path / "results.parquet")
+    os.remove(photos / "broken.png")
+    (photos / "broken.png").write_bytes((photos / "img_00.png").read_bytes())
+    retried = ground([str(photos)], f"{out}/", engine=shapes_engine, retry_failed=True)
+    assert (retried.done, retried.skipped) == (1, 6)
+    statuses = {r["path"]: r["status"] for r in rows(out)}
+    assert len(rows(out)) == 7 and set(statuses.values()) == {"ok"}
+    assert ground([str(photos)], f"{out}/", engine=shapes_engine, retry_failed=True).done == 0  # and stays so
+
+
+def test_import_refuses_what_is_not_a_results_file_of_the_datasets_task_in_one_line(tmp_path):
+    out = tmp_path / "out"
+    run(out, rec("a.png"))
+    before = _checksums(out)
+    found = tmp_path / "found.jsonl"
+    _single(found, FindRecord(path="a.png", phrase="a cat", boxes=[], boxes_px=[]), task="find")
+    mine = tmp_path / "mine.parquet"
+    pq.write_table(pa.table({"path": ["a.png"], "status": ["ok"]}), mine)
+    for source, says in [
+        (found, "holds kosmos ground records: a find run would mix its own in"),
+        (mine, "mine.parquet is not a results file of kosmos (its schema names no kosmos task)"),
+        (tmp_path / "none.parquet", "results file not found:"),
+        (out, "kosmos import reads one results file on this machine, not a folder"),
+    ]:
+        one_error_line(kosmos("import", str(source), f"{out}/"), 2, says)
+        assert _checksums(out) == before
+
+
+def test_readers_read_a_datasets_parts_alone_and_a_folder_of_other_parts_whole(tmp_path):
+    out = tmp_path / "out"
+    run(out, rec("a.png"))
+    (out / "results.parquet").write_bytes((out / parts(out)[0]).read_bytes())  # a copy: never read as a part
+    assert [r["path"] for r in rows(out)] == ["a.png"]
+    exported = kosmos("export", f"{out}/", "--to", "coco", str(tmp_path / "coco"))
+    assert exported.exit_code == 0 and "1 images" in exported.stderr, exported.output
+    plain = tmp_path / "r.parquet.parts"  # a file output's parts (or a cluster's): no dataset, read whole
+    plain.mkdir()
+    single = Store(str(tmp_path / "r.parquet"), "parquet", "ground")
+    with single.open(Main(merged=False)) as output:
+        output.write([rec("b.png")])
+        output.write([rec("c.png")])
+    assert sorted(os.listdir(plain)) == ["part-0000-00000000.parquet", "part-0000-00000001.parquet"]
+    assert [r["path"] for r in rows(plain)] == ["b.png", "c.png"]

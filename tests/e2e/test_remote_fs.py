@@ -526,7 +526,9 @@ def test_a_bucket_that_refuses_us_is_one_line_before_the_model_loads(s3, tmp_pat
     photos = tmp_path / "p.png"
     photos.write_bytes(next(iter(_scene_bytes())))
     result = runner.invoke(app, ["ground", str(photos), "-o", f"s3://{bucket}/results/", "--model", "/no/model"])
-    one_error_line(result, 2, f"--out s3://{bucket}/results/ is not a results dataset of kosmos (it holds mine.parquet")
+    one_error_line(
+        result, 2, f"--out s3://{bucket}/results/ is not a results dataset of kosmos alone (it holds mine.parquet"
+    )
     result = runner.invoke(app, ["ground", str(photos), "-o", "s3://no-such-bucket-here/out/", "--model", "/no/model"])
     one_error_line(result, 1, "cannot write s3://no-such-bucket-here/out/: there is no bucket 'no-such-bucket-here'")
 
