@@ -66,7 +66,7 @@ from ..tasks.records import Record
 from . import compaction
 from .dataset_folder import Folder, folder_of, is_part, part_rows, read_schema
 from .formats import Sink, records_table, unified_schema
-from .handle import Crew, Holdings, Output, Seen, present_only, served
+from .handle import Holdings, Output, Seen, Writers, in_use, present_only
 from .locking import OutputLock
 from .ownership import NotOurs, not_ours, refuse_inputs, refuse_other_task, schema_owner
 
@@ -105,11 +105,11 @@ class DatasetStore:
 
     # -- the life of a run -------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def open(self, crew: Crew, *, overwrite: bool = False, wait: bool = False) -> Iterator[Output]:
+    def open(self, writers: Writers, *, overwrite: bool = False, wait: bool = False) -> Iterator[Output]:
         """As Store.open: prepare (main process: lock, check, repair, --overwrite or deduplicate), yield what is
         recorded and where to write, and settle after (once every process is done), then let go of the lock."""
         try:
-            if crew.main:
+            if writers.main:
                 self.lock(wait=wait)
                 self.check(overwrite=overwrite)  # under the lock: nothing but this task's dataset is touched
                 self.repair()
@@ -119,8 +119,7 @@ class DatasetStore:
                     self.settler.fold()  # staged parts a killed run left
                     if self.scan().duplicates:
                         self.settler.tidy()  # a run killed while settling: records written twice
-            crew.ready()
-            with served(Output(self, self.scan().seen, self.sink()), crew) as output:
+            with in_use(Output(self, self.scan().seen, self.sink()), writers) as output:
                 yield output
         finally:
             self.unlock()
