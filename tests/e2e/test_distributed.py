@@ -276,6 +276,40 @@ def test_a_crashed_rank_on_another_machine_is_noticed(tiny_model, photos, tmp_pa
     assert "kosmos: error: rank 1 (pid " in stderr and "ended without finishing" in stderr, stderr
 
 
+TEARDOWN = """
+import os
+import sys
+import torch.distributed as dist
+from kosmos_cli import ground, read_records
+
+model, photos, out = sys.argv[1], sys.argv[2:-1], sys.argv[-1]
+args = dict(model=model, max_new_tokens=12, device="auto", batch_size=2)
+for n in (1, 2):  # a run joins the launch and tears every group down after; the next one joins afresh
+    ground(photos, f"{out}{n}.jsonl", **args)
+    assert not dist.is_initialized(), "a group is left after run %d" % n
+dist.init_process_group("gloo")  # a script's own group: kosmos makes one of its own beside it, and removes only that
+ground(photos, f"{out}3.jsonl", **args)
+assert dist.is_initialized() and list(dist.distributed_c10d._world.pg_map) == [dist.group.WORLD]
+dist.destroy_process_group()
+print("rank", os.environ["RANK"], "ok")
+"""
+
+
+def test_every_group_is_torn_down_after_a_run(tiny_model, photos, tmp_path):
+    """The API run twice under torchrun, then once more beside a group of the caller's own: each run leaves no
+    process group of its own behind (with CUDA, no NCCL communicator is left open either: the ranks' objects go
+    over gloo), and a group the caller made stays theirs."""
+    script = tmp_path / "runs.py"
+    script.write_text(TEARDOWN)
+    code, stdout, stderr = finish(
+        launch("torchrun", [tiny_model, *photos[:3], str(tmp_path / "r")], script=str(script))
+    )
+    assert code == 0, stderr
+    assert sorted(line for line in stdout.splitlines() if line.endswith(" ok")) == ["rank 0 ok", "rank 1 ok"], stdout
+    for n in (1, 2, 3):
+        assert sorted(comparable(read_records(str(tmp_path / f"r{n}.jsonl")))) == photos[:3]
+
+
 # -- the team, without launching ------------------------------------------------------------------------
 def test_one_process_has_no_team(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)

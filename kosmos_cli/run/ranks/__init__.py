@@ -16,6 +16,7 @@ torch.distributed is imported here only when WORLD_SIZE > 1.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Iterator
 from datetime import timedelta
@@ -27,6 +28,7 @@ from .team import WAIT, Peer, Solo, Team
 STALL_ENV = "KOSMOS_STALL_TIMEOUT"
 DEFAULT_STALL = 1800.0  # seconds a rank may answer nothing, once every model is loaded (0: never)
 NEVER = timedelta(days=365)
+_runs = itertools.count()  # the runs this process has joined: each one's groups rendezvous under keys of their own
 
 
 def world_size() -> int:
@@ -62,8 +64,11 @@ def team() -> Iterator[Team | Solo]:
     stall = stall_timeout()
     ours = not dist.is_initialized()
     try:
-        if ours:
-            dist.init_process_group("gloo")  # env://: the launcher set RANK, WORLD_SIZE, MASTER_ADDR and _PORT
+        if ours:  # env://: the launcher set RANK, WORLD_SIZE, MASTER_ADDR and _PORT; a run's own keys in its store
+            store, rank, size = next(dist.rendezvous("env://", timeout=WAIT))
+            runs = next(_runs)
+            keys = dist.PrefixStore(f"kosmos-run-{runs}", store)
+            dist.init_process_group("gloo", store=keys, rank=rank, world_size=size, timeout=WAIT)
         group = dist.new_group(backend="gloo", timeout=timedelta(seconds=stall) if stall else NEVER)
     except (RuntimeError, ValueError) as exc:
         raise RankError(
