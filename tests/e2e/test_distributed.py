@@ -109,6 +109,37 @@ def test_two_ranks_write_what_one_process_writes(tiny_model, tiny_engine, photos
     assert [n.endswith(".parquet") for n in os.listdir(three)] == [True]
 
 
+@pytest.mark.slow
+def test_two_ranks_write_a_dataset_in_a_bucket(tiny_model, tiny_engine, photos, tmp_path):
+    """Only rank 0 touches the output, so a dataset folder in a bucket (a moto S3 server here) takes several
+    processes: every image once, as one process writes it, and nothing but parts in the bucket."""
+    s3fs = pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        env["AWS_ENDPOINT_URL_S3"] = f"http://{host}:{port}"
+        fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=env["AWS_ENDPOINT_URL_S3"])
+        fs.mkdir("ranks")
+        one = tmp_path / "one.parquet"
+        ground(photos, str(one), engine=tiny_engine, batch_size=2)
+        args = ["ground", *photos, "--out", "s3://ranks/results/", "-b", "2", *model_args(tiny_model)]
+        code, _, stderr = finish(launch("torchrun", args, env=env))
+        assert code == 0, stderr
+        assert "kosmos ground rank 1: 3 done" in stderr
+        fs.invalidate_cache()
+        names = [p.rsplit("/", 1)[1] for p in fs.find("ranks/results")]
+        assert len(names) == 1 and names[0].startswith("part-") and names[0].endswith(".parquet"), names
+        local = tmp_path / "copy"
+        local.mkdir()
+        fs.get(f"ranks/results/{names[0]}", str(local / names[0]))
+        assert comparable(read_records(f"{local}/")) == comparable(read_records(str(one)))
+    finally:
+        server.stop()
+
+
 def test_two_ranks_to_stdout(tiny_model, tiny_engine, photos, tmp_path):
     one = tmp_path / "one.jsonl"
     ground(photos, str(one), engine=tiny_engine, batch_size=2)
@@ -404,3 +435,18 @@ def test_another_rank_leaves_the_message_to_rank_0():
         with team.stopping():
             raise UsageError("the same on every rank")
     assert refused.value.quiet  # rank 0 says it
+
+
+def test_an_exchange_that_fails_names_the_rank_and_why():
+    """What gloo says (a timeout; a connection its peer closed) becomes one line naming the rank."""
+    main = two(0)
+    hung = main._lost(1, RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv"))
+    assert str(hung).startswith(f"rank 1 on {main.peers[1].host} has answered nothing for 5s although it is still")
+    assert "looks hung" in str(hung) and "KOSMOS_STALL_TIMEOUT" in str(hung) and hung.rank == 1 and not hung.quiet
+    closed = main._lost(1, RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:1"))
+    assert "rank 1 (pid" in str(closed) and "ended without finishing" in str(closed) and not closed.quiet
+    # rank 0 gone on this machine: it said why, or torchrun says how it ended; on another machine, say it
+    here = Team(1, 2, None, [Peer.me(0), Peer.me(1)], 5)._lost(0, RuntimeError("Connection closed by peer"))
+    assert here.rank == 0 and here.quiet
+    elsewhere = two(1)._lost(0, RuntimeError("Connection closed by peer"))
+    assert str(elsewhere).startswith("rank 0 (pid") and not elsewhere.quiet

@@ -46,10 +46,11 @@ class Peer:
         """Whether its process has ended, as far as this machine can tell."""
         return self.space == _pid_space() and not _alive(self.pid)
 
-    def ended(self) -> RankError:
+    def ended(self, quiet: bool = False) -> RankError:
         return RankError(
             f"rank {self.rank} (pid {self.pid} on {self.host}) ended without finishing: see its messages{HINT}",
             self.rank,
+            quiet=quiet,
         )
 
 
@@ -157,7 +158,8 @@ class Team:
                 f"longer{HINT}",
                 r,
             )
-        return self.peers[r].ended()
+        # rank 0 gone on this machine: it said why, or the launcher says how it ended
+        return self.peers[r].ended(quiet=r == 0 and self.peers[0].space == _pid_space())
 
     @contextlib.contextmanager
     def stopping(self) -> Iterator[Team]:
