@@ -4,8 +4,8 @@
     torchrun --nproc_per_node 2 tests/rank_crash.py ground PHOTOS --out r.jsonl ...
 
 The rank named by $KOSMOS_TEST_CRASH_RANK ends with os._exit after its first batch is computed, before that
-batch is written: no status, no message, no cleanup. The rank named by $KOSMOS_TEST_HANG_RANK stops there
-instead, alive: its heartbeat goes on, its work does not.
+batch is sent to rank 0 and written: no message, no cleanup. The rank named by $KOSMOS_TEST_HANG_RANK stops there
+instead, alive: its process goes on, its work does not.
 """
 
 import os
