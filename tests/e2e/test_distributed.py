@@ -281,6 +281,22 @@ def test_a_hung_rank_is_named_and_the_run_ends(tiny_model, photos, tmp_path):
     assert "KOSMOS_STALL_TIMEOUT" in errors[0] and "run the same command again" in errors[0]
 
 
+def test_loading_a_model_is_never_taken_for_a_hang(tiny_model, tiny_engine, photos, tmp_path):
+    """Rank 0 takes longer to load its model than KOSMOS_STALL_TIMEOUT: the others wait for it (a barrier with
+    torch's own timeout), and the run finishes."""
+    out = tmp_path / "r.jsonl"
+    code, _, stderr = finish(
+        launch(
+            "torchrun",
+            ["ground", *photos, "--out", str(out), "-b", "2", *model_args(tiny_model)],
+            script=os.path.join(HERE, "rank_crash.py"),
+            env={"KOSMOS_TEST_SLOW_LOAD_RANK": "0", "KOSMOS_STALL_TIMEOUT": "5"},
+        )
+    )
+    assert code == 0, stderr
+    assert sorted(comparable(read_records(str(out)))) == photos
+
+
 @pytest.mark.slow
 def test_a_crashed_rank_on_another_machine_is_noticed(tiny_model, photos, tmp_path):
     """Two launchers, as on two machines: the one of rank 0 does not see rank 1 die; rank 0 itself does."""

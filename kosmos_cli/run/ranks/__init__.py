@@ -23,11 +23,12 @@ from datetime import timedelta
 
 from ...errors import RankError, UsageError
 from ...tasks.records import one_line
-from .team import WAIT, Peer, Solo, Team
+from .team import Peer, Solo, Team
 
 STALL_ENV = "KOSMOS_STALL_TIMEOUT"
 DEFAULT_STALL = 1800.0  # seconds a rank may answer nothing, once every model is loaded (0: never)
 NEVER = timedelta(days=365)
+WAIT = timedelta(minutes=30)  # torch's own default: how long a rank waits for the others to join or load
 _runs = itertools.count()  # the runs this process has joined: each one's groups rendezvous under keys of their own
 
 
@@ -69,6 +70,7 @@ def team() -> Iterator[Team | Solo]:
             runs = next(_runs)
             keys = dist.PrefixStore(f"kosmos-run-{runs}", store)
             dist.init_process_group("gloo", store=keys, rank=rank, world_size=size, timeout=WAIT)
+        waits = dist.new_group(backend="gloo", timeout=WAIT)  # for the others to join, and to load their models
         group = dist.new_group(backend="gloo", timeout=timedelta(seconds=stall) if stall else NEVER)
     except (RuntimeError, ValueError) as exc:
         raise RankError(
@@ -77,13 +79,13 @@ def team() -> Iterator[Team | Solo]:
         ) from None
     try:
         rank, size = dist.get_rank(), dist.get_world_size()
-        dist.monitored_barrier(group=group, timeout=WAIT, wait_all_ranks=True)  # every rank has come this far
         peers: list = [None] * size
-        dist.all_gather_object(peers, Peer.me(rank), group=group)
-        with Team(rank, size, group, peers, stall).stopping() as joined:
+        dist.all_gather_object(peers, Peer.me(rank), group=waits)
+        with Team(rank, size, group, peers, stall, waits).stopping() as joined:
             yield joined
     finally:
         dist.destroy_process_group(group)
+        dist.destroy_process_group(waits)
         if ours:
             dist.destroy_process_group()
 

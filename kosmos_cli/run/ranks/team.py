@@ -18,14 +18,12 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from ...errors import Interrupted, RankError, UsageError
 from ..pipeline import Answered, Model, Pending, Summary
 
 ROUND = 4  # batches a rank answers between two exchanges with rank 0
-WAIT = timedelta(minutes=30)  # torch's own default: how long a rank waits for the others to join or load
 HINT = "; run the same command again to finish the rest"
 
 
@@ -77,12 +75,14 @@ class Solo:
 
 
 class Team:
-    """The processes of one launch, as this one (`rank`) sees them; `group`: the gloo group objects go over."""
+    """The processes of one launch, as this one (`rank`) sees them. `group`: the gloo group objects go over, with
+    the stall timeout; `waits`: the gloo group of the barrier, with torch's default one."""
 
     solo = False
 
-    def __init__(self, rank: int, size: int, group: Any, peers: list[Peer], stall: float):
+    def __init__(self, rank: int, size: int, group: Any, peers: list[Peer], stall: float, waits: Any = None):
         self.rank, self.size, self.group, self.peers, self.stall = rank, size, group, peers, stall
+        self.waits = waits
         self.others = range(1, size)
         self.merged = False  # rank 0: every rank's share is answered, so the output may be settled
         self.shares = [Share() for _ in range(size)]  # rank 0: what each rank answered
@@ -123,7 +123,7 @@ class Team:
         import torch.distributed as dist
 
         try:
-            dist.monitored_barrier(group=self.group, timeout=WAIT, wait_all_ranks=True)
+            dist.barrier(group=self.waits)
         except RuntimeError as exc:
             raise self._lost(0 if not self.main else None, exc) from None
 
