@@ -225,6 +225,11 @@ class RunOptions(Group):
     retry_failed: bool = option(False, "Also redo images recorded as failed.")
     prune: bool = option(False, "Drop records of images no longer in the inputs.")
     wait: bool = option(False, "Wait for another run on the same output instead of exiting.")
+    dry_run: bool = option(
+        False,
+        "Say what a run would do (new, recorded, changed, failed before, to prune) and stop: no model, nothing "
+        "written.",
+    )
     workers: int | None = option(
         None, "Background image loaders \\[default: one per CPU, up to 16].", show_default=False
     )
@@ -356,6 +361,15 @@ class Quiet(Group):
     """What the command line says on stderr."""
 
     quiet: bool = option(False, "No progress, warnings or summary on stderr.", "--quiet", "-q", api=False)
+
+
+@dataclass(frozen=True)
+class AsJson(Group):
+    """What a dry run prints on stdout."""
+
+    json: bool = option(
+        False, "With --dry-run: print the plan as one JSON object on stdout instead of its line.", api=False
+    )
 
 
 @dataclass(frozen=True)
@@ -529,4 +543,10 @@ def flag_for(param: str) -> str:
 
 
 def _all_groups() -> list[type[Group]]:
-    return [g for g in globals().values() if isinstance(g, type) and issubclass(g, Group) and g is not Group]
+    """Every option group, wherever declared (a task's own options may live beside the task)."""
+    found, todo = [], list(Group.__subclasses__())
+    while todo:
+        group = todo.pop(0)
+        found.append(group)
+        todo.extend(group.__subclasses__())
+    return found

@@ -21,7 +21,7 @@ COMMANDS = {
     "export": api.export,
     "view": api.view,
 }
-CLI_ONLY = {"quiet", "strict"}  # what the command line says and how it exits: the API returns a Summary instead
+CLI_ONLY = {"quiet", "strict", "json"}  # what the CLI prints and how it exits: the API returns a Summary (or a Plan)
 CLI_ARGUMENTS = {"find": {"input_", "listed"}}  # find's one INPUT is inputs=[INPUT]; PHRASES... join --phrase
 
 
