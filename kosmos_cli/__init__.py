@@ -3,7 +3,7 @@
 Importing this package is light: torch and transformers load only when a model does.
 """
 
-from .api import draw, export, find, ground, load_engine, refer
+from .api import draw, eval_results, export, find, ground, load_engine, refer
 from .errors import InputError, KosmosError, ModelError, OutputError, UsageError
 from .output.formats import read_records
 from .run.plan import Plan
@@ -25,6 +25,7 @@ __all__ = [
     "ReferRecord",
     "UsageError",
     "draw",
+    "eval_results",
     "export",
     "find",
     "ground",

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import drawing, exports, tasks
+from . import drawing, evaluate, exports, tasks
 from .errors import InputError
 from .exports.classes import parse_classes
 from .inputs import locations
@@ -24,7 +24,10 @@ from .model.engine import Engine
 from .options import (
     OUT,
     RUN_GROUPS,
+    ClassOptions,
     DrawOptions,
+    Duplicates,
+    EvalOptions,
     ExportOptions,
     FindOptions,
     GenerationOptions,
@@ -192,7 +195,7 @@ def draw(
     )
 
 
-@keyword_options(ExportOptions, ScoreFilter)
+@keyword_options(ClassOptions, Duplicates, ExportOptions, ScoreFilter)
 def export(results: str, to: str, out: str, **given: Any):
     """Write the boxes of a ground or find results file (JSONL or Parquet) as labels in the format `to`, one of
     `kosmos_cli.exports.FORMATS`: coco (one JSON file), yolo (an Ultralytics folder), voc (a folder of Pascal VOC
@@ -208,17 +211,44 @@ def export(results: str, to: str, out: str, **given: Any):
     locations.check_local_output(out, "out")
     if not os.path.exists(results):
         raise InputError(f"results file not found: {results}")
-    chosen, min_score = ExportOptions.take(given), ScoreFilter.take(given).min_score
+    named, chosen, min_score = ClassOptions.take(given), ExportOptions.take(given), ScoreFilter.take(given).min_score
     return exports.run(
         results,
         to,
         out,
-        classes=parse_classes(chosen.classes, chosen.classes_file),
+        classes=parse_classes(named.classes, named.classes_file),
         min_score=min_score,
-        nms=chosen.nms,
+        nms=Duplicates.take(given).nms,
         root=chosen.root,
         image_root=chosen.image_root,
         copy_images=chosen.copy_images,
+    )
+
+
+@keyword_options(ClassOptions, Duplicates, EvalOptions)
+def eval_results(results: str, truth: str, **given: Any) -> evaluate.EvalReport:
+    """Measure a ground or find results file (JSONL, Parquet or a dataset folder) against ground truth: `truth` is a
+    COCO instances .json, a YOLO dataset (its data.yaml or folder) or a Pascal VOC folder, as `export` writes them.
+
+    Images are paired by path (relative to `root` when given; a truth name also pairs with a results path it ends).
+    Classes are the truth's, or `classes`/`classes_file`; a phrase's boxes get their class as `export` gives them
+    (and `nms` drops the duplicates export's `nms` drops).
+    Returns an EvalReport: pycocotools' AP (0.50:0.95), AP50 and AP75 overall and per class, truth boxes and
+    predictions, the images of either side the other lacks, precision, recall and F1 at IoU 0.5 for each
+    --min-score from 0 to 1 (`sweep`), the best-F1 threshold (`best`) and the `kosmos export` line that uses it
+    (`command`); `report.as_dict()` is all of it as JSON. `plot`: also draw precision against recall per class,
+    the chosen threshold marked, into this .png file. Bad truth raises InputError.
+    """
+    named, chosen = ClassOptions.take(given), EvalOptions.take(given)
+    if not os.path.exists(results):
+        raise InputError(f"results file not found: {results}")
+    return evaluate.run(
+        results,
+        truth,
+        classes=parse_classes(named.classes, named.classes_file),
+        nms=Duplicates.take(given).nms,
+        root=chosen.root,
+        plot=chosen.plot,
     )
 
 

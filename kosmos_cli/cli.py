@@ -7,6 +7,7 @@ Errors become one line on stderr and an exit code here, and only here. Exit code
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -25,7 +26,10 @@ from .options import (
     REPORTING,
     RUN_GROUPS,
     AsJson,
+    ClassOptions,
     DrawOptions,
+    Duplicates,
+    EvalOptions,
     ExportOptions,
     Quiet,
     ScoreFilter,
@@ -231,7 +235,7 @@ def draw(
 
 
 @app.command(epilog='Example: kosmos export results.parquet --to yolo dataset/ --classes "dog,cat" --min-score 0.3')
-@command_options(ExportOptions, ScoreFilter, *REPORTING)
+@command_options(ClassOptions, Duplicates, ExportOptions, ScoreFilter, *REPORTING)
 def export(
     results: Annotated[
         str,
@@ -251,6 +255,59 @@ def export(
     """Export the boxes of a ground or find results file as labels for training a detector (--to names the format)."""
     quiet, strict = Quiet.take(given).quiet, Strict.take(given).strict
     _finish(_call(lambda: api.export(results, to, out, **given), quiet), quiet, strict)
+
+
+@app.command(name="eval", epilog="Example: kosmos eval results.parquet --truth corrected.json --plot pr.png")
+@command_options(ClassOptions, Duplicates, EvalOptions, Quiet)
+def eval_(
+    results: Annotated[
+        str,
+        typer.Argument(
+            metavar="RESULTS",
+            help="A results file of kosmos ground or find (.jsonl or .parquet), or a dataset folder.",
+            show_default=False,
+        ),
+    ],
+    truth: Annotated[
+        str,
+        typer.Option(
+            "--truth",
+            help="The right boxes: a COCO instances .json, a YOLO dataset (data.yaml or its folder, with labels/) or "
+            "a Pascal VOC folder (Annotations/).",
+            show_default=False,
+        ),
+    ],
+    **given,
+) -> None:
+    """Measure a results file against ground truth: COCO AP per class, and the --min-score with the best F1."""
+    quiet, as_json = Quiet.take(given).quiet, bool(given.pop("as_json"))  # the API returns the report instead
+    _call(lambda: _show_eval(api.eval_results(results, truth, **given), as_json), quiet)
+
+
+def _show_eval(report, as_json: bool) -> None:
+    """The report on stdout (it is the command's data): one JSON object, or tables and the export line last."""
+    if as_json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False), flush=True)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    shown = io.StringIO()  # rendered here, printed below: a closed pipe (`| head`) ends quietly, as elsewhere
+    console = Console(file=shown, width=Console().width, force_terminal=sys.stdout.isatty(), highlight=False)
+    at = f"; P, R, F1 at --min-score {report.best.min_score:g}, IoU 0.5" if report.best is not None else ""
+    for title, (headers, rows) in (
+        (f"per class (AP: pycocotools{at})", report.class_rows()),
+        ("precision, recall and F1 at IoU 0.5 per --min-score", report.sweep_rows()),
+    ):
+        table = Table(title=f"kosmos eval: {title}", title_justify="left")
+        for n, header in enumerate(headers):
+            table.add_column(header, justify="left" if n == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    print(shown.getvalue(), end="")
+    for line in [*report.notes(), report.command]:
+        print(printable(line), flush=True)
 
 
 @app.command(epilog="Example: kosmos view results.parquet --open")
