@@ -466,3 +466,15 @@ def test_an_exchange_that_fails_names_the_rank_and_why():
     assert here.rank == 0 and here.quiet
     elsewhere = two(1)._lost(0, RuntimeError("Connection closed by peer"))
     assert str(elsewhere).startswith("rank 0 (pid") and not elsewhere.quiet
+
+
+def test_a_barrier_that_times_out_says_not_every_process_was_ready(monkeypatch):
+    """Waiting for every model to load has torch's own timeout, and its message is not the stall's."""
+    import torch.distributed as dist
+
+    def timed_out(group=None):
+        raise RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 1800000ms for recv")
+
+    monkeypatch.setattr(dist, "barrier", timed_out)
+    with pytest.raises(RankError, match="not every process of this launch was ready .* within 30 minutes"):
+        two(0).barrier()

@@ -23,12 +23,11 @@ from datetime import timedelta
 
 from ...errors import RankError, UsageError
 from ...tasks.records import one_line
-from .team import Peer, Solo, Team
+from .team import WAIT, Peer, Solo, Team
 
 STALL_ENV = "KOSMOS_STALL_TIMEOUT"
 DEFAULT_STALL = 1800.0  # seconds a rank may answer nothing, once every model is loaded (0: never)
 NEVER = timedelta(days=365)
-WAIT = timedelta(minutes=30)  # torch's own default: how long a rank waits for the others to join or load
 _runs = itertools.count()  # the runs this process has joined: each one's groups rendezvous under keys of their own
 
 

@@ -18,12 +18,14 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from ...errors import Interrupted, RankError, UsageError
 from ..pipeline import Answered, Model, Pending, Summary
 
 ROUND = 4  # batches a rank answers between two exchanges with rank 0
+WAIT = timedelta(minutes=30)  # torch's own default: how long a rank waits for the others to join or load
 HINT = "; run the same command again to finish the rest"
 
 
@@ -125,6 +127,11 @@ class Team:
         try:
             dist.barrier(group=self.waits)
         except RuntimeError as exc:
+            if "Timed out" in str(exc):
+                raise RankError(
+                    f"not every process of this launch was ready (its model loaded) within {WAIT.seconds // 60} "
+                    f"minutes: see their messages{HINT}"
+                ) from None
             raise self._lost(0 if not self.main else None, exc) from None
 
     def send(self, obj: Any, to: int) -> None:
