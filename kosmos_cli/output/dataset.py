@@ -79,7 +79,7 @@ from ..tasks.records import Record
 from . import compaction
 from .dataset_folder import Folder, folder_of, in_order, is_part, is_table, part_rows, read_schema
 from .formats import Sink, names_folder, read_records, records_table, rows_table, unified_schema
-from .handle import Crew, Holdings, Output, Seen, present_only, served
+from .handle import Holdings, Output, Seen, Writers, in_use, present_only
 from .locking import OutputLock
 from .ownership import NotOurs, not_ours, owner_of, refuse_inputs, refuse_other_task, same_file, schema_owner
 
@@ -122,11 +122,11 @@ class DatasetStore:
 
     # -- the life of a run -------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def open(self, crew: Crew, *, overwrite: bool = False, wait: bool = False) -> Iterator[Output]:
+    def open(self, writers: Writers, *, overwrite: bool = False, wait: bool = False) -> Iterator[Output]:
         """As Store.open: prepare (main process: lock, check, repair, --overwrite or deduplicate), yield what is
         recorded and where to write, and settle after (once every process is done), then let go of the lock."""
         try:
-            if crew.main:
+            if writers.main:
                 self.lock(wait=wait)
                 self.check(overwrite=overwrite)  # under the lock: nothing but this task's dataset is touched
                 self.repair()
@@ -136,8 +136,7 @@ class DatasetStore:
                     self.settler.fold()  # staged batches a dead run left
                     if self.settler.twice():
                         self.settler.tidy()  # a run killed while settling: records written twice
-            crew.ready()
-            with served(Output(self, self.scan().seen, self.sink()), crew) as output:
+            with in_use(Output(self, self.scan().seen, self.sink()), writers) as output:
                 yield output
         finally:
             self.unlock()

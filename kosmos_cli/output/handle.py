@@ -1,5 +1,5 @@
 """An open output as a run sees it (`Output`): what it holds (`Seen`, `Holdings`), where records go, and what
-the run has told it; and what an output needs of the processes writing it (`Crew`).
+the run has told it; and what an output needs to know of the processes writing it (`Writers`).
 
 Every kind of output (a file, stdout, a Parquet dataset: store.py, dataset.py) hands a run the same `Output`.
 """
@@ -28,19 +28,18 @@ class Holder(Protocol):
     def settle(self, output: Output) -> None: ...
 
 
-class Crew(Protocol):
-    """What the store needs of the processes writing it (distributed.Team, or a Solo team of one)."""
+class Writers(Protocol):
+    """Who writes an output, as its store sees them: a single process (ranks.Solo), rank 0 of a launch writing the
+    records of every rank (ranks.Team), or a test's stand-in for a process of several."""
 
     @property
-    def rank(self) -> int: ...
+    def rank(self) -> int: ...  # whose parts these are
     @property
     def main(self) -> bool: ...  # this process prepares the output and compacts it
     @property
     def solo(self) -> bool: ...  # the only process: JSONL goes straight into the output
     @property
     def merged(self) -> bool: ...  # every process is done: the output may be compacted now
-
-    def ready(self) -> None: ...
 
 
 @dataclass
@@ -132,7 +131,7 @@ class Output:
 
 
 @contextlib.contextmanager
-def served(output: Output, crew: Crew) -> Iterator[Output]:
+def in_use(output: Output, writers: Writers) -> Iterator[Output]:
     """Hand `output` to a run; afterwards close its sink and, once every process is done and no write failed (also
     after Ctrl-C: what is done is kept), settle its store. A failed write (a full disk) leaves the parts for the next
     run rather than copy them now."""
@@ -143,5 +142,5 @@ def served(output: Output, crew: Crew) -> Iterator[Output]:
         raise
     finally:
         output.sink.close()
-        if crew.merged and crew.main and not output.failed:
+        if writers.merged and writers.main and not output.failed:
             output.store.settle(output)

@@ -6,10 +6,10 @@ An output file is written in two layers:
   file beside it, then rename), so it is always complete and readable;
 - records finished since, made durable batch by batch: appended straight to `results.jsonl` by a single
   process, or as parts in `results.parquet.parts/` (one small Parquet file per batch, renamed into place when
-  complete; JSONL from several ranks: one file per rank there).
+  complete; JSONL from rank 0 of several processes: one file there).
 
-The store knows the output's whole layout: the output, `<out>.parts/`, `<out>.lock`, `<out>.ranks/` (where the
-ranks of a multi-process run keep their status), and the spool that several processes write in place of stdout.
+The store knows the output's whole layout: the output, `<out>.parts/`, `<out>.lock`, and the spool that several
+processes write in place of stdout.
 The caller says what it wants and gets what is done and where to write, behind one `with`:
 
     store = Store.for_run(out, fmt, task, team)
@@ -42,8 +42,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .. import tasks
-from ..errors import UsageError
-from ..inputs import locations
 from ..tasks import Task
 from . import compaction
 from .atomic import rmdir, unlink
@@ -59,7 +57,7 @@ from .formats import (
     parquet_rows,
     repair_jsonl_tail,
 )
-from .handle import Crew, Holdings, Output, Seen, present_only, served
+from .handle import Holdings, Output, Seen, Writers, in_use, present_only
 from .locking import OutputLock
 from .ownership import NotOurs, not_ours, owner_of, refuse_inputs, refuse_other_task
 
@@ -76,39 +74,32 @@ class Store:
         self.path, self.fmt, self.rank = path, fmt, rank
         self.parts_dir = path + ".parts"
         self.lock_path = path + ".lock"
-        self.ranks_dir = path + ".ranks"
         self._lock = OutputLock(self.lock_path, path)
 
     @classmethod
-    def for_run(cls, out: str, fmt: str, task: type[Task], crew: Any) -> Store | DatasetStore:
+    def for_run(cls, out: str, fmt: str, task: type[Task], writers: Writers) -> Store | DatasetStore:
         """The store a run on `out` writes: `out` itself; a folder (fmt "dataset"), a DatasetStore; for `-`, stdout,
         or with several processes a spool named after the task, so that the same command run again finds what a
-        killed run left in it."""
+        killed run left in it (their records come in all at once, at the end)."""
         if fmt == DATASET:
-            if locations.is_remote(out) and not crew.solo:
-                raise UsageError(
-                    f"{{param}} {out}: the processes of one launch coordinate through files beside the output, "
-                    "which a bucket cannot hold; write the dataset to a shared folder, or run on one process",
-                    param="out",
-                )
-            return DatasetStore(out, task, crew.rank)
+            return DatasetStore(out, task, writers.rank)
         if out != "-":
-            return cls(out, fmt, task, crew.rank)
-        if crew.solo:
+            return cls(out, fmt, task, writers.rank)
+        if writers.solo:
             return StdoutStore(task)
-        return SpoolStore(f".kosmos-stdout-{task.name}.jsonl", "jsonl", task, crew.rank)
+        return SpoolStore(f".kosmos-stdout-{task.name}.jsonl", "jsonl", task, writers.rank)
 
     # -- the life of a run -------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def open(self, crew: Crew, *, overwrite: bool = False, wait: bool = False) -> Iterator[Output]:
+    def open(self, writers: Writers, *, overwrite: bool = False, wait: bool = False) -> Iterator[Output]:
         """Prepare the output for a run, yield what it holds and where to write, and settle it afterwards.
 
-        The main process locks it, repairs what a crash left, and removes it (`overwrite`) or folds leftovers in;
-        the others wait for that (`crew.ready()`). On exit every process closes its sink; once all are done
-        (`crew.merged`) the main one compacts and tidies, then lets go of the lock.
+        The main process locks it, repairs what a crash left, and removes it (`overwrite`) or folds leftovers in.
+        On exit the sink is closed; once every writer is done (`writers.merged`) the main one compacts and tidies,
+        then lets go of the lock.
         """
         try:
-            if crew.main:
+            if writers.main:
                 self.lock(wait=wait)
                 self.check(overwrite=overwrite)  # under the lock: nothing but this task's output is touched
                 self.repair()
@@ -116,8 +107,8 @@ class Store:
                     self.remove()
                 elif self.needs_compaction():
                     self.compact()  # leftovers of an interrupted run, or records written twice
-            crew.ready()  # the other processes wait here until the main one has prepared the output
-            with served(Output(self, self.scan(parts=crew.solo).seen, self.sink(direct=crew.solo)), crew) as output:
+            held = self.scan(parts=writers.solo).seen
+            with in_use(Output(self, held, self.sink(direct=writers.solo)), writers) as output:
                 yield output
         finally:
             self.unlock()
@@ -286,7 +277,7 @@ class StdoutStore(Store):
     def probe(self) -> None: ...
 
     @contextlib.contextmanager
-    def open(self, crew: Crew, *, overwrite: bool = False, wait: bool = False) -> Iterator[Output]:
+    def open(self, writers: Writers, *, overwrite: bool = False, wait: bool = False) -> Iterator[Output]:
         output = Output(self, {}, StdoutSink())
         try:
             yield output
@@ -318,4 +309,14 @@ class SpoolStore(Store):
         sys.stdout.flush()
 
 
-__all__ = ["DatasetStore", "Crew", "Holdings", "Output", "Seen", "SpoolStore", "StdoutStore", "Store", "present_only"]
+__all__ = [
+    "DatasetStore",
+    "Holdings",
+    "Output",
+    "Seen",
+    "SpoolStore",
+    "StdoutStore",
+    "Store",
+    "Writers",
+    "present_only",
+]

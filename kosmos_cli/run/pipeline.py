@@ -31,7 +31,7 @@ from ..model.engine import Engine, Prepared
 from ..model.files import same_model
 from ..options import GenerationOptions, ModelOptions, RunOptions
 from ..output.dataset import DatasetStore
-from ..output.store import Output, Seen, Store
+from ..output.store import Output, Seen, Store, Writers
 from ..tasks import Task, Unit, path_key
 from ..tasks.records import OK, Record
 from ..tasks.scores import Generation
@@ -152,7 +152,7 @@ class Run:
     inputs: Any  # what the inputs name (a list of str), or Items
     model: Model  # Here(engine), or a cluster
     options: RunOptions
-    crew: Any  # distributed.Team, or a Solo team of one
+    team: Writers  # who writes the output, as its store sees them: ranks.Team (rank 0), or a Solo team of one
     store: Store | DatasetStore
     progress: Progress | None = None
     on_write: Callable[[list[Record]], None] | None = None
@@ -166,44 +166,38 @@ class Run:
 def execute(run: Run) -> Summary:
     """Run `run.task` over every image its inputs name, writing records into its store.
 
-    Started as several processes (accelerate launch, torchrun), each one takes its share and rank 0 merges them
-    into the output (distributed/).
+    Started as several processes (accelerate launch, torchrun), this runs on rank 0 only, and `run.model` hands the
+    other ranks their shares (ranks/).
     """
-    crew, store, options, inputs = run.crew, run.store, run.options, run.inputs
+    store, options, inputs = run.store, run.options, run.inputs
     summary = Summary(task=run.task.name, out=options.out)
-    with crew.session(store.path):
-        if not crew.solo and isinstance(inputs, (list, tuple)) and "-" in inputs:
-            raise UsageError(
-                "paths on stdin (-) can feed one process only: write them to a .txt manifest and name that"
-            )
-        shown: Progress = crew.progress(run.progress) or Progress()
-        if shown.live and not run.task.per_row and _named(inputs) and countable(inputs):
-            threading.Thread(target=_count_inputs, args=(inputs, shown), daemon=True).start()
-        started = time.perf_counter()
-        with store.open(crew, overwrite=options.overwrite, wait=options.wait) as output:
-            try:
-                _pass(run, output, summary, shown)
-                if summary.redone:
-                    changed = "/".join(s for s in SETTINGS if s in summary.changed)
-                    log.warning(
-                        "%d record%s made with other settings (%s): redone",
-                        summary.redone,
-                        "s were" if summary.redone != 1 else " was",
-                        changed,
-                    )
-                crew.finish(summary)  # rank 0 waits here for every rank and counts their records in
-            except (KeyboardInterrupt, SystemExit):
-                summary.interrupted = True
-                raise
-            finally:
-                summary.seconds = time.perf_counter() - started
-                shown.close()
+    shown: Progress = run.progress or Progress()
+    if shown.live and not run.task.per_row and _named(inputs) and countable(inputs):
+        threading.Thread(target=_count_inputs, args=(inputs, shown), daemon=True).start()
+    started = time.perf_counter()
+    with store.open(run.team, overwrite=options.overwrite, wait=options.wait) as output:
+        try:
+            _pass(run, output, summary, shown)
+            if summary.redone:
+                changed = "/".join(s for s in SETTINGS if s in summary.changed)
+                log.warning(
+                    "%d record%s made with other settings (%s): redone",
+                    summary.redone,
+                    "s were" if summary.redone != 1 else " was",
+                    changed,
+                )
+        except (KeyboardInterrupt, SystemExit):
+            summary.interrupted = True
+            raise
+        finally:
+            summary.seconds = time.perf_counter() - started
+            shown.close()
     return summary
 
 
 def _pass(run: Run, output: Output, summary: Summary, progress: Progress) -> None:
     """One pass over the inputs: what is not done yet goes through the model and into `output`."""
-    task, inputs, model, options, crew = run.task, run.inputs, run.model, run.options, run.crew
+    task, inputs, model, options = run.task, run.inputs, run.model, run.options
     rank, world = run.share
     present: set[str] | None = set() if options.prune or output.store.spool else None
     unseen = Unseen()  # what the listing could not look into or skipped: then the pass did not see every input
@@ -241,7 +235,6 @@ def _pass(run: Run, output: Output, summary: Summary, progress: Progress) -> Non
     with Behind(finish, count, FINISH_AHEAD, "kosmos-write") as behind:
         for batch in model.answered(pending, task, options):
             behind.put(batch)
-            crew.check()  # another rank failed: stop
     summary.kept = output.kept
     if output.kept:
         log.warning(
@@ -257,13 +250,11 @@ def _pass(run: Run, output: Output, summary: Summary, progress: Progress) -> Non
                 f"{options.out}. Check that the inputs are there",
                 param="prune",
             )
-        if crew.main:
-            log.warning("%s", nothing_found(inputs))
+        log.warning("%s", nothing_found(inputs))
     if present is None:
         return
     if unseen and not output.store.spool:
-        if crew.main:
-            log.warning("--prune removed no record: %s", unseen.line())
+        log.warning("--prune removed no record: %s", unseen.line())
         return
     # the pass saw every input: --prune may drop the records of the others; a spool keeps only this pass's
     output.complete(present)

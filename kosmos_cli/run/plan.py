@@ -162,4 +162,4 @@ def plan(task: Task, named: list, options: RunOptions, label: str, decoding: str
 class _Alone:
     """A dry run is one process, whatever launched it: it reads, and never waits for or joins anyone."""
 
-    solo, main, rank = True, True, 0
+    solo, main, merged, rank = True, True, True, 0

@@ -10,6 +10,7 @@ model, and the pipeline sends the work there (cluster/ray.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Iterable
@@ -64,18 +65,29 @@ def start(
         return plan(task, named, options, model.label, decoding_of(model, generation))
     fmt = detect_format(options.out, options.format)
     drawer = _drawer(draw, named) if draw is not None else None
-    crew = ranks.team(model.device) if options.on == "local" else _driver(engine)
-    store = Store.for_run(options.out, fmt, type(task), crew)
-    if engine is None:
-        crew.start(store.path)  # several processes: report first
-    if crew.main:  # the process that prepares the output: refuse it now, not after the model loads
-        store.check(named, overwrite=options.overwrite)
-        if not options.wait:
-            store.probe()
-    answers = _model(options.on, engine, model, generation)  # the model loads here, or the cluster is joined
-    run = Run(task, named, answers, options, crew, store, progress, on_write, _share(crew))
+    with ranks.team() if options.on == "local" else _driver(engine) as team:
+        if not team.solo and "-" in named:
+            raise UsageError(
+                "paths on stdin (-) can feed one process only: write them to a .txt manifest and name that"
+            )
+        store = Store.for_run(options.out, fmt, type(task), team)
+        if team.main:  # the process that prepares the output: refuse it now, not after the model loads
+            store.check(named, overwrite=options.overwrite)
+            if not options.wait:
+                store.probe()
+        answers = _model(options.on, engine, model, generation)  # the model loads here, or the cluster is joined
+
+        def execute_with(model: Model) -> Summary:
+            return _execute(Run(task, named, model, options, team, store, progress, on_write), drawer)
+
+        return team.run(answers, task, options, execute_with)
+
+
+def _execute(run: Run, drawer: Drawer | None) -> Summary:
+    """The pipeline over `run`; with a drawer, drawing what it writes on threads of its own."""
     if drawer is None:
         return execute(run)
+    on_write = run.on_write
     with Background(drawer) as drawing:  # on threads of its own: the model does not wait for the pictures
 
         def written(records: list[Record]) -> None:
@@ -84,8 +96,8 @@ def start(
                 on_write(records)
 
         summary = execute(dataclasses.replace(run, on_write=written))
-        if summary.skipped and options.out != "-" and crew.main:  # run again: draw what the last run did not
-            drawing.add_missing(options.out)
+        if summary.skipped and run.options.out != "-":  # run again: draw what the last run did not
+            drawing.add_missing(run.options.out)
     summary.drawing = drawer.summary
     return summary
 
@@ -104,10 +116,14 @@ def run(
 
     `rank` and `world` shard the inputs by hand, with no coordination; otherwise a launcher's processes share them.
     """
-    crew = ranks.team() if (rank, world) == (0, 1) else Solo(rank)
-    share = _share(crew) if (rank, world) == (0, 1) else (rank, world)
-    store = Store.for_run(options.out, detect_format(options.out, options.format), type(task), crew)
-    return execute(Run(task, inputs, Here(engine), options, crew, store, progress, on_write, share))
+    fmt = detect_format(options.out, options.format)
+    with ranks.team() if (rank, world) == (0, 1) else contextlib.nullcontext(Solo(rank)) as team:
+        store = Store.for_run(options.out, fmt, type(task), team)
+
+        def execute_with(model: Model) -> Summary:
+            return execute(Run(task, inputs, model, options, team, store, progress, on_write, (rank, world)))
+
+        return team.run(Here(engine), task, options, execute_with)
 
 
 def _model(on: str, engine: Engine | None, model: ModelOptions, generation: GenerationOptions) -> Model:
@@ -119,7 +135,7 @@ def _model(on: str, engine: Engine | None, model: ModelOptions, generation: Gene
     return Here(engine if engine is not None else Engine(*on_this_rank(model, generation)).load())
 
 
-def _driver(engine: Engine | None) -> Solo:
+def _driver(engine: Engine | None) -> contextlib.AbstractContextManager[Solo]:
     """`on="ray"`: this process alone drives the cluster and owns the output, as a single local process does."""
     if engine is not None:
         raise UsageError(
@@ -133,13 +149,13 @@ def _driver(engine: Engine | None) -> Solo:
             "launch",
             param="on",
         )
-    return Solo()
+    return contextlib.nullcontext(Solo())
 
 
 def on_this_rank(model: ModelOptions, generation: GenerationOptions) -> tuple[ModelOptions, GenerationOptions]:
     """The model's options with this process's own device: under a launcher, "auto" (or a bare "cuda") becomes the
     rank's device."""
-    return dataclasses.replace(model, device=ranks.team(model.device).device_for(model.device)), generation
+    return dataclasses.replace(model, device=ranks.device_for(model.device)), generation
 
 
 def listed(inputs: Inputs) -> list:
@@ -147,10 +163,6 @@ def listed(inputs: Inputs) -> list:
     if isinstance(inputs, (str, os.PathLike)):
         return [os.fspath(inputs)]
     return [os.fspath(i) if isinstance(i, os.PathLike) else i for i in inputs]
-
-
-def _share(crew: Any) -> tuple[int, int]:
-    return (0, 1) if crew.solo else (crew.rank, crew.size)
 
 
 def _check_inputs(named: list, options: RunOptions) -> None:

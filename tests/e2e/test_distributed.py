@@ -1,21 +1,21 @@
-"""Several processes, one result: real CPU ranks started by accelerate launch and torchrun, and the status files
-the ranks coordinate through (distributed.py)."""
+"""Several processes, one result: real CPU ranks started by accelerate launch and torchrun (rank 0 owns the output,
+the others answer their shares over a gloo group: run/ranks/), and the team's parts without a launch."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from kosmos_cli import find, ground, read_records
-from kosmos_cli.errors import OutputError, RankError, UsageError
-from kosmos_cli.run.pipeline import Progress, Summary
-from kosmos_cli.run.ranks import DONE, FAILED, LOADING, RUNNING, Solo, new_team
+from kosmos_cli.errors import Interrupted, RankError, UsageError
+from kosmos_cli.run.ranks import Solo, device_for, stall_timeout
 from kosmos_cli.run.ranks import team as current_team
+from kosmos_cli.run.ranks.team import Peer, Team, _rounds
 from tests.helpers import HERE, make_images
 
 SIZES = [(224, 224), (320, 200), (200, 320), (288, 224), (100, 100), (300, 300), (256, 128)]  # 7: uneven shares
@@ -59,7 +59,7 @@ def launch(launcher, args, *, nproc=2, env=None, cwd=None, script=None, extra=()
             cmd.append("--standalone")
     cmd += [script] if script else ["-m", "kosmos_cli"]
     full_env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    full_env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "KOSMOS_RANK_TIMEOUT": "30"})
+    full_env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     full_env.update(env or {})
     return subprocess.Popen(
         cmd + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, cwd=cwd
@@ -98,7 +98,7 @@ def test_two_ranks_write_what_one_process_writes(tiny_model, tiny_engine, photos
     assert "kosmos ground rank 0: 4 done, 0 failed, 0 skipped" in stderr
     assert "kosmos ground rank 1: 3 done, 0 failed, 0 skipped" in stderr
     assert "kosmos ground finished: 7 done, 0 failed, 0 skipped" in stderr and "(2 processes)" in stderr
-    assert sorted(os.listdir(tmp_path)) == ["one.parquet", "two.parquet"]  # no lock, no parts, no status left
+    assert sorted(os.listdir(tmp_path)) == ["one.parquet", "two.parquet"]  # no lock, no parts left
 
     three = tmp_path / "three"  # a folder: a Parquet dataset, each rank's batches staged, folded in by rank 0
     code, _, stderr = finish(
@@ -107,6 +107,37 @@ def test_two_ranks_write_what_one_process_writes(tiny_model, tiny_engine, photos
     assert code == 0, stderr
     assert comparable(read_records(f"{three}/")) == comparable(read_records(str(one)))
     assert [n.endswith(".parquet") for n in os.listdir(three)] == [True]
+
+
+@pytest.mark.slow
+def test_two_ranks_write_a_dataset_in_a_bucket(tiny_model, tiny_engine, photos, tmp_path):
+    """Only rank 0 touches the output, so a dataset folder in a bucket (a moto S3 server here) takes several
+    processes: every image once, as one process writes it, and nothing but parts in the bucket."""
+    s3fs = pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        env["AWS_ENDPOINT_URL_S3"] = f"http://{host}:{port}"
+        fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=env["AWS_ENDPOINT_URL_S3"])
+        fs.mkdir("ranks")
+        one = tmp_path / "one.parquet"
+        ground(photos, str(one), engine=tiny_engine, batch_size=2)
+        args = ["ground", *photos, "--out", "s3://ranks/results/", "-b", "2", *model_args(tiny_model)]
+        code, _, stderr = finish(launch("torchrun", args, env=env))
+        assert code == 0, stderr
+        assert "kosmos ground rank 1: 3 done" in stderr
+        fs.invalidate_cache()
+        names = [p.rsplit("/", 1)[1] for p in fs.find("ranks/results")]
+        assert len(names) == 1 and names[0].startswith("part-") and names[0].endswith(".parquet"), names
+        local = tmp_path / "copy"
+        local.mkdir()
+        fs.get(f"ranks/results/{names[0]}", str(local / names[0]))
+        assert comparable(read_records(f"{local}/")) == comparable(read_records(str(one)))
+    finally:
+        server.stop()
 
 
 def test_two_ranks_to_stdout(tiny_model, tiny_engine, photos, tmp_path):
@@ -165,7 +196,7 @@ def test_resume_with_more_processes(tiny_model, tiny_engine, photos, tmp_path):
     assert sorted(after) == photos
     for path, row in before.items():  # not done again: the same record, timing included
         assert next(r for r in read_records(str(out)) if r["path"] == path) == row
-    assert not os.path.exists(f"{out}.parts") and not os.path.exists(f"{out}.ranks")
+    assert not os.path.exists(f"{out}.parts")
 
 
 def test_find_on_two_ranks_boxes_what_one_process_boxes(shapes_model, shapes_engine, tmp_path):
@@ -230,8 +261,8 @@ def test_a_crashed_rank_fails_the_run_naming_it_and_a_rerun_finishes(tiny_model,
 
 
 def test_a_hung_rank_is_named_and_the_run_ends(tiny_model, photos, tmp_path):
-    """Rank 1 hangs after its first batch, alive (its heartbeat goes on): rank 0 finishes its share, sees that
-    rank 1 has recorded nothing for KOSMOS_STALL_TIMEOUT seconds, says so in one line, and the launch ends."""
+    """Rank 1 hangs after its first batch, alive: rank 0 finishes its share, waits KOSMOS_STALL_TIMEOUT seconds for
+    rank 1's answer (the group's timeout), says so in one line, and the launch ends."""
     out = tmp_path / "r.jsonl"
     started = time.monotonic()
     code, _, stderr = finish(
@@ -248,6 +279,22 @@ def test_a_hung_rank_is_named_and_the_run_ends(tiny_model, photos, tmp_path):
     assert len(errors) == 1, stderr
     assert errors[0].startswith("kosmos: error: rank 1 ") and "looks hung" in errors[0], errors[0]
     assert "KOSMOS_STALL_TIMEOUT" in errors[0] and "run the same command again" in errors[0]
+
+
+def test_loading_a_model_is_never_taken_for_a_hang(tiny_model, tiny_engine, photos, tmp_path):
+    """Rank 0 takes longer to load its model than KOSMOS_STALL_TIMEOUT: the others wait for it (a barrier with
+    torch's own timeout), and the run finishes."""
+    out = tmp_path / "r.jsonl"
+    code, _, stderr = finish(
+        launch(
+            "torchrun",
+            ["ground", *photos, "--out", str(out), "-b", "2", *model_args(tiny_model)],
+            script=os.path.join(HERE, "rank_crash.py"),
+            env={"KOSMOS_TEST_SLOW_LOAD_RANK": "0", "KOSMOS_STALL_TIMEOUT": "5"},
+        )
+    )
+    assert code == 0, stderr
+    assert sorted(comparable(read_records(str(out)))) == photos
 
 
 @pytest.mark.slow
@@ -276,224 +323,158 @@ def test_a_crashed_rank_on_another_machine_is_noticed(tiny_model, photos, tmp_pa
     assert "kosmos: error: rank 1 (pid " in stderr and "ended without finishing" in stderr, stderr
 
 
-# -- the status files, without launching ---------------------------------------------------------------
-def team(rank, timeout=5.0, size=2, stall=None):
-    return new_team(rank, size, rank, "cpu", "test", timeout=timeout, stall=stall)
+TEARDOWN = """
+import os
+import sys
+import torch.distributed as dist
+from kosmos_cli import ground, read_records
+
+model, photos, out = sys.argv[1], sys.argv[2:-1], sys.argv[-1]
+args = dict(model=model, max_new_tokens=12, device="auto", batch_size=2)
+for n in (1, 2):  # a run joins the launch and tears every group down after; the next one joins afresh
+    ground(photos, f"{out}{n}.jsonl", **args)
+    assert not dist.is_initialized(), "a group is left after run %d" % n
+dist.init_process_group("gloo")  # a script's own group: kosmos makes one of its own beside it, and removes only that
+ground(photos, f"{out}3.jsonl", **args)
+assert dist.is_initialized() and list(dist.distributed_c10d._world.pg_map) == [dist.group.WORLD]
+dist.destroy_process_group()
+print("rank", os.environ["RANK"], "ok")
+"""
 
 
-def fake_status(main, rank, **fields):
-    status = {
-        "run": main.board.tag,
-        "rank": rank,
-        "world": main.size,
-        "host": "elsewhere",
-        "space": "elsewhere",
-        "pid": 1,
-        "state": RUNNING,
-        "error": None,
-        "beat": 1,
-        "done": 0,
-        "failed": 0,
-        "skipped": 0,
-    }
-    status.update(fields)
-    with open(main.board.path(rank), "w") as f:
-        json.dump(status, f)
+def test_every_group_is_torn_down_after_a_run(tiny_model, photos, tmp_path):
+    """The API run twice under torchrun, then once more beside a group of the caller's own: each run leaves no
+    process group of its own behind (with CUDA, no NCCL communicator is left open either: the ranks' objects go
+    over gloo), and a group the caller made stays theirs."""
+    script = tmp_path / "runs.py"
+    script.write_text(TEARDOWN)
+    code, stdout, stderr = finish(
+        launch("torchrun", [tiny_model, *photos[:3], str(tmp_path / "r")], script=str(script))
+    )
+    assert code == 0, stderr
+    assert sorted(line for line in stdout.splitlines() if line.endswith(" ok")) == ["rank 0 ok", "rank 1 ok"], stdout
+    for n in (1, 2, 3):
+        assert sorted(comparable(read_records(str(tmp_path / f"r{n}.jsonl")))) == photos[:3]
 
 
-def watch_until_problem(main, seconds=5.0):
-    deadline = time.monotonic() + seconds
-    while main.problem is None and time.monotonic() < deadline:
-        main.watch()
-        time.sleep(0.05)
-    return main.problem
-
-
+# -- the team, without launching ------------------------------------------------------------------------
 def test_one_process_has_no_team(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert isinstance(current_team(), Solo)
-    assert current_team().device_for("auto") == "auto" and current_team().device_for("cuda:1") == "cuda:1"
+    with current_team() as alone:
+        assert isinstance(alone, Solo) and alone.solo and alone.merged
+    assert device_for("auto") == "auto" and device_for("cuda:1") == "cuda:1"
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert isinstance(current_team(), Solo)
-
-
-def test_ranks_wait_for_rank_0_and_rank_0_counts_them_in(tmp_path):
-    out = str(tmp_path / "r.jsonl")
-    main, other = team(0), team(1)
-    seen = []
-
-    def rank_1():
-        with other.session(out):
-            other.ready()
-            seen.append(other.others[0]["state"])
-            other.finish(Summary(done=3, skipped=1, failures=["b.jpg: broken"]))
-
-    thread = threading.Thread(target=rank_1)
-    thread.start()
-    time.sleep(0.6)
-    assert seen == []  # rank 1 waits until rank 0 has prepared the output
-    total = Summary(done=4)
-    with main.session(out):
-        main.ready()
-        main.finish(total)
-    thread.join(10)
-    assert seen in ([RUNNING], [DONE])  # what rank 0 said when rank 1 went on
-    assert (total.done, total.failed, total.skipped, total.world) == (7, 0, 1, 2)
-    assert [(r.rank, r.done) for r in total.ranks] == [(0, 4), (1, 3)]
-    assert total.failures == ["b.jpg: broken"]
-    assert "kosmos ground rank 1: 3 done, 0 failed, 1 skipped" in total.ranks[1].line()
-    assert not os.path.exists(out + ".ranks")  # the status files are gone after a complete run
-
-
-def test_a_rank_that_fails_says_so_and_rank_0_stops_naming_it(tmp_path):
-    out = str(tmp_path / "r.jsonl")
-    main, other = team(0), team(1)
-    with pytest.raises(OutputError):
-        with other.session(out):
-            raise OutputError("no space left writing r.jsonl")
-    main.start(out)
-    try:
-        problem = watch_until_problem(main)
-        assert str(problem).startswith("rank 1 failed: no space left writing r.jsonl")
-        with pytest.raises(RankError, match="rank 1 failed"):
-            main.check()
-        assert problem.rank == 1 and not problem.quiet  # rank 0 says it
-    finally:
-        main.close()
-
-
-def test_a_rank_whose_heartbeat_stops_is_named_after_the_timeout(tmp_path):
-    main = team(0, timeout=0.5)
-    main.start(str(tmp_path / "r.jsonl"))
-    try:
-        fake_status(main, 1)  # another machine: its process cannot be looked up from here
-        started = time.monotonic()
-        problem = watch_until_problem(main)
-        assert str(problem).startswith("rank 1 on elsewhere stopped responding: no heartbeat for")
-        assert (
-            0.5 <= time.monotonic() - started < 30
-        )  # named after the timeout, not before; the bound only stops a hang
-    finally:
-        main.close()
-
-
-def test_a_running_rank_that_records_nothing_is_named_after_the_stall_timeout(tmp_path):
-    main = team(0, timeout=60, stall=0.6)
-    main.start(str(tmp_path / "r.jsonl"))
-    try:
-        for beat in range(1, 6):  # heartbeat and counts go on: fine
-            fake_status(main, 1, beat=beat, done=beat)
-            main.watch()
-            time.sleep(0.2)
-        assert main.problem is None
-        fake_status(main, 1, state=LOADING, beat=10, done=5)  # loading (a download) may take what it takes
-        for beat in range(11, 16):
-            fake_status(main, 1, state=LOADING, beat=beat, done=5)
-            main.watch()
-            time.sleep(0.2)
-        assert main.problem is None
-        started = time.monotonic()
-        beat = 20
-        while main.problem is None and time.monotonic() - started < 5:  # running, heartbeat on, counts still
-            beat += 1
-            fake_status(main, 1, beat=beat, done=5)
-            main.watch()
-            time.sleep(0.05)
-        assert str(main.problem).startswith(
-            "rank 1 on elsewhere has recorded nothing for 1s although it is still running: it looks hung"
-        )
-        assert 0.6 <= time.monotonic() - started < 30
-    finally:
-        main.close()
-
-
-def test_stall_and_rank_timeouts_must_be_numbers(monkeypatch):
-    monkeypatch.setenv("KOSMOS_STALL_TIMEOUT", "soon")
-    with pytest.raises(UsageError, match="KOSMOS_STALL_TIMEOUT='soon': give a number of seconds"):
-        team(0)
-    monkeypatch.setenv("KOSMOS_STALL_TIMEOUT", "0")
-    assert team(0).stall == 0  # never
-
-
-def test_a_rank_whose_process_is_gone_is_named_at_once(tmp_path):
-    main = team(0, timeout=60)
-    main.start(str(tmp_path / "r.jsonl"))
-    try:
-        gone = subprocess.Popen([sys.executable, "-c", "pass"])
-        gone.wait()
-        fake_status(main, 1, space=main.watchdog.space, host=main.host, pid=gone.pid)
-        problem = watch_until_problem(main, seconds=2)
-        assert str(problem).startswith(f"rank 1 (pid {gone.pid} on {main.host}) ended without finishing")
-    finally:
-        main.close()
-
-
-def test_a_rank_that_never_reports_is_named_after_the_timeout(tmp_path):
-    main = team(0, timeout=0.3)
-    main.start(str(tmp_path / "r.jsonl"))
-    try:
-        assert str(watch_until_problem(main)).startswith("rank 1 has not reported for")
-    finally:
-        main.close()
-
-
-def test_stopped_by_the_launcher_after_a_rank_died_names_that_rank(tmp_path):
-    """torchrun sends SIGTERM to every rank when one dies: the interruption becomes the dead rank's error."""
-    main = team(0, timeout=60)
-    out = str(tmp_path / "r.jsonl")
-    with pytest.raises(RankError, match="rank 1 failed: boom"):
-        with main.session(out):
-            fake_status(main, 1, state=FAILED, error="boom")
-            raise KeyboardInterrupt
-    # a plain interruption (Ctrl-C reaches every rank) stays one
-    with pytest.raises(KeyboardInterrupt):
-        with main.session(out):
-            fake_status(main, 1, state="interrupted")
-            raise KeyboardInterrupt
-
-
-def test_another_rank_leaves_the_message_to_rank_0(tmp_path):
-    out = str(tmp_path / "r.jsonl")
-    other = team(1, timeout=60)
-    other.start(out)
-    try:
-        fake_status(
-            other,
-            0,
-            state=FAILED,
-            error="another kosmos run is writing r.jsonl",
-            space=other.watchdog.space,
-            pid=os.getpid(),
-        )
-        problem = watch_until_problem(other)
-        assert problem.rank == 0 and problem.quiet  # rank 0 said it already
-    finally:
-        other.close()
+    with current_team() as alone:
+        assert isinstance(alone, Solo)
 
 
 def test_each_rank_gets_its_own_device(monkeypatch):
-    from kosmos_cli.run import ranks as distributed
+    import torch
 
     monkeypatch.setenv("WORLD_SIZE", "8")
-    monkeypatch.setattr(distributed, "_team", new_team(3, 8, 3, "cuda:3", "test"))
-    assert current_team().device_for("auto") == "cuda:3" and current_team().device_for("cuda") == "cuda:3"
-    assert current_team().device_for("cpu") == "cpu"
-    assert current_team().device_for("cuda:0") == "cuda:0"  # asked for by name: kept
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device_for("auto") == "cuda:3" and device_for("cuda") == "cuda:3"
+    assert device_for("cpu") == "cpu"
+    assert device_for("cuda:0") == "cuda:0"  # asked for by name: kept
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_for("auto") == "cpu"
 
 
-def test_rank_0_shows_the_work_of_every_rank(tmp_path):
-    class Bar(Progress):
-        def advance(self, done, failed, skipped):
-            self.shown = (done, failed, skipped)
+def test_the_stall_timeout_must_be_a_number(monkeypatch):
+    monkeypatch.setenv("KOSMOS_STALL_TIMEOUT", "soon")
+    with pytest.raises(UsageError, match="KOSMOS_STALL_TIMEOUT='soon': give a number of seconds"):
+        stall_timeout()
+    monkeypatch.setenv("KOSMOS_STALL_TIMEOUT", "0")
+    assert stall_timeout() == 0  # never
+    monkeypatch.delenv("KOSMOS_STALL_TIMEOUT")
+    assert stall_timeout() == 1800
 
-    main, bar = team(0), Bar()
-    main.start(str(tmp_path / "r.jsonl"))
-    try:
-        fake_status(main, 1, done=5, failed=1, skipped=2)
-        main.watch()
-        main.progress(bar).advance(3, 0, 1)
-        assert bar.shown == (8, 1, 3)
-    finally:
-        main.close()
-    other = team(1)
-    assert other.progress(bar).inner is None  # the other ranks show nothing
+
+def test_each_pending_image_goes_to_one_rank_and_a_shard_goes_whole():
+    from kosmos_cli.inputs.listing import Item
+
+    pending = [(Item(f"{i}.png"), [i]) for i in range(7)] + [(Item(f"s#{i}", group=5), [i]) for i in range(3)]
+    rounds = list(_rounds(iter(pending), 2, 3))
+    assert [[[item.path for item, _ in share] for share in shares] for shares in rounds] == [
+        [["0.png", "2.png", "4.png"], ["1.png", "3.png"]],
+        [["6.png"], ["5.png", "s#0", "s#1"]],  # shard 5: rank 1's
+        [[], ["s#2"]],
+    ]
+
+
+def gone_pid() -> int:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    return gone.pid
+
+
+def two(rank):
+    """A team of 2 as rank `rank` sees it, rank 1 a process of this machine that has ended; no group."""
+    me = Peer.me(rank)
+    ended = Peer(1, gone_pid(), me.host, me.space)
+    return Team(rank, 2, None, [Peer.me(0), ended] if rank == 0 else [Peer(0, os.getpid(), "here", "elsewhere"), me], 5)
+
+
+def test_a_rank_whose_process_is_gone_is_seen_gone():
+    team = two(0)
+    assert team.peers[1].gone() and not team.peers[0].gone()
+    assert not Peer(1, 1, "elsewhere", "another machine").gone()  # cannot be looked up from here: not taken for gone
+    problem = team.peers[1].ended()
+    assert str(problem) == (
+        f"rank 1 (pid {team.peers[1].pid} on {team.peers[1].host}) ended without finishing: see its messages; "
+        "run the same command again to finish the rest"
+    )
+    assert problem.rank == 1 and not problem.quiet
+
+
+def test_stopped_by_the_launcher_after_a_rank_died_names_that_rank():
+    """torchrun sends SIGTERM to every rank when one dies: rank 0's interruption becomes that rank's error."""
+    team = two(0)
+    with pytest.raises(RankError, match="rank 1 .* ended without finishing"):
+        with team.stopping():
+            raise Interrupted(signal.SIGTERM)
+    # Ctrl-C reaches every rank: a plain interruption stays one
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        with team.stopping():
+            raise KeyboardInterrupt
+    assert not isinstance(stopped.value, RankError)
+
+
+def test_another_rank_leaves_the_message_to_rank_0():
+    team = two(1)
+    with pytest.raises(Interrupted) as stopped:
+        with team.stopping():
+            raise Interrupted(signal.SIGTERM)
+    assert stopped.value.quiet and stopped.value.signum == signal.SIGTERM
+    with pytest.raises(UsageError) as refused:
+        with team.stopping():
+            raise UsageError("the same on every rank")
+    assert refused.value.quiet  # rank 0 says it
+
+
+def test_an_exchange_that_fails_names_the_rank_and_why():
+    """What gloo says (a timeout; a connection its peer closed) becomes one line naming the rank."""
+    main = two(0)
+    hung = main._lost(1, RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv"))
+    assert str(hung).startswith(f"rank 1 on {main.peers[1].host} has answered nothing for 5s although it is still")
+    assert "looks hung" in str(hung) and "KOSMOS_STALL_TIMEOUT" in str(hung) and hung.rank == 1 and not hung.quiet
+    closed = main._lost(1, RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:1"))
+    assert "rank 1 (pid" in str(closed) and "ended without finishing" in str(closed) and not closed.quiet
+    # rank 0 gone on this machine: it said why, or torchrun says how it ended; on another machine, say it
+    here = Team(1, 2, None, [Peer.me(0), Peer.me(1)], 5)._lost(0, RuntimeError("Connection closed by peer"))
+    assert here.rank == 0 and here.quiet
+    elsewhere = two(1)._lost(0, RuntimeError("Connection closed by peer"))
+    assert str(elsewhere).startswith("rank 0 (pid") and not elsewhere.quiet
+
+
+def test_a_barrier_that_times_out_says_not_every_process_was_ready(monkeypatch):
+    """Waiting for every model to load has torch's own timeout, and its message is not the stall's."""
+    import torch.distributed as dist
+
+    def timed_out(group=None):
+        raise RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 1800000ms for recv")
+
+    monkeypatch.setattr(dist, "barrier", timed_out)
+    with pytest.raises(RankError, match="not every process of this launch was ready .* within 30 minutes"):
+        two(0).barrier()

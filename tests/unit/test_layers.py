@@ -53,18 +53,15 @@ LAYERS: list[tuple[str, ...]] = [
     ("kosmos_cli.inputs.sources", "kosmos_cli.tasks"),  # the reader of inputs; each task (its record, prompt, parsing)
     ("kosmos_cli.output.formats", "kosmos_cli.options", "kosmos_cli.model.checkpoint"),  # record files; every option
     ("kosmos_cli.output.ownership", "kosmos_cli.output.compaction", "kosmos_cli.output.handle"),
-    (  # the model on its device; an output's life; several ranks; the one reader of results
+    (  # the model on its device; an output's life; the one reader of results
         "kosmos_cli.model.engine",
         "kosmos_cli.output.store",
         "kosmos_cli.output.dataset",
         "kosmos_cli.output.reader",
-        "kosmos_cli.run.ranks",
     ),
-    ("kosmos_cli.run.pipeline", "kosmos_cli.exports", "kosmos_cli.drawing"),
-    (
-        "kosmos_cli.run.plan",
-    ),  # --dry-run: the pipeline's own listing and rule, with no model  # the pass; the readers of results
-    ("kosmos_cli.run.ray",),  # the pipeline's model on a Ray cluster (--on ray)
+    ("kosmos_cli.run.pipeline", "kosmos_cli.exports", "kosmos_cli.drawing"),  # the pass; the readers of results
+    ("kosmos_cli.run.plan",),  # --dry-run: the pipeline's own listing and rule, with no model
+    ("kosmos_cli.run.ray", "kosmos_cli.run.ranks"),  # the pipeline's model on a Ray cluster, on a launch's ranks
     ("kosmos_cli.run.runner", "kosmos_cli.view"),  # a run set up once; the viewer (it offers export's command line)
     ("kosmos_cli.evaluate",),  # results measured against ground truth: export's classes and reading, pycocotools' AP
     ("kosmos_cli.api",),

@@ -1,334 +1,275 @@
-"""The processes of one launch as one of them sees them (`Team`), and a single process as a team of one (`Solo`).
+"""A single process as a team of one (`Solo`), and the processes of a launch (`Team`): rank 0 drives, the others answer.
 
-The pipeline talks to either the same way and never asks whether there is a team:
-
-- `session(out)`: one run on `out`; says how this rank's run ended (failed, interrupted) and tidies up after;
-- `ready()`: rank 0 has prepared the output; the others wait for it;
-- `check()`: between batches, raise the error of a rank this one depends on;
-- `finish(summary)`: this rank's share is done; rank 0 waits for the others and counts their records in;
-- `progress(bar)`: what the pipeline reports to (rank 0 shows every rank's counts);
-- `main`, `solo`, `merged`, `rank`, `size`: who this is, and whether the output may now be compacted.
-
-Status files and the heartbeat are `status.StatusBoard`'s, what this rank says in them `status.RankStatus`'s;
-telling a dead or hung rank is `watchdog.Watchdog`'s.
+`team.run(model, task, options, execute)` is this process's part in a run. Solo: `execute(model)`, the pipeline
+over the output. On a team's rank 0: the same pipeline with `Spread(model)`, which hands every pending image to a
+rank (by its index; a WebDataset shard whole, by its number) in rounds, answers rank 0's share here while the
+others answer theirs, and yields their records as they come back; then one summary a rank. On the other ranks:
+`serve(model)`, which answers what rank 0 sends until it says stop. Objects go over the team's gloo group
+(`send_object_list`/`recv_object_list`, with the group's timeout).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import dataclasses
+import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from ...errors import Interrupted, KosmosError, OutputError, RankError, UsageError
-from ...tasks.records import one_line
-from ..progress import Progress
-from .status import PREPARING, WAITING, RankStatus, StatusBoard
-from .watchdog import DONE, FAILED, INTERRUPTED, RUNNING, Watchdog, pid_space
+from ...errors import Interrupted, RankError, UsageError
+from ..pipeline import Answered, Model, Pending, Summary
 
-POLL = 0.2  # seconds between looks at the other ranks while waiting for them
+ROUND = 4  # batches a rank answers between two exchanges with rank 0
+WAIT = timedelta(minutes=30)  # torch's own default: how long a rank waits for the others to join or load
+HINT = "; run the same command again to finish the rest"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A process of the launch as the others know it: its rank, its pid and where that pid means something."""
+
+    rank: int
+    pid: int
+    host: str
+    space: str  # which processes can be looked up by this pid: the machine (host, boot) and the pid namespace
+
+    @classmethod
+    def me(cls, rank: int) -> Peer:
+        return cls(rank, os.getpid(), socket.gethostname(), _pid_space())
+
+    def gone(self) -> bool:
+        """Whether its process has ended, as far as this machine can tell."""
+        return self.space == _pid_space() and not _alive(self.pid)
+
+    def ended(self, quiet: bool = False) -> RankError:
+        return RankError(
+            f"rank {self.rank} (pid {self.pid} on {self.host}) ended without finishing: see its messages{HINT}",
+            self.rank,
+            quiet=quiet,
+        )
+
+
+@dataclass
+class Share:
+    """What one rank answered of a run: rank 0 counts it as the records come back."""
+
+    done: int = 0
+    failed: int = 0
+    seconds: float = 0.0
 
 
 class Solo:
-    """One process: a team of one whose hooks do nothing. `rank`: a share picked by hand (pipeline.run)."""
+    """One process: a team of one. `rank`: a share picked by hand (runner.run). As the store sees it (Writers):
+    the only process, so JSONL goes straight into the output, and everything it writes may be settled."""
 
     size, main, solo, merged = 1, True, True, True
-    run = "solo"
 
     def __init__(self, rank: int = 0):
         self.rank = rank
 
-    def device_for(self, device: str) -> str:
-        return device
-
-    def start(self, out: str) -> None: ...
-
-    @contextlib.contextmanager
-    def session(self, out: str) -> Iterator[Solo]:
-        yield self
-
-    def ready(self) -> None: ...
-    def check(self) -> None: ...
-    def finish(self, summary: Any) -> None: ...
-
-    def progress(self, inner: Any = None) -> Any:
-        return inner
+    def run(self, model: Model, task: Any, options: Any, execute: Callable[[Model], Summary]) -> Summary:
+        return execute(model)
 
 
 class Team:
-    """The processes of one launch, as this one (`rank`) sees them."""
+    """The processes of one launch, as this one (`rank`) sees them. `group`: the gloo group objects go over, with
+    the stall timeout; `waits`: the gloo group of the barrier, with torch's default one."""
 
     solo = False
 
-    def __init__(self, rank: int, size: int, local_rank: int, device: str, run: str, timeout: float, stall: float):
-        self.rank, self.size, self.local_rank, self.device, self.run = rank, size, local_rank, device, run
-        self.timeout, self.stall = timeout, stall
-        self.host = socket.gethostname()
-        self.output: str | None = None  # the output the ranks write (rank 0's store names it)
-        self.board: StatusBoard | None = None
-        self.watchdog: Watchdog | None = None
-        self.me = RankStatus(rank, size, self.host, pid_space())  # what this rank says in its status file
-        self.merged = False  # rank 0: every rank is done and counted in
-        self.problem: RankError | None = None  # a failed or vanished rank this one depends on
-        self._sessions = 0
-        self._lock = self.me.lock  # one lock for this rank's status and what it knows of the others
-        self._tally: _Tally | None = None
-        self._reset()
-        atexit.register(self._at_exit)
+    def __init__(self, rank: int, size: int, group: Any, peers: list[Peer], stall: float, waits: Any = None):
+        self.rank, self.size, self.group, self.peers, self.stall = rank, size, group, peers, stall
+        self.waits = waits
+        self.others = range(1, size)
+        self.merged = False  # rank 0: every rank's share is answered, so the output may be settled
+        self.shares = [Share() for _ in range(size)]  # rank 0: what each rank answered
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
-    def device_for(self, device: str) -> str:
-        """`--device auto` (or a bare `cuda`): this rank's own device, cuda:LOCAL_RANK or cpu."""
-        if device == "auto" or (device == "cuda" and self.device.startswith("cuda")):
-            return self.device
-        return device
+    def run(self, model: Model, task: Any, options: Any, execute: Callable[[Model], Summary]) -> Summary:
+        if not self.main:
+            return self.serve(model, task, options)
+        summary = execute(Spread(model, self))
+        summary.world = self.size
+        summary.ranks = [
+            dataclasses.replace(
+                summary, rank=r, done=s.done, failed=s.failed, skipped=0 if r else summary.skipped, seconds=s.seconds
+            )
+            for r, s in enumerate(self.shares)
+        ]
+        return summary
 
-    # -- a run's life ------------------------------------------------------------------------------------
-    def start(self, output: str) -> None:
-        """Begin this rank's status beside `output`, and its heartbeat (once per run): before a model loads."""
-        if self.output == output and self.board is not None and self.board.beating:
-            return
-        self._stop_beating()
-        self._reset()
-        self._sessions += 1
-        self.output = output
-        beat = max(0.1, min(2.0, self.timeout / 5))
-        self.board = StatusBoard(self.rank, output + ".ranks", f"{self.run}-{self._sessions}", beat)
-        self.watchdog = Watchdog(self.rank, self.size, self.board.folder, self.timeout, self.stall)
+    def serve(self, model: Model, task: Any, options: Any) -> Summary:
+        """Another rank: answer each share rank 0 sends, until it sends None."""
+        summary = Summary(task=task.name, out=options.out, rank=self.rank, world=self.size)
+        started = time.perf_counter()
+        self.barrier()
+        while (share := self.receive(0)) is not None:
+            records = [r for batch in model.answered(iter(share), task, options) for r in batch.finish(task)]
+            self.send(records, 0)
+            summary.done += sum(r.ok for r in records)
+            summary.failed += sum(not r.ok for r in records)
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    # -- the wire ------------------------------------------------------------------------------------------
+    def barrier(self) -> None:
+        """Wait until every rank is here (its model loaded): as long as torch waits by default, not the stall."""
+        import torch.distributed as dist
+
         try:
-            self.board.open()
-            self._publish(strict=True)
-        except OSError as exc:
-            raise OutputError(
-                f"cannot write {self.board.folder} ({exc.strerror or exc}): every process needs to "
-                "write beside the output; choose another --out"
-            ) from None
-        self.board.start(self._beat)
+            dist.barrier(group=self.waits)
+        except RuntimeError as exc:
+            if "Timed out" in str(exc):
+                raise RankError(
+                    f"not every process of this launch was ready (its model loaded) within {WAIT.seconds // 60} "
+                    f"minutes: see their messages{HINT}"
+                ) from None
+            raise self._lost(0 if not self.main else None, exc) from None
+
+    def send(self, obj: Any, to: int) -> None:
+        import torch.distributed as dist
+
+        try:
+            dist.send_object_list([obj], dst=to, group=self.group)
+        except RuntimeError as exc:
+            raise self._lost(to, exc) from None
+
+    def receive(self, sender: int) -> Any:
+        import torch.distributed as dist
+
+        box: list[Any] = [None]
+        try:
+            dist.recv_object_list(box, src=sender, group=self.group)
+        except RuntimeError as exc:
+            raise self._lost(sender, exc) from None
+        return box[0]
+
+    def _lost(self, r: int | None, exc: RuntimeError) -> RankError:
+        """The error of an exchange with rank `r` that failed: it timed out (hung), or its process is gone."""
+        if r is None:
+            r = next((p.rank for p in self.peers if p.rank != self.rank and p.gone()), None)
+        if r is None:
+            return RankError(f"the other processes of this launch stopped answering ({exc}){HINT}")
+        if "Timed out" in str(exc):
+            return RankError(
+                f"rank {r} on {self.peers[r].host} has answered nothing for {self.stall:.0f}s although it is still "
+                "running: it looks hung (a stuck GPU, driver or file system); set KOSMOS_STALL_TIMEOUT to wait "
+                f"longer{HINT}",
+                r,
+            )
+        # rank 0 gone on this machine: it said why, or the launcher says how it ended
+        return self.peers[r].ended(quiet=r == 0 and self.peers[0].space == _pid_space())
 
     @contextlib.contextmanager
-    def session(self, output: str) -> Iterator[Team]:
-        """One run writing `output`: marks this rank failed or interrupted if it ends so, and tidies up after."""
-        self.start(output)
-        self.me.start_clock()
-        self._set(PREPARING if self.main else WAITING)
+    def stopping(self) -> Iterator[Team]:
+        """Say how this rank's run ended: rank 0 speaks for the run; stopped by the launcher (SIGTERM) after a rank
+        died, it names that rank. The others stay quiet about what rank 0 says too."""
         try:
             yield self
-        except BaseException as exc:
-            outcome = self._outcome(exc)
-            if outcome is exc:
-                raise
-            raise outcome from None
-        else:
-            if self.main and self.board is not None:
-                self._stop_beating()
-                self.board.remove(self.size)
-        finally:
-            self.close()
-
-    def _outcome(self, exc: BaseException) -> BaseException:
-        """Say how this rank's run ended. Returns what to raise: `exc`, or the RankError of the rank that
-        caused it (a launcher stops every rank when one of them dies)."""
-        try:
-            if isinstance(exc, KeyboardInterrupt):
-                self._end(INTERRUPTED, "interrupted")
-                culprit = self.problem or self._culprit()
-                if culprit is not None:
-                    return culprit
-                signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-                return Interrupted(signum, quiet=not self.main)  # rank 0 says it for all
-            self._end(FAILED, str(exc) if isinstance(exc, KosmosError) else _describe(exc))
-            if isinstance(exc, UsageError) and not self.main:
-                exc.quiet = True  # the same on every rank: rank 0 says it
-            return exc
-        except KeyboardInterrupt:  # stopped by the launcher while already stopping: the first reason stands
-            return self.problem or exc
-
-    def ready(self) -> None:
-        """Rank 0: the output is prepared (locked, leftovers folded in). The others: wait until it is."""
-        if self.main:
-            if self.board is not None:
-                self.board.forget_old_runs()
-            self.me.start_clock()
-            self._set(RUNNING)
-            return
-        while True:
-            self.watch()
-            self.check()
-            status = self.others.get(0)
-            if status is not None and status.get("state") in (RUNNING, DONE):
-                break
-            time.sleep(POLL)
-        self.me.start_clock()  # this rank's own time starts now
-        self._set(RUNNING)
-
-    def check(self) -> None:
-        """Raise the RankError of a failed or vanished rank this one depends on (between batches)."""
-        if self.problem is not None:
-            raise self.problem
-
-    def finish(self, summary) -> None:
-        """This rank's share is done. Rank 0 waits for every other rank, then counts their records in `summary`."""
-        self.me.finish(summary)
-        if not self.main:
-            self._end(DONE)
-            summary.rank, summary.world = self.rank, self.size
-            return
-        self._set(DONE)
-        others = range(1, self.size)
-        while True:
-            self.watch()
-            self.check()
-            if all(self.others.get(r, {}).get("state") == DONE for r in others):
-                break
-            if self._tally is not None:
-                self._tally.refresh()
-            time.sleep(POLL)
-        count_in(summary, [self.others[r] for r in others], self.me.seconds)
-        if self._tally is not None:
-            self._tally.refresh()
-        self.merged = True
-
-    def progress(self, inner=None) -> _Tally:
-        """The pipeline's progress: counts this rank's work for its status; rank 0's shows every rank's."""
-        self._tally = _Tally(self, inner)
-        return self._tally
-
-    def totals(self) -> tuple[int, int, int]:
-        """done, failed, skipped of every rank, as last reported."""
-        with self._lock:
-            done, failed, skipped = self.me.counts
-            for r, status in self.others.items():
-                if r != self.rank:
-                    done += status.get("done", 0)
-                    failed += status.get("failed", 0)
-                    skipped += status.get("skipped", 0)
-        return done, failed, skipped
-
-    def close(self) -> None:
-        """Stop this rank's heartbeat; its status file stays as it last said."""
-        self._stop_beating()
-        self.output = None
-
-    # -- this rank's status ---------------------------------------------------------------------------------
-    def _reset(self) -> None:
-        self.me.reset()
-        self.merged, self.problem = False, None
-        self.others: dict[int, dict] = {}  # the last status of each rank this one watches
-
-    def _set(self, state: str, error: str | None = None) -> None:
-        self.me.set(state, error)
-        self._publish()
-
-    def count(self, done: int, failed: int, skipped: int) -> None:
-        self.me.count(done, failed, skipped)
-
-    def _publish(self, strict: bool = False) -> None:
-        if self.board is not None:
-            with self._lock:  # the heartbeat's thread publishes too: one file written at a time
-                self.board.publish(self.me.snapshot(), strict=strict)
-
-    def _beat(self) -> None:
-        self._publish()
-        self.watch()
-
-    def _stop_beating(self) -> None:
-        if self.board is not None:
-            self.board.stop()
-
-    def _end(self, state: str, error: str | None = None) -> None:
-        self._stop_beating()
-        with self._lock:
-            if self.me.state in (FAILED, INTERRUPTED):
-                return  # the first word stands
-        self._set(state, error)
-
-    def _at_exit(self) -> None:
-        """The process ends before its run did (an error before the run, sys.exit): say so to the others."""
-        if self.output is not None and not self.me.ended:
-            self._stop_beating()
-            self._set(FAILED, "stopped before finishing: see its messages")
-
-    # -- the others ------------------------------------------------------------------------------------------
-    def watch(self) -> None:
-        """Read the status of the ranks this one depends on; note a failed or vanished one in `problem`."""
-        if self.board is None or self.watchdog is None:
-            return
-        for r in self.watchdog.watched():
-            status = self.board.read(r)
-            now = time.monotonic()
-            with self._lock:
-                if status is not None:
-                    self.others[r] = status
-                problem = self.watchdog.diagnose(r, self.others.get(r), now)
-                if problem is not None and self.problem is None:
-                    self.problem = problem
-
-    def _culprit(self) -> RankError | None:
-        """After being stopped: the rank that failed or vanished first, if any did (read once, no waiting)."""
-        if self.board is None or self.watchdog is None:
-            return None
-        for r in range(self.size):
-            if r != self.rank:
-                status = self.board.read(r) or self.others.get(r)
-                problem = self.watchdog.diagnose(r, status, time.monotonic(), waited=False)
-                if problem is not None and not str(problem).startswith(f"rank {r} was interrupted"):
-                    return problem
-        return None
+        except KeyboardInterrupt as exc:
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            if not self.main:
+                raise Interrupted(signum, quiet=True) from None
+            dead = next((p for p in self.peers[1:] if p.gone()), None) if signum == signal.SIGTERM else None
+            if dead is not None:
+                raise dead.ended() from None
+            raise
+        except UsageError as exc:
+            exc.quiet = exc.quiet or not self.main  # the same on every rank: rank 0 says it
+            raise
 
 
-def count_in(summary: Any, others: list[dict], seconds: float) -> None:
-    """Rank 0: the records of every other rank (their last statuses) counted into `summary`, and one summary a
-    rank in `summary.ranks`, rank 0's first (its own share took `seconds`)."""
-    own = dataclasses.replace(summary, rank=0, world=len(others) + 1, seconds=seconds, failures=[], ranks=[])
-    summary.ranks = [own]
-    for r, status in enumerate(others, 1):
-        part = dataclasses.replace(
-            own,
-            rank=r,
-            done=status.get("done", 0),
-            failed=status.get("failed", 0),
-            skipped=status.get("skipped", 0),
-            seconds=status.get("seconds", 0.0),
-        )
-        summary.ranks.append(part)
-        summary.done += part.done
-        summary.failed += part.failed
-        summary.skipped += part.skipped
-        summary.failures += status.get("failures") or []
-    summary.world = len(others) + 1
+@dataclass
+class Spread:
+    """Rank 0's model: the pending images in rounds, each to its rank; rank 0's share answered here."""
+
+    here: Model
+    team: Team
+
+    @property
+    def options(self) -> Any:
+        return self.here.options
+
+    @property
+    def generation(self) -> Any:
+        return self.here.generation
+
+    @property
+    def decoding(self) -> str:
+        return self.here.decoding
+
+    def batch_size(self, given: int | None = None) -> int:
+        return self.here.batch_size(given)
+
+    def answered(self, pending: Pending, task: Any, options: Any) -> Iterator[Answered]:
+        team = self.team
+        team.barrier()
+        started = time.perf_counter()
+        for shares in _rounds(pending, team.size, self.batch_size(options.batch_size) * ROUND):
+            for r in team.others:
+                team.send(shares[r], r)
+            for batch in self.here.answered(iter(shares[0]), task, options):
+                yield self._counted(0, batch.finish(task), started)
+            for r in team.others:
+                yield self._counted(r, team.receive(r), started)
+        for r in team.others:
+            team.send(None, r)
+        team.merged = True
+
+    def _counted(self, rank: int, records: list, started: float) -> Answered:
+        share = self.team.shares[rank]
+        share.done += sum(r.ok for r in records)
+        share.failed += sum(not r.ok for r in records)
+        share.seconds = time.perf_counter() - started
+        return Answered(records)
 
 
-class _Tally(Progress):
-    """What the pipeline reports: this rank's counts go to its status; rank 0 shows the sums of every rank."""
-
-    def __init__(self, team: Team, inner):
-        self.team, self.inner = team, inner if team.main else None
-        self.live = bool(self.inner is not None and self.inner.live)
-
-    def start(self, total: int | None) -> None:
-        if self.inner is not None:
-            self.inner.start(total)
-
-    def advance(self, done: int, failed: int, skipped: int) -> None:
-        self.team.count(done, failed, skipped)
-        self.refresh()
-
-    def refresh(self) -> None:
-        if self.inner is not None:
-            self.inner.advance(*self.team.totals())
-
-    def close(self) -> None:
-        if self.inner is not None:
-            self.inner.close()
+def _rounds(pending: Pending, size: int, units: int) -> Iterator[list[list]]:
+    """The pending images, one list a rank, each round until one rank's list holds `units` units. Image i goes to
+    rank i % size; a WebDataset shard's samples go whole to the rank of the shard's number."""
+    shares: list[list] = [[] for _ in range(size)]
+    counts = [0] * size
+    for index, (item, todo) in enumerate(pending):
+        r = (item.group if item.group is not None else index) % size
+        shares[r].append((item, todo))
+        counts[r] += len(todo)
+        if counts[r] >= units:
+            yield shares
+            shares, counts = [[] for _ in range(size)], [0] * size
+    if any(shares):
+        yield shares
 
 
-def _describe(exc: BaseException) -> str:
-    text = one_line(str(exc))
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+def _pid_space() -> str:
+    """Which processes this one can see by pid: its machine (host, boot) and its pid namespace."""
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+        parts.append(f.read().strip())
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return "/".join(parts)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # a zombie has ended
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
