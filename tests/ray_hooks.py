@@ -6,7 +6,9 @@ With `$KOSMOS_TEST_RAY/pause-after` holding N, the first model actor to have ans
 file `paused` exists) answers every chunk, the one it died in too.
 """
 
+import json
 import os
+import threading
 import time
 
 
@@ -31,3 +33,32 @@ def install() -> None:
         return answer(self, chunk, work)
 
     on_ray.ModelActor.answer = pausing
+
+
+class StandIn:
+    """A model actor that answers at once (put in place of run/ray.py's ModelActor by a test): every unit's record as
+    it came, captioned "a stand-in". Each call sleeps 0.05 s, so calls sent together overlap, and writes what it saw
+    to `$KOSMOS_TEST_RAY/stand-in.json`: the most calls it ran at once and the units of each call."""
+
+    def __init__(self, model, generation, loaders):
+        self.lock, self.running, self.most, self.sizes = threading.Lock(), 0, 0, []
+
+    def ready(self):
+        return None, 0
+
+    def answer(self, chunk, work):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.sizes.append(sum(len(units) for _, units in chunk))
+        time.sleep(0.05)
+        records = []
+        for _, units in chunk:
+            for unit in units:
+                unit.record.caption = "a stand-in"
+                records.append(unit.record)
+        with self.lock:
+            self.running -= 1
+            with open(os.path.join(os.environ["KOSMOS_TEST_RAY"], "stand-in.json"), "w") as f:
+                json.dump({"most": self.most, "sizes": self.sizes}, f)
+        return records

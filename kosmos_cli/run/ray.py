@@ -101,7 +101,7 @@ class Sizing:
     """How many model actors, and what each reserves: `gpus` GPUs (0: on the CPU) and `cpus` CPUs."""
 
     actors: int
-    cpus: int
+    cpus: float  # a share of one CPU where a node has more GPUs than CPUs
     gpus: int
 
     @classmethod
@@ -113,8 +113,8 @@ class Sizing:
             with_gpus = [n for n in nodes if n.get("GPU", 0) >= 1]
             if not with_gpus:
                 return cls(1, 1, 1)
-            share = min(int(n.get("CPU", 0) // n["GPU"]) for n in with_gpus)
-            return cls(sum(int(n["GPU"]) for n in with_gpus), max(1, share), 1)
+            share = min(n.get("CPU", 0) / n["GPU"] for n in with_gpus)
+            return cls(sum(int(n["GPU"]) for n in with_gpus), int(share) if share >= 1 else share, 1)
         with_cpus = [int(n.get("CPU", 0)) for n in nodes if n.get("CPU", 0) >= 1]
         if not with_cpus:
             return cls(1, 1, 0)
@@ -164,16 +164,16 @@ class ModelActor:
 # -- the strategy the pipeline runs ------------------------------------------------------------------------------------
 @dataclass
 class RayData:
-    """pipeline.Model on a Ray cluster: a pool of `actor`s (ModelActor; a benchmark's stand-in), sized by `sizing`."""
+    """pipeline.Model on a Ray cluster: a pool of `actor`s (ModelActor, or a test's stand-in), sized by `sizing`."""
 
     options: ModelOptions
     generation: GenerationOptions
     sizing: Sizing
-    actor: type = ModelActor
+    actor: type
     actors: list = field(default_factory=list)  # their handles, once `start`ed
 
     @classmethod
-    def on_cluster(cls, model: ModelOptions, generation: GenerationOptions, actor: type = ModelActor) -> RayData:
+    def on_cluster(cls, model: ModelOptions, generation: GenerationOptions) -> RayData:
         """Join the cluster (`join`), size the pool from it and start it: the model loads in every actor now."""
         if model.device.startswith("cuda:"):
             raise UsageError(
@@ -190,7 +190,7 @@ class RayData:
             log.warning("the Ray cluster has no GPU yet: the model actors wait for one (an autoscaler adds it)")
         if not sizing.gpus:
             model = replace(model, device="cpu")
-        return cls(model, generation, sizing, actor).start()
+        return cls(model, generation, sizing, ModelActor).start()
 
     def start(self) -> RayData:
         """The pool's actors, each with its model loaded; the first that cannot load it says why, in one line."""
@@ -203,7 +203,7 @@ class RayData:
             max_restarts=MAX_RESTARTS,
             max_task_retries=-1,
         )
-        loaders = min(MAX_WORKERS, self.sizing.cpus)
+        loaders = max(1, min(MAX_WORKERS, int(self.sizing.cpus)))
         self.actors = [remote.remote(self.options, self.generation, loaders) for _ in range(self.sizing.actors)]
         try:
             for error, _ in _get([a.ready.remote() for a in self.actors]):
