@@ -17,7 +17,7 @@ bar moves every second or so, while a fast cluster costs this process one Ray ca
 two calls at once (`max_concurrency`): one loads its images while the other holds the model.
 
 Exactly once: a chunk is one actor call, whose result comes back once. An actor whose process dies is started again
-by Ray and its calls are run again (MAX_RESTARTS, max_task_retries); a pool that cannot be restarted ends the run in
+by Ray and its calls are run again (MAX_RESTARTS times at most); a pool that cannot be restarted ends the run in
 one line, with what came back written. The model loads when the pool starts, before the output is opened (a local
 run loads its engine first too): a model that cannot load is one line, and no output file.
 
@@ -201,7 +201,7 @@ class RayData:
             num_gpus=self.sizing.gpus,
             max_concurrency=DEPTH,
             max_restarts=MAX_RESTARTS,
-            max_task_retries=-1,
+            max_task_retries=MAX_RESTARTS,
         )
         loaders = max(1, min(MAX_WORKERS, int(self.sizing.cpus)))
         self.actors = [remote.remote(self.options, self.generation, loaders) for _ in range(self.sizing.actors)]
@@ -209,6 +209,12 @@ class RayData:
             for error, _ in _get([a.ready.remote() for a in self.actors]):
                 if error is not None:
                     raise error
+        except ray.exceptions.RayError as exc:  # kosmos missing on the workers, a class they cannot import
+            self.stop()
+            raise ClusterError(
+                f"the Ray cluster cannot start kosmos's model actors ({_last_line(exc)}): install kosmos-ground[ray], "
+                "the same version, on every node (or give it in the job's runtime_env)"
+            ) from None
         except BaseException:
             self.stop()
             raise
@@ -260,10 +266,9 @@ class RayData:
                 raise exc.cause from None
             raise
         except (ray.exceptions.ActorDiedError, ray.exceptions.NodeDiedError, ray.exceptions.ObjectLostError) as exc:
-            first_line = one_line(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
             raise ClusterError(
-                f"the Ray cluster lost the run ({first_line}); what came back is written: run the same command again "
-                "to finish"
+                f"the Ray cluster lost the run ({_last_line(exc)}); what came back is written: run the same command "
+                "again to finish"
             ) from None
         finally:
             self.stop()
@@ -306,6 +311,12 @@ def _get(results: list) -> list:
     while waiting:
         _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=POLL)
     return ray.get(results)
+
+
+def _last_line(exc: BaseException) -> str:
+    """What a Ray error says in its last line (its first are where it was raised)."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return one_line(lines[-1] if lines else type(exc).__name__)
 
 
 def _any_gpu(nodes: list[dict[str, float]]) -> bool:

@@ -22,7 +22,7 @@ import pytest
 import shapes  # tools/shapes.py
 
 from kosmos_cli import find, ground, read_records, refer
-from kosmos_cli.errors import ModelError, UsageError
+from kosmos_cli.errors import ClusterError, ModelError, UsageError
 from kosmos_cli.inputs.sources import iter_items
 from kosmos_cli.options import GenerationOptions, ModelOptions
 from kosmos_cli.output.store import Store
@@ -361,6 +361,20 @@ def test_the_pool_sends_chunks_that_grow_at_most_two_per_actor_and_writes_them_i
         seen = json.load(f)
     assert seen["most"] == on_ray.DEPTH  # one call loads while the other answers; never more
     assert seen["sizes"][:2] == [4, 4] and max(seen["sizes"]) > 4 and sum(seen["sizes"]) == 200
+
+
+@pytest.mark.ray
+def test_workers_that_cannot_import_the_model_actor_are_one_line_not_a_wait_forever(cluster, tmp_path, monkeypatch):
+    module = "class Actor:\n    def __init__(self, *args):\n        pass\n\n    def ready(self):\n        return None, 0\n"
+    (tmp_path / "only_here.py").write_text(module)  # importable by this process, not by the workers
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import only_here
+
+    monkeypatch.setattr(on_ray, "ModelActor", only_here.Actor)
+    out = str(tmp_path / "r.jsonl")
+    with pytest.raises(ClusterError, match="cannot start kosmos's model actors .*No module named 'only_here'"):
+        ground([str(tmp_path)], out, **ON_RAY)
+    assert not os.path.exists(out)
 
 
 class Counting(Progress):

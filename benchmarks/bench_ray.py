@@ -1,0 +1,178 @@
+"""`--on ray` against a local run on this machine, and what the driver costs per image.
+
+    python benchmarks/bench_ray.py [-n 8] [--batch-size 4] [--max-new-tokens 16] [--driver-images 20000]
+
+- **Ray against local**: a checkpoint of the real architecture (`Kosmos2Config()`, random weights, float32; built as
+  benchmarks/bench_cpu.py builds it) grounds the same -n JPEGs twice, each in a process of its own: `on="local"`,
+  then `on="ray"` on a Ray cluster that process starts on this machine (`ray.init()`: every CPU). Each reports
+  images/s over the run itself (`Summary.seconds`: the model load, here or in the actors, is not counted) and
+  torch's threads where the model ran; then the ratio (target >= 0.8).
+- **The driver's own work**: `--driver-images` empty files grounded `on="ray"` with the model actors replaced by a
+  stand-in that answers at once (every record captioned "a stand-in"), so what is left is this process's work:
+  listing, skipping, sending the chunks, receiving the records and writing them (JSONL). Reports µs per image of
+  wall time and of this process's CPU time, and images/s (targets: <= 50 µs, >= 20,000 images/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [ROOT, HERE, os.path.join(ROOT, "tools")]
+
+
+class StandIn:
+    """In place of run/ray.py's ModelActor: every unit's record as it came, captioned, at once."""
+
+    def __init__(self, model, generation, loaders):
+        pass
+
+    def ready(self):
+        return None, 0
+
+    def answer(self, chunk, work):
+        records = []
+        for _, units in chunk:
+            for unit in units:
+                unit.record.caption = "a stand-in"
+                records.append(unit.record)
+        return records
+
+
+def driver(n: int, repeat: int = 3) -> dict:
+    """The driver's work per image, with stand-in actors: the best of `repeat` runs over `n` empty files."""
+    import ray
+
+    from kosmos_cli import ground
+    from kosmos_cli.run import ray as on_ray
+
+    on_ray.ModelActor = StandIn  # type: ignore[misc]
+    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    best: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = os.path.join(tmp, "photos")
+        os.makedirs(photos)
+        for i in range(n):
+            open(os.path.join(photos, f"{i:06d}.jpg"), "wb").close()
+        for attempt in range(repeat):
+            out = os.path.join(tmp, f"r{attempt}.jsonl")
+            cpu = time.process_time()
+            summary = ground([photos], out, on="ray", model="stand-in", max_new_tokens=16, device="cpu")
+            cpu = time.process_time() - cpu
+            assert summary.done == n, summary.line()
+            run = {"wall_us": 1e6 * summary.seconds / n, "cpu_us": 1e6 * cpu / n, "rate": n / summary.seconds}
+            if not best or run["wall_us"] < best["wall_us"]:
+                best = run
+    ray.shutdown()
+    return best
+
+
+def child(args) -> None:
+    """One run over the images, in this process: a JSON line of what it measured."""
+    from kosmos_cli import ground
+
+    paths = args.images.split(os.pathsep)
+    summary = ground(
+        paths,
+        os.path.join(args.out, f"{args.on}.jsonl"),
+        on=args.on,
+        model=args.model,
+        dtype="float32",
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
+    threads = _threads(args.on)
+    print(json.dumps({"rate": summary.done / summary.seconds, "seconds": summary.seconds, "threads": threads}))
+
+
+def _threads(on: str) -> int:
+    """torch's threads where the model ran: here, or in a model actor like the run's."""
+    import torch
+
+    if on == "local":
+        return torch.get_num_threads()
+    import ray
+
+    from kosmos_cli.run.ray import Sizing
+
+    sizing = Sizing.of([n["Resources"] for n in ray.nodes() if n.get("Alive")], on_gpus=False)
+
+    @ray.remote(num_cpus=sizing.cpus)
+    def threads() -> int:
+        import torch
+
+        return torch.get_num_threads()
+
+    return ray.get(threads.remote())
+
+
+def side_by_side(model: str, paths: list[str], out: str, args) -> dict[str, dict]:
+    runs = {}
+    for on in ("local", "ray"):
+        command = [sys.executable, os.path.abspath(__file__), "--child", "--on", on, "--model", model, "--out", out]
+        command += ["--images", os.pathsep.join(paths), "--batch-size", str(args.batch_size)]
+        command += ["--max-new-tokens", str(args.max_new_tokens)]
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+        if done.returncode:
+            sys.exit(f"the {on} run failed:\n{done.stderr}")
+        runs[on] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"{on}: {runs[on]['rate']:.4f} images/s ({runs[on]['seconds']:.1f} s)", flush=True)
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=8, help="images for Ray against local")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--driver-images", type=int, default=20000, help="empty files for the driver's work")
+    parser.add_argument("--skip-model", action="store_true", help="measure the driver's work only")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--on", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--images", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    cpus = os.cpu_count()
+    work = driver(args.driver_images)
+    print(
+        f"driver's own work, {args.driver_images} images, stand-in actors, {cpus} CPUs: {work['wall_us']:.1f} µs/image "
+        f"wall ({work['rate']:,.0f} images/s), {work['cpu_us']:.1f} µs/image of this process's CPU "
+        "(targets: <= 50 µs, >= 20,000 images/s)",
+        flush=True,
+    )
+    if args.skip_model:
+        return
+    from bench_cpu import images, write_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        model = write_checkpoint(os.path.join(tmp, "full"))
+        print(f"full-size random checkpoint written in {time.perf_counter() - started:.0f} s", flush=True)
+        paths = images(os.path.join(tmp, "images"), args.n)
+        runs = side_by_side(model, paths, tmp, args)
+    local, ray = runs["local"], runs["ray"]
+    print(
+        f"\nfull-size architecture (random weights), float32, {args.n} images, batch {args.batch_size}, "
+        f"{args.max_new_tokens} new tokens, {cpus} CPUs"
+    )
+    print("| run | images/s | seconds | torch threads |")
+    print("|---|---|---|---|")
+    for name, r in (("local", local), ("--on ray", ray)):
+        print(f"| {name} | {r['rate']:.4f} | {r['seconds']:.1f} | {r['threads']} |")
+    print(f"\n--on ray / local: {ray['rate'] / local['rate']:.2f} (target >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
