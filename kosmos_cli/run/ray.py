@@ -47,7 +47,7 @@ from .threads import ordered_map
 
 log = logging.getLogger("kosmos_cli")
 
-DEPTH = 2  # chunks in flight per actor: one loading its images while the other holds the model
+DEPTH = 2  # calls in flight per actor, run at once: one loads its images while the other holds the model
 CHUNK_SECONDS = 1.0  # an actor's work per chunk, once its rate is known
 CHUNK_UNITS = 2048  # units per chunk at most (what is in flight stays bounded however fast the cluster is)
 CHUNK_BYTES = 16 << 20  # image bytes per chunk at most (WebDataset samples and Parquet image rows carry theirs)

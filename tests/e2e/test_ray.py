@@ -365,7 +365,7 @@ def test_the_pool_sends_chunks_that_grow_at_most_two_per_actor_and_writes_them_i
 
 @pytest.mark.ray
 def test_workers_that_cannot_import_the_model_actor_are_one_line_not_a_wait_forever(cluster, tmp_path, monkeypatch):
-    module = "class Actor:\n    def __init__(self, *args):\n        pass\n\n    def ready(self):\n        return None, 0\n"
+    module = "class Actor:\n    def __init__(self, *args): ...\n\n    def ready(self):\n        return None, 0\n"
     (tmp_path / "only_here.py").write_text(module)  # importable by this process, not by the workers
     monkeypatch.syspath_prepend(str(tmp_path))
     import only_here
