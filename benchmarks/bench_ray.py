@@ -1,12 +1,13 @@
 """`--on ray` against a local run on this machine, and what the driver costs per image.
 
-    python benchmarks/bench_ray.py [-n 8] [--batch-size 4] [--max-new-tokens 16] [--driver-images 20000]
+    python benchmarks/bench_ray.py [-n 8] [--batch-size 4] [--max-new-tokens 16] [--repeat 2] [--checkpoint DIR]
+                                   [--driver-images 20000] [--skip-model]
 
 - **Ray against local**: a checkpoint of the real architecture (`Kosmos2Config()`, random weights, float32; built as
   benchmarks/bench_cpu.py builds it) grounds the same -n JPEGs twice, each in a process of its own: `on="local"`,
-  then `on="ray"` on a Ray cluster that process starts on this machine (`ray.init()`: every CPU). Each reports
-  images/s over the run itself (`Summary.seconds`: the model load, here or in the actors, is not counted) and
-  torch's threads where the model ran; then the ratio (target >= 0.8).
+  then `on="ray"` on a Ray cluster that process starts on this machine (`ray.init()`: every CPU), `--repeat` times
+  in turn. Each reports images/s over the run itself (`Summary.seconds`: the model load, here or in the actors, is
+  not counted) and torch's threads where the model ran; then the ratio of all runs' images/s (target >= 0.8).
 - **The driver's own work**: `--driver-images` empty files grounded `on="ray"` with the model actors replaced by a
   stand-in that answers at once (every record captioned "a stand-in"), so what is left is this process's work:
   listing, skipping, sending the chunks, receiving the records and writing them (JSONL). Reports µs per image of
@@ -147,16 +148,25 @@ def _threads(on: str) -> int:
 
 
 def side_by_side(model: str, paths: list[str], out: str, args) -> dict[str, dict]:
-    runs = {}
-    for on in ("local", "ray"):
-        command = [sys.executable, os.path.abspath(__file__), "--child", "--on", on, "--model", model, "--out", out]
-        command += ["--images", os.pathsep.join(paths), "--batch-size", str(args.batch_size)]
-        command += ["--max-new-tokens", str(args.max_new_tokens)]
-        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
-        if done.returncode:
-            sys.exit(f"the {on} run failed:\n{done.stderr}")
-        runs[on] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{on}: {runs[on]['rate']:.4f} images/s ({runs[on]['seconds']:.1f} s)", flush=True)
+    """Local and Ray runs in turn, `args.repeat` of each (the machine's load moves between them): per kind of run,
+    the images/s over all its runs and each run's."""
+    runs: dict[str, dict] = {on: {"seconds": 0.0, "images": 0, "each": []} for on in ("local", "ray")}
+    for _ in range(args.repeat):
+        for on in ("local", "ray"):
+            command = [sys.executable, os.path.abspath(__file__), "--child", "--on", on, "--model", model]
+            command += ["--out", out, "--images", os.pathsep.join(paths), "--batch-size", str(args.batch_size)]
+            command += ["--max-new-tokens", str(args.max_new_tokens)]
+            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+            if done.returncode:
+                sys.exit(f"the {on} run failed:\n{done.stderr}")
+            run = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"{on}: {run['rate']:.4f} images/s ({run['seconds']:.1f} s)", flush=True)
+            runs[on]["seconds"] += run["seconds"]
+            runs[on]["images"] += len(paths)
+            runs[on]["each"].append(run["rate"])
+            runs[on]["threads"] = run["threads"]
+    for r in runs.values():
+        r["rate"] = r["images"] / r["seconds"]
     return runs
 
 
@@ -166,6 +176,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--driver-images", type=int, default=20000, help="empty files for the driver's work")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each, local and Ray in turn")
+    parser.add_argument("--checkpoint", help="the full-size checkpoint's folder: written there once, then reused")
     parser.add_argument("--skip-model", action="store_true", help="measure the driver's work only")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--on", help=argparse.SUPPRESS)
@@ -194,20 +206,23 @@ def main() -> None:
     from bench_cpu import images, write_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        model = write_checkpoint(os.path.join(tmp, "full"))
-        print(f"full-size random checkpoint written in {time.perf_counter() - started:.0f} s", flush=True)
+        model = args.checkpoint or os.path.join(tmp, "full")
+        if not os.path.exists(os.path.join(model, "config.json")):
+            started = time.perf_counter()
+            write_checkpoint(model)
+            print(f"full-size random checkpoint written in {time.perf_counter() - started:.0f} s", flush=True)
         paths = images(os.path.join(tmp, "images"), args.n)
         runs = side_by_side(model, paths, tmp, args)
     local, ray = runs["local"], runs["ray"]
     print(
         f"\nfull-size architecture (random weights), float32, {args.n} images, batch {args.batch_size}, "
-        f"{args.max_new_tokens} new tokens, {cpus} CPUs"
+        f"{args.max_new_tokens} new tokens, {cpus} CPUs, {args.repeat} runs of each in turn"
     )
-    print("| run | images/s | seconds | torch threads |")
+    print("| run | images/s (all its runs) | each run | torch threads |")
     print("|---|---|---|---|")
     for name, r in (("local", local), ("--on ray", ray)):
-        print(f"| {name} | {r['rate']:.4f} | {r['seconds']:.1f} | {r['threads']} |")
+        each = ", ".join(f"{rate:.4f}" for rate in r["each"])
+        print(f"| {name} | {r['rate']:.4f} | {each} | {r['threads']} |")
     print(f"\n--on ray / local: {ray['rate'] / local['rate']:.2f} (target >= 0.8)")
 
 

@@ -247,18 +247,17 @@ class RayData:
             work = ray.put((task, options))
             first = self.batch_size(options.batch_size)
             chunks = _Chunks(pending, first, len(self.actors))
-            flying: deque = deque()  # (the call's result, its actor, its units)
-            busy = dict.fromkeys(range(len(self.actors)), 0)
+            flying: deque = deque()  # (a call's result, its units), in the order sent
+            sent = 0
             while True:
                 while len(flying) < DEPTH * len(self.actors) and (chunk := chunks.next()):
-                    actor = min(busy, key=busy.__getitem__)
-                    flying.append((self.actors[actor].answer.remote(chunk, work), actor, chunks.units(chunk)))
-                    busy[actor] += 1
+                    actor = self.actors[sent % len(self.actors)]  # in turn: the one whose oldest call came back
+                    flying.append((actor.answer.remote(chunk, work), sum(len(units) for _, units in chunk)))
+                    sent += 1
                 if not flying:
                     return
-                result, actor, units = flying.popleft()
+                result, units = flying.popleft()
                 records = _get([result])[0]
-                busy[actor] -= 1
                 chunks.answered(units)
                 yield Answered(records)
         except ray.exceptions.RayTaskError as exc:
@@ -281,10 +280,6 @@ class _Chunks:
     def __init__(self, pending: Pending, batch: int, actors: int):
         self.pending, self.batch, self.actors = iter(pending), batch, actors
         self.size, self.done, self.started = batch, 0, time.perf_counter()
-
-    @staticmethod
-    def units(chunk: list) -> int:
-        return sum(len(units) for _, units in chunk)
 
     def next(self) -> list:
         chunk: list = []

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import tarfile
 import threading
@@ -408,3 +409,33 @@ def test_a_run_on_ray_says_only_what_kosmos_says_and_its_progress_moves_as_recor
         [str(photos)], str(tmp_path / "again.jsonl"), batch_size=2, progress=counting, **{**ON_RAY, "max_new_tokens": 8}
     )
     assert counting.counts[-1] == 12 and len(set(counting.counts)) >= 3, counting.counts  # not 0, then 12
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ctrl_c_on_ray_keeps_what_came_back_exits_130_and_a_rerun_does_the_rest_once(cluster, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = random.Random(3)
+    for i in range(40):
+        (photos / f"s{i:02d}.png").write_bytes(scene_bytes(rng, i))
+    out = tmp_path / "r.jsonl"
+    args = ["ground", str(photos), "--out", str(out), "--on", "ray", "-b", "2", "--model", SHAPES_MODEL]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kosmos_cli", *args, "--max-new-tokens", str(TOKENS)],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "RAY_ADDRESS": cluster.address},
+    )
+    while proc.poll() is None and not (out.exists() and out.read_bytes().count(b"\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert all(line.startswith("kosmos") for line in stderr.strip().splitlines()), stderr
+    kept = len(list(read_records(str(out))))
+    assert 2 <= kept < 40
+    again = ground([str(photos)], str(out), batch_size=2, **ON_RAY)
+    assert (again.done, again.skipped) == (40 - kept, kept)
+    assert sorted(r["path"] for r in read_records(str(out))) == sorted(str(p) for p in photos.iterdir())
