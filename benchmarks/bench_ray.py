@@ -123,6 +123,7 @@ def child(args) -> None:
         batch_size=args.batch_size,
     )
     threads = _threads(args.on)
+    assert summary.done == len(paths), summary.line()
     print(json.dumps({"rate": summary.done / summary.seconds, "seconds": summary.seconds, "threads": threads}))
 
 
@@ -151,10 +152,12 @@ def side_by_side(model: str, paths: list[str], out: str, args) -> dict[str, dict
     """Local and Ray runs in turn, `args.repeat` of each (the machine's load moves between them): per kind of run,
     the images/s over all its runs and each run's."""
     runs: dict[str, dict] = {on: {"seconds": 0.0, "images": 0, "each": []} for on in ("local", "ray")}
-    for _ in range(args.repeat):
+    for attempt in range(args.repeat):
         for on in ("local", "ray"):
+            folder = os.path.join(out, f"{on}-{attempt}")  # a fresh output each run: nothing to resume
+            os.makedirs(folder)
             command = [sys.executable, os.path.abspath(__file__), "--child", "--on", on, "--model", model]
-            command += ["--out", out, "--images", os.pathsep.join(paths), "--batch-size", str(args.batch_size)]
+            command += ["--out", folder, "--images", os.pathsep.join(paths), "--batch-size", str(args.batch_size)]
             command += ["--max-new-tokens", str(args.max_new_tokens)]
             done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
             if done.returncode:
