@@ -8,6 +8,10 @@ rightmost shape's phrase. A ground box is right when its IoU with a true shape o
 least 0.5 (also shown: with any true shape); a find box, when its IoU with the shape asked for is. AUROC is the
 chance that a right box scores above a wrong one (ties count half), computed here from ranks, no sklearn; 0.5 is a
 coin, 1.0 a perfect ranking. Also: how many boxes each --min-score keeps, and how many of those are right.
+
+Then `kosmos eval` (kosmos_cli.eval_results) measures the same results against the scenes' own truth, written here
+as a COCO file whose classes are what the phrases name ("red circle"): COCO AP, AP50 and AP75 from pycocotools and
+the --min-score with the best F1 at IoU 0.5; for find, against a truth of the one shape asked for in each scene.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 import eval_shapes  # noqa: E402
 import shapes  # noqa: E402
 
-from kosmos_cli import find, ground, load_engine, read_records  # noqa: E402
+from kosmos_cli import eval_results, find, ground, load_engine, read_records  # noqa: E402
+from kosmos_cli.inputs.images import display_size  # noqa: E402
 
 
 def auroc(scored: list[tuple[float, bool]]) -> float:
@@ -76,6 +81,51 @@ def summary(name: str, scored: list[tuple[float, bool]]) -> dict:
     }
 
 
+def write_truth(path: Path, truth: dict, only_last: bool = False) -> str:
+    """The scenes' boxes as a COCO instances file, classes "<colour> <shape>" (the asked shape alone: `only_last`)."""
+    names: list[str] = []
+    images, annotations = [], []
+    for image_id, (image, (_, objs)) in enumerate(truth.items(), 1):
+        width, height = display_size(image)  # as displayed: the truth's frame (EXIF orientation applied)
+        images.append({"id": image_id, "file_name": Path(image).name, "width": width, "height": height})
+        for obj in objs[-1:] if only_last else objs:
+            name = f"{obj.color} {obj.shape}"
+            if name not in names:
+                names.append(name)
+            x1, y1, x2, y2 = obj.box
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": names.index(name) + 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": k + 1, "name": name} for k, name in enumerate(names)]
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return str(path)
+
+
+def measured(name: str, report) -> dict:
+    b = report.best
+    return {
+        "name": name,
+        "images": report.images,
+        "truth_boxes": report.overall.truth_boxes,
+        "predictions": report.overall.predictions,
+        "ap": report.overall.ap,
+        "ap50": report.overall.ap50,
+        "ap75": report.overall.ap75,
+        "best_min_score": b.min_score if b else None,
+        "best_f1": b.f1 if b else None,
+        "best_precision": b.precision if b else None,
+        "best_recall": b.recall if b else None,
+        "per_class_ap50": {c.name: c.ap50 for c in report.classes},
+    }
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "tests" / "fixtures" / "kosmos2-shapes"))
@@ -96,6 +146,16 @@ def main(argv=None) -> None:
         )
         find([str(folder / "queries.jsonl")], str(folder / "find.parquet"), engine=engine, batch_size=args.batch_size)
         found = {r["path"]: r for r in read_records(str(folder / "find.parquet"))}
+        evals = [
+            measured(
+                "ground vs every shape",
+                eval_results(str(folder / "ground.parquet"), write_truth(folder / "truth.json", truth)),
+            ),
+            measured(
+                "find vs the shape asked for",
+                eval_results(str(folder / "find.parquet"), write_truth(folder / "asked.json", truth, only_last=True)),
+            ),
+        ]
 
     results = [
         summary("ground, right colour and IoU >= 0.5", ground_boxes(rows, truth, same_colour=True)),
@@ -118,7 +178,14 @@ def main(argv=None) -> None:
             "    --min-score  "
             + "  ".join(f"{t:.2f}: {k['boxes']} kept, {k['right']:.1%} right" for t, k in r["min_score"].items())
         )
-    print(json.dumps({"model": args.model, "n": args.n, "seed": args.seed, "results": results}))
+    for e in evals:
+        print(
+            f"kosmos eval, {e['name']:<28} images {e['images']}, truth {e['truth_boxes']}, predicted "
+            f"{e['predictions']}: AP {e['ap']:.3f}  AP50 {e['ap50']:.3f}  AP75 {e['ap75']:.3f}  best F1 "
+            f"{e['best_f1']:.3f} at --min-score {e['best_min_score']:g} (precision {e['best_precision']:.3f}, "
+            f"recall {e['best_recall']:.3f})"
+        )
+    print(json.dumps({"model": args.model, "n": args.n, "seed": args.seed, "results": results, "eval": evals}))
 
 
 if __name__ == "__main__":

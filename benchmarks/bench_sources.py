@@ -11,7 +11,7 @@ is the cost of our fetching (retries armed), not of a network.
 
 Then the loader over HTTPS (a self-signed certificate made here, trusted through SSL_CERT_FILE) for --https small
 images, in one run: before (a connection, so a TCP and TLS handshake, per fetch: urllib, as kosmos fetched
-before, and http.client with the pool switched off, `locations.http.POOL.size = 0`) and after (kept connections).
+before, and httpx with no connection kept, `locations.http.KEPT = 0`) and after (kept connections).
 
     python benchmarks/bench_sources.py -n 256 --workers 4
     python benchmarks/bench_sources.py --https 1000 --skip-sources
@@ -88,23 +88,23 @@ def https_rates(n: int, workers: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cert, key = self_signed(tmp)
         os.environ["SSL_CERT_FILE"] = cert  # trusted by both urllib's and our TLS context
-        http._tls.cache_clear()
         spawn = multiprocessing.get_context("spawn")
         ask, answer = spawn.Pipe()
         server = spawn.Process(target=_serve_https, args=(n, cert, key, answer), daemon=True)
         server.start()
         base = ask.recv()
         urls = [f"{base}/s/{i:05d}.jpg" for i in range(n)]
-        kept = http.POOL.size
+        kept = http.KEPT
         ways = {
             "urllib, a connection per fetch (before)": (urllib_fetch, kept),
-            "http.client, a connection per fetch (POOL.size = 0)": (ours, 0),
-            f"http.client, kept connections (POOL.size = {kept})": (ours, kept),
+            "httpx, a connection per fetch (KEPT = 0)": (ours, 0),
+            f"httpx, kept connections (KEPT = {kept})": (ours, kept),
         }
         best: dict[str, tuple[float, int, int]] = {}
         for _ in range(rounds):
             for name, (load, size) in ways.items():
-                http.POOL.size = size
+                http.KEPT = size
+                http._client_for.cache_clear()  # a new client each time: its connections are this round's
                 ask.send("connections")
                 before = ask.recv()
                 started = time.perf_counter()
@@ -114,7 +114,7 @@ def https_rates(n: int, workers: int, rounds: int) -> None:
                 made = ask.recv() - before
                 if name not in best or rate > best[name][0]:
                     best[name] = (rate, ok, made)
-        http.POOL.size = kept
+        http.KEPT = kept
         server.kill()
     print(f"\nloader over HTTPS (local server, a process of its own), {n} JPEGs of 64x48, {workers} threads, ", end="")
     print(f"best of {rounds}\n| fetching | images | connections | images/s | vs before |\n|---|---|---|---|---|")

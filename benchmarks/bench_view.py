@@ -4,7 +4,7 @@
 
 Synthesises n ground records (1 to 4 boxes each, phrases from a small vocabulary, 5% error records) as Parquet in
 row groups of 4096 (as the store writes them), over 64 real 1600x1200 JPEGs named in turn. The viewer runs as
-`python -m kosmos_cli.view` in a process of its own, so the first figure is what a person waits for: from the
+`python -m kosmos_cli view` in a process of its own, so the first figure is what a person waits for: from the
 command to the first page of cards (interpreter, imports, the first row group), the median of a few fresh starts;
 then until every record is indexed (what a filter or sort waits for). Then:
 pages in the order written; the first page of a query (filter and sort computed over every record) and the pages
@@ -133,7 +133,7 @@ def launch(results: str) -> tuple[subprocess.Popen, str, float, float]:
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kosmos_cli.view", results, "--port", str(port)],
+        [sys.executable, "-m", "kosmos_cli", "view", results, "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,

@@ -3,9 +3,10 @@
 Importing this package is light: torch and transformers load only when a model does.
 """
 
-from .api import draw, export, find, ground, load_engine, refer
+from .api import draw, eval_results, export, find, ground, load_engine, refer
 from .errors import InputError, KosmosError, ModelError, OutputError, UsageError
 from .output.formats import read_records
+from .run.plan import Plan
 from .tasks import FindRecord, GroundRecord, ReferRecord
 from .tasks.records import Entity, Record
 
@@ -19,10 +20,12 @@ __all__ = [
     "KosmosError",
     "ModelError",
     "OutputError",
+    "Plan",
     "Record",
     "ReferRecord",
     "UsageError",
     "draw",
+    "eval_results",
     "export",
     "find",
     "ground",

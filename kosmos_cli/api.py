@@ -10,11 +10,13 @@ of a launch, then checks the output (ours, this task's, not an input, not locked
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from . import drawing, exports
+from . import drawing, evaluate, exports, tasks
 from .errors import InputError
 from .exports.classes import parse_classes
 from .inputs import locations
@@ -22,11 +24,15 @@ from .model.engine import Engine
 from .options import (
     OUT,
     RUN_GROUPS,
+    ClassOptions,
     DrawOptions,
+    Duplicates,
+    EvalOptions,
     ExportOptions,
     FindOptions,
     GenerationOptions,
     GroundOptions,
+    Group,
     ModelOptions,
     ReferOptions,
     ScoreFilter,
@@ -35,8 +41,9 @@ from .options import (
 )
 from .run import runner
 from .run.pipeline import Progress, Summary
+from .run.plan import Plan
 from .run.runner import Inputs
-from .tasks import Find, Ground, Refer
+from .tasks import Find, Ground, Refer, Task
 from .view import serve
 
 
@@ -53,62 +60,115 @@ def load_engine(**given: Any) -> Engine:
     return Engine(*runner.on_this_rank(model, generation)).load()
 
 
-@keyword_options(GroundOptions, *RUN_GROUPS, positional=OUT)
-def ground(
-    inputs: Inputs,
-    *,
-    engine: Engine | None = None,
-    progress: Progress | None = None,
-    on_write: Callable | None = None,
-    **given: Any,
-) -> Summary:
-    """Caption and ground every image named by `inputs` (folders, files, globs, manifests); write to `out`.
+@dataclass(frozen=True)
+class TaskCommand:
+    """A task as the library and the command line offer it: `kosmos NAME INPUTS...` and `kosmos_cli.NAME(inputs)`.
+
+    A new task is its module (a `Task` subclass and its record type) and one `register_task(TaskCommand(...))`.
+    """
+
+    task: type[Task]
+    options: type[Group]  # the task's own options, declared once (options.py, or beside the task)
+    build: Callable[[Any], Task]  # its options, taken from a call -> the task for one run
+    help: str  # the command's help, one line
+    example: str  # the command's example: "kosmos ground ./photos --out results.parquet"
+    doc: str = ""  # the rest of the API function's docstring
+    draws: Callable[[Any], str | None] = lambda options: None  # its options -> a folder to draw into as it goes
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+
+TASK_COMMANDS: dict[str, TaskCommand] = {}
+FUNCTIONS: dict[str, Callable[..., Summary | Plan]] = {}  # name -> the API function of each registered task
+_hooks: list[Callable[[TaskCommand], None]] = []  # who else offers each task: the command line, once loaded
+
+
+def register_task(command: TaskCommand) -> Callable[..., Summary | Plan]:
+    """Offer a task: it joins the tasks' registry (its records are read, resumed, drawn and viewed as any task's),
+    gets an API function (returned, and `FUNCTIONS[name]`) and, with the command line loaded, a command."""
+    tasks.REGISTRY[command.name] = command.task
+    TASK_COMMANDS[command.name] = command
+    FUNCTIONS[command.name] = function = _task_function(command)
+    for hook in _hooks:
+        hook(command)
+    return function
+
+
+def on_register(hook: Callable[[TaskCommand], None]) -> None:
+    """Call `hook` with every task registered, those so far first."""
+    _hooks.append(hook)
+    for command in list(TASK_COMMANDS.values()):
+        hook(command)
+
+
+def _task_function(command: TaskCommand) -> Callable[..., Summary | Plan]:
+    def run(
+        inputs: Inputs,
+        *,
+        engine: Engine | None = None,
+        progress: Progress | None = None,
+        on_write: Callable | None = None,
+        **given: Any,
+    ) -> Summary | Plan:
+        own = command.options.take(given)
+        return runner.start(
+            command.build(own),
+            inputs,
+            given,
+            engine=engine,
+            progress=progress,
+            on_write=on_write,
+            draw=command.draws(own),
+        )
+
+    run.__name__ = run.__qualname__ = command.name
+    run.__doc__ = inspect.cleandoc(f"{command.help}\n\n{command.doc}")
+    return keyword_options(command.options, *RUN_GROUPS, positional=OUT)(run)
+
+
+ground = register_task(
+    TaskCommand(
+        Ground,
+        GroundOptions,
+        lambda own: Ground(own.prompt),
+        "Caption every image and ground its phrases: one record per image, resumable.",
+        "kosmos ground ./photos --out results.parquet",
+        doc="""Every image named by `inputs` (folders, files, globs, manifests) is written to `out`.
 
     `null`: "-" among `inputs` reads NUL-separated paths from stdin (find -print0), as refer and find do.
     `draw`: also draw each finished image's boxes into this folder (as `draw` does), on threads of its own; its
     DrawSummary is `summary.drawing`. `engine`: one loaded with load_engine, instead of the model options.
-    """
-    task = GroundOptions.take(given)
-    return runner.start(
-        Ground(task.prompt), inputs, given, engine=engine, progress=progress, on_write=on_write, draw=task.draw
+    `dry_run`: load no model, write nothing, and return the Plan of what the run would do.""",
+        draws=lambda own: own.draw,
     )
-
-
-@keyword_options(ReferOptions, *RUN_GROUPS, positional=OUT)
-def refer(
-    inputs: Inputs,
-    *,
-    engine: Engine | None = None,
-    progress: Progress | None = None,
-    on_write: Callable | None = None,
-    **given: Any,
-) -> Summary:
-    """Describe regions: one record per (image, box) with `description`, `box_px` and `box_model_px`.
+)
+refer = register_task(
+    TaskCommand(
+        Refer,
+        ReferOptions,
+        lambda own: Refer(own.boxes, own.normalized),
+        "Describe regions of images: one record per (image, box) with the model's description of it.",
+        "kosmos refer photo.jpg --box 10,20,200,300 --box 0,0,64,64",
+        doc="""Each record has `description`, `box_px` and `box_model_px`.
 
     `boxes` ("x1,y1,x2,y2" strings or 4-number sequences; pixels of the image as displayed, or 0-1 with
-    `normalized`) go with every image; without them each manifest row's x1, y1, x2, y2 columns are its box.
-    """
-    task = ReferOptions.take(given)
-    return runner.start(
-        Refer(task.boxes, task.normalized), inputs, given, engine=engine, progress=progress, on_write=on_write
+    `normalized`) go with every image; without them each manifest row's x1, y1, x2, y2 columns are its box.""",
     )
+)
+find = register_task(
+    TaskCommand(
+        Find,
+        FindOptions,
+        lambda own: Find(own.phrases),
+        "Find phrases in images: one record per (image, phrase) with its boxes (empty lists: not found).",
+        'kosmos find photo.jpg "a red car" "a dog" --out found.jsonl',
+        doc="""Each record has `boxes` (0-1) and `boxes_px`.
 
-
-@keyword_options(FindOptions, *RUN_GROUPS, positional=OUT)
-def find(
-    inputs: Inputs,
-    *,
-    engine: Engine | None = None,
-    progress: Progress | None = None,
-    on_write: Callable | None = None,
-    **given: Any,
-) -> Summary:
-    """Boxes for phrases: one record per (image, phrase) with `boxes` (0-1) and `boxes_px` (empty: not found).
-
-    `phrases` go with every image; without them each manifest row's `phrase` column is used.
-    """
-    task = FindOptions.take(given)
-    return runner.start(Find(task.phrases), inputs, given, engine=engine, progress=progress, on_write=on_write)
+    `phrases` go with every image; without them each manifest row's `phrase` column is used.""",
+    )
+)
 
 
 @keyword_options(DrawOptions, ScoreFilter)
@@ -135,7 +195,7 @@ def draw(
     )
 
 
-@keyword_options(ExportOptions, ScoreFilter)
+@keyword_options(ClassOptions, Duplicates, ExportOptions, ScoreFilter)
 def export(results: str, to: str, out: str, **given: Any):
     """Write the boxes of a ground or find results file (JSONL or Parquet) as labels in the format `to`, one of
     `kosmos_cli.exports.FORMATS`: coco (one JSON file), yolo (an Ultralytics folder), voc (a folder of Pascal VOC
@@ -151,17 +211,44 @@ def export(results: str, to: str, out: str, **given: Any):
     locations.check_local_output(out, "out")
     if not os.path.exists(results):
         raise InputError(f"results file not found: {results}")
-    chosen, min_score = ExportOptions.take(given), ScoreFilter.take(given).min_score
+    named, chosen, min_score = ClassOptions.take(given), ExportOptions.take(given), ScoreFilter.take(given).min_score
     return exports.run(
         results,
         to,
         out,
-        classes=parse_classes(chosen.classes, chosen.classes_file),
+        classes=parse_classes(named.classes, named.classes_file),
         min_score=min_score,
-        nms=chosen.nms,
+        nms=Duplicates.take(given).nms,
         root=chosen.root,
         image_root=chosen.image_root,
         copy_images=chosen.copy_images,
+    )
+
+
+@keyword_options(ClassOptions, Duplicates, EvalOptions)
+def eval_results(results: str, truth: str, **given: Any) -> evaluate.EvalReport:
+    """Measure a ground or find results file (JSONL, Parquet or a dataset folder) against ground truth: `truth` is a
+    COCO instances .json, a YOLO dataset (its data.yaml or folder) or a Pascal VOC folder, as `export` writes them.
+
+    Images are paired by path (relative to `root` when given; a truth name also pairs with a results path it ends).
+    Classes are the truth's, or `classes`/`classes_file`; a phrase's boxes get their class as `export` gives them
+    (and `nms` drops the duplicates export's `nms` drops).
+    Returns an EvalReport: pycocotools' AP (0.50:0.95), AP50 and AP75 overall and per class, truth boxes and
+    predictions, the images of either side the other lacks, precision, recall and F1 at IoU 0.5 for each
+    --min-score from 0 to 1 (`sweep`), the best-F1 threshold (`best`) and the `kosmos export` line that uses it
+    (`command`); `report.as_dict()` is all of it as JSON. `plot`: also draw precision against recall per class,
+    the chosen threshold marked, into this .png file. Bad truth raises InputError.
+    """
+    named, chosen = ClassOptions.take(given), EvalOptions.take(given)
+    if not os.path.exists(results):
+        raise InputError(f"results file not found: {results}")
+    return evaluate.run(
+        results,
+        truth,
+        classes=parse_classes(named.classes, named.classes_file),
+        nms=Duplicates.take(given).nms,
+        root=chosen.root,
+        plot=chosen.plot,
     )
 
 

@@ -7,6 +7,8 @@ Errors become one line on stderr and an exit code here, and only here. Exit code
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import re
@@ -23,18 +25,20 @@ from .inputs.images import is_image_path
 from .options import (
     REPORTING,
     RUN_GROUPS,
+    AsJson,
+    ClassOptions,
     DrawOptions,
+    Duplicates,
+    EvalOptions,
     ExportOptions,
-    FindOptions,
-    GroundOptions,
     Quiet,
-    ReferOptions,
     ScoreFilter,
     Strict,
     ViewOptions,
     command_options,
     flag_for,
 )
+from .run.plan import Plan
 from .run.progress import for_terminal
 from .tasks.records import one_line, printable
 
@@ -114,56 +118,81 @@ Results = Annotated[
 ]
 
 
-@app.command(epilog="Example: kosmos ground ./photos --out results.parquet")
-@command_options(GroundOptions, *RUN_GROUPS, *REPORTING)
-def ground(inputs: Inputs, **given) -> None:
-    """Caption every image and ground its phrases: one record per image, resumable."""
-    _model_command("ground", lambda progress: api.ground(inputs, progress=progress, **given), given)
+def _task_command(command: api.TaskCommand) -> None:
+    """`kosmos NAME INPUTS... [OPTIONS]` for a registered task: its own options, then every run option."""
+    run = _ARGUMENTS.get(command.name, _inputs_command)(command)
+    run.__name__, run.__doc__ = command.name, command.help
+    decorated = command_options(command.options, *RUN_GROUPS, *REPORTING, AsJson)(run)
+    app.command(command.name, cls=_Command, epilog=f"Example: {command.example}")(decorated)
 
 
-@app.command(epilog="Example: kosmos refer photo.jpg --box 10,20,200,300 --box 0,0,64,64")
-@command_options(ReferOptions, *RUN_GROUPS, *REPORTING)
-def refer(inputs: Inputs, **given) -> None:
-    """Describe regions of images: one record per (image, box) with the model's description of it."""
-    _model_command("refer", lambda progress: api.refer(inputs, progress=progress, **given), given)
+def _inputs_command(command: api.TaskCommand):
+    def run(inputs: Inputs, **given) -> None:
+        function = api.FUNCTIONS[command.name]
+        _model_command(command.name, lambda progress: function(inputs, progress=progress, **given), given)
+
+    return run
 
 
-@app.command(epilog='Example: kosmos find photo.jpg "a red car" "a dog" --out found.jsonl')
-@command_options(FindOptions, *RUN_GROUPS, *REPORTING)
-def find(
-    input_: Annotated[
-        str,
-        typer.Argument(
-            metavar="INPUT",
-            show_default=False,
-            help="A folder, image file, glob, manifest (.csv .jsonl .parquet with 'path' and 'phrase' columns), "
-            "or - for stdin.",
-        ),
-    ],
-    listed: Annotated[
-        Optional[list[str]],
-        typer.Argument(
-            metavar="[PHRASES]...",
-            help="Phrases to find in every image (as -p does). Without any: a manifest's 'phrase' column.",
-            show_default=False,
-        ),
-    ] = None,
-    **given,
-) -> None:
-    """Find phrases in images: one record per (image, phrase) with its boxes (empty lists: not found)."""
-    given["phrases"] = [*(listed or []), *(given.get("phrases") or [])]
+def _find_command(command: api.TaskCommand):
+    """find's arguments: one INPUT, then the phrases to find in it (as -p gives them)."""
 
-    def go(progress):
-        _not_images(listed or [])
-        return api.find([input_], progress=progress, **given)
+    def run(
+        input_: Annotated[
+            str,
+            typer.Argument(
+                metavar="INPUT",
+                show_default=False,
+                help="A folder, image file, glob, manifest (.csv .jsonl .parquet with 'path' and 'phrase' columns), "
+                "or - for stdin.",
+            ),
+        ],
+        listed: Annotated[
+            Optional[list[str]],
+            typer.Argument(
+                metavar="[PHRASES]...",
+                help="Phrases to find in every image (as -p does). Without any: a manifest's 'phrase' column.",
+                show_default=False,
+            ),
+        ] = None,
+        **given,
+    ) -> None:
+        given["phrases"] = [*(listed or []), *(given.get("phrases") or [])]
 
-    _model_command("find", go, given)
+        def go(progress):
+            _not_images(listed or [])
+            return api.find([input_], progress=progress, **given)
+
+        _model_command("find", go, given)
+
+    return run
+
+
+_ARGUMENTS = {"find": _find_command}  # tasks whose command line takes other arguments than INPUTS...
 
 
 def _model_command(name: str, go, given: dict) -> None:
     """ground, refer and find: the run with its progress on stderr, then the summary and the exit code."""
-    quiet, strict = Quiet.take(given).quiet, Strict.take(given).strict
-    _finish(_call(lambda: go(for_terminal(name, quiet)), quiet), quiet, strict)
+    quiet, strict, as_json = Quiet.take(given).quiet, Strict.take(given).strict, AsJson.take(given).json
+
+    def run():
+        if as_json and not given.get("dry_run"):
+            raise UsageError("--json is for --dry-run's plan: add --dry-run, or drop --json")
+        return go(for_terminal(name, quiet))
+
+    done = _call(run, quiet)
+    if isinstance(done, Plan):
+        _planned(done, quiet, as_json)
+    else:
+        _finish(done, quiet, strict)
+
+
+def _planned(plan: Plan, quiet: bool, as_json: bool) -> None:
+    """A dry run: what a person reads on stderr, then one line (or a JSON object) for scripts on stdout."""
+    if not quiet and not as_json:
+        for line in plan.lines():
+            _say(f"kosmos: {line}")
+    print(json.dumps(plan.as_dict()) if as_json else plan.line(), flush=True)
 
 
 def _not_images(phrases: list[str]) -> None:
@@ -174,6 +203,9 @@ def _not_images(phrases: list[str]) -> None:
                 f"{text} is an image file, not a phrase: kosmos find takes one input (for several "
                 "images name their folder, a glob or a manifest); give phrases with -p/--phrase"
             )
+
+
+api.on_register(_task_command)  # ground, refer and find first, in that order; any task registered later too
 
 
 @app.command(epilog="Example: kosmos draw results.parquet --out-dir annotated/ --html")
@@ -203,7 +235,7 @@ def draw(
 
 
 @app.command(epilog='Example: kosmos export results.parquet --to yolo dataset/ --classes "dog,cat" --min-score 0.3')
-@command_options(ExportOptions, ScoreFilter, *REPORTING)
+@command_options(ClassOptions, Duplicates, ExportOptions, ScoreFilter, *REPORTING)
 def export(
     results: Annotated[
         str,
@@ -223,6 +255,59 @@ def export(
     """Export the boxes of a ground or find results file as labels for training a detector (--to names the format)."""
     quiet, strict = Quiet.take(given).quiet, Strict.take(given).strict
     _finish(_call(lambda: api.export(results, to, out, **given), quiet), quiet, strict)
+
+
+@app.command(name="eval", epilog="Example: kosmos eval results.parquet --truth corrected.json --plot pr.png")
+@command_options(ClassOptions, Duplicates, EvalOptions, Quiet)
+def eval_(
+    results: Annotated[
+        str,
+        typer.Argument(
+            metavar="RESULTS",
+            help="A results file of kosmos ground or find (.jsonl or .parquet), or a dataset folder.",
+            show_default=False,
+        ),
+    ],
+    truth: Annotated[
+        str,
+        typer.Option(
+            "--truth",
+            help="The right boxes: a COCO instances .json, a YOLO dataset (data.yaml or its folder, with labels/) or "
+            "a Pascal VOC folder (Annotations/).",
+            show_default=False,
+        ),
+    ],
+    **given,
+) -> None:
+    """Measure a results file against ground truth: COCO AP per class, and the --min-score with the best F1."""
+    quiet, as_json = Quiet.take(given).quiet, bool(given.pop("as_json"))  # the API returns the report instead
+    _call(lambda: _show_eval(api.eval_results(results, truth, **given), as_json), quiet)
+
+
+def _show_eval(report, as_json: bool) -> None:
+    """The report on stdout (it is the command's data): one JSON object, or tables and the export line last."""
+    if as_json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False), flush=True)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    shown = io.StringIO()  # rendered here, printed below: a closed pipe (`| head`) ends quietly, as elsewhere
+    console = Console(file=shown, width=Console().width, force_terminal=sys.stdout.isatty(), highlight=False)
+    at = f"; P, R, F1 at --min-score {report.best.min_score:g}, IoU 0.5" if report.best is not None else ""
+    for title, (headers, rows) in (
+        (f"per class (AP: pycocotools{at})", report.class_rows()),
+        ("precision, recall and F1 at IoU 0.5 per --min-score", report.sweep_rows()),
+    ):
+        table = Table(title=f"kosmos eval: {title}", title_justify="left")
+        for n, header in enumerate(headers):
+            table.add_column(header, justify="left" if n == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    print(shown.getvalue(), end="")
+    for line in [*report.notes(), report.command]:
+        print(printable(line), flush=True)
 
 
 @app.command(epilog="Example: kosmos view results.parquet --open")

@@ -225,6 +225,11 @@ class RunOptions(Group):
     retry_failed: bool = option(False, "Also redo images recorded as failed.")
     prune: bool = option(False, "Drop records of images no longer in the inputs.")
     wait: bool = option(False, "Wait for another run on the same output instead of exiting.")
+    dry_run: bool = option(
+        False,
+        "Say what a run would do (new, recorded, changed, failed before, to prune) and stop: no model, nothing "
+        "written.",
+    )
     workers: int | None = option(
         None, "Background image loaders \\[default: one per CPU, up to 16].", show_default=False
     )
@@ -359,6 +364,15 @@ class Quiet(Group):
 
 
 @dataclass(frozen=True)
+class AsJson(Group):
+    """What a dry run prints on stdout."""
+
+    json: bool = option(
+        False, "With --dry-run: print the plan as one JSON object on stdout instead of its line.", api=False
+    )
+
+
+@dataclass(frozen=True)
 class ScoreFilter(Group):
     """Which boxes a reader of results keeps."""
 
@@ -377,22 +391,34 @@ class DrawOptions(Group):
 
 
 @dataclass(frozen=True)
-class ExportOptions(Group):
-    """Which boxes an export keeps, and how it names images."""
+class ClassOptions(Group):
+    """Which class a phrase's boxes are (export and eval match phrases the same way)."""
 
     classes: str | None = option(
         None,
         'Classes, in order, comma-separated ("dog,cat,traffic light"): only boxes whose phrase names one ("two dogs" '
-        "is dog) \\[default: one class per distinct phrase].",
+        "is dog) \\[default: export: one class per distinct phrase; eval: the truth's classes].",
         show_default=False,
         api_type=Optional[typing.Union[str, Iterable[str]]],
     )
     classes_file: str | None = option(None, "Classes, one a line, as --classes.", show_default=False)
+
+
+@dataclass(frozen=True)
+class Duplicates(Group):
+    """Which of overlapping boxes of one class stay (export and eval drop the same ones)."""
+
     nms: float | None = option(
         None,
         "Of boxes of one class in one image overlapping by more than this IoU, keep the best-scored.",
         show_default=False,
     )
+
+
+@dataclass(frozen=True)
+class ExportOptions(Group):
+    """How an export names images, and what only some formats take."""
+
     root: str | None = option(None, "Write image paths relative to this folder.", show_default=False)
     image_root: str | None = option(
         None,
@@ -418,6 +444,26 @@ class ViewOptions(Group):
     )
     open_browser: bool = option(False, "Open the page in the default browser.", "--open")
     cache_mb: int = option(64, "Memory for the images made for the page, in MB.")
+
+
+@dataclass(frozen=True)
+class EvalOptions(Group):
+    """What kosmos eval pairs, and how it shows what it measured."""
+
+    root: str | None = option(
+        None,
+        "Pair images by their paths relative to this folder (when the truth's names and the recorded paths differ "
+        "by a prefix) \\[default: as recorded; a truth name also pairs with the one recorded path it ends].",
+        show_default=False,
+    )
+    plot: str | None = option(
+        None,
+        "Also draw precision against recall per class, the chosen --min-score marked, into this .png file.",
+        show_default=False,
+    )
+    as_json: bool = option(
+        False, "Print the whole report as one JSON object on stdout instead of tables.", "--json", api=False
+    )
 
 
 RUN_GROUPS: tuple[type[Group], ...] = (RunOptions, ModelOptions, GenerationOptions)  # every model command has these
@@ -529,4 +575,10 @@ def flag_for(param: str) -> str:
 
 
 def _all_groups() -> list[type[Group]]:
-    return [g for g in globals().values() if isinstance(g, type) and issubclass(g, Group) and g is not Group]
+    """Every option group, wherever declared (a task's own options may live beside the task)."""
+    found, todo = [], list(Group.__subclasses__())
+    while todo:
+        group = todo.pop(0)
+        found.append(group)
+        todo.extend(group.__subclasses__())
+    return found

@@ -23,7 +23,7 @@ from ..errors import Interrupted, UsageError
 from ..run.reports import SoloReport
 from ..tasks.scores import check_min_score
 from .base import Options, Writer
-from .boxes import Dropped, labels
+from .boxes import Dropped, check_nms, labels
 from .classes import Classes
 from .coco import Coco
 from .labelstudio import LabelStudio
@@ -113,12 +113,7 @@ def run(
     if writer_type is None:
         raise UsageError(f"unknown format {to!r} ({{param}}): use one of {', '.join(FORMATS)}", param="to")
     min_score = check_min_score(min_score)
-    if nms is not None and (isinstance(nms, bool) or not isinstance(nms, (int, float)) or not 0.0 <= nms <= 1.0):
-        raise UsageError(
-            f"{{param}} {nms!r}: an IoU from 0 to 1 (boxes of one class overlapping more than it are "
-            "duplicates), e.g. 0.5",
-            param="nms",
-        )
+    nms = check_nms(nms)
     if root is not None and not os.path.isdir(root):
         raise UsageError(f"{{param}} {root}: no such folder", param="root")
     given = {"image_root": image_root is not None, "copy_images": bool(copy_images)}

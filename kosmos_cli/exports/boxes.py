@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UsageError
 from ..tasks.scores import passes
 from .classes import Classes
 from .source import Image
@@ -64,6 +65,17 @@ def labels(image: Image, classes: Classes, min_score: float | None, nms: float |
         dropped.duplicates += len(out) - len(kept)
         out = kept
     return out
+
+
+def check_nms(nms: float | None) -> float | None:
+    """An --nms, checked: an IoU from 0 to 1 (UsageError naming the parameter otherwise)."""
+    if nms is not None and (isinstance(nms, bool) or not isinstance(nms, (int, float)) or not 0.0 <= nms <= 1.0):
+        raise UsageError(
+            f"{{param}} {nms!r}: an IoU from 0 to 1 (boxes of one class overlapping more than it are "
+            "duplicates), e.g. 0.5",
+            param="nms",
+        )
+    return nms
 
 
 def _score(label: Label) -> float:

@@ -71,7 +71,7 @@ def scan(path: str, root: str | None) -> Scan:
         if not tasks.get(result.task).detects:
             raise UsageError(
                 f"{path} holds {result.task} records: they describe regions you gave, they find no boxes; "
-                "export reads the results of kosmos ground or kosmos find"
+                "export and eval read the results of kosmos ground or kosmos find"
             )
         out.task, out.rows = result.task, number
         if not result.ok:

@@ -77,12 +77,12 @@ def _manifest_url(url: str) -> bool:
 def _check_manifest_url(url: str, fetch: FetchOptions) -> None:
     """InputError, in the line reading it would give, when the manifest at `url` cannot be had (a 404, a server
     that does not answer): its answer is asked for, and the body left unread."""
-    from .locations.http import open_response  # urllib, ssl: loaded for a URL only
+    from .locations.http import open_response, redacted  # httpx: loaded for a URL only
 
     try:
         open_response(url, fetch).close()
     except Unreadable as exc:
-        raise InputError(f"cannot read manifest {url}: {exc}: check the URL") from None
+        raise InputError(f"cannot read manifest {redacted(url)}: {exc}: check the URL") from None
 
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
@@ -241,7 +241,7 @@ def _expand(
 
                     yield from iter_shard(arg, number, fetch, unseen)
             elif is_url(arg) and _manifest_url(arg):
-                from .locations.http import open_url  # urllib, ssl: loaded for a URL only
+                from .locations.http import open_url  # httpx: loaded for a URL only
 
                 yield from read_manifest(arg, columns, functools.partial(open_url, fetch=fetch), unseen, fetch)
             elif is_url(arg):

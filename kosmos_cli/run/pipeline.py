@@ -20,6 +20,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from .. import tasks
 from ..errors import OutOfMemory, UsageError
 from ..inputs.images import MODEL_SIDE
 from ..inputs.listing import Item, Unseen
@@ -92,7 +93,7 @@ class Summary:
 
 def counted(task: str, n: int) -> str:
     """`n` records of `task` as the user hears of them: "1 image", "3 regions", "2 phrases"."""
-    noun = {"refer": "region", "find": "phrase"}.get(task, "image")
+    noun = tasks.REGISTRY[task].noun if task in tasks.REGISTRY else "image"
     return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
@@ -205,9 +206,9 @@ def _pass(run: Run, output: Output, summary: Summary, progress: Progress) -> Non
     rank, world = run.share
     present: set[str] | None = set() if options.prune or output.store.spool else None
     unseen = Unseen()  # what the listing could not look into or skipped: then the pass did not see every input
-    listed = _as_items(inputs, options, task.per_row, unseen, (rank, world))
+    listed = as_items(inputs, options, task.per_row, unseen, (rank, world))
     # listing on a thread of its own: a shard streamed or a bucket listed over the network never stalls the model
-    items = _counted(read_ahead(_stated(listed), 2 * model.batch_size(options.batch_size), "kosmos-list"), summary)
+    items = _counted(read_ahead(stated(listed), 2 * model.batch_size(options.batch_size), "kosmos-list"), summary)
     if present is not None:
         items = _tracking(items, present)
     pending = _todo(
@@ -279,7 +280,7 @@ def _count_inputs(inputs: list[str], progress: Progress) -> None:
         pass
 
 
-def _as_items(inputs, options: RunOptions, per_row: bool, unseen: Unseen, share: tuple[int, int]) -> Iterator[Item]:
+def as_items(inputs, options: RunOptions, per_row: bool, unseen: Unseen, share: tuple[int, int]) -> Iterator[Item]:
     inputs = list(inputs) if not isinstance(inputs, Iterator) else inputs
     if isinstance(inputs, list) and all(isinstance(i, str) for i in inputs):
         return iter_items(
@@ -294,7 +295,7 @@ def _as_items(inputs, options: RunOptions, per_row: bool, unseen: Unseen, share:
     return (i if isinstance(i, Item) else Item(str(i)) for i in inputs)
 
 
-def _stated(items: Iterator[Item]) -> Iterator[Item]:
+def stated(items: Iterator[Item]) -> Iterator[Item]:
     """Items with their (size, modification time), which resume compares: looked up here, on the listing thread (an
     object named in a manifest in a bucket costs a request), unless the listing brought them."""
     for item in items:
@@ -314,32 +315,59 @@ def _tracking(items: Iterator[Item], present: set[str]) -> Iterator[Item]:
 
 
 def _todo(items, task: Task, model: Model, seen, options: RunOptions, summary: Summary, progress: Progress):
-    """(item, units still to do, stat) for each item with anything left to do; counts the skipped.
-
-    Units whose keys collide (rows naming one box or phrase, however written) are one unit: the first one wins,
-    the others are skipped, in this run as in any rerun.
-    """
-    label, decoding = model.options.label, model.decoding
-    met: set[str] = set()  # the keys of this run's units so far
-    for item in items:
-        size, mtime = item.stat if item.stat is not None else location_stat(item.path)
+    """(item, units still to do) for each item with anything left to do; counts the skipped."""
+    for item, standings in standing_units(items, task, model.options.label, model.decoding, seen):
         units = []
-        for unit in task.units(item, label):
-            if unit.key in met:
+        for unit, standing in standings:
+            if standing.settings:
+                summary.redone += 1
+                summary.changed |= standing.settings
+            if standing.skipped(options.retry_failed):
                 summary.skipped += 1
                 continue
-            met.add(unit.key)
-            unit.record.decoding = decoding
-            recorded = seen.get(unit.key)
-            if recorded is not None and _fresh(recorded, unit.record, size, mtime, options.retry_failed, summary):
-                summary.skipped += 1
-                continue
-            unit.record.file_size, unit.record.file_mtime = size, mtime
+            unit.record.file_size, unit.record.file_mtime = item.stat or (None, None)
             units.append(unit)
         if units:
             yield item, units
         elif summary.skipped % 256 == 0:
             progress.advance(summary.done, summary.failed, summary.skipped)
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where one unit stands against what the output holds for its key: what a run does with it, and why."""
+
+    kind: str  # NEW, DONE (recorded ok, as it is now), FAILED (recorded as failed), CHANGED (on disk), OTHER, TWICE
+    settings: frozenset[str] = frozenset()  # OTHER: which of SETTINGS differ
+
+    def skipped(self, retry_failed: bool) -> bool:
+        return self.kind in (DONE, TWICE) or (self.kind == FAILED and not retry_failed)
+
+
+NEW, DONE, FAILED, CHANGED, OTHER, TWICE = "new", "done", "failed", "changed", "other", "twice"
+
+
+def standing_units(items, task: Task, label: str, decoding: str, seen: dict[str, Seen]):
+    """(item, [(unit, Standing)]) for each item: each unit's standing against `seen`, the output's holdings.
+
+    The one place a run (`_todo`) and a dry run (plan.py) decide what is done. Units whose keys collide (rows naming
+    one box or phrase, however written) are one unit: the first one wins, the others are TWICE, in this run as in
+    any rerun. Items come with their stat (`stated`).
+    """
+    met: set[str] = set()  # the keys of this run's units so far
+    for item in items:
+        size, mtime = item.stat if item.stat is not None else location_stat(item.path)
+        if item.stat is None:
+            item = dataclasses.replace(item, stat=(size, mtime))
+        standings = []
+        for unit in task.units(item, label):
+            if unit.key in met:
+                standings.append((unit, Standing(TWICE)))
+                continue
+            met.add(unit.key)
+            unit.record.decoding = decoding
+            standings.append((unit, _standing(seen.get(unit.key), unit.record, size, mtime)))
+        yield item, standings
 
 
 def _same_image_once(pending):
@@ -356,20 +384,22 @@ def _same_image_once(pending):
         yield current
 
 
-def _fresh(recorded: Seen, record: Record, size, mtime, retry_failed: bool, summary: Summary) -> bool:
-    """Whether what the output holds for `record`'s key stands, so the unit is skipped.
+def _standing(recorded: Seen | None, record: Record, size, mtime) -> Standing:
+    """Where `record`'s unit stands against what the output holds for its key (`recorded`).
 
-    Not when it was made with other settings than `record` is (model, prompt, decoding; one not recorded, as in
-    outputs written before `decoding`, counts as the same): it is redone, and counted in `summary`.
+    Made with other settings than `record` is (model, prompt, decoding; one not recorded, as in outputs written
+    before `decoding`, counts as the same): OTHER, done again. A file changed (or appeared) since: CHANGED.
     """
-    changed = {s for s in SETTINGS if getattr(recorded, s) is not None and getattr(recorded, s) != getattr(record, s)}
+    if recorded is None:
+        return Standing(NEW)
+    changed = frozenset(
+        s for s in SETTINGS if getattr(recorded, s) is not None and getattr(recorded, s) != getattr(record, s)
+    )
     if changed:
-        summary.redone += 1
-        summary.changed |= changed
-        return False
+        return Standing(OTHER, changed)
     if recorded.file_size != size or recorded.file_mtime != mtime:
-        return False  # the file changed (or appeared) since it was recorded: do it again
-    return recorded.status == OK or not retry_failed
+        return Standing(CHANGED)
+    return Standing(DONE if recorded.status == OK else FAILED)
 
 
 def load(item: Item, units: list[Unit], task: Task, engine: Engine, options: RunOptions) -> Loaded:

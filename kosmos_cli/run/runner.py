@@ -27,6 +27,7 @@ from ..tasks import Task
 from ..tasks.records import Record
 from . import ranks
 from .pipeline import Here, Model, Progress, Run, Summary, execute
+from .plan import Plan, decoding_of, plan
 from .ranks import Solo
 
 Inputs = str | os.PathLike | Iterable[str] | Iterable[Item]
@@ -41,7 +42,7 @@ def start(
     progress: Progress | None = None,
     on_write: Callable[[list[Record]], None] | None = None,
     draw: str | None = None,
-) -> Summary:
+) -> Summary | Plan:
     """Run `task` over `inputs` with the options a caller `given` (by name: RunOptions', ModelOptions' and
     GenerationOptions' fields), set up in the order above. `engine`: a loaded one, instead of the model options."""
     options = RunOptions.take(given)
@@ -57,6 +58,10 @@ def start(
     named = listed(inputs)
     _check_inputs(named, options)
     task.check(named)
+    if options.dry_run:
+        if engine is not None:
+            return plan(task, named, options, engine.options.label, engine.decoding)
+        return plan(task, named, options, model.label, decoding_of(model, generation))
     fmt = detect_format(options.out, options.format)
     drawer = _drawer(draw, named) if draw is not None else None
     crew = ranks.team(model.device) if options.on == "local" else _driver(engine)

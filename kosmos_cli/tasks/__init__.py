@@ -4,7 +4,8 @@
     refer   describe a region                          one record per (image, box)
     find    boxes for a phrase                         one record per (image, phrase)
 
-A new task is one module with a `Task` subclass and its record type, plus its line in `REGISTRY`.
+A new task is one module with a `Task` subclass and its record type, plus its line in api.py: `register_task`
+puts it in `REGISTRY` (the readers of results find it there), and gives it its API function and its command.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .ground import Ground, GroundRecord
 from .records import reserved_names
 from .refer import Refer, ReferRecord
 
-REGISTRY: dict[str, type[Task]] = {task.name: task for task in (Ground, Refer, Find)}
+REGISTRY: dict[str, type[Task]] = {}  # name -> task, in the order api.register_task was given them
 
 
 def get(name: str) -> type[Task]:

@@ -47,6 +47,7 @@ class Unit:
 
 class Task:
     name: ClassVar[str] = ""
+    noun: ClassVar[str] = "image"  # what one record is of, as the user hears of it: "3 images failed"
     record_type: ClassVar[type[Record]] = Record
     per_row: ClassVar[bool] = False  # several records per image: manifest rows naming one image are all kept
     stop_at: ClassVar[str | None] = None  # a token after which nothing the task reads follows: generation ends

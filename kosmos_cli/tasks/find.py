@@ -46,6 +46,7 @@ class Find(Task):
     """
 
     name = "find"
+    noun = "phrase"
     record_type = FindRecord
     detects = True
     per_row = True

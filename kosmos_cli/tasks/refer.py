@@ -46,6 +46,7 @@ class Refer(Task):
     """
 
     name = "refer"
+    noun = "region"
     record_type = ReferRecord
     per_row = True
     key_fields = ("box_px",)

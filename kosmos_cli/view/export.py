@@ -14,6 +14,7 @@ import shlex
 from collections.abc import Iterator
 from typing import Any
 
+from ..errors import UsageError
 from ..exports import FORMATS
 from ..inputs import locations
 from .index import Index, Query
@@ -21,8 +22,12 @@ from .index import Index, Query
 SHOWN = "shown.jsonl"
 
 
-def offer(index: Index, query: Query, to: str = "coco") -> dict[str, Any]:
-    """What the page's export box says: the command line, whether it exports exactly what is shown, and why not."""
+def offer(index: Index, query: Query, to: str | None = "coco") -> dict[str, Any]:
+    """What the page's export box says: the command line, whether it exports exactly what is shown, and why not.
+    UsageError naming the formats when `to` is not one."""
+    to = to or "coco"
+    if to not in FORMATS:
+        raise UsageError(f"{{param}} {to!r}: one of {', '.join(FORMATS)}", param="to")
     if not index.task.detects:
         return {
             "possible": False,
@@ -30,7 +35,6 @@ def offer(index: Index, query: Query, to: str = "coco") -> dict[str, Any]:
             "(descriptions of regions you gave), which hold no boxes to export",
         }
 
-    to = to if to in FORMATS else "coco"
     shown, boxes = index.count_shown(query)
     ok = int(index.ok.sum())
     exact = int(index.ok[index.order(query)].sum()) == ok  # the same ok records: export skips error records

@@ -6,6 +6,7 @@
     results.head(offset, limit)                   # the same, of a few records, read without reading them all
     results.record(row)                           # one whole record as written (carried columns too)
     results.image_path(row)                       # the image it names, as recorded
+    results.signature == signature(path)          # False once the file (or a part) was replaced or changed
 
 A Parquet file (or a folder of Parquet parts) is read column by column: only the columns a card needs, never
 a prompt, a model name or carried columns; the first page is read from its first row group alone; a whole
@@ -13,6 +14,13 @@ record is read when the detail view asks for it, from its row group. A JSONL fil
 reader (line by line when a line is unusual, which also says which line is not a record), keeping each
 record's byte offset, so a whole record is one seek. Everything the viewer reads goes through here, so it can
 later be pointed at a shared reader.
+
+A results file can change while it is viewed (a `--prune` or `--overwrite` rewrites it, a run appends to it, a
+copy is cut short). `signature` tells (device, inode, size, modification time of each file); the viewer reads it
+again when it differs. Until then the records read are those of the file as it was opened: a JSONL file is read
+through the file it opened (still the old one after a rename over it), a Parquet part is read only when it is
+still the file opened; a record that is no longer where it was is `Changed`, never another record.
+Values nested deeper than MAX_DEPTH are shown as a note saying so (no recursion without a bound).
 """
 
 from __future__ import annotations
@@ -30,8 +38,13 @@ from ..inputs import carried_columns, locations
 from ..tasks import Task
 
 COMMON = ("path", "task", "status", "error", "width", "height")
+MAX_DEPTH = 64  # lists and objects in a record shown this deep; deeper ones are a note
 PARQUET_ENDINGS = (".parquet", ".pq")
 JSONL_ENDINGS = (".jsonl", ".ndjson", ".json")
+
+
+class Changed(InputError):
+    """The results file changed since it was opened: what was asked for is not where it was."""
 
 
 class Results:
@@ -40,6 +53,7 @@ class Results:
     path: str  # as given
     folder: str  # where relative image paths are looked up: the results' own folder
     task: type[Task]
+    signature: tuple  # the files as they were opened (`signature`)
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -111,6 +125,55 @@ def _shape(kind):
     return str(kind)
 
 
+def _stat(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def grown(old: Results, new: Results) -> bool:
+    """Whether `new` is `old` with records added after its own (a run appending, a part added): the same task,
+    and the same card columns for every record `old` has, so a record's number still names the same record."""
+    if new.task is not old.task or len(new) < len(old):
+        return False
+    before = old.table()
+    return new.table().slice(0, before.num_rows).equals(before)
+
+
+def signature(path: str) -> tuple:
+    """What tells a results file (or folder of parts) from a changed one: each file's device, inode, size and
+    modification time (a folder: which parts it holds, and theirs). Cheap: a stat per file, nothing read."""
+    try:
+        if os.path.isdir(path):
+            return tuple((name, _stat(os.stat(name))) for name in _parts(path))
+        return _stat(os.stat(path))
+    except OSError:
+        return ("gone",)
+
+
+def _parts(path: str) -> list[str]:
+    names = [n for n in os.listdir(path) if n.lower().endswith(PARQUET_ENDINGS) and n[0] != "."]
+    return sorted(os.path.join(path, n) for n in names)
+
+
+def viewable(value: Any, depth: int = 0) -> Any:
+    """A value of a record made JSON-safe (carried_columns.to_jsonable), lists and objects shown at most MAX_DEPTH
+    deep: a deeper one is a note saying so."""
+    if isinstance(value, (list, tuple, dict)) and depth >= MAX_DEPTH:
+        return f"(nested more than {MAX_DEPTH} deep: see the results file)"
+    if isinstance(value, (list, tuple)):
+        return [viewable(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {str(k): viewable(v, depth + 1) for k, v in value.items()}
+    return carried_columns.to_jsonable(value)
+
+
+def _loads(line: bytes | str) -> Any:
+    """json.loads; ValueError (not RecursionError) for a value nested deeper than Python can read."""
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise ValueError("nested too deep to read") from None
+
+
 def resolve(path: str, folder: str) -> str:
     """`path` as recorded -> where it can be opened: as written (from here), else relative to `folder`; a URL as it
     is; a sample of a container (`SHARD.tar#KEY`) with its container resolved."""
@@ -130,15 +193,21 @@ def open_results(path: str) -> Results:
     """The results at `path`: a .jsonl or .parquet file of kosmos ground, refer or find, or a folder of Parquet
     parts. InputError, one line saying what to pass, when it cannot be read."""
     path = os.fspath(path)
+    if locations.is_remote(path):
+        raise InputError(
+            f"{path}: kosmos view reads local results: copy the results file (or folder of parts) here first, "
+            "then view the copy"
+        )
     if not os.path.exists(path):
         raise InputError(f"results file not found: {path}")
     if os.path.isdir(path):
-        parts = sorted(
-            os.path.join(path, n) for n in os.listdir(path) if n.lower().endswith(PARQUET_ENDINGS) and n[0] != "."
-        )
+        parts = _parts(path)
         if not parts:
             raise InputError(f"{path} is a folder without Parquet parts: pass a .jsonl or .parquet results file")
+        for part in parts:
+            _regular(part)
         return ParquetResults(path, parts)
+    _regular(path)
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -147,6 +216,15 @@ def open_results(path: str) -> Results:
     if magic == b"PAR1" or path.lower().endswith(PARQUET_ENDINGS):
         return ParquetResults(path, [path])
     return JsonlResults(path)
+
+
+def _regular(path: str) -> None:
+    """InputError when `path` is not a regular file (a named pipe would block the reading of it forever)."""
+    from .thumbs import regular
+
+    refused = regular(path)
+    if refused is not None:
+        raise InputError(f"{path}: {refused}: pass the .jsonl or .parquet file written by kosmos ground, refer or find")
 
 
 def _not_ours(path: str, where: str) -> InputError:
@@ -171,14 +249,18 @@ class ParquetResults(Results):
 
         self.path, self.folder = path, os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path) or ".")
         self._files = []  # opened once to check them; the detail view reads whole records through them
+        self._stats: list[tuple[int, int, int, int]] = []  # each file as it was opened
         self._names: list[str] = []
         self._starts: list[int] = []  # the first row of each file
         self._lock = threading.Lock()
+        self._reading = threading.Lock()  # the card columns, read once
+        self._table: Any = None
         self._groups: OrderedDict[tuple[int, int], Any] = OrderedDict()  # the last row groups read whole
         task: type[Task] | None = None
         total = 0
         for name in files:
             try:
+                self._stats.append(_stat(os.stat(name)))
                 pf = pq.ParquetFile(name)
             except Exception as exc:  # pyarrow raises several types for a damaged file
                 raise InputError(
@@ -198,11 +280,19 @@ class ParquetResults(Results):
         self.task, self._total = task, total
         self._schema = card_schema(task)
         self._paths: Any = None  # the path column, read when an image is asked for before the whole table is
+        self.signature = tuple(zip(self._names, self._stats)) if os.path.isdir(path) else self._stats[0]
 
     def __len__(self) -> int:
         return self._total
 
     def table(self):
+        """Read once (the index keeps it), then the same table."""
+        with self._reading:
+            if self._table is None:
+                self._table = self._read_table()
+            return self._table
+
+    def _read_table(self):
         import pyarrow as pa
 
         tables = [self._cards(pf, pf.read(columns=_leaves(pf, self._schema.names))) for pf in self._opened()]
@@ -236,11 +326,20 @@ class ParquetResults(Results):
             paths = self._paths
         return paths[row].as_py()
 
-    def _opened(self) -> list:
-        """The files opened afresh for one reader (their footers are small): threads never share a reader."""
+    def _opened(self) -> Iterator:
+        """The files opened afresh for one reader (their footers are small): threads never share a reader. Changed
+        when a file is no longer the one opened (its footer would describe another file)."""
         import pyarrow.parquet as pq
 
-        return [pq.ParquetFile(name, metadata=pf.metadata) for pf, name in zip(self._files, self._names)]
+        for pf, name, known in zip(self._files, self._names, self._stats):
+            try:
+                f = open(name, "rb")
+            except OSError:
+                raise Changed(f"{self.path} changed: {name} is gone") from None
+            with f:
+                if _stat(os.fstat(f.fileno())) != known:
+                    raise Changed(f"{self.path} changed: {name} was rewritten")
+                yield pq.ParquetFile(f, metadata=pf.metadata)
 
     def _cards(self, pf, table):
         """A table read from `pf` as the card schema has it: a column it lacks is nulls; a column of another type
@@ -277,14 +376,14 @@ class ParquetResults(Results):
             table = self._groups[key]
         out = table.slice(offset, 1).to_pylist()[0]
         text = {f.name for f in table.schema if carried_columns.is_json_text(f)}
-        return {k: _json_value(v) if k in text else carried_columns.to_jsonable(v) for k, v in out.items()}
+        return {k: viewable(_json_value(v) if k in text else v) for k, v in out.items()}
 
     def rows(self) -> Iterator[dict[str, Any]]:
         for pf in self._opened():
             text = {f.name for f in pf.schema_arrow if carried_columns.is_json_text(f)}
             for batch in pf.iter_batches(batch_size=4096):
                 for out in batch.to_pylist():
-                    yield {k: _json_value(v) if k in text else carried_columns.to_jsonable(v) for k, v in out.items()}
+                    yield {k: viewable(_json_value(v) if k in text else v) for k, v in out.items()}
 
 
 def _parquet_task(pf, name: str) -> type[Task] | None:
@@ -314,22 +413,32 @@ def _cast(column, data_type):
 
 def _json_value(value: Any) -> Any:
     try:
-        return json.loads(value) if isinstance(value, str) else value
-    except json.JSONDecodeError:
+        return _loads(value) if isinstance(value, str) else value
+    except ValueError:
         return value
 
 
 # -- JSONL ----------------------------------------------------------------------------------------------
 class JsonlResults(Results):
-    """A JSONL file, read once; each record's byte offset kept, so a whole record is one seek away."""
+    """A JSONL file, read once; each record's byte offset kept, so a whole record is one seek away. The file opened
+    is kept open: a whole record is read from it, as it was, even after another file is renamed over it."""
 
     def __init__(self, path: str):
         self.path, self.folder = path, os.path.abspath(os.path.dirname(path) or ".")
         self._lock = threading.Lock()
         try:
-            self.task, self._table, self._offsets = _read_fast(path)
+            self._file = open(path, "rb")
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+        self.signature = _stat(os.fstat(self._file.fileno()))
+        try:
+            self.task, self._table, self._offsets = _read_fast(path, self._file)
         except _Slow:  # anything unusual: line by line, which also says what is wrong and where
-            self.task, self._table, self._offsets = _read_slow(path)
+            self._file.seek(0)
+            self.task, self._table, self._offsets = _read_slow(path, self._file)
+        except BaseException:
+            self._file.close()
+            raise
 
     def __len__(self) -> int:
         return len(self._offsets)
@@ -337,25 +446,37 @@ class JsonlResults(Results):
     def table(self):
         return self._table
 
+    def close(self) -> None:
+        self._file.close()
+
     def record(self, row: int) -> dict[str, Any]:
         if not 0 <= row < len(self._offsets):
             raise IndexError(row)
-        with self._lock, open(self.path, "rb") as f:
-            f.seek(self._offsets[row])
-            return carried_columns.to_jsonable(json.loads(f.readline()))
+        return self._at(row)
 
     def rows(self) -> Iterator[dict[str, Any]]:
-        with open(self.path, "rb") as f:
-            for row in range(len(self._offsets)):
-                f.seek(self._offsets[row])
-                yield carried_columns.to_jsonable(json.loads(f.readline()))
+        for row in range(len(self._offsets)):
+            yield self._at(row)
+
+    def _at(self, row: int) -> dict[str, Any]:
+        """Record `row` read from the file opened; Changed when it is not there any more (cut or rewritten)."""
+        try:
+            with self._lock:
+                self._file.seek(self._offsets[row])
+                line = self._file.readline()
+            value = _loads(line)
+        except (OSError, ValueError):  # a closed file, a line cut short, no JSON, nested too deep
+            value = None
+        if not isinstance(value, dict) or value.get("path") != self._table.column("path")[row].as_py():
+            raise Changed(f"{self.path} changed while it was viewed: record {row} is not where it was")
+        return viewable(value)
 
 
 class _Slow(Exception):
     """The fast reading of a JSONL file met something it leaves to the line-by-line one."""
 
 
-def _read_fast(path: str):
+def _read_fast(path: str, f):
     """Arrow's JSON reader over the whole file, when every line is a whole record of one task: (task, table,
     offsets)."""
     import numpy as np
@@ -364,8 +485,7 @@ def _read_fast(path: str):
     import pyarrow.json as pj
 
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = f.read()
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not data.endswith(b"\n"):
@@ -378,8 +498,8 @@ def _read_fast(path: str):
     if not len(offsets):
         raise _Slow
     try:
-        row = json.loads(data[offsets[0] : data.index(b"\n", offsets[0])])
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        row = _loads(data[offsets[0] : data.index(b"\n", offsets[0])])
+    except ValueError:  # not JSON, not UTF-8, nested too deep
         raise _Slow from None
     task = tasks.of_row(row) if isinstance(row, dict) else None
     if task is None:
@@ -406,41 +526,36 @@ def _read_fast(path: str):
     return task, table.select(schema.names).combine_chunks(), array("q", offsets.tolist())
 
 
-def _read_slow(path: str):
+def _read_slow(path: str, f):
     """Line by line: (task, table, offsets), or InputError naming the line that is not a record of ours."""
     from array import array
 
     task: type[Task] | None = None
     values: dict[str, list[Any]] = {}  # the card columns, filled a record at a time
     offsets = array("q")
-    try:
-        f = open(path, "rb")
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    with f:
-        offset = 0
-        for number, line in enumerate(f, 1):
-            here, offset = offset, offset + len(line)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                if not line.endswith(b"\n"):
-                    break  # the last line of a run still writing it: shown once it is whole
-                raise InputError(
-                    f"{path} line {number} is not JSON: pass the .jsonl or .parquet file written by kosmos "
-                    "ground, refer or find"
-                ) from None
-            found = tasks.of_row(row) if isinstance(row, dict) else None
-            if found is None or not isinstance(row.get("path"), str) or "status" not in row:
-                raise _not_ours(path, f" line {number}")
-            task = _one_task(path, task, found)
-            if not values:
-                values = {name: [] for name in card_schema(task).names}
-            for name, column in values.items():
-                column.append(row.get(name))
-            offsets.append(here)
+    offset = 0
+    for number, line in enumerate(f, 1):
+        here, offset = offset, offset + len(line)
+        if not line.strip():
+            continue
+        try:
+            row = _loads(line)
+        except ValueError as exc:  # not JSON, not UTF-8, nested too deep
+            if not line.endswith(b"\n"):
+                break  # the last line of a run still writing it: shown once it is whole
+            what = "is nested too deep to read" if "too deep" in str(exc) else "is not JSON"
+            raise InputError(
+                f"{path} line {number} {what}: pass the .jsonl or .parquet file written by kosmos ground, refer or find"
+            ) from None
+        found = tasks.of_row(row) if isinstance(row, dict) else None
+        if found is None or not isinstance(row.get("path"), str) or "status" not in row:
+            raise _not_ours(path, f" line {number}")
+        task = _one_task(path, task, found)
+        if not values:
+            values = {name: [] for name in card_schema(task).names}
+        for name, column in values.items():
+            column.append(row.get(name))
+        offsets.append(here)
     if task is None:
         raise InputError(f"{path} holds no records: nothing to view")
     return task, _table_of(values, task), offsets

@@ -8,15 +8,19 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
+from urllib.parse import quote
 
+import httpcore
 import pytest
 import shapes  # tools/shapes.py
 
 from kosmos_cli import ground
+from kosmos_cli.errors import InputError
 from kosmos_cli.inputs.locations import FetchOptions, Unreadable, http, open_image
 from kosmos_cli.inputs.locations.http import fetch_bytes
 from kosmos_cli.output.formats import read_records
@@ -97,6 +101,41 @@ def test_a_redirect_to_anything_but_http_is_refused_at_once(server):
     assert server.hits["/ftp/scenes/s5.png"] == 1  # not tried again
 
 
+@pytest.mark.parametrize(
+    "location, refused",
+    [
+        ("file:///etc/passwd", "file:///etc/passwd"),
+        ("ftp://user:secret@127.0.0.1/x.png", "ftp://***@127.0.0.1/x.png"),  # credentials are never said
+    ],
+)
+def test_a_redirect_to_a_file_or_with_credentials_is_refused_and_nothing_secret_is_said(server, location, refused):
+    path = "/to/" + quote(location, safe="")
+    with pytest.raises(Unreadable, match=rf"^redirected to {re.escape(refused)}: only http and https are followed$"):
+        fetch_bytes(server.url(path), FAST)
+    assert server.hits[path] == 1
+
+
+def test_redirects_are_followed_ten_times_at_most(server):
+    with pytest.raises(Unreadable, match=r"^redirected more than 10 times$"):
+        fetch_bytes(server.url("/loop/0"), FAST)
+    assert [server.hits[f"/loop/{i}"] for i in range(12)] == [1] * 11 + [0]  # not tried again
+
+
+def test_a_server_that_sends_a_byte_a_second_fails_at_the_deadline_not_a_byte_later(server):
+    started = time.monotonic()
+    with pytest.raises(Unreadable, match=r"^timed out after 1.5 s \(--fetch-timeout\)$"):
+        fetch_bytes(server.url("/trickle/1/1/big.png"), FetchOptions(timeout=1.5, retries=0))
+    assert 1.5 <= time.monotonic() - started < 2.0  # each read stops at the deadline, not a read timeout later
+
+
+def test_credentials_in_a_manifest_url_are_left_out_of_its_error(server):
+    url = server.url("/lists/missing.csv").replace("://", "://me:hunter2@")
+    said = r"^cannot read manifest http://\*\*\*@127.0.0.1:\d+/lists/missing.csv: HTTP 404 Not Found: check the URL$"
+    with pytest.raises(InputError, match=said):
+        http.open_url(url, fetch=FAST)
+    assert "hunter2" not in http.redacted(f"at {url} and {url}") and http.redacted("http://a/b@c") == "http://a/b@c"
+
+
 def test_a_trickling_server_fails_at_the_deadline_not_at_the_end_of_the_body(server):
     started = time.monotonic()  # the body would take 1000 s at 1000 bytes every 0.5 s
     with pytest.raises(Unreadable, match=r"^timed out after 1 s \(--fetch-timeout\) \(after 2 tries\)$"):
@@ -144,7 +183,7 @@ def test_fetches_from_one_server_share_kept_connections_across_threads(fresh):
 
 
 def test_without_a_pool_each_fetch_has_a_connection_of_its_own(fresh, monkeypatch):
-    monkeypatch.setattr(http.POOL, "size", 0)
+    monkeypatch.setattr(http, "KEPT", 0)
     for i in range(3):
         assert fetch_bytes(fresh.url(f"/i{i}.png"), FAST) == fresh.files[f"/i{i}.png"]
     assert fresh.connections == 3
@@ -153,7 +192,7 @@ def test_without_a_pool_each_fetch_has_a_connection_of_its_own(fresh, monkeypatc
 @pytest.mark.parametrize("noticed", [True, False], ids=["closed-while-idle", "closed-as-asked"])
 def test_a_kept_connection_the_server_closed_is_replaced_at_no_cost(fresh, monkeypatch, noticed):
     if not noticed:  # the server closes it after the pool looked: the request itself fails on it
-        monkeypatch.setattr(http, "_dropped", lambda conn: False)
+        monkeypatch.setattr(httpcore.HTTP11Connection, "has_expired", lambda self: False)
     once = FetchOptions(timeout=2, retries=0)
     assert fetch_bytes(fresh.url("/i0.png"), once) == fresh.files["/i0.png"]
     fresh.close_idle()
@@ -176,13 +215,12 @@ def test_https_with_a_trusted_certificate_keeps_its_connection_and_an_untrusted_
 
 @contextlib.contextmanager
 def _trusting(cert):
-    """The TLS context made afresh, trusting only `cert` (or the system's authorities, for None)."""
+    """Trusting only `cert` (or the system's authorities, for None): the client follows SSL_CERT_FILE."""
     before = os.environ.get("SSL_CERT_FILE")
     if cert is not None:
         os.environ["SSL_CERT_FILE"] = cert
     else:
         os.environ.pop("SSL_CERT_FILE", None)
-    http._tls.cache_clear()
     try:
         yield
     finally:
@@ -190,7 +228,6 @@ def _trusting(cert):
             os.environ.pop("SSL_CERT_FILE", None)
         else:
             os.environ["SSL_CERT_FILE"] = before
-        http._tls.cache_clear()
 
 
 def test_a_proxy_from_the_environment_is_asked_for_the_whole_url(fresh, monkeypatch):
@@ -199,6 +236,26 @@ def test_a_proxy_from_the_environment_is_asked_for_the_whole_url(fresh, monkeypa
     monkeypatch.setenv("http_proxy", fresh.url(""))
     assert fetch_bytes("http://images.invalid/i2.png", FAST) == fresh.files["/i2.png"]
     assert fresh.proxied == ["http://images.invalid/i2.png"]
+
+
+@pytest.mark.parametrize(
+    "name, value, says",
+    [
+        ("ALL_PROXY", "socks5://me:secret@127.0.0.1:1080", "pip install httpx[socks]"),  # socksio is not installed
+        (
+            "https_proxy",
+            "ftp://me:secret@127.0.0.1:2121",
+            "Unknown scheme for proxy URL URL('ftp://***@127.0.0.1:2121')",
+        ),
+    ],
+)
+def test_a_proxy_the_environment_names_that_cannot_be_used_stops_the_run_in_one_line(
+    shapes_model, server, monkeypatch, name, value, says
+):
+    monkeypatch.setenv(name, value)
+    result = kosmos("ground", server.url("/scenes/s0.png"), model=SHAPES_MODEL)
+    one_error_line(result, 2, "cannot use the proxy the environment names: ")
+    assert says in result.stderr and "secret" not in result.stderr
 
 
 # -- a run that stops ----------------------------------------------------------------------------------------------
@@ -223,6 +280,31 @@ def test_a_fetch_in_flight_ends_when_its_loaders_are_stopped():
         started = time.monotonic()
         results.close()  # as an exception or Ctrl-C on the caller's thread does: waits for its workers
         assert time.monotonic() - started < 10
+        assert failures == [http.STOPPED]
+
+
+@pytest.mark.parametrize("route", ["/slow/30/i.png", "/trickle/100/30/big.png"], ids=["no-answer", "no-more-body"])
+def test_a_fetch_waiting_on_a_silent_server_gives_up_within_a_second_of_the_stop(route):
+    """A read that would block for 30 s (no headers yet, or a body that stopped coming) is no excuse."""
+    with ImageServer() as served:
+        served.files["/i.png"], served.files["/big.png"] = b"x", b"\0" * 1000
+        failures = []
+
+        def load(url):
+            try:
+                return fetch_bytes(url, FetchOptions(timeout=600, retries=3))
+            except Unreadable as exc:
+                failures.append(str(exc))
+                raise
+
+        results = ordered_map(load, [served.url("/i.png"), served.url(route)], 2, 2)
+        assert next(results) == b"x"
+        while not served.hits[route] or (route.startswith("/trickle") and not served.trickling.is_set()):
+            time.sleep(0.05)
+        time.sleep(0.5)  # the fetch is blocked in its read
+        started = time.monotonic()
+        results.close()
+        assert time.monotonic() - started < 1.0
         assert failures == [http.STOPPED]
 
 

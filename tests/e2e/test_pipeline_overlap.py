@@ -18,7 +18,7 @@ from kosmos_cli.run.threads import Behind
 from kosmos_cli.tasks import Ground
 from tests.helpers import make_images
 
-WAIT = 10  # seconds before a test that would hang fails instead
+WAIT = 60  # seconds before a test that would hang fails instead (a loaded 2-core machine takes 10 for 3 batches)
 
 
 # -- Behind ---------------------------------------------------------------------------------------------------

@@ -294,7 +294,7 @@ def test_the_export_line_offered_exports_what_is_shown(browser, viewer, grounded
     expected = "kosmos export shown.jsonl --to coco export.json --classes square --min-score 0.2"
     assert settled(lambda: narrowed.text, expected) == expected
     link = browser.find_element(By.ID, "export-download").get_attribute("href")
-    assert link == viewer.url + "api/shown.jsonl?classes=square&min_score=0.2"
+    assert link == viewer.url + "api/shown.jsonl?classes=square&min_score=0.2&v=1"  # v: the reading shown
     browser.find_element(By.CSS_SELECTOR, "#export-to option[value='yolo']").click()
     expected = f"kosmos export {results} --to yolo dataset/ --classes square --min-score 0.2"
     assert settled(lambda: command.text, expected) == expected

@@ -17,7 +17,9 @@ Besides `files` (path -> bytes, 404 for any other path) it has routes that fail 
 - `/nolength/<path>`: the file without Content-Length (read to the close);
 - `/trickle/<bytes>/<seconds>/<path>`: the file's length announced, then `bytes` of it every `seconds` (`trickling`
   is set once the first piece is sent: a test's pause point);
-- `/ftp/<path>`: 302 to ftp://127.0.0.1/<path>.
+- `/ftp/<path>`: 302 to ftp://127.0.0.1/<path>;
+- `/to/<location>`: 302 to `location`, percent-decoded (`/to/file%3A%2F%2F%2Fetc%2Fpasswd`);
+- `/loop/<n>`: 302 to `/loop/<n + 1>`, for ever.
 `hits[path]` counts the requests of each path as asked, so a test can tell a refetch from a resume.
 """
 
@@ -31,7 +33,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 
 class ImageServer:
@@ -132,6 +134,10 @@ class ImageServer:
             return self._answer(handler, "/" + "/".join(parts[3:]), count)
         if path.startswith("/moved/"):
             return _status(handler, 302, {"Location": "/" + "/".join(parts[2:])})
+        if path.startswith("/to/"):
+            return _status(handler, 302, {"Location": unquote(path[len("/to/") :])})
+        if path.startswith("/loop/"):
+            return _status(handler, 302, {"Location": f"/loop/{int(parts[2]) + 1}"})
         if path.startswith("/ftp/"):
             return _status(handler, 302, {"Location": "ftp://127.0.0.1/" + "/".join(parts[2:])})
         if path.startswith("/trickle/"):

@@ -67,6 +67,7 @@ def test_a_suggested_command_is_in_brackets_with_its_own_question_mark():
         ("find", "find [OPTIONS] INPUT [PHRASES]..."),
         ("draw", "draw [OPTIONS] RESULTS"),
         ("export", "export [OPTIONS] RESULTS OUT"),
+        ("eval", "eval [OPTIONS] RESULTS"),
         ("view", "view [OPTIONS] RESULTS"),
     ],
 )

@@ -60,9 +60,13 @@ LAYERS: list[tuple[str, ...]] = [
         "kosmos_cli.output.reader",
         "kosmos_cli.run.ranks",
     ),
-    ("kosmos_cli.run.pipeline", "kosmos_cli.exports", "kosmos_cli.drawing"),  # the pass; the readers of results
+    ("kosmos_cli.run.pipeline", "kosmos_cli.exports", "kosmos_cli.drawing"),
+    (
+        "kosmos_cli.run.plan",
+    ),  # --dry-run: the pipeline's own listing and rule, with no model  # the pass; the readers of results
     ("kosmos_cli.run.ray",),  # the pipeline's model on a Ray cluster (--on ray)
     ("kosmos_cli.run.runner", "kosmos_cli.view"),  # a run set up once; the viewer (it offers export's command line)
+    ("kosmos_cli.evaluate",),  # results measured against ground truth: export's classes and reading, pycocotools' AP
     ("kosmos_cli.api",),
     ("kosmos_cli", "kosmos_cli.cli", "kosmos_cli.__main__"),  # the package's face: the API and the CLI
 ]

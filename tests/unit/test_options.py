@@ -19,9 +19,10 @@ COMMANDS = {
     "find": api.find,
     "draw": api.draw,
     "export": api.export,
+    "eval": api.eval_results,
     "view": api.view,
 }
-CLI_ONLY = {"quiet", "strict"}  # what the command line says and how it exits: the API returns a Summary instead
+CLI_ONLY = {"quiet", "strict", "json", "as_json"}  # what the CLI prints and how it exits: the API returns an object
 CLI_ARGUMENTS = {"find": {"input_", "listed"}}  # find's one INPUT is inputs=[INPUT]; PHRASES... join --phrase
 
 

@@ -2,6 +2,7 @@
 place a record can name, in the displayed frame) and the refusals (other paths, other hosts, writes, bad results).
 Records are written by hand here, so each filter's answer is known; tests/e2e/test_view_browser.py drives the page."""
 
+import http.client
 import io
 import json
 import os
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import time
 import urllib.error
 import urllib.request
 
@@ -22,13 +24,15 @@ from PIL import Image
 from kosmos_cli import export
 from kosmos_cli.drawing.colors import PALETTE, text_color
 from kosmos_cli.errors import InputError, UsageError
+from kosmos_cli.exports import FORMATS
 from kosmos_cli.output.formats import read_records, records_table
 from kosmos_cli.tasks import Find, FindRecord, Ground, GroundRecord, Refer, ReferRecord
 from kosmos_cli.tasks.records import Entity
 from kosmos_cli.view import start
 from kosmos_cli.view.index import Index, Query, cards
-from kosmos_cli.view.reading import open_results
-from kosmos_cli.view.thumbs import Thumbnails
+from kosmos_cli.view.reading import Changed, open_results
+from kosmos_cli.view.server import host_allowed
+from kosmos_cli.view.thumbs import Slow, Thumbnails
 from tests.helpers import ROOT
 from tests.helpers.serve import ImageServer
 
@@ -340,7 +344,11 @@ def test_an_exif_rotated_photo_is_sent_as_displayed_so_its_pixel_boxes_land_on_i
 def test_images_come_no_larger_than_the_size_asked(viewer):
     assert image_of(viewer, 0, 256).size == (256, 160)
     assert image_of(viewer, 0, 2048).size == (320, 200)  # never enlarged
-    assert get(viewer, "/image/0?size=300")[0] == 404
+    for size in (300, 4096):  # a size not made is a request to fix, not a missing image
+        status, _, body = get(viewer, f"/image/0?size={size}")
+        assert (
+            status == 400 and json.loads(body)["error"] == f"size {size}: one of 256, 512, 1024, 2048 (pixels a side)"
+        )
 
 
 def test_an_image_that_cannot_be_read_says_why(viewer):
@@ -603,3 +611,379 @@ def test_a_port_in_use_is_a_usage_error_naming_the_port(results):
             start(results, port=running.port)
     with pytest.raises(UsageError, match="a port number from 0 to 65535"):
         start(results, port=70000)
+
+
+# -- what must never stall: special files, slow images -----------------------------------------------------------
+def test_records_of_named_pipes_are_refused_at_once_and_hold_up_no_other_image(tmp_path):
+    os.mkfifo(tmp_path / "pipe1.png")
+    os.mkfifo(tmp_path / "pipe2.png")
+    os.mkfifo(tmp_path / "pipe.tar")
+    grey(tmp_path / "x.png", (40, 30))
+    found = [("x", [[0, 0, 5, 5]], [0.5])]
+    paths = ["pipe1.png", "pipe2.png", "pipe.tar#k", "x.png"]
+    results = write([ground_row(p, (40, 30), "An image of x.", found) for p in paths], tmp_path / "r.jsonl")
+    with start(results) as running:
+        began = time.monotonic()
+        for row in (0, 1, 0, 1, 2):  # asked again: still no read left waiting
+            status, _, body = get(running, f"/image/{row}")
+            assert (status, body) == (422, b"not a regular file (a named pipe)\n")
+        assert image_of(running, 3).size == (40, 30)
+        assert time.monotonic() - began < 10
+
+
+def test_a_named_pipe_as_the_results_is_refused_in_one_line(tmp_path):
+    os.mkfifo(tmp_path / "r.jsonl")
+    with pytest.raises(InputError, match=r"r.jsonl: not a regular file \(a named pipe\): pass the .jsonl"):
+        start(str(tmp_path / "r.jsonl"))
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    os.mkfifo(parts / "0001.parquet")
+    with pytest.raises(InputError, match="0001.parquet: not a regular file"):
+        start(str(parts))
+
+
+def test_a_slow_image_is_given_up_on_in_time_and_holds_up_no_other(folder):
+    thumbs = Thumbnails(wait=0.5, at_once=2)
+    with ImageServer() as server:
+        for n in (1, 2, 3):  # more slow images than decodes at once
+            server.files[f"/a{n}.png"] = (folder / "photos" / "a.png").read_bytes()
+            began = time.monotonic()
+            with pytest.raises(Slow, match=r"took more than 0.5s to read: try again later"):
+                thumbs.get(server.url(f"/slow/3/a{n}.png"), 256)
+            assert time.monotonic() - began < 2
+        began = time.monotonic()
+        assert Image.open(io.BytesIO(thumbs.get(str(folder / "photos" / "b.png"), 256))).size == (256, 160)
+        assert time.monotonic() - began < 2  # while the slow ones are still being read
+        time.sleep(3)  # the slow ones finish meanwhile: kept, as any image made
+        assert Image.open(io.BytesIO(thumbs.get(server.url("/slow/3/a1.png"), 256))).size == (256, 160)
+
+
+# -- the Host a request names, and its request line --------------------------------------------------------------
+def raw(port, request: bytes) -> tuple[int, bytes]:
+    """(status, body) of a request sent as raw bytes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@pytest.mark.parametrize(
+    "host, status",
+    [
+        ("127.0.0.1:{port}", 200),
+        ("127.9.8.7:{port}", 200),  # 127.0.0.0/8 is loopback
+        ("localhost:{port}", 200),
+        ("LOCALHOST:{port}", 200),
+        ("[::1]:{port}", 200),
+        ("127.0.0.1.attacker.example:{port}", 403),  # a name that begins like an address
+        ("127.attacker.example:{port}", 403),
+        ("localhost.attacker.example:{port}", 403),
+        ("attacker.example:{port}", 403),
+        ("127.0.0.1:1", 403),  # another port
+        ("127.0.0.1", 403),  # no port: only for port 80
+        ("127.0.0.1:{port}:{port}", 403),
+        ("[::1]x:{port}", 403),
+        ("[::1:{port}", 403),
+        ("10.0.0.1:{port}", 403),
+        ("", 403),
+    ],
+)
+def test_only_a_host_naming_this_loopback_server_is_answered(viewer, host, status):
+    request = f"GET /api/info HTTP/1.1\r\nHost: {host.format(port=viewer.port)}\r\nConnection: close\r\n\r\n"
+    assert raw(viewer.port, request.encode())[0] == status
+
+
+def test_a_request_without_a_host_is_refused(viewer):
+    assert raw(viewer.port, b"GET /api/info HTTP/1.0\r\n\r\n")[0] == 403
+
+
+@pytest.mark.parametrize(
+    "target, status",
+    [
+        ("http://other.example/api/info", 400),
+        ("http://127.0.0.1:{port}/api/info", 400),  # a whole URL, even naming this server
+        ("HTTP://other/", 400),
+        ("*", 400),
+        ("//other.example/api/info", 404),  # a path, not a host: nothing is there
+        ("/api/info", 200),
+    ],
+)
+def test_only_an_origin_form_request_line_is_answered(viewer, target, status):
+    target = target.format(port=viewer.port)
+    request = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{viewer.port}\r\nConnection: close\r\n\r\n"
+    got, body = raw(viewer.port, request.encode())
+    assert got == status, body
+    if status == 400:
+        assert body == b"only a path is asked for here, not a whole URL\n"
+
+
+@pytest.mark.parametrize(
+    "bound, host, allowed",
+    [
+        ("192.168.1.5", "192.168.1.5:8000", True),  # --host names another interface: that one
+        ("192.168.1.5", "192.168.1.6:8000", False),
+        ("192.168.1.5", "localhost:8000", False),
+        ("192.168.1.5", "attacker.example:8000", False),
+        ("192.168.1.5", "192.168.1.5:8001", False),
+        ("0.0.0.0", "192.168.1.5:8000", True),  # every interface: any address, never a name but localhost
+        ("0.0.0.0", "localhost:8000", True),
+        ("0.0.0.0", "attacker.example:8000", False),
+        ("::", "[fe80::1]:8000", True),
+        ("fe80::1", "[FE80::1]:8000", True),
+        ("fe80::1", "[fe80::2]:8000", False),
+        ("myhost.lan", "myhost.lan:8000", True),  # --host names this machine by a name: that name
+        ("myhost.lan", "other.lan:8000", False),
+        ("127.0.0.1", "127.0.0.1:8000", True),
+        ("127.0.0.1", "127.000.0.1:8000", False),  # not an address Python or a browser writes
+    ],
+)
+def test_the_host_must_name_the_interface_listened_on(bound, host, allowed):
+    assert host_allowed(host, bound, 8000) is allowed
+
+
+def test_a_server_on_every_interface_answers_addresses_but_not_names(results):
+    with start(results, host="0.0.0.0") as running:
+        for host, status in (
+            (f"127.0.0.1:{running.port}", 200),
+            (f"192.0.2.7:{running.port}", 200),
+            (f"attacker.example:{running.port}", 403),
+        ):
+            request = f"GET /api/info HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            assert raw(running.port, request.encode())[0] == status
+
+
+# -- a results file that changes under the viewer ----------------------------------------------------------------
+def replace(path, records, task=Ground):
+    """Write `records` beside `path` and rename over it, as kosmos's own rewrites do (--prune, --overwrite)."""
+    tmp = f"{path}.tmp{os.path.splitext(str(path))[1]}"
+    write(records, tmp, task)
+    os.replace(tmp, path)
+
+
+def few(tmp_path, n, name="r.jsonl"):
+    for i in range(n):
+        grey(tmp_path / f"{i}.png", (40 + i, 30))
+    return [
+        ground_row(f"{i}.png", (40 + i, 30), f"An image of x{i}.", [(f"x{i}", [[0, 0, 5, 5]], [0.5])]) for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("name", ["r.jsonl", "r.parquet"])
+def test_a_results_file_rewritten_under_the_viewer_is_read_again(tmp_path, name):
+    records = few(tmp_path, 5)
+    path = write(records, tmp_path / name)
+    with start(path) as running:
+        assert api(running, "/api/info")["records"] == 5 and api(running, "/api/info")["version"] == 1
+        assert image_of(running, 4).size == (44, 30)
+        replace(path, records[3:])  # a --prune left two
+        info = api(running, "/api/info")
+        assert (info["records"], info["version"]) == (2, 2)
+        page = api(running, "/api/records")
+        assert [c["path"] for c in page["cards"]] == ["3.png", "4.png"] and page["version"] == 2
+        assert api(running, "/api/record/0")["record"]["path"] == "3.png"
+        assert image_of(running, 0).size == (43, 30)
+        assert get(running, "/image/4")[0] == 404
+        assert api(running, "/api/facets")["records"] == 2
+        status, _, body = get(running, "/api/shown.jsonl")
+        assert status == 200 and [json.loads(line)["path"] for line in body.splitlines()] == [
+            str(tmp_path / "3.png"),
+            str(tmp_path / "4.png"),
+        ]
+        # what the page asks of the reading it showed is refused, so it reloads
+        status, _, body = get(running, "/api/records?offset=60&v=1")
+        assert status == 409 and json.loads(body) == {
+            "error": f"{path} changed since the page read it: reload the page",
+            "version": 2,
+        }
+        assert get(running, "/image/0?v=1")[0] == 409
+        assert get(running, "/api/records?v=2")[0] == 200
+
+
+def test_records_added_to_the_results_keep_the_page_going(tmp_path):
+    records = few(tmp_path, 6)
+    path = write(records[:3], tmp_path / "r.jsonl")
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    write(records[:3], parts / "part-0001.parquet")
+    for results, more in (
+        (path, lambda: open(path, "a").writelines(json.dumps(r.to_dict()) + "\n" for r in records[3:])),
+        (str(parts), lambda: write(records[3:], parts / "part-0002.parquet")),
+    ):
+        with start(results) as running:
+            assert api(running, "/api/facets")["records"] == 3
+            more()  # a run appending, a part added
+            info = api(running, "/api/info")
+            assert (info["records"], info["version"]) == (6, 1)  # the page's record numbers still hold
+            assert rows(running, "v=1") == [0, 1, 2, 3, 4, 5]
+            assert api(running, "/api/record/5?v=1")["record"]["path"] == "5.png"
+
+
+def test_a_jsonl_cut_short_under_the_viewer_shows_its_whole_lines(tmp_path):
+    records = few(tmp_path, 6)
+    path = write(records, tmp_path / "r.jsonl")
+    lines = open(path, "rb").read().splitlines(keepends=True)
+    with start(path) as running:
+        assert api(running, "/api/info")["records"] == 6
+        with open(path, "r+b") as f:  # in place, in the middle of line 4
+            f.truncate(sum(map(len, lines[:3])) + 10)
+        assert api(running, "/api/info")["records"] == 3
+        assert [c["path"] for c in api(running, "/api/records")["cards"]] == ["0.png", "1.png", "2.png"]
+        status, _, body = get(running, "/api/shown.jsonl")
+        assert status == 200 and len(body.splitlines()) == 3
+
+
+def test_a_results_file_that_cannot_be_read_after_a_change_says_so_until_it_can(tmp_path):
+    records = few(tmp_path, 3)
+    path = write(records, tmp_path / "r.jsonl")
+    with start(path) as running:
+        assert api(running, "/api/info")["records"] == 3
+        (tmp_path / "r.jsonl").write_text("not json\n")
+        for route in ("/api/info", "/api/records", "/image/0"):
+            status, headers, body = get(running, route)
+            assert status == 503 and headers["Retry-After"] == "1"
+            assert json.loads(body)["error"] == (
+                f"{path} changed and cannot be read now: {path} line 1 is not JSON: pass the .jsonl or .parquet file "
+                "written by kosmos ground, refer or find"
+            )
+        replace(path, records[:1])
+        assert api(running, "/api/info")["records"] == 1
+
+
+def test_a_record_no_longer_where_it_was_is_changed_never_another_record(tmp_path):
+    records = few(tmp_path, 4)
+    path = write(records, tmp_path / "r.jsonl")
+    results = open_results(path)
+    with open(path, "r+b") as f:  # rewritten in place: other records at the same offsets
+        f.seek(0)
+        f.write(b"\n".join(json.dumps(r.to_dict()).encode() for r in records[2:]) + b"\n")
+        f.truncate()
+    with pytest.raises(Changed, match="r.jsonl changed while it was viewed: record 0 is not where it was"):
+        results.record(0)
+    with pytest.raises(Changed):
+        list(results.rows())
+    table = tmp_path / "t.parquet"
+    write(records, table)
+    results = open_results(str(table))
+    replace(table, records[:1])
+    with pytest.raises(Changed, match="t.parquet changed: .*t.parquet was rewritten"):
+        results.table()
+
+
+def test_a_download_cut_short_by_a_change_reads_as_cut_short(tmp_path):
+    grey(tmp_path / "x.png", (40, 30))
+    found = [("x", [[0, 0, 5, 5]], [0.5])]
+    many = [ground_row("x.png", (40, 30), "An image of x " + "y" * 200 + ".", found) for _ in range(20000)]
+    path = write(many, tmp_path / "r.jsonl")
+    size = os.path.getsize(path)
+    with start(path) as running:
+        assert api(running, "/api/facets")["records"] == 20000  # indexed: the download starts at once
+        with urllib.request.urlopen(running.url + "api/shown.jsonl", timeout=30) as answer:
+            assert answer.headers["Transfer-Encoding"] == "chunked" and answer.headers["Content-Length"] is None
+            first = answer.read(1000)  # the server is blocked on a full socket, well before the end
+            with open(path, "r+b") as f:
+                f.truncate(size // 10)
+            with pytest.raises(http.client.IncompleteRead):
+                answer.read()
+        assert first.startswith(b'{"path": ')
+        # and a whole download ends as whole: its last chunk is sent
+        status, headers, body = get(running, "/api/shown.jsonl")
+        assert status == 200 and len(body.splitlines()) == api(running, "/api/info")["records"]
+
+
+# -- tracebacks and words -----------------------------------------------------------------------------------------
+def test_a_record_nested_500_deep_is_shown_to_a_bounded_depth(tmp_path):
+    grey(tmp_path / "x.png", (40, 30))
+    deep: list = []
+    inner = deep
+    for _ in range(500):
+        inner.append([])
+        inner = inner[0]
+    record = ground_row("x.png", (40, 30), "An image of x.", [("x", [[0, 0, 5, 5]], [0.5])], deep=deep)
+    path = write([record], tmp_path / "r.jsonl")  # a carried column, or a hand-edited file
+    with start(path) as running:
+        shown = api(running, "/api/record/0")["record"]["deep"]
+        depth = 0
+        while isinstance(shown, list):
+            shown, depth = shown[0], depth + 1
+        assert shown == "(nested more than 64 deep: see the results file)" and depth == 63
+        status, _, body = get(running, "/api/shown.jsonl")
+        assert status == 200 and json.loads(body)["path"] == str(tmp_path / "x.png")
+    line = '{"path": "x.png", "task": "ground", "status": "ok", "deep": ' + "[" * 100000 + "]" * 100000 + "}\n"
+    (tmp_path / "deeper.jsonl").write_text(line)
+    with pytest.raises(InputError, match="deeper.jsonl line 1 is nested too deep to read"):
+        start(str(tmp_path / "deeper.jsonl"))
+
+
+def test_a_file_mtime_is_shown_as_a_date(tmp_path):
+    grey(tmp_path / "x.png", (40, 30))
+    record = ground_row("x.png", (40, 30), "An image of x.", [("x", [[0, 0, 5, 5]], [0.5])])
+    record.file_mtime = 1796687999.75
+    with start(write([record], tmp_path / "r.jsonl")) as running:
+        answer = api(running, "/api/record/0")
+    assert answer["record"]["file_mtime"] == 1796687999.75  # as stored
+    assert answer["readable"] == {"file_mtime": "2026-12-07T23:59:59Z"}
+
+
+def test_an_export_format_that_is_not_one_is_a_400_naming_them(viewer):
+    for to in ("../../etc", "COCO", "x"):
+        status, _, body = get(viewer, f"/api/export?to={urllib.request.quote(to)}")
+        assert status == 400 and json.loads(body)["error"] == f"to {to!r}: one of {', '.join(FORMATS)}"
+    assert api(viewer, "/api/export?to=")["command"].endswith("--to coco export.json")
+
+
+def test_an_address_not_of_this_machine_is_said_so_not_a_port(results):
+    with pytest.raises(UsageError) as caught:
+        start(results, host="8.8.8.8")
+    assert caught.value.render("--host") == (
+        "--host 8.8.8.8: not an address of this machine (pass one of its own: 127.0.0.1 for this machine alone, "
+        "0.0.0.0 for every interface)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "kosmos_cli", "view", results, "--host", "8.8.8.8"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        "kosmos: error: --host 8.8.8.8: not an address of this machine (pass one of its own: 127.0.0.1 for this "
+        "machine alone, 0.0.0.0 for every interface)"
+    ]
+
+
+def test_remote_results_are_refused_in_one_line(tmp_path):
+    for url in ("s3://bucket/results.parquet", "https://example.com/r.jsonl"):
+        done = subprocess.run(
+            [sys.executable, "-m", "kosmos_cli", "view", url], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.splitlines() == [
+            f"kosmos: error: {url}: kosmos view reads local results: copy the results file (or folder of parts) "
+            "here first, then view the copy"
+        ]
+
+
+def test_open_without_a_browser_says_so_and_still_serves(results, tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env.update(BROWSER="/bin/false", PATH=str(tmp_path))  # no browser to be found
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kosmos_cli", "view", results, "--port", str(port), "--open"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        url = proc.stdout.readline().strip()
+        assert proc.stderr.readline().startswith("kosmos view: 6 ground records")
+        assert proc.stderr.readline() == f"kosmos view: no browser could be opened here: open {url} yourself\n"
+        with urllib.request.urlopen(url + "api/info", timeout=30) as answer:
+            assert json.loads(answer.read())["records"] == 6
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and err == "kosmos view: stopped\n"

@@ -41,7 +41,7 @@ def read_bytes(path: str, fetch: FetchOptions = FetchOptions()) -> bytes:
 
         return read_member(member[0], member[1], fetch)
     if is_url(path):
-        from .http import fetch_bytes  # urllib, ssl: loaded when a URL is read, not at start-up
+        from .http import fetch_bytes  # httpx: loaded when a URL is read, not at start-up
 
         return fetch_bytes(path, fetch)
     if is_remote(path):

@@ -34,9 +34,20 @@
     return node;
   }
 
+  // the reading of the results file this page shows: the server refuses an older one (409) once the file changed
+  function versioned(url) {
+    if (!state.info) return url;
+    const joint = url.endsWith("?") ? "" : url.includes("?") ? "&" : "?";
+    return `${url}${joint}v=${state.info.version}`;
+  }
+
   async function getJSON(url) {
-    const response = await fetch(url, { headers: { Accept: "application/json" } });
+    const response = await fetch(versioned(url), { headers: { Accept: "application/json" } });
     const body = await response.json().catch(() => ({}));
+    if (response.status === 409) {
+      say("The results file changed: reading it again\u2026");
+      location.reload(); // the address keeps the filters
+    }
     if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
     return body;
   }
@@ -201,7 +212,7 @@
     pic.style.width = `${width}px`;
     pic.style.height = `${height}px`;
     const img = el("img", {
-      src: `/image/${card.row}?size=${sizeFor(Math.max(width, height))}`,
+      src: versioned(`/image/${card.row}?size=${sizeFor(Math.max(width, height))}`),
       alt: card.path,
       loading: labelled ? "eager" : "lazy",
       decoding: "async",
@@ -239,7 +250,8 @@
     const pic = el("div", { class: "pic bare" });
     pic.style.width = `${width}px`;
     pic.style.height = `${height}px`;
-    const img = el("img", { src: `/image/${card.row}?size=${sizeFor(width)}`, alt: card.path, loading: "lazy" });
+    const src = versioned(`/image/${card.row}?size=${sizeFor(width)}`);
+    const img = el("img", { src, alt: card.path, loading: "lazy" });
     img.addEventListener("error", () => pic.classList.add("broken"));
     pic.append(img);
     return pic;
@@ -260,13 +272,13 @@
     try {
       const data = await getJSON(`/api/record/${encodeURIComponent(row)}?${params()}`);
       if (data.position !== null) return openAt(data.position);
-      showDetail(data.card, null, data.record); // not among the records the filters keep: shown alone
+      showDetail(data.card, null, data.record, data.readable); // not among the records the filters keep: shown alone
     } catch (error) {
       say(error.message);
     }
   }
 
-  function showDetail(card, position, record) {
+  function showDetail(card, position, record, readable) {
     state.detail = { position, card };
     const detail = $("detail");
     detail.hidden = false;
@@ -296,12 +308,13 @@
     }
     if (!list.childElementCount) list.append(el("li", { class: "none" }, "no box shown"));
     $("detail-fields").textContent = "";
-    if (record) fields(record);
+    if (record) fields(record, readable);
     else {
       const seq = state.seq;
       getJSON(`/api/record/${card.row}?${params()}`)
         .then((data) => {
-          if (seq === state.seq && state.detail && state.detail.card.row === card.row) fields(data.record);
+          const still = seq === state.seq && state.detail && state.detail.card.row === card.row;
+          if (still) fields(data.record, data.readable);
         })
         .catch((error) => say(error.message));
     }
@@ -320,13 +333,15 @@
     stage.append(picture(card, card.width * scale, card.height * scale, true));
   }
 
-  function fields(record) {
+  // every field of the record; a field the server also gave readable (file_mtime: a date) shown as that
+  function fields(record, readable = {}) {
     const table = $("detail-fields");
     table.textContent = "";
     for (const [name, value] of Object.entries(record)) {
       if (name === "entities" || value === null || value === undefined) continue;
-      const shown = typeof value === "object" ? JSON.stringify(value) : String(value);
-      table.append(el("tr", {}, el("th", {}, name), el("td", {}, shown)));
+      const raw = typeof value === "object" ? JSON.stringify(value) : String(value);
+      const nice = readable && readable[name];
+      table.append(el("tr", {}, el("th", {}, name), el("td", nice ? { title: raw } : {}, nice || raw)));
     }
   }
 
@@ -368,7 +383,7 @@
       const narrowed = data.possible && !data.exact;
       $("export-shown").hidden = !narrowed;
       $("export-shown-command").textContent = narrowed ? data.shown_command : "";
-      $("export-download").href = `/api/shown.jsonl?${params()}`;
+      $("export-download").href = versioned(`/api/shown.jsonl?${params()}`);
     } catch (error) {
       say(error.message);
     }
@@ -486,6 +501,7 @@
     document.addEventListener("keydown", onKey);
     window.addEventListener("resize", () => state.detail && drawStage(state.detail.card));
 
+    setInterval(() => getJSON("/api/info").catch(() => {}), 5000); // a changed results file: read again (409)
     await Promise.all([reload(), facets()]);
     if (open !== null) await openRow(open);
     document.body.dataset.ready = "true"; // for tests and scripts: the first page is in
