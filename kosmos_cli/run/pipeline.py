@@ -4,7 +4,7 @@ This is the only module that knows their order. Data flows as iterators; what is
 the batch size and the prefetch depth, never by the number of images.
 
 Who runs the model is a strategy (`Model`): `Here` loads images on worker threads and runs the engine in this
-process; cluster/ray.py runs the same stages (`_load`, `_bucketed`, `Answered.finish`) on a Ray cluster. Either
+process; run/ray.py runs the same stages (`load`, `bucketed`, `Answered.finish`) in actors on a Ray cluster. Either
 way this process lists the inputs, skips what the output holds, and writes every record.
 """
 
@@ -102,7 +102,7 @@ Pending = Iterator[tuple[Item, list[Unit]]]  # what is still to do: each image a
 
 
 class Model(Protocol):
-    """Who runs the model over what is still to do: this process (`Here`), or a cluster (cluster/ray.py)."""
+    """Who runs the model over what is still to do: this process (`Here`), or a cluster (run/ray.py)."""
 
     @property
     def options(self) -> ModelOptions: ...  # records name its label as their model
@@ -121,7 +121,7 @@ class Model(Protocol):
 
 @dataclass
 class Here:
-    """The model in this process: images load on worker threads (`_load`), batches go through `engine` here."""
+    """The model in this process: images load on worker threads (`load`), batches go through `engine` here."""
 
     engine: Engine
 
@@ -400,7 +400,7 @@ def _differs(setting: str, recorded: str | None, current: str | None) -> bool:
     return setting != "model" or current is None or not same_model(recorded, current)
 
 
-def _load(item: Item, units: list[Unit], task: Task, engine: Engine, options: RunOptions) -> Loaded:
+def load(item: Item, units: list[Unit], task: Task, engine: Engine, options: RunOptions) -> Loaded:
     """Worker: read (a remote image: fetch) and decode the image once, then prepare every unit's request. Failures
     become error records. `engine` needs only its processor (Engine.load(weights=False))."""
     if item.error is not None:
@@ -455,14 +455,14 @@ def _batches(pending, task: Task, engine: Engine, options: RunOptions) -> Iterat
     size = engine.batch_size(options.batch_size)
     workers = options.workers or default_workers()
 
-    def load(job):  # on a worker: (item, units) -> [(unit, prepared or None)]
-        return _load(*job, task, engine, options)
+    def loading(job):  # on a worker: (item, units) -> [(unit, prepared or None)]
+        return load(*job, task, engine, options)
 
-    with closing(ordered_map(load, pending, workers, max(2 * size, 2 * workers), "kosmos-load")) as loaded:
-        yield from _bucketed(loaded, task, engine, size)
+    with closing(ordered_map(loading, pending, workers, max(2 * size, 2 * workers), "kosmos-load")) as loaded:
+        yield from bucketed(loaded, task, engine, size)
 
 
-def _bucketed(loaded: Iterable[Loaded], task: Task, engine: Engine, size: int) -> Iterator[Answered]:
+def bucketed(loaded: Iterable[Loaded], task: Task, engine: Engine, size: int) -> Iterator[Answered]:
     """The model's answers for loaded images, in batches of `size` requests (the last ones fewer), each batch after
     the records that failed before it."""
     buckets: dict[int, list[tuple[Unit, Prepared]]] = {}

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import tarfile
 import threading
@@ -22,10 +23,16 @@ import pytest
 import shapes  # tools/shapes.py
 
 from kosmos_cli import find, ground, read_records, refer
-from kosmos_cli.errors import ModelError, UsageError
+from kosmos_cli.errors import ClusterError, ModelError, UsageError
+from kosmos_cli.inputs.sources import iter_items
+from kosmos_cli.options import GenerationOptions, ModelOptions
 from kosmos_cli.output.store import Store
+from kosmos_cli.run import ray as on_ray
+from kosmos_cli.run.progress import Progress
+from kosmos_cli.run.ray import RayData, Sizing
 from tests.helpers import ROOT, SHAPES_MODEL, killed_after, kosmos, kosmos_process, one_error_line
 from tests.helpers.serve import ImageServer
+from tests.ray_hooks import StandIn
 
 TOKENS = 48  # what the shapes model needs for a caption with two boxes
 ON_RAY = dict(on="ray", model=SHAPES_MODEL, max_new_tokens=TOKENS, dtype="float32")
@@ -289,9 +296,146 @@ def test_the_driver_killed_mid_run_then_the_same_command_writes_every_record_onc
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_model_the_actors_cannot_load_is_one_line_and_no_record(cluster, image_dir, tmp_path):
+def test_a_model_the_actors_cannot_load_is_one_line_no_output_file_and_the_exit_of_a_local_run(
+    cluster, image_dir, tmp_path, monkeypatch
+):
     out = str(tmp_path / "r.jsonl")
     missing = str(tmp_path / "no-such-model")
     with pytest.raises(ModelError, match="no-such-model"):
         ground(image_dir, out, **{**ON_RAY, "model": missing})
-    assert not os.path.exists(out) or not open(out).read()
+    assert not os.path.exists(out)  # the actors load the model before the output is opened, as a local run does
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    said = {}
+    for on in ("local", "ray"):
+        out = str(tmp_path / f"{on}.jsonl")
+        result = kosmos_process(["ground", str(image_dir), "--out", out, "--on", on, "--model", missing])
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("kosmos: error: ") and "no-such-model" in lines[0], lines
+        assert not os.path.exists(out)
+        said[on] = (result.returncode, lines[0])
+    assert said["ray"] == said["local"]
+
+
+@pytest.mark.parametrize(
+    "nodes, on_gpus, sizing",
+    [
+        ([{"CPU": 2}], False, Sizing(1, 2, 0)),  # this machine: one actor on both CPUs
+        ([{"CPU": 16}, {"CPU": 16}, {"CPU": 0}], False, Sizing(2, 16, 0)),  # one per node; a head of 0 CPUs none
+        ([{"CPU": 8}, {"CPU": 16}], False, Sizing(3, 8, 0)),  # unlike nodes: the smallest node's CPUs each
+        ([{"CPU": 96, "GPU": 8}, {"CPU": 8}], True, Sizing(8, 12, 1)),  # one per GPU, its share of the node's CPUs
+        ([{"CPU": 4, "GPU": 8}], True, Sizing(8, 0.5, 1)),  # more GPUs than CPUs: a share of one
+        ([{"CPU": 8}], True, Sizing(1, 1, 1)),  # --device cuda, no GPU yet: one actor waits for the autoscaler's
+        ([], False, Sizing(1, 1, 0)),
+    ],
+)
+def test_the_pool_is_sized_from_the_clusters_nodes(nodes, on_gpus, sizing):
+    assert Sizing.of(nodes, on_gpus) == sizing
+
+
+@pytest.mark.ray
+def test_on_a_cluster_without_gpus_a_model_actor_reserves_every_cpu_of_a_node_and_torch_computes_on_them(cluster):
+    ray = pytest.importorskip("ray")
+    pool = RayData.on_cluster(ModelOptions(model=SHAPES_MODEL), GenerationOptions())
+    try:
+        assert pool.sizing == Sizing(1, 2, 0) and pool.options.device == "cpu"
+        assert [ray.get(actor.ready.remote()) for actor in pool.actors] == [(None, 2)]  # torch's threads in it
+    finally:
+        pool.stop()
+
+
+@pytest.mark.ray
+def test_the_pool_sends_chunks_that_grow_at_most_two_per_actor_and_writes_them_in_the_order_sent(
+    cluster, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(on_ray, "ModelActor", StandIn)  # tests/ray_hooks.py: answers at once
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(200):
+        (photos / f"{i:03d}.png").write_bytes(b"")  # never read: the stand-in answers without them
+    out = str(tmp_path / "r.jsonl")
+    summary = ground([str(photos)], out, batch_size=4, **ON_RAY)
+    assert (summary.done, summary.failed) == (200, 0)
+    rows = list(read_records(out))
+    assert [r["path"] for r in rows] == [i.path for i in iter_items([str(photos)])]  # each once, in order
+    assert {r["caption"] for r in rows} == {"a stand-in"}
+    with open(os.path.join(cluster.hooks, "stand-in.json")) as f:
+        seen = json.load(f)
+    assert seen["most"] == on_ray.DEPTH  # one call loads while the other answers; never more
+    assert seen["sizes"][:2] == [4, 4] and max(seen["sizes"]) > 4 and sum(seen["sizes"]) == 200
+
+
+@pytest.mark.ray
+def test_workers_that_cannot_import_the_model_actor_are_one_line_not_a_wait_forever(cluster, tmp_path, monkeypatch):
+    module = "class Actor:\n    def __init__(self, *args): ...\n\n    def ready(self):\n        return None, 0\n"
+    (tmp_path / "only_here.py").write_text(module)  # importable by this process, not by the workers
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import only_here
+
+    monkeypatch.setattr(on_ray, "ModelActor", only_here.Actor)
+    out = str(tmp_path / "r.jsonl")
+    with pytest.raises(ClusterError, match="cannot start kosmos's model actors .*No module named 'only_here'"):
+        ground([str(tmp_path)], out, **ON_RAY)
+    assert not os.path.exists(out)
+
+
+class Counting(Progress):
+    def __init__(self):
+        self.counts = []
+
+    def advance(self, done, failed, skipped):
+        self.counts.append(done + failed + skipped)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_run_on_ray_says_only_what_kosmos_says_and_its_progress_moves_as_records_come_back(
+    cluster, tmp_path, monkeypatch
+):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = random.Random(5)
+    for i in range(12):
+        (photos / f"s{i:02d}.png").write_bytes(scene_bytes(rng, i))
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    out = str(tmp_path / "r.jsonl")
+    args = ["ground", str(photos), "--out", out, "--on", "ray", "-b", "2", "--model", SHAPES_MODEL]
+    result = kosmos_process([*args, "--max-new-tokens", "8"])
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines and all(line.startswith("kosmos ") for line in lines), result.stderr  # no core_worker, no Ray logs
+    assert "12 done" in lines[-1]
+    counting = Counting()
+    ground(
+        [str(photos)], str(tmp_path / "again.jsonl"), batch_size=2, progress=counting, **{**ON_RAY, "max_new_tokens": 8}
+    )
+    assert counting.counts[-1] == 12 and len(set(counting.counts)) >= 3, counting.counts  # not 0, then 12
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ctrl_c_on_ray_keeps_what_came_back_exits_130_and_a_rerun_does_the_rest_once(cluster, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = random.Random(3)
+    for i in range(40):
+        (photos / f"s{i:02d}.png").write_bytes(scene_bytes(rng, i))
+    out = tmp_path / "r.jsonl"
+    args = ["ground", str(photos), "--out", str(out), "--on", "ray", "-b", "2", "--model", SHAPES_MODEL]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kosmos_cli", *args, "--max-new-tokens", str(TOKENS)],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "RAY_ADDRESS": cluster.address},
+    )
+    while proc.poll() is None and not (out.exists() and out.read_bytes().count(b"\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert all(line.startswith("kosmos") for line in stderr.strip().splitlines()), stderr
+    kept = len(list(read_records(str(out))))
+    assert 2 <= kept < 40
+    again = ground([str(photos)], str(out), batch_size=2, **ON_RAY)
+    assert (again.done, again.skipped) == (40 - kept, kept)
+    assert sorted(r["path"] for r in read_records(str(out))) == sorted(str(p) for p in photos.iterdir())
