@@ -35,6 +35,7 @@ from typing import Any
 from .. import tasks
 from ..errors import InputError
 from ..inputs import carried_columns, locations
+from ..output.dataset_folder import in_order
 from ..tasks import Task
 
 COMMON = ("path", "task", "status", "error", "width", "height")
@@ -150,8 +151,11 @@ def signature(path: str) -> tuple:
 
 
 def _parts(path: str) -> list[str]:
+    """The files a folder's results are read from: a dataset's parts alone, in the order of their runs (a file kosmos
+    did not name is no part, dataset_folder.is_part); in a folder holding no part (a file output's `.parts/`), its
+    Parquet files by name."""
     names = [n for n in os.listdir(path) if n.lower().endswith(PARQUET_ENDINGS) and n[0] != "."]
-    return sorted(os.path.join(path, n) for n in names)
+    return [os.path.join(path, n) for n in in_order(names) or sorted(names)]
 
 
 def viewable(value: Any, depth: int = 0) -> Any:

@@ -307,6 +307,19 @@ def test_jsonl_parquet_and_a_folder_of_parquet_parts_give_the_same_cards(folder)
     assert all(s == seen[0] for s in seen) and len(seen[0]) == 4
 
 
+def test_a_dataset_folder_shows_its_parts_alone_in_run_order(folder):
+    """A file kosmos did not name (a results file moved in, a backup) is no part of a dataset: view leaves it out."""
+    records = [ground_row(*row) for row in ROWS]
+    dataset = folder / "ds"
+    dataset.mkdir()
+    write(records[2:], dataset / "part-20261201T000000000000-r0-000001.parquet")
+    write(records[:2], dataset / "part-20261130T000000000000-r0-000001.parquet")  # the older run, listed first
+    write([ground_row("photos/backup.png", (10, 10), "A backup.", [])], dataset / "backup-2026-11.parquet")
+    with start(str(dataset)) as running:
+        shown = [c["path"] for c in api(running, "/api/records")["cards"]]
+    assert shown == [r[0] for r in ROWS]
+
+
 @pytest.mark.parametrize("name", ["ground", "refer", "find"])
 @pytest.mark.parametrize("ending", ["jsonl", "parquet"])
 def test_results_written_before_tasks_and_scores_are_shown(name, ending):
