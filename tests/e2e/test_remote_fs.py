@@ -550,6 +550,15 @@ def test_ground_into_a_bucket_dataset_twice_and_after_a_kill(s3, scenes, tmp_pat
     assert "6 done, 0 failed, 0 skipped" in first.stderr
     again = ground(f"s3://{bucket}/photos/", "-o", out)
     assert "0 done, 0 failed, 6 skipped" in again.stderr
+    held = {name: fs.info(f"{bucket}/results/{name}")["ETag"] for name in _in_bucket(fs, f"{bucket}/results")}
+    fs.pipe(f"{bucket}/photos/scene_9.png", scenes["scene_7"][0])
+    _forget_clients()
+    planned = ground(f"s3://{bucket}/photos/", "-o", out, "--dry-run", "--json")  # the bucket read, nothing written
+    assert planned.exit_code == 0, planned.output
+    plan = json.loads(planned.stdout)
+    assert (plan["recorded"], plan["new"], plan["todo"]) == (6, 1, 1)
+    assert {name: fs.info(f"{bucket}/results/{name}")["ETag"] for name in _in_bucket(fs, f"{bucket}/results")} == held
+    fs.rm(f"{bucket}/photos/scene_9.png")
     rows = list(read_records(out))
     assert sorted(r["path"] for r in rows) == sorted(truth)
     mostly_right(rows, truth.get)
