@@ -44,7 +44,7 @@ class Columns:
 
 
 @dataclass
-class Unseen:
+class Unlisted:
     """What a listing of the inputs did not see (sources.iter_items fills it in): `places` it could not look into
     (a folder it cannot list or that vanished, a link to nothing), and parts it skipped, each warned about as it
     was met (a manifest line that is not JSON or has no path, a table row without a key, a shard's member that is

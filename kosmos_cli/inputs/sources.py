@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from ..errors import InputError, UsageError
 from .images import IMAGE_EXTENSIONS, NOT_REGULAR, is_image_path, is_special
-from .listing import DRAWN_MARKER, EXPORT_MARKER, MANIFEST_EXTENSIONS, OUR_FOLDERS, Columns, Item, Unseen
+from .listing import DRAWN_MARKER, EXPORT_MARKER, MANIFEST_EXTENSIONS, OUR_FOLDERS, Columns, Item, Unlisted
 from .locations import FetchOptions, Unreadable, is_local, is_remote, is_url, local_path, named_suffix
 from .locations.fs import check_remote, expand_remote
 from .locations.manifests import read_lines, read_manifest, unique_names
@@ -135,7 +135,7 @@ def iter_items(
     stdin: IO[str] | None = None,
     per_row: bool = False,
     null: bool = False,
-    unseen: Unseen | None = None,
+    unseen: Unlisted | None = None,
     columns: Columns = Columns(),
     fetch: FetchOptions = FetchOptions(),
     share: tuple[int, int] = (0, 1),
@@ -219,7 +219,7 @@ def _expand(
     inputs: Iterable[str],
     stdin: IO[str] | None,
     null: bool = False,
-    unseen: Unseen | None = None,
+    unseen: Unlisted | None = None,
     columns: Columns = Columns(),
     fetch: FetchOptions = FetchOptions(),
     share: tuple[int, int] = (0, 1),

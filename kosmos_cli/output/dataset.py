@@ -79,7 +79,7 @@ from ..tasks.records import Record
 from . import compaction
 from .dataset_folder import Folder, folder_of, in_order, is_part, is_table, part_rows, read_schema
 from .formats import Sink, names_folder, read_records, records_table, rows_table, unified_schema
-from .handle import Holdings, Output, Seen, Writers, in_use, present_only
+from .handle import Output, RecordedKeys, Seen, Writers, in_use, present_only
 from .locking import OutputLock
 from .ownership import NotOurs, not_ours, owner_of, refuse_inputs, refuse_other_task, same_file, schema_owner
 
@@ -148,8 +148,8 @@ class DatasetStore:
         self.settler.settle(present_only(output.present) if output.present is not None else None)
 
     @property
-    def settler(self) -> Settler:
-        return Settler(self)
+    def settler(self) -> DatasetSettler:
+        return DatasetSettler(self)
 
     # -- whose dataset -----------------------------------------------------------------------------------
     def check(self, inputs: Iterable[Any] = (), overwrite: bool = False, ignore: str | None = None) -> None:
@@ -286,7 +286,7 @@ class DatasetStore:
     def rows(self, name: str, columns: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
         return part_rows(self.place, name, columns)
 
-    def scan(self) -> Holdings:
+    def scan(self) -> RecordedKeys:
         """What the dataset holds, staged batches included, in the order their runs wrote them: the last record of
         each key, and how many were written again. A part or batch that another run (in a bucket) folds or
         tidies away meanwhile is skipped: what it held is in a part written before it went."""
@@ -296,7 +296,7 @@ class DatasetStore:
         files = [(_stamp_of(n), 0, i, self.place, n) for i, n in enumerate(names)]
         files += [(n.split("-", 1)[0], 1, i, self.staging, n) for i, n in enumerate(self.staged())]
         files.sort(key=lambda file: file[:3])
-        return Holdings.of(self.task, self.folder(), (_rows_while_there(p, n, columns) for *_, p, n in files))
+        return RecordedKeys.of(self.task, self.folder(), (_rows_while_there(p, n, columns) for *_, p, n in files))
 
     def recorded_keys(self) -> dict[str, Seen]:
         """Key -> what is recorded for it (the last record of each key): what a run skips."""
@@ -394,7 +394,7 @@ class DatasetStore:
             self.schema = unified_schema(self.task, schemas) if schemas else None
 
 
-class Settler:
+class DatasetSettler:
     """After a run (or before one, for what a dead run left), the main process: fold the staged batches it may into
     the dataset, then rewrite whole the parts whose records a later part replaced or --prune drops."""
 
@@ -449,7 +449,7 @@ class Settler:
         """How many records the parts hold for a key that a later record of the parts holds too."""
         store, columns = self.store, self.task.resume_columns()
         files = (_rows_while_there(store.place, n, columns) for n in store.parts())
-        return Holdings.of(self.task, store.folder(), files).duplicates
+        return RecordedKeys.of(self.task, store.folder(), files).duplicates
 
     def tidy(self, keep: Callable[[str], bool] | None = None) -> None:
         """Rewrite whole the parts holding records that a later part replaced, or that `keep` drops; remove the
@@ -502,7 +502,7 @@ class Settler:
 
 
 class LocalBytes:
-    """One part's bytes, read once, as a folder holding that part alone (Settler._rewrite)."""
+    """One part's bytes, read once, as a folder holding that part alone (DatasetSettler._rewrite)."""
 
     def __init__(self, data: bytes, url: str):
         self.data, self.url = data, url

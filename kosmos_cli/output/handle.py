@@ -1,4 +1,4 @@
-"""An open output as a run sees it (`Output`): what it holds (`Seen`, `Holdings`), where records go, and what
+"""An open output as a run sees it (`Output`): what it holds (`Seen`, `RecordedKeys`), where records go, and what
 the run has told it; and what an output needs to know of the processes writing it (`Writers`).
 
 Every kind of output (a file, stdout, a Parquet dataset: store.py, dataset.py) hands a run the same `Output`.
@@ -67,14 +67,14 @@ class Seen:
 
 
 @dataclass
-class Holdings:
+class RecordedKeys:
     """What an output holds: key -> Seen (the last record of each key), and how many rows were written again."""
 
     seen: dict[str, Seen] = field(default_factory=dict)
     duplicates: int = 0
 
     @classmethod
-    def of(cls, task: type[Task], folder: str | None, files: Iterable[Iterable[dict[str, Any]]]) -> Holdings:
+    def of(cls, task: type[Task], folder: str | None, files: Iterable[Iterable[dict[str, Any]]]) -> RecordedKeys:
         """What the rows of `files`, oldest first, hold; `folder`: where the output is (Task.key)."""
         tasks.forget_folders()  # this run's keys share one view of the file system, taken now
         found, rows = cls(), 0

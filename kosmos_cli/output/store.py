@@ -57,7 +57,7 @@ from .formats import (
     parquet_rows,
     repair_jsonl_tail,
 )
-from .handle import Holdings, Output, Seen, Writers, in_use, present_only
+from .handle import Output, RecordedKeys, Seen, Writers, in_use, present_only
 from .locking import OutputLock
 from .ownership import NotOurs, not_ours, owner_of, refuse_inputs, refuse_other_task
 
@@ -199,11 +199,11 @@ class Store:
         else:
             yield from parquet_rows(path, columns)
 
-    def scan(self, parts: bool = True) -> Holdings:
+    def scan(self, parts: bool = True) -> RecordedKeys:
         """What the output holds (the last record of each key wins). `parts=False`: the output alone, leaving
         the parts folder untouched (other processes may be writing there)."""
         sources = self.sources() if parts else ([self.path] if os.path.exists(self.path) else [])
-        return Holdings.of(self.task, self.folder(), (self.rows(s, self.task.resume_columns()) for s in sources))
+        return RecordedKeys.of(self.task, self.folder(), (self.rows(s, self.task.resume_columns()) for s in sources))
 
     def folder(self) -> str:
         """Where the output is: a relative path read back from it is also tried from here (Task.key)."""
@@ -311,7 +311,7 @@ class SpoolStore(Store):
 
 __all__ = [
     "DatasetStore",
-    "Holdings",
+    "RecordedKeys",
     "Output",
     "Seen",
     "SpoolStore",

@@ -3,7 +3,7 @@
 This is the only module that knows their order. Data flows as iterators; what is held at once is bounded by
 the batch size and the prefetch depth, never by the number of images.
 
-Who runs the model is a strategy (`Model`): `Here` loads images on worker threads and runs the engine in this
+Who runs the model is a strategy (`Model`): `InProcess` loads images on worker threads and runs the engine in this
 process; run/ray.py runs the same stages (`load`, `bucketed`, `Answered.finish`) in actors on a Ray cluster. Either
 way this process lists the inputs, skips what the output holds, and writes every record.
 """
@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Protocol
 from .. import tasks
 from ..errors import OutOfMemory, UsageError
 from ..inputs.images import MODEL_SIDE
-from ..inputs.listing import Item, Unseen
+from ..inputs.listing import Item, Unlisted
 from ..inputs.locations import open_image
 from ..inputs.locations import stat as location_stat
 from ..inputs.sources import countable, iter_items, nothing_found, shard
@@ -36,7 +36,7 @@ from ..tasks import Task, Unit, path_key
 from ..tasks.records import OK, Record
 from ..tasks.scores import Generation
 from .progress import Progress
-from .threads import Behind, ordered_map, read_ahead
+from .threads import FinishBehind, ordered_map, read_ahead
 
 log = logging.getLogger("kosmos_cli")
 
@@ -102,7 +102,7 @@ Pending = Iterator[tuple[Item, list[Unit]]]  # what is still to do: each image a
 
 
 class Model(Protocol):
-    """Who runs the model over what is still to do: this process (`Here`), or a cluster (run/ray.py)."""
+    """Who runs the model over what is still to do: this process (`InProcess`), or a cluster (run/ray.py)."""
 
     @property
     def options(self) -> ModelOptions: ...  # records name its label as their model
@@ -120,7 +120,7 @@ class Model(Protocol):
 
 
 @dataclass
-class Here:
+class InProcess:
     """The model in this process: images load on worker threads (`load`), batches go through `engine` here."""
 
     engine: Engine
@@ -150,7 +150,7 @@ class Run:
 
     task: Task
     inputs: Any  # what the inputs name (a list of str), or Items
-    model: Model  # Here(engine), or a cluster
+    model: Model  # InProcess(engine), or a cluster
     options: RunOptions
     team: Writers  # who writes the output, as its store sees them: ranks.Team (rank 0), or a Solo team of one
     store: Store | DatasetStore
@@ -200,7 +200,7 @@ def _pass(run: Run, output: Output, summary: Summary, progress: Progress) -> Non
     task, inputs, model, options = run.task, run.inputs, run.model, run.options
     rank, world = run.share
     present: set[str] | None = set() if options.prune or output.store.spool else None
-    unseen = Unseen()  # what the listing could not look into or skipped: then the pass did not see every input
+    unseen = Unlisted()  # what the listing could not look into or skipped: then the pass did not see every input
     listed = as_items(inputs, options, task.per_row, unseen, (rank, world))
     # listing on a thread of its own: a shard streamed or a bucket listed over the network never stalls the model
     items = _counted(read_ahead(stated(listed), 2 * model.batch_size(options.batch_size), "kosmos-list"), summary)
@@ -232,7 +232,7 @@ def _pass(run: Run, output: Output, summary: Summary, progress: Progress) -> Non
 
     # the next batch goes through the model while the last ones are finished and written; on any way out (Ctrl-C
     # too) what the model answered is still finished and written, and a writing error is raised here
-    with Behind(finish, count, FINISH_AHEAD, "kosmos-write") as behind:
+    with FinishBehind(finish, count, FINISH_AHEAD, "kosmos-write") as behind:
         for batch in model.answered(pending, task, options):
             behind.put(batch)
     summary.kept = output.kept
@@ -272,7 +272,7 @@ def _count_inputs(inputs: list[str], progress: Progress) -> None:
         pass
 
 
-def as_items(inputs, options: RunOptions, per_row: bool, unseen: Unseen, share: tuple[int, int]) -> Iterator[Item]:
+def as_items(inputs, options: RunOptions, per_row: bool, unseen: Unlisted, share: tuple[int, int]) -> Iterator[Item]:
     inputs = list(inputs) if not isinstance(inputs, Iterator) else inputs
     if isinstance(inputs, list) and all(isinstance(i, str) for i in inputs):
         return iter_items(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UsageError
-from ..inputs.listing import Unseen
+from ..inputs.listing import Unlisted
 from ..options import GenerationOptions, ModelOptions, RunOptions
 from ..output.formats import detect_format
 from ..output.handle import present_only
@@ -138,7 +138,7 @@ def plan(task: Task, named: list, options: RunOptions, label: str, decoding: str
         task.name, options.out, overwrite=options.overwrite, retry_failed=options.retry_failed, prune=options.prune
     )
     found.held = len(seen)
-    unseen = Unseen()
+    unseen = Unlisted()
     present: set[str] = set()
     counts = {NEW: 0, DONE: 0, FAILED: 0, CHANGED: 0, OTHER: 0, TWICE: 0}
     items = stated(as_items(named, options, task.per_row, unseen, (0, 1)))

@@ -27,7 +27,7 @@ from ..output.store import Store
 from ..tasks import Task
 from ..tasks.records import Record
 from . import ranks
-from .pipeline import Here, Model, Progress, Run, Summary, execute
+from .pipeline import InProcess, Model, Progress, Run, Summary, execute
 from .plan import Plan, decoding_of, plan
 from .ranks import Solo
 
@@ -123,7 +123,7 @@ def run(
         def execute_with(model: Model) -> Summary:
             return execute(Run(task, inputs, model, options, team, store, progress, on_write, (rank, world)))
 
-        return team.run(Here(engine), task, options, execute_with)
+        return team.run(InProcess(engine), task, options, execute_with)
 
 
 def _model(on: str, engine: Engine | None, model: ModelOptions, generation: GenerationOptions) -> Model:
@@ -132,7 +132,7 @@ def _model(on: str, engine: Engine | None, model: ModelOptions, generation: Gene
         from .ray import RayData
 
         return RayData.on_cluster(model, generation)
-    return Here(engine if engine is not None else Engine(*on_this_rank(model, generation)).load())
+    return InProcess(engine if engine is not None else Engine(*on_this_rank(model, generation)).load())
 
 
 def _driver(engine: Engine | None) -> contextlib.AbstractContextManager[Solo]:

@@ -1,8 +1,8 @@
-"""Ordered, bounded threads: work runs ahead of the caller (`ordered_map`) or behind it (`Behind`), in order.
+"""Ordered, bounded threads: work runs ahead of the caller (`ordered_map`) or behind it (`FinishBehind`), in order.
 
 Loading images for the model (pipeline.py) and drawing them (drawing/background.py) want `ordered_map`: the slow part
 on several threads, what follows in order, and memory bounded however long the input. Finishing and writing what
-the model answered wants `Behind`: one thread behind the model's, so the next batch starts while the last one is
+the model answered wants `FinishBehind`: one thread behind the model's, so the next batch starts while the last one is
 turned into records and written.
 """
 
@@ -96,7 +96,7 @@ def current_stop() -> threading.Event | None:
     return getattr(_worker, "stop", None)
 
 
-class Behind(Generic[In, Out]):
+class FinishBehind(Generic[In, Out]):
     """`fn(item)` for each item handed over with `put`, in order, on one thread behind the caller's; `then(result)`
     for each result, in order, back on the caller's thread.
 
@@ -120,7 +120,7 @@ class Behind(Generic[In, Out]):
         self._raised = False
         self._thread = threading.Thread(target=self._work, name=name, daemon=True) if depth else None
 
-    def __enter__(self) -> Behind[In, Out]:
+    def __enter__(self) -> FinishBehind[In, Out]:
         if self._thread is not None:
             self._thread.start()
         return self

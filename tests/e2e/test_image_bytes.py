@@ -14,7 +14,7 @@ import pytest
 import shapes  # tools/shapes.py
 
 from kosmos_cli import ground, read_records
-from kosmos_cli.inputs.listing import Columns, Unseen
+from kosmos_cli.inputs.listing import Columns, Unlisted
 from kosmos_cli.inputs.locations import FetchOptions, Unreadable
 from kosmos_cli.inputs.locations.members import read_member
 from kosmos_cli.inputs.sources import iter_items
@@ -187,7 +187,7 @@ def test_every_row_is_recorded_or_counted_and_named_in_one_line(tmp_path, caplog
     path = tmp_path / "t.parquet"
     rows = [("a", b"1"), ("b", b"2"), ("a", b"3"), (None, b"4"), ("a", None), ("c", b"5")]
     pq.write_table(pa.table({"key": [k for k, _ in rows], "jpg": [d for _, d in rows]}), path)
-    unseen = Unseen()
+    unseen = Unlisted()
     with caplog.at_level(logging.WARNING, logger="kosmos_cli"):
         items = list(iter_items([str(path)], columns=Columns(image="jpg"), unseen=unseen))
     assert [(i.path, i.data) for i in items] == [(f"{path}#a", b"1"), (f"{path}#b", b"2"), (f"{path}#c", b"5")]

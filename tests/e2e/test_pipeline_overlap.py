@@ -1,4 +1,4 @@
-"""Finishing and writing behind the model (ordered.Behind, pipeline.FINISH_AHEAD): the next batch goes through the
+"""Finishing and writing behind the model (ordered.FinishBehind, pipeline.FINISH_AHEAD): the next batch goes through the
 model while the last is turned into records and written, with every guarantee of writing in line kept.
 
 No sleeps: threads wait on events, so the tests say the same on a loaded machine.
@@ -14,14 +14,14 @@ from kosmos_cli import ground
 from kosmos_cli.output.formats import read_records
 from kosmos_cli.output.store import Output
 from kosmos_cli.run import pipeline
-from kosmos_cli.run.threads import Behind
+from kosmos_cli.run.threads import FinishBehind
 from kosmos_cli.tasks import Ground
 from tests.helpers import make_images
 
 WAIT = 60  # seconds before a test that would hang fails instead (a loaded 2-core machine takes 10 for 3 batches)
 
 
-# -- Behind ---------------------------------------------------------------------------------------------------
+# -- FinishBehind ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("depth", [0, 1, 2, 3])
 def test_results_come_back_in_order_on_the_callers_thread(depth):
     caller, seen = threading.get_ident(), []
@@ -35,7 +35,7 @@ def test_results_come_back_in_order_on_the_callers_thread(depth):
         assert threading.get_ident() == caller
         seen.append(result)
 
-    with Behind(work, then, depth) as behind:
+    with FinishBehind(work, then, depth) as behind:
         for i in range(7):
             behind.put(i)
     assert seen == [i * 10 for i in range(7)]
@@ -54,7 +54,7 @@ def test_the_caller_runs_ahead_by_depth_items_and_no_more(depth):
             in_flight.append(handed - i)  # handed over and not done: i and those after it
         return i
 
-    with Behind(work, lambda _: None, depth) as behind:
+    with FinishBehind(work, lambda _: None, depth) as behind:
         for i in range(8):
             behind.put(i)
             with room:
@@ -74,7 +74,7 @@ def test_an_exception_in_the_worker_is_raised_by_the_next_put_and_later_items_ar
         return i
 
     with pytest.raises(RuntimeError, match="item 1"):
-        with Behind(work, seen.append, 1) as behind:
+        with FinishBehind(work, seen.append, 1) as behind:
             behind.put(0)
             behind.put(1)
             assert failed.wait(WAIT)
@@ -91,7 +91,7 @@ def test_an_exception_in_the_worker_after_the_last_put_is_raised_on_leaving():
 
     seen = []
     with pytest.raises(OSError, match="disk full"):
-        with Behind(work, seen.append, 2) as behind:
+        with FinishBehind(work, seen.append, 2) as behind:
             for i in range(3):
                 behind.put(i)
     assert seen == [0, 1]
@@ -106,7 +106,7 @@ def test_an_interrupt_in_the_body_still_finishes_what_was_handed_over():
         return i
 
     with pytest.raises(KeyboardInterrupt):
-        with Behind(work, seen.append, 2) as behind:
+        with FinishBehind(work, seen.append, 2) as behind:
             behind.put(0)
             behind.put(1)
             gate.set()
@@ -116,7 +116,7 @@ def test_an_interrupt_in_the_body_still_finishes_what_was_handed_over():
 
 def test_depth_must_not_be_negative():
     with pytest.raises(ValueError, match="depth"):
-        Behind(lambda i: i, lambda _: None, -1)
+        FinishBehind(lambda i: i, lambda _: None, -1)
 
 
 # -- the pipeline ---------------------------------------------------------------------------------------------

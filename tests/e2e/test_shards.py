@@ -17,7 +17,7 @@ import pytest
 import shapes  # tools/shapes.py
 
 from kosmos_cli import ground, read_records
-from kosmos_cli.inputs.listing import Unseen
+from kosmos_cli.inputs.listing import Unlisted
 from kosmos_cli.inputs.locations import FetchOptions, Unreadable, split_member
 from kosmos_cli.inputs.locations.members import read_member
 from kosmos_cli.inputs.locations.shards import NO_IMAGE, iter_shard, split_name
@@ -186,7 +186,7 @@ def test_links_and_names_that_leave_the_shard_are_counted_in_one_warning(tmp_pat
             info.type, info.linkname = kind, "ok.jpg"
             tar.addfile(info)
         add(tar, "z.jpg", b"Z" * 50)
-    unseen = Unseen()
+    unseen = Unlisted()
     with caplog.at_level(logging.WARNING, logger="kosmos_cli"):
         items = list(iter_items([str(path)], unseen=unseen))
     assert [(i.path, i.data) for i in items] == [(f"{path}#ok", b"J" * 50), (f"{path}#z", b"Z" * 50)]

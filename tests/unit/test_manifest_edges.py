@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kosmos_cli.errors import InputError
-from kosmos_cli.inputs.listing import Unseen
+from kosmos_cli.inputs.listing import Unlisted
 from kosmos_cli.inputs.sources import iter_items
 from kosmos_cli.output.formats import read_records
 from kosmos_cli.output.store import Store
@@ -75,13 +75,13 @@ def test_rows_skipped_are_counted_for_the_caller_and_warned(tmp_path, caplog):
     jsonl, csv = tmp_path / "m.jsonl", tmp_path / "m.csv"
     jsonl.write_text('{"path": "a.png"}\nnot json\n{"nopath": 1}\n{"path": "b.png"}\n')
     csv.write_text("path,label\nc.png,x\n,orphan label\n,\nd.png,y\n")
-    unseen = Unseen()
+    unseen = Unlisted()
     found = list(iter_items([str(jsonl), str(csv)], unseen=unseen))
     assert [os.path.basename(i.path) for i in found] == ["a.png", "b.png", "c.png", "d.png"]
     assert (unseen.skipped, unseen.first_skipped) == (3, f"{jsonl} line 2")
     assert 'm.csv line 3 has no "path": skipped' in caplog.text  # a row of empty fields is a blank line
     assert "m.csv line 4" not in caplog.text
-    assert bool(unseen) and not Unseen()
+    assert bool(unseen) and not Unlisted()
 
 
 def test_deeply_nested_json_is_a_warning_naming_the_line_not_a_traceback(tmp_path, caplog):

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kosmos_cli.errors import InputError, UsageError
-from kosmos_cli.inputs.listing import Unseen
+from kosmos_cli.inputs.listing import Unlisted
 from kosmos_cli.inputs.sources import Item, check_inputs, iter_items, shard
 
 
@@ -178,7 +178,7 @@ def test_what_a_walk_cannot_look_into_is_reported(tmp_path):
     for rel in ["a/1.png", "b/2.png", "c/3.png"]:
         touch(str(root / rel))
     (root / "nas").symlink_to(tmp_path / "not-mounted", target_is_directory=True)
-    unseen = Unseen()
+    unseen = Unlisted()
     items = iter_items([str(root)], unseen=unseen)
     first = next(items)
     shutil.rmtree(root / "b")  # after its parent was listed, before the walk reaches it

@@ -25,7 +25,7 @@ from typing import Any
 
 from ...errors import InputError, UsageError
 from ..images import is_image_path
-from ..listing import MANIFEST_EXTENSIONS, OUR_FOLDERS, Columns, Item, Unseen
+from ..listing import MANIFEST_EXTENSIONS, OUR_FOLDERS, Columns, Item, Unlisted
 from .base import FetchOptions, Unreadable, scheme
 from .manifests import read_manifest
 
@@ -78,7 +78,7 @@ def check_remote(url: str) -> None:
 
 
 def expand_remote(
-    url: str, columns: Columns = Columns(), unseen: Unseen | None = None, fetch: FetchOptions = FetchOptions()
+    url: str, columns: Columns = Columns(), unseen: Unlisted | None = None, fetch: FetchOptions = FetchOptions()
 ) -> Iterator[Item]:
     """The items `url` names: the images under a folder or prefix, the matches of a glob, the rows of a manifest,
     or the one image it is. `unseen` gets the folders that could not be listed and the manifest rows skipped;

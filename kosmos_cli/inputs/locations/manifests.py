@@ -8,7 +8,7 @@ Text manifests (and stdin, read by sources.py through `read_lines`) are UTF-8, a
 that are not UTF-8 are kept as Python keeps them in file names (surrogate escapes), so a listing of non-UTF-8 file
 names opens those files; inputs/names.py says how they are recorded. A JSON line that does not parse, or nests more than
 MAX_DEPTH levels deep, is skipped with a warning naming its line, and so is a row with no path (a CSV or Parquet
-row whose every field is empty is a blank line); what is skipped is counted in `Unseen`, so the run knows it did
+row whose every field is empty is a blank line); what is skipped is counted in `Unlisted`, so the run knows it did
 not read every input. A CSV the csv module cannot read (an unclosed quote, a field over 128 KiB) is a broken
 manifest: an InputError naming its line.
 """
@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from ...errors import InputError
 from ..carried_columns import from_parquet
-from ..listing import Columns, Item, Unseen
+from ..listing import Columns, Item, Unlisted
 from .base import FetchOptions, is_remote, local_path, named_suffix
 from .table import iter_table
 
@@ -40,7 +40,7 @@ def read_manifest(
     path: str,
     columns: Columns = Columns(),
     opener=open,
-    unseen: Unseen | None = None,
+    unseen: Unlisted | None = None,
     fetch: FetchOptions = FetchOptions(),
 ) -> Iterator[Item]:
     """Rows of a manifest; relative paths resolve against the manifest's folder; other columns are carried.
@@ -66,7 +66,7 @@ def read_manifest(
             yield from _read_parquet(f, path, base, columns, unseen)
 
 
-def _read_csv(f: IO[str], path: str, base: str, columns: Columns, unseen: Unseen | None = None) -> Iterator[Item]:
+def _read_csv(f: IO[str], path: str, base: str, columns: Columns, unseen: Unlisted | None = None) -> Iterator[Item]:
     """Rows of a CSV manifest. A repeated column name gets `_2`, `_3`, ...; fields past the header's end are
     carried as a list under `_extra` (a unique name the same way)."""
     lines = _Lines(f)
@@ -114,7 +114,7 @@ class _Lines:
             raise
 
 
-def _skipped(where: str, why: str, unseen: Unseen | None) -> None:
+def _skipped(where: str, why: str, unseen: Unlisted | None) -> None:
     log.warning("%s %s: skipped", where, why)
     if unseen is not None:
         unseen.skip(where)
@@ -141,7 +141,7 @@ def read_lines(
     name: str,
     json_only: bool = False,
     columns: Columns = Columns(),
-    unseen: Unseen | None = None,
+    unseen: Unlisted | None = None,
 ) -> Iterator[Item]:
     """One path a line; a line that starts with "{" is a JSON object with a "path" key (`columns.path`) and carried
     keys. A line that cannot be used is warned about, skipped and counted in `unseen`."""
@@ -179,7 +179,7 @@ def _too_deep(value: Any) -> bool:
     return True
 
 
-def _read_parquet(f: Any, path: str, base: str, columns: Columns, unseen: Unseen | None = None) -> Iterator[Item]:
+def _read_parquet(f: Any, path: str, base: str, columns: Columns, unseen: Unlisted | None = None) -> Iterator[Item]:
     import pyarrow.parquet as pq
 
     try:

@@ -8,7 +8,7 @@ its path `SHARD#KEY`, its image the first of jpg, jpeg, png and webp it holds (a
 none of those), its `.json` fields and `.txt` carried like manifest columns. Hidden files and `__MACOSX` folders are
 skipped, and so are files with no extension. Links (symbolic or hard: not the member's own bytes) and members named
 outside the shard (an absolute name, a `..` in it: nothing could lay them out inside an output) are never read as
-samples: they are counted, in one warning for the shard and in `Unseen`.
+samples: they are counted, in one warning for the shard and in `Unlisted`.
 
 What fails is a value: a sample without an image, a member past the size cap, or a shard that breaks off (a damaged
 header, a truncated file, a dropped connection) gives an error Item for the sample where it happened, with a
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ..images import IMAGE_EXTENSIONS, NOT_REGULAR, NotRegular, open_regular
-from ..listing import Item, Unseen
+from ..listing import Item, Unlisted
 from .base import FetchOptions, Unreadable, is_remote, is_url, local_path
 from .http import open_response
 
@@ -89,7 +89,7 @@ class Sample:
 
 
 def iter_shard(
-    path: str, number: int, fetch: FetchOptions = FetchOptions(), unseen: Unseen | None = None
+    path: str, number: int, fetch: FetchOptions = FetchOptions(), unseen: Unlisted | None = None
 ) -> Iterator[Item]:
     """One Item per sample of the shard at `path` (a local path or a URL), in the shard's order; `number` is the
     shard's place among the run's shards (Item.group: which process reads it). `unseen` counts the members refused
@@ -100,7 +100,7 @@ def iter_shard(
         log.warning("cannot read the shard %s: %s", path, exc)
         yield Item(path, error=f"cannot read the shard: {exc}", group=number)
         return
-    refused = Unseen()
+    refused = Unlisted()
     with stream:
         yield from _samples_of(stream, path, number, fetch, refused)
     if refused:
@@ -121,7 +121,7 @@ def _refused(member: tarfile.TarInfo) -> bool:
     return member.issym() or member.islnk() or member.name.startswith("/") or ".." in member.name.split("/")
 
 
-def _samples_of(stream: IO[bytes], path: str, number: int, fetch: FetchOptions, refused: Unseen) -> Iterator[Item]:
+def _samples_of(stream: IO[bytes], path: str, number: int, fetch: FetchOptions, refused: Unlisted) -> Iterator[Item]:
     current: Sample | None = None
     where = "at its start"
     try:

@@ -5,7 +5,7 @@ Rows are read in batches of BATCH_ROWS, so memory holds a batch, never the table
 `TABLE#KEY` (the value of the key column, `key` unless `--key-column` names another), its bytes from the image
 column, every other column carried like a manifest's. A row whose image is null, or larger than the cap
 (`--max-image-mb`), is an error Item; a row whose key is null is skipped with a warning (nothing could find it
-again) and counted in `Unseen`.
+again) and counted in `Unlisted`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import InputError
 from ..carried_columns import from_parquet
-from ..listing import Columns, Item, Unseen
+from ..listing import Columns, Item, Unlisted
 from .base import FetchOptions
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def iter_table(
     path: str,
     columns: Columns,
     opener=open,
-    unseen: Unseen | None = None,
+    unseen: Unlisted | None = None,
     fetch: FetchOptions = FetchOptions(),
 ) -> Iterator[Item]:
     """One Item per row of the Parquet file at `path`, in its order; `opener(path, "rb")` opens it (fsspec's, for
