@@ -95,7 +95,9 @@ class Engine:
         if weights:
             self.device = resolve_device(self.options.device)
             self.dtype = resolve_dtype(self.options.dtype, self.device)
-        config, self.processor, model = checkpoint.read(name, self.options.revision, self.dtype, weights)
+        int8 = weights and self.options.quantize is not None and str(self.device).startswith("cpu")
+        build = quantize.load if int8 else None  # int8 weights read layer by layer: never the whole float32 model
+        config, self.processor, model = checkpoint.read(name, self.options.revision, self.dtype, weights, build)
         if model is None:
             self._num_image_tokens = int(config.latent_query_num)
             return self
