@@ -9,7 +9,8 @@ them, and differs from generate only in how the work is laid out:
   `create_position_ids_from_input_ids` counts them);
 - the KV cache is preallocated, batch x heads x length x head_dim per layer, and kept between batches; each step
   writes one column into it (generate's DynamicCache concatenates the whole cache at every step);
-- the prompt runs eagerly (prefill); every later token runs through one *static step*: fixed shapes and device
+- the prompt runs eagerly (prefill), over the batch's real rows only (a bucket's extra rows then copy the first row's
+  cache); every later token runs through one *static step*: fixed shapes and device
   tensors only (the column it writes, the step count, the mask built on the device from them; no `.item()`, no
   Python number that changes from step to step), attending over the first `span` columns of the cache (a multiple
   of SPAN) under a float mask, 0 where a row may look and the dtype's minimum where not. On the CPU the static step
@@ -225,12 +226,8 @@ class Decoder:
         ws = self._workspace(rows, length)
         device, pad_id, padding_idx = self.device, self.pad_id, self.text.embed_positions.padding_idx
 
-        # the bucket's extra rows repeat the first row's inputs and start finished: they change no real row
-        filler = [0] * (rows - batch)
-        prompts = list(prompts) + [prompts[i] for i in filler]
-        image_masks = list(image_masks) + [image_masks[i] for i in filler]
-        if filler:
-            image_embeds = torch.cat([image_embeds, image_embeds[:1].expand(len(filler), -1, -1)])
+        # prefill over the real rows alone; the bucket's extra rows then repeat the first row's cache and inputs and
+        # start finished: they change no real row
         lengths = torch.tensor([len(p) for p in prompts], device=device)
         pads = longest - lengths
         # built in host memory, then one copy each to the device
@@ -241,19 +238,28 @@ class Decoder:
 
         # positions as the model derives them from input_ids: pads (left pads and pad ids) at padding_idx
         columns = ws.columns[:longest]
-        valid = columns[None, :] >= pads[:, None]  # (rows, longest): not a left pad
+        valid = columns[None, :] >= pads[:, None]  # (batch, longest): not a left pad
         counted = (ids != pad_id) & valid
         positions = torch.cumsum(counted.int(), dim=1) * counted + padding_idx
 
         # prefill, eagerly: the whole (padded) prompt, causal and pad-masked
-        ws.write = None
+        storage = self._storage
+        assert storage is not None  # made by _workspace above
+        real = ws if rows == batch else _Workspace(storage, batch)  # views of the storage's first rows
+        real.write = None
         hidden = self.text.forward_embedding(
             input_ids=ids, image_embeds=image_embeds, img_input_mask=image_mask, position_ids=positions
         )
         causal = columns[None, :] <= columns[:, None]  # (query, key)
         allowed = causal[None, :, :] & valid[:, None, :]
         mask = torch.where(allowed[:, None], ws.open, ws.shut)
-        logits = self._run(hidden, mask, ws)
+        logits = self._run(hidden, mask, real)
+        if rows > batch:
+            for cache in (*ws.keys, *ws.values):
+                cache[batch:, :, :longest] = cache[:1, :, :longest]
+            logits = torch.cat([logits, logits[:1].expand(rows - batch, -1)])
+            lengths = torch.cat([lengths, lengths[:1].expand(rows - batch)])
+            pads = longest - lengths
 
         ws.lengths.copy_(lengths)
         ws.pads.copy_(pads)
