@@ -82,8 +82,9 @@ if [[ $DRY == 0 ]]; then
   export PIP_NO_INDEX=1 PIP_FIND_LINKS=$WHEELS PIP_DISABLE_PIP_VERSION_CHECK=1
   pip install -q 'setuptools>=68' 2>&1 | tail -3 || true
   if ! pip install -q --no-build-isolation -e . 2>"$OUT/pip.txt"; then
-    tail -5 "$OUT/pip.txt"
-    step "some needs are not among the wheels (above); installing the project alone"
+    grep -v "is ignored" "$OUT/pip.txt" | tail -3
+    step "a need is neither installed nor among the wheels (above: pyarrow, unless WITH_PYARROW=1 carried it): the wheels, then the project without it"
+    pip install -q "$WHEELS"/*.whl
     pip install -q --no-build-isolation --no-deps -e .
   fi
 fi
