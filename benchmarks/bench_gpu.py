@@ -174,7 +174,7 @@ def grounds(model, processor, paths, folder, results):
     runs = [(b, d) for b in BATCHES for d in ("hf", "fast")] + [(None, "fast")]  # None: the engine chooses
     for batch, decoder in runs:
         engine = engine_for(model, processor, decoder)
-        out = os.path.join(folder, f"ground-{decoder}-{batch}.parquet")
+        out = os.path.join(folder, f"ground-{decoder}-{batch}.jsonl")  # JSONL: pyarrow may not be on the card
         try:
             seconds, summary = timed(
                 lambda out=out, engine=engine, batch=batch: ground(
@@ -217,7 +217,15 @@ def decoder_alone(model, processor, results, rounds=2):
         prepared = prepared_requests(engine, batch)
         for variant in ("graphs", "eager", "graphs, math attention"):
             graphs = variant != "eager" and DEVICE == "cuda"
-            engine.decoder = Decoder(model, NEW_TOKENS, engine._pad, graphs=graphs, buckets=True, keep=True)  # noqa: SLF001
+            engine.decoder = Decoder(  # the same done check (every 8 steps) with graphs and without
+                model,
+                NEW_TOKENS,
+                engine._pad,
+                graphs=graphs,
+                buckets=True,
+                keep=True,
+                check_every=8,  # noqa: SLF001
+            )
             try:
                 with sdpa_kernel([SDPBackend.MATH]) if "math" in variant else nullcontext():
                     engine.forward_scored(prepared)  # warm-up: allocation and captures
@@ -257,12 +265,15 @@ def attention_kernels(model, results, batch=256, length=192, rounds=200):
     low = torch.finfo(model.dtype).min
     mask = torch.where(allowed, 0.0, low).to(model.dtype)[:, None, None, :]
     out = {}
+    with torch.inference_mode(), sdpa_kernel([SDPBackend.MATH]):
+        reference = sdpa(q.float(), k.float(), v.float(), attn_mask=mask.float())  # the math kernel, in float32
     for name in ("EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "FLASH_ATTENTION", "MATH"):
         try:
             with torch.inference_mode(), sdpa_kernel([getattr(SDPBackend, name)]):
-                sdpa(q, k, v, attn_mask=mask)
+                got = sdpa(q, k, v, attn_mask=mask)
                 seconds, _ = timed(lambda: [sdpa(q, k, v, attn_mask=mask) for _ in range(rounds)])
-            out[name.lower()] = {"microseconds_per_call": 1e6 * seconds / rounds}
+            error = (got.float() - reference).abs().max().item()
+            out[name.lower()] = {"microseconds_per_call": 1e6 * seconds / rounds, "max_error_vs_math_fp32": error}
         except Exception as exc:  # noqa: BLE001 - a kernel that refuses the mask is a result
             out[name.lower()] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
     results["attention_kernels"] = {"batch": batch, "heads": heads, "head_dim": width, "length": length, **out}
@@ -311,6 +322,36 @@ def loader(processor, folder, results, count=48, side=(4000, 3000)):
             list(pool.map(one, paths))
         out[f"threads_{threads}_images_per_s"] = count / (time.perf_counter() - started)
     results["loader"] = out
+
+
+def full_size_agreement(model, processor, results, batch=32, new_tokens=32):
+    """On the full-size architecture (random weights), the fast decoder's token ids against generate's, request for
+    request, in bfloat16 and then float32 (the same weights, cast), end-of-sequence left on."""
+    import torch
+
+    batch //= SCALE
+    out = {}
+    for name in (DTYPE, "float32"):
+        model.to(getattr(torch, name))
+        hf = engine_for(model, processor, "hf", new_tokens=new_tokens, eos_off=False)
+        fast = engine_for(model, processor, "fast", new_tokens=new_tokens, eos_off=False)
+        prepared = prepared_requests(hf, batch)  # one prompt: one length, as generate needs
+        with torch.inference_mode():
+            expected = [g.ids for g in hf.forward_scored(prepared)]
+            got = [g.ids for g in fast.forward_scored(prepared)]
+        same = sum(a == b for a, b in zip(expected, got))
+        first = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None) for a, b in zip(expected, got)]
+        out[name] = {
+            "requests": batch,
+            "same_ids": same,
+            "first_difference_at": [f for f in first if f is not None][:8],
+            "graphs": fast.decoder.captured if fast.decoder is not None else None,
+        }
+        del hf, fast
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+    model.to(getattr(torch, DTYPE))
+    results["full_size_agreement"] = out
 
 
 def agreement(results, count=64):
@@ -363,11 +404,59 @@ def pixel_handoff(results) -> None:
     results["pixel_handoff"] = measure(DEVICE, n=max(16, 256 // SCALE), dtype=getattr(torch, DTYPE))
 
 
+def ratios(results) -> list[str]:
+    """The speed-ups the figures above give, each between two rows measured in this run on this card."""
+
+    def rate(rows, **where):
+        for row in rows:
+            if all(row.get(k) == v for k, v in where.items()) and "images_per_s" in row:
+                return row["images_per_s"]
+        return None
+
+    ground, alone = results.get("ground", []), results.get("decoder_alone", [])
+    seed = results.get("seed_loop", {}).get("images_per_s")
+    bare = results.get("bare_generate", {})
+    pairs = []
+    for batch in BATCHES:
+        pairs.append(
+            (
+                f"ground fast / hf, batch {batch}",
+                rate(ground, decoder="fast", batch=batch),
+                rate(ground, decoder="hf", batch=batch),
+            )
+        )
+    autos = [r for r in ground if str(r.get("batch")).startswith("auto") and "images_per_s" in r]
+    auto = autos[0]["images_per_s"] if autos else None
+    pairs.append(("ground fast, auto batch / the seed's one-image loop", auto, seed))
+    for batch in DECODER_BATCHES:
+        pairs.append(
+            (
+                f"decoder alone, graphs / eager, batch {batch}",
+                rate(alone, variant="graphs", batch=batch),
+                rate(alone, variant="eager", batch=batch),
+            )
+        )
+    if bare:
+        pairs.append(
+            (
+                f"decoder alone with graphs / bare generate, batch {bare['batch']}",
+                rate(alone, variant="graphs", batch=bare["batch"]),
+                bare.get("images_per_s"),
+            )
+        )
+    lines = ["", "| ratio | x |", "|---|---|"]
+    for name, a, b in pairs:
+        lines.append(f"| {name} | {a / b:.2f} |" if a and b else f"| {name} | - |")
+    return lines
+
+
 def markdown(results) -> str:
     lines = [
         f"# GPU run: {results.get('gpu', '?')}",
         "",
-        f"full-size Kosmos-2, random weights, {DTYPE}, {NEW_TOKENS} new tokens, end-of-sequence suppressed",
+        f"full-size Kosmos-2, random weights, {DTYPE}, {NEW_TOKENS} new tokens, end-of-sequence suppressed; every "
+        f"figure below from this card ({results.get('gpu', '?')}), torch {results.get('torch', '?')}, "
+        f"NVIDIA_TF32_OVERRIDE={os.environ.get('NVIDIA_TF32_OVERRIDE', 'unset')}",
         "",
         "| path | batch | images/s |",
         "|---|---|---|",
@@ -406,8 +495,19 @@ def markdown(results) -> str:
     kernels = results.get("attention_kernels", {})
     for name, row in kernels.items():
         if isinstance(row, dict):
-            value = f"{row['microseconds_per_call']:.1f} us" if "microseconds_per_call" in row else row["error"]
+            value = (
+                f"{row['microseconds_per_call']:.1f} us, max error against math (fp32) "
+                f"{row['max_error_vs_math_fp32']:.2e}"
+                if "microseconds_per_call" in row
+                else row["error"]
+            )
             lines.append(f"\nattention of one decode step, batch {kernels['batch']}, {name}: {value}")
+    lines.extend(ratios(results))
+    for name, a in results.get("full_size_agreement", {}).items():
+        lines.append(
+            f"\nfull-size architecture, {name}: fast decoder's token ids equal generate's for {a['same_ids']}/"
+            f"{a['requests']} requests (first differences at steps {a['first_difference_at']})"
+        )
     for name, a in results.get("shapes_agreement", {}).items():
         lines.append(f"\nshapes model, {name}: {a['same_text']}/{a['requests']} texts the same")
     for name, error in results.get("errors", {}).items():
@@ -443,6 +543,7 @@ def main() -> None:
             ("vision_encoder", lambda: vision(model, results)),
             ("loader", lambda: loader(processor, os.path.join(folder, "jpegs"), results)),
             ("pixel_handoff", lambda: pixel_handoff(results)),
+            ("full_size_agreement", lambda: full_size_agreement(model, processor, results)),
         ]
         for name, part in parts:
             started = time.perf_counter()

@@ -7,6 +7,7 @@ transformers is imported here lazily, only while a model loads.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ModelError
@@ -20,11 +21,16 @@ from .files import (
     unreachable_hint,
 )
 
+Build = Callable[[str, Any, dict], Any]  # (name, config, from_pretrained's kwargs) -> a model, or None
 
-def read(name: str, revision: str | None, dtype: Any, weights: bool = True) -> tuple[Any, Any, Any]:
+
+def read(
+    name: str, revision: str | None, dtype: Any, weights: bool = True, build: Build | None = None
+) -> tuple[Any, Any, Any]:
     """(config, processor, model) of the checkpoint `name` (a folder, or a hub id: the cache first, then the
-    network), the model's weights in `dtype`; model None without `weights`. A ModelError, in one line, when it
-    cannot be read."""
+    network), the model's weights in `dtype`; model None without `weights`. `build`: a reader of the model tried
+    before from_pretrained (quantize.load: int8 weights, layer by layer), None when it cannot read this one. A
+    ModelError, in one line, when it cannot be read."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # our own messages say what went wrong; no weight-loading bars
@@ -33,19 +39,21 @@ def read(name: str, revision: str | None, dtype: Any, weights: bool = True) -> t
     try:
         with quiet_hub():  # its retry warnings would bury our one line
             if os.path.isdir(name) or hub_offline():
-                return _from_pretrained(name, dtype, kwargs, weights)
+                return _from_pretrained(name, dtype, kwargs, weights, build)
             try:  # a hub id: the local cache first, the network only when it is not there
-                return _from_pretrained(name, dtype, {**kwargs, "local_files_only": True}, weights)
+                return _from_pretrained(name, dtype, {**kwargs, "local_files_only": True}, weights, build)
             except (OSError, ValueError):
                 problem = hub_unreachable(name, revision)
                 if problem:
                     raise ModelError(unreachable_hint(name, problem)) from None
-                return _from_pretrained(name, dtype, kwargs, weights)
+                return _from_pretrained(name, dtype, kwargs, weights, build)
     except (OSError, ValueError) as exc:
         raise ModelError(_load_hint(name, exc)) from None
 
 
-def _from_pretrained(name: str, dtype: Any, kwargs: dict, weights: bool = True) -> tuple[Any, Any, Any]:
+def _from_pretrained(
+    name: str, dtype: Any, kwargs: dict, weights: bool = True, build: Build | None = None
+) -> tuple[Any, Any, Any]:
     """(config, processor, model) of `name`. Raises OSError or ValueError when they cannot be found or read."""
     from transformers import AutoConfig, AutoProcessor, Kosmos2ForConditionalGeneration
 
@@ -59,7 +67,9 @@ def _from_pretrained(name: str, dtype: Any, kwargs: dict, weights: bool = True) 
     if not weights:
         return config, processor, None
     try:
-        model = Kosmos2ForConditionalGeneration.from_pretrained(name, dtype=dtype, **kwargs)
+        model = build(name, config, kwargs) if build is not None else None
+        if model is None:
+            model = Kosmos2ForConditionalGeneration.from_pretrained(name, dtype=dtype, **kwargs)
     except (OSError, ValueError):
         raise
     except Exception as exc:

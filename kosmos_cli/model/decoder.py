@@ -9,14 +9,17 @@ them, and differs from generate only in how the work is laid out:
   `create_position_ids_from_input_ids` counts them);
 - the KV cache is preallocated, batch x heads x length x head_dim per layer, and kept between batches; each step
   writes one column into it (generate's DynamicCache concatenates the whole cache at every step);
-- the prompt runs eagerly (prefill); every later token runs through one *static step*: fixed shapes and device
+- the prompt runs eagerly (prefill), over the batch's real rows only (a bucket's extra rows then copy the first row's
+  cache); every later token runs through one *static step*: fixed shapes and device
   tensors only (the column it writes, the step count, the mask built on the device from them; no `.item()`, no
   Python number that changes from step to step), attending over the first `span` columns of the cache (a multiple
   of SPAN) under a float mask, 0 where a row may look and the dtype's minimum where not. On the CPU the static step
   runs eagerly, which is what the tests check against generate; on CUDA each (batch bucket, span) is captured once
   as a CUDA graph and replayed (`Decoder(graphs=True)`), and a batch is padded up to its bucket (a power of two)
-  with rows that start finished, so the graphs are reused; a capture that fails warns once and the step runs
-  eagerly from then on;
+  with rows that start finished, so the graphs are reused. Every capture of a decoder is made on the model's device,
+  on one side stream, into one memory pool; within a batch the largest bucket is captured first (smaller ones as
+  rows finish, reusing its pool). Running out of memory during a capture is an out-of-memory error (the engine
+  halves the batch; graphs stay on); any other failure to capture warns once and the step runs eagerly from then on;
 - no logits processors, stopping criteria or output objects: argmax, the chosen token's probability
   (exp(max - logsumexp) of the float32 logits, as the engine's keeper computes it), and a done flag per row, all
   inside the step.
@@ -185,11 +188,13 @@ class Decoder:
         self._storage: _Storage | None = None
         self._workspaces: dict[int, _Workspace] = {}
         self._graphs: dict[tuple[int, int], Any] = {}
-        self._pool: Any = None
+        self._capture: _Capture | None = None  # the side stream and memory pool of every capture, made on the first
+        self.capture_order: list[tuple[int, int]] = []  # (bucket, span) of each capture, in order
 
     def reset(self) -> None:
-        """Drop the cache and the graphs (they hold device memory); the next batch allocates and captures anew."""
-        self._storage, self._workspaces, self._graphs, self._pool = None, {}, {}, None
+        """Drop the cache and the graphs (they hold device memory); the next batch allocates and captures anew (on the
+        same side stream, into the same pool)."""
+        self._storage, self._workspaces, self._graphs = None, {}, {}
 
     def __call__(
         self,
@@ -205,6 +210,14 @@ class Decoder:
         sequences hold after the prompt, and the probability of every token chosen."""
         import torch
 
+        if self.device.type != "cuda":
+            return self._greedy(image_embeds, prompts, image_masks, stop_ids)
+        with torch.cuda.device(self.device):  # captures and replays on the model's card, whichever is current
+            return self._greedy(image_embeds, prompts, image_masks, stop_ids)
+
+    def _greedy(self, image_embeds, prompts, image_masks, stop_ids) -> Decoded:
+        import torch
+
         if not 1 <= len(stop_ids) <= _STOPS:
             raise ValueError(f"between 1 and {_STOPS} stop ids, not {len(stop_ids)}")
         batch, longest = len(prompts), max(len(p) for p in prompts)
@@ -213,12 +226,8 @@ class Decoder:
         ws = self._workspace(rows, length)
         device, pad_id, padding_idx = self.device, self.pad_id, self.text.embed_positions.padding_idx
 
-        # the bucket's extra rows repeat the first row's inputs and start finished: they change no real row
-        filler = [0] * (rows - batch)
-        prompts = list(prompts) + [prompts[i] for i in filler]
-        image_masks = list(image_masks) + [image_masks[i] for i in filler]
-        if filler:
-            image_embeds = torch.cat([image_embeds, image_embeds[:1].expand(len(filler), -1, -1)])
+        # prefill over the real rows alone; the bucket's extra rows then repeat the first row's cache and inputs and
+        # start finished: they change no real row
         lengths = torch.tensor([len(p) for p in prompts], device=device)
         pads = longest - lengths
         # built in host memory, then one copy each to the device
@@ -229,19 +238,28 @@ class Decoder:
 
         # positions as the model derives them from input_ids: pads (left pads and pad ids) at padding_idx
         columns = ws.columns[:longest]
-        valid = columns[None, :] >= pads[:, None]  # (rows, longest): not a left pad
+        valid = columns[None, :] >= pads[:, None]  # (batch, longest): not a left pad
         counted = (ids != pad_id) & valid
         positions = torch.cumsum(counted.int(), dim=1) * counted + padding_idx
 
         # prefill, eagerly: the whole (padded) prompt, causal and pad-masked
-        ws.write = None
+        storage = self._storage
+        assert storage is not None  # made by _workspace above
+        real = ws if rows == batch else _Workspace(storage, batch)  # views of the storage's first rows
+        real.write = None
         hidden = self.text.forward_embedding(
             input_ids=ids, image_embeds=image_embeds, img_input_mask=image_mask, position_ids=positions
         )
         causal = columns[None, :] <= columns[:, None]  # (query, key)
         allowed = causal[None, :, :] & valid[:, None, :]
         mask = torch.where(allowed[:, None], ws.open, ws.shut)
-        logits = self._run(hidden, mask, ws)
+        logits = self._run(hidden, mask, real)
+        if rows > batch:
+            for cache in (*ws.keys, *ws.values):
+                cache[batch:, :, :longest] = cache[:1, :, :longest]
+            logits = torch.cat([logits, logits[:1].expand(rows - batch, -1)])
+            lengths = torch.cat([lengths, lengths[:1].expand(rows - batch)])
+            pads = longest - lengths
 
         ws.lengths.copy_(lengths)
         ws.pads.copy_(pads)
@@ -307,6 +325,7 @@ class Decoder:
         s = self._storage
         if s is None or s.rows < rows or s.length < length:
             most, longest = (rows, length) if s is None else (max(rows, s.rows), max(length, s.length))
+            s = None  # the old storage (and the graphs that point into it) released before the larger one is made
             self.reset()
             s = self._storage = _Storage(self.text, most, longest, self.max_new_tokens, self.dtype, self.device)
             table = self.text.embed_positions
@@ -355,7 +374,11 @@ class Decoder:
 
     def _decode(self, ws: _Workspace, span: int) -> None:
         """One decode step: the captured graph of (bucket, span) replayed, captured on its first use (which runs it
-        eagerly once), or the static step run eagerly."""
+        eagerly once), or the static step run eagerly.
+
+        An out-of-memory error during a capture is raised as torch.OutOfMemoryError, whatever CUDA said on ending the
+        broken capture: the engine halves the batch and the graphs stay on. Any other failure to capture warns once
+        and the step runs eagerly from then on (as on the CPU)."""
         import torch
 
         key = (ws.rows, span)
@@ -366,24 +389,74 @@ class Decoder:
         if not self.graphs:
             self._step(ws, span)
             return
-        side = torch.cuda.Stream(device=self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            self._step(ws, span)  # a real step, and the warm-up a capture needs
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        if self._capture is None:
+            self._capture = _Capture(self.device)
+        self._capture.warm(lambda: self._step(ws, span))  # a real step, and the warm-up a capture needs
         try:
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool, stream=side):  # the stream the warm-up ran on
-                self._step(ws, span)  # recorded, not run
-        except Exception as exc:  # noqa: BLE001 - any failure to capture: decode eagerly, as on the CPU
+            graph = self._capture.capture(lambda: self._step(ws, span))  # recorded, not run
+        except Exception as exc:  # noqa: BLE001 - any failure to capture but running out of memory: decode eagerly
+            if _out_of_memory(exc):
+                raise torch.OutOfMemoryError(f"out of memory while capturing a CUDA graph: {exc}") from exc
             log.warning("CUDA graph capture failed (%s: %s); decoding without graphs", type(exc).__name__, exc)
             self.graphs = False
             self._graphs = {}
             return
         self._graphs[key] = graph
         self.captured += 1
+        self.capture_order.append(key)
+
+
+class _Capture:
+    """How one decoder captures its static step as CUDA graphs: on the model's device (not the current one: `--device
+    cuda:1`, or a rank's cuda:N), on one side stream and into one memory pool that all its captures share. A capture
+    that fails leaves the current stream as it was. (Tests stand a fake in for it on the CPU.)"""
+
+    def __init__(self, device: Any):
+        import torch
+
+        self.device = torch.device(device)
+        with torch.cuda.device(self.device):
+            self.side = torch.cuda.Stream(device=self.device)
+            self.pool = torch.cuda.graph_pool_handle()
+
+    def warm(self, step) -> None:
+        """`step` run on the side stream, ordered after what the current stream has queued and before what follows."""
+        import torch
+
+        with torch.cuda.device(self.device):
+            current = torch.cuda.current_stream(self.device)
+            self.side.wait_stream(current)
+            with torch.cuda.stream(self.side):
+                step()
+            current.wait_stream(self.side)
+
+    def capture(self, step) -> Any:
+        """`step` recorded (not run) as a CUDA graph on the side stream, into the shared pool."""
+        import torch
+
+        with torch.cuda.device(self.device):
+            current = torch.cuda.current_stream(self.device)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, pool=self.pool, stream=self.side):
+                    step()
+            finally:
+                if torch.cuda.current_stream(self.device) != current:  # a capture that failed on entering or leaving
+                    torch.cuda.set_stream(current)
+        return graph
+
+
+def _out_of_memory(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an error it was raised during or from, is running out of device memory (ending a capture
+    that an out-of-memory error broke raises a CUDA error of its own, with the out-of-memory one as its context)."""
+    import torch
+
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def greedy(

@@ -7,14 +7,14 @@ torch is imported here, lazily (transformers in checkpoint.py, which reads the c
 
 from __future__ import annotations
 
-import functools
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import OutOfMemory, UsageError
+from ..errors import ModelError, OutOfMemory, UsageError
 from ..options import GenerationOptions, ModelOptions
 from ..tasks.scores import Generation, Markup
 from . import checkpoint, quantize
@@ -26,6 +26,11 @@ log = logging.getLogger("kosmos_cli")
 
 DEFAULT_BATCH_SIZE = 8  # on the CPU, and wherever the batch size is not chosen from the device's memory
 AUTO_BATCH_SIZES = (64, 256)  # on CUDA, the batch size chosen from free memory lies in this range where it fits
+# the lowest versions the code runs on, as pyproject.toml declares them (.ci/lowest runs the tests on them): the model
+# calls of transformers 5.24 (get_image_features, cache=/cache_length=; 5.17 drops cache= silently, decoding with
+# no KV cache), and the torch transformers 5.24 itself needs (below 2.6 it acts as if torch were not installed)
+NEEDS = {"torch": "2.6", "transformers": "5.24"}
+PROMPT_CACHE = 4096  # encoded prompts an engine keeps (prompts repeat: one per task, or one per phrase or box)
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Engine:
         self.decoder: Any = None  # that decoder (its cache and CUDA graphs live from one batch to the next)
         self.fits: int | None = None  # after an out-of-memory error: the largest batch that went through since
         self.quantized: str | None = None  # "int8" once the model's weights are (quantize.py)
+        self._prompts: dict[tuple, tuple[tuple[int, ...], tuple[int, ...]]] = {}  # encoded prompts, by (text, boxes)
 
     # -- loading -----------------------------------------------------------------------------------------
     @classmethod
@@ -61,6 +67,7 @@ class Engine:
         cls, model, processor, generation: GenerationOptions = GenerationOptions(), label: str = "in-memory"
     ) -> Engine:
         """Wrap a model and processor already loaded (its device and dtype are kept)."""
+        check_versions()
         engine = cls(ModelOptions(model=label), generation)
         engine.processor, engine.model = processor, model.eval()
         engine.device, engine.dtype = next(model.parameters()).device, next(model.parameters()).dtype
@@ -84,10 +91,13 @@ class Engine:
         `weights=False`: the processor alone, which is all `prepare` and `pixels` need (a Ray worker that loads
         images, on a machine without the model's device)."""
         name = local_model_path(self.options.name)  # a folder that is not there: said before anything else
+        check_versions()
         if weights:
             self.device = resolve_device(self.options.device)
             self.dtype = resolve_dtype(self.options.dtype, self.device)
-        config, self.processor, model = checkpoint.read(name, self.options.revision, self.dtype, weights)
+        int8 = weights and self.options.quantize is not None and str(self.device).startswith("cpu")
+        build = quantize.load if int8 else None  # int8 weights read layer by layer: never the whole float32 model
+        config, self.processor, model = checkpoint.read(name, self.options.revision, self.dtype, weights, build)
         if model is None:
             self._num_image_tokens = int(config.latent_query_num)
             return self
@@ -123,13 +133,23 @@ class Engine:
             return clip(image)
         return self.processor.image_processor(images=[image], return_tensors="np")["pixel_values"][0]
 
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one engine per process; prompts repeat
     def _encode_prompt(self, text: str, bboxes) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """A prompt's token ids and image mask, kept on the engine (a dict of its own, not an lru_cache on the
+        method: that one cache is the class's and would keep every engine alive, with its model and KV cache)."""
+        key = (text, bboxes)
+        found = self._prompts.get(key)
+        if found is not None:
+            return found
         from PIL import Image
 
         blank = Image.new("RGB", (8, 8))
         enc = self.processor(images=blank, text=text, bboxes=_thaw(bboxes), num_image_tokens=self._num_image_tokens)
-        return tuple(enc["input_ids"]), tuple(enc["image_embeds_position_mask"])
+        found = tuple(enc["input_ids"]), tuple(enc["image_embeds_position_mask"])
+        with self._lock:  # prepare runs on loader threads
+            if len(self._prompts) >= PROMPT_CACHE:
+                self._prompts.pop(next(iter(self._prompts)))  # the oldest
+            self._prompts[key] = found
+        return found
 
     # -- forward (device) ------------------------------------------------------------------------------
     def forward(self, batch: Sequence[Prepared], stop_at: str | None = None) -> list[str]:
@@ -224,19 +244,21 @@ class Engine:
             piece = batch[len(out) : len(out) + size]
             try:
                 out.extend(self.forward_scored(piece, stop_at))
+                continue
             except torch.OutOfMemoryError:
-                self._free()
-                if size == 1:
-                    raise OutOfMemory(
-                        "out of GPU memory on a single image: use a smaller --max-new-tokens "
-                        "or --num-beams, or --dtype float16"
-                    ) from None
-                self.fits = size // 2
-                log.warning(
-                    "out of GPU memory at batch %d: going on with batches of %d (pass a smaller --batch-size)",
-                    size,
-                    self.fits,
-                )
+                pass  # out of the except block first: its traceback holds the failed batch's tensors until then
+            self._free()
+            if size == 1:
+                raise OutOfMemory(
+                    "out of GPU memory on a single image: use a smaller --max-new-tokens "
+                    "or --num-beams, or --dtype float16"
+                ) from None
+            self.fits = size // 2
+            log.warning(
+                "out of GPU memory at batch %d: going on with batches of %d (pass a smaller --batch-size)",
+                size,
+                self.fits,
+            )
         return out
 
     def _free(self) -> None:
@@ -261,6 +283,26 @@ class Engine:
         free, _ = torch.cuda.mem_get_info(device)
         model_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         return choose_batch_size(free, model_bytes, row_bytes(self.model.config, self.generation, self.dtype))
+
+
+def check_versions() -> None:
+    """ModelError, in one line naming the version needed, when the installed torch or transformers is older than
+    NEEDS (torch first: transformers ignores a torch older than it supports)."""
+    import torch
+    import transformers
+
+    for name, installed in (("torch", torch.__version__), ("transformers", transformers.__version__)):
+        if _release(installed) < _release(NEEDS[name]):  # an unreadable version string is taken as new enough
+            raise ModelError(
+                f"{name} {installed} is installed, but kosmos needs {name}>={NEEDS[name]}: "
+                f"pip install -U '{name}>={NEEDS[name]}'"
+            )
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The release numbers a version string starts with: "2.6.0+cu124" -> (2, 6, 0), "5.24.0.dev0" -> (5, 24, 0)."""
+    found = re.match(r"\d+(\.\d+)*", str(version).strip())
+    return tuple(int(n) for n in found.group(0).split(".")) if found else (1 << 30,)
 
 
 def choose_batch_size(free_bytes: int, model_bytes: int, per_row_bytes: int) -> int:

@@ -68,3 +68,24 @@ def test_a_longer_batch_replaces_the_kept_cache(shapes_model):
 @pytest.mark.parametrize(("rows", "expected"), [(1, 1), (2, 2), (3, 4), (5, 8), (64, 64), (65, 128), (200, 256)])
 def test_buckets_are_powers_of_two(rows, expected):
     assert bucket(rows) == expected
+
+
+def test_the_prompt_runs_over_the_real_rows_not_the_padded_bucket(shapes_model, monkeypatch):
+    hf, fast = engines(shapes_model, 16)
+    decoder = Decoder(fast.model, 16, fast._pad, graphs=False, buckets=True, keep=True)
+    fast.decoder = decoder
+    rows_run: list = []
+    real_run = decoder._run
+
+    def counting(hidden, mask, ws):
+        rows_run.append((hidden.shape[0], hidden.shape[1]))
+        return real_run(hidden, mask, ws)
+
+    monkeypatch.setattr(decoder, "_run", counting)
+    images = scenes(8)
+    made = assert_same(hf, fast, batch_of(hf, images[:5], PROMPTS[:5]), "</object>")  # 5 rows in a bucket of 8
+    assert min(made) < max(made)
+    prefill, *steps = rows_run
+    assert prefill[0] == 5 and prefill[1] > 1  # the prompt: 5 rows, all its columns
+    assert steps and steps[0] == (8, 1)  # then the static step over the bucket
+    assert_same(hf, fast, batch_of(hf, images[:3], PROMPTS[5:8]))  # stale filler rows from before change nothing

@@ -65,3 +65,78 @@ def test_cuda_graphs_give_the_tokens_of_the_eager_step_and_of_generate(shapes_mo
         eager = [g.ids for g in fast.forward_scored(batch, "</object>")]
     assert graphs.captured >= 1 and graphs.graphs  # captured, not fallen back to eager
     assert captured == eager == expected
+
+
+def _shapes_engines(shapes_model, device, new_tokens=24):
+    from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
+
+    from kosmos_cli.model.engine import Engine, GenerationOptions
+
+    model = Kosmos2ForConditionalGeneration.from_pretrained(shapes_model).to(device)
+    processor = AutoProcessor.from_pretrained(shapes_model)
+    hf = Engine.from_model(model, processor, GenerationOptions(new_tokens, decoder="hf"))
+    fast = Engine.from_model(model, processor, GenerationOptions(new_tokens, decoder="fast"))
+    return hf, fast
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_graphs_are_captured_on_the_models_device_not_the_current_one(shapes_model):
+    from tests.e2e.test_decoder import PROMPTS, batch_of, hf_answers, scenes
+
+    hf, fast = _shapes_engines(shapes_model, "cuda:1")
+    batch = batch_of(hf, scenes(4), PROMPTS[:4])
+    expected = [ids for ids, _ in hf_answers(hf, batch, "</object>")]
+    torch.cuda.set_device(0)
+    with torch.inference_mode():
+        got = [g.ids for g in fast.forward_scored(batch, "</object>")]
+    assert fast.decoder.captured >= 1 and fast.decoder.graphs  # captured on cuda:1, not fallen back to eager
+    assert fast.decoder._capture.side.device == torch.device("cuda:1")
+    assert torch.cuda.current_device() == 0 and got == expected
+
+
+def test_a_failed_capture_leaves_the_current_stream_as_it_was(shapes_model, monkeypatch):
+    from kosmos_cli.model.decoder import Decoder
+    from tests.e2e.test_decoder import PROMPTS, batch_of, hf_answers, scenes
+
+    hf, fast = _shapes_engines(shapes_model, "cuda")
+    decoder = fast.decoder = Decoder(fast.model, 24, fast._pad, graphs=True)
+    real_step = decoder._step
+    calls = []
+
+    def refusing(ws, span):  # the second call of the first step is its capture: a sync there breaks it
+        calls.append(span)
+        real_step(ws, span)
+        if len(calls) == 2:
+            ws.step.item()
+
+    monkeypatch.setattr(decoder, "_step", refusing)
+    before = torch.cuda.current_stream()
+    batch = batch_of(hf, scenes(4), PROMPTS[:4])
+    with torch.inference_mode():
+        got = [g.ids for g in fast.forward_scored(batch, "</object>")]
+    assert torch.cuda.current_stream() == before
+    assert not decoder.graphs and decoder.captured == 0  # went on eagerly...
+    assert got == [ids for ids, _ in hf_answers(hf, batch, "</object>")]  # ...with generate's tokens
+
+
+def test_running_out_of_memory_during_a_capture_halves_the_batch(shapes_model, monkeypatch):
+    from kosmos_cli.model.decoder import Decoder
+    from tests.e2e.test_decoder import PROMPTS, batch_of, scenes
+
+    hf, fast = _shapes_engines(shapes_model, "cuda")
+    decoder = fast.decoder = Decoder(fast.model, 24, fast._pad, graphs=True)
+    real_step = decoder._step
+    calls = []
+
+    def hungry(ws, span):  # the capture of bucket 8 asks for more memory than any card has
+        calls.append(ws.rows)
+        real_step(ws, span)
+        if ws.rows == 8 and calls.count(8) == 2:
+            torch.empty(1 << 46, dtype=torch.uint8, device=ws.step.device)
+
+    monkeypatch.setattr(decoder, "_step", hungry)
+    with torch.inference_mode():
+        got = fast.forward_scored_safe(batch_of(hf, scenes(8), PROMPTS), "</object>")
+    assert len(got) == 8 and fast.fits == 4
+    assert decoder.graphs and decoder.captured >= 1
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()

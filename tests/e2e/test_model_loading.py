@@ -96,3 +96,11 @@ def test_a_model_in_the_local_cache_loads_without_the_network(tiny_model, tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # no retry warnings: the network was never asked
     assert '"model": "fake-org/cached-kosmos"' in proc.stdout
+
+
+def test_an_older_transformers_found_at_load_is_one_line(tiny_model, image, monkeypatch):
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    result = kosmos("ground", image, model=tiny_model)
+    one_error_line(result, 1, "transformers 5.17.0 is installed, but kosmos needs transformers>=5.24")

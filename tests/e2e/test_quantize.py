@@ -119,3 +119,72 @@ def test_a_checkpoint_whose_layers_cannot_take_int8(shapes_model, caplog):
     assert "going on in float32" in caplog.text and not _int8_layers(model)
     with pytest.raises(ModelError, match="no vision_model"):
         quantize.apply(torch.nn.Sequential(torch.nn.Linear(2, 2)), "int8", "cpu")
+
+
+def test_int8_weights_read_layer_by_layer_are_the_ones_quantizing_the_float_model_gives(shapes_model, scenes):
+    """--quantize int8 reads each float layer, quantizes it and frees it before the next (the float32 model never
+    exists whole: benchmarks/bench_cpu.py measures the peak), and gets the very weights and tokens quantizing the
+    whole float32 model in place gives."""
+    import weakref
+
+    from PIL import Image
+    from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
+
+    from kosmos_cli.model.engine import Engine, GenerationOptions
+    from kosmos_cli.model.prompts import caption_prompt
+
+    read: list = []  # weak references to the float weight matrices read, in order
+    alive_at_each_read: list = []
+    real_read, real_from_pretrained = quantize._read_into, Kosmos2ForConditionalGeneration.from_pretrained
+
+    def watched(tensor, *where):
+        alive_at_each_read.append(sum(ref() is not None for ref in read))
+        real_read(tensor, *where)
+        read.append(weakref.ref(tensor))
+
+    def refused(*args, **kwargs):
+        raise AssertionError("from_pretrained loaded the float32 model whole")
+
+    try:
+        quantize._read_into = watched
+        Kosmos2ForConditionalGeneration.from_pretrained = refused
+        engine = load_engine(shapes_model, quantize="int8", max_new_tokens=24)
+    finally:
+        quantize._read_into, Kosmos2ForConditionalGeneration.from_pretrained = real_read, real_from_pretrained
+    assert engine.quantized == "int8" and not engine.model.training
+    kept = sum(ref() is not None for ref in read)  # embeddings, norms, the projection: float32 weights the model keeps
+    assert len(read) - kept >= 20  # the linear layers' float weights, each freed once its int8 copy was made...
+    assert max(alive_at_each_read) <= kept + 2  # ...before the next was read (a weight and its bias at most)
+
+    model = Kosmos2ForConditionalGeneration.from_pretrained(shapes_model).eval()
+    quantize._quantize(model)  # the float32 model whole, quantized in place (what --quantize int8 did before)
+    ours, theirs = dict(engine.model.named_modules()), dict(model.named_modules())
+    assert _int8_layers(engine.model) == _int8_layers(model)
+    for name in _int8_layers(model):
+        (w1, b1), (w2, b2) = ours[name]._packed_params._weight_bias(), theirs[name]._packed_params._weight_bias()
+        assert torch.equal(w1.int_repr(), w2.int_repr()) and torch.equal(w1.dequantize(), w2.dequantize())
+        assert (b1 is None and b2 is None) or torch.equal(b1, b2)
+    mine, others = engine.model.state_dict(), model.state_dict()
+    assert mine.keys() == others.keys()
+    for key in mine:
+        if isinstance(mine[key], torch.Tensor) and not mine[key].is_quantized:
+            assert torch.equal(mine[key], others[key]), key
+    theirs_engine = Engine.from_model(model, AutoProcessor.from_pretrained(shapes_model), GenerationOptions(24))
+    images = [Image.open(p).convert("RGB") for p in scenes[0]]
+    batch = [engine.prepare(img, caption_prompt(), image_key=i) for i, img in enumerate(images)]
+    assert [g.ids for g in engine.forward_scored(batch)] == [g.ids for g in theirs_engine.forward_scored(batch)]
+
+
+def test_a_checkpoint_whose_names_differ_is_left_to_transformers_loading(tiny_model, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig
+
+    folder = tmp_path / "renamed"
+    shutil.copytree(tiny_model, folder)
+    config = AutoConfig.from_pretrained(folder)
+    assert quantize.load(str(folder), config, {}) is not None
+    weights = load_file(folder / "model.safetensors")
+    save_file({k.replace("vision_model.", "vision."): v for k, v in weights.items()}, folder / "model.safetensors")
+    assert quantize.load(str(folder), config, {}) is None  # from_pretrained (and its key mappings) loads it instead
