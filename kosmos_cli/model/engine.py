@@ -188,14 +188,13 @@ class Engine:
             )
         start, prompt = _after_image(batch[0].image_mask), input_ids.shape[1]
         ids = out[:, start:].cpu()
-        texts = self.processor.tokenizer.batch_decode(ids, skip_special_tokens=False)
         steps = keeper.rows() if keeper is not None else None
         if steps is not None and len(steps[0]) != out.shape[1] - prompt:
             steps = None  # not one probability per generated token: no scores rather than wrong ones
         given = (None,) * (prompt - start)
         return [
-            Generation(text, tuple(row), None if steps is None else given + tuple(steps[i]), self._markup)
-            for i, (text, row) in enumerate(zip(texts, ids.tolist()))
+            Generation(None, tuple(row), None if steps is None else given + tuple(steps[i]), self._markup, self._decode)
+            for i, row in enumerate(ids.tolist())
         ]
 
     def _forward_fast(self, batch: Sequence[Prepared], stop_at: str | None) -> list[Generation]:
@@ -210,10 +209,14 @@ class Engine:
         for p, new, probs in zip(batch, out.tokens, out.probs):
             start = _after_image(p.image_mask)
             ids = tuple(p.input_ids[start:]) + tuple(new)
-            text = self.processor.tokenizer.decode(ids, skip_special_tokens=False)
             given = (None,) * (len(p.input_ids) - start)
-            generations.append(Generation(text, ids, given + tuple(probs), self._markup))
+            generations.append(Generation(None, ids, given + tuple(probs), self._markup, self._decode))
         return generations
+
+    def _decode(self, ids: tuple[int, ...]) -> str:
+        """Token ids -> text, special tokens kept: called by Generation.text when the record is finished, on the
+        thread that finishes it (the writing thread), not the one that drives the model."""
+        return self.processor.tokenizer.decode(ids, skip_special_tokens=False)
 
     def _image_embeds(self, batch: Sequence[Prepared]):
         """Projected image features per request, the vision encoder run once per distinct image."""

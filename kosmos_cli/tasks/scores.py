@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import UsageError
@@ -43,16 +43,50 @@ class Markup:
         return cls(patch, ids(OBJECT_START), ids(OBJECT_END), ids(DELIMITER), tokenizer.eos_token_id)
 
 
-@dataclass(frozen=True)
 class Generation:
     """One request's answer: the decoded text (special tokens kept), and the token ids it was decoded from with the
     model's probability for each token it generated (None for the prompt's own tokens). `probs` is None when the
-    decoding kept none (beam search): its boxes have no score."""
+    decoding kept none (beam search): its boxes have no score.
 
-    text: str
-    ids: tuple[int, ...] = ()
-    probs: tuple[float | None, ...] | None = None
-    markup: Markup | None = None
+    Given `decode` (ids -> text) instead of `text`, the text is decoded when first read: on the thread that finishes
+    the record, not the one that drives the model."""
+
+    __slots__ = ("_text", "ids", "probs", "markup", "_decode")
+
+    def __init__(
+        self,
+        text: str | None,
+        ids: tuple[int, ...] = (),
+        probs: tuple[float | None, ...] | None = None,
+        markup: Markup | None = None,
+        decode: Callable[[tuple[int, ...]], str] | None = None,
+    ):
+        if text is None and decode is None:
+            raise ValueError("a Generation needs its text or a way to decode its ids")
+        self._text, self.ids, self.probs, self.markup, self._decode = text, ids, probs, markup, decode
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            assert self._decode is not None
+            self._text, self._decode = self._decode(self.ids), None
+        return self._text
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Generation):
+            return NotImplemented
+        return (self.text, self.ids, self.probs, self.markup) == (other.text, other.ids, other.probs, other.markup)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __getstate__(self) -> tuple:
+        return self.text, self.ids, self.probs, self.markup  # sent elsewhere (a Ray actor's answer): decoded first
+
+    def __setstate__(self, state: tuple) -> None:
+        (self._text, self.ids, self.probs, self.markup), self._decode = state, None
+
+    def __repr__(self) -> str:
+        return f"Generation(ids={len(self.ids)} tokens, decoded={self._text is not None})"
 
 
 def box_score(p1: float | None, p2: float | None) -> float | None:

@@ -256,3 +256,29 @@ def test_ctrl_c_while_the_model_works_still_writes_every_batch_it_answered(tiny_
 def test_default_workers_one_per_cpu_up_to_sixteen(monkeypatch, cpus, workers):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
     assert pipeline.default_workers() == workers
+
+
+@pytest.mark.parametrize("decoder", ["fast", "hf"])
+def test_tokens_become_text_on_the_writing_thread_not_the_models(tiny_model, photos, tmp_path, monkeypatch, decoder):
+    """The thread that drives the model only generates: each answer's ids are decoded to text when its record is
+    finished, behind it (issue 28: token-to-text decoding off the main thread)."""
+    from kosmos_cli import load_engine
+    from kosmos_cli.model.engine import Engine
+
+    engine = load_engine(tiny_model, max_new_tokens=6, decoder=decoder)
+    decode, where = Engine._decode, []
+
+    def noted(self, ids):
+        where.append(threading.current_thread().name)
+        return decode(self, ids)
+
+    monkeypatch.setattr(Engine, "_decode", noted)
+    out = tmp_path / "r.jsonl"
+    summary = ground([str(photos)], str(out), engine=engine, batch_size=2, workers=1)
+    assert summary.done == len(where) > 0
+    assert threading.main_thread().name not in where and all(name.startswith("kosmos-write") for name in where)
+    expected = [r["caption"] for r in read_records(str(out))]
+    monkeypatch.setattr(Engine, "_decode", decode)
+    again = tmp_path / "again.jsonl"
+    ground([str(photos)], str(again), engine=engine, batch_size=1, workers=1)
+    assert [r["caption"] for r in read_records(str(again))] == expected  # the same text, batched or alone
