@@ -229,10 +229,6 @@ class Engine:
         index = torch.tensor([keys.index(p.image_key) for p in batch], device=embeds.device)
         return embeds.index_select(0, index)
 
-    def forward_safe(self, batch: Sequence[Prepared], stop_at: str | None = None) -> list[str]:
-        """`forward`, halving the batch on an out-of-memory error instead of failing (see forward_scored_safe)."""
-        return [g.text for g in self.forward_scored_safe(batch, stop_at)]
-
     def forward_scored_safe(self, batch: Sequence[Prepared], stop_at: str | None = None) -> list[Generation]:
         """`forward_scored`, in pieces the device has room for.
 

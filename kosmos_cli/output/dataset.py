@@ -37,19 +37,15 @@ DuckDB (`read_parquet('DIR/*.parquet')`), polars (`pl.read_parquet('DIR/*.parque
 - Only a dataset of ours is written: every part must name this task in its schema (ownership.py); other files
   there that are no tables (notes, a README) are never read or touched.
 
-For a runner on a cluster (Ray Data): make the store on the driver, open and settle it there; write parts from
-the workers; resume from what the driver read:
+How a run uses it (run/pipeline.py, through the store's one `with`):
 
     store = DatasetStore(url, task)
     store.check(inputs, overwrite); store.probe()      # before any model loads: whose folder, the lock
     with store.open(Solo(), overwrite=...) as output:   # lock, repair, fold leftovers, overwrite or deduplicate
         output.seen                                     # key -> Seen: what is recorded (store.recorded_keys())
-        # on each worker (the store pickles; open fixed its stamp):
-        store.write_part(records, name)                 # one part now, whole; the same name again replaces it
-        sink = store.part_writer(name)                  # or buffered: parts of part_rows records, at least every
-        sink.write(records); sink.close()               #   part_seconds, and on close
+        output.write(records)                           # each batch a staged part of this run
         output.complete(present)                        # a complete pass: --prune drops the others on exit
-    # on exit: settle (drop replaced and pruned records, one schema), let go of the lock
+    # on exit: settle (fold this run's batches, drop replaced and pruned records, one schema), let go of the lock
 
 Within one run, write each key once: parts of one run have no order among their writers (a retried task that
 writes its part again under the same name is the way to write something twice).
@@ -84,7 +80,6 @@ from .locking import OutputLock
 from .ownership import NotOurs, not_ours, owner_of, refuse_inputs, refuse_other_task, same_file, schema_owner
 
 PART_ROWS = 50_000  # records in a part at most
-PART_SECONDS = 300.0  # a part is written at least this often while records come in
 LOCK_NAME = ".kosmos.lock"
 STAGING = ".kosmos-parts"  # each batch of a run, durable, until the run folds them into the dataset
 STALE_AFTER = 3600.0  # seconds: a run in a bucket that has written nothing for this long is taken for dead
@@ -102,7 +97,6 @@ class DatasetStore:
     spool = False
     fmt = "dataset"
     part_rows = PART_ROWS
-    part_seconds = PART_SECONDS
 
     def __init__(self, url: str, task: str | type[Task], rank: int = 0):
         self.task = tasks.get(task) if isinstance(task, str) else task
@@ -115,10 +109,6 @@ class DatasetStore:
         self._lock = None if self.lock_path is None else OutputLock(self.lock_path, self.path)
         self.stamp: str | None = None  # when this run started: its parts' names sort after every earlier part
         self.schema: Any = None  # the schema the parts share (as far as this process knows)
-
-    def __getstate__(self) -> dict[str, Any]:
-        """A copy sent to a worker (Ray) writes parts; the lock stays with the driver that holds it."""
-        return {**self.__dict__, "_lock": None}
 
     # -- the life of a run -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -317,11 +307,6 @@ class DatasetStore:
     def sink(self, direct: bool = True) -> StagedSink:
         """Where this process writes: each batch a staged part, named after its rank."""
         return StagedSink(self)
-
-    def part_writer(self, name: str, rows: int | None = None, seconds: float | None = None) -> PartSink:
-        """A sink buffering records into parts named `part-<stamp>-<name>-<seq>.parquet` (`name`: a worker's), of
-        `rows` records at most, one written at least every `seconds` (the store's part_rows, part_seconds)."""
-        return PartSink(self, name, rows or self.part_rows, self.part_seconds if seconds is None else seconds)
 
     def write_part(self, records: list[Record], name: str) -> str:
         """Write `records` as one part now, whole or not at all; returns its file name. Writing the same `name`
@@ -637,45 +622,6 @@ class StagedSink(Sink):
             self.store.staging.put(_marker((str(self.store.stamp), f"{self.store.rank:04d}")), lambda f: f.write(who))
         self.store.staging.put(f"{self._prefix}{self._seq:08d}.parquet", lambda f: pq.write_table(table, f))
         self._seq += 1
-
-
-class PartSink(Sink):
-    """Records of one writer buffered into parts: one part of `rows` records at most, written at least every
-    `seconds` while records come in, and on close. A part that cannot be written loses its records (they are not
-    recorded: the next run does them again); the error is raised."""
-
-    def __init__(
-        self,
-        store: DatasetStore,
-        writer: str,
-        rows: int = PART_ROWS,
-        seconds: float = PART_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self.store, self.writer, self.rows, self.seconds, self.clock = store, writer, rows, seconds, clock
-        self.path = store.path
-        self._buffer: list[Record] = []
-        self._since = 0.0
-        self._seq = 0
-
-    def write(self, records: list[Record]) -> None:
-        if not records:
-            return
-        if not self._buffer:
-            self._since = self.clock()
-        self._buffer.extend(records)
-        if len(self._buffer) >= self.rows or self.clock() - self._since >= self.seconds:
-            self.flush()
-
-    def flush(self) -> None:
-        records, self._buffer = self._buffer, []
-        while records:
-            chunk, records = records[: self.rows], records[self.rows :]
-            self.store.write_part(chunk, f"{self.writer}-{self._seq:05d}")
-            self._seq += 1
-
-    def close(self) -> None:
-        self.flush()
 
 
 def import_file(source: str, out: str) -> Imported:

@@ -14,7 +14,7 @@ import pytest
 
 from kosmos_cli import draw, ground
 from kosmos_cli.errors import LockedError, OutputError, UsageError
-from kosmos_cli.output.dataset import DatasetStore, PartSink
+from kosmos_cli.output.dataset import DatasetStore
 from kosmos_cli.output.formats import DATASET, check_out, detect_format, names_folder, read_records
 from kosmos_cli.output.store import Store
 from kosmos_cli.run.ranks import Solo
@@ -290,43 +290,6 @@ def test_a_part_written_again_under_its_name_replaces_it(tmp_path):
     first = store.write_part([rec("a.png"), rec("b.png")], "block-7")
     again = store.write_part([rec("a.png"), rec("b.png")], "block-7")  # a retried task
     assert first == again and parts(out) == [first] and len(rows(out)) == 2
-
-
-def test_a_store_sent_to_a_worker_writes_parts_and_leaves_the_lock_to_the_driver(tmp_path):
-    import pickle
-
-    out = tmp_path / "out"
-    store = DatasetStore(str(out), "ground")
-    with store.open(Solo()) as output:
-        output.write([rec("a.png")])
-        worker = pickle.loads(pickle.dumps(store))
-        assert worker.stamp == store.stamp and len(worker.recorded_keys()) == 1  # the staged batch too
-        worker.write_part([rec("b.png", caption="first try")], "block-0")
-        worker.write_part([rec("b.png")], "block-0")  # a retried task: the same part again
-        worker.unlock()  # nothing: the driver holds the lock
-        with pytest.raises(LockedError):
-            DatasetStore(str(out), "ground").probe()
-    assert captions(out) == [("a.png", "a cat"), ("b.png", "a cat")]
-    assert sorted(os.listdir(out)) == parts(out)
-
-
-def test_a_part_sink_writes_a_part_per_rows_or_seconds_and_on_close(tmp_path):
-    out = tmp_path / "out"
-    store = DatasetStore(str(out), "ground")
-    store.scan()
-    now = [0.0]
-    sink = PartSink(store, "w", rows=3, seconds=60, clock=lambda: now[0])
-    sink.write([rec("a.png"), rec("b.png")])
-    assert not out.exists() or parts(out) == []  # buffered
-    sink.write([rec("c.png"), rec("d.png")])  # 4 >= 3: a part of 3, one left over in a second
-    assert len(parts(out)) == 2
-    sink.write([rec("e.png")])
-    now[0] = 61.0
-    sink.write([rec("f.png")])  # a minute since the first buffered record: written
-    assert len(parts(out)) == 3
-    sink.write([rec("g.png")])
-    sink.close()
-    assert [r["path"] for r in rows(out)] == [f"{c}.png" for c in "abcdefg"] and len(parts(out)) == 4
 
 
 def test_ctrl_c_writes_what_is_buffered(tmp_path):
