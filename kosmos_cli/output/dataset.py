@@ -42,7 +42,7 @@ How a run uses it (run/pipeline.py, through the store's one `with`):
     store = DatasetStore(url, task)
     store.check(inputs, overwrite); store.probe()      # before any model loads: whose folder, the lock
     with store.open(Solo(), overwrite=...) as output:   # lock, repair, fold leftovers, overwrite or deduplicate
-        output.seen                                     # key -> Seen: what is recorded (store.recorded_keys())
+        output.seen                                     # key -> Recorded: what is recorded (store.recorded_keys())
         output.write(records)                           # each batch a staged part of this run
         output.complete(present)                        # a complete pass: --prune drops the others on exit
     # on exit: settle (fold this run's batches, drop replaced and pruned records, one schema), let go of the lock
@@ -75,7 +75,7 @@ from ..tasks.records import Record
 from . import compaction
 from .dataset_folder import Folder, folder_of, in_order, is_part, is_table, part_rows, read_schema
 from .formats import Sink, names_folder, read_records, records_table, rows_table, unified_schema
-from .handle import Output, RecordedKeys, Seen, Writers, in_use, present_only
+from .handle import Output, Recorded, RecordedKeys, Writers, in_use, present_only
 from .locking import OutputLock
 from .ownership import NotOurs, not_ours, owner_of, refuse_inputs, refuse_other_task, same_file, schema_owner
 
@@ -288,7 +288,7 @@ class DatasetStore:
         files.sort(key=lambda file: file[:3])
         return RecordedKeys.of(self.task, self.folder(), (_rows_while_there(p, n, columns) for *_, p, n in files))
 
-    def recorded_keys(self) -> dict[str, Seen]:
+    def recorded_keys(self) -> dict[str, Recorded]:
         """Key -> what is recorded for it (the last record of each key): what a run skips."""
         return self.scan().seen
 

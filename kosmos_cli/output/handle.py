@@ -1,4 +1,4 @@
-"""An open output as a run sees it (`Output`): what it holds (`Seen`, `RecordedKeys`), where records go, and what
+"""An open output as a run sees it (`Output`): what it holds (`Recorded`, `RecordedKeys`), where records go, and what
 the run has told it; and what an output needs to know of the processes writing it (`Writers`).
 
 Every kind of output (a file, stdout, a Parquet dataset: store.py, dataset.py) hands a run the same `Output`.
@@ -43,7 +43,7 @@ class Writers(Protocol):
 
 
 @dataclass
-class Seen:
+class Recorded:
     """What an output already holds for one key: enough to decide whether that image is done, and with what
     settings (None: not recorded, as in outputs written before the `decoding` field)."""
 
@@ -55,7 +55,7 @@ class Seen:
     decoding: str | None = None
 
     @classmethod
-    def of(cls, row: dict[str, Any]) -> Seen:
+    def of(cls, row: dict[str, Any]) -> Recorded:
         """What a row says; its settings interned (a million records share a few strings)."""
         settings = (row.get(name) for name in ("model", "prompt", "decoding"))
         return cls(
@@ -68,9 +68,9 @@ class Seen:
 
 @dataclass
 class RecordedKeys:
-    """What an output holds: key -> Seen (the last record of each key), and how many rows were written again."""
+    """What an output holds: key -> Recorded (the last record of each key), and how many rows were written again."""
 
-    seen: dict[str, Seen] = field(default_factory=dict)
+    seen: dict[str, Recorded] = field(default_factory=dict)
     duplicates: int = 0
 
     @classmethod
@@ -80,7 +80,7 @@ class RecordedKeys:
         found, rows = cls(), 0
         for file_rows in files:
             for row in file_rows:
-                found.seen[task.key(row, folder)] = Seen.of(row)
+                found.seen[task.key(row, folder)] = Recorded.of(row)
                 rows += 1
         found.duplicates = rows - len(found.seen)  # records written again for a key: compaction keeps the last
         return found
@@ -101,7 +101,7 @@ class Output:
     """An open output, as a run sees it: what it holds, where records go, and what the run has told it."""
 
     store: Holder
-    seen: dict[str, Seen]
+    seen: dict[str, Recorded]
     sink: Sink
     replaced: int = 0  # records written for keys the output already held: compaction drops the older ones
     kept: int = 0  # error records not written: the output holds an ok record for their key

@@ -57,7 +57,7 @@ from .formats import (
     parquet_rows,
     repair_jsonl_tail,
 )
-from .handle import Output, RecordedKeys, Seen, Writers, in_use, present_only
+from .handle import Output, Recorded, RecordedKeys, Writers, in_use, present_only
 from .locking import OutputLock
 from .ownership import NotOurs, not_ours, owner_of, refuse_inputs, refuse_other_task
 
@@ -313,7 +313,7 @@ __all__ = [
     "DatasetStore",
     "RecordedKeys",
     "Output",
-    "Seen",
+    "Recorded",
     "SpoolStore",
     "StdoutStore",
     "Store",

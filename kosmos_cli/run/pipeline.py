@@ -31,7 +31,7 @@ from ..model.engine import Engine, Prepared
 from ..model.files import same_model
 from ..options import GenerationOptions, ModelOptions, RunOptions
 from ..output.dataset import DatasetStore
-from ..output.store import Output, Seen, Store, Writers
+from ..output.store import Output, Recorded, Store, Writers
 from ..tasks import Task, Unit, path_key
 from ..tasks.records import OK, Record
 from ..tasks.scores import Generation
@@ -339,7 +339,7 @@ class Standing:
 NEW, DONE, FAILED, CHANGED, OTHER, TWICE = "new", "done", "failed", "changed", "other", "twice"
 
 
-def standing_units(items, task: Task, label: str, decoding: str, seen: dict[str, Seen]):
+def standing_units(items, task: Task, label: str, decoding: str, seen: dict[str, Recorded]):
     """(item, [(unit, Standing)]) for each item: each unit's standing against `seen`, the output's holdings.
 
     The one place a run (`_todo`) and a dry run (plan.py) decide what is done. Units whose keys collide (rows naming
@@ -376,7 +376,7 @@ def _same_image_once(pending):
         yield current
 
 
-def _standing(recorded: Seen | None, record: Record, size, mtime) -> Standing:
+def _standing(recorded: Recorded | None, record: Record, size, mtime) -> Standing:
     """Where `record`'s unit stands against what the output holds for its key (`recorded`).
 
     Made with other settings than `record` is (model, prompt, decoding; one not recorded, as in outputs written

@@ -13,7 +13,7 @@ import pytest
 
 from kosmos_cli.errors import LockedError, OutputError, UsageError
 from kosmos_cli.output.formats import read_records
-from kosmos_cli.output.store import Seen, Store, present_only
+from kosmos_cli.output.store import Recorded, Store, present_only
 from kosmos_cli.run.ranks import Solo
 from kosmos_cli.tasks import FindRecord, Ground, GroundRecord, ReferRecord
 from kosmos_cli.tasks.records import Entity
@@ -82,7 +82,7 @@ def test_a_run_writes_its_records_and_leaves_only_the_output(tmp_path, fmt):
 def test_what_is_recorded_is_seen_by_the_next_run(tmp_path, fmt):
     out = written(tmp_path / f"r.{fmt}", fmt, rec("a.png", size=7))
     with Store(out, fmt, "ground").open(Solo()) as output:
-        assert output.seen == {key(out, "a.png"): Seen(7, 1.5, "ok", "m", "<grounding> An image of", "greedy")}
+        assert output.seen == {key(out, "a.png"): Recorded(7, 1.5, "ok", "m", "<grounding> An image of", "greedy")}
 
 
 def test_parquet_output_has_the_tasks_schema_and_names_it(tmp_path):
