@@ -24,6 +24,7 @@ from ..exports import FORMATS
 from ..exports.boxes import Dropped, Label, check_nms, labels
 from ..exports.classes import Classes
 from ..exports.source import images, scan
+from . import plot as plotting
 from . import truth as truth_files
 from .pairing import Names
 from .report import ClassReport, EvalReport
@@ -198,6 +199,7 @@ def _check_plot(plot: str) -> None:
     parent = os.path.dirname(os.path.abspath(plot))
     if not os.path.isdir(parent):
         raise UsageError(f"{{param}} {plot}: its folder {parent} does not exist", param="plot")
+    plotting.check_path(plot)
     if importlib.util.find_spec("matplotlib") is None:  # said before anything is measured
         raise UsageError(f"{{param}} draws with matplotlib: {EXTRA}", param="plot")
 

@@ -3,9 +3,40 @@
 
 from __future__ import annotations
 
+import os
+
 from ..errors import OutputError, UsageError
 from .report import EvalReport
 from .scoring import EXTRA
+
+MARK = "kosmos eval"  # in each picture's metadata: a file there already is overwritten only when it says this
+
+
+def ours(path: str) -> bool:
+    """Whether the file at `path` is a picture kosmos eval drew (its metadata names it): only such a one is replaced."""
+    if path.lower().endswith(".png"):
+        from PIL import Image
+
+        try:
+            with Image.open(path) as picture:
+                return picture.info.get("Software") == MARK
+        except (OSError, ValueError):
+            return False
+    try:
+        with open(path, "rb") as f:
+            return MARK.encode() in f.read(1 << 16)  # an SVG's or a PDF's Creator, near its start
+    except OSError:
+        return False
+
+
+def check_path(path: str) -> None:
+    """Refuse a --plot file that would replace one kosmos did not draw (a photo, a results file, anything else)."""
+    if os.path.lexists(path) and not (os.path.isfile(path) and ours(path)):
+        raise UsageError(
+            f"{{param}} {path} is there and is not a picture kosmos eval drew: kosmos never replaces a file it did "
+            "not write; name a new file",
+            param="plot",
+        )
 
 
 def draw(report: EvalReport, path: str) -> None:
@@ -43,7 +74,8 @@ def draw(report: EvalReport, path: str) -> None:
         if axes.get_legend_handles_labels()[0]:
             axes.legend(loc="lower left", fontsize=8)
         try:
-            figure.savefig(path, bbox_inches="tight")
+            key = "Software" if path.lower().endswith(".png") else "Creator"
+            figure.savefig(path, bbox_inches="tight", metadata={key: MARK})
         except OSError as exc:
             raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:

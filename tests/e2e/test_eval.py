@@ -193,6 +193,20 @@ def test_the_command_line_shows_tables_and_ends_with_the_export_line(scenes, tmp
         assert picture.format == "PNG" and picture.size[0] > 300
 
 
+@pytest.mark.parametrize("ending", ["png", "svg"])
+def test_plot_replaces_only_a_picture_eval_drew(scenes, tmp_path, ending):
+    """--plot names a photo, a results file, anything kosmos did not draw: refused, the file as it was."""
+    photo = tmp_path / f"holiday.{ending}"
+    photo.write_bytes(b"the user's own picture")
+    refused = kosmos("eval", scenes["results"], "--truth", scenes["coco"], "--plot", str(photo))
+    assert refused.exit_code == 2 and "is not a picture kosmos eval drew" in refused.stderr, refused.output
+    assert photo.read_bytes() == b"the user's own picture"
+    drawn = tmp_path / f"pr.{ending}"
+    for _ in range(2):  # its own picture is redrawn by the same command run again
+        again = kosmos("eval", scenes["results"], "--truth", scenes["coco"], "--plot", str(drawn))
+        assert again.exit_code == 0, again.output
+
+
 def test_json_is_the_whole_report_as_one_object(scenes):
     result = kosmos("eval", scenes["results"], "--truth", scenes["yolo"], "--json")
     assert result.exit_code == 0, result.output
