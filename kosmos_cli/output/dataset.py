@@ -341,6 +341,7 @@ class DatasetStore:
         self.lock()
         try:
             self.check([source], ignore=os.path.basename(source) if inside else None)
+            self._refuse_a_folder_of_other_files(os.path.basename(source) if inside else None)
             self.repair()
             self.settler.fold()
             stamps = [_stamp_of(n) for n in self.parts()] + [n.split("-", 1)[0] for n in self.staged()]
@@ -364,6 +365,18 @@ class DatasetStore:
             return Imported(source, self.path, kept, read - kept, inside)
         finally:
             self.unlock()
+
+    def _refuse_a_folder_of_other_files(self, source: str | None) -> None:
+        """kosmos import makes a dataset only in a new or empty folder: one that holds no part but other files (a
+        folder of photos) is refused, so no part is written among files kosmos did not write."""
+        if self.parts() or self.staged():
+            return
+        others = sorted(n for n in self.place.names() if not n.startswith(".") and n != source)
+        if others:
+            raise UsageError(
+                f"{self.path} holds files and no dataset of kosmos (e.g. {others[0]}): kosmos import adds to a "
+                "dataset kosmos wrote, or starts one in a new or empty folder; name one of those"
+            )
 
     # -- inside ------------------------------------------------------------------------------------------
     def _start(self, names: list[str]) -> None:

@@ -588,6 +588,19 @@ def test_import_refuses_what_is_not_a_results_file_of_the_datasets_task_in_one_l
         assert _checksums(out) == before
 
 
+def test_import_writes_no_part_among_files_kosmos_did_not_write(tmp_path):
+    """A folder of photos (no dataset in it) is no place for parts: refused, the folder as it was."""
+    photos = tmp_path / "photos"
+    make_images(str(photos))
+    source = tmp_path / "r.jsonl"
+    _single(source, rec(str(photos / "img_00.png")), task="ground")
+    before = _checksums(photos)
+    one_error_line(kosmos("import", str(source), f"{photos}/"), 2, "holds files and no dataset of kosmos")
+    assert _checksums(photos) == before
+    fresh = kosmos("import", str(source), f"{tmp_path / 'new'}/")  # a new folder: a new dataset
+    assert fresh.exit_code == 0, fresh.output
+
+
 def test_readers_read_a_datasets_parts_alone_and_a_folder_of_other_parts_whole(tmp_path):
     out = tmp_path / "out"
     run(out, rec("a.png"))
