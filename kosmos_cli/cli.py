@@ -109,6 +109,14 @@ Inputs = Annotated[
         show_default=False,
     ),
 ]
+DetectionResults = Annotated[  # what export and eval read: boxes the model found
+    str,
+    typer.Argument(
+        metavar="RESULTS",
+        help="A results file of kosmos ground or find (.jsonl or .parquet), or a dataset folder.",
+        show_default=False,
+    ),
+]
 Results = Annotated[
     str,
     typer.Argument(
@@ -238,14 +246,7 @@ def draw(
 @app.command(epilog='Example: kosmos export results.parquet --to yolo dataset/ --classes "dog,cat" --min-score 0.3')
 @command_options(ClassOptions, Duplicates, ExportOptions, ScoreFilter, *REPORTING)
 def export(
-    results: Annotated[
-        str,
-        typer.Argument(
-            metavar="RESULTS",
-            help="A results file of kosmos ground or find (.jsonl or .parquet), or a dataset folder.",
-            show_default=False,
-        ),
-    ],
+    results: DetectionResults,
     out: Annotated[
         str,
         typer.Argument(metavar="OUT", help=f"{exports.out_help()}.", show_default=False),
@@ -259,16 +260,9 @@ def export(
 
 
 @app.command(name="eval", epilog="Example: kosmos eval results.parquet --truth corrected.json --plot pr.png")
-@command_options(ClassOptions, Duplicates, EvalOptions, Quiet)
+@command_options(ClassOptions, Duplicates, EvalOptions, Quiet, AsJson)
 def eval_(
-    results: Annotated[
-        str,
-        typer.Argument(
-            metavar="RESULTS",
-            help="A results file of kosmos ground or find (.jsonl or .parquet), or a dataset folder.",
-            show_default=False,
-        ),
-    ],
+    results: DetectionResults,
     truth: Annotated[
         str,
         typer.Option(
@@ -281,7 +275,7 @@ def eval_(
     **given,
 ) -> None:
     """Measure a results file against ground truth: COCO AP per class, and the --min-score with the best F1."""
-    quiet, as_json = Quiet.take(given).quiet, bool(given.pop("as_json"))  # the API returns the report instead
+    quiet, as_json = Quiet.take(given).quiet, AsJson.take(given).json  # the API returns the report instead
     _call(lambda: _show_eval(api.eval_results(results, truth, **given), as_json), quiet)
 
 

@@ -367,10 +367,10 @@ class Quiet(Group):
 
 @dataclass(frozen=True)
 class AsJson(Group):
-    """What a dry run prints on stdout."""
+    """What a command that reports prints on stdout: one JSON object instead of what a person reads."""
 
     json: bool = option(
-        False, "With --dry-run: print the plan as one JSON object on stdout instead of its line.", api=False
+        False, "Print the report (eval's, or --dry-run's plan) as one JSON object on stdout.", api=False
     )
 
 
@@ -462,9 +462,6 @@ class EvalOptions(Group):
         None,
         "Also draw precision against recall per class, the chosen --min-score marked, into this .png file.",
         show_default=False,
-    )
-    as_json: bool = option(
-        False, "Print the whole report as one JSON object on stdout instead of tables.", "--json", api=False
     )
 
 

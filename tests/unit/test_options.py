@@ -22,7 +22,7 @@ COMMANDS = {
     "eval": api.eval_results,
     "view": api.view,
 }
-CLI_ONLY = {"quiet", "strict", "json", "as_json"}  # what the CLI prints and how it exits: the API returns an object
+CLI_ONLY = {"quiet", "strict", "json"}  # what the CLI prints and how it exits: the API returns an object
 CLI_ARGUMENTS = {"find": {"input_", "listed"}}  # find's one INPUT is inputs=[INPUT]; PHRASES... join --phrase
 
 
