@@ -17,29 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import drawing, evaluate, exports, tasks
+from .declare import Group, keyword_options
 from .errors import InputError
 from .exports.classes import parse_classes
 from .inputs import locations
 from .model.engine import Engine
-from .options import (
-    OUT,
-    RUN_GROUPS,
-    ClassOptions,
-    DrawOptions,
-    Duplicates,
-    EvalOptions,
-    ExportOptions,
-    FindOptions,
-    GenerationOptions,
-    GroundOptions,
-    Group,
-    ModelOptions,
-    ReferOptions,
-    ScoreFilter,
-    ViewOptions,
-    keyword_options,
-)
+from .options import OUT, RUN_GROUPS, FindOptions, GenerationOptions, GroundOptions, ModelOptions, ReferOptions
 from .output.dataset import Imported, import_file
+from .reader_options import ClassOptions, DrawOptions, Duplicates, EvalOptions, ExportOptions, ScoreFilter, ViewOptions
 from .run import runner
 from .run.pipeline import Progress, Summary
 from .run.plan import Plan

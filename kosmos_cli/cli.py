@@ -21,24 +21,11 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from . import __version__, api, exports
+from .declare import command_options, flag_for
 from .errors import Interrupted, KosmosError, UsageError
 from .inputs.images import is_image_path
-from .options import (
-    REPORTING,
-    RUN_GROUPS,
-    AsJson,
-    ClassOptions,
-    DrawOptions,
-    Duplicates,
-    EvalOptions,
-    ExportOptions,
-    Quiet,
-    ScoreFilter,
-    Strict,
-    ViewOptions,
-    command_options,
-    flag_for,
-)
+from .options import REPORTING, RUN_GROUPS, AsJson, Quiet, Strict
+from .reader_options import ClassOptions, DrawOptions, Duplicates, EvalOptions, ExportOptions, ScoreFilter, ViewOptions
 from .run.plan import Plan
 from .run.progress import for_terminal
 from .tasks.records import one_line, printable

@@ -1,30 +1,20 @@
-"""Every option of kosmos, declared once: its name, type, default, help, flags and check.
+"""The options of a run, declared once: which model and how it decodes, how a run reads, batches and writes, each
+task's own, and what the command line says of a run and how it exits.
 
-An option is a field of a frozen option group (a dataclass below) made with `option(...)`. Both faces are built from
-the groups, so a default or a help text cannot drift between them (vLLM's `EngineArgs` feeds `add_cli_args` and
-`from_cli_args` the same way):
-
-- the command line: `cli.py` decorates a command with `command_options(Group, ...)`, which adds one Typer option per
-  field (flags, help, panel) with the field's default;
-- the Python API: `api.py` decorates a function with `keyword_options(Group, ...)`, which gives it one typed keyword
-  parameter per field, with the field's default, shown by `help()` and `inspect.signature`.
-
-A call hands the body the values it was given, by name; the body builds the groups with `Group.take(given)`, and a
-group's `__post_init__` is the check, the one place it lives. Adding an option is one field plus its use.
+Each is a field of a frozen option group made with `declare.option` (name, type, default, help, flags); the group's
+`__post_init__` is its check. `api.py` and `cli.py` build their parameters and options from these groups (declare.py
+says how); the readers of results (draw, export, eval, view) declare theirs in `reader_options.py`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import importlib.util
-import inspect
 import os
-import typing
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Optional, TypeVar
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Optional
 
+from .declare import Group, option
 from .errors import UsageError
 from .inputs.listing import Columns
 from .inputs.locations import DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT, FetchOptions
@@ -42,62 +32,6 @@ _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "hal
 WHERE_IMAGES_LIVE = "Where images live"  # a help panel of its own: the options of remote and packed inputs
 
 
-@dataclass(frozen=True)
-class Flag:
-    """How an option shows on the command line. `names` empty: `--` and the field's name in kebab case."""
-
-    help: str
-    names: tuple[str, ...] = ()
-    panel: str | None = None
-    show_default: bool = True
-    cli: bool = True  # False: Python only
-    api: bool = True  # False: command line only (e.g. `--quiet`)
-    api_type: Any = None  # the API's annotation where it is wider than the command line's (boxes as numbers too)
-
-    def flags(self, name: str) -> tuple[str, ...]:
-        return self.names or ("--" + name.replace("_", "-"),)
-
-
-def option(
-    default: Any,
-    help: str,
-    *names: str,
-    panel: str | None = None,
-    show_default: bool = True,
-    cli: bool = True,
-    api: bool = True,
-    api_type: Any = None,
-) -> Any:
-    """A field of an option group: its default, help and flags (`names`; default `--field-name`)."""
-    return field(default=default, metadata={"flag": Flag(help, names, panel, show_default, cli, api, api_type)})
-
-
-G = TypeVar("G", bound="Group")
-
-
-class Group:
-    """A frozen dataclass of options; `take` builds one from the values a call was given, by name."""
-
-    @classmethod
-    def take(cls: type[G], given: dict[str, Any]) -> G:
-        """The group from the entries of `given` that are its fields (removed from `given`); defaults for the rest."""
-        return cls(**{f.name: given.pop(f.name) for f in declared(cls) if f.name in given})
-
-    @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in declared(cls))
-
-
-def declared(group: type) -> list[dataclasses.Field]:
-    """The option fields of a group (those made with `option`), in order."""
-    return [f for f in dataclasses.fields(group) if "flag" in f.metadata]
-
-
-def flag_of(f: dataclasses.Field) -> Flag:
-    return f.metadata["flag"]
-
-
-# -- the groups ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelOptions(Group):
     """Which checkpoint, and where and how it runs."""
@@ -374,210 +308,6 @@ class AsJson(Group):
     )
 
 
-@dataclass(frozen=True)
-class ScoreFilter(Group):
-    """Which boxes a reader of results keeps."""
-
-    min_score: float | None = option(
-        None,
-        "Only boxes whose score (0-1) is at least this; boxes without a score are left out.",
-        show_default=False,
-    )
-
-
-@dataclass(frozen=True)
-class DrawOptions(Group):
-    """How kosmos draw writes its pictures."""
-
-    html: bool = option(False, "Also write index.html, a gallery that opens from the folder in a browser.")
-
-
-@dataclass(frozen=True)
-class ClassOptions(Group):
-    """Which class a phrase's boxes are (export and eval match phrases the same way)."""
-
-    classes: str | None = option(
-        None,
-        'Classes, in order, comma-separated ("dog,cat,traffic light"): only boxes whose phrase names one ("two dogs" '
-        "is dog) \\[default: export: one class per distinct phrase; eval: the truth's classes].",
-        show_default=False,
-        api_type=Optional[typing.Union[str, Iterable[str]]],
-    )
-    classes_file: str | None = option(None, "Classes, one a line, as --classes.", show_default=False)
-
-
-@dataclass(frozen=True)
-class Duplicates(Group):
-    """Which of overlapping boxes of one class stay (export and eval drop the same ones)."""
-
-    nms: float | None = option(
-        None,
-        "Of boxes of one class in one image overlapping by more than this IoU, keep the best-scored.",
-        show_default=False,
-    )
-
-
-@dataclass(frozen=True)
-class ExportOptions(Group):
-    """How an export names images, and what only some formats take."""
-
-    root: str | None = option(None, "Write image paths relative to this folder.", show_default=False)
-    image_root: str | None = option(
-        None,
-        "labelstudio: a URL prefix or local-files path put before each image's path "
-        "(e.g. /data/local-files/?d=photos/).",
-        show_default=False,
-    )
-    copy_images: bool = option(False, "yolo: copy the images into OUT/images instead of linking them.")
-
-
-@dataclass(frozen=True)
-class ViewOptions(Group):
-    """Where kosmos view listens, and what it keeps in memory."""
-
-    port: int | None = option(
-        None,
-        "Port to listen on; 0: any free one \\[default: 8000, or the next free one up to 8019].",
-        show_default=False,
-    )
-    host: str = option(
-        "127.0.0.1",
-        "Address to listen on; any other than 127.0.0.1 lets other machines see the results and their images.",
-    )
-    open_browser: bool = option(False, "Open the page in the default browser.", "--open")
-    cache_mb: int = option(64, "Memory for the images made for the page, in MB.")
-
-
-@dataclass(frozen=True)
-class EvalOptions(Group):
-    """What kosmos eval pairs, and how it shows what it measured."""
-
-    root: str | None = option(
-        None,
-        "Pair images by their paths relative to this folder (when the truth's names and the recorded paths differ "
-        "by a prefix) \\[default: as recorded; a truth name also pairs with the one recorded path it ends].",
-        show_default=False,
-    )
-    plot: str | None = option(
-        None,
-        "Also draw precision against recall per class, the chosen --min-score marked, into this .png file.",
-        show_default=False,
-    )
-
-
 RUN_GROUPS: tuple[type[Group], ...] = (RunOptions, ModelOptions, GenerationOptions)  # every model command has these
 REPORTING: tuple[type[Group], ...] = (Strict, Quiet)  # what a command that ends with a summary says, and its exit
 OUT = ("out",)  # the one option the Python API also takes by position: ground(inputs, "results.parquet")
-
-
-# -- the two faces -----------------------------------------------------------------------------------------------------
-def _hints(group: type) -> dict[str, Any]:
-    return typing.get_type_hints(group)
-
-
-def _fields(groups: Iterable[type[Group]], face: str) -> list[tuple[dataclasses.Field, Any, type[Group]]]:
-    """(field, its type, its group) for every option of `groups` shown on `face` ("cli" or "api"); a name may be
-    declared in one group only."""
-    seen: dict[str, type] = {}
-    out = []
-    for group in groups:
-        hints = _hints(group)
-        for f in declared(group):
-            if f.name in seen:
-                raise TypeError(f"option {f.name} is declared in both {seen[f.name].__name__} and {group.__name__}")
-            seen[f.name] = group
-            if getattr(flag_of(f), face):
-                out.append((f, hints[f.name], group))
-    return out
-
-
-def _with_signature(body: Callable, parameters: list[inspect.Parameter], annotations: dict[str, Any]) -> Callable:
-    signature = inspect.Signature(parameters, return_annotation=inspect.signature(body).return_annotation)
-
-    @functools.wraps(body)
-    def wrapper(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)  # an unknown keyword is a TypeError, as Python's own
-        return body(**bound.arguments)
-
-    wrapper.__signature__ = signature  # type: ignore[attr-defined]  # what inspect, help() and Typer read
-    wrapper.__annotations__ = annotations
-    del wrapper.__wrapped__  # inspect.signature shows the built signature, not the body's **given
-    return wrapper
-
-
-def _own(body: Callable) -> tuple[list[inspect.Parameter], dict[str, Any]]:
-    """The body's own parameters (without its **given) and their resolved annotations."""
-    hints = typing.get_type_hints(body, include_extras=True)
-    own = [p for p in inspect.signature(body).parameters.values() if p.kind is not p.VAR_KEYWORD]
-    return [p.replace(annotation=hints.get(p.name, p.annotation)) for p in own], {
-        p.name: hints[p.name] for p in own if p.name in hints
-    }
-
-
-def keyword_options(*groups: type[Group], positional: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
-    """The Python API's face: the body's parameters, then each option of `groups` as a typed keyword parameter with
-    its declared default (those named in `positional` also by position, right after the body's positional ones).
-    The body gets only the options a caller gave, in its **given, by name."""
-
-    def decorate(body: Callable) -> Callable:
-        own, annotations = _own(body)
-        by_position = [p for p in own if p.kind is p.POSITIONAL_OR_KEYWORD]
-        keyword = [p for p in own if p.kind is not p.POSITIONAL_OR_KEYWORD]
-        leading, trailing = [], []
-        for f, hint, _ in _fields(groups, "api"):
-            hint = flag_of(f).api_type or hint
-            annotations[f.name] = hint
-            if f.name in positional:
-                leading.append(inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default))
-            else:
-                trailing.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default))
-        leading = [p.replace(annotation=annotations[p.name]) for p in leading]
-        trailing = [p.replace(annotation=annotations[p.name]) for p in trailing]
-        return _with_signature(body, [*by_position, *leading, *keyword, *trailing], annotations)
-
-    return decorate
-
-
-def command_options(*groups: type[Group]) -> Callable[[Callable], Callable]:
-    """The command line's face: the body's own parameters (Typer arguments and options), then each option of `groups`
-    as a Typer option with its flags, help, panel and declared default. The body gets them all in its **given."""
-    import typer  # the command line's alone: the library never imports it
-
-    def decorate(body: Callable) -> Callable:
-        own, annotations = _own(body)
-        added = []
-        for f, hint, _ in _fields(groups, "cli"):
-            flag = flag_of(f)
-            metavar = "" if hint is bool else None  # a plain flag takes no value: no "<bool>" beside it
-            given = typer.Option(
-                *flag.flags(f.name),
-                help=flag.help,
-                rich_help_panel=flag.panel,
-                show_default=flag.show_default,
-                metavar=metavar,
-            )
-            typed = Annotated.__class_getitem__((hint, given))  # type: ignore[attr-defined]  # Annotated[hint, given]
-            annotations[f.name] = typed
-            added.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=typed))
-        return _with_signature(body, [*own, *added], annotations)
-
-    return decorate
-
-
-def flag_for(param: str) -> str:
-    """The command line's flag for a library parameter: "batch_size" -> "--batch-size", "boxes" -> "--box"."""
-    for group in _all_groups():
-        for f in declared(group):
-            if f.name == param:
-                return flag_of(f).flags(f.name)[0]
-    return "--" + param.replace("_", "-")
-
-
-def _all_groups() -> list[type[Group]]:
-    """Every option group, wherever declared (a task's own options may live beside the task)."""
-    found, todo = [], list(Group.__subclasses__())
-    while todo:
-        group = todo.pop(0)
-        found.append(group)
-        todo.extend(group.__subclasses__())
-    return found

@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, ...]] = [
         "kosmos_cli.run.progress",
         "kosmos_cli.run.reports",
         "kosmos_cli.drawing.fonts",
+        "kosmos_cli.declare",  # how an option is declared, and the CLI's options and the API's parameters built
     ),
     (  # reading inputs, writing files, what a model is: nothing of tasks, sources or a run
         "kosmos_cli.inputs.locations",
@@ -51,7 +52,12 @@ LAYERS: list[tuple[str, ...]] = [
         "kosmos_cli.output.dataset_folder",
     ),
     ("kosmos_cli.inputs.sources", "kosmos_cli.tasks"),  # the reader of inputs; each task (its record, prompt, parsing)
-    ("kosmos_cli.output.formats", "kosmos_cli.options", "kosmos_cli.model.checkpoint"),  # record files; every option
+    (  # record files; every option (a run's, the readers' of results); reading a checkpoint
+        "kosmos_cli.output.formats",
+        "kosmos_cli.options",
+        "kosmos_cli.reader_options",
+        "kosmos_cli.model.checkpoint",
+    ),
     ("kosmos_cli.output.ownership", "kosmos_cli.output.compaction", "kosmos_cli.output.handle"),
     (  # the model on its device; an output's life; the one reader of results
         "kosmos_cli.model.engine",

@@ -1,5 +1,6 @@
-"""Options are declared once (kosmos_cli/options.py): the command line and the Python API are built from the same
-declarations, so their names, defaults and checks cannot drift. No model needed."""
+"""Options are declared once (kosmos_cli/declare.py; the groups in options.py and reader_options.py): the command
+line and the Python API are built from the same declarations, so their names, defaults and checks cannot drift. No
+model needed."""
 
 import dataclasses
 import inspect
@@ -8,7 +9,7 @@ import pytest
 import typer
 
 import kosmos_cli
-from kosmos_cli import api, options
+from kosmos_cli import api, declare, options
 from kosmos_cli.cli import app
 from kosmos_cli.errors import UsageError
 from kosmos_cli.options import GenerationOptions, ModelOptions, RunOptions
@@ -53,7 +54,7 @@ def test_every_cli_option_has_the_api_parameter_of_the_same_name_and_default(nam
 def test_every_declared_option_reaches_both_faces(name):
     cli, sig = _cli_params(name), inspect.signature(COMMANDS[name]).parameters
     for group in options.RUN_GROUPS:
-        for f in options.declared(group):
+        for f in declare.declared(group):
             assert f.name in cli and f.name in sig
             assert sig[f.name].default == f.default  # the API's default is the declaration's
 
@@ -84,11 +85,11 @@ def test_an_unknown_keyword_is_a_type_error_before_anything_runs(tmp_path):
 
 def test_a_name_is_declared_in_one_group_only():
     @dataclasses.dataclass(frozen=True)
-    class Again(options.Group):
-        batch_size: int = options.option(1, "again")
+    class Again(declare.Group):
+        batch_size: int = declare.option(1, "again")
 
     with pytest.raises(TypeError, match="batch_size is declared in both"):
-        options.keyword_options(RunOptions, Again)(lambda **given: None)
+        declare.keyword_options(RunOptions, Again)(lambda **given: None)
 
 
 def test_take_builds_the_group_from_its_own_names_only():
@@ -119,7 +120,7 @@ def test_each_check_lives_in_its_declaration(make, param):
 
 
 def test_errors_name_the_flag_the_declaration_gives():
-    assert options.flag_for("boxes") == "--box"
-    assert options.flag_for("phrases") == "--phrase"
-    assert options.flag_for("batch_size") == "--batch-size"
-    assert options.flag_for("something_else") == "--something-else"
+    assert declare.flag_for("boxes") == "--box"
+    assert declare.flag_for("phrases") == "--phrase"
+    assert declare.flag_for("batch_size") == "--batch-size"
+    assert declare.flag_for("something_else") == "--something-else"
