@@ -71,6 +71,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("kosmos_cli.run.runner", "kosmos_cli.view"),  # a run set up once; the viewer (it offers export's command line)
     ("kosmos_cli.evaluate",),  # results measured against ground truth: export's classes and reading, pycocotools' AP
     ("kosmos_cli.api",),
+    ("kosmos_cli.cli_output",),  # what the CLI writes, its errors' lines and exit codes (it names their flags)
     ("kosmos_cli", "kosmos_cli.cli", "kosmos_cli.__main__"),  # the package's face: the API and the CLI
 ]
 
