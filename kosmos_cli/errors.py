@@ -46,7 +46,7 @@ def redact_log(record: logging.LogRecord) -> bool:
 
 
 class KosmosError(Exception):
-    """Base class. `exit_code` is what the CLI exits with."""
+    """Base class. `exit_code` is what the CLI exits with: 1 unless a subclass says otherwise."""
 
     exit_code = 1
 
@@ -81,8 +81,6 @@ class InputError(KosmosError):
 class ModelError(KosmosError):
     """The model or processor cannot be loaded or run."""
 
-    exit_code = 1
-
 
 class OutOfMemory(ModelError):
     """Even one request does not fit in the device's memory: the pipeline writes its batch's records as errors."""
@@ -91,13 +89,9 @@ class OutOfMemory(ModelError):
 class ClusterError(KosmosError):
     """The cluster a run was sent to (--on ray) cannot be reached, or lost the run."""
 
-    exit_code = 1
-
 
 class OutputError(KosmosError):
     """The output cannot be written (full disk, permissions, a damaged results file)."""
-
-    exit_code = 1
 
 
 class LockedError(OutputError):
@@ -108,8 +102,6 @@ class LockedError(OutputError):
 
 class RankError(KosmosError):
     """Another process of a multi-process run failed; `rank` is that process."""
-
-    exit_code = 1
 
     def __init__(self, message: str, rank: int | None = None, *, quiet: bool = False):
         super().__init__(message, quiet=quiet)

@@ -94,10 +94,7 @@ class GenerationOptions(Group):
             raise UsageError(
                 f"unknown decoder {self.decoder!r} ({{param}}): use one of {', '.join(DECODERS)}", param="decoder"
             )
-        if self.max_new_tokens < 1:
-            raise UsageError("{param} must be at least 1", param="max_new_tokens")
-        if self.num_beams < 1:
-            raise UsageError("{param} must be at least 1", param="num_beams")
+        _at_least_one(self, "max_new_tokens", "num_beams")
         if self.no_repeat_ngram_size is None:  # None meant off before 0 did; both still do
             object.__setattr__(self, "no_repeat_ngram_size", 0)
         if self.no_repeat_ngram_size < 0:
@@ -215,10 +212,7 @@ class RunOptions(Group):
     draft: bool = True  # JPEGs decoded at a reduced scale where the model's input allows (not an option: tests)
 
     def __post_init__(self):
-        if self.batch_size is not None and self.batch_size < 1:
-            raise UsageError("{param} must be at least 1", param="batch_size")
-        if self.workers is not None and self.workers < 1:
-            raise UsageError("{param} must be at least 1", param="workers")
+        _at_least_one(self, "batch_size", "workers")
         if self.key_column is not None and self.image_column is None:
             raise UsageError("{param} is for rows that hold image bytes: give --image-column too", param="key_column")
         for name in ("path_column", "image_column", "key_column"):
@@ -306,6 +300,12 @@ class AsJson(Group):
     json: bool = option(
         False, "Print the report (eval's, or --dry-run's plan) as one JSON object on stdout.", api=False
     )
+
+
+def _at_least_one(group: Group, *names: str) -> None:
+    for name in names:
+        if (value := getattr(group, name)) is not None and value < 1:
+            raise UsageError("{param} must be at least 1", param=name)
 
 
 RUN_GROUPS: tuple[type[Group], ...] = (RunOptions, ModelOptions, GenerationOptions)  # every model command has these
