@@ -25,7 +25,8 @@ from kosmos_cli import export
 from kosmos_cli.drawing.colors import PALETTE, text_color
 from kosmos_cli.errors import InputError, UsageError
 from kosmos_cli.exports import FORMATS
-from kosmos_cli.output.formats import read_records, records_table
+from kosmos_cli.output.formats import records_table
+from kosmos_cli.output.reader import read_records
 from kosmos_cli.tasks import Find, FindRecord, Ground, GroundRecord, Refer, ReferRecord
 from kosmos_cli.tasks.records import Entity
 from kosmos_cli.view import start
