@@ -20,7 +20,7 @@ from .cards import Changed, Results, card_schema, not_ours, one_task, stat_of, v
 
 
 class ParquetResults(Results):
-    """A Parquet file, or the Parquet parts of a folder read as one file (in name order)."""
+    """A Parquet file, or the Parquet parts of a folder read as one file (in the order the reader gives them)."""
 
     def __init__(self, path: str, files: list[str]):
         self.path, self.folder = path, os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path) or ".")
