@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import InputError
-from ..inputs import carried_columns, locations
+from ..inputs import carried_columns
+from ..output import reader
 from ..tasks import Task
 
 COMMON = ("path", "task", "status", "error", "width", "height")
@@ -54,8 +55,9 @@ class Results:
         raise NotImplementedError
 
     def source(self, path: str) -> str:
-        """A recorded image path as it can be opened: as written, else beside the results (as draw does)."""
-        return resolve(path, self.folder)
+        """A recorded image path as it can be opened: as written, else beside the results (reader.locate, as draw
+        opens it)."""
+        return reader.locate(path, self.folder)
 
 
 def card_schema(task: type[Task]):
@@ -91,21 +93,6 @@ def viewable(value: Any, depth: int = 0) -> Any:
     if isinstance(value, dict):
         return {str(k): viewable(v, depth + 1) for k, v in value.items()}
     return carried_columns.to_jsonable(value)
-
-
-def resolve(path: str, folder: str) -> str:
-    """`path` as recorded -> where it can be opened: as written (from here), else relative to `folder`; a URL as it
-    is; a sample of a container (`SHARD.tar#KEY`) with its container resolved."""
-    if locations.is_remote(path):
-        return path
-    member = locations.split_member(path)
-    if member is not None:
-        return f"{resolve(member[0], folder)}#{member[1]}"
-    local = locations.local_path(path)
-    if os.path.isabs(local) or os.path.exists(local):
-        return path
-    beside = os.path.join(folder, local)
-    return beside if os.path.exists(beside) else path
 
 
 def not_ours(path: str, where: str) -> InputError:
