@@ -124,7 +124,7 @@ def shapes_agreement(n: int = 30) -> tuple[int, int, int, int]:
     import shapes
 
     from kosmos_cli import ground, load_engine
-    from kosmos_cli.output.formats import read_records
+    from kosmos_cli.output.reader import read_records
 
     model = os.path.join(ROOT, "tests", "fixtures", "kosmos2-shapes")
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,7 @@ import logging
 
 from .api import draw, eval_results, export, find, ground, load_engine, refer
 from .errors import InputError, KosmosError, ModelError, OutputError, UsageError, redact_log
-from .output.formats import read_records
+from .output.reader import read_records
 from .run.plan import Plan
 from .tasks import FindRecord, GroundRecord, ReferRecord
 from .tasks.records import Entity, Record

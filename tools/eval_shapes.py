@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import shapes  # noqa: E402
 
 from kosmos_cli import find, ground, load_engine, refer  # noqa: E402
-from kosmos_cli.output.formats import read_records  # noqa: E402
+from kosmos_cli.output.reader import read_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

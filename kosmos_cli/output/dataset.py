@@ -74,10 +74,11 @@ from ..tasks import Task
 from ..tasks.records import Record
 from . import compaction
 from .dataset_folder import Folder, folder_of, in_order, is_part, is_table, part_rows, read_schema
-from .formats import Sink, names_folder, read_records, records_table, rows_table, unified_schema
+from .formats import Sink, names_folder, records_table, rows_table, unified_schema
 from .handle import Output, Recorded, RecordedKeys, Writers, in_use, present_only
 from .locking import OutputLock
 from .ownership import NotOurs, not_ours, owner_of, refuse_inputs, refuse_other_task, same_file, schema_owner
+from .reader import read_records
 
 PART_ROWS = 50_000  # records in a part at most
 LOCK_NAME = ".kosmos.lock"

@@ -1,8 +1,7 @@
-"""Record files: the formats (JSONL, Parquet, a folder of Parquet parts), the sinks that write batches durably,
-and reading any results file or dataset.
+"""Record files: the formats (JSONL, Parquet, a folder of Parquet parts) and the sinks that write batches durably.
 
-What an output holds and its life (lock, repair, compaction) is the store's (store.py, dataset.py); this module
-knows how bytes go to and come from one file.
+What an output holds and its life (lock, repair, compaction) is the store's (store.py, dataset.py); reading results
+back is the reader's (reader/); this module knows how bytes go to one file.
 """
 
 from __future__ import annotations
@@ -12,16 +11,14 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator
 from typing import IO, Any, Protocol
 
-from ..errors import InputError, OutputError, UsageError, disk_error
+from ..errors import UsageError, disk_error
 from ..inputs import carried_columns, locations
 from ..inputs.images import NOT_REGULAR, is_special
 from ..inputs.names import clean
 from ..tasks.records import Record
 from .atomic import atomic_write
-from .dataset_folder import folder_of, read_as_one
 
 log = logging.getLogger("kosmos_cli")
 
@@ -217,104 +214,6 @@ def unified_schema(task: TaskSchema, schemas: list):
 
 def dumps(row: dict[str, Any]) -> str:
     return json.dumps(carried_columns.to_jsonable(clean(row)), ensure_ascii=False, allow_nan=False) + "\n"
-
-
-def read_records(path: str) -> Iterator[dict[str, Any]]:
-    """Rows of any results file this tool wrote (JSONL or Parquet), or of a dataset folder of Parquet parts (here
-    or in a bucket), for `draw`, `export` and tests."""
-    if names_folder(path):
-        yield from dataset_rows(path)
-        return
-    if not os.path.exists(path):
-        raise InputError(f"results file not found: {path}")
-    fmt = detect_format(path) if os.path.splitext(path)[1].lower() in _EXTENSIONS else _sniff(path)
-    if fmt == "jsonl":
-        yield from jsonl_rows(path, strict=True)
-    else:
-        yield from parquet_rows(path, None, strict=True)
-
-
-def dataset_rows(path: str) -> Iterator[dict[str, Any]]:
-    """The rows of every part of a dataset folder, oldest run's first (dataset_folder.read_as_one: a file kosmos
-    did not name is no part of a dataset), or of every Parquet file of a folder of parts (`<out>.parts/`)."""
-    import pyarrow.parquet as pq
-
-    folder = folder_of(path)
-    if folder.kind() == "missing":
-        raise InputError(f"results folder not found: {path}")
-    parts = read_as_one(folder.names())
-    if not parts:
-        raise InputError(f"{path} holds no results (no .parquet parts): is it a results folder of kosmos?")
-    for name in parts:
-        with folder.open(name) as f:
-            try:
-                pf = pq.ParquetFile(f)
-            except Exception as exc:  # pyarrow raises several types for a damaged file
-                raise InputError(f"{folder.url}{name} is not a readable Parquet file ({exc})") from None
-            if "path" not in pf.schema_arrow.names:
-                raise InputError(f"{folder.url}{name} has no 'path' column: is it a results file of kosmos?")
-            batches, number = pf.iter_batches(batch_size=4096), 0
-            while True:
-                try:
-                    batch = next(batches, None)
-                except Exception as exc:  # noqa: BLE001 - a damaged page: pyarrow raises OSError, ArrowInvalid, ...
-                    why = " ".join(str(exc).split())[:200]
-                    raise InputError(
-                        f"{folder.url}{name} cannot be read past row {number} ({why}): it is damaged; restore it, or "
-                        "move it out of the folder"
-                    ) from None
-                if batch is None:
-                    break
-                number += batch.num_rows
-                yield from batch.to_pylist()
-
-
-def _sniff(path: str) -> str:
-    with open(path, "rb") as f:
-        return "parquet" if f.read(4) == b"PAR1" else "jsonl"
-
-
-def jsonl_rows(path: str, strict: bool = False) -> Iterator[dict[str, Any]]:
-    try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        return
-    with f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                if strict:
-                    raise InputError(f"{path} line {number} is not JSON: is it a results file of kosmos?") from None
-                log.warning("%s line %d is damaged: ignored", path, number)
-                continue
-            if not isinstance(row, dict) or "path" not in row:
-                if strict:
-                    raise InputError(f"{path} line {number} has no 'path': is it a results file of kosmos?")
-                continue
-            yield row
-
-
-def parquet_rows(path: str, columns: Iterable[str] | None, strict: bool = False) -> Iterator[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        if strict or not os.path.dirname(path).endswith(".parts"):
-            raise OutputError(
-                f"{path} is not a readable Parquet file ({exc}): move it away or pass --overwrite"
-            ) from None
-        log.warning("ignoring damaged part %s", path)  # Store.repair removes it
-        return
-    names = pf.schema_arrow.names
-    if "path" not in names:
-        raise InputError(f"{path} has no 'path' column: is it a results file of kosmos?")
-    wanted = [c for c in columns if c in names] if columns is not None else None
-    for batch in pf.iter_batches(batch_size=4096, columns=wanted):
-        yield from batch.to_pylist()
 
 
 def readable_parquet(path: str) -> bool:

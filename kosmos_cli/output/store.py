@@ -53,13 +53,12 @@ from .formats import (
     Sink,
     StdoutSink,
     disk_error,
-    jsonl_rows,
-    parquet_rows,
     repair_jsonl_tail,
 )
 from .handle import Output, Recorded, RecordedKeys, Writers, in_use, present_only
 from .locking import OutputLock
 from .ownership import NotOurs, not_ours, owner_of, refuse_inputs, refuse_other_task
+from .reader import resume_rows
 
 log = logging.getLogger("kosmos_cli")
 
@@ -193,11 +192,8 @@ class Store:
         compaction.repair(self.path, self.fmt, self.parts_dir)
 
     def rows(self, path: str, columns: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
-        """The rows of one record file (the output or a part)."""
-        if self._is_jsonl(path):
-            yield from jsonl_rows(path)
-        else:
-            yield from parquet_rows(path, columns)
+        """The rows of one record file (the output or a part), as a resume scan reads them (reader.resume_rows)."""
+        yield from resume_rows(path, columns, jsonl=self._is_jsonl(path))
 
     def scan(self, parts: bool = True) -> RecordedKeys:
         """What the output holds (the last record of each key wins). `parts=False`: the output alone, leaving

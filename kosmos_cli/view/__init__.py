@@ -5,12 +5,15 @@
     with start("results.parquet", port=0) as viewer:
         print(viewer.url)                         # a running server, for tests and notebooks
 
-reading.py   the one way into a results file: the card columns of every record, one whole record
-index.py     the query (filters, sort) over flat arrays of records and boxes; a record as a card
-thumbs.py    the images, in the displayed frame, made on demand and cached within a bound
-export.py    the `kosmos export` command line for what is shown
-server.py    the HTTP server: the page, its JSON API, the images; nothing else
-static/      the page: index.html, view.js, view.css (no build step)
+reading.py        the one way into a results file, through output/reader/: card columns of every record, one record
+cards.py          what every opened results file offers (Results), the card columns, values made fit to show
+parquet_table.py  a Parquet file or folder of parts, read by column and by row group
+jsonl_table.py    a JSONL file read once into a table of cards, each record's byte offset kept
+index.py          the query (filters, sort) over flat arrays of records and boxes; a record as a card
+thumbs.py         the images, in the displayed frame, made on demand and cached within a bound
+export.py         the `kosmos export` command line for what is shown
+server.py         the HTTP server: the page, its JSON API, the images; nothing else
+static/           the page: index.html, view.js, view.css (no build step)
 """
 
 from .server import DEFAULT_PORT, Viewer, serve, start

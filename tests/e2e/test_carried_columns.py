@@ -9,7 +9,7 @@ import pytest
 
 from kosmos_cli.inputs import carried_columns as carried
 from kosmos_cli.inputs.sources import iter_items
-from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.reader import read_records
 from kosmos_cli.output.store import Store
 from kosmos_cli.tasks import GroundRecord
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.reader import read_records
 from tests.helpers import kosmos, one_error_line, rows_of
 
 

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kosmos_cli.cli import app
-from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.reader import read_records
 from kosmos_cli.output.store import Store
 from tests.helpers import ROOT, make_images
 

@@ -15,7 +15,8 @@ import pytest
 from kosmos_cli import draw, ground
 from kosmos_cli.errors import LockedError, OutputError, UsageError
 from kosmos_cli.output.dataset import DatasetStore
-from kosmos_cli.output.formats import DATASET, check_out, detect_format, names_folder, read_records
+from kosmos_cli.output.formats import DATASET, check_out, detect_format, names_folder
+from kosmos_cli.output.reader import read_records
 from kosmos_cli.output.store import Store
 from kosmos_cli.run.ranks import Solo
 from kosmos_cli.tasks import FindRecord, Ground, GroundRecord

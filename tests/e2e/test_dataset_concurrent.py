@@ -18,7 +18,7 @@ import pytest
 
 from kosmos_cli.output import dataset as dataset_module
 from kosmos_cli.output.dataset import DatasetStore
-from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.reader import read_records
 from kosmos_cli.run.ranks import Solo
 from kosmos_cli.tasks import GroundRecord
 from tests.helpers import ROOT, make_images

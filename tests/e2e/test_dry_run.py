@@ -10,7 +10,7 @@ import time
 import pytest
 
 from kosmos_cli import find, ground
-from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.reader import read_records
 from tests.helpers import ROOT, kosmos, make_images, one_error_line
 
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from kosmos_cli import ground
-from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.reader import read_records
 from kosmos_cli.output.store import Store
 from kosmos_cli.run.ranks import Solo
 from kosmos_cli.tasks import Ground, GroundRecord

@@ -103,7 +103,7 @@ def test_non_utf8_bytes_in_csv_and_jsonl_manifests_are_read_as_file_names(tmp_pa
 
 
 def test_json_text_is_recorded_the_same_way(tmp_path):
-    from kosmos_cli.output.formats import read_records
+    from kosmos_cli.output.reader import read_records
     from kosmos_cli.output.store import Store
     from kosmos_cli.tasks import GroundRecord
 

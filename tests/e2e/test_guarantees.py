@@ -16,7 +16,7 @@ import pytest
 from kosmos_cli import find, ground, refer
 from kosmos_cli.errors import UsageError
 from kosmos_cli.model.engine import Engine, GenerationOptions
-from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.reader import read_records
 from kosmos_cli.output.store import Store
 from kosmos_cli.run.ranks import Solo
 from kosmos_cli.tasks import FindRecord, Ground, GroundRecord, ReferRecord

@@ -23,7 +23,7 @@ from kosmos_cli import ground
 from kosmos_cli.errors import InputError
 from kosmos_cli.inputs.locations import FetchOptions, Unreadable, http, open_image
 from kosmos_cli.inputs.locations.http import fetch_bytes
-from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.reader import read_records
 from kosmos_cli.run.threads import ordered_map
 from tests.helpers import ROOT, SHAPES_MODEL, killed_after, kosmos, kosmos_process, one_error_line, rows_of
 from tests.helpers.serve import ImageServer, self_signed

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from kosmos_cli import ground
-from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.reader import read_records
 from kosmos_cli.output.store import Output
 from kosmos_cli.run import pipeline
 from kosmos_cli.run.threads import FinishBehind

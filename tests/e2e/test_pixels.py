@@ -9,7 +9,7 @@ from PIL import Image
 from kosmos_cli import ground, load_engine
 from kosmos_cli.model import engine as engine_module
 from kosmos_cli.model.engine import ClipPixels, Engine
-from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.reader import read_records
 from tests.helpers import build_processor, make_images
 
 

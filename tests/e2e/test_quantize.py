@@ -14,7 +14,7 @@ from kosmos_cli import ground, load_engine
 from kosmos_cli.errors import ModelError, UsageError
 from kosmos_cli.model import quantize
 from kosmos_cli.model.engine import ModelOptions
-from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.reader import read_records
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from kosmos_cli.inputs import locations  # noqa: E402
 from kosmos_cli.inputs.locations import FetchOptions, Unreadable  # noqa: E402
 from kosmos_cli.inputs.locations.fs import expand_remote, filesystem, read_remote, remote_stat  # noqa: E402
 from kosmos_cli.inputs.sources import check_inputs, iter_items  # noqa: E402
-from kosmos_cli.output.formats import read_records  # noqa: E402
+from kosmos_cli.output.reader import read_records  # noqa: E402
 from tests.helpers import SHAPES_MODEL, killed_after, kosmos_process, one_error_line, runner  # noqa: E402
 
 from kosmos_cli.cli import app  # noqa: E402  isort: skip

@@ -4,7 +4,7 @@ import json
 import os
 
 import kosmos_cli
-from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.reader import read_records
 from kosmos_cli.output.store import Store
 from kosmos_cli.tasks import GroundRecord
 

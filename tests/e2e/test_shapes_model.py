@@ -16,7 +16,7 @@ import pytest
 import shapes  # tools/shapes.py
 
 from kosmos_cli import ground
-from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.reader import read_records
 from tests.helpers import ROOT
 
 

@@ -15,7 +15,7 @@ from kosmos_cli import api, tasks
 from kosmos_cli.cli import app
 from kosmos_cli.model.prompts import caption_prompt
 from kosmos_cli.options import Group, option
-from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.reader import read_records
 from kosmos_cli.tasks import Task, Unit
 from kosmos_cli.tasks.markup import parse
 from kosmos_cli.tasks.records import Record

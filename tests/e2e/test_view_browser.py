@@ -20,7 +20,7 @@ from PIL import Image
 
 from kosmos_cli import find, ground, refer
 from kosmos_cli.exports.classes import Classes
-from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.reader import read_records
 from kosmos_cli.tasks import GroundRecord
 from kosmos_cli.view import start
 

@@ -12,7 +12,7 @@ import pytest
 from kosmos_cli.errors import InputError
 from kosmos_cli.inputs.listing import Unlisted
 from kosmos_cli.inputs.sources import iter_items
-from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.reader import read_records
 from kosmos_cli.output.store import Store
 from kosmos_cli.tasks import GroundRecord
 from kosmos_cli.tasks.records import carried_name

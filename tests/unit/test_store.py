@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kosmos_cli.errors import LockedError, OutputError, UsageError
-from kosmos_cli.output.formats import read_records
+from kosmos_cli.output.reader import read_records
 from kosmos_cli.output.store import Recorded, Store, present_only
 from kosmos_cli.run.ranks import Solo
 from kosmos_cli.tasks import FindRecord, Ground, GroundRecord, ReferRecord

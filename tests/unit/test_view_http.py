@@ -25,7 +25,8 @@ from kosmos_cli import export
 from kosmos_cli.drawing.colors import PALETTE, text_color
 from kosmos_cli.errors import InputError, UsageError
 from kosmos_cli.exports import FORMATS
-from kosmos_cli.output.formats import read_records, records_table
+from kosmos_cli.output.formats import records_table
+from kosmos_cli.output.reader import read_records
 from kosmos_cli.tasks import Find, FindRecord, Ground, GroundRecord, Refer, ReferRecord
 from kosmos_cli.tasks.records import Entity
 from kosmos_cli.view import start
@@ -1000,3 +1001,15 @@ def test_open_without_a_browser_says_so_and_still_serves(results, tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 0 and err == "kosmos view: stopped\n"
+
+
+def test_an_image_whose_name_is_not_valid_unicode_is_shown_as_draw_opens_it(tmp_path):
+    """The name is recorded with `\\xNN` escapes (inputs/names.py): the page opens it by its original bytes, as draw."""
+    from kosmos_cli.inputs.names import recorded
+
+    name = os.fsdecode(b"caf\xe9.png")
+    grey(tmp_path / name, (40, 30))
+    found = [("x", [[0, 0, 5, 5]], [0.5])]
+    path = write([ground_row(recorded(name), (40, 30), "An image of x.", found)], tmp_path / "r.jsonl")
+    with start(path) as running:
+        assert image_of(running, 0).size == (40, 30)

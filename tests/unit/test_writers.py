@@ -5,7 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from kosmos_cli.errors import InputError, LockedError, OutputError, UsageError
-from kosmos_cli.output.formats import JsonlSink, ParquetPartSink, detect_format, dumps, read_records, records_table
+from kosmos_cli.output.formats import JsonlSink, ParquetPartSink, detect_format, dumps, records_table
+from kosmos_cli.output.reader import read_records
 from kosmos_cli.output.store import Store
 from kosmos_cli.tasks import Ground, GroundRecord
 from kosmos_cli.tasks.records import Entity

@@ -1,11 +1,11 @@
-"""Results files read back: the one reader that draw, export and view share, turning rows into typed results.
+"""Results read back as typed results: what draw, export and eval see of each record.
 
     for result in reader.read("results.parquet"):
         if isinstance(result, Bad): ...                            # warn (result.message(path)), skip, count
         result.task, result.path, result.status, result.regions   # a Result
 
-`read` takes whatever the path names and dispatches on it: a JSONL file or a Parquet file (a folder of Parquet
-parts is one more branch in `rows`). A file is a results file of kosmos when its first row is a kosmos record: a
+`read` takes whatever the path names (files.results_path: a JSONL file, a Parquet file, a folder of parts) and
+reads its rows (files.rows). A file is a results file of kosmos when its first row is a kosmos record: a
 `path`, a `status` and the fields of a known task; anything else (a manifest, an image, a damaged Parquet file) is
 refused in one line (InputError), before a reader writes anything. Any other line or row that cannot be used (not
 JSON, not a record; a record with NaN in a box, a box of three numbers or of strings, a string width or score,
@@ -23,7 +23,6 @@ spans, for the gallery).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -31,18 +30,14 @@ from dataclasses import dataclass, field
 from types import NoneType
 from typing import Any
 
-from .. import tasks
-from ..errors import InputError
-from ..inputs import locations
-from ..inputs.images import NOT_REGULAR, is_special
-from ..inputs.names import clean, original
-from ..tasks.records import OK
-from .dataset_folder import folder_of, read_as_one
-from .formats import dataset_rows, names_folder
+from ... import tasks
+from ...errors import InputError
+from ...inputs import locations
+from ...inputs.names import clean, original
+from ...tasks.records import OK
+from .files import NOT_RESULTS, Bad, rows
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the image as displayed
-
-_NOT_RESULTS = "pass the .jsonl or .parquet file written by kosmos ground, refer or find"
 
 
 @dataclass(frozen=True)
@@ -78,18 +73,6 @@ class Result:
         return tasks.get(self.task).key(self.row)
 
 
-@dataclass(frozen=True)
-class Bad:
-    """A line or row of a results file that cannot be used: where it is ("line 7", "row 7") and why."""
-
-    where: str
-    why: str
-
-    def message(self, path: str) -> str:
-        """The one line a reader warns with (`path`: the results file, when the row came from one)."""
-        return f"{path} {self.where} skipped: {self.why}" if path else f"{self.where} skipped: {self.why}"
-
-
 class BadRecord(ValueError):
     """A row that is no usable record; the message says why."""
 
@@ -102,7 +85,7 @@ NOT_A_RECORD = "not a kosmos record: no status, caption, box_px or phrase"
 
 
 def read(path: str) -> Iterator[Result | Bad]:
-    """The results in the file (or, later, the folder) at `path`, in order, and a `Bad` for each line or row that
+    """The results in the file (or the folder of parts) at `path`, in order, and a `Bad` for each line or row that
     cannot be used. InputError when its first row is not a kosmos record: it is no results file of kosmos."""
     here = os.path.dirname(os.path.abspath(path))
     first = True
@@ -113,7 +96,7 @@ def read(path: str) -> Iterator[Result | Bad]:
             result = result_of(row, here)
         except BadRecord as exc:
             if first and isinstance(exc, NotARecord):
-                raise InputError(f"{path} is not a results file of kosmos ({where} is {exc}): {_NOT_RESULTS}") from None
+                raise InputError(f"{path} is not a results file of kosmos ({where} is {exc}): {NOT_RESULTS}") from None
             yield Bad(where, str(exc))
         else:
             yield result
@@ -228,72 +211,3 @@ def locate(path: str, root: str | None) -> str:
         if beside is not None and os.path.exists(beside):
             return beside
     return path
-
-
-# -- rows of a results file ------------------------------------------------------------------------------------
-def rows(path: str) -> Iterator[tuple[str, Any]]:
-    """(where, row) for each row of the results at `path`, whatever it is: JSONL or Parquet (by its first bytes).
-    A JSONL line that is no JSON object comes as a Bad."""
-    if names_folder(path):  # a dataset: a folder of Parquet parts, here or in a bucket
-        folder = folder_of(path)
-        if folder.kind() == "missing":
-            raise InputError(f"results folder not found: {path}")
-        if not read_as_one(folder.names()):
-            raise InputError(f"{path} is a folder: {_NOT_RESULTS} (or a dataset folder that --out DIR/ wrote)")
-        for number, row in enumerate(dataset_rows(path), 1):
-            yield f"row {number}", row
-        return
-    if not os.path.exists(path):
-        raise InputError(f"results file not found: {path}")
-    if is_special(path):  # a FIFO would hold the reader forever, /dev/zero never ends
-        raise InputError(f"{path} is {NOT_REGULAR}: results are read from a file that kosmos wrote")
-    if _is_parquet(path):
-        yield from _parquet_rows(path)
-    else:
-        yield from _jsonl_rows(path)
-
-
-def _is_parquet(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"PAR1"
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
-def _jsonl_rows(path: str) -> Iterator[tuple[str, Any]]:
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"line {number}"
-            try:
-                row = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError:
-                yield where, Bad(where, "not UTF-8 text")
-            except (ValueError, RecursionError):
-                yield where, Bad(where, "not JSON")
-            else:
-                yield where, row
-
-
-def _parquet_rows(path: str) -> Iterator[tuple[str, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-        raise InputError(f"{path} is not a readable Parquet file: {_NOT_RESULTS}") from None
-    number, batches = 0, pf.iter_batches(batch_size=4096)
-    while True:
-        try:
-            batch = next(batches, None)
-        except Exception as exc:  # noqa: BLE001 - a damaged page: pyarrow raises OSError, ArrowInvalid, ...
-            raise InputError(
-                f"{path} cannot be read past row {number} ({exc}): it is damaged; {_NOT_RESULTS}, whole"
-            ) from None
-        if batch is None:
-            return
-        for row in batch.to_pylist():
-            number += 1
-            yield f"row {number}", row
