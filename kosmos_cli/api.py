@@ -39,7 +39,7 @@ from .options import (
     ViewOptions,
     keyword_options,
 )
-from .output.dataset import Imported, import_file
+from .output.dataset_import import Imported, import_file
 from .run import runner
 from .run.pipeline import Progress, Summary
 from .run.plan import Plan
