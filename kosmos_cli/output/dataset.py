@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -69,7 +69,6 @@ from .dataset_folder import (
     in_order,
     is_part,
     is_table,
-    part_rows,
     read_schema,
     rows_while_there,
     schema_while_there,
@@ -192,9 +191,6 @@ class DatasetStore(OutputStore):
     def staged(self) -> list[str]:
         """The names of the staged batches (this run's, another run's, or a dead run's), in the order written."""
         return staging.staged(self.staging)
-
-    def rows(self, name: str, columns: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
-        return part_rows(self.place, name, columns)
 
     def scan(self, parts: bool = True) -> RecordedKeys:
         """What the dataset holds, staged batches included (whatever `parts` says: each process stages batches of

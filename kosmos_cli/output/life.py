@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from .handle import Output, Recorded, RecordedKeys, Writers, in_use
 from .locking import OutputLock
 
 
-class OutputStore:
+class OutputStore(ABC):
     """One output and its life: what a run opens, writes and settles, under the output's lock (None: a bucket, where
     nothing is locked)."""
 
@@ -67,32 +68,23 @@ class OutputStore:
         """Key -> what is recorded for it (the last record of each key): what a run skips."""
         return self.scan().seen
 
-    # -- each store's own steps ------------------------------------------------------------------------------
-    def check(self, inputs: Iterable[Any] = (), overwrite: bool = False) -> None:
-        raise NotImplementedError
-
-    def make(self) -> None:
-        """Make the folder the output goes in."""
-        raise NotImplementedError
-
-    def repair(self) -> None:
-        raise NotImplementedError
-
-    def remove(self) -> None:
-        raise NotImplementedError
-
-    def fold_leftovers(self) -> None:
-        """Fold in what an interrupted run left (and drop records written twice)."""
-        raise NotImplementedError
-
-    def scan(self, parts: bool = True) -> RecordedKeys:
-        raise NotImplementedError
-
-    def sink(self, direct: bool = True) -> Sink:
-        raise NotImplementedError
-
-    def settle(self, output: Output) -> None:
-        raise NotImplementedError
+    # -- each store's own steps (`make`: the folder the output goes in; `fold_leftovers`: what a killed run left) --
+    @abstractmethod
+    def check(self, inputs: Iterable[Any] = (), overwrite: bool = False) -> None: ...
+    @abstractmethod
+    def make(self) -> None: ...
+    @abstractmethod
+    def repair(self) -> None: ...
+    @abstractmethod
+    def remove(self) -> None: ...
+    @abstractmethod
+    def fold_leftovers(self) -> None: ...
+    @abstractmethod
+    def scan(self, parts: bool = True) -> RecordedKeys: ...
+    @abstractmethod
+    def sink(self, direct: bool = True) -> Sink: ...
+    @abstractmethod
+    def settle(self, output: Output) -> None: ...
 
 
 def nearest_folder(start: str, own: str | None = None) -> str:
