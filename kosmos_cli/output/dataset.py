@@ -160,11 +160,7 @@ class DatasetStore(OutputStore):
                 continue  # folded or tidied away by another run meanwhile (a bucket)
             except NotOurs as exc:
                 if place is self.staging:
-                    raise UsageError(
-                        f"{{param}} {self.path}: {self.staging.url}{name} is not a batch kosmos staged ({exc}); "
-                        f"kosmos keeps only its own batches in {STAGING}/: move it out of there and run again",
-                        param="out",
-                    ) from None
+                    raise staging.not_a_batch(self.path, self.staging, name, str(exc)) from None
                 raise not_ours(self.path, NotOurs(f"it holds {name}: {exc}"), what="dataset") from None
             found = found or task
             if task != found:

@@ -1,15 +1,11 @@
-"""Settling a dataset (the main process, holding the lock): fold the staged batches it may into parts, then
-rewrite whole the parts whose records a later part replaced or --prune drops, each with the dataset's one schema.
+"""Settling a dataset (the main process, holding the lock): fold the staged batches it may into parts
+(dataset.py says how they are named and sized), then tidy the parts.
 
-- Folding: the staged batches a run may fold (dataset_staging.foldable), in order, go into parts of up to
-  PART_ROWS records (`part-<stamp>-r<rank>-<seq>.parquet`, the stamp of the run that wrote them); then they are
-  removed, with their runs' markers.
-- Tidying: a part holding records that a later part replaced (redone with other settings, or written twice) or
-  that `--prune` drops is rewritten whole without them, or removed when nothing is left of it; a part whose schema
-  differs from the dataset's (a carried column widened) is rewritten to it. Each step leaves a valid dataset; a
-  kill between two leaves at most records written twice, which the next run drops before it starts.
-- In a bucket, where another run may be tidying at once, a part is rewritten from one read of it, so it only ever
-  loses records a later part holds; the run that ends last finds the records written twice and drops them.
+Tidying: a part holding records that a later part replaced (redone with other settings, or written twice) or that
+`--prune` drops is rewritten whole without them, or removed when nothing is left of it; a part whose schema differs
+from the dataset's (a carried column widened) is rewritten to it. Each step leaves a valid dataset; a kill between
+two leaves at most records written twice, which the next run drops before it starts. In a bucket, where another run
+may be tidying at once, a part is rewritten from one read of it, and the run that ends last drops what is left twice.
 """
 
 from __future__ import annotations

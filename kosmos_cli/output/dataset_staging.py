@@ -39,13 +39,17 @@ def batches(staging: Folder, path: str) -> list[str]:
     names = [name for name in staging.names() if name.endswith(".parquet")]
     for name in names:
         if not _STAGED.match(name):
-            raise UsageError(
-                f"{{param}} {path}: {staging.url}{name} is not a batch kosmos staged (kosmos names them "
-                f"<stamp>-<rank>-<seq>.parquet); kosmos keeps only its own batches in {STAGING}/: move it out of "
-                "there and run again",
-                param="out",
-            )
+            raise not_a_batch(path, staging, name, "kosmos names them <stamp>-<rank>-<seq>.parquet")
     return names
+
+
+def not_a_batch(path: str, staging: Folder, name: str, why: str) -> UsageError:
+    """A file in the staging folder of the dataset `path` that is no batch of ours (`why`), named, with what to do."""
+    return UsageError(
+        f"{{param}} {path}: {staging.url}{name} is not a batch kosmos staged ({why}); kosmos keeps only its own "
+        f"batches in {STAGING}/: move it out of there and run again",
+        param="out",
+    )
 
 
 def staged(staging: Folder) -> list[str]:
