@@ -26,10 +26,10 @@ next run rather than copied now. Reading an output (to resume) takes the last re
 written again for a changed image replaces the older one. A torn last JSONL line or a half-written part left by
 a crash is repaired, never appended after.
 
-The store's concerns live in modules of their own, and life.py (the life every store shares) puts them in
-order: whose file an output is
-(ownership.py: nothing but an output of this task is ever touched), the lock (locking.py), folding record files
-into one and clearing what a crash left (compaction.py), and the bytes of each format (formats.py).
+The store's concerns live in modules of their own, and life.py (the life every store shares) puts them in order:
+whose file an output is (ownership.py: nothing but an output of this task is ever touched), the lock (locking.py),
+folding record files into one and clearing what a crash left (compaction.py), and the bytes of each format
+(formats.py).
 """
 
 from __future__ import annotations
