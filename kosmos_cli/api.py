@@ -23,7 +23,7 @@ from .exports.classes import parse_classes
 from .inputs import locations
 from .model.engine import Engine
 from .options import OUT, RUN_GROUPS, FindOptions, GenerationOptions, GroundOptions, ModelOptions, ReferOptions
-from .output.dataset import Imported, import_file
+from .output.dataset_import import Imported, import_file
 from .reader_options import ClassOptions, DrawOptions, Duplicates, EvalOptions, ExportOptions, ScoreFilter, ViewOptions
 from .run import runner
 from .run.pipeline import Progress, Summary

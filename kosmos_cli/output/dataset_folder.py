@@ -284,3 +284,23 @@ def _rows(f: IO[bytes], columns: Any) -> Iterator[dict[str, Any]]:
     wanted = [c for c in columns if c in names] if columns is not None else None
     for batch in pf.iter_batches(batch_size=4096, columns=wanted):
         yield from batch.to_pylist()
+
+
+def stamp_of(part: str) -> str:
+    """The stamp of the run that wrote a part (`part-<stamp>-...`); "" for a name that is no part."""
+    m = PART.match(part)
+    return m.group(1) if m else ""
+
+
+def rows_while_there(folder: Readable, name: str, columns: Any = None) -> Iterator[dict[str, Any]]:
+    """A part's (or batch's) rows; none when it is gone (folded or tidied away by another run, in a bucket)."""
+    with contextlib.suppress(FileNotFoundError):
+        yield from part_rows(folder, name, columns)
+
+
+def schema_while_there(folder: Readable, name: str) -> Any:
+    """A part's (or batch's) schema; None when it is gone."""
+    try:
+        return read_schema(folder, name)
+    except FileNotFoundError:
+        return None

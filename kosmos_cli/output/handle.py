@@ -129,6 +129,10 @@ class Output:
         """A pass that provably saw every input: records of paths not in `present` may be pruned on exit."""
         self.present = present
 
+    def keep(self) -> Callable[[str], bool] | None:
+        """What settling keeps: after a complete pass with --prune, the keys of the paths it saw; else every key."""
+        return present_only(self.present) if self.present is not None else None
+
 
 @contextlib.contextmanager
 def in_use(output: Output, writers: Writers) -> Iterator[Output]:

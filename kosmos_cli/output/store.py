@@ -26,15 +26,15 @@ next run rather than copied now. Reading an output (to resume) takes the last re
 written again for a changed image replaces the older one. A torn last JSONL line or a half-written part left by
 a crash is repaired, never appended after.
 
-The store's concerns live in modules of their own, and the store puts them in order: whose file an output is
-(ownership.py: nothing but an output of this task is ever touched), the lock (locking.py), folding record files
-into one and clearing what a crash left (compaction.py), and the bytes of each format (formats.py).
+The store's concerns live in modules of their own, and life.py (the life every store shares) puts them in order:
+whose file an output is (ownership.py: nothing but an output of this task is ever touched), the lock (locking.py),
+folding record files into one and clearing what a crash left (compaction.py), and the bytes of each format
+(formats.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import sys
@@ -55,7 +55,8 @@ from .formats import (
     disk_error,
     repair_jsonl_tail,
 )
-from .handle import Output, Recorded, RecordedKeys, Writers, in_use, present_only
+from .handle import Output, Recorded, RecordedKeys, Writers, present_only
+from .life import OutputStore, nearest_folder, refuse_unwritable
 from .locking import OutputLock
 from .ownership import NotOurs, not_ours, owner_of, refuse_inputs, refuse_other_task
 from .reader import resume_rows
@@ -63,17 +64,15 @@ from .reader import resume_rows
 log = logging.getLogger("kosmos_cli")
 
 
-class Store:
+class Store(OutputStore):
     """One named output on disk: its lock, what it holds, its parts, and folding them in."""
-
-    spool = False  # a stand-in for stdout: resumed like any output; after a run, copied to stdout and removed
 
     def __init__(self, path: str, fmt: str, task: str | type[Task], rank: int = 0):
         self.task = tasks.get(task) if isinstance(task, str) else task
         self.path, self.fmt, self.rank = path, fmt, rank
         self.parts_dir = path + ".parts"
         self.lock_path = path + ".lock"
-        self._lock = OutputLock(self.lock_path, path)
+        self._lock: OutputLock = OutputLock(self.lock_path, path)
 
     @classmethod
     def for_run(cls, out: str, fmt: str, task: type[Task], writers: Writers) -> Store | DatasetStore:
@@ -88,35 +87,15 @@ class Store:
             return StdoutStore(task)
         return SpoolStore(f".kosmos-stdout-{task.name}.jsonl", "jsonl", task, writers.rank)
 
-    # -- the life of a run -------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def open(self, writers: Writers, *, overwrite: bool = False, wait: bool = False) -> Iterator[Output]:
-        """Prepare the output for a run, yield what it holds and where to write, and settle it afterwards.
-
-        The main process locks it, repairs what a crash left, and removes it (`overwrite`) or folds leftovers in.
-        On exit the sink is closed; once every writer is done (`writers.merged`) the main one compacts and tidies,
-        then lets go of the lock.
-        """
-        try:
-            if writers.main:
-                self.lock(wait=wait)
-                self.check(overwrite=overwrite)  # under the lock: nothing but this task's output is touched
-                self.repair()
-                if overwrite:
-                    self.remove()
-                elif self.needs_compaction():
-                    self.compact()  # leftovers of an interrupted run, or records written twice
-            held = self.scan(parts=writers.solo).seen
-            with in_use(Output(self, held, self.sink(direct=writers.solo)), writers) as output:
-                yield output
-        finally:
-            self.unlock()
+    # -- the life of a run (life.OutputStore.open) ---------------------------------------------------------
+    def fold_leftovers(self) -> None:
+        if self.needs_compaction():
+            self.compact()  # leftovers of an interrupted run, or records written twice
 
     def settle(self, output: Output) -> None:
         """After a run: fold parts in, drop replaced records and (after a complete pass) pruned ones; tidy."""
-        present = output.present
-        if present is not None or output.replaced or self.has_parts():
-            self.compact(present_only(present) if present is not None else None)
+        if output.present is not None or output.replaced or self.has_parts():
+            self.compact(output.keep())
         self.tidy()
 
     # -- whose output (ownership.py) -------------------------------------------------------------------
@@ -157,23 +136,10 @@ class Store:
         """
         if self.spool:
             return
-        existing = os.path.dirname(os.path.abspath(self.path))
-        while not os.path.isdir(existing):
-            if os.path.lexists(existing):  # a file where a folder has to be
-                raise disk_error(NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)), existing)
-            existing = os.path.dirname(existing)
-        for place in (existing, self.path, self.lock_path):
-            if os.path.exists(place) and not os.access(place, os.W_OK):
-                raise disk_error(PermissionError(errno.EACCES, os.strerror(errno.EACCES)), place)
+        for place in (nearest_folder(os.path.dirname(os.path.abspath(self.path))), self.path, self.lock_path):
+            if os.path.exists(place):
+                refuse_unwritable(place)
         self._lock.probe()
-
-    def lock(self, wait: bool = False) -> None:
-        """Take the output's lock. The kernel drops it when this process ends, however it ends."""
-        self._ensure_folder()
-        self._lock.take(wait)
-
-    def unlock(self) -> None:
-        self._lock.release()
 
     # -- reading -----------------------------------------------------------------------------------------
     def sources(self) -> list[str]:
@@ -234,7 +200,7 @@ class Store:
     # -- writing -----------------------------------------------------------------------------------------
     def sink(self, direct: bool = True) -> Sink:
         """Where this process writes. `direct`: JSONL appends to the output itself (single process only)."""
-        self._ensure_folder()
+        self.make()
         if self.fmt == "jsonl" and direct:
             repair_jsonl_tail(self.path)
             return JsonlSink(self.path)
@@ -255,7 +221,7 @@ class Store:
             unlink(source)
         rmdir(self.parts_dir)
 
-    def _ensure_folder(self) -> None:
+    def make(self) -> None:
         folder = os.path.dirname(os.path.abspath(self.path))
         try:
             os.makedirs(folder, exist_ok=True)

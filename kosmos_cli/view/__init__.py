@@ -12,7 +12,10 @@ jsonl_table.py    a JSONL file read once into a table of cards, each record's by
 index.py          the query (filters, sort) over flat arrays of records and boxes; a record as a card
 thumbs.py         the images, in the displayed frame, made on demand and cached within a bound
 export.py         the `kosmos export` command line for what is shown
-server.py         the HTTP server: the page, its JSON API, the images; nothing else
+current.py        the results as they are now: one reading and its index, read again once the file changed
+guard.py          which requests are answered at all (origin form, a Host naming this server); the security headers
+handler.py        the HTTP routes: the page, its JSON API, the images, the download of what is shown; nothing else
+server.py         the server: bound to its address, started on a thread or served until Ctrl-C
 static/           the page: index.html, view.js, view.css (no build step)
 """
 

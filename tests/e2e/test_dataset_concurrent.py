@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from kosmos_cli.output import dataset as dataset_module
+from kosmos_cli.output import dataset_staging
 from kosmos_cli.output.dataset import DatasetStore
 from kosmos_cli.output.reader import read_records
 from kosmos_cli.run.ranks import Solo
@@ -160,7 +160,7 @@ def test_in_a_bucket_a_live_runs_batches_are_left_to_it_and_a_dead_runs_are_fold
     parts = DatasetStore(url, "ground").parts()
     assert any(p.startswith(f"part-{dead.stamp}-r0000-") for p in parts)  # the dead run's, under its own stamp
     assert sorted(r["path"] for r in read_records(url)) == ["s3://x/b.png", "s3://x/c.png"]
-    monkeypatch.setattr(dataset_module, "STALE_AFTER", 0.0)  # nothing written for longer than that: dead too
+    monkeypatch.setattr(dataset_staging, "STALE_AFTER", 0.0)  # nothing written for longer than that: dead too
     with DatasetStore(url, "ground").open(Solo()):
         pass
     assert DatasetStore(url, "ground").staged() == []

@@ -58,11 +58,19 @@ LAYERS: list[tuple[str, ...]] = [
         "kosmos_cli.reader_options",
         "kosmos_cli.model.checkpoint",
     ),
-    ("kosmos_cli.output.ownership", "kosmos_cli.output.compaction", "kosmos_cli.output.handle"),
+    (  # whose output; folding files; an open output and the life every store shares; a dataset's staging, settling
+        "kosmos_cli.output.ownership",
+        "kosmos_cli.output.compaction",
+        "kosmos_cli.output.handle",
+        "kosmos_cli.output.life",
+        "kosmos_cli.output.dataset_staging",
+        "kosmos_cli.output.dataset_settling",
+    ),
     (  # the model on its device; an output's life; the one reader of results
         "kosmos_cli.model.engine",
         "kosmos_cli.output.store",
         "kosmos_cli.output.dataset",
+        "kosmos_cli.output.dataset_import",
         "kosmos_cli.output.reader",
     ),
     ("kosmos_cli.run.pipeline", "kosmos_cli.exports", "kosmos_cli.drawing"),  # the pass; the readers of results

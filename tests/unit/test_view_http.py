@@ -30,9 +30,9 @@ from kosmos_cli.output.reader import read_records
 from kosmos_cli.tasks import Find, FindRecord, Ground, GroundRecord, Refer, ReferRecord
 from kosmos_cli.tasks.records import Entity
 from kosmos_cli.view import start
+from kosmos_cli.view.guard import host_allowed
 from kosmos_cli.view.index import Index, Query, cards
 from kosmos_cli.view.reading import Changed, open_results
-from kosmos_cli.view.server import host_allowed
 from kosmos_cli.view.thumbs import Slow, Thumbnails
 from tests.helpers import ROOT
 from tests.helpers.serve import ImageServer
