@@ -11,19 +11,18 @@ of a launch, then checks the output (ours, this task's, not an input, not locked
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from . import drawing, evaluate, exports, tasks
 from .declare import Group, keyword_options
-from .errors import InputError
 from .exports.classes import parse_classes
 from .inputs import locations
 from .model.engine import Engine
 from .options import OUT, RUN_GROUPS, FindOptions, GenerationOptions, GroundOptions, ModelOptions, ReferOptions
 from .output.dataset_import import Imported, import_file
+from .output.reader import results_path
 from .reader_options import ClassOptions, DrawOptions, Duplicates, EvalOptions, ExportOptions, ScoreFilter, ViewOptions
 from .run import runner
 from .run.pipeline import Progress, Summary
@@ -195,8 +194,7 @@ def export(results: str, to: str, out: str, **given: Any):
     instead of linking them. Error records are skipped and counted. Returns an ExportSummary.
     """
     locations.check_local_output(out, "out")
-    if not os.path.exists(results):
-        raise InputError(f"results file not found: {results}")
+    results_path(results)  # one line now, before anything is written, when it names no results
     named, chosen, min_score = ClassOptions.take(given), ExportOptions.take(given), ScoreFilter.take(given).min_score
     return exports.run(
         results,
@@ -226,8 +224,7 @@ def eval_results(results: str, truth: str, **given: Any) -> evaluate.EvalReport:
     the chosen threshold marked, into this .png file. Bad truth raises InputError.
     """
     named, chosen = ClassOptions.take(given), EvalOptions.take(given)
-    if not os.path.exists(results):
-        raise InputError(f"results file not found: {results}")
+    results_path(results)
     return evaluate.run(
         results,
         truth,
