@@ -23,6 +23,7 @@ from kosmos_cli.view import start
 from tests.helpers import kosmos, make_images
 
 
+@dataclass
 class CaptionRecord(Record):
     task: ClassVar[str] = "caption"
     fields: ClassVar[tuple[str, ...]] = ("text", "words")
