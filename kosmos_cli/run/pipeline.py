@@ -112,7 +112,7 @@ class Model(Protocol):
 
 @dataclass
 class InProcess:
-    """The model in this process: images load on worker threads (`load`), batches go through `engine` here."""
+    """The model in this process: images load on worker threads, batches go through `engine` here (batching.py)."""
 
     engine: Engine
 
