@@ -194,7 +194,7 @@ def main() -> None:
             ]
         image = load_image(photos[(1024, 768)][0]).image
         pixels = engine.pixels(image)
-        prompt = task.prompt(None, 1024, 768)  # type: ignore[arg-type]
+        prompt = task.prompt(None)  # type: ignore[arg-type]
         common.append(
             (
                 "prompt encoding (prepare)",
