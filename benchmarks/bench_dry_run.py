@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -50,17 +51,16 @@ def record_half(paths: list[str], out: str) -> None:
     from kosmos_cli.options import GenerationOptions, ModelOptions
     from kosmos_cli.output.formats import records_table
     from kosmos_cli.run.plan import decoding_of
-    from kosmos_cli.tasks import Ground
+    from kosmos_cli.tasks import Ground, Settings
+    from kosmos_cli.tasks.scores import Generation
 
     task, decoding = Ground(), decoding_of(ModelOptions(), GenerationOptions())
+    settings, answer = Settings(MODEL, decoding), Generation("An image of a square")
     records = []
     for path in paths[::2]:
-        (unit,) = task.units(Item(path), MODEL)
-        record = unit.record
         st = os.stat(path)
-        record.decoding, record.file_size, record.file_mtime = decoding, st.st_size, st.st_mtime
-        record.width, record.height, record.caption = 32, 24, "An image of a square"
-        records.append(record)
+        (unit,) = task.units(Item(path, stat=(st.st_size, st.st_mtime)), settings)
+        records.append(task.record(replace(unit, size=(32, 24), generated=answer)))
     pq.write_table(records_table(records, Ground), out)
 
 

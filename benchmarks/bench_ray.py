@@ -41,12 +41,13 @@ class StandIn:
         return None, 0
 
     def answer(self, chunk, work):
-        records = []
-        for _, units in chunk:
-            for unit in units:
-                unit.record.caption = "a stand-in"
-                records.append(unit.record)
-        return records
+        from dataclasses import replace
+
+        from kosmos_cli.tasks.scores import Generation
+
+        task, _ = work
+        stand_in = Generation("a stand-in")
+        return [task.record(replace(unit, generated=stand_in)) for _, units in chunk for unit in units]
 
 
 class Instant:
@@ -59,18 +60,20 @@ class Instant:
         return given or 8
 
     def answered(self, pending, task, options):
-        from kosmos_cli.run.pipeline import Answered
+        from dataclasses import replace
 
+        from kosmos_cli.run.batching import Answered
+        from kosmos_cli.tasks.scores import Generation
+
+        stand_in = Generation("a stand-in")
         chunk = []
         for _, units in pending:
-            for unit in units:
-                unit.record.caption = "a stand-in"
-                chunk.append(unit.record)
+            chunk.extend(task.record(replace(unit, generated=stand_in)) for unit in units)
             if len(chunk) >= 2048:
-                yield Answered(chunk)
+                yield Answered(records=chunk)
                 chunk = []
         if chunk:
-            yield Answered(chunk)
+            yield Answered(records=chunk)
 
 
 def driver(n: int, repeat: int = 3) -> dict[str, dict]:

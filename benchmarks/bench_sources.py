@@ -50,7 +50,7 @@ def loader_rate(inputs: list[str], workers: int) -> tuple[float, int]:
     """images/s of listing `inputs` and reading + decoding every image on `workers` threads, as ground's loaders do."""
     from kosmos_cli.inputs.locations import FetchOptions, open_image
     from kosmos_cli.inputs.sources import iter_items
-    from kosmos_cli.run.pipeline import DRAFT_SIDE
+    from kosmos_cli.run.batching import DRAFT_SIDE
     from kosmos_cli.run.threads import ordered_map
 
     fetch = FetchOptions()
@@ -72,7 +72,7 @@ def https_rates(n: int, workers: int, rounds: int) -> None:
     import urllib.request
 
     from kosmos_cli.inputs.locations import FetchOptions, http, open_image
-    from kosmos_cli.run.pipeline import DRAFT_SIDE
+    from kosmos_cli.run.batching import DRAFT_SIDE
     from kosmos_cli.run.threads import ordered_map
     from tests.helpers.serve import self_signed
 

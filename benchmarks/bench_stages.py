@@ -21,6 +21,7 @@ normalised on the CPU; benchmarks/bench_gpu.py can call it with "cuda".
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -159,8 +160,9 @@ def main() -> None:
     from kosmos_cli.inputs.images import load_image
     from kosmos_cli.inputs.sources import Item, iter_items
     from kosmos_cli.output.formats import JsonlSink, ParquetPartSink, dumps
-    from kosmos_cli.run.pipeline import DRAFT_SIDE, Progress, RunOptions, Summary, _todo
-    from kosmos_cli.tasks import Ground
+    from kosmos_cli.run.batching import DRAFT_SIDE
+    from kosmos_cli.run.pipeline import Progress, RunOptions, Summary, _todo
+    from kosmos_cli.tasks import Ground, Settings
     from kosmos_cli.tasks.records import Record
     from kosmos_cli.tasks.scores import Generation
 
@@ -192,7 +194,7 @@ def main() -> None:
             ]
         image = load_image(photos[(1024, 768)][0]).image
         pixels = engine.pixels(image)
-        prompt = task.prompt(None, 1024, 768)  # type: ignore[arg-type]
+        prompt = task.prompt(None)  # type: ignore[arg-type]
         common.append(
             (
                 "prompt encoding (prepare)",
@@ -225,20 +227,19 @@ def main() -> None:
         )
 
         batch = []
+        settings = Settings(engine.options.label, engine.decoding)
         for i in range(n):
-            unit = task.units(Item(f"/data/photos/img_{i:05d}.jpg", {"id": i}), engine.options.label)[0]
-            unit.record.width, unit.record.height, unit.record.decoding = 1024, 768, engine.decoding
-            unit.record.file_size, unit.record.file_mtime, unit.record.seconds = 123456, 1.7e9, 0.01
-            unit.generated = generation
-            batch.append(unit)
+            item = Item(f"/data/photos/img_{i:05d}.jpg", {"id": i}, stat=(123456, 1.7e9))
+            unit = task.units(item, settings)[0]
+            batch.append(dataclasses.replace(unit, size=(1024, 768), seconds=0.01, generated=generation))
         common.append(
             (
-                "parse -> record (task.finish)",
-                cpu_ms(lambda: [task.finish(u, generation.text) for u in batch], n, rep),
+                "parse -> record (task.record)",
+                cpu_ms(lambda: [task.record(u) for u in batch], n, rep),
                 None,
             )
         )
-        finished: list[Record] = [u.record for u in batch]
+        finished: list[Record] = [task.record(u) for u in batch]
         assert finished[0].entities, "the generation grounds two phrases"  # type: ignore[attr-defined]
         common.append(("record -> JSON line", cpu_ms(lambda: [dumps(r.to_dict()) for r in finished], n, rep), None))
         size = min(args.batch_size, n)

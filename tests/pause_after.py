@@ -14,10 +14,10 @@ import time
 
 from kosmos_cli.cli import main
 from kosmos_cli.output.store import Output
-from kosmos_cli.run import pipeline
+from kosmos_cli.run import batching
 
 after, flag = int(os.environ["KOSMOS_TEST_PAUSE_AFTER"]), os.environ["KOSMOS_TEST_PAUSED"]
-write, forward = Output.write, pipeline._forward
+write, forward = Output.write, batching._forward
 written, forwarded = 0, 0
 durable = threading.Event()
 
@@ -43,5 +43,5 @@ def pause_before_the_next(*args, **kwargs):
 
 
 Output.write = write_then_tell
-pipeline._forward = pause_before_the_next
+batching._forward = pause_before_the_next
 main()

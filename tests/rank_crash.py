@@ -14,17 +14,17 @@ import time
 
 from kosmos_cli.cli import main
 from kosmos_cli.model.engine import Engine
-from kosmos_cli.run import pipeline
+from kosmos_cli.run import batching
 
 
 def _after_first_batch(then):
-    forward = pipeline._forward
+    forward = batching._forward
 
     def _forward_then(*args, **kwargs):
         forward(*args, **kwargs)
         then()
 
-    pipeline._forward = _forward_then
+    batching._forward = _forward_then
 
 
 if os.environ.get("RANK") == os.environ.get("KOSMOS_TEST_CRASH_RANK", "-"):

@@ -10,6 +10,9 @@ import json
 import os
 import threading
 import time
+from dataclasses import replace
+
+from kosmos_cli.tasks.scores import Generation
 
 
 def install() -> None:
@@ -37,7 +40,7 @@ def install() -> None:
 
 class StandIn:
     """A model actor that answers at once (put in place of run/ray.py's ModelActor by a test): every unit's record as
-    it came, captioned "a stand-in". Each call sleeps 0.05 s, so calls sent together overlap, and writes what it saw
+    it came, answered "a stand-in". Each call sleeps 0.05 s, so calls sent together overlap, and writes what it saw
     to `$KOSMOS_TEST_RAY/stand-in.json`: the most calls it ran at once and the units of each call."""
 
     def __init__(self, model, generation, loaders):
@@ -52,11 +55,9 @@ class StandIn:
             self.most = max(self.most, self.running)
             self.sizes.append(sum(len(units) for _, units in chunk))
         time.sleep(0.05)
-        records = []
-        for _, units in chunk:
-            for unit in units:
-                unit.record.caption = "a stand-in"
-                records.append(unit.record)
+        task, _ = work
+        stand_in = Generation("a stand-in")
+        records = [task.record(replace(unit, generated=stand_in)) for _, units in chunk for unit in units]
         with self.lock:
             self.running -= 1
             with open(os.path.join(os.environ["KOSMOS_TEST_RAY"], "stand-in.json"), "w") as f:

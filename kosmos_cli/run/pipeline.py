@@ -4,47 +4,41 @@ This is the only module that knows their order. Data flows as iterators; what is
 the batch size and the prefetch depth, never by the number of images.
 
 Who runs the model is a strategy (`Model`): `InProcess` loads images on worker threads and runs the engine in this
-process; run/ray.py runs the same stages (`load`, `bucketed`, `Answered.finish`) in actors on a Ray cluster. Either
-way this process lists the inputs, skips what the output holds, and writes every record.
+process (batching.py); run/ray.py runs the same stages (`load`, `bucketed`, `Answered.finish`) in actors on a Ray
+cluster. Either way this process lists the inputs, skips what the output holds (standing.py), and writes every
+record.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from .. import tasks
-from ..errors import OutOfMemory, UsageError
-from ..inputs.images import MODEL_SIDE
+from ..errors import UsageError
 from ..inputs.listing import Item, Unlisted
-from ..inputs.locations import open_image
 from ..inputs.locations import stat as location_stat
 from ..inputs.sources import countable, iter_items, nothing_found, shard
-from ..model.engine import Engine, Prepared
-from ..model.files import same_model
+from ..model.engine import Engine
 from ..options import GenerationOptions, ModelOptions, RunOptions
 from ..output.dataset import DatasetStore
-from ..output.store import Output, Recorded, Store, Writers
-from ..tasks import Task, Unit, path_key
-from ..tasks.records import OK, Record
-from ..tasks.scores import Generation
+from ..output.store import Output, Store, Writers
+from ..tasks import Task, path_key
+from ..tasks.records import Record
+from .batching import Answered, Pending, answered_here
 from .progress import Progress
-from .threads import FinishBehind, ordered_map, read_ahead
+from .standing import SETTINGS, standing_units
+from .threads import FinishBehind, read_ahead
 
 log = logging.getLogger("kosmos_cli")
 
 MAX_LISTED_FAILURES = 20
-SETTINGS = ("model", "prompt", "decoding")  # what a record was made with: a run with others redoes it
-DRAFT_SIDE = 2 * MODEL_SIDE  # JPEGs are decoded at a reduced scale down to this many pixels a side, not below
 FINISH_AHEAD = 2  # batches the model may answer before the last is finished and written (0: in line, no thread)
-MAX_WORKERS = 16  # image loaders by default: one per CPU up to this (a 16-core GPU host feeds 500 images/s)
 
 
 @dataclass
@@ -98,9 +92,6 @@ def counted(task: str, n: int) -> str:
     return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
-Pending = Iterator[tuple[Item, list[Unit]]]  # what is still to do: each image and its units
-
-
 class Model(Protocol):
     """Who runs the model over what is still to do: this process (`InProcess`), or a cluster (run/ray.py)."""
 
@@ -121,7 +112,7 @@ class Model(Protocol):
 
 @dataclass
 class InProcess:
-    """The model in this process: images load on worker threads (`load`), batches go through `engine` here."""
+    """The model in this process: images load on worker threads, batches go through `engine` here (batching.py)."""
 
     engine: Engine
 
@@ -141,7 +132,7 @@ class InProcess:
         return self.engine.batch_size(given)
 
     def answered(self, pending: Pending, task: Task, options: RunOptions) -> Iterator[Answered]:
-        return _batches(pending, task, self.engine, options)
+        return answered_here(pending, task, self.engine, options)
 
 
 @dataclass
@@ -317,49 +308,11 @@ def _todo(items, task: Task, model: Model, seen, options: RunOptions, summary: S
             if standing.skipped(options.retry_failed):
                 summary.skipped += 1
                 continue
-            unit.record.file_size, unit.record.file_mtime = item.stat or (None, None)
             units.append(unit)
         if units:
             yield item, units
         elif summary.skipped % 256 == 0:
             progress.advance(summary.done, summary.failed, summary.skipped)
-
-
-@dataclass(frozen=True)
-class Standing:
-    """Where one unit stands against what the output holds for its key: what a run does with it, and why."""
-
-    kind: str  # NEW, DONE (recorded ok, as it is now), FAILED (recorded as failed), CHANGED (on disk), OTHER, TWICE
-    settings: frozenset[str] = frozenset()  # OTHER: which of SETTINGS differ
-
-    def skipped(self, retry_failed: bool) -> bool:
-        return self.kind in (DONE, TWICE) or (self.kind == FAILED and not retry_failed)
-
-
-NEW, DONE, FAILED, CHANGED, OTHER, TWICE = "new", "done", "failed", "changed", "other", "twice"
-
-
-def standing_units(items, task: Task, label: str, decoding: str, seen: dict[str, Recorded]):
-    """(item, [(unit, Standing)]) for each item: each unit's standing against `seen`, the output's holdings.
-
-    The one place a run (`_todo`) and a dry run (plan.py) decide what is done. Units whose keys collide (rows naming
-    one box or phrase, however written) are one unit: the first one wins, the others are TWICE, in this run as in
-    any rerun. Items come with their stat (`stated`).
-    """
-    met: set[str] = set()  # the keys of this run's units so far
-    for item in items:
-        size, mtime = item.stat if item.stat is not None else location_stat(item.path)
-        if item.stat is None:
-            item = dataclasses.replace(item, stat=(size, mtime))
-        standings = []
-        for unit in task.units(item, label):
-            if unit.key in met:
-                standings.append((unit, Standing(TWICE)))
-                continue
-            met.add(unit.key)
-            unit.record.decoding = decoding
-            standings.append((unit, _standing(seen.get(unit.key), unit.record, size, mtime)))
-        yield item, standings
 
 
 def _same_image_once(pending):
@@ -374,138 +327,3 @@ def _same_image_once(pending):
         current = (item, list(units))
     if current is not None:
         yield current
-
-
-def _standing(recorded: Recorded | None, record: Record, size, mtime) -> Standing:
-    """Where `record`'s unit stands against what the output holds for its key (`recorded`).
-
-    Made with other settings than `record` is (model, prompt, decoding; one not recorded, as in outputs written
-    before `decoding`, counts as the same): OTHER, done again. A file changed (or appeared) since: CHANGED.
-    """
-    if recorded is None:
-        return Standing(NEW)
-    changed = frozenset(s for s in SETTINGS if _differs(s, getattr(recorded, s), getattr(record, s)))
-    if changed:
-        return Standing(OTHER, changed)
-    if recorded.file_size != size or recorded.file_mtime != mtime:
-        return Standing(CHANGED)
-    return Standing(DONE if recorded.status == OK else FAILED)
-
-
-def _differs(setting: str, recorded: str | None, current: str | None) -> bool:
-    """Whether a record's `setting` is another than this run's: the model compared as a folder when it is one (the
-    same folder named relative, absolute or through a link is the same model)."""
-    if recorded is None or recorded == current:
-        return False
-    return setting != "model" or current is None or not same_model(recorded, current)
-
-
-def load(item: Item, units: list[Unit], task: Task, engine: Engine, options: RunOptions) -> Loaded:
-    """Worker: read (a remote image: fetch) and decode the image once, then prepare every unit's request. Failures
-    become error records. `engine` needs only its processor (Engine.load(weights=False))."""
-    if item.error is not None:
-        return [(u, None) for u in units if u.record.fail(item.error)]
-    loaded = open_image(item.path, options.fetch, draft=DRAFT_SIDE if options.draft else None, data=item.data)
-    if loaded.image is None or loaded.width is None or loaded.height is None:
-        return [(u, None) for u in units if u.record.fail(loaded.error or "cannot read the image")]
-    out: list[tuple[Unit, Prepared | None]] = []
-    pixels = None
-    for unit in units:
-        unit.record.width, unit.record.height = loaded.width, loaded.height
-        try:
-            prompt = task.prompt(unit, loaded.width, loaded.height)
-            if pixels is None:
-                pixels = engine.pixels(loaded.image)
-            out.append((unit, engine.prepare(loaded.image, prompt, image_key=item.path, pixel_values=pixels)))
-        except ValueError as exc:
-            unit.record.fail(str(exc))
-            out.append((unit, None))
-    return out
-
-
-Loaded = list[tuple[Unit, Prepared | None]]  # an image's units, each with its request or None: failed (its record says)
-
-
-@dataclass
-class Answered:
-    """A batch as the model left it: records made already (failed before it: an unreadable image, a prompt refused;
-    or finished on a cluster's workers), then units with the model's answer. `finish` makes them records, in that
-    order, on any thread."""
-
-    failed: list[Record]
-    answered: list[tuple[Unit, Generation]] = field(default_factory=list)
-
-    def finish(self, task: Task) -> list[Record]:
-        records = list(self.failed)
-        for unit, answer in self.answered:
-            unit.generated = answer  # its tokens' probabilities: what the task scores its boxes with
-            try:
-                task.finish(unit, answer.text)
-            except ValueError as exc:  # output the parser cannot use: that image fails, the run goes on
-                unit.record.fail(f"cannot read the model's output: {exc}")
-            records.append(unit.record)
-        return records
-
-
-def _batches(pending, task: Task, engine: Engine, options: RunOptions) -> Iterator[Answered]:
-    """Answered batches, one at a time: loading runs ahead in workers while the model works.
-
-    Requests are bucketed by prompt token length for generate; the fast decoder takes any lengths in one batch, so
-    then every batch is full (refer and find manifests mix lengths)."""
-    size = engine.batch_size(options.batch_size)
-    workers = options.workers or default_workers()
-
-    def loading(job):  # on a worker: (item, units) -> [(unit, prepared or None)]
-        return load(*job, task, engine, options)
-
-    with closing(ordered_map(loading, pending, workers, max(2 * size, 2 * workers), "kosmos-load")) as loaded:
-        yield from bucketed(loaded, task, engine, size)
-
-
-def bucketed(loaded: Iterable[Loaded], task: Task, engine: Engine, size: int) -> Iterator[Answered]:
-    """The model's answers for loaded images, in batches of `size` requests (the last ones fewer), each batch after
-    the records that failed before it."""
-    buckets: dict[int, list[tuple[Unit, Prepared]]] = {}
-    failed: list[Record] = []
-    for units in loaded:
-        for unit, prepared in units:
-            if prepared is None:
-                failed.append(unit.record)
-                continue
-            key = 0 if engine.fast else len(prepared.input_ids)  # generate's batches need one prompt length
-            bucket = buckets.setdefault(key, [])
-            bucket.append((unit, prepared))
-            if len(bucket) >= size:
-                yield _forward(failed, bucket, task, engine)
-                failed, buckets[key] = [], []
-        if len(failed) >= size:
-            yield Answered(failed)
-            failed = []
-    for bucket in buckets.values():
-        if bucket:
-            yield _forward(failed, bucket, task, engine)
-            failed = []
-    if failed:
-        yield Answered(failed)
-
-
-def _forward(failed: list[Record], bucket: list[tuple[Unit, Prepared]], task: Task, engine: Engine) -> Answered:
-    """The model's answers for `bucket`, after the records that `failed` before it."""
-    started = time.perf_counter()
-    try:
-        answers = engine.forward_scored_safe([p for _, p in bucket], task.stop_at)
-    except OutOfMemory as exc:  # not even one request fits: these records fail, the run goes on
-        return Answered(failed + [unit.record.fail(str(exc)) for unit, _ in bucket])
-    each = round((time.perf_counter() - started) / len(bucket), 4)
-    for unit, _ in bucket:
-        unit.record.seconds = each
-    return Answered(failed, [(unit, answer) for (unit, _), answer in zip(bucket, answers)])
-
-
-def default_workers() -> int:
-    """Image loaders when --workers is not given: one per CPU this process may run on, at most MAX_WORKERS."""
-    try:
-        cpus = len(os.sched_getaffinity(0))  # what taskset or a container's cpuset leaves us, where known
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return max(1, min(MAX_WORKERS, cpus))

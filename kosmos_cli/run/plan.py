@@ -1,7 +1,7 @@
 """--dry-run: what a run would do, found as the run finds it, with no model and nothing written.
 
 The inputs are listed and checked as a run lists them (pipeline.as_items), the output is read as a run reads it
-(its store's scan, parts included), and each unit is placed by the run's own rule (pipeline.standing_units). No lock
+(its store's scan, parts included), and each unit is placed by the run's own rule (standing.standing_units). No lock
 is taken: what another run is writing at the moment may be counted either way.
 """
 
@@ -18,7 +18,8 @@ from ..output.formats import detect_format
 from ..output.handle import present_only
 from ..output.store import Store
 from ..tasks import Task, path_key
-from .pipeline import CHANGED, DONE, FAILED, NEW, OTHER, SETTINGS, TWICE, as_items, counted, standing_units, stated
+from .pipeline import as_items, counted, stated
+from .standing import CHANGED, DONE, FAILED, NEW, OTHER, SETTINGS, TWICE, standing_units
 
 
 @dataclass

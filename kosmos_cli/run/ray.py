@@ -2,8 +2,8 @@
 
     this process (the driver)                              a pool of model actors on the cluster
     the pipeline lists the inputs and skips what the   ->  each loads the Engine once; for each chunk it is sent, it
-    output holds, as for a local run; the rest goes        loads the images on threads (`pipeline.load`), answers
-    out in chunks, DEPTH chunks per actor in flight        them in batches (`pipeline.bucketed`) and finishes them
+    output holds, as for a local run; the rest goes        loads the images on threads (`batching.load`), answers
+    out in chunks, DEPTH chunks per actor in flight        them in batches (`batching.bucketed`) and finishes them
     the records of each chunk, in the order sent, are  <-  into records (`Answered.finish`)
     written through the store, as a local run's are
 
@@ -42,7 +42,7 @@ from ..model.engine import AUTO_BATCH_SIZES, DEFAULT_BATCH_SIZE, Engine
 from ..options import GenerationOptions, ModelOptions, RunOptions
 from ..tasks import Task
 from ..tasks.records import Record, one_line
-from .pipeline import MAX_WORKERS, Answered, Pending, bucketed, load
+from .batching import MAX_WORKERS, Answered, Pending, bucketed, load
 from .threads import ordered_map
 
 log = logging.getLogger("kosmos_cli")
@@ -259,7 +259,7 @@ class RayData:
                 result, units = flying.popleft()
                 records = _get([result])[0]
                 chunks.answered(units)
-                yield Answered(records)
+                yield Answered(records=records)
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, KosmosError):
                 raise exc.cause from None

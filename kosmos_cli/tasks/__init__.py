@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .base import Task, Unit, forget_folders, path_key
+from .base import Settings, Task, Unit, forget_folders, path_key
 from .find import Find, FindRecord
 from .ground import Ground, GroundRecord
 from .records import reserved_names
@@ -44,6 +44,7 @@ __all__ = [
     "GroundRecord",
     "Refer",
     "ReferRecord",
+    "Settings",
     "Task",
     "Unit",
     "forget_folders",

@@ -6,8 +6,9 @@ A task (after transformers' pipelines: one class per task, a registry from name 
 - what makes one of its records unique in an output (`key_fields`, `key`): the image by its canonical path
   (`path_key`), so `rs/a.png`, `./rs/a.png`, `$PWD/rs/a.png` and a symlink to `rs` are one image to resume;
 - its checks before a model loads (`check`);
-- turning an input item into units, a unit into a prompt, and the generated text into the record
-  (`units`, `prompt`, `finish`): the pipeline runs any task the same way;
+- turning an input item into units (each the facts of one record to make), a unit into a prompt, and a finished
+  unit into its record (`units`, `prompt`, `record`, the task's own fields from `own_fields`): the pipeline runs any
+  task the same way;
 - what `kosmos draw` shows of a record and its HTML caption (`shapes`, `box_scores`, `caption_html`);
 - whether its boxes are detections that `kosmos export` can write as labels (`detects`).
 
@@ -21,28 +22,69 @@ import functools
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from ..inputs.listing import MANIFEST_EXTENSIONS, Item
 from ..inputs.locations import is_remote, local_path, split_member
 from ..inputs.names import clean, recorded
 from ..model.prompts import Prompt
-from .records import Record, common_arrow_fields
+from .records import ERROR, OK, Record, common_arrow_fields, one_line
 from .scores import Generation
 
 Mark = Callable[[str, int], str]  # (text, entity index) -> HTML of that text in the entity's colour
 Found = tuple[str, list[list[float]]]  # what draw shows of one entity: its label and its pixel boxes
 
 
-@dataclass
+@dataclass(frozen=True)
+class Settings:
+    """What a run's records are made with, besides each one's prompt: a rerun with others does them again."""
+
+    model: str  # the model's label (ModelOptions.label)
+    decoding: str | None = None  # engine.GenerationOptions.label, and int8 weights when asked for
+
+
+@dataclass(frozen=True)
 class Unit:
-    """One record to produce: its resume key and the record being filled."""
+    """One record to make, as its facts; the record itself is built once from them (`Task.record`), when the unit's
+    answer is finished or it failed.
+
+    What a task gives (`Task.unit`): the resume key, the image (its path as given, the carried columns its record
+    keeps, its (size, modification time)), the settings and the prompt's text, and what the task needs to build
+    the prompt (`data`: a box, a phrase, a problem with the row). What the run learns as it goes, each fact set
+    once with `dataclasses.replace`: the displayed size, the seconds the model took, its generation, or an error.
+    Small and picklable: a Ray actor or another rank is sent units and sends their records back.
+    """
 
     key: str
-    record: Record
-    data: Any = None  # what the task needs to build the prompt (a box, a phrase, a problem)
-    generated: Generation | None = None  # the model's tokens and their probabilities, set before `finish`
+    path: str
+    settings: Settings
+    prompt: str | None = None
+    data: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    stat: tuple[int | None, float | None] | None = None
+    # learned by the run
+    size: tuple[int, int] | None = None  # (width, height) as displayed, once the image is loaded
+    seconds: float | None = None  # the model's time per request of its batch
+    generated: Generation | None = None  # the model's tokens and their probabilities (boxes' scores)
+    error: str | None = None  # why no record of the task's own can be made: the unit fails, the run goes on
+
+    @property
+    def model(self) -> str:
+        return self.settings.model
+
+    @property
+    def decoding(self) -> str | None:
+        return self.settings.decoding
+
+    @property
+    def shown(self) -> tuple[int, int]:
+        """(width, height) as displayed, for a unit whose image is loaded (any the model answered)."""
+        assert self.size is not None, "the image is loaded before its prompt is made"
+        return self.size
+
+    def failed(self, error: str) -> Unit:
+        return replace(self, error=error)
 
 
 class Task:
@@ -134,22 +176,58 @@ class Task:
     def check(self, inputs: Sequence[Any]) -> None:
         """Raise UsageError for what can be told wrong before a model loads (the inputs are named)."""
 
-    def units(self, item: Item, model: str) -> list[Unit]:
+    def units(self, item: Item, settings: Settings) -> list[Unit]:
+        """The units of one input item (`unit` makes each); the item comes with its stat."""
         raise NotImplementedError
 
-    def prompt(self, unit: Unit, width: int, height: int) -> Prompt:
-        """The prompt for `unit` on an image of this displayed size; raise ValueError to fail just this unit."""
+    def prompt(self, unit: Unit) -> Prompt:
+        """The prompt for `unit`, its image loaded (`unit.size`); raise ValueError to fail just this unit."""
         raise NotImplementedError
 
-    def finish(self, unit: Unit, text: str) -> None:
-        """Fill the unit's record from the generated text; raise ValueError when the text cannot be used.
+    def own_fields(self, unit: Unit, text: str | None) -> dict[str, Any]:
+        """The task's own fields of `unit`'s record: from the generated `text`, or, with None (the unit failed), what
+        its facts alone give. Raise ValueError when the text cannot be used (the unit fails).
 
-        `unit.generated`, when set, holds the tokens behind `text` and their probabilities (boxes' scores)."""
+        `unit.generated`, with a text, holds the tokens behind it and their probabilities (boxes' scores)."""
         raise NotImplementedError
 
-    def record(self, item: Item, model: str, **fields: Any) -> Record:
-        """A new record of this task for `item`, carrying the item's manifest columns."""
-        return self.record_type(path=item.path, model=model, extra=dict(item.extra), **fields)
+    def unit(self, item: Item, settings: Settings, keyed: Mapping[str, Any] | None = None, **facts: Any) -> Unit:
+        """A unit of `item`: its key from the item's path and `keyed` (the task's `key_fields`), the item's carried
+        columns unless `facts` give its `extra`, and the other `facts` (prompt, data)."""
+        facts.setdefault("extra", dict(item.extra))
+        key = self.key({"path": item.path, **(keyed or {})})
+        return Unit(key, item.path, settings, stat=item.stat, **facts)
+
+    def record(self, unit: Unit) -> Record:
+        """`unit`'s record, built once from its facts: an error record when it failed (before the model, in it, or
+        the text could not be used), else one with the fields the task reads from the generated text."""
+        error = unit.error
+        own: dict[str, Any] = {}
+        if error is None:
+            assert unit.generated is not None, "a unit is finished once answered or failed"
+            try:
+                own = self.own_fields(unit, unit.generated.text)
+            except ValueError as exc:  # output the parser cannot use: that unit fails, the run goes on
+                error = f"cannot read the model's output: {exc}"
+        if error is not None:
+            own = self.own_fields(unit, None)
+        width, height = unit.size or (None, None)
+        file_size, file_mtime = unit.stat or (None, None)
+        return self.record_type(
+            path=unit.path,
+            width=width,
+            height=height,
+            status=OK if error is None else ERROR,
+            error=None if error is None else one_line(error),
+            prompt=unit.prompt,
+            model=unit.model,
+            decoding=unit.decoding,
+            file_size=file_size,
+            file_mtime=file_mtime,
+            seconds=unit.seconds,
+            extra=dict(unit.extra),
+            **own,
+        )
 
 
 def path_key(path: str, base: str | None = None) -> str:

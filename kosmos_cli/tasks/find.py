@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from ..errors import UsageError
 from ..inputs.listing import Item
 from ..model.prompts import OBJECT_END, Prompt, clean_phrase, find_prompt
-from .base import Found, Mark, Task, Unit, need_rows
+from .base import Found, Mark, Settings, Task, Unit, need_rows
 from .markup import parse, to_pixels
 from .records import Record
 from .scores import entity_scores
@@ -120,7 +120,7 @@ class Find(Task):
     def facet_values(cls, table) -> Any:
         return table.column("phrase")
 
-    def units(self, item: Item, model: str) -> list[Unit]:
+    def units(self, item: Item, settings: Settings) -> list[Unit]:
         extra = dict(item.extra)
         if self.phrases is not None:
             given: list[tuple[str | None, str | None]] = [(p, None) for p in self.phrases]
@@ -132,30 +132,31 @@ class Find(Task):
                 given = [(value if isinstance(value, str) else None, f"bad phrase in manifest row: {exc}")]
         units = []
         for phrase, problem in given:
-            record = FindRecord(path=item.path, model=model, extra=dict(extra), phrase=phrase)
-            if problem is None and phrase is not None:
-                record.prompt = find_prompt(phrase).text
-            units.append(Unit(self.key({"path": item.path, "phrase": phrase}), record, problem))
+            asked = find_prompt(phrase).text if problem is None and phrase is not None else None
+            keyed = {"phrase": phrase}
+            units.append(self.unit(item, settings, keyed, prompt=asked, data=(phrase, problem), extra=dict(extra)))
         return units
 
-    def prompt(self, unit: Unit, width: int, height: int) -> Prompt:
-        if unit.data:
-            raise ValueError(unit.data)
-        assert isinstance(unit.record, FindRecord) and unit.record.phrase is not None
-        return find_prompt(unit.record.phrase)
+    def prompt(self, unit: Unit) -> Prompt:
+        phrase, problem = unit.data
+        if problem:
+            raise ValueError(problem)
+        assert phrase is not None
+        return find_prompt(phrase)
 
-    def finish(self, unit: Unit, text: str) -> None:
-        record = unit.record
-        assert isinstance(record, FindRecord)
+    def own_fields(self, unit: Unit, text: str | None) -> dict[str, Any]:
+        phrase, _ = unit.data
+        if text is None:
+            return {"phrase": phrase}
         _, parsed = parse(text)
         scored = unit.generated is not None and unit.generated.probs is not None
-        record.scores = [] if scored else None
+        own: dict[str, Any] = {"phrase": phrase, "scores": [] if scored else None}
         # the prompt's own phrase opens the text; it is grounded only if the model put an <object> right after it
         if parsed and parsed[0].phrase and parsed[0].start == 0:
-            assert record.width is not None and record.height is not None  # loaded before the model ran
-            record.boxes = [list(b) for b in parsed[0].boxes]
-            record.boxes_px = [to_pixels(b, record.width, record.height) for b in parsed[0].boxes]
-            record.scores = entity_scores([parsed[0].boxes], unit.generated)[0]
+            own["boxes"] = [list(b) for b in parsed[0].boxes]
+            own["boxes_px"] = [to_pixels(b, *unit.shown) for b in parsed[0].boxes]
+            own["scores"] = entity_scores([parsed[0].boxes], unit.generated)[0]
+        return own
 
 
 def check_phrase(value) -> str:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from ..inputs.listing import Item
 from ..model.prompts import Prompt, caption_prompt
-from .base import Found, Mark, Task, Unit
+from .base import Found, Mark, Settings, Task, Unit
 from .markup import parse, to_pixels
 from .records import Entity, Record
 from .scores import entity_scores
@@ -98,27 +98,21 @@ class Ground(Task):
         owner = pc.list_parent_indices(entities).to_numpy(zero_copy_only=False)
         return owner, flat.field("phrase"), flat.field("boxes_px"), flat.field("scores")
 
-    def units(self, item: Item, model: str) -> list[Unit]:
-        return [Unit(self.key({"path": item.path}), self.record(item, model, prompt=self._prompt.text))]
+    def units(self, item: Item, settings: Settings) -> list[Unit]:
+        return [self.unit(item, settings, prompt=self._prompt.text)]
 
-    def prompt(self, unit: Unit, width: int, height: int) -> Prompt:
+    def prompt(self, unit: Unit) -> Prompt:
         return self._prompt
 
-    def finish(self, unit: Unit, text: str) -> None:
-        record = unit.record
-        assert isinstance(record, GroundRecord)
+    def own_fields(self, unit: Unit, text: str | None) -> dict[str, Any]:
+        if text is None:
+            return {}
         caption, parsed = parse(text, strip_prompt=self._prompt.text)
-        record.caption = caption
-        assert record.width is not None and record.height is not None  # loaded before the model ran
         scores = entity_scores([p.boxes for p in parsed], unit.generated)
-        record.entities = [
+        entities = [
             Entity(
-                p.phrase,
-                p.start,
-                p.end,
-                [list(b) for b in p.boxes],
-                [to_pixels(b, record.width, record.height) for b in p.boxes],
-                s,
+                p.phrase, p.start, p.end, [list(b) for b in p.boxes], [to_pixels(b, *unit.shown) for b in p.boxes], s
             )
             for p, s in zip(parsed, scores)
         ]
+        return {"caption": caption, "entities": entities}

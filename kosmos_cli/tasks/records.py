@@ -69,7 +69,9 @@ class Entity:
 
 @dataclass
 class Record:
-    """One result row: the fields every task shares. Each task's record type adds its own (`fields`)."""
+    """One result row: the fields every task shares. Each task's record type adds its own (`fields`).
+
+    Built once, whole (tasks/base.py, `Task.record`): an error record is made as one (`status`, `error`)."""
 
     task: ClassVar[str] = ""
     fields: ClassVar[tuple[str, ...]] = ()  # the task's own fields, in output order
@@ -97,11 +99,6 @@ class Record:
     @property
     def ok(self) -> bool:
         return self.status == OK
-
-    def fail(self, error: str) -> Record:
-        """Turn this record into an error record (the run goes on)."""
-        self.status, self.error = ERROR, one_line(error)
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: getattr(self, name) for name in COMMON_FIELDS}

@@ -6,17 +6,26 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from ..errors import UsageError
 from ..inputs.listing import MANIFEST_EXTENSIONS, Item
 from ..inputs.locations import display_size
 from ..model.prompts import Prompt, refer_prompt
-from .base import Found, Mark, Task, Unit, need_rows
+from .base import Found, Mark, Settings, Task, Unit, need_rows
 from .markup import parse, snap, strip_tags, to_normalized, to_pixels
 from .records import Record
 
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
+
+
+class Region(NamedTuple):
+    """A unit's box as given: the numbers (pixels, or 0-1 with --normalized), what is wrong with the row that gave
+    them (None: nothing), and the box in pixels as records key it (None until the image's size is known)."""
+
+    box: Any
+    problem: str | None
+    box_px: list[float] | None
 
 
 @dataclass
@@ -135,7 +144,7 @@ class Refer(Task):
         regions = table.column("box_px").to_pylist()
         return pa.array([None if b is None else format_box([float(v) for v in b]) for b in regions], pa.string())
 
-    def units(self, item: Item, model: str) -> list[Unit]:
+    def units(self, item: Item, settings: Settings) -> list[Unit]:
         extra = dict(item.extra)
         if self.boxes is not None:
             given: list[tuple[Any, str | None]] = [(box, None) for box in self.boxes]
@@ -148,31 +157,45 @@ class Refer(Task):
         size = display_size(item.path, item.data) if self.normalized else None  # box_px (the resume key) needs it
         units = []
         for box, problem in given:
-            record = ReferRecord(path=item.path, prompt=self._prompt_text, model=model, extra=dict(extra))
-            record.box_px = self._box_px(box, size)
-            units.append(Unit(self.key({"path": item.path, "box_px": record.box_px}), record, (box, problem)))
+            box_px = self._box_px(box, size)
+            region = Region(box, problem, box_px)
+            units.append(
+                self.unit(item, settings, {"box_px": box_px}, prompt=self._prompt_text, data=region, extra=dict(extra))
+            )
         return units
 
-    def prompt(self, unit: Unit, width: int, height: int) -> Prompt:
-        box, problem = unit.data
-        if problem:
-            raise ValueError(problem)
-        check_fits(box, width, height, self.normalized)
-        record = unit.record
-        assert isinstance(record, ReferRecord)
-        if record.box_px is None:
-            record.box_px = self._box_px(box, (width, height))
-        normalized = box if self.normalized else to_normalized(box, width, height)
-        record.box_model_px = to_pixels(snap(normalized), width, height)
-        return refer_prompt(normalized)
+    def prompt(self, unit: Unit) -> Prompt:
+        return refer_prompt(self._placed(unit)[0])
 
-    def finish(self, unit: Unit, text: str) -> None:
-        caption, _ = parse(text)
-        lead = strip_tags(self._prompt_text).strip()  # "It is"
-        if caption.startswith(lead):
-            caption = caption[len(lead) :]
-        assert isinstance(unit.record, ReferRecord)
-        unit.record.description = clean_description(caption)
+    def own_fields(self, unit: Unit, text: str | None) -> dict[str, Any]:
+        """The region as given and as the model saw it (once its image is loaded and the box fits it), and the
+        model's description of it."""
+        region: Region = unit.data
+        box_px, box_model_px, description = region.box_px, None, None
+        if unit.size is not None:
+            try:
+                _, box_px, box_model_px = self._placed(unit)
+            except ValueError:  # a bad row, a box outside the image: as given, never seen by the model
+                pass
+        if text is not None:
+            caption, _ = parse(text)
+            lead = strip_tags(self._prompt_text).strip()  # "It is"
+            if caption.startswith(lead):
+                caption = caption[len(lead) :]
+            description = clean_description(caption)
+        return {"box_px": box_px, "box_model_px": box_model_px, "description": description}
+
+    def _placed(self, unit: Unit) -> tuple[tuple[float, float, float, float], list[float] | None, list[int]]:
+        """The unit's box on its loaded image: (0-1 of its sides, pixels as given, pixels as the model sees it);
+        ValueError when there is none to ask about (a bad manifest row) or it reaches outside the image."""
+        region: Region = unit.data
+        if region.problem:
+            raise ValueError(region.problem)
+        width, height = unit.shown
+        check_fits(region.box, width, height, self.normalized)
+        box_px = region.box_px if region.box_px is not None else self._box_px(region.box, (width, height))
+        normalized = region.box if self.normalized else to_normalized(region.box, width, height)
+        return normalized, box_px, to_pixels(snap(normalized), width, height)
 
     def _box_px(self, box, size) -> list[float] | None:
         if box is None:

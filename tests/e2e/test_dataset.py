@@ -6,6 +6,7 @@ reading it. Then runs of the shapes model: the same command twice, a kill and a 
 The same in a bucket is in test_remote_fs.py.
 """
 
+import dataclasses
 import os
 
 import pyarrow as pa
@@ -38,7 +39,7 @@ def rec(path, caption="a cat", status="ok", model="m", **extra):
         file_mtime=1.5,
         extra=extra,
     )
-    return r.fail("boom") if status != "ok" else r
+    return dataclasses.replace(r, status="error", error="boom") if status != "ok" else r
 
 
 def run(out, *records, overwrite=False, present=None, task="ground"):

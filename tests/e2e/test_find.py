@@ -1,5 +1,6 @@
 """find: phrases in, boxes out. Parsing as a table; batching and manifests on the tiny checkpoint."""
 
+import dataclasses
 import json
 import random
 import re
@@ -11,17 +12,17 @@ from PIL import Image
 from kosmos_cli import UsageError, find, read_records
 from kosmos_cli.inputs.sources import Item
 from kosmos_cli.model.prompts import find_prompt
+from kosmos_cli.tasks import Settings
 from kosmos_cli.tasks.find import Find as FindJob
 from kosmos_cli.tasks.find import check_phrase
 from kosmos_cli.tasks.markup import patch_to_box, to_pixels
+from kosmos_cli.tasks.scores import Generation
 
 
 def _finished(text, phrase="a red car", size=(320, 200)):
     job = FindJob([phrase])
-    (unit,) = job.units(Item("x.png"), "m")
-    unit.record.width, unit.record.height = size
-    job.finish(unit, text)
-    return unit.record
+    (unit,) = job.units(Item("x.png"), Settings("m"))
+    return job.record(dataclasses.replace(unit, size=size, generated=Generation(text)))
 
 
 P = "<grounding><phrase> a red car</phrase>"
@@ -78,9 +79,9 @@ def test_empty_phrases_are_refused(phrase):
 class RawFindJob(FindJob):
     """find, keeping the generated text too: random weights never ground, but their text shows any difference."""
 
-    def finish(self, unit, text):
-        super().finish(unit, text)
-        unit.record.extra["raw"] = text
+    def record(self, unit):
+        record = super().record(unit)
+        return dataclasses.replace(record, extra={**record.extra, "raw": unit.generated.text})
 
 
 def test_batched_equals_one_at_a_time_with_prompts_of_different_lengths(tiny_model, tmp_path):

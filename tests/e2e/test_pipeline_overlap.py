@@ -13,7 +13,7 @@ import pytest
 from kosmos_cli import ground
 from kosmos_cli.output.reader import read_records
 from kosmos_cli.output.store import Output
-from kosmos_cli.run import pipeline
+from kosmos_cli.run import batching, pipeline
 from kosmos_cli.run.threads import FinishBehind
 from kosmos_cli.tasks import Ground
 from tests.helpers import make_images
@@ -155,7 +155,7 @@ def test_the_model_runs_ahead_of_writing_by_finish_ahead_batches_and_no_more(
 ):
     ahead = pipeline.FINISH_AHEAD
     assert ahead >= 1
-    forward, write = pipeline._forward, Output.write
+    forward, write = batching._forward, Output.write
     state = threading.Condition()
     counts = {"answered": 0, "written": 0}
     seen_ahead = []
@@ -177,7 +177,7 @@ def test_the_model_runs_ahead_of_writing_by_finish_ahead_batches_and_no_more(
             counts["written"] += 1
         return kept
 
-    monkeypatch.setattr(pipeline, "_forward", counted_forward)
+    monkeypatch.setattr(batching, "_forward", counted_forward)
     monkeypatch.setattr(Output, "write", slow_write)
     summary = ground([str(photos)], str(tmp_path / "r.jsonl"), engine=tiny_engine, batch_size=2, workers=1)
     assert summary.done == 12 and counts == {"answered": 6, "written": 6}
@@ -188,21 +188,22 @@ def test_the_model_runs_ahead_of_writing_by_finish_ahead_batches_and_no_more(
 def test_an_exception_while_finishing_is_raised_by_the_run_and_only_written_records_count(
     tiny_engine, photos, tmp_path, monkeypatch
 ):
-    finish = Ground.finish
+    record = Ground.record
     finished = []
 
-    def finish_then_fail(self, unit, text):
+    def record_then_fail(self, unit):
         if len(finished) == 4:  # the first record of the third batch
             raise RuntimeError("a bug in finishing")
-        finish(self, unit, text)
-        finished.append(unit.record.path)
+        made = record(self, unit)
+        finished.append(made.path)
+        return made
 
-    monkeypatch.setattr(Ground, "finish", finish_then_fail)
+    monkeypatch.setattr(Ground, "record", record_then_fail)
     out = tmp_path / "r.jsonl"
     with pytest.raises(RuntimeError, match="a bug in finishing"):
         ground([str(photos)], str(out), engine=tiny_engine, batch_size=2, workers=1)
     assert [r["path"] for r in read_records(str(out))] == finished  # two whole batches, nothing of the third
-    monkeypatch.setattr(Ground, "finish", finish)
+    monkeypatch.setattr(Ground, "record", record)
     again = ground([str(photos)], str(out), engine=tiny_engine, batch_size=2, workers=1)
     assert (again.done, again.skipped) == (8, 4)
     assert sorted(r["path"] for r in read_records(str(out))) == sorted(str(p) for p in photos.iterdir())
@@ -228,7 +229,7 @@ def test_a_write_error_is_raised_as_itself(tiny_engine, photos, tmp_path, monkey
 
 
 def test_ctrl_c_while_the_model_works_still_writes_every_batch_it_answered(tiny_engine, photos, tmp_path, monkeypatch):
-    forward, write = pipeline._forward, Output.write
+    forward, write = batching._forward, Output.write
     answered, gate = [], threading.Event()
 
     def interrupted_forward(failed, bucket, task, engine):
@@ -236,7 +237,7 @@ def test_ctrl_c_while_the_model_works_still_writes_every_batch_it_answered(tiny_
             gate.set()  # the writes waiting behind may go on now
             raise KeyboardInterrupt
         out = forward(failed, bucket, task, engine)
-        answered.extend(unit.record.path for unit, _ in out.answered)
+        answered.extend(unit.path for unit in out.units if unit.error is None)
         return out
 
     def held_write(self, records):  # nothing is written before the interrupt: all three batches are in flight
@@ -244,7 +245,7 @@ def test_ctrl_c_while_the_model_works_still_writes_every_batch_it_answered(tiny_
         return write(self, records)
 
     monkeypatch.setattr(pipeline, "FINISH_AHEAD", 3)
-    monkeypatch.setattr(pipeline, "_forward", interrupted_forward)
+    monkeypatch.setattr(batching, "_forward", interrupted_forward)
     monkeypatch.setattr(Output, "write", held_write)
     out = tmp_path / "r.jsonl"
     with pytest.raises(KeyboardInterrupt):
@@ -255,7 +256,7 @@ def test_ctrl_c_while_the_model_works_still_writes_every_batch_it_answered(tiny_
 @pytest.mark.parametrize("cpus, workers", [(1, 1), (2, 2), (12, 12), (16, 16), (64, 16)])
 def test_default_workers_one_per_cpu_up_to_sixteen(monkeypatch, cpus, workers):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
-    assert pipeline.default_workers() == workers
+    assert batching.default_workers() == workers
 
 
 @pytest.mark.parametrize("decoder", ["fast", "hf"])

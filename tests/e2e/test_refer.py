@@ -1,5 +1,6 @@
 """refer: boxes in, descriptions out. Box parsing as a table; runs on the tiny checkpoint (plumbing only)."""
 
+import dataclasses
 import json
 import os
 import random
@@ -13,9 +14,11 @@ from kosmos_cli import UsageError, read_records, refer
 from kosmos_cli.inputs.sources import Item
 from kosmos_cli.model.engine import Engine
 from kosmos_cli.model.prompts import refer_prompt
+from kosmos_cli.tasks import Settings
 from kosmos_cli.tasks.markup import box_to_patches, snap, to_pixels
 from kosmos_cli.tasks.refer import Refer as ReferJob
 from kosmos_cli.tasks.refer import check_fits, clean_description, parse_box
+from kosmos_cli.tasks.scores import Generation
 
 
 @pytest.mark.parametrize(
@@ -80,13 +83,13 @@ def test_clean_description(text, description):
 
 def test_finish_takes_the_text_after_the_prompt():
     job = ReferJob(["0,0,10,10"])
-    (unit,) = job.units(Item("x.png"), "m")
-    job.finish(
-        unit,
+    (unit,) = job.units(Item("x.png"), Settings("m"))
+    text = (
         "<grounding><phrase> It</phrase><object><patch_index_0000><patch_index_0033></object> is "
-        "a red circle.</s><phrase> junk",
+        "a red circle.</s><phrase> junk"
     )
-    assert unit.record.description == "a red circle"
+    record = job.record(dataclasses.replace(unit, size=(320, 200), generated=Generation(text)))
+    assert record.description == "a red circle"
 
 
 def test_the_processor_makes_the_patch_tokens_from_the_box(tiny_engine):
@@ -183,12 +186,12 @@ class CountingEngine(Engine):
 
 
 def test_regions_of_one_image_share_one_decode_and_one_pixels_call(tiny_engine, tmp_path, monkeypatch):
-    from kosmos_cli.run import pipeline
+    from kosmos_cli.run import batching
 
     decoded = []
-    real_load = pipeline.open_image
+    real_load = batching.open_image
     monkeypatch.setattr(
-        pipeline, "open_image", lambda path, *args, **kw: decoded.append(path) or real_load(path, *args, **kw)
+        batching, "open_image", lambda path, *args, **kw: decoded.append(path) or real_load(path, *args, **kw)
     )
     for name in ("a.png", "b.png"):
         Image.new("RGB", (64, 64)).save(tmp_path / name)

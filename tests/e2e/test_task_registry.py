@@ -16,13 +16,14 @@ from kosmos_cli.cli import app
 from kosmos_cli.model.prompts import caption_prompt
 from kosmos_cli.options import Group, option
 from kosmos_cli.output.reader import read_records
-from kosmos_cli.tasks import Task, Unit
+from kosmos_cli.tasks import Task
 from kosmos_cli.tasks.markup import parse
 from kosmos_cli.tasks.records import Record
 from kosmos_cli.view import start
 from tests.helpers import kosmos, make_images
 
 
+@dataclass
 class CaptionRecord(Record):
     task: ClassVar[str] = "caption"
     fields: ClassVar[tuple[str, ...]] = ("text", "words")
@@ -59,16 +60,18 @@ class Caption(Task):
     def caption_html(cls, row, mark):
         return row.get("text") or ""
 
-    def units(self, item, model):
-        return [Unit(self.key({"path": item.path}), self.record(item, model, prompt=self._prompt.text))]
+    def units(self, item, settings):
+        return [self.unit(item, settings, prompt=self._prompt.text)]
 
-    def prompt(self, unit, width, height):
+    def prompt(self, unit):
         return self._prompt
 
-    def finish(self, unit, text):
+    def own_fields(self, unit, text):
+        if text is None:
+            return {}
         caption, _ = parse(text, strip_prompt=self._prompt.text)
-        unit.record.text = " ".join(caption.split()[: self._longest])
-        unit.record.words = len(unit.record.text.split())
+        kept = " ".join(caption.split()[: self._longest])
+        return {"text": kept, "words": len(kept.split())}
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ LAYERS: list[tuple[str, ...]] = [
         "kosmos_cli.output.dataset_import",
         "kosmos_cli.output.reader",
     ),
+    ("kosmos_cli.run.standing", "kosmos_cli.run.batching"),  # resume's rule; the model's stages (here or on Ray)
     ("kosmos_cli.run.pipeline", "kosmos_cli.exports", "kosmos_cli.drawing"),  # the pass; the readers of results
     ("kosmos_cli.run.plan",),  # --dry-run: the pipeline's own listing and rule, with no model
     ("kosmos_cli.run.ray", "kosmos_cli.run.ranks"),  # the pipeline's model on a Ray cluster, on a launch's ranks

@@ -4,6 +4,7 @@ Each test opens an output the way a run does (`with store.open(crew) as output`)
 reads the files back.
 """
 
+import dataclasses
 import json
 import os
 
@@ -36,7 +37,7 @@ def rec(path, caption="a cat", status="ok", size=10, **extra):
         file_mtime=1.5,
         extra=extra,
     )
-    return r.fail("boom") if status != "ok" else r
+    return dataclasses.replace(r, status="error", error="boom") if status != "ok" else r
 
 
 def key(out, path):

@@ -2,6 +2,7 @@
 place a record can name, in the displayed frame) and the refusals (other paths, other hosts, writes, bad results).
 Records are written by hand here, so each filter's answer is known; tests/e2e/test_view_browser.py drives the page."""
 
+import dataclasses
 import http.client
 import io
 import json
@@ -60,7 +61,7 @@ def ground_row(path, size, caption, found, status="ok", error=None, **extra):
     record = GroundRecord(path=path, width=width, height=height, model="m", prompt="<grounding>An image of")
     record.caption, record.entities, record.extra = (caption if status == "ok" else None), entities, extra
     if status != "ok":
-        record.fail(error)
+        record = dataclasses.replace(record, status="error", error=error)
     return record
 
 

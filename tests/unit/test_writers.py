@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -26,8 +27,7 @@ def rec(path, caption="a cat", size=10, mtime=1.5, status="ok", **extra):
         entities=[Entity("a cat", 0, 5, [[0.1, 0.2, 0.5, 0.6]], [[32, 40, 160, 120]])],
     )
     if status != "ok":
-        rec_ = r.fail("boom")
-        return rec_
+        return dataclasses.replace(r, status="error", error="boom")
     return r
 
 

@@ -22,7 +22,8 @@ from datetime import timedelta
 from typing import Any
 
 from ...errors import Interrupted, RankError, UsageError
-from ..pipeline import Answered, Model, Pending, Summary
+from ..batching import Answered, Pending
+from ..pipeline import Model, Summary
 
 ROUND = 4  # batches a rank answers between two exchanges with rank 0
 WAIT = timedelta(minutes=30)  # torch's own default: how long a rank waits for the others to join or load
@@ -229,7 +230,7 @@ class Spread:
         share.done += sum(r.ok for r in records)
         share.failed += sum(not r.ok for r in records)
         share.seconds = time.perf_counter() - started
-        return Answered(records)
+        return Answered(records=records)
 
 
 def _rounds(pending: Pending, size: int, units: int) -> Iterator[list[list]]:
