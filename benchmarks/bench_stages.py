@@ -81,9 +81,7 @@ def old_prepare(engine, image, prompt, pixels):
     """How a prompt was encoded before its cache: the processor on a blank image, for every request."""
     from PIL import Image
 
-    from kosmos_cli.model.engine import _thaw
-
-    enc = engine.processor(images=Image.new("RGB", (8, 8)), text=prompt.text, bboxes=_thaw(prompt.processor_bboxes))
+    enc = engine.processor(images=Image.new("RGB", (8, 8)), text=prompt.text, bboxes=prompt.processor_bboxes)
     return tuple(enc["input_ids"]), tuple(enc["image_embeds_position_mask"]), pixels
 
 
@@ -103,7 +101,7 @@ def pixel_handoff(device: str = "cpu", n: int = 256, batch: int = 64, repeat: in
     import numpy as np
     import torch
 
-    from kosmos_cli.model.engine import ClipPixels
+    from kosmos_cli.model.pixels import ClipPixels
 
     dtype = dtype or torch.float32
     clip = ClipPixels.default()

@@ -90,7 +90,7 @@ def test_graphs_are_captured_on_the_models_device_not_the_current_one(shapes_mod
     with torch.inference_mode():
         got = [g.ids for g in fast.forward_scored(batch, "</object>")]
     assert fast.decoder.captured >= 1 and fast.decoder.graphs  # captured on cuda:1, not fallen back to eager
-    assert fast.decoder._capture.side.device == torch.device("cuda:1")
+    assert fast.decoder.cuda_graphs.capture.side.device == torch.device("cuda:1")
     assert torch.cuda.current_device() == 0 and got == expected
 
 

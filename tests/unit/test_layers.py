@@ -30,7 +30,10 @@ LAYERS: list[tuple[str, ...]] = [
         "kosmos_cli.inputs.carried_columns",
         "kosmos_cli.model",
         "kosmos_cli.model.prompts",
-        "kosmos_cli.model.decoder",
+        "kosmos_cli.model.pixels",
+        "kosmos_cli.model.device",
+        "kosmos_cli.model.capture",
+        "kosmos_cli.model.cache",
         "kosmos_cli.tasks.records",
         "kosmos_cli.tasks.markup",
         "kosmos_cli.output",
@@ -45,13 +48,20 @@ LAYERS: list[tuple[str, ...]] = [
         "kosmos_cli.inputs.locations",
         "kosmos_cli.model.files",
         "kosmos_cli.model.quantize",
+        "kosmos_cli.model.decoder",
         "kosmos_cli.tasks.scores",
         "kosmos_cli.output.placement",
         "kosmos_cli.output.locking",
         "kosmos_cli.output.dataset_folder",
     ),
     ("kosmos_cli.inputs.sources", "kosmos_cli.tasks"),  # the reader of inputs; each task (its record, prompt, parsing)
-    ("kosmos_cli.output.formats", "kosmos_cli.options", "kosmos_cli.model.checkpoint"),  # record files; every option
+    (  # record files; every option; reading a checkpoint, sizing its batches, transformers' generate
+        "kosmos_cli.output.formats",
+        "kosmos_cli.options",
+        "kosmos_cli.model.checkpoint",
+        "kosmos_cli.model.batch_size",
+        "kosmos_cli.model.generate",
+    ),
     ("kosmos_cli.output.ownership", "kosmos_cli.output.compaction", "kosmos_cli.output.handle"),
     (  # the model on its device; an output's life; the one reader of results
         "kosmos_cli.model.engine",
