@@ -158,3 +158,15 @@ def test_normalised_on_the_device_in_a_lower_dtype_is_the_float32_values_cast():
     expected = torch.from_numpy(_by_processor(engine, image)).to(torch.bfloat16)
     got = _model_input(engine, image, dtype=torch.bfloat16)[0]
     assert torch.equal(torch.from_numpy(got), expected.float())
+
+
+def test_the_devices_gather_gives_the_cpus_lookup():
+    import torch
+
+    engine = _engine()
+    images = [_photo(300, 200, seed=7), _photo(123, 456, seed=8)]
+    collated = engine.collate([Prepared(i, engine.pixels(im), (0,), (0,)) for i, im in enumerate(images)])
+    gathered = collated.clip.gather(collated.pixels, torch.float32)  # what runs on CUDA, here on the CPU
+    assert torch.equal(gathered, collated.on_device("cpu", torch.float32))
+    for row, image in zip(gathered.numpy(), images):
+        assert np.array_equal(row, _by_processor(engine, image))
