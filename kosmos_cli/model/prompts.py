@@ -6,6 +6,7 @@ A prompt is text plus, for prompts that point at a region, the normalised boxes 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 GROUNDING = "<grounding>"
@@ -69,8 +70,6 @@ class EncodedPrompts:
     would keep every engine alive, with its model and KV cache. Thread-safe: prepare runs on loader threads."""
 
     def __init__(self) -> None:
-        import threading
-
         self._kept: dict[tuple, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self._lock = threading.Lock()
 
