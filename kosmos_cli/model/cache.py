@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .device import host_empty
+
 STOPS = 4  # stop ids a decoder takes at most (the end-of-sequence token and stop_at)
 
 
@@ -82,8 +84,7 @@ def prompt_inputs(prompts: Sequence[Sequence[int]], image_masks: Sequence[Sequen
     import torch
 
     batch, longest = len(prompts), max(len(p) for p in prompts)
-    cuda = torch.device(device).type == "cuda"
-    host = torch.empty(2 * batch * longest + batch + STOPS, dtype=torch.long, pin_memory=cuda)
+    host = host_empty(2 * batch * longest + batch + STOPS, torch.long, pin=torch.device(device).type == "cuda")
     values = host.numpy()
     ids, mask = values[: batch * longest].reshape(batch, longest), values[batch * longest : 2 * batch * longest]
     mask = mask.reshape(batch, longest)

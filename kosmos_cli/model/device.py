@@ -64,3 +64,16 @@ def is_cuda(device) -> bool:
     import torch
 
     return device is not None and torch.device(device).type == "cuda"
+
+
+def host_empty(shape, dtype, pin: bool):
+    """An empty tensor in host memory, page-locked when `pin` (the model is on CUDA: its copy to the device can then
+    be asynchronous); ordinary memory where none can be locked (a container's limit), copied synchronously then."""
+    import torch
+
+    if pin:
+        try:
+            return torch.empty(shape, dtype=dtype, pin_memory=True)
+        except RuntimeError:
+            pass
+    return torch.empty(shape, dtype=dtype)

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .device import host_empty
+
 
 class ClipPixels:
     """What a PIL-backed CLIP image processor (Kosmos-2's) makes of an RGB image, computed directly.
@@ -161,6 +163,6 @@ def collate(requests: Sequence[Any], clip: ClipPixels | None, pin: bool) -> Coll
             raise ValueError("uint8 pixels need the ClipPixels they were made with")
         arrays = [clip.normalised(a) if a.dtype == np.uint8 else a for a in arrays]  # type: ignore[union-attr]
     dtype = torch.uint8 if raw else torch.float32
-    pixels = torch.empty((len(arrays), *arrays[0].shape), dtype=dtype, pin_memory=pin)
+    pixels = host_empty((len(arrays), *arrays[0].shape), dtype, pin)
     np.stack(arrays, out=pixels.numpy())
     return Collated(requests, pixels, index, clip if raw else None)

@@ -170,3 +170,14 @@ def test_the_devices_gather_gives_the_cpus_lookup():
     assert torch.equal(gathered, collated.on_device("cpu", torch.float32))
     for row, image in zip(gathered.numpy(), images):
         assert np.array_equal(row, _by_processor(engine, image))
+
+
+def test_host_memory_that_cannot_be_pinned_is_ordinary_memory():
+    import torch
+
+    from kosmos_cli.model.device import host_empty
+
+    got = host_empty((2, 3), torch.uint8, pin=True)  # no CUDA here: nothing can be page-locked
+    assert got.shape == (2, 3) and got.dtype == torch.uint8
+    assert got.is_pinned() == torch.cuda.is_available()
+    assert not host_empty((1,), torch.long, pin=False).is_pinned()
