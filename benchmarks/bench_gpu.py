@@ -139,7 +139,7 @@ def bare_generate(model, processor, results, batch=64, rounds=2):
     batch //= SCALE
     engine = engine_for(model, processor, "hf")
     prepared = prepared_requests(engine, batch)
-    pixels = torch.stack([torch.from_numpy(p.pixel_values) for p in prepared]).to(DEVICE, model.dtype)
+    pixels = engine.collate(prepared).on_device(DEVICE, model.dtype)  # uint8 collated, normalised on the card
     ids = torch.tensor([p.input_ids for p in prepared], device=DEVICE)
     mask = torch.tensor([p.image_mask for p in prepared], device=DEVICE)
 

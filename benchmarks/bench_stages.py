@@ -11,11 +11,12 @@ time. At 500 images/s on 16 cores each image may cost at most 16 / 500 s = 32 CP
 The stages use the tiny checkpoint's processor (tools/tiny_checkpoint.py: the real Kosmos-2 image processor
 settings and tags) and a realistic generation (a caption with two grounded phrases). Where the pipeline has a
 faster path than the one it had before, the old one is timed beside it in the same run ("before"):
-`pixels` through transformers' image processor (what Engine.pixels did before ClipPixels). The prompt's
-encoding without its cache is printed for reference.
+the loaders' `pixels` as uint8 at the model's size (now) against ClipPixels' float32 (before), and the model's
+thread collating a batch and putting it on the device normalised (now: uint8 collated, copied, normalised there;
+before: float32 stacked, copied, cast). The prompt's encoding without its cache is printed for reference.
 
-`pixel_handoff(device)` measures handing uint8 pixels to the device and normalising there against float32
-normalised on the CPU; benchmarks/bench_gpu.py can call it with "cuda".
+`pixel_handoff(device)` measures the hand-over alone, per batch, both ways with their ratios (`--collate float32`
+or `uint8` times one of them); benchmarks/bench_gpu.py calls it with "cuda".
 """
 
 from __future__ import annotations
@@ -73,75 +74,175 @@ def cpu_ms(fn: Callable[[], object], count: int, repeat: int) -> float:
     return 1000 * best / count
 
 
-def old_pixels(engine, image):
-    """How engine.pixels computed pixels before: the whole transformers image processor."""
-    return engine.processor.image_processor(images=[image], return_tensors="np")["pixel_values"][0]
-
-
 def old_prepare(engine, image, prompt, pixels):
     """How a prompt was encoded before its cache: the processor on a blank image, for every request."""
     from PIL import Image
 
-    from kosmos_cli.model.engine import _thaw
-
-    enc = engine.processor(images=Image.new("RGB", (8, 8)), text=prompt.text, bboxes=_thaw(prompt.processor_bboxes))
+    enc = engine.processor(images=Image.new("RGB", (8, 8)), text=prompt.text, bboxes=prompt.processor_bboxes)
     return tuple(enc["input_ids"]), tuple(enc["image_embeds_position_mask"]), pixels
 
 
-def pixel_handoff(device: str = "cpu", n: int = 256, batch: int = 64, repeat: int = 3, dtype=None) -> dict:
-    """ms per image of getting 224x224 pixels onto `device` as the model's input, two ways:
-
-    - `float32_from_cpu`: normalised on the CPU (what Prepared.pixel_values holds: ClipPixels), stacked, copied over
-      and cast to `dtype`;
-    - `uint8_to_device`: only resized on the CPU, the uint8 stacked and copied over, normalised there with the same
-      table (so the same values) and cast.
-
-    For each: `host_ms`, the CPU time of what the image loaders would do per image (resize, and the lookup for
-    float32); `device_ms`, the wall time per image of stacking, copying, normalising and casting a batch (synchronised
-    on CUDA). Both start from 640x480 images (the size a loader hands on is 448 to 895 px a side). From
-    benchmarks/bench_gpu.py: `bench_stages.pixel_handoff("cuda", dtype=torch.bfloat16)`.
-    """
+def old_collate(arrays, device, dtype):
+    """How a batch's pixels reached the device before (`--collate float32`): float32 normalised on the loaders,
+    stacked on the model's thread, copied (synchronously, from pageable memory) and cast there."""
     import numpy as np
     import torch
 
-    from kosmos_cli.model.engine import ClipPixels
+    return torch.from_numpy(np.ascontiguousarray(np.stack(arrays))).to(device, dtype)
+
+
+def pixel_handoff(
+    device: str = "cpu", n: int = 256, batch: int = 64, repeat: int = 3, dtype=None, ways=("float32", "uint8")
+) -> dict:
+    """ms per image of getting 224x224 pixels onto `device` as the model's input, the old way and the new:
+
+    - `float32_from_cpu` (before): the loader normalises (ClipPixels: resize and lookup), the model's thread stacks
+      the float32, copies it over and casts it (`old_collate`);
+    - `uint8_to_device` (now): the loader only resizes (`ClipPixels.chw`); `pixels.collate` stacks the uint8 into one
+      host tensor (pinned on CUDA; any thread may do it, `Engine.collate`) and `Collated.on_device` copies it with
+      non_blocking=True and normalises it there in `dtype`, through the same table (so the same values, checked).
+
+    For each: `host_ms`, the CPU time of what the image loaders do per image; `batch_host_ms`, the model's thread's
+    CPU time per batch (collate, copy, normalise, cast; synchronised on CUDA, which is waited for, not counted);
+    `device_ms`, the wall time per image of that part. All from 640x480 images (a loader hands on 448 to 895 px a
+    side). From benchmarks/bench_gpu.py: `bench_stages.pixel_handoff("cuda", dtype=torch.bfloat16)`.
+    """
+    import torch
+
+    from kosmos_cli.model.engine import Prepared
+    from kosmos_cli.model.pixels import ClipPixels, collate
 
     dtype = dtype or torch.float32
     clip = ClipPixels.default()
+    cuda = str(device).startswith("cuda")
     images = [photo(640, 480, i) for i in range(8)]
     images = [images[i % len(images)] for i in range(n)]
-    table = torch.from_numpy(clip.table).to(device).flatten()  # (3 * 256,) float32
-    channel = torch.arange(3, device=device).view(1, 3, 1, 1) * 256
 
     def sync():
-        if str(device).startswith("cuda"):
+        if cuda:
             torch.cuda.synchronize()
 
-    def on_device_float(arrays):
-        return torch.from_numpy(np.stack(arrays)).to(device, dtype)
+    def new_collate(arrays):
+        requests = [Prepared(i, a, (), ()) for i, a in enumerate(arrays)]
+        return collate(requests, clip, pin=cuda).on_device(device, dtype)
 
-    def on_device_uint8(arrays):
-        raw = torch.from_numpy(np.stack(arrays)).to(device, non_blocking=False)  # (B, 224, 224, 3) uint8
-        return table[raw.permute(0, 3, 1, 2).long() + channel].to(dtype)
-
-    paths = {"float32_from_cpu": (clip, on_device_float), "uint8_to_device": (clip.resized, on_device_uint8)}
+    paths = {"float32": ("float32_from_cpu", clip), "uint8": ("uint8_to_device", clip.chw)}
+    first = images[0]
     same = torch.equal(
-        on_device_uint8([clip.resized(images[0])]).float().cpu(), on_device_float([clip(images[0])]).float().cpu()
+        new_collate([clip.chw(first)]).float().cpu(), old_collate([clip(first)], device, dtype).float().cpu()
     )
     out: dict = {"device": str(device), "dtype": str(dtype).split(".")[-1], "images": n, "batch": batch, "same": same}
-    for name, (host, to_device) in paths.items():
+    for way in ways:
+        name, host = paths[way]
+        to_device = new_collate if way == "uint8" else (lambda arrays: old_collate(arrays, device, dtype))
         prepared = [host(im) for im in images]
         to_device(prepared[:batch]), sync()  # warm-up
         host_ms = cpu_ms(lambda host=host: [host(im) for im in images], n, repeat)
-        best = float("inf")
+        wall, cpu = float("inf"), float("inf")
         for _ in range(repeat):
-            started = time.perf_counter()
+            started, thread = time.perf_counter(), time.thread_time()
             for i in range(0, n, batch):
                 to_device(prepared[i : i + batch])
+            cpu = min(cpu, time.thread_time() - thread)
             sync()
-            best = min(best, time.perf_counter() - started)
-        out[name] = {"host_ms": host_ms, "device_ms": 1000 * best / n}
+            wall = min(wall, time.perf_counter() - started)
+        batches = -(-n // batch)
+        out[name] = {
+            "host_ms": host_ms,
+            "loader_batch_ms": host_ms * batch,
+            "batch_host_ms": 1000 * cpu / batches,
+            "device_ms": 1000 * wall / n,
+            "bytes_per_image": prepared[0].nbytes,
+        }
     return out
+
+
+def show_handoff(handoff: dict) -> None:
+    """The hand-over's figures, per batch, before and after, with their ratios."""
+    f32, u8 = handoff.get("float32_from_cpu"), handoff.get("uint8_to_device")
+    print(
+        f"pixels onto the model's device ({handoff['device']}, {handoff['dtype']}, batch {handoff['batch']}, "
+        f"same values: {handoff['same']}), ms per batch of {handoff['batch']}:"
+    )
+    print(f"  {'':<34} {'loaders CPU':>12} {'model thread CPU':>17} {'wall':>8} {'bytes/img':>10}")
+    for label, row in (("float32 on the CPU (before)", f32), ("uint8, normalised on device (now)", u8)):
+        if row:
+            wall = row["device_ms"] * handoff["batch"]
+            print(
+                f"  {label:<34} {row['loader_batch_ms']:12.2f} {row['batch_host_ms']:17.2f} {wall:8.2f} "
+                f"{row['bytes_per_image']:10,}"
+            )
+    if f32 and u8:
+        print(
+            f"  now / before: loaders {u8['loader_batch_ms'] / f32['loader_batch_ms']:.2f}x, model thread "
+            f"{u8['batch_host_ms'] / f32['batch_host_ms']:.2f}x, loaders + model thread "
+            f"{(u8['loader_batch_ms'] + u8['batch_host_ms']) / (f32['loader_batch_ms'] + f32['batch_host_ms']):.2f}x, "
+            f"bytes {u8['bytes_per_image'] / f32['bytes_per_image']:.2f}x"
+        )
+
+
+def decoder_transfers(batch: int = 8, new_tokens: int = 48, repeat: int = 3) -> dict:
+    """What the fast decoder exchanges between the host and the device per batch, counted on the CPU: a torch
+    function mode sees each call that is a copy or a wait on CUDA (`tolist`, `item`, `cpu`, `nonzero`: device to
+    host, each waiting for the device; `torch.tensor(device=...)`, `.to(device)` and indexing with a Python list:
+    host to device; made by the decoder's own code, not inside the model's modules), and the model's thread's CPU
+    ms per batch. A batch of `batch` prompts of mixed lengths on the
+    tiny checkpoint, decoded as on CUDA (buckets, a look every 8 steps, rows moved to smaller buckets; graphs off).
+    It uses only `Decoder`'s constructor and call, so the same function measures an older checkout of kosmos_cli
+    (PYTHONPATH) for a before-and-after in one session."""
+    import torch
+    from tiny_checkpoint import build_tiny
+    from torch.overrides import TorchFunctionMode
+    from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
+
+    from kosmos_cli.model.decoder import Decoder
+
+    counts: dict[str, int] = {}
+
+    class Counting(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            ours = "kosmos_cli" in sys._getframe(1).f_code.co_filename  # the model's own casts and moves are no-ops
+            if not ours:
+                pass
+            elif name in ("tolist", "item", "cpu", "nonzero"):
+                counts["to_host"] = counts.get("to_host", 0) + 1
+            elif (name == "tensor" and kwargs.get("device") is not None) or (
+                name == "to" and any(isinstance(a, (str, torch.device)) for a in (*args[1:], kwargs.get("device")))
+            ):
+                counts["to_device"] = counts.get("to_device", 0) + 1
+            elif name == "__getitem__" and any(isinstance(i, list) for i in _flat(args[1])):
+                counts["to_device"] = counts.get("to_device", 0) + 1
+            return func(*args, **kwargs)
+
+    torch.set_grad_enabled(False)
+    with tempfile.TemporaryDirectory() as folder:
+        path = build_tiny(folder)
+        model = Kosmos2ForConditionalGeneration.from_pretrained(path).eval()
+        processor = AutoProcessor.from_pretrained(path)
+    texts = ["<grounding> An image of", "<grounding> Describe this image in detail:", "<grounding> A photo of a"]
+    encoded = [processor(images=photo(64, 64, 0), text=texts[i % 3]) for i in range(batch)]
+    prompts = [list(e["input_ids"]) for e in encoded]
+    masks = [list(e["image_embeds_position_mask"]) for e in encoded]
+    pixels = torch.stack([torch.as_tensor(e["pixel_values"][0]) for e in encoded])
+    embeds = model.get_image_features(pixels, return_dict=True).pooler_output
+    stops = [processor.tokenizer.eos_token_id, processor.tokenizer.convert_tokens_to_ids("</object>")]
+    decoder = Decoder(model, new_tokens, processor.tokenizer.pad_token_id, graphs=False, buckets=True, keep=True)
+    decoder.check_every = 8
+    decoder(embeds, prompts, masks, stops)  # warm-up: the storage made
+    with Counting():
+        decoder(embeds, prompts, masks, stops)
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.thread_time()
+        decoder(embeds, prompts, masks, stops)
+        best = min(best, time.thread_time() - started)
+    return {"batch": batch, "new_tokens": new_tokens, **counts, "batch_cpu_ms": 1000 * best}
+
+
+def _flat(index) -> list:
+    return list(index) if isinstance(index, tuple) else [index]
 
 
 def main() -> None:
@@ -149,11 +250,25 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=64, help="images of each size (default 64)")
     parser.add_argument("--batch-size", type=int, default=64, help="records a write takes (default 64)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each stage; the least is kept (default 3)")
+    parser.add_argument(
+        "--decoder-only", action="store_true", help="only the decoder's host-device exchanges per batch"
+    )
+    parser.add_argument(
+        "--collate",
+        choices=("both", "uint8", "float32"),
+        default="both",
+        help="how pixels reach the device: uint8 normalised there (now), float32 normalised on the loaders "
+        "(before), or both, measured in this run with their ratios (default)",
+    )
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(1)
+    exchanges = decoder_transfers(repeat=args.repeat)
+    if args.decoder_only:
+        print(exchanges)
+        return
     from tiny_checkpoint import build_tiny
 
     from kosmos_cli import load_engine
@@ -187,9 +302,9 @@ def main() -> None:
                     None,
                 ),
                 (
-                    "pixels",
+                    "pixels (loader)",
                     cpu_ms(lambda ims=ims: [engine.pixels(im) for im in ims], n, rep),
-                    cpu_ms(lambda ims=ims: [old_pixels(engine, im) for im in ims], n, rep),
+                    cpu_ms(lambda ims=ims: [engine.clip_pixels(im) for im in ims], n, rep),
                 ),
             ]
         image = load_image(photos[(1024, 768)][0]).image
@@ -261,7 +376,17 @@ def main() -> None:
                 None,
             )
         )
-        handoff = pixel_handoff("cpu", n=max(n, 64), batch=size, repeat=rep)
+        ways = ("float32", "uint8") if args.collate == "both" else (args.collate,)
+        handoff = pixel_handoff("cpu", n=max(n, 64), batch=size, repeat=rep, ways=ways)
+        f32, u8 = handoff.get("float32_from_cpu"), handoff.get("uint8_to_device")
+        now, before = (u8 or f32), (f32 or u8)
+        common.append(  # on the model's thread: what the model's device would do is the CPU's here
+            (
+                "collate, copy, normalise (model's thread)",
+                now["batch_host_ms"] / size,  # type: ignore[index]
+                before["batch_host_ms"] / size,  # type: ignore[index]
+            )
+        )
 
     print(f"CPU ms per image, one thread, least of {rep} runs, {n} images a size; {os.cpu_count()} CPUs here")
     print(f"{'stage':<50} {'now':>8} {'before':>8}")
@@ -285,13 +410,12 @@ def main() -> None:
         now = sum(r[1] for r in rows + rest)
         before = sum(r[2] if r[2] is not None else r[1] for r in rows + rest)
         show(f"{w}x{h} JPEG ({16000 / now:,.0f} img/s now, {16000 / before:,.0f} before)", now, before)
-    f32, u8 = handoff["float32_from_cpu"], handoff["uint8_to_device"]
+    show_handoff(handoff)
     print(
-        f"pixels onto the model's device ({handoff['device']}, batch {handoff['batch']}, "
-        f"same values: {handoff['same']}), ms per image: loader's CPU + stack, copy, normalise, cast"
+        f"the fast decoder, a batch of {exchanges['batch']} to {exchanges['new_tokens']} new tokens (tiny model, as on "
+        f"CUDA: a look every 8 steps): {exchanges.get('to_device', 0)} copies to the device, "
+        f"{exchanges.get('to_host', 0)} to the host (each a wait), {exchanges['batch_cpu_ms']:.1f} CPU ms"
     )
-    print(f"  float32 from the CPU:          {f32['host_ms']:.3f} + {f32['device_ms']:.3f}")
-    print(f"  uint8, normalised on device:   {u8['host_ms']:.3f} + {u8['device_ms']:.3f}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ them, and differs from generate only in how the work is laid out:
   on one side stream, into one memory pool; within a batch the largest bucket is captured first (smaller ones as
   rows finish, reusing its pool). Running out of memory during a capture is an out-of-memory error (the engine
   halves the batch; graphs stay on); any other failure to capture warns once and the step runs eagerly from then on;
+- the host and the device exchange little (cache.py): a batch's prompt inputs go over in one copy, a look at the done
+  flags brings back one small vector, and the tokens and their probabilities come back in one copy;
 - no logits processors, stopping criteria or output objects: argmax, the chosen token's probability
   (exp(max - logsumexp) of the float32 logits, as the engine's keeper computes it), and a done flag per row, all
   inside the step.
@@ -36,16 +38,16 @@ torch is imported lazily; the engine calls the decoder under `torch.inference_mo
 
 from __future__ import annotations
 
-import logging
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-log = logging.getLogger("kosmos_cli")
+from .cache import STOPS, Storage, Workspace, prompt_inputs
+from .capture import Graphs
 
 SPAN = 64  # a decode step attends over the cache in multiples of this many columns (one graph per multiple)
-_STOPS = 4  # stop ids a decoder takes at most (the end-of-sequence token and stop_at)
 
 
 @dataclass
@@ -88,62 +90,6 @@ def checkpoint_obstacle(generation_config: Any) -> str | None:
     return None
 
 
-class _Storage:
-    """The tensors one decoder keeps between batches: the KV cache (zeros, so a masked column never brings a NaN
-    into attention) and the small state a decode step reads and writes, for `rows` rows and `length` columns.
-    Smaller batches use views of the first rows, so every batch-size bucket shares one allocation."""
-
-    def __init__(self, text, rows: int, length: int, new_tokens: int, dtype, device):
-        import torch
-
-        attn = text.layers[0].self_attn
-        shape = (rows, attn.num_heads, length, attn.head_dim)
-        self.rows, self.length = rows, length
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in text.layers]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in text.layers]
-        self.columns = torch.arange(length, device=device)
-        self.fed = torch.zeros((rows, 1), dtype=torch.long, device=device)  # the token each row is fed next
-        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)  # its prompt's tokens
-        self.pads = torch.zeros(rows, dtype=torch.long, device=device)  # its left pads
-        self.unfinished = torch.zeros(rows, dtype=torch.bool, device=device)
-        self.tokens = torch.zeros((rows, new_tokens), dtype=torch.long, device=device)
-        self.probs = torch.zeros((rows, new_tokens), dtype=torch.float32, device=device)
-        self.step = torch.zeros((), dtype=torch.long, device=device)  # tokens chosen so far, less one
-        self.first = torch.zeros((), dtype=torch.long, device=device)  # the prompt's columns (its longest row)
-        self.stops = torch.zeros(_STOPS, dtype=torch.long, device=device)
-        self.open = torch.zeros((), dtype=dtype, device=device)  # the attention mask's two values
-        self.shut = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
-
-
-class _Workspace:
-    """A batch bucket's view of the storage, and the cache protocol KosmosTextAttention calls (`cache.update`).
-
-    Prefill (`write` None) writes the prompt's columns and returns them. A decode step writes one column at the device
-    tensor `write` (index_copy_: no Python int that changes per step) and returns the first `span` columns, the rest
-    masked; `span` is fixed per captured graph."""
-
-    def __init__(self, storage: _Storage, rows: int):
-        s = storage
-        self.rows, self.length = rows, s.length
-        self.keys, self.values = [k[:rows] for k in s.keys], [v[:rows] for v in s.values]
-        self.columns, self.fed, self.lengths, self.pads = s.columns, s.fed[:rows], s.lengths[:rows], s.pads[:rows]
-        self.unfinished, self.tokens, self.probs = s.unfinished[:rows], s.tokens[:rows], s.probs[:rows]
-        self.step, self.first, self.stops, self.open, self.shut = s.step, s.first, s.stops, s.open, s.shut
-        self.write: Any = None
-        self.span = s.length
-
-    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        keys, values = self.keys[layer_idx], self.values[layer_idx]
-        if self.write is None:
-            end = key_states.shape[2]
-            keys[:, :, :end] = key_states
-            values[:, :, :end] = value_states
-            return keys[:, :, :end], values[:, :, :end]
-        keys.index_copy_(2, self.write, key_states)
-        values.index_copy_(2, self.write, value_states)
-        return keys[:, :, : self.span], values[:, :, : self.span]
-
-
 def bucket(rows: int) -> int:
     """The batch-size bucket `rows` is padded up to when graphs are captured: the next power of two."""
     return 1 << max(0, math.ceil(math.log2(rows))) if rows > 1 else 1
@@ -153,13 +99,13 @@ class Decoder:
     """Greedy decoding over one loaded Kosmos2ForConditionalGeneration; its cache and CUDA graphs are kept from one
     batch to the next (`reset` drops them, e.g. after an out-of-memory error).
 
-    `graphs`: capture the decode step as CUDA graphs (default: on CUDA). `buckets`: pad batches up to a power of two
-    (default: with graphs; the tests turn it on on the CPU to show padded rows change nothing). `check_every`: how
-    many steps between two looks at whether every row is done (default 1 on the CPU, 8 with graphs). `keep`: keep the
-    cache for the next batch (default: with graphs, which point into it). `shrink`: when a look finds at most half of
-    the bucket's rows still going, they go on alone in the smaller bucket (their cache and state moved to its first
-    rows): finished rows stop costing work. Each row's computation never depends on another's, so its tokens stay
-    the same."""
+    `graphs`: capture the decode step as CUDA graphs (default: on CUDA; capture.py). `buckets`: pad batches up to a
+    power of two (default: with graphs; the tests turn it on on the CPU to show padded rows change nothing).
+    `check_every`: how many steps between two looks at whether every row is done (default 1 on the CPU, 8 with
+    graphs). `keep`: keep the cache for the next batch (default: with graphs, which point into it). `shrink`: when a
+    look finds at most half of the bucket's rows still going, they go on alone in the smaller bucket (their cache and
+    state moved to its first rows): finished rows stop costing work. Each row's computation never depends on
+    another's, so its tokens stay the same."""
 
     def __init__(
         self,
@@ -178,31 +124,32 @@ class Decoder:
         param = next(self.text.parameters())
         self.dtype, self.device = param.dtype, param.device
         self.max_new_tokens, self.pad_id = max_new_tokens, pad_id
-        self.graphs = self.device.type == "cuda" if graphs is None else graphs
-        self.buckets = self.graphs if buckets is None else buckets
-        self.check_every = check_every or (8 if self.graphs else 1)
-        self.keep = self.graphs if keep is None else keep
+        self.cuda_graphs = Graphs(self.device, self.device.type == "cuda" if graphs is None else graphs)
+        self.buckets = self.cuda_graphs.on if buckets is None else buckets
+        self.check_every = check_every or (8 if self.cuda_graphs.on else 1)
+        self.keep = self.cuda_graphs.on if keep is None else keep
         self.shrink = shrink
-        self.captured = 0  # graphs captured so far (the benchmark reports it)
         self.shrunk = 0  # times a batch went on in a smaller bucket because most of its rows were done
-        self._storage: _Storage | None = None
-        self._workspaces: dict[int, _Workspace] = {}
-        self._graphs: dict[tuple[int, int], Any] = {}
-        self._capture: _Capture | None = None  # the side stream and memory pool of every capture, made on the first
-        self.capture_order: list[tuple[int, int]] = []  # (bucket, span) of each capture, in order
+        self._storage: Storage | None = None
+        self._workspaces: dict[int, Workspace] = {}
+
+    @property
+    def graphs(self) -> bool:
+        """Whether decode steps are captured as CUDA graphs (off once a capture failed, but for memory)."""
+        return self.cuda_graphs.on
+
+    @property
+    def captured(self) -> int:
+        """Graphs captured so far (the benchmark reports it)."""
+        return self.cuda_graphs.captured
 
     def reset(self) -> None:
         """Drop the cache and the graphs (they hold device memory); the next batch allocates and captures anew (on the
         same side stream, into the same pool)."""
-        self._storage, self._workspaces, self._graphs = None, {}, {}
+        self._storage, self._workspaces = None, {}
+        self.cuda_graphs.reset()
 
-    def __call__(
-        self,
-        image_embeds: Any,
-        prompts: Sequence[Sequence[int]],
-        image_masks: Sequence[Sequence[int]],
-        stop_ids: Sequence[int],
-    ) -> Decoded:
+    def __call__(self, image_embeds: Any, prompts: Sequence[Sequence[int]], image_masks, stop_ids) -> Decoded:
         """Greedy decoding of `prompts` (token ids, any lengths).
 
         `image_embeds`: (batch, latent_query_num, embed_dim), the projected image features of each row (computed once
@@ -210,79 +157,32 @@ class Decoder:
         sequences hold after the prompt, and the probability of every token chosen."""
         import torch
 
+        if not 1 <= len(stop_ids) <= STOPS:
+            raise ValueError(f"between 1 and {STOPS} stop ids, not {len(stop_ids)}")
         if self.device.type != "cuda":
             return self._greedy(image_embeds, prompts, image_masks, stop_ids)
         with torch.cuda.device(self.device):  # captures and replays on the model's card, whichever is current
             return self._greedy(image_embeds, prompts, image_masks, stop_ids)
 
     def _greedy(self, image_embeds, prompts, image_masks, stop_ids) -> Decoded:
-        import torch
-
-        if not 1 <= len(stop_ids) <= _STOPS:
-            raise ValueError(f"between 1 and {_STOPS} stop ids, not {len(stop_ids)}")
         batch, longest = len(prompts), max(len(p) for p in prompts)
         rows = bucket(batch) if self.buckets else batch
         length = SPAN * math.ceil((longest + self.max_new_tokens) / SPAN)
-        ws = self._workspace(rows, length)
-        device, pad_id, padding_idx = self.device, self.pad_id, self.text.embed_positions.padding_idx
-
-        # prefill over the real rows alone; the bucket's extra rows then repeat the first row's cache and inputs and
-        # start finished: they change no real row
-        lengths = torch.tensor([len(p) for p in prompts], device=device)
-        pads = longest - lengths
-        # built in host memory, then one copy each to the device
-        ids = torch.tensor([[pad_id] * (longest - len(p)) + list(p) for p in prompts], dtype=torch.long).to(device)
-        image_mask = torch.tensor([[0] * (longest - len(m)) + list(m) for m in image_masks], dtype=torch.bool).to(
-            device
-        )
-
-        # positions as the model derives them from input_ids: pads (left pads and pad ids) at padding_idx
-        columns = ws.columns[:longest]
-        valid = columns[None, :] >= pads[:, None]  # (batch, longest): not a left pad
-        counted = (ids != pad_id) & valid
-        positions = torch.cumsum(counted.int(), dim=1) * counted + padding_idx
-
-        # prefill, eagerly: the whole (padded) prompt, causal and pad-masked
-        storage = self._storage
-        assert storage is not None  # made by _workspace above
-        real = ws if rows == batch else _Workspace(storage, batch)  # views of the storage's first rows
-        real.write = None
-        hidden = self.text.forward_embedding(
-            input_ids=ids, image_embeds=image_embeds, img_input_mask=image_mask, position_ids=positions
-        )
-        causal = columns[None, :] <= columns[:, None]  # (query, key)
-        allowed = causal[None, :, :] & valid[:, None, :]
-        mask = torch.where(allowed[:, None], ws.open, ws.shut)
-        logits = self._run(hidden, mask, real)
-        if rows > batch:
-            for cache in (*ws.keys, *ws.values):
-                cache[batch:, :, :longest] = cache[:1, :, :longest]
-            logits = torch.cat([logits, logits[:1].expand(rows - batch, -1)])
-            lengths = torch.cat([lengths, lengths[:1].expand(rows - batch)])
-            pads = longest - lengths
-
-        ws.lengths.copy_(lengths)
-        ws.pads.copy_(pads)
-        ws.unfinished.copy_(torch.arange(rows, device=device) < batch)
-        ws.stops.copy_(torch.tensor(list(stop_ids) + [stop_ids[0]] * (_STOPS - len(stop_ids)), device=device))
-        ws.first.fill_(longest)
-        ws.step.zero_()
-        self._choose(ws, logits)
-        made = 1
+        ws, made = self._prefill(self._workspace(rows, length), image_embeds, prompts, image_masks, stop_ids), 1
         order: list[int | None] = [*range(batch), *[None] * (rows - batch)]  # the caller's row of each of ws's rows
         tokens: list[list[int]] = [[] for _ in range(batch)]
         probs: list[list[float]] = [[] for _ in range(batch)]
         for step in range(self.max_new_tokens - 1):
-            if step % self.check_every == 0:
-                going = ws.unfinished.nonzero().flatten().tolist()
+            if step % self.check_every == 0:  # a look: one copy of the done flags, which waits for the device
+                going = [r for r, unfinished in enumerate(ws.unfinished.tolist()) if unfinished]
                 if not going:
                     break
                 if self.shrink and len(going) <= ws.rows // 2:
                     ws, order = self._shrink(ws, order, going, made, tokens, probs)
             span = min(length, SPAN * math.ceil((longest + step + 1) / SPAN))
-            self._decode(ws, span)
+            self.cuda_graphs.run((ws.rows, span), functools.partial(self._step, ws, span))
             made += 1
-        self._hand_over(ws, order, range(ws.rows), made, tokens, probs)
+        _hand_over(ws, order, range(ws.rows), made, tokens, probs)
         if not self.keep:
             self.reset()  # on the CPU the cache is not kept between batches
         stopping = set(stop_ids)
@@ -291,7 +191,44 @@ class Decoder:
             del row[end:], probs[r][end:]
         return Decoded(tokens, probs)
 
-    def _shrink(self, ws: _Workspace, order, going: list[int], made: int, tokens, probs):
+    def _prefill(self, ws: Workspace, image_embeds, prompts, image_masks, stop_ids) -> Workspace:
+        """The prompts run eagerly over the batch's real rows alone (the whole left-padded prompt, causal and
+        pad-masked), and the first token chosen; the bucket's extra rows then repeat the first row's cache and
+        inputs and start finished: they change no real row."""
+        import torch
+
+        batch, longest, rows = len(prompts), max(len(p) for p in prompts), ws.rows
+        ids, image_mask, lengths, stops = prompt_inputs(prompts, image_masks, stop_ids, self.pad_id, self.device)
+        pads = longest - lengths
+        # positions as the model derives them from input_ids: pads (left pads and pad ids) at padding_idx
+        columns = ws.columns[:longest]
+        valid = columns[None, :] >= pads[:, None]  # (batch, longest): not a left pad
+        counted = (ids != self.pad_id) & valid
+        positions = torch.cumsum(counted.int(), dim=1) * counted + self.text.embed_positions.padding_idx
+        assert self._storage is not None  # made by _workspace
+        real = ws if rows == batch else Workspace(self._storage, batch)  # views of the storage's first rows
+        real.write = None
+        hidden = self.text.forward_embedding(
+            input_ids=ids, image_embeds=image_embeds, img_input_mask=image_mask, position_ids=positions
+        )
+        causal = columns[None, :] <= columns[:, None]  # (query, key)
+        mask = torch.where((causal[None, :, :] & valid[:, None, :])[:, None], ws.open, ws.shut)
+        logits = self._run(hidden, mask, real)
+        if rows > batch:
+            for cache in (*ws.keys, *ws.values):
+                cache[batch:, :, :longest] = cache[:1, :, :longest]
+            logits = torch.cat([logits, logits[:1].expand(rows - batch, -1)])
+            lengths = torch.cat([lengths, lengths[:1].expand(rows - batch)])
+        ws.lengths.copy_(lengths)
+        ws.pads.copy_(longest - lengths)
+        ws.unfinished.copy_(torch.arange(rows, device=self.device) < batch)
+        ws.stops.copy_(stops)
+        ws.first.fill_(longest)
+        ws.step.zero_()
+        self._choose(ws, logits)
+        return ws
+
+    def _shrink(self, ws: Workspace, order, going: list[int], made: int, tokens, probs):
         """The rows still `going` moved to the first rows of the smallest bucket that holds them: their cache, state,
         tokens and probabilities (extra rows of the bucket repeat the first and are finished). The others' answers
         are final: handed over now. Returns the smaller workspace and its rows' places in the caller's batch."""
@@ -300,8 +237,8 @@ class Decoder:
         rows = bucket(len(going)) if self.buckets else len(going)
         if rows >= ws.rows:
             return ws, order
-        self._hand_over(ws, order, sorted(set(range(ws.rows)) - set(going)), made, tokens, probs)
-        picked = torch.tensor(going + [going[0]] * (rows - len(going)), device=self.device)
+        _hand_over(ws, order, sorted(set(range(ws.rows)) - set(going)), made, tokens, probs)
+        picked = torch.tensor(going + [going[0]] * (rows - len(going))).to(self.device, non_blocking=True)
         for t in (*ws.keys, *ws.values, ws.fed, ws.lengths, ws.pads, ws.unfinished, ws.tokens, ws.probs):
             t[:rows] = t.index_select(0, picked)  # a copy first, then written: overlapping rows are safe
         small = self._workspace(rows, ws.length)
@@ -309,17 +246,7 @@ class Decoder:
         self.shrunk += 1
         return small, [order[r] for r in going] + [None] * (rows - len(going))
 
-    @staticmethod
-    def _hand_over(ws: _Workspace, order, rows, made: int, tokens, probs) -> None:
-        """The answers so far of `rows` of `ws`, into the caller's rows."""
-        rows = [r for r in rows if order[r] is not None]
-        if not rows:
-            return
-        chosen, kept = ws.tokens[rows, :made].tolist(), ws.probs[rows, :made].tolist()
-        for r, row_tokens, row_probs in zip(rows, chosen, kept):
-            tokens[order[r]], probs[order[r]] = row_tokens, row_probs
-
-    def _workspace(self, rows: int, length: int) -> _Workspace:
+    def _workspace(self, rows: int, length: int) -> Workspace:
         """The bucket's views of the storage; a bigger batch or a longer one first replaces the storage (and so drops
         every graph, which point into it)."""
         s = self._storage
@@ -327,22 +254,18 @@ class Decoder:
             most, longest = (rows, length) if s is None else (max(rows, s.rows), max(length, s.length))
             s = None  # the old storage (and the graphs that point into it) released before the larger one is made
             self.reset()
-            s = self._storage = _Storage(self.text, most, longest, self.max_new_tokens, self.dtype, self.device)
-            table = self.text.embed_positions
-            if table.padding_idx + 1 + longest > table.weights.size(0):  # grown now, never inside a graph
-                table.make_weights(
-                    table.padding_idx + 1 + longest + table.offset, table.embedding_dim, table.padding_idx
-                )
+            s = self._storage = Storage(self.text, most, longest, self.max_new_tokens, self.dtype, self.device)
+            _grow_positions(self.text.embed_positions, longest)
         if rows not in self._workspaces:
-            self._workspaces[rows] = _Workspace(s, rows)
+            self._workspaces[rows] = Workspace(s, rows)
         return self._workspaces[rows]
 
-    def _run(self, hidden, mask, ws: _Workspace):
+    def _run(self, hidden, mask, ws: Workspace):
         for layer in self.text.layers:
             hidden = layer(hidden, attention_mask=mask, cache=ws)
         return self.head(self.text.layer_norm(hidden[:, -1:]))[:, -1].float()
 
-    def _choose(self, ws: _Workspace, logits) -> None:
+    def _choose(self, ws: Workspace, logits) -> None:
         """The greedy choice from `logits`, kept at index `ws.step`: token, its probability, done flags, next input."""
         import torch
 
@@ -354,7 +277,7 @@ class Decoder:
         ws.unfinished &= ~(chosen[:, None] == ws.stops[None, :]).any(dim=-1)
         ws.fed.copy_(chosen[:, None])
 
-    def _step(self, ws: _Workspace, span: int) -> None:
+    def _step(self, ws: Workspace, span: int) -> None:
         """The static step: feed each row its last token at column first + step, then choose the next one. Static
         shapes, device tensors only: what a CUDA graph captures."""
         import torch
@@ -372,91 +295,21 @@ class Decoder:
         ws.step.add_(1)
         self._choose(ws, logits)
 
-    def _decode(self, ws: _Workspace, span: int) -> None:
-        """One decode step: the captured graph of (bucket, span) replayed, captured on its first use (which runs it
-        eagerly once), or the static step run eagerly.
 
-        An out-of-memory error during a capture is raised as torch.OutOfMemoryError, whatever CUDA said on ending the
-        broken capture: the engine halves the batch and the graphs stay on. Any other failure to capture warns once
-        and the step runs eagerly from then on (as on the CPU)."""
-        import torch
-
-        key = (ws.rows, span)
-        graph = self._graphs.get(key)
-        if graph is not None:
-            graph.replay()
-            return
-        if not self.graphs:
-            self._step(ws, span)
-            return
-        if self._capture is None:
-            self._capture = _Capture(self.device)
-        self._capture.warm(lambda: self._step(ws, span))  # a real step, and the warm-up a capture needs
-        try:
-            graph = self._capture.capture(lambda: self._step(ws, span))  # recorded, not run
-        except Exception as exc:  # noqa: BLE001 - any failure to capture but running out of memory: decode eagerly
-            if _out_of_memory(exc):
-                raise torch.OutOfMemoryError(f"out of memory while capturing a CUDA graph: {exc}") from exc
-            log.warning("CUDA graph capture failed (%s: %s); decoding without graphs", type(exc).__name__, exc)
-            self.graphs = False
-            self._graphs = {}
-            return
-        self._graphs[key] = graph
-        self.captured += 1
-        self.capture_order.append(key)
+def _grow_positions(table, longest: int) -> None:
+    """The position table grown to hold `longest` columns: now, never inside a graph."""
+    if table.padding_idx + 1 + longest > table.weights.size(0):
+        table.make_weights(table.padding_idx + 1 + longest + table.offset, table.embedding_dim, table.padding_idx)
 
 
-class _Capture:
-    """How one decoder captures its static step as CUDA graphs: on the model's device (not the current one: `--device
-    cuda:1`, or a rank's cuda:N), on one side stream and into one memory pool that all its captures share. A capture
-    that fails leaves the current stream as it was. (Tests stand a fake in for it on the CPU.)"""
-
-    def __init__(self, device: Any):
-        import torch
-
-        self.device = torch.device(device)
-        with torch.cuda.device(self.device):
-            self.side = torch.cuda.Stream(device=self.device)
-            self.pool = torch.cuda.graph_pool_handle()
-
-    def warm(self, step) -> None:
-        """`step` run on the side stream, ordered after what the current stream has queued and before what follows."""
-        import torch
-
-        with torch.cuda.device(self.device):
-            current = torch.cuda.current_stream(self.device)
-            self.side.wait_stream(current)
-            with torch.cuda.stream(self.side):
-                step()
-            current.wait_stream(self.side)
-
-    def capture(self, step) -> Any:
-        """`step` recorded (not run) as a CUDA graph on the side stream, into the shared pool."""
-        import torch
-
-        with torch.cuda.device(self.device):
-            current = torch.cuda.current_stream(self.device)
-            graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph, pool=self.pool, stream=self.side):
-                    step()
-            finally:
-                if torch.cuda.current_stream(self.device) != current:  # a capture that failed on entering or leaving
-                    torch.cuda.set_stream(current)
-        return graph
-
-
-def _out_of_memory(exc: BaseException | None) -> bool:
-    """Whether `exc`, or an error it was raised during or from, is running out of device memory (ending a capture
-    that an out-of-memory error broke raises a CUDA error of its own, with the out-of-memory one as its context)."""
-    import torch
-
-    seen = 0
-    while exc is not None and seen < 8:
-        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
+def _hand_over(ws: Workspace, order, rows, made: int, tokens, probs) -> None:
+    """The answers so far of `rows` of `ws`, into the caller's rows: every row of ws read back in one copy."""
+    rows = [r for r in rows if order[r] is not None]
+    if not rows:
+        return
+    chosen, kept = ws.read(made)
+    for r in rows:
+        tokens[order[r]], probs[order[r]] = chosen[r], kept[r]
 
 
 def greedy(

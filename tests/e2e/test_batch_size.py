@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from kosmos_cli import ground, load_engine, read_records
-from kosmos_cli.model.engine import DEFAULT_BATCH_SIZE, GenerationOptions, choose_batch_size, row_bytes
+from kosmos_cli.model.batch_size import DEFAULT_BATCH_SIZE, choose_batch_size, row_bytes
+from kosmos_cli.model.engine import GenerationOptions
 from kosmos_cli.run.pipeline import RunOptions
 from tests.e2e.test_decoder import scenes
 

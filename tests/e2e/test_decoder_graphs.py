@@ -18,7 +18,7 @@ class FakeGraph:
 
 
 class FakeCapture:
-    """decoder._Capture's interface: warm runs the step, capture records it (or fails as `fail` says)."""
+    """capture.Capture's interface: warm runs the step, capture records it (or fails as `fail` says)."""
 
     made = 0
 
@@ -57,7 +57,7 @@ def graphed(fast, max_new_tokens, fail=None):
 
     decoder._step = step
     capture.key = lambda: current["key"]
-    decoder._capture = capture
+    decoder.cuda_graphs.capture = capture
     fast.decoder = decoder
     return decoder, capture
 
@@ -87,7 +87,7 @@ def test_running_out_of_memory_during_a_capture_halves_the_batch_and_keeps_graph
     got = fast.forward_scored_safe(batch, "</object>")
     assert fast.fits == 4  # halved, as any out-of-memory error does
     assert decoder.graphs and decoder.captured >= 1  # not taken for "graphs unavailable"
-    assert all(rows <= 4 for rows, _ in decoder.capture_order)
+    assert all(rows <= 4 for rows, _ in decoder.cuda_graphs.order)
     assert FakeCapture.made == made  # the same side stream and pool after the reset
     expected = fast.forward_scored(batch[:4], "</object>") + fast.forward_scored(batch[4:], "</object>")
     assert [g.ids for g in got] == [g.ids for g in expected]
@@ -131,7 +131,7 @@ def test_the_largest_bucket_is_captured_first(shapes_model):
     images = scenes(8)
     made = assert_same(hf, fast, batch_of(hf, images, PROMPTS), "</object>")
     assert len(set(made)) >= 3 and decoder.shrunk >= 1
-    buckets = [rows for rows, _ in decoder.capture_order]
+    buckets = [rows for rows, _ in decoder.cuda_graphs.order]
     assert buckets[0] == 8 and buckets == sorted(buckets, reverse=True) and len(set(buckets)) >= 2
 
 
@@ -140,4 +140,4 @@ def test_no_capture_is_made_without_graphs(shapes_model):
     decoder = Decoder(fast.model, 8, fast._pad, graphs=False, buckets=True, keep=True)
     fast.decoder = decoder
     assert_same(hf, fast, batch_of(hf, scenes(4), PROMPTS[:4]))
-    assert decoder._capture is None and decoder.capture_order == []
+    assert decoder.cuda_graphs.capture is None and decoder.cuda_graphs.order == []

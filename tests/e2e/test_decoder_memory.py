@@ -32,12 +32,12 @@ def test_the_old_storage_is_released_before_a_larger_one_is_made(shapes_model, m
     old = weakref.ref(fast.decoder._storage)
     alive_when_made = []
 
-    class Watched(decoder_module._Storage):
+    class Watched(decoder_module.Storage):
         def __init__(self, *args, **kwargs):
             alive_when_made.append(old() is not None)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(decoder_module, "_Storage", Watched)
+    monkeypatch.setattr(decoder_module, "Storage", Watched)
     assert_same(hf, fast, batch_of(hf, images, PROMPTS))  # 8 rows: a larger storage
     assert alive_when_made == [False]
     assert fast.decoder._storage.rows == 8

@@ -90,7 +90,7 @@ def test_graphs_are_captured_on_the_models_device_not_the_current_one(shapes_mod
     with torch.inference_mode():
         got = [g.ids for g in fast.forward_scored(batch, "</object>")]
     assert fast.decoder.captured >= 1 and fast.decoder.graphs  # captured on cuda:1, not fallen back to eager
-    assert fast.decoder._capture.side.device == torch.device("cuda:1")
+    assert fast.decoder.cuda_graphs.capture.side.device == torch.device("cuda:1")
     assert torch.cuda.current_device() == 0 and got == expected
 
 
@@ -140,3 +140,21 @@ def test_running_out_of_memory_during_a_capture_halves_the_batch(shapes_model, m
     assert len(got) == 8 and fast.fits == 4
     assert decoder.graphs and decoder.captured >= 1
     assert torch.cuda.current_stream() == torch.cuda.default_stream()
+
+
+def test_pixels_are_collated_pinned_and_normalised_on_the_card_to_the_cpus_values(shapes_model):
+    import numpy as np
+    from PIL import Image
+
+    from kosmos_cli import load_engine
+    from kosmos_cli.model.engine import Prepared
+
+    engine = load_engine(shapes_model, device="cuda", dtype="float32")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (200 + 9 * i, 300, 3), dtype=np.uint8)) for i in range(4)]
+    collated = engine.collate([Prepared(i, engine.pixels(im), (0,), (0,)) for i, im in enumerate(images)])
+    assert collated.pixels.is_pinned() and collated.pixels.dtype == torch.uint8
+    on_card = collated.on_device(engine.device, torch.float32)
+    assert on_card.device.type == "cuda"
+    expected = [engine.processor.image_processor(images=[im], return_tensors="np")["pixel_values"][0] for im in images]
+    assert np.array_equal(on_card.cpu().numpy(), np.stack(expected))

@@ -1,4 +1,4 @@
-"""The lowest torch and transformers the code runs on: declared once (engine.NEEDS), the same lower bounds as
+"""The lowest torch and transformers the code runs on: declared once (device.NEEDS), the same lower bounds as
 pyproject.toml's (.ci/lowest runs the tests on those versions), and an older one installed is one line naming the
 version needed, before any model loads."""
 
@@ -7,7 +7,7 @@ import re
 import pytest
 
 from kosmos_cli.errors import ModelError
-from kosmos_cli.model import engine
+from kosmos_cli.model import device
 from tests.helpers import ROOT
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11 and later
@@ -21,7 +21,7 @@ def lower_bounds():
 
 def test_the_declared_lower_bounds_are_the_ones_the_engine_checks():
     bounds = lower_bounds()
-    assert {name: bounds[name] for name in engine.NEEDS} == engine.NEEDS
+    assert {name: bounds[name] for name in device.NEEDS} == device.NEEDS
 
 
 @pytest.mark.parametrize(
@@ -33,10 +33,10 @@ def test_an_older_transformers_is_one_line_naming_the_version_needed(monkeypatch
 
     monkeypatch.setattr(transformers, "__version__", installed)
     if not older:
-        engine.check_versions()
+        device.check_versions()
         return
     with pytest.raises(ModelError) as caught:
-        engine.check_versions()
+        device.check_versions()
     message = str(caught.value)
     assert f"transformers {installed} is installed" in message and "transformers>=5.24" in message
     assert "\n" not in message
@@ -49,14 +49,14 @@ def test_an_older_torch_is_one_line_naming_the_version_needed(monkeypatch, insta
     monkeypatch.setattr(torch, "__version__", installed)
     if older:
         with pytest.raises(ModelError, match=r"torch .* is installed, but kosmos needs torch>=2\.6"):
-            engine.check_versions()
+            device.check_versions()
     else:
-        engine.check_versions()
+        device.check_versions()
 
 
 def test_versions_compare_as_numbers():
-    assert engine._release("5.9.0") < engine._release("5.24") < engine._release("5.24.0") < engine._release("5.100")
-    assert engine._release("2.6.0+cu124") == (2, 6, 0)
+    assert device._release("5.9.0") < device._release("5.24") < device._release("5.24.0") < device._release("5.100")
+    assert device._release("2.6.0+cu124") == (2, 6, 0)
 
 
 def test_ci_tests_the_declared_lower_bounds():
