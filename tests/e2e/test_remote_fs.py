@@ -257,15 +257,6 @@ def test_ground_a_bucket_folder_resume_and_a_changed_object(s3, scenes, tmp_path
     rows = list(read_records(out))
     assert sorted(r["path"] for r in rows) == sorted(truth)
     mostly_right(rows, truth.get)
-    coco = tmp_path / "coco.json"  # export and eval read the dataset in the bucket as draw does
-    exported = runner.invoke(app, ["export", out, "--to", "coco", str(coco)])
-    assert exported.exit_code == 0, exported.output
-    labels = json.loads(coco.read_text())
-    assert sorted(i["file_name"] for i in labels["images"]) == sorted(truth)
-    measured = runner.invoke(app, ["eval", out, "--truth", str(coco), "--json"])
-    assert measured.exit_code == 0, measured.output
-    report = json.loads(measured.stdout)
-    assert report["images"]["paired"] == 6 and report["overall"]["truth_boxes"] == len(labels["annotations"]) > 0
     for row in rows:
         assert row["file_size"] == len(truth[row["path"]][0]) and isinstance(row["file_mtime"], float)
 
