@@ -122,10 +122,11 @@ class Engine:
     def pixels(self, image):
         """What a loader hands on for `image`: uint8 (3, H, W) at the model's size when ClipPixels mirrors the
         processor (an RGB image through Kosmos-2's usual settings: one resize; it is normalised on the device, to
-        the processor's values bit for bit); otherwise the processor's own float32 (3, H, W)."""
+        the processor's values bit for bit), normalised float32 already when the model is on the CPU (no copy to
+        save: the loaders, not the model's thread, do the lookup); otherwise the processor's own float32 (3, H, W)."""
         clip = self.clip_pixels
         if clip is not None and getattr(image, "mode", None) == "RGB":
-            return clip.chw(image)
+            return clip(image) if str(self.device) == "cpu" else clip.chw(image)
         return self.processor.image_processor(images=[image], return_tensors="np")["pixel_values"][0]
 
     @property

@@ -197,8 +197,9 @@ def _pass(run: Run, output: Output, summary: Summary, progress: Progress) -> Non
     items = _counted(read_ahead(stated(listed), 2 * model.batch_size(options.batch_size), "kosmos-list"), summary)
     if present is not None:
         items = _tracking(items, present)
+    counting = threading.Lock()  # what is pending is pulled on a thread of its own (batching): both count skips
     pending = _todo(
-        shard(items, rank, world, by_image=task.per_row), task, model, output.seen, options, summary, progress
+        shard(items, rank, world, by_image=task.per_row), task, model, output.seen, options, summary, progress, counting
     )
     if task.per_row:
         pending = _same_image_once(pending)
@@ -209,17 +210,18 @@ def _pass(run: Run, output: Output, summary: Summary, progress: Progress) -> Non
 
     def count(done: tuple[list[Record], list[Record]]) -> None:  # back on this thread, once written
         records, written = done
-        summary.skipped += len(records) - len(written)  # error records of keys recorded ok: not written
-        for r in written:
-            if r.ok:
-                summary.done += 1
-            else:
-                summary.failed += 1
-                if len(summary.failures) < MAX_LISTED_FAILURES:  # the count is kept; the list stays short
-                    summary.failures.append(f"{r.path}: {r.error}")
+        with counting:
+            summary.skipped += len(records) - len(written)  # error records of keys recorded ok: not written
+            for r in written:
+                if r.ok:
+                    summary.done += 1
+                else:
+                    summary.failed += 1
+                    if len(summary.failures) < MAX_LISTED_FAILURES:  # the count is kept; the list stays short
+                        summary.failures.append(f"{r.path}: {r.error}")
+            progress.advance(summary.done, summary.failed, summary.skipped)
         if run.on_write and written:
             run.on_write(written)
-        progress.advance(summary.done, summary.failed, summary.skipped)
 
     # the next batch goes through the model while the last ones are finished and written; on any way out (Ctrl-C
     # too) what the model answered is still finished and written, and a writing error is raised here
@@ -297,22 +299,26 @@ def _tracking(items: Iterator[Item], present: set[str]) -> Iterator[Item]:
         yield item
 
 
-def _todo(items, task: Task, model: Model, seen, options: RunOptions, summary: Summary, progress: Progress):
-    """(item, units still to do) for each item with anything left to do; counts the skipped."""
+def _todo(items, task: Task, model: Model, seen, options: RunOptions, summary: Summary, progress: Progress, counting):
+    """(item, units still to do) for each item with anything left to do; counts the skipped (holding `counting`:
+    the writing side counts too, and this may run on another thread)."""
     for item, standings in standing_units(items, task, model.options.label, model.decoding, seen):
         units = []
         for unit, standing in standings:
-            if standing.settings:
-                summary.redone += 1
-                summary.changed |= standing.settings
-            if standing.skipped(options.retry_failed):
-                summary.skipped += 1
-                continue
-            units.append(unit)
+            skipped = standing.skipped(options.retry_failed)
+            if skipped or standing.settings:
+                with counting:
+                    if standing.settings:
+                        summary.redone += 1
+                        summary.changed |= standing.settings
+                    if skipped:
+                        summary.skipped += 1
+                        if summary.skipped % 256 == 0:
+                            progress.advance(summary.done, summary.failed, summary.skipped)
+            if not skipped:
+                units.append(unit)
         if units:
             yield item, units
-        elif summary.skipped % 256 == 0:
-            progress.advance(summary.done, summary.failed, summary.skipped)
 
 
 def _same_image_once(pending):

@@ -26,7 +26,12 @@ STOP_GRACE = 1.5  # seconds a stopped ordered_map waits for the work still runni
 
 
 def ordered_map(
-    fn: Callable[[In], Out], items: Iterable[In], workers: int, ahead: int, name: str = "kosmos"
+    fn: Callable[[In], Out],
+    items: Iterable[In],
+    workers: int,
+    ahead: int,
+    name: str = "kosmos",
+    stop: threading.Event | None = None,
 ) -> Generator[Out, None, None]:
     """`fn(item)` for each item on `workers` threads, yielded in the order of `items`.
 
@@ -37,13 +42,14 @@ def ordered_map(
     running is waited for, up to STOP_GRACE seconds: a read that never returns (a hung mount, a pipe) cannot hold
     up Ctrl-C or SIGTERM; its thread (a daemon) is left behind, its result unwanted. What is running may end early
     then: `current_stop()`, called inside `fn`, is an event set at that moment (a fetch in flight gives up on it:
-    locations/http.py).
+    locations/http.py). `stop`: that event, given by a caller that consumes the results on a thread of its own and
+    may have to stop them from another (batching.answered_here).
     """
     if ahead < 1:
         raise ValueError("ahead must be at least 1")
     items = iter(items)
     waiting: deque[Future[Out]] = deque()
-    stop = threading.Event()
+    stop = stop if stop is not None else threading.Event()
     todo: queue.SimpleQueue = queue.SimpleQueue()
     threads: list[threading.Thread] = []
 

@@ -232,11 +232,11 @@ def test_ctrl_c_while_the_model_works_still_writes_every_batch_it_answered(tiny_
     forward, write = batching._forward, Output.write
     answered, gate = [], threading.Event()
 
-    def interrupted_forward(failed, bucket, task, engine):
+    def interrupted_forward(failed, bucket, task, engine, *collated):
         if len(answered) == 6:  # three batches of two
             gate.set()  # the writes waiting behind may go on now
             raise KeyboardInterrupt
-        out = forward(failed, bucket, task, engine)
+        out = forward(failed, bucket, task, engine, *collated)
         answered.extend(unit.path for unit in out.units if unit.error is None)
         return out
 
@@ -283,3 +283,41 @@ def test_tokens_become_text_on_the_writing_thread_not_the_models(tiny_model, pho
     again = tmp_path / "again.jsonl"
     ground([str(photos)], str(again), engine=engine, batch_size=1, workers=1)
     assert [r["caption"] for r in read_records(str(again))] == expected  # the same text, batched or alone
+
+
+def test_the_model_thread_takes_batches_collated_ahead_on_the_feeding_thread(
+    tiny_engine, photos, tmp_path, monkeypatch
+):
+    """Issue 28: the listing, the resume check, bucketing and each batch's collation (uint8 pixels into one host
+    tensor, pinned on CUDA) run on a feeding thread a batch ahead; the model's thread gets each batch collated."""
+    from kosmos_cli.model.engine import Engine
+    from kosmos_cli.model.pixels import Collated
+
+    collate, forward, listed = Engine.collate, Engine.forward_scored_safe, pipeline.standing_units
+    collated_on, given, listed_on, forwarded_on = [], [], [], []
+
+    def noted_collate(self, batch):
+        if not isinstance(batch, Collated):  # a batch collated already comes back as it is
+            collated_on.append(threading.current_thread().name)
+        return collate(self, batch)
+
+    def noted_forward(self, batch, stop_at=None):
+        forwarded_on.append(threading.current_thread().name)
+        given.append(type(batch))
+        return forward(self, batch, stop_at)
+
+    def noted_listing(*args, **kwargs):
+        for entry in listed(*args, **kwargs):
+            listed_on.append(threading.current_thread().name)
+            yield entry
+
+    monkeypatch.setattr(Engine, "collate", noted_collate)
+    monkeypatch.setattr(Engine, "forward_scored_safe", noted_forward)
+    monkeypatch.setattr(pipeline, "standing_units", noted_listing)
+    summary = ground([str(photos)], str(tmp_path / "r.jsonl"), engine=tiny_engine, batch_size=2, workers=1)
+    assert summary.done == len(listed_on) > 2
+    main = threading.main_thread().name
+    assert forwarded_on == [main] * len(forwarded_on) and given == [Collated] * len(forwarded_on)
+    assert set(collated_on) == {"kosmos-feed"} and set(listed_on) == {"kosmos-feed"}
+    again = ground([str(photos)], str(tmp_path / "r.jsonl"), engine=tiny_engine, batch_size=2, workers=1)
+    assert (again.done, again.skipped) == (0, summary.done)  # counted on the feeding thread, reported as before

@@ -181,3 +181,19 @@ def test_host_memory_that_cannot_be_pinned_is_ordinary_memory():
     assert got.shape == (2, 3) and got.dtype == torch.uint8
     assert got.is_pinned() == torch.cuda.is_available()
     assert not host_empty((1,), torch.long, pin=False).is_pinned()
+
+
+def test_with_the_model_on_the_cpu_the_loaders_normalise_and_the_model_input_is_the_same(tiny_engine):
+    """On the CPU there is no copy to save: a loader hands on the processor's float32 (the model's thread only casts),
+    the same model input as the uint8 path a GPU takes."""
+    import torch
+
+    image = _photo(640, 480, seed=11)
+    assert str(tiny_engine.device) == "cpu"
+    pixels = tiny_engine.pixels(image)
+    assert pixels.dtype == np.float32 and np.array_equal(pixels, _by_processor(tiny_engine, image))
+    collated = tiny_engine.collate([Prepared(0, pixels, (0,), (0,))])
+    assert collated.clip is None and collated.pixels.dtype == torch.float32
+    elsewhere = _engine()  # no device yet: uint8, normalised where the model is
+    assert elsewhere.pixels(image).dtype == np.uint8
+    assert np.array_equal(collated.on_device("cpu", torch.float32).numpy(), _model_input(elsewhere, image))
