@@ -31,6 +31,7 @@ class Item:
     stat: tuple[int | None, float | None] | None = field(default=None, compare=False)
     error: str | None = field(default=None, compare=False)
     group: int | None = field(default=None, compare=False)
+    link: bool | None = field(default=None, compare=False)  # a folder's listing says whether the path is a symlink
 
 
 @dataclass(frozen=True)

@@ -305,11 +305,20 @@ def walk_folder(top: str, unlisted: list[str] | None = None) -> Iterator[Item]:
             if is_dir:
                 yield from walk(path, below=True)
             elif is_image_path(entry.name):
-                yield Item(os.path.normpath(path))
+                yield Item(os.path.normpath(path), link=_is_link(entry))
             elif entry.is_symlink() and not os.path.exists(path):
                 missed(path)  # a link to nothing: perhaps to a folder on a disk that is not mounted
 
     yield from walk(top)
+
+
+def _is_link(entry: os.DirEntry) -> bool | None:
+    """Whether a folder's entry is a symbolic link, as its listing says (free: the resume key need not look again);
+    None where the listing did not say and looking failed."""
+    try:
+        return entry.is_symlink()
+    except OSError:
+        return None
 
 
 def _stdin_lines(stream: IO[str]) -> Iterator[str]:

@@ -295,7 +295,7 @@ def _counted(items: Iterator[Item], summary: Summary) -> Iterator[Item]:
 
 def _tracking(items: Iterator[Item], present: set[str]) -> Iterator[Item]:
     for item in items:
-        present.add(path_key(item.path))  # as keys hold it: canonical
+        present.add(path_key(item.path, link=item.link))  # as keys hold it: canonical
         yield item
 
 

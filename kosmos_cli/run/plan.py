@@ -145,7 +145,7 @@ def plan(task: Task, named: list, options: RunOptions, label: str, decoding: str
     items = stated(as_items(named, options, task.per_row, unseen, (0, 1)))
     for item, standings in standing_units(items, task, label, decoding, seen):
         found.images += 1
-        present.add(path_key(item.path))
+        present.add(path_key(item.path, link=item.link))
         for _, standing in standings:
             counts[standing.kind] += 1
             found.settings |= standing.settings

@@ -98,14 +98,15 @@ class Task:
 
     # -- rows of any results file ------------------------------------------------------------------------
     @classmethod
-    def key(cls, row: Mapping[str, Any], base: str | None = None) -> str:
+    def key(cls, row: Mapping[str, Any], base: str | None = None, link: bool | None = None) -> str:
         """What makes a row unique in its output: the image (`path_key`), and for refer/find the region or phrase.
 
         `base`: the output's folder, for rows read back from it (a relative path there may have been written from
         that folder). A path that is not valid Unicode counts as it is recorded (inputs/names.py), so a rerun finds such
-        images done.
+        images done. `link`: whether the path is a symlink, when its listing said (`path_key`).
         """
-        return "\x00".join([path_key(row["path"], base), *(json.dumps(clean(row.get(f))) for f in cls.key_fields)])
+        parts = (json.dumps(clean(row.get(f))) for f in cls.key_fields)
+        return "\x00".join([path_key(row["path"], base, link), *parts])
 
     @classmethod
     def resume_columns(cls) -> tuple[str, ...]:
@@ -195,7 +196,7 @@ class Task:
         """A unit of `item`: its key from the item's path and `keyed` (the task's `key_fields`), the item's carried
         columns unless `facts` give its `extra`, and the other `facts` (prompt, data)."""
         facts.setdefault("extra", dict(item.extra))
-        key = self.key({"path": item.path, **(keyed or {})})
+        key = self.key({"path": item.path, **(keyed or {})}, link=item.link)
         return Unit(key, item.path, settings, stat=item.stat, **facts)
 
     def record(self, unit: Unit) -> Record:
@@ -230,14 +231,15 @@ class Task:
         )
 
 
-def path_key(path: str, base: str | None = None) -> str:
+def path_key(path: str, base: str | None = None, link: bool | None = None) -> str:
     """The image part of a resume key: `path` made canonical, in its recorded form (inputs/names.py). Records keep the
     path as given; only keys are canonical, so a run by another spelling of the same folder finds it done.
 
     Canonical is the real path (symlinks resolved, `.` and `..` gone); a relative path is taken from the current
     folder, or, when no file is there and `base` is given, from `base` (where the output is). A path the system
     cannot look up (a NUL byte, a lone surrogate) is made absolute only. A URL is its own key; a sample of a
-    container (`SHARD.tar#KEY`) is its container's key with `#KEY`.
+    container (`SHARD.tar#KEY`) is its container's key with `#KEY`. `link`: whether `path` is a symlink, when the
+    caller knows (a folder's listing does, for free); otherwise it is looked up (one lstat).
     """
     if is_remote(path):
         return path
@@ -255,7 +257,9 @@ def path_key(path: str, base: str | None = None) -> str:
         if name in ("", ".", ".."):
             return recorded(os.path.realpath(full))
         full = os.path.join(_real_folder(folder), name)  # one lookup a folder, not one a path component
-        return recorded(os.path.realpath(full) if os.path.islink(full) else full)
+        if link is None:
+            link = os.path.islink(full)
+        return recorded(os.path.realpath(full) if link else full)
     except ValueError:  # NUL in the path, or a lone surrogate the file system cannot take
         return recorded(os.path.abspath(path))
 

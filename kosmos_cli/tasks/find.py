@@ -75,10 +75,11 @@ class Find(Task):
         ]
 
     @classmethod
-    def key(cls, row: Mapping[str, Any], base: str | None = None) -> str:
+    def key(cls, row: Mapping[str, Any], base: str | None = None, link: bool | None = None) -> str:
         """The image and its phrase cleaned as it is asked (`a cup`, `<a cup>` and ` a  cup ` are one phrase)."""
         phrase = row.get("phrase")
-        return super().key({**row, "phrase": clean_phrase(phrase) if isinstance(phrase, str) else phrase}, base)
+        cleaned = clean_phrase(phrase) if isinstance(phrase, str) else phrase
+        return super().key({**row, "phrase": cleaned}, base, link)
 
     @classmethod
     def owns(cls, row: Mapping[str, Any]) -> bool:

@@ -79,9 +79,9 @@ class Refer(Task):
         ]
 
     @classmethod
-    def key(cls, row: Mapping[str, Any], base: str | None = None) -> str:
+    def key(cls, row: Mapping[str, Any], base: str | None = None, link: bool | None = None) -> str:
         """The image and its box as four floats: a box given as 10 or 10.0 (or -0.0 and 0) is one region."""
-        return super().key({**row, "box_px": _canonical_box(row.get("box_px"))}, base)
+        return super().key({**row, "box_px": _canonical_box(row.get("box_px"))}, base, link)
 
     @classmethod
     def owns(cls, row: Mapping[str, Any]) -> bool:

@@ -79,6 +79,20 @@ def test_symlinked_folder_is_followed_but_a_loop_is_not_followed_forever(tree, t
     assert len(got) == len(set(got)) == 9
 
 
+def test_a_folders_listing_says_which_images_are_links_and_their_keys_are_the_ones_looked_up(tree, tmp_path):
+    """The resume key of a listed image skips its own lstat (the listing said whether it is a link): the same key."""
+    from kosmos_cli.tasks import Ground
+
+    touch(str(tmp_path / "elsewhere" / "real.jpg"))
+    os.symlink(tmp_path / "elsewhere" / "real.jpg", tree / "linked.jpg")
+    items = {os.path.basename(i.path): i for i in iter_items([str(tree)])}
+    assert items["linked.jpg"].link is True and items["a.png"].link is False
+    for item in items.values():
+        assert Ground.key({"path": item.path}, link=item.link) == Ground.key({"path": item.path})
+    assert Ground.key({"path": items["linked.jpg"].path}).startswith(str(tmp_path / "elsewhere" / "real.jpg"))
+    assert Item(str(tree / "a.png")).link is None  # named directly: not known, looked up
+
+
 def test_same_file_twice_is_yielded_once(tree):
     os.symlink(tree / "a.png", tree / "alias.png")
     got = paths(iter_items([str(tree / "a.png"), str(tree), str(tree / "alias.png")]))
