@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import drawing, evaluate, exports, tasks
-from .declare import Group, keyword_options
 from .exports.classes import parse_classes
 from .inputs import locations
 from .model.engine import Engine
 from .options import OUT, RUN_GROUPS, FindOptions, GenerationOptions, GroundOptions, ModelOptions, ReferOptions
+from .options.declare import Group, keyword_options
+from .options.readers import ClassOptions, DrawOptions, Duplicates, EvalOptions, ExportOptions, ScoreFilter, ViewOptions
 from .output.dataset_import import Imported, import_file
 from .output.reader import results_path
-from .reader_options import ClassOptions, DrawOptions, Duplicates, EvalOptions, ExportOptions, ScoreFilter, ViewOptions
 from .run import runner
 from .run.pipeline import Progress, Summary
 from .run.plan import Plan
@@ -53,7 +53,7 @@ class TaskCommand:
     """
 
     task: type[Task]
-    options: type[Group]  # the task's own options, declared once (options.py, or beside the task)
+    options: type[Group]  # the task's own options, declared once (options/, or beside the task)
     build: Callable[[Any], Task]  # its options, taken from a call -> the task for one run
     help: str  # the command's help, one line
     example: str  # the command's example: "kosmos ground ./photos --out results.parquet"

@@ -1,6 +1,6 @@
 """The errors the library raises. Every message says what to do next.
 
-The CLI turns these into one line on stderr and an exit code, in one place (cli_output.py). What an error carries
+The CLI turns these into one line on stderr and an exit code, in one place (cli/output.py). What an error carries
 beyond its message is declared here: `quiet` (another process of the run says it), `rank` (which process it
 names), `param` (the library parameter a usage error is about; the CLI names its flag instead).
 

@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, ...]] = [
         "kosmos_cli.run.progress",
         "kosmos_cli.run.reports",
         "kosmos_cli.drawing.fonts",
-        "kosmos_cli.declare",  # how an option is declared, and the CLI's options and the API's parameters built
+        "kosmos_cli.options.declare",  # how an option is declared, and the CLI's options and the API's parameters built
     ),
     (  # reading inputs, writing files, what a model is: nothing of tasks, sources or a run
         "kosmos_cli.inputs.locations",
@@ -59,7 +59,7 @@ LAYERS: list[tuple[str, ...]] = [
     (  # record files; every option (a run's, the readers' of results); reading a checkpoint
         "kosmos_cli.output.formats",
         "kosmos_cli.options",
-        "kosmos_cli.reader_options",
+        "kosmos_cli.options.readers",
         "kosmos_cli.model.checkpoint",
         "kosmos_cli.model.batch_size",
         "kosmos_cli.model.generate",
@@ -86,7 +86,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("kosmos_cli.run.runner", "kosmos_cli.view"),  # a run set up once; the viewer (it offers export's command line)
     ("kosmos_cli.evaluate",),  # results measured against ground truth: export's classes and reading, pycocotools' AP
     ("kosmos_cli.api",),
-    ("kosmos_cli.cli_output",),  # what the CLI writes, its errors' lines and exit codes (it names their flags)
+    ("kosmos_cli.cli.output",),  # what the CLI writes, its errors' lines and exit codes (it names their flags)
     ("kosmos_cli", "kosmos_cli.cli", "kosmos_cli.__main__"),  # the package's face: the API and the CLI
 ]
 

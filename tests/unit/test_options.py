@@ -1,4 +1,4 @@
-"""Options are declared once (kosmos_cli/declare.py; the groups in options.py and reader_options.py): the command
+"""Options are declared once (kosmos_cli/options/declare.py; the groups in options/ and options/readers.py): the command
 line and the Python API are built from the same declarations, so their names, defaults and checks cannot drift. No
 model needed."""
 
@@ -9,10 +9,10 @@ import pytest
 import typer
 
 import kosmos_cli
-from kosmos_cli import api, declare, options
+from kosmos_cli import api, options
 from kosmos_cli.cli import app
 from kosmos_cli.errors import UsageError
-from kosmos_cli.options import GenerationOptions, ModelOptions, RunOptions
+from kosmos_cli.options import GenerationOptions, ModelOptions, RunOptions, declare
 
 COMMANDS = {
     "ground": api.ground,

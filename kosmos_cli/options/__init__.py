@@ -2,8 +2,9 @@
 task's own, and what the command line says of a run and how it exits.
 
 Each is a field of a frozen option group made with `declare.option` (name, type, default, help, flags); the group's
-`__post_init__` is its check. `api.py` and `cli.py` build their parameters and options from these groups (declare.py
-says how); the readers of results (draw, export, eval, view) declare theirs in `reader_options.py`.
+`__post_init__` is its check. `api.py` and `cli/` build their parameters and options from these groups
+(`options/declare.py` says how); the readers of results (draw, export, eval, view) declare theirs in
+`options/readers.py`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..errors import UsageError
+from ..inputs.listing import Columns
+from ..inputs.locations import DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT, FetchOptions
+from ..model.files import recorded_name
+from ..model.quantize import check as check_quantize
+from ..output.formats import check_out
 from .declare import Group, option
-from .errors import UsageError
-from .inputs.listing import Columns
-from .inputs.locations import DEFAULT_MAX_BYTES, DEFAULT_RETRIES, DEFAULT_TIMEOUT, FetchOptions
-from .model.files import recorded_name
-from .model.quantize import check as check_quantize
-from .output.formats import check_out
 
 DEFAULT_MODEL = "microsoft/kosmos-2-patch14-224"
 DTYPES = ("auto", "float32", "bfloat16", "float16")

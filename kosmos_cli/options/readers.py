@@ -1,5 +1,6 @@
-"""The options of the readers of results (kosmos draw, export, eval and view), declared once as options.py declares
-a run's: which boxes a reader keeps, which class a phrase's boxes are, and how each command writes or shows them."""
+"""The options of the readers of results (kosmos draw, export, eval and view), declared once as a run's are
+(options/__init__.py): which boxes a reader keeps, which class a phrase's boxes are, and how each command writes or
+shows them."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """How an option is declared once, and the two faces built from the declaration.
 
-An option is a field of a frozen option group (a dataclass: `options.py` for a run's, `reader_options.py` for the
-readers' of results) made with `option(...)`: its name, type, default, help and flags. Both faces are built from the
-groups, so a default or a help text cannot drift between them (vLLM's `EngineArgs` feeds `add_cli_args` and
-`from_cli_args` the same way):
+An option is a field of a frozen option group (a dataclass: `options/__init__.py` for a run's,
+`options/readers.py` for the readers' of results) made with `option(...)`: its name, type, default, help and flags.
+Both faces are built from the groups, so a default or a help text cannot drift between them (vLLM's `EngineArgs`
+feeds `add_cli_args` and `from_cli_args` the same way):
 
-- the command line: `cli.py` decorates a command with `command_options(Group, ...)`, which adds one Typer option per
+- the command line: `cli/` decorates a command with `command_options(Group, ...)`, which adds one Typer option per
   field (flags, help, panel) with the field's default;
 - the Python API: `api.py` decorates a function with `keyword_options(Group, ...)`, which gives it one typed keyword
   parameter per field, with the field's default, shown by `help()` and `inspect.signature`.

@@ -1,6 +1,6 @@
 """The `kosmos` command: parse and check options, call one library function, show the result.
 
-What it writes, and every error's line and exit code, come from one place: cli_output.py (its exit codes are listed
+What it writes, and every error's line and exit code, come from one place: cli/output.py (its exit codes are listed
 there).
 """
 
@@ -12,15 +12,23 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from . import __version__, api, exports
-from .cli_output import call, finish, planned, run_app, say, show_eval
-from .declare import command_options
-from .errors import UsageError
-from .inputs.images import is_image_path
-from .options import REPORTING, RUN_GROUPS, AsJson, Quiet, Strict
-from .reader_options import ClassOptions, DrawOptions, Duplicates, EvalOptions, ExportOptions, ScoreFilter, ViewOptions
-from .run.plan import Plan
-from .run.progress import for_terminal
+from .. import __version__, api, exports
+from ..errors import UsageError
+from ..inputs.images import is_image_path
+from ..options import REPORTING, RUN_GROUPS, AsJson, Quiet, Strict
+from ..options.declare import command_options
+from ..options.readers import (
+    ClassOptions,
+    DrawOptions,
+    Duplicates,
+    EvalOptions,
+    ExportOptions,
+    ScoreFilter,
+    ViewOptions,
+)
+from ..run.plan import Plan
+from ..run.progress import for_terminal
+from .output import call, finish, planned, run_app, say, show_eval
 
 
 class _PlainHelp:
@@ -78,7 +86,7 @@ def _root(
     """Ground image collections with Kosmos-2."""
 
 
-# -- the commands: their own arguments here; every option comes from its declaration (options.py, reader_options.py)
+# -- the commands: their own arguments here; every option comes from its declaration (options/, options/readers.py)
 def _argument(metavar: str | None, help: str) -> Any:
     """A command's own argument: its name in the usage line and its help, no default beside it."""
     return typer.Argument(metavar=metavar, help=help, show_default=False)

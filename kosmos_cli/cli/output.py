@@ -20,10 +20,10 @@ from typing import Any
 
 import typer
 
-from .declare import flag_for
-from .errors import Interrupted, KosmosError, UsageError
-from .run.plan import Plan
-from .tasks.records import one_line, printable
+from ..errors import Interrupted, KosmosError, UsageError
+from ..options.declare import flag_for
+from ..run.plan import Plan
+from ..tasks.records import one_line, printable
 
 
 def say(line: str) -> None:
