@@ -294,7 +294,7 @@ def main() -> None:
     from kosmos_cli import load_engine
     from kosmos_cli.inputs.images import load_image
     from kosmos_cli.inputs.sources import Item, iter_items
-    from kosmos_cli.output.formats import JsonlSink, ParquetPartSink, dumps
+    from kosmos_cli.output.formats import JsonlSink, ParquetPartSink, dumps, record_line
     from kosmos_cli.run.batching import DRAFT_SIDE
     from kosmos_cli.run.pipeline import Progress, RunOptions, Summary, _todo
     from kosmos_cli.tasks import Ground, Settings
@@ -376,7 +376,13 @@ def main() -> None:
         )
         finished: list[Record] = [task.record(u) for u in batch]
         assert finished[0].entities, "the generation grounds two phrases"  # type: ignore[attr-defined]
-        common.append(("record -> JSON line", cpu_ms(lambda: [dumps(r.to_dict()) for r in finished], n, rep), None))
+        common.append(
+            (
+                "record -> JSON line",
+                cpu_ms(lambda: [record_line(r) for r in finished], n, rep),
+                cpu_ms(lambda: [dumps(r.to_dict()) for r in finished], n, rep),
+            )
+        )
         size = min(args.batch_size, n)
         sink = JsonlSink(os.path.join(tmp, "r.jsonl"))
         common.append(

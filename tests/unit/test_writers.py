@@ -225,3 +225,36 @@ def test_dumps_writes_one_line_of_plain_json():
     line = dumps({"path": "a\nb.jpg", "x": float("nan"), "y": [float("inf")], "z": "é"})
     assert line.endswith("\n") and line.count("\n") == 1
     assert json.loads(line) == {"path": "a\nb.jpg", "x": None, "y": [None], "z": "é"}
+
+
+def _records_of_every_kind():
+    import datetime
+    import math
+
+    from kosmos_cli.tasks.find import FindRecord
+    from kosmos_cli.tasks.refer import ReferRecord
+
+    box = [[0.1, 0.2, 0.3, 0.4]]
+    entity = Entity("a cat", 2, 7, box, [[1, 2, 3, 4]], [0.5])
+    yield GroundRecord(path="p.png", width=4, height=4, caption="a cat", entities=[entity], seconds=0.25)
+    yield GroundRecord(path="caf\udce9.png", caption="a \ud800 cat")  # not UTF-8: recorded as \xe9 and \ud800
+    yield GroundRecord(path="p.png", entities=[Entity("a", 0, 1, box, [[1, 2, 3, 4]], [math.nan])])  # NaN: null
+    yield GroundRecord(path="p.png", status="error", error="cannot read the image")
+    yield FindRecord(path="p.png", phrase="a cat", boxes=box, boxes_px=[[1, 2, 3, 4]], scores=[0.5])
+    yield ReferRecord(path="p.png", box_px=[1.0, 2.0, 3.0, 4.0], description="a cat")
+    for carried in (
+        {"label": "x", "n": 3, "w": 0.5, "ok": True, "none": None},
+        {"w": math.inf},
+        {"when": datetime.date(2026, 12, 8)},  # not JSON: its str
+        {"tags": ["a", "b"], "nested": {True: 1, None: 2, 3: [math.nan]}},  # keys JSON would spell otherwise
+        {"status": "carried", "name": "caf\udce9"},
+    ):
+        yield GroundRecord(path="p.png", caption="c", extra=carried)
+
+
+@pytest.mark.parametrize("record", list(_records_of_every_kind()), ids=lambda r: f"{r.task}-{sorted(r.extra)}")
+def test_the_quick_json_line_is_dumps_text_exactly(record):
+    from kosmos_cli.output.formats import record_line
+
+    assert record_line(record) == dumps(record.to_dict())
+    json.loads(record_line(record))
